@@ -1,0 +1,22 @@
+"""sparkfeed: Spark DataFrames as fast PyTorch, TensorFlow, JAX and NumPy input.
+
+A drop-in successor to Petastorm's Spark Dataset Converter: change
+``from petastorm.spark import make_spark_converter`` to ``from sparkfeed import make_spark_converter``.
+"""
+
+__version__ = "0.1.0"
+
+from sparkfeed.converter import SparkDatasetConverter, make_spark_converter  # noqa: E402
+from sparkfeed.transform import TransformSpec  # noqa: E402
+from sparkfeed.types import NullValueError, UnsupportedTypeError  # noqa: E402
+
+__all__ = [
+    "NullValueError",
+    "SparkDatasetConverter",
+    "TransformSpec",
+    "UnsupportedTypeError",
+    "__version__",
+    "make_spark_converter",
+]
+assert __all__ == sorted(__all__), "keep __all__ sorted"
+

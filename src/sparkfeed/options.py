@@ -1,0 +1,168 @@
+"""Every user-facing parameter, validated in one place.
+
+Each ``make_*`` method and :func:`~sparkfeed.make_spark_converter` builds one of the frozen
+dataclasses below; their ``__post_init__`` is the only place where values are checked, so every
+front end reports a bad value with the same words: the parameter, the value received and the
+range allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import inspect
+import os
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+from sparkfeed.transform import TransformSpec
+
+COMPRESSION_CODECS = ("uncompressed", "snappy", "zstd", "lz4", "gzip")
+FLOAT_DTYPES = ("float32", "float64")
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _check_int(name: str, value: object, minimum: int, *, optional: bool = False) -> None:
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        allowed = f"an integer >= {minimum}" + (" or None" if optional else "")
+        raise ValueError(f"{name}={value!r} is not allowed: it must be {allowed}")
+
+
+@dataclasses.dataclass(frozen=True)
+class MaterializeOptions:
+    """How a DataFrame is written into the cache. Part of the cache key."""
+
+    row_group_size_bytes: int = 32 * 1024 * 1024
+    compression_codec: str | None = None
+    dtype: str | None = "float32"
+
+    def __post_init__(self) -> None:
+        _check_int("parquet_row_group_size_bytes", self.row_group_size_bytes, 1)
+        codec = self.compression_codec
+        if codec is not None and (not isinstance(codec, str) or codec.lower() not in COMPRESSION_CODECS):
+            raise ValueError(
+                f"compression_codec={codec!r} is not allowed: it must be None or one of {COMPRESSION_CODECS}"
+            )
+        if self.dtype is not None and self.dtype not in FLOAT_DTYPES:
+            raise ValueError(f"dtype={self.dtype!r} is not allowed: it must be None or one of {FLOAT_DTYPES}")
+
+    @property
+    def codec(self) -> str:
+        """The Parquet codec name Spark understands; ``None`` means uncompressed, as in Petastorm."""
+        return (self.compression_codec or "uncompressed").lower()
+
+
+@dataclasses.dataclass(frozen=True)
+class ReaderOptions:
+    """What to iterate and how: the arguments shared by every ``make_*`` loader."""
+
+    batch_size: int = 32
+    num_epochs: int | None = None
+    workers_count: int | None = None
+    prefetch: int | None = None
+    cur_shard: int | None = None
+    shard_count: int | None = None
+    seed: int | None = None
+    shuffle_row_groups: bool = True
+    schema_fields: tuple[str, ...] | None = None
+    transform_spec: TransformSpec | None = None
+
+    def __post_init__(self) -> None:
+        _check_int("batch_size", self.batch_size, 1)
+        _check_int("num_epochs", self.num_epochs, 1, optional=True)
+        _check_int("workers_count", self.workers_count, 1, optional=True)
+        _check_int("prefetch", self.prefetch, 1, optional=True)
+        _check_int("seed", self.seed, 0, optional=True)
+        if (self.cur_shard is None) != (self.shard_count is None):
+            raise ValueError(
+                f"cur_shard={self.cur_shard!r} and shard_count={self.shard_count!r}: "
+                "give both or neither"
+            )
+        if self.shard_count is not None:
+            _check_int("shard_count", self.shard_count, 1)
+            if (
+                isinstance(self.cur_shard, bool)
+                or not isinstance(self.cur_shard, int)
+                or not 0 <= self.cur_shard < self.shard_count
+            ):
+                raise ValueError(
+                    f"cur_shard={self.cur_shard!r} is not allowed: it must be an integer in "
+                    f"[0, {self.shard_count - 1}] for shard_count={self.shard_count}"
+                )
+        if not isinstance(self.shuffle_row_groups, bool):
+            raise ValueError(f"shuffle_row_groups={self.shuffle_row_groups!r} is not allowed: it must be a bool")
+        if self.schema_fields is not None:
+            if isinstance(self.schema_fields, str) or not all(isinstance(f, str) for f in self.schema_fields):
+                raise ValueError(
+                    f"schema_fields={self.schema_fields!r} is not allowed: it must be a list of column names"
+                )
+            if not self.schema_fields:
+                raise ValueError("schema_fields=[] is not allowed: name at least one column, or pass None for all")
+        if self.transform_spec is not None and not isinstance(self.transform_spec, TransformSpec):
+            raise ValueError(
+                f"transform_spec={self.transform_spec!r} is not allowed: it must be a sparkfeed.TransformSpec"
+            )
+
+    @property
+    def workers(self) -> int:
+        """Reader threads: pyarrow decodes with the GIL released, so one per core pays off."""
+        return self.workers_count or min(4, os.cpu_count() or 1)
+
+    @property
+    def prefetch_pieces(self) -> int:
+        """Row-group pieces in flight: enough to keep every worker busy, and a bound on memory."""
+        return self.prefetch or 2 * self.workers
+
+    @property
+    def shard(self) -> tuple[int, int]:
+        """``(cur_shard, shard_count)``, with ``(0, 1)`` when the reader is not sharded."""
+        if self.shard_count is None or self.cur_shard is None:
+            return 0, 1
+        return self.cur_shard, self.shard_count
+
+
+def reader_options(
+    *,
+    transform_fn: Callable[..., Any] | None = None,
+    transform_spec: TransformSpec | None = None,
+    schema_fields: Sequence[str] | None = None,
+    **kwargs: Any,
+) -> ReaderOptions:
+    """Builds :class:`ReaderOptions`, folding the ``transform_fn`` shorthand into a spec."""
+    if transform_fn is not None:
+        if transform_spec is not None:
+            raise ValueError("give transform_fn or transform_spec, not both")
+        if not callable(transform_fn):
+            raise ValueError(f"transform_fn={transform_fn!r} is not allowed: it must be callable")
+        transform_spec = TransformSpec(transform_fn)
+    fields = None if schema_fields is None else (schema_fields if isinstance(schema_fields, str) else tuple(schema_fields))
+    return ReaderOptions(transform_spec=transform_spec, schema_fields=fields, **kwargs)  # type: ignore[arg-type]
+
+
+def known_keywords(fn: _F) -> _F:
+    """Turns Python's terse unexpected-keyword error into one that lists what is accepted.
+
+    Petastorm users pass reader arguments through ``**kwargs``; a typo there used to vanish.
+    Here the signature is explicit, and a wrong name says which names would have worked.
+    """
+    signature = inspect.signature(fn)
+    accepted = sorted(
+        name
+        for name, p in signature.parameters.items()
+        if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and name != "self"
+    )
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        unknown = sorted(set(kwargs) - set(accepted))
+        if unknown:
+            raise TypeError(
+                f"{fn.__qualname__}() got unexpected keyword argument(s) {unknown}; "
+                f"accepted keywords: {', '.join(accepted)}"
+            )
+        return fn(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]

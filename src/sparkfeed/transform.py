@@ -1,0 +1,101 @@
+"""The user's transform: a pandas function run in the reader's threads, never the training loop."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+EditField = tuple[str, Any, tuple[int | None, ...], bool]
+"""Petastorm's ``(name, numpy_dtype, shape, is_nullable)``: a column the transform adds or changes."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformSpec:
+    """Petastorm's ``TransformSpec``: a function on a pandas DataFrame plus the schema it produces.
+
+    Args:
+        func: Takes a pandas DataFrame holding a chunk of rows and returns a pandas DataFrame, for
+            example with image bytes decoded to arrays. It may add, drop or change columns.
+        edit_fields: Columns the function adds or changes, as ``(name, numpy_dtype, shape,
+            is_nullable)``. Each is cast to its dtype and, when the shape has no ``None``, reshaped
+            to ``(rows, *shape)``: this is how a flat array column becomes an image tensor.
+        removed_fields: Columns dropped after the function ran.
+        selected_fields: The columns kept after the function ran, in this order.
+    """
+
+    func: Callable[[pd.DataFrame], pd.DataFrame] | None = None
+    edit_fields: Sequence[EditField] | None = None
+    removed_fields: Sequence[str] | None = None
+    selected_fields: Sequence[str] | None = None
+
+    def __post_init__(self) -> None:
+        if self.func is not None and not callable(self.func):
+            raise ValueError(f"TransformSpec func={self.func!r} is not allowed: it must be callable or None")
+        for field in self.edit_fields or ():
+            if not (isinstance(field, tuple) and len(field) == 4 and isinstance(field[0], str)):
+                raise ValueError(
+                    f"TransformSpec edit_fields entry {field!r} is not allowed: it must be a tuple "
+                    "(name, numpy_dtype, shape, is_nullable)"
+                )
+
+    def apply(self, frame: pd.DataFrame) -> dict[str, np.ndarray]:
+        """Runs the function and turns its output into one NumPy array per column."""
+        if self.func is not None:
+            frame = self.func(frame)
+            if not isinstance(frame, pd.DataFrame):
+                raise TypeError(
+                    f"the transform function must return a pandas DataFrame, it returned {type(frame).__name__}"
+                )
+        if self.removed_fields:
+            frame = frame.drop(columns=list(self.removed_fields))
+        if self.selected_fields:
+            missing = [name for name in self.selected_fields if name not in frame.columns]
+            if missing:
+                raise KeyError(
+                    f"TransformSpec selected_fields {missing} are not in the transformed columns {list(frame.columns)}"
+                )
+            frame = frame[list(self.selected_fields)]
+        edits = {field[0]: field for field in self.edit_fields or ()}
+        columns = {}
+        for name in frame.columns:
+            array = series_to_numpy(frame[name])
+            if name in edits:
+                _, dtype, shape, _ = edits[name]
+                array = _apply_edit(name, array, dtype, shape)
+            columns[str(name)] = array
+        return columns
+
+
+def series_to_numpy(series: pd.Series) -> np.ndarray:
+    """One column of the transform's output as an array with a leading row dimension.
+
+    A column whose cells are equally shaped arrays (decoded images, say) is stacked into one
+    ``(rows, *shape)`` array; cells of different shapes stay an object array.
+    """
+    values = series.to_numpy()
+    if values.dtype == object and len(values) and isinstance(values[0], np.ndarray):
+        first = values[0].shape
+        if all(isinstance(v, np.ndarray) and v.shape == first for v in values):
+            return np.stack(values)
+    if values.dtype != object and values.dtype.kind not in "biufcMm":
+        # pandas extension types (strings, nullable integers) come back as objects.
+        return np.asarray(values, dtype=object)
+    return values
+
+
+def _apply_edit(name: str, array: np.ndarray, dtype: Any, shape: tuple[int | None, ...]) -> np.ndarray:
+    if dtype is not None and np.dtype(dtype).kind in "biufc" and array.dtype != object:
+        array = array.astype(dtype, copy=False)
+    if shape and None not in shape:
+        try:
+            array = array.reshape((len(array), *shape))  # type: ignore[arg-type]
+        except ValueError as error:
+            raise ValueError(
+                f"transformed column {name!r} has shape {array.shape[1:]} per row, which cannot be "
+                f"reshaped to the edit_fields shape {tuple(shape)}"
+            ) from error
+    return array

@@ -1,0 +1,291 @@
+"""How each column travels: Spark type → cached Parquet/Arrow type → NumPy array → tensor.
+
+The Spark half (:func:`normalize_dataframe`) runs once, before the cache is written, so that
+the reader never pays for a cast. The Arrow half (:class:`ColumnSpec`, :func:`to_numpy`) runs
+in the reader's threads for every row-group piece and is vectorised: no per-row Python for
+anything a tensor can hold.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+if TYPE_CHECKING:
+    from pyspark.sql import Column, DataFrame
+    from pyspark.sql.types import DataType
+
+Kind = Literal["scalar", "tensor", "ragged", "object"]
+"""scalar: one number/date per row; tensor: a fixed-shape array per row; ragged: arrays whose
+length varies (an object array of NumPy arrays); object: strings and bytes."""
+
+ShapeStats = list[tuple[int | None, int | None]]
+"""Per nesting level of a list column, the (min, max) length seen."""
+
+
+class UnsupportedTypeError(TypeError):
+    """A column whose type has no tensor representation; the message says what to do."""
+
+
+# --------------------------------------------------------------------------- Spark side
+
+
+def normalize_dataframe(df: DataFrame, dtype: str | None) -> DataFrame:
+    """Rewrites columns into types that Parquet, Arrow and tensors share.
+
+    MLlib vectors become float arrays, floating columns take ``dtype``, decimals become floats.
+    Every unsupported column is reported at once, before any work is done.
+    """
+    columns: list[Column] = []
+    errors: list[str] = []
+    for field in df.schema.fields:
+        try:
+            columns.append(_normalize_column(field.name, field.dataType, dtype))
+        except UnsupportedTypeError as error:
+            errors.append(str(error))
+    if errors:
+        raise UnsupportedTypeError("\n".join(errors))
+    return df.select(*columns)
+
+
+def _normalize_column(name: str, data_type: DataType, dtype: str | None) -> Column:
+    from pyspark.ml.functions import vector_to_array
+    from pyspark.sql import functions as F
+
+    column = F.col(f"`{name}`")
+    if _is_vector(data_type):
+        return vector_to_array(column, dtype=dtype or "float64").alias(name)
+    target = _normalized_type(name, data_type, dtype)
+    if target == data_type:
+        return column
+    return column.cast(target).alias(name)
+
+
+def _is_vector(data_type: DataType) -> bool:
+    # Both pyspark.ml.linalg.VectorUDT and pyspark.mllib.linalg.VectorUDT.
+    return type(data_type).__name__ == "VectorUDT"
+
+
+def _normalized_type(name: str, data_type: DataType, dtype: str | None) -> DataType:
+    from pyspark.sql import types as T
+
+    float_type: T.DataType = T.FloatType() if dtype == "float32" else T.DoubleType()
+    if isinstance(data_type, (T.FloatType, T.DoubleType)):
+        return float_type if dtype else data_type
+    if isinstance(data_type, T.DecimalType):
+        return float_type
+    if isinstance(
+        data_type,
+        (
+            T.BooleanType,
+            T.ByteType,
+            T.ShortType,
+            T.IntegerType,
+            T.LongType,
+            T.StringType,
+            T.BinaryType,
+            T.DateType,
+            T.TimestampType,
+            T.TimestampNTZType,
+        ),
+    ):
+        return data_type
+    if isinstance(data_type, T.ArrayType):
+        if _is_vector(data_type.elementType):
+            raise UnsupportedTypeError(
+                f"column {name!r} has Spark type {data_type.simpleString()}, an array of vectors, which "
+                f"sparkfeed cannot convert: explode it with F.explode('{name}') and convert each vector, "
+                "or build one fixed-size array column per row instead"
+            )
+        return T.ArrayType(_normalized_type(name, data_type.elementType, dtype), data_type.containsNull)
+    hint = {
+        "StructType": f"flatten it with df.select('{name}.*') or serialize it with F.to_json('{name}')",
+        "MapType": f"serialize it with F.to_json('{name}'), or split keys and values with "
+        f"F.map_keys('{name}') and F.map_values('{name}')",
+        "NullType": f"cast it to a concrete type, e.g. F.col('{name}').cast('float')",
+    }.get(
+        type(data_type).__name__,
+        f"cast it to a supported type, e.g. F.col('{name}').cast('long') or .cast('string'), "
+        "or drop it with df.drop(...)",
+    )
+    raise UnsupportedTypeError(
+        f"column {name!r} has Spark type {data_type.simpleString()}, which sparkfeed cannot turn into "
+        f"a tensor: {hint}"
+    )
+
+
+# --------------------------------------------------------------------------- Arrow side
+
+
+def is_list_type(data_type: pa.DataType) -> bool:
+    """Spark arrays arrive as ``list``; existing Parquet may hold large or fixed-size lists."""
+    return bool(
+        pa.types.is_list(data_type) or pa.types.is_large_list(data_type) or pa.types.is_fixed_size_list(data_type)
+    )
+
+
+def _is_numeric(data_type: pa.DataType) -> bool:
+    return bool(
+        pa.types.is_integer(data_type)
+        or pa.types.is_floating(data_type)
+        or pa.types.is_boolean(data_type)
+        or pa.types.is_date(data_type)
+        or pa.types.is_timestamp(data_type)
+    )
+
+
+def normalize_arrow_type(name: str, data_type: pa.DataType, dtype: str | None) -> pa.DataType:
+    """The Arrow twin of :func:`normalize_dataframe`, for Parquet that sparkfeed did not write."""
+    if pa.types.is_floating(data_type) or pa.types.is_decimal(data_type):
+        if dtype:
+            return pa.float32() if dtype == "float32" else pa.float64()
+        return pa.float64() if pa.types.is_decimal(data_type) or pa.types.is_float16(data_type) else data_type
+    if is_list_type(data_type):
+        value_type = normalize_arrow_type(name, data_type.value_type, dtype)
+        if value_type == data_type.value_type:
+            return data_type
+        return pa.list_(value_type)
+    if _is_numeric(data_type) or _is_object(data_type):
+        return data_type
+    raise UnsupportedTypeError(
+        f"column {name!r} has Arrow type {data_type}, which sparkfeed cannot turn into a tensor: "
+        "rewrite the dataset with that column flattened, serialized to a string, or dropped"
+    )
+
+
+def _is_object(data_type: pa.DataType) -> bool:
+    return bool(
+        pa.types.is_string(data_type)
+        or pa.types.is_large_string(data_type)
+        or pa.types.is_binary(data_type)
+        or pa.types.is_large_binary(data_type)
+        or pa.types.is_fixed_size_binary(data_type)
+    )
+
+
+def list_depth(data_type: pa.DataType) -> int:
+    """How many list levels a type nests: 1 for ``list<float>``, 2 for ``list<list<float>>``."""
+    depth = 0
+    while is_list_type(data_type):
+        data_type, depth = data_type.value_type, depth + 1
+    return depth
+
+
+def _leaf_type(data_type: pa.DataType) -> pa.DataType:
+    while is_list_type(data_type):
+        data_type = data_type.value_type
+    return data_type
+
+
+def list_shape_stats(array: pa.Array | pa.ChunkedArray) -> ShapeStats:
+    """Minimum and maximum length per nesting level of a list column, from its offsets alone."""
+    current = array.combine_chunks() if isinstance(array, pa.ChunkedArray) else array
+    stats: ShapeStats = []
+    while is_list_type(current.type):
+        bounds = pc.min_max(pc.list_value_length(current)).as_py()
+        stats.append((bounds["min"], bounds["max"]))
+        current = pc.list_flatten(current)
+    return stats
+
+
+def merge_shape_stats(parts: Iterable[ShapeStats]) -> ShapeStats:
+    """Combines the stats of several chunks of the same column."""
+    merged: ShapeStats = []
+    for part in parts:
+        for level, (low, high) in enumerate(part):
+            if level == len(merged):
+                merged.append((low, high))
+                continue
+            old_low, old_high = merged[level]
+            merged[level] = (
+                low if old_low is None else old_low if low is None else min(low, old_low),
+                high if old_high is None else old_high if high is None else max(high, old_high),
+            )
+    return merged
+
+
+@dataclasses.dataclass(frozen=True)
+class ColumnSpec:
+    """What the reader makes of one column.
+
+    Attributes:
+        name: The column name.
+        arrow_type: The type the reader casts the column to before it reaches NumPy.
+        kind: See :data:`Kind`.
+        shape: The per-row shape of a ``tensor`` column, ``()`` otherwise.
+    """
+
+    name: str
+    arrow_type: pa.DataType
+    kind: Kind
+    shape: tuple[int, ...] = ()
+
+    @classmethod
+    def build(cls, name: str, arrow_type: pa.DataType, stats: ShapeStats | None) -> ColumnSpec:
+        """Classifies a column from its (normalized) type and, for lists, its shape stats."""
+        if _is_object(arrow_type):
+            return cls(name, arrow_type, "object")
+        if not is_list_type(arrow_type):
+            return cls(name, arrow_type, "scalar")
+        if stats and _is_numeric(_leaf_type(arrow_type)) and all(low == high for low, high in stats):
+            return cls(name, arrow_type, "tensor", tuple(low or 0 for low, _ in stats))
+        return cls(name, arrow_type, "ragged")
+
+    @property
+    def numpy_dtype(self) -> np.dtype:
+        """The NumPy dtype of the column's values (``object`` for strings, bytes, ragged arrays)."""
+        if self.kind in ("object", "ragged"):
+            return np.dtype(object)
+        return np.dtype(_leaf_type(self.arrow_type).to_pandas_dtype())
+
+
+class NullValueError(ValueError):
+    """A null in a column that must become a tensor."""
+
+
+def to_numpy(spec: ColumnSpec, column: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """Converts one column of a row-group piece, zero-copy where Arrow allows.
+
+    Raises:
+        NullValueError: The column would reach a tensor but holds nulls.
+    """
+    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    if spec.kind in ("object", "ragged"):
+        return array.to_numpy(zero_copy_only=False)
+    rows = len(array)
+    for _ in spec.shape:
+        _check_nulls(spec, array)
+        array = pc.list_flatten(array)
+    _check_nulls(spec, array)
+    values = array.to_numpy(zero_copy_only=False)
+    return values.reshape((rows, *spec.shape)) if spec.shape else values
+
+
+def _check_nulls(spec: ColumnSpec, array: pa.Array) -> None:
+    if array.null_count:
+        raise NullValueError(
+            f"column {spec.name!r} ({spec.arrow_type}) holds {array.null_count} null value(s), which a "
+            "tensor cannot represent: fill or drop them before converting (df.fillna / df.dropna), "
+            "or replace them in a transform_fn"
+        )
+
+
+def column_specs(
+    schema: pa.Schema, dtype: str | None, shapes: dict[str, ShapeStats], names: Sequence[str] | None = None
+) -> dict[str, ColumnSpec]:
+    """Specs for the chosen columns (all when ``names`` is None) of a cached dataset."""
+    wanted = list(names) if names is not None else schema.names
+    missing = [name for name in wanted if name not in schema.names]
+    if missing:
+        raise ValueError(f"schema_fields {missing} are not columns of the dataset; its columns are {schema.names}")
+    specs = {}
+    for name in wanted:
+        field = schema.field(name)
+        arrow_type = normalize_arrow_type(name, field.type, dtype)
+        specs[name] = ColumnSpec.build(name, arrow_type, shapes.get(name))
+    return specs
