@@ -6,9 +6,9 @@ A drop-in successor to Petastorm's Spark Dataset Converter: change
 
 __version__ = "0.1.0"
 
-from sparkfeed.converter import SparkDatasetConverter, make_spark_converter  # noqa: E402
-from sparkfeed.transform import TransformSpec  # noqa: E402
-from sparkfeed.types import NullValueError, UnsupportedTypeError  # noqa: E402
+from sparkfeed.converter import SparkDatasetConverter, make_spark_converter
+from sparkfeed.transform import TransformSpec
+from sparkfeed.types import NullValueError, UnsupportedTypeError
 
 __all__ = [
     "NullValueError",
@@ -19,4 +19,3 @@ __all__ = [
     "make_spark_converter",
 ]
 assert __all__ == sorted(__all__), "keep __all__ sorted"
-

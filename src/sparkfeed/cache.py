@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import atexit
 import base64
+import contextlib
 import dataclasses
 import datetime
 import json
@@ -145,7 +146,7 @@ class Manifest:
         return cls(
             files=tuple(FileEntry(f["path"], tuple(f["row_groups"])) for f in data["files"]),
             schema=schema,
-            shapes={k: [tuple(level) for level in v] for k, v in data["shapes"].items()},  # type: ignore[misc]
+            shapes={k: [(low, high) for low, high in v] for k, v in data["shapes"].items()},
             options=data["options"],
             key=data["key"],
             created_at=data["created_at"],
@@ -188,10 +189,8 @@ def new_cache_url(parent_url: str) -> str:
 def delete_cache(cache_url: str) -> None:
     """Removes a cache directory; a missing one is not an error."""
     fs, path = filesystem(cache_url)
-    try:
+    with contextlib.suppress(FileNotFoundError):
         fs.delete_dir(path)
-    except FileNotFoundError:
-        pass
 
 
 class _Owned:

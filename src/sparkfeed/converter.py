@@ -219,16 +219,19 @@ def make_spark_converter(
         done = describe(to_url(os.fspath(df)), options=recorded)
         return SparkDatasetConverter(done.cache_url, done.manifest)
     if not (hasattr(df, "sparkSession") and hasattr(df, "write")):
-        raise TypeError(
-            f"make_spark_converter takes a Spark DataFrame or a Parquet path, not {type(df).__name__}"
-        )
+        raise TypeError(f"make_spark_converter takes a Spark DataFrame or a Parquet path, not {type(df).__name__}")
+    return _convert(df, options, cache_dir)
+
+
+def _convert(df: DataFrame, options: MaterializeOptions, cache_dir: str | None) -> SparkDatasetConverter:
     spark = df.sparkSession
     parent = resolve_cache_dir(cache_dir, lambda key: spark.conf.get(key, None))
     identity = identify(df)
-    done = registry.find(identity, options, parent)
-    if done is None or read_manifest(done.cache_url) is None:
-        if done is not None:
-            registry.forget(done.cache_url)  # Deleted behind our back: write it again.
-        done = materialize(df, parent, options, identity)
-        registry.add(identity, options, parent, done)
+    known = registry.find(identity, options, parent)
+    if known is not None and read_manifest(known.cache_url) is not None:
+        return SparkDatasetConverter(known.cache_url, known.manifest)
+    if known is not None:
+        registry.forget(known.cache_url)  # Deleted behind our back: write it again.
+    done = materialize(df, parent, options, identity)
+    registry.add(identity, options, parent, done)
     return SparkDatasetConverter(done.cache_url, done.manifest)

@@ -49,6 +49,7 @@ from sparkfeed.types import (
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
+
 @dataclasses.dataclass(frozen=True)
 class Materialized:
     """A complete cache: its URL and manifest."""
@@ -143,7 +144,9 @@ registry = _Registry()
 # --------------------------------------------------------------------------- writing
 
 
-def materialize(df: DataFrame, parent_url: str, options: MaterializeOptions, identity: DataFrameIdentity) -> Materialized:
+def materialize(
+    df: DataFrame, parent_url: str, options: MaterializeOptions, identity: DataFrameIdentity
+) -> Materialized:
     """Writes ``df`` into a new cache directory under ``parent_url`` and publishes its manifest.
 
     Any failure, an interrupt included, removes the directory before the error propagates.
@@ -185,11 +188,11 @@ def _session_conf(spark: SparkSession, values: dict[str, str]) -> Iterator[None]
     try:
         yield
     finally:
-        for key, value in previous.items():
-            if value is None:
+        for key, old in previous.items():
+            if old is None:
                 spark.conf.unset(key)
             else:
-                spark.conf.set(key, value)
+                spark.conf.set(key, old)
 
 
 def _creator(spark: SparkSession | None) -> dict[str, Any]:
@@ -308,12 +311,15 @@ def describe(
         measured = shapes(depths) if shapes is not None else _local_shape_stats(fs, root, names, list(depths))
     if info.type == pafs.FileType.File:
         root_url = root_url.rsplit("/", 1)[0]
-    return Materialized(root_url, Manifest(
-        files=entries,
-        schema=schema,
-        shapes=measured,
-        options=options,
-        key=key,
-        created_at=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        created_by=created_by or _creator(None),
-    ))
+    return Materialized(
+        root_url,
+        Manifest(
+            files=entries,
+            schema=schema,
+            shapes=measured,
+            options=options,
+            key=key,
+            created_at=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            created_by=created_by or _creator(None),
+        ),
+    )

@@ -77,10 +77,7 @@ class ReaderOptions:
         _check_int("prefetch", self.prefetch, 1, optional=True)
         _check_int("seed", self.seed, 0, optional=True)
         if (self.cur_shard is None) != (self.shard_count is None):
-            raise ValueError(
-                f"cur_shard={self.cur_shard!r} and shard_count={self.shard_count!r}: "
-                "give both or neither"
-            )
+            raise ValueError(f"cur_shard={self.cur_shard!r} and shard_count={self.shard_count!r}: give both or neither")
         if self.shard_count is not None:
             _check_int("shard_count", self.shard_count, 1)
             if (
@@ -138,7 +135,9 @@ def reader_options(
         if not callable(transform_fn):
             raise ValueError(f"transform_fn={transform_fn!r} is not allowed: it must be callable")
         transform_spec = TransformSpec(transform_fn)
-    fields = None if schema_fields is None else (schema_fields if isinstance(schema_fields, str) else tuple(schema_fields))
+    fields = (
+        None if schema_fields is None else (schema_fields if isinstance(schema_fields, str) else tuple(schema_fields))
+    )
     return ReaderOptions(transform_spec=transform_spec, schema_fields=fields, **kwargs)  # type: ignore[arg-type]
 
 

@@ -80,7 +80,8 @@ def series_to_numpy(series: pd.Series) -> np.ndarray:
     if values.dtype == object and len(values) and isinstance(values[0], np.ndarray):
         first = values[0].shape
         if all(isinstance(v, np.ndarray) and v.shape == first for v in values):
-            return np.stack(values)
+            stacked: np.ndarray = np.stack(list(values))
+            return stacked
     if values.dtype != object and values.dtype.kind not in "biufcMm":
         # pandas extension types (strings, nullable integers) come back as objects.
         return np.asarray(values, dtype=object)

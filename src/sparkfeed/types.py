@@ -114,8 +114,7 @@ def _normalized_type(name: str, data_type: DataType, dtype: str | None) -> DataT
         "or drop it with df.drop(...)",
     )
     raise UnsupportedTypeError(
-        f"column {name!r} has Spark type {data_type.simpleString()}, which sparkfeed cannot turn into "
-        f"a tensor: {hint}"
+        f"column {name!r} has Spark type {data_type.simpleString()}, which sparkfeed cannot turn into a tensor: {hint}"
     )
 
 
@@ -241,7 +240,7 @@ class ColumnSpec:
         """The NumPy dtype of the column's values (``object`` for strings, bytes, ragged arrays)."""
         if self.kind in ("object", "ragged"):
             return np.dtype(object)
-        return np.dtype(_leaf_type(self.arrow_type).to_pandas_dtype())
+        return np.dtype(_leaf_type(self.arrow_type).to_pandas_dtype())  # type: ignore[no-any-return]
 
 
 class NullValueError(ValueError):
@@ -256,13 +255,14 @@ def to_numpy(spec: ColumnSpec, column: pa.ChunkedArray | pa.Array) -> np.ndarray
     """
     array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
     if spec.kind in ("object", "ragged"):
-        return array.to_numpy(zero_copy_only=False)
+        objects: np.ndarray = array.to_numpy(zero_copy_only=False)
+        return objects
     rows = len(array)
     for _ in spec.shape:
         _check_nulls(spec, array)
         array = pc.list_flatten(array)
     _check_nulls(spec, array)
-    values = array.to_numpy(zero_copy_only=False)
+    values: np.ndarray = array.to_numpy(zero_copy_only=False)
     return values.reshape((rows, *spec.shape)) if spec.shape else values
 
 

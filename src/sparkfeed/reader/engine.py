@@ -74,7 +74,11 @@ class Reader:
     def __iter__(self) -> Iterator[Columns]:
         self.close()
         first = self._next_epoch
-        epochs = itertools.count(first) if self._options.num_epochs is None else range(first, first + self._options.num_epochs)
+        epochs = (
+            itertools.count(first)
+            if self._options.num_epochs is None
+            else range(first, first + self._options.num_epochs)
+        )
         if self._options.num_epochs is not None:
             self._next_epoch += self._options.num_epochs
         self._active = self._stream(epochs)

@@ -1,0 +1,38 @@
+# Two commands do everything on a fresh machine with Python 3.11 and Java 17:
+#   make demo   builds .venv, converts a DataFrame, trains a tiny PyTorch model
+#   make test   lint, type-check and the whole test suite
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test lint typecheck pytest java venv clean
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c constraints.txt -e '.[torch,dev]'
+	touch $@
+
+venv: $(STAMP)
+
+java:
+	@scripts/ensure-java.sh
+
+demo: java venv
+	PYSPARK_PYTHON=$(abspath $(PY)) $(PY) examples/demo.py
+
+lint: venv
+	$(VENV)/bin/ruff check src tests examples
+	$(VENV)/bin/ruff format --check src tests examples
+
+typecheck: venv
+	$(VENV)/bin/mypy
+
+pytest: java venv
+	PYSPARK_PYTHON=$(abspath $(PY)) $(PY) -m pytest $(PYTEST_ARGS)
+
+test: lint typecheck pytest
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,221 @@
+"""Cache location, completeness, reuse, staleness and deletion, on real Spark writes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from helpers import by_id, concat
+from pyspark.sql import functions as F
+
+import sparkfeed.materialize
+from sparkfeed import make_spark_converter
+from sparkfeed.cache import MANIFEST_NAME, read_manifest, resolve_cache_dir, to_url
+
+
+def _ids(converter) -> list[int]:
+    with converter.make_numpy_iterator(batch_size=100, num_epochs=1) as batches:
+        return sorted(concat(batches)["id"].tolist())
+
+
+def _local(url: str) -> Path:
+    assert url.startswith("file://")
+    return Path(url.removeprefix("file://"))
+
+
+def test_cache_dir_resolution_order(monkeypatch) -> None:
+    conf = {"sparkfeed.cacheDir": "/a", "petastorm.spark.converter.parentCacheDirUrl": "file:///b"}
+    monkeypatch.setenv("SPARKFEED_CACHE_DIR", "/c")
+    assert resolve_cache_dir("s3://bucket/x/", conf.get) == "s3://bucket/x"
+    assert resolve_cache_dir(None, conf.get) == "file:///a"
+    conf.pop("sparkfeed.cacheDir")
+    assert resolve_cache_dir(None, conf.get) == "file:///b"
+    assert resolve_cache_dir(None, {}.get) == "file:///c"
+    monkeypatch.delenv("SPARKFEED_CACHE_DIR")
+    assert resolve_cache_dir(None, None).startswith("file:///") and "sparkfeed-cache" in resolve_cache_dir(None, None)
+    assert to_url("relative/dir") == "file://" + os.path.abspath("relative/dir")
+
+
+def test_cache_lands_in_conf_dir_with_manifest(spark, cache_root) -> None:
+    converter = make_spark_converter(spark.range(50))
+    directory = _local(converter.cache_dir_url)
+    assert directory.parent == cache_root
+    assert (directory / MANIFEST_NAME).is_file()
+    assert all(Path(url.removeprefix("file://")).is_file() for url in converter.file_urls)
+    assert converter.dataset_size == len(converter) == 50
+    manifest = read_manifest(converter.cache_dir_url)
+    assert manifest is not None and manifest.num_rows == 50
+    assert manifest.created_by["pid"] == os.getpid()
+    assert manifest.created_by["spark_app_id"] == spark.sparkContext.applicationId
+
+
+def test_explicit_cache_dir_and_options_are_recorded(spark, tmp_path) -> None:
+    converter = make_spark_converter(
+        spark.range(2000).select("id", (F.col("id") * 2.0).alias("x")),
+        cache_dir=str(tmp_path),
+        compression_codec="zstd",
+        parquet_row_group_size_bytes=4096,
+    )
+    assert _local(converter.cache_dir_url).parent == tmp_path
+    metadata = pq.read_metadata(_local(converter.file_urls[0]))
+    assert metadata.row_group(0).column(0).compression == "ZSTD"
+    assert sum(len(entry.row_groups) for entry in converter.manifest.files) > 2  # small row groups
+    assert converter.manifest.options == {
+        "row_group_size_bytes": 4096,
+        "compression_codec": "zstd",
+        "dtype": "float32",
+    }
+
+
+def test_same_dataframe_reuses_cache_other_options_do_not(spark) -> None:
+    df = spark.range(30).withColumn("x", F.col("id") * 1.5)
+    first = make_spark_converter(df)
+    assert make_spark_converter(df).cache_dir_url == first.cache_dir_url
+    again = spark.range(30).withColumn("x", F.col("id") * 1.5)  # a new but identical DataFrame
+    assert make_spark_converter(again).cache_dir_url == first.cache_dir_url
+    assert make_spark_converter(df, dtype="float64").cache_dir_url != first.cache_dir_url
+    assert make_spark_converter(df, compression_codec="snappy").cache_dir_url != first.cache_dir_url
+
+
+def test_in_memory_dataframes_with_different_data_get_different_caches(spark) -> None:
+    one = make_spark_converter(spark.createDataFrame([(1,), (2,)], "id long"))
+    two = make_spark_converter(spark.createDataFrame([(3,), (4,)], "id long"))
+    assert one.cache_dir_url != two.cache_dir_url
+    assert _ids(two) == [3, 4]
+
+
+def test_rewritten_source_files_are_not_served_stale(spark, tmp_path) -> None:
+    source = str(tmp_path / "source")
+    spark.range(10).write.parquet(source)
+    old_df = spark.read.parquet(source)
+    old = make_spark_converter(old_df)
+    spark.range(100, 105).write.mode("overwrite").parquet(source)
+    new_df = spark.read.parquet(source)
+    # The trap Petastorm fell into: the plans alone say "same result".
+    assert old_df._jdf.queryExecution().analyzed().sameResult(new_df._jdf.queryExecution().analyzed())
+    new = make_spark_converter(new_df)
+    assert new.cache_dir_url != old.cache_dir_url
+    assert _ids(new) == list(range(100, 105))
+
+
+def test_delete_removes_directory_and_forgets_the_entry(spark) -> None:
+    df = spark.range(7)
+    converter = make_spark_converter(df)
+    directory = _local(converter.cache_dir_url)
+    converter.delete()
+    assert not directory.exists()
+    with pytest.raises(RuntimeError, match="was deleted"):
+        converter.make_numpy_iterator()
+    fresh = make_spark_converter(df)
+    assert fresh.cache_dir_url != converter.cache_dir_url
+    assert _ids(fresh) == list(range(7))
+
+
+def test_cache_deleted_behind_our_back_is_written_again(spark) -> None:
+    df = spark.range(9)
+    converter = make_spark_converter(df)
+    (_local(converter.cache_dir_url) / MANIFEST_NAME).unlink()
+    again = make_spark_converter(df)
+    assert again.cache_dir_url != converter.cache_dir_url
+    assert _ids(again) == list(range(9))
+
+
+def test_failed_write_leaves_no_cache(spark, tmp_path) -> None:
+    @F.udf("double")
+    def explode(x):  # noqa: ANN001 - hints would make Spark guess a pandas UDF
+        if x == 13:
+            raise RuntimeError("bad row")
+        return float(x)
+
+    with pytest.raises(Exception, match="bad row"):
+        make_spark_converter(spark.range(20).select("id", explode("id").alias("x")), cache_dir=str(tmp_path))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_interrupt_before_manifest_leaves_no_cache(spark, tmp_path, monkeypatch) -> None:
+    def interrupted(*args: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sparkfeed.materialize, "write_manifest", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        make_spark_converter(spark.range(11), cache_dir=str(tmp_path))
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.undo()
+    assert _ids(make_spark_converter(spark.range(11), cache_dir=str(tmp_path))) == list(range(11))
+
+
+def test_directory_without_manifest_is_not_a_cache(spark, tmp_path) -> None:
+    spark.range(3).write.parquet(str(tmp_path / "half"))
+    assert read_manifest(to_url(str(tmp_path / "half"))) is None
+
+
+def test_unreadable_url_is_refused_before_spark_runs(spark) -> None:
+    with pytest.raises(ValueError, match=r"pyarrow cannot open the scheme 'nosuchfs'"):
+        make_spark_converter(spark.range(3), cache_dir="nosuchfs://bucket/cache")
+
+
+def test_existing_parquet_path_is_read_in_place_and_never_deleted(tmp_path) -> None:
+    path = tmp_path / "data.parquet"
+    table = pa.table(
+        {
+            "id": pa.array(range(20), pa.int64()),
+            "x": pa.array(np.arange(20) / 4, pa.float64()),
+            "img": pa.array([[i] * 6 for i in range(20)], pa.list_(pa.float64(), 6)),
+        }
+    )
+    pq.write_table(table, path, row_group_size=6)
+    converter = make_spark_converter(str(path))
+    assert converter.dataset_size == 20 and converter.cache_dir_url == to_url(str(tmp_path))
+    with converter.make_numpy_iterator(batch_size=8, num_epochs=1) as batches:
+        got = by_id(concat(batches))
+    assert got["x"].dtype == np.float32 and got["img"].shape == (20, 6)
+    np.testing.assert_array_equal(got["x"], np.arange(20) / 4)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        converter.delete()
+    assert "did not create it" in str(caught[0].message)
+    assert path.exists()
+    directory = make_spark_converter(tmp_path, dtype=None)
+    assert directory.dataset_size == 20
+    with pytest.raises(FileNotFoundError):
+        make_spark_converter(str(tmp_path / "missing"))
+
+
+ATEXIT_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    from pyspark.sql import SparkSession
+    from sparkfeed import make_spark_converter
+    spark = SparkSession.builder.master("local[1]").config("spark.ui.enabled", "false").getOrCreate()
+    kept = make_spark_converter(sys.argv[2])
+    converter = make_spark_converter(spark.range(5), cache_dir=sys.argv[1])
+    print(converter.cache_dir_url, flush=True)
+    """
+)
+
+
+def test_caches_are_deleted_at_interpreter_exit(tmp_path) -> None:
+    user_data = tmp_path / "user.parquet"
+    pq.write_table(pa.table({"id": [1, 2]}), user_data)
+    cache = tmp_path / "cache"
+    done = subprocess.run(
+        [sys.executable, "-c", ATEXIT_SCRIPT, str(cache), str(user_data)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYSPARK_PYTHON": sys.executable},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    url = done.stdout.strip().splitlines()[-1]
+    assert url.startswith(to_url(str(cache)))
+    assert cache.is_dir() and list(cache.iterdir()) == []
+    assert user_data.exists()
+    assert "Traceback" not in done.stderr

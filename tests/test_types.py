@@ -1,0 +1,199 @@
+"""Every common Spark type arrives as the documented NumPy/torch value, equal to df.collect()."""
+
+from __future__ import annotations
+
+import datetime
+import decimal
+
+import numpy as np
+import pytest
+from helpers import by_id, concat
+from pyspark.ml.linalg import Vectors as MLVectors
+from pyspark.ml.linalg import VectorUDT as MLVectorUDT
+from pyspark.mllib.linalg import Vectors as MLlibVectors
+from pyspark.mllib.linalg import VectorUDT as MLlibVectorUDT
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from sparkfeed import NullValueError, UnsupportedTypeError, make_spark_converter
+
+SCHEMA = T.StructType(
+    [
+        T.StructField("id", T.LongType()),
+        T.StructField("flag", T.BooleanType()),
+        T.StructField("i8", T.ByteType()),
+        T.StructField("i16", T.ShortType()),
+        T.StructField("i32", T.IntegerType()),
+        T.StructField("f", T.FloatType()),
+        T.StructField("d", T.DoubleType()),
+        T.StructField("dec", T.DecimalType(12, 3)),
+        T.StructField("s", T.StringType()),
+        T.StructField("bin", T.BinaryType()),
+        T.StructField("day", T.DateType()),
+        T.StructField("ts", T.TimestampType()),
+        T.StructField("ntz", T.TimestampNTZType()),
+        T.StructField("arr", T.ArrayType(T.DoubleType())),
+        T.StructField("nested", T.ArrayType(T.ArrayType(T.IntegerType()))),
+        T.StructField("ragged", T.ArrayType(T.LongType())),
+        T.StructField("words", T.ArrayType(T.StringType())),
+        T.StructField("vec", MLVectorUDT()),
+        T.StructField("sparse", MLVectorUDT()),
+        T.StructField("old_vec", MLlibVectorUDT()),
+        T.StructField("old_sparse", MLlibVectorUDT()),
+    ]
+)
+
+
+def _row(i: int) -> tuple:
+    return (
+        i,
+        i % 3 == 0,
+        i % 100 - 50,
+        i * 7 - 300,
+        i * 100_003,
+        i / 7,
+        i / 3 + 1e-12,
+        decimal.Decimal(i * 1001) / 1000,
+        f"row {i} é",
+        bytes([i % 256, 0, 255]),
+        datetime.date(2000, 1, 1) + datetime.timedelta(days=i),
+        datetime.datetime(2024, 3, 1, 12, 0, 0, 123456) + datetime.timedelta(seconds=i * 3601),
+        datetime.datetime(1999, 12, 31, 23, 59, 59) + datetime.timedelta(minutes=i),
+        [i + 0.5, i + 1.5, -i / 9],
+        [[i, i + 1, i + 2], [-i, -i - 1, -i - 2]],
+        list(range(i % 4)),
+        ["a", str(i)],
+        MLVectors.dense([i, 0.25, -1.0, i / 3]),
+        MLVectors.sparse(4, [1, 3], [float(i), 2.0]),
+        MLlibVectors.dense([i, 1.0]),
+        MLlibVectors.sparse(2, [0], [i / 5]),
+    )
+
+
+ROWS = [_row(i) for i in range(60)]
+
+
+@pytest.fixture(scope="module")
+def all_types(spark):
+    return spark.createDataFrame(ROWS, SCHEMA).repartition(3)
+
+
+@pytest.fixture(scope="module")
+def expected(all_types) -> dict[str, list]:
+    rows = sorted(all_types.collect(), key=lambda r: r.id)
+    return {name: [row[name] for row in rows] for name in SCHEMA.names}
+
+
+def _read(converter, **kwargs) -> dict[str, np.ndarray]:
+    with converter.make_numpy_iterator(batch_size=7, num_epochs=1, **kwargs) as batches:
+        return by_id(concat(batches))
+
+
+def _as_utc(value: datetime.datetime) -> np.datetime64:
+    # collect() gives naive local times for TimestampType; the cache holds UTC instants.
+    return np.datetime64(value.astimezone(datetime.UTC).replace(tzinfo=None), "us")
+
+
+def test_round_trip_equals_collect_float32(all_types, expected) -> None:
+    got = _read(make_spark_converter(all_types))
+    assert got["id"].dtype == np.int64
+    np.testing.assert_array_equal(got["id"], expected["id"])
+    assert got["flag"].dtype == np.bool_
+    np.testing.assert_array_equal(got["flag"], expected["flag"])
+    for name, dtype in [("i8", np.int8), ("i16", np.int16), ("i32", np.int32)]:
+        assert got[name].dtype == dtype
+        np.testing.assert_array_equal(got[name], expected[name])
+    for name in ("f", "d"):
+        assert got[name].dtype == np.float32
+        np.testing.assert_array_equal(got[name], np.array(expected[name], dtype=np.float32))
+    assert got["dec"].dtype == np.float32
+    np.testing.assert_allclose(got["dec"], [float(v) for v in expected["dec"]], rtol=1e-6)
+    assert list(got["s"]) == expected["s"]
+    assert list(got["bin"]) == [bytes(v) for v in expected["bin"]]
+    assert got["day"].dtype == np.dtype("datetime64[D]")
+    np.testing.assert_array_equal(got["day"], np.array(expected["day"], dtype="datetime64[D]"))
+    assert got["ts"].dtype == np.dtype("datetime64[us]")
+    np.testing.assert_array_equal(got["ts"], [_as_utc(v) for v in expected["ts"]])
+    np.testing.assert_array_equal(got["ntz"], np.array(expected["ntz"], dtype="datetime64[us]"))
+
+
+def test_arrays_vectors_and_nested_arrays_become_nd_arrays(all_types, expected) -> None:
+    got = _read(make_spark_converter(all_types))
+    assert got["arr"].shape == (60, 3) and got["arr"].dtype == np.float32
+    np.testing.assert_array_equal(got["arr"], np.array(expected["arr"], dtype=np.float32))
+    assert got["nested"].shape == (60, 2, 3) and got["nested"].dtype == np.int32
+    np.testing.assert_array_equal(got["nested"], np.array(expected["nested"]))
+    for name, width in [("vec", 4), ("sparse", 4), ("old_vec", 2), ("old_sparse", 2)]:
+        assert got[name].shape == (60, width) and got[name].dtype == np.float32, name
+        np.testing.assert_array_equal(got[name], np.array([v.toArray() for v in expected[name]], dtype=np.float32))
+
+
+def test_variable_length_arrays_are_object_arrays_of_arrays(all_types, expected) -> None:
+    got = _read(make_spark_converter(all_types))
+    assert got["ragged"].dtype == object
+    assert [list(v) for v in got["ragged"]] == expected["ragged"]
+    assert [list(v) for v in got["words"]] == expected["words"]
+
+
+def test_dtype_float64_and_none(all_types, expected) -> None:
+    wide = _read(make_spark_converter(all_types, dtype="float64"), schema_fields=["id", "f", "d", "dec", "vec"])
+    assert {wide[n].dtype for n in ("f", "d", "dec", "vec")} == {np.dtype(np.float64)}
+    np.testing.assert_array_equal(wide["d"], expected["d"])
+    np.testing.assert_array_equal(wide["vec"], [v.toArray() for v in expected["vec"]])
+    kept = _read(make_spark_converter(all_types, dtype=None), schema_fields=["id", "f", "d", "dec", "vec"])
+    assert kept["f"].dtype == np.float32 and kept["d"].dtype == np.float64
+    assert kept["dec"].dtype == np.float64 and kept["vec"].dtype == np.float64
+    np.testing.assert_array_equal(kept["dec"], [float(v) for v in expected["dec"]])
+
+
+def test_torch_types(all_types, expected) -> None:
+    import torch
+
+    converter = make_spark_converter(all_types)
+    with converter.make_torch_dataloader(batch_size=60, num_epochs=1, shuffle_row_groups=False) as loader:
+        (batch,) = list(loader)
+    order = torch.argsort(batch["id"])
+    assert batch["flag"].dtype == torch.bool
+    assert batch["i16"].dtype == torch.int16
+    assert batch["d"].dtype == torch.float32
+    assert batch["nested"].shape == (60, 2, 3)
+    assert batch["day"].dtype == torch.int64
+    days = [(d - datetime.date(1970, 1, 1)).days for d in expected["day"]]
+    assert batch["day"][order].tolist() == days
+    micros = [int(_as_utc(v).astype(np.int64)) for v in expected["ts"]]
+    assert batch["ts"][order].tolist() == micros
+    assert isinstance(batch["s"], list) and sorted(batch["s"]) == sorted(expected["s"])
+    assert isinstance(batch["ragged"], list) and all(isinstance(t, torch.Tensor) for t in batch["ragged"])
+
+
+def test_struct_and_map_columns_are_refused_with_column_type_and_advice(spark) -> None:
+    df = spark.range(2).select(
+        F.struct(F.col("id").alias("a")).alias("point"),
+        F.create_map(F.lit("k"), F.col("id")).alias("tags"),
+        "id",
+    )
+    with pytest.raises(UnsupportedTypeError) as error:
+        make_spark_converter(df)
+    message = str(error.value)
+    assert "column 'point' has Spark type struct<a:bigint>" in message
+    assert "df.select('point.*')" in message
+    assert "column 'tags' has Spark type map<string,bigint>" in message
+    assert "F.to_json('tags')" in message
+
+
+def test_null_in_numeric_column_names_the_column(spark) -> None:
+    df = spark.createDataFrame([(1, 1.0, "a"), (2, None, None)], "id long, x double, s string")
+    converter = make_spark_converter(df)
+    with pytest.raises(NullValueError, match=r"column 'x' \(float\) holds 1 null value\(s\).*fillna") as error:
+        _read(converter)
+    assert any("sparkfeed: raised in a reader thread while reading" in note for note in error.value.__notes__)
+    strings = _read(converter, schema_fields=["id", "s"])
+    assert list(strings["s"]) == ["a", None]
+    filled = _read(converter, transform_fn=lambda frame: frame.fillna({"x": -1.0}))
+    assert filled["x"].tolist() == [1.0, -1.0]
+
+
+def test_null_inside_a_fixed_array_is_refused(spark) -> None:
+    df = spark.createDataFrame([(1, [1.0, None]), (2, [2.0, 3.0])], "id long, a array<double>")
+    with pytest.raises(NullValueError, match="column 'a'"):
+        _read(make_spark_converter(df))
