@@ -14,12 +14,12 @@ import time
 
 os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
 
-import torch  # noqa: E402
-from pyspark.ml.feature import VectorAssembler  # noqa: E402
-from pyspark.sql import SparkSession  # noqa: E402
-from pyspark.sql import functions as F  # noqa: E402
+import torch
+from pyspark.ml.feature import VectorAssembler
+from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
 
-from sparkfeed import make_spark_converter  # noqa: E402
+from sparkfeed import make_spark_converter
 
 ROWS, FEATURES, EPOCHS, BATCH = 100_000, 8, 3, 256
 

@@ -13,12 +13,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from helpers import by_id, concat
 from pyspark.sql import functions as F
 
 import sparkfeed.materialize
 from sparkfeed import make_spark_converter
 from sparkfeed.cache import MANIFEST_NAME, read_manifest, resolve_cache_dir, to_url
+
+from helpers import by_id, concat
 
 
 def _ids(converter) -> list[int]:
@@ -130,7 +131,7 @@ def test_cache_deleted_behind_our_back_is_written_again(spark) -> None:
 
 def test_failed_write_leaves_no_cache(spark, tmp_path) -> None:
     @F.udf("double")
-    def explode(x):  # noqa: ANN001 - hints would make Spark guess a pandas UDF
+    def explode(x):
         if x == 13:
             raise RuntimeError("bad row")
         return float(x)

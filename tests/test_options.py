@@ -69,7 +69,9 @@ def test_codecs_are_case_insensitive_and_none_means_uncompressed() -> None:
 
 
 def test_unknown_keyword_lists_the_accepted_ones(spark) -> None:
-    with pytest.raises(TypeError, match=r"unexpected keyword argument\(s\) \['compresion'\]; accepted keywords: .*dtype"):
+    with pytest.raises(
+        TypeError, match=r"unexpected keyword argument\(s\) \['compresion'\]; accepted keywords: .*dtype"
+    ):
         make_spark_converter(spark.range(3), compresion="zstd")
     converter = make_spark_converter(spark.range(3))
     with pytest.raises(TypeError, match=r"\['shuffle'\]; accepted keywords: batch_size, cur_shard"):

@@ -7,7 +7,6 @@ import decimal
 
 import numpy as np
 import pytest
-from helpers import by_id, concat
 from pyspark.ml.linalg import Vectors as MLVectors
 from pyspark.ml.linalg import VectorUDT as MLVectorUDT
 from pyspark.mllib.linalg import Vectors as MLlibVectors
@@ -16,6 +15,8 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from sparkfeed import NullValueError, UnsupportedTypeError, make_spark_converter
+
+from helpers import by_id, concat
 
 SCHEMA = T.StructType(
     [

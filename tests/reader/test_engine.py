@@ -1,0 +1,138 @@
+"""The reader end to end on a real cache: epochs, batches, shards, seeds, columns, shutdown."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import traceback
+
+import numpy as np
+import pytest
+from pyspark.sql import functions as F
+
+from sparkfeed import make_spark_converter
+
+from helpers import concat
+
+ROWS = 3000
+
+
+@pytest.fixture(scope="module")
+def converter(spark):
+    df = spark.range(ROWS, numPartitions=3).select(
+        "id", (F.col("id") * 0.5).alias("x"), F.array(F.col("id"), F.col("id") + 1).alias("pair")
+    )
+    converter = make_spark_converter(df, parquet_row_group_size_bytes=2048)
+    assert sum(len(f.row_groups) for f in converter.manifest.files) >= 6  # enough groups to shuffle
+    return converter
+
+
+def _reader_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("sparkfeed-reader")]
+
+
+def _ids(converter, **kwargs) -> np.ndarray:
+    with converter.make_numpy_iterator(**kwargs) as batches:
+        return concat(batches)["id"]
+
+
+def test_one_epoch_yields_every_row_once_with_a_last_partial_batch(converter) -> None:
+    with converter.make_numpy_iterator(batch_size=128, num_epochs=1) as batches:
+        out = list(batches)
+        assert len(batches) == len(out) == 24
+    assert [len(b["id"]) for b in out] == [128] * 23 + [ROWS - 23 * 128]
+    ids = np.concatenate([b["id"] for b in out])
+    assert sorted(ids.tolist()) == list(range(ROWS))
+    x = np.concatenate([b["x"] for b in out])
+    np.testing.assert_array_equal(x, ids * 0.5)
+    pair = np.concatenate([b["pair"] for b in out])
+    np.testing.assert_array_equal(pair, np.stack([ids, ids + 1], axis=1))
+
+
+def test_batches_do_not_span_epochs(converter) -> None:
+    with converter.make_numpy_iterator(batch_size=1000, num_epochs=3, seed=1) as batches:
+        sizes = [len(b["id"]) for b in batches]
+        assert len(batches) == 9
+    assert sizes == [1000] * 9
+    with converter.make_numpy_iterator(batch_size=2048, num_epochs=2) as batches:
+        assert [len(b["id"]) for b in batches] == [2048, 952, 2048, 952]
+
+
+def test_each_epoch_covers_all_rows_in_a_new_order(converter) -> None:
+    ids = _ids(converter, batch_size=500, num_epochs=3, seed=3)
+    epochs = ids.reshape(3, ROWS)
+    for epoch in epochs:
+        assert sorted(epoch.tolist()) == list(range(ROWS))
+    assert not np.array_equal(epochs[0], epochs[1]) and not np.array_equal(epochs[1], epochs[2])
+
+
+def test_same_seed_same_batches_and_iterating_again_continues_with_new_epochs(converter) -> None:
+    first = _ids(converter, batch_size=100, num_epochs=2, seed=11)
+    np.testing.assert_array_equal(first, _ids(converter, batch_size=100, num_epochs=2, seed=11))
+    assert not np.array_equal(first, _ids(converter, batch_size=100, num_epochs=2, seed=12))
+    with converter.make_numpy_iterator(batch_size=100, num_epochs=1, seed=11) as loader:
+        epoch0 = concat(loader)["id"]
+        epoch1 = concat(loader)["id"]
+    np.testing.assert_array_equal(np.concatenate([epoch0, epoch1]), first)
+
+
+def test_no_shuffle_reads_in_file_order_and_unseeded_shuffles_differ(converter) -> None:
+    ordered = _ids(converter, batch_size=256, num_epochs=1, shuffle_row_groups=False)
+    np.testing.assert_array_equal(ordered, np.sort(ordered))
+    runs = [_ids(converter, batch_size=256, num_epochs=1) for _ in range(3)]
+    assert any(not np.array_equal(runs[0], other) for other in runs[1:])
+
+
+@pytest.mark.parametrize("shard_count", [2, 3, 5])
+def test_shards_cover_every_row_exactly_once(converter, shard_count: int) -> None:
+    shards = [
+        _ids(converter, batch_size=64, num_epochs=1, cur_shard=s, shard_count=shard_count, seed=5)
+        for s in range(shard_count)
+    ]
+    assert sorted(np.concatenate(shards).tolist()) == list(range(ROWS))
+    sizes = [len(s) for s in shards]
+    assert max(sizes) - min(sizes) <= 1
+
+
+def test_more_shards_than_row_groups(spark) -> None:
+    tiny = make_spark_converter(spark.range(10, numPartitions=1))
+    assert sum(len(f.row_groups) for f in tiny.manifest.files) == 1
+    shards = [_ids(tiny, batch_size=2, num_epochs=1, cur_shard=s, shard_count=4) for s in range(4)]
+    assert [len(s) for s in shards] == [2, 3, 2, 3]
+    assert sorted(np.concatenate(shards).tolist()) == list(range(10))
+    with pytest.raises(ValueError, match="shard 0 of 20 holds no rows"):
+        tiny.make_numpy_iterator(cur_shard=0, shard_count=20)
+
+
+def test_schema_fields_reads_only_those_columns(converter) -> None:
+    with converter.make_numpy_iterator(batch_size=10, num_epochs=1, schema_fields=["x"]) as batches:
+        assert set(next(iter(batches))) == {"x"}
+
+
+def test_infinite_epochs_and_early_break_stop_the_threads(converter) -> None:
+    with converter.make_numpy_iterator(batch_size=50, workers_count=2) as batches:
+        with pytest.raises(TypeError, match="infinite"):
+            len(batches)
+        taken = list(itertools.islice(batches, 200))
+        assert len(taken) == 200  # 10,000 rows: more than three epochs
+        assert _reader_threads()
+    assert not _reader_threads()
+    loader = converter.make_numpy_iterator(batch_size=50)
+    for _ in loader:
+        break
+    loader.close()
+    assert not _reader_threads()
+
+
+def _broken_transform(frame):
+    raise ArithmeticError("transform failed")
+
+
+def test_transform_exception_surfaces_with_traceback_and_location(converter) -> None:
+    with pytest.raises(ArithmeticError, match="transform failed") as error:
+        with converter.make_numpy_iterator(num_epochs=1, transform_fn=_broken_transform) as batches:
+            list(batches)
+    assert "_broken_transform" in [f.name for f in traceback.extract_tb(error.value.__traceback__)]
+    (note,) = error.value.__notes__
+    assert ".parquet, row group" in note and "rows [" in note
+    assert not _reader_threads()

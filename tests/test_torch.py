@@ -1,0 +1,61 @@
+"""The PyTorch adapter: tensors without copies, a real model that learns, a clear ImportError."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from pyspark.ml.feature import VectorAssembler
+from pyspark.sql import functions as F
+
+from sparkfeed import make_spark_converter
+
+
+@pytest.fixture(scope="module")
+def regression(spark):
+    df = spark.range(4000).select(*[F.randn(seed=i).alias(f"x{i}") for i in range(4)])
+    df = df.withColumn("y", 2 * F.col("x0") - 3 * F.col("x1") + F.col("x2") * 0.5 + 1.0)
+    df = VectorAssembler(inputCols=["x0", "x1", "x2", "x3"], outputCol="features").transform(df)
+    return make_spark_converter(df.select("features", "y"))
+
+
+def test_batches_are_tensors_with_a_batch_dimension(regression) -> None:
+    with regression.make_torch_dataloader(batch_size=512, num_epochs=1) as loader:
+        batches = list(loader)
+        assert len(loader) == len(batches) == 8
+    assert all(isinstance(b["features"], torch.Tensor) for b in batches)
+    assert batches[0]["features"].shape == (512, 4) and batches[0]["features"].dtype == torch.float32
+    assert batches[0]["y"].shape == (512,)
+    assert sum(len(b["y"]) for b in batches) == 4000
+
+
+def test_a_tiny_model_learns(regression) -> None:
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 1)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.05)
+    losses = []
+    with regression.make_torch_dataloader(batch_size=128, num_epochs=6, seed=0) as loader:
+        for batch in loader:
+            loss = torch.nn.functional.mse_loss(model(batch["features"]).squeeze(1), batch["y"])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+    assert np.mean(losses[-20:]) < 0.01 * np.mean(losses[:5])
+    np.testing.assert_allclose(model.weight.detach().numpy()[0], [2, -3, 0.5, 0], atol=0.05)
+
+
+def test_missing_torch_names_the_extra(regression, monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "torch", None)
+    with pytest.raises(ImportError, match=r"pip install 'sparkfeed\[torch\]'"):
+        regression.make_torch_dataloader()
+
+
+def test_import_sparkfeed_does_not_import_frameworks() -> None:
+    code = "import sys, sparkfeed; print(sorted({'torch', 'tensorflow', 'jax', 'pyspark'} & set(sys.modules)))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

@@ -1,0 +1,103 @@
+"""The user's transform runs in the reader threads and shapes what the batches hold."""
+
+from __future__ import annotations
+
+import io
+import threading
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+from pyspark.sql import functions as F
+
+from sparkfeed import TransformSpec, make_spark_converter
+
+from helpers import by_id, concat
+
+
+def _png(i: int) -> bytes:
+    pixels = np.full((8, 6, 3), i % 256, dtype=np.uint8)
+    pixels[0, 0] = [1, 2, 3]
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def images(spark):
+    rows = [(i, _png(i), [float(j) for j in range(12)]) for i in range(40)]
+    return make_spark_converter(spark.createDataFrame(rows, "id long, png binary, flat array<double>"))
+
+
+def test_transform_fn_decodes_images_into_a_batch_tensor(images) -> None:
+    threads: set[str] = set()
+
+    def decode(frame: pd.DataFrame) -> pd.DataFrame:
+        threads.add(threading.current_thread().name)
+        frame["png"] = [np.asarray(Image.open(io.BytesIO(data))) for data in frame["png"]]
+        return frame
+
+    with images.make_numpy_iterator(batch_size=16, num_epochs=1, transform_fn=decode) as batches:
+        out = list(batches)
+    assert [b["png"].shape for b in out] == [(16, 8, 6, 3), (16, 8, 6, 3), (8, 8, 6, 3)]
+    got = by_id(concat(out))
+    assert got["png"].dtype == np.uint8
+    np.testing.assert_array_equal(got["png"][:, 1, 1, 0], np.arange(40))
+    np.testing.assert_array_equal(got["png"][:, 0, 0], np.tile([1, 2, 3], (40, 1)))
+    assert threads and all(name.startswith("sparkfeed-reader") for name in threads)
+
+
+def test_transform_spec_edit_removed_and_selected_fields(images) -> None:
+    def add(frame: pd.DataFrame) -> pd.DataFrame:
+        frame["double_id"] = frame["id"] * 2
+        return frame
+
+    spec = TransformSpec(
+        add,
+        edit_fields=[("flat", np.float32, (3, 4), False), ("double_id", np.int32, (), False)],
+        removed_fields=["png"],
+        selected_fields=["double_id", "flat", "id"],
+    )
+    with images.make_numpy_iterator(batch_size=40, num_epochs=1, transform_spec=spec) as batches:
+        (batch,) = list(batches)
+    assert list(batch) == ["double_id", "flat", "id"]
+    assert batch["flat"].shape == (40, 3, 4) and batch["flat"].dtype == np.float32
+    np.testing.assert_array_equal(batch["flat"][0], np.arange(12, dtype=np.float32).reshape(3, 4))
+    assert batch["double_id"].dtype == np.int32
+    np.testing.assert_array_equal(batch["double_id"], batch["id"] * 2)
+
+
+def test_schema_fields_apply_before_the_transform(images) -> None:
+    seen: list[list[str]] = []
+
+    def record(frame: pd.DataFrame) -> pd.DataFrame:
+        seen.append(list(frame.columns))
+        return frame
+
+    with images.make_numpy_iterator(num_epochs=1, schema_fields=["id"], transform_fn=record) as batches:
+        list(batches)
+    assert seen and all(columns == ["id"] for columns in seen)
+
+
+def test_bad_transform_outputs_are_explained(images) -> None:
+    with pytest.raises(TypeError, match="must return a pandas DataFrame, it returned list"):
+        with images.make_numpy_iterator(num_epochs=1, transform_fn=lambda frame: [1]) as batches:
+            list(batches)
+    spec = TransformSpec(edit_fields=[("flat", np.float32, (5, 5), False)])
+    with pytest.raises(ValueError, match=r"cannot be reshaped to the edit_fields shape \(5, 5\)"):
+        with images.make_numpy_iterator(num_epochs=1, transform_spec=spec) as batches:
+            list(batches)
+    with pytest.raises(KeyError, match=r"selected_fields \['nope'\]"):
+        with images.make_numpy_iterator(num_epochs=1, transform_spec=TransformSpec(selected_fields=["nope"])) as b:
+            list(b)
+    with pytest.raises(ValueError, match="edit_fields entry"):
+        TransformSpec(edit_fields=["flat"])  # type: ignore[list-item]
+
+
+def test_transform_can_filter_rows(spark) -> None:
+    converter = make_spark_converter(spark.range(100).withColumn("x", F.col("id") % 3))
+    keep = lambda frame: frame[frame["x"] == 0]  # noqa: E731
+    with converter.make_numpy_iterator(batch_size=10, num_epochs=1, transform_fn=keep) as batches:
+        ids = sorted(concat(batches)["id"].tolist())
+    assert ids == list(range(0, 100, 3))
