@@ -23,8 +23,8 @@ demo: java venv
 	PYSPARK_PYTHON=$(abspath $(PY)) $(PY) examples/demo.py
 
 lint: venv
-	$(VENV)/bin/ruff check src tests examples
-	$(VENV)/bin/ruff format --check src tests examples
+	$(VENV)/bin/ruff check src tests examples benchmarks
+	$(VENV)/bin/ruff format --check src tests examples benchmarks
 
 typecheck: venv
 	$(VENV)/bin/mypy
