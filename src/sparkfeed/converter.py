@@ -20,8 +20,9 @@ from sparkfeed.cache import (
     to_url,
 )
 from sparkfeed.materialize import describe, identify, materialize, registry
-from sparkfeed.options import MaterializeOptions, ReaderOptions, known_keywords, reader_options
+from sparkfeed.options import MaterializeOptions, ShardPolicy, known_keywords, reader_options
 from sparkfeed.reader import Reader
+from sparkfeed.reader.batch import NUMPY, BatchFormat, Columns
 from sparkfeed.transform import TransformSpec
 from sparkfeed.types import column_specs
 
@@ -85,10 +86,12 @@ class SparkDatasetConverter:
         registry.forget(self._cache_dir_url)
         self._deleted = True
 
-    def _reader(self, options: ReaderOptions) -> Reader:
+    def _reader(self, fmt: BatchFormat[Any], arguments: dict[str, Any]) -> Reader[Any]:
+        """A reader in ``fmt`` from a ``make_*`` method's own arguments (its ``locals()``)."""
         if self._deleted:
             raise RuntimeError(f"this converter's cache {self._cache_dir_url} was deleted; convert the DataFrame again")
-        return Reader(self._cache_dir_url, self._manifest, options)
+        arguments = {name: value for name, value in arguments.items() if name != "self"}
+        return Reader(self._cache_dir_url, self._manifest, reader_options(**arguments), fmt)
 
     @known_keywords
     def make_numpy_iterator(
@@ -100,12 +103,14 @@ class SparkDatasetConverter:
         prefetch: int | None = None,
         cur_shard: int | None = None,
         shard_count: int | None = None,
+        shard_policy: ShardPolicy = "pad",
         seed: int | None = None,
         shuffle_row_groups: bool = True,
+        shuffling_queue_capacity: int | None = None,
         schema_fields: Sequence[str] | None = None,
         transform_spec: TransformSpec | None = None,
         transform_fn: Callable[[pd.DataFrame], pd.DataFrame] | None = None,
-    ) -> Reader:
+    ) -> Reader[Columns]:
         """Batches as dicts of NumPy arrays: the engine every other loader is built on.
 
         Use it as a context manager (``with converter.make_numpy_iterator() as it:``) so that
@@ -116,30 +121,21 @@ class SparkDatasetConverter:
             num_epochs: Passes over the data; None repeats forever, as in Petastorm.
             workers_count: Reader threads (default: cores, at most 4).
             prefetch: Row-group pieces read ahead (default: twice the threads); bounds memory.
-            cur_shard: This shard's index, with ``shard_count``: shards split the rows, each
-                row in exactly one shard.
+            cur_shard: This shard's index, with ``shard_count``: shards split the rows.
             shard_count: Number of shards.
-            seed: Seed of the row-group shuffle; the same seed gives the same order.
+            shard_policy: ``pad`` (default): every shard yields the same number of rows, short
+                shards repeating one row, so distributed ranks get equal batch counts; ``drop``:
+                equal counts by leaving out at most one row per shard; ``exact``: every row in
+                exactly one shard (inference), counts may differ by one row.
+            seed: Seed of every shuffle; the same seed gives the same batches.
             shuffle_row_groups: Shuffle the order of row groups every epoch.
+            shuffling_queue_capacity: Also shuffle rows across windows of at least this many
+                rows (at least one row group). None or 0: rows keep their order in a row group.
             schema_fields: Column names to read (default: all).
             transform_spec: A :class:`TransformSpec` run on each chunk of rows.
             transform_fn: Shorthand for ``TransformSpec(transform_fn)``.
         """
-        return self._reader(
-            reader_options(
-                batch_size=batch_size,
-                num_epochs=num_epochs,
-                workers_count=workers_count,
-                prefetch=prefetch,
-                cur_shard=cur_shard,
-                shard_count=shard_count,
-                seed=seed,
-                shuffle_row_groups=shuffle_row_groups,
-                schema_fields=schema_fields,
-                transform_spec=transform_spec,
-                transform_fn=transform_fn,
-            )
-        )
+        return self._reader(NUMPY, locals())
 
     @known_keywords
     def make_torch_dataloader(
@@ -151,8 +147,10 @@ class SparkDatasetConverter:
         prefetch: int | None = None,
         cur_shard: int | None = None,
         shard_count: int | None = None,
+        shard_policy: ShardPolicy = "pad",
         seed: int | None = None,
         shuffle_row_groups: bool = True,
+        shuffling_queue_capacity: int | None = None,
         schema_fields: Sequence[str] | None = None,
         transform_spec: TransformSpec | None = None,
         transform_fn: Callable[[pd.DataFrame], pd.DataFrame] | None = None,
@@ -162,23 +160,10 @@ class SparkDatasetConverter:
         Strings and bytes, which tensors cannot hold, arrive as Python lists; dates as int64
         days and timestamps as int64 microseconds since the epoch.
         """
-        from sparkfeed.torch import TorchDataLoader
+        arguments = locals()  # first statement: exactly the parameters
+        from sparkfeed.torch import TorchDataLoader, TorchFormat
 
-        return TorchDataLoader(
-            self.make_numpy_iterator(
-                batch_size,
-                num_epochs,
-                workers_count,
-                prefetch=prefetch,
-                cur_shard=cur_shard,
-                shard_count=shard_count,
-                seed=seed,
-                shuffle_row_groups=shuffle_row_groups,
-                schema_fields=schema_fields,
-                transform_spec=transform_spec,
-                transform_fn=transform_fn,
-            )
-        )
+        return TorchDataLoader(self._reader(TorchFormat(), arguments))
 
 
 @known_keywords

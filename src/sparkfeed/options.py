@@ -13,10 +13,12 @@ import functools
 import inspect
 import os
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from sparkfeed.transform import TransformSpec
 
+ShardPolicy = Literal["pad", "drop", "exact"]
+SHARD_POLICIES: tuple[ShardPolicy, ...] = ("pad", "drop", "exact")
 COMPRESSION_CODECS = ("uncompressed", "snappy", "zstd", "lz4", "gzip")
 FLOAT_DTYPES = ("float32", "float64")
 
@@ -67,6 +69,8 @@ class ReaderOptions:
     shard_count: int | None = None
     seed: int | None = None
     shuffle_row_groups: bool = True
+    shuffling_queue_capacity: int | None = None
+    shard_policy: ShardPolicy = "pad"
     schema_fields: tuple[str, ...] | None = None
     transform_spec: TransformSpec | None = None
 
@@ -89,6 +93,9 @@ class ReaderOptions:
                     f"cur_shard={self.cur_shard!r} is not allowed: it must be an integer in "
                     f"[0, {self.shard_count - 1}] for shard_count={self.shard_count}"
                 )
+        _check_int("shuffling_queue_capacity", self.shuffling_queue_capacity, 0, optional=True)
+        if self.shard_policy not in SHARD_POLICIES:
+            raise ValueError(f"shard_policy={self.shard_policy!r} is not allowed: it must be one of {SHARD_POLICIES}")
         if not isinstance(self.shuffle_row_groups, bool):
             raise ValueError(f"shuffle_row_groups={self.shuffle_row_groups!r} is not allowed: it must be a bool")
         if self.schema_fields is not None:

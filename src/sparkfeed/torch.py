@@ -1,8 +1,8 @@
-"""The PyTorch adapter: the engine's NumPy batches as dicts of tensors, without copies."""
+"""The PyTorch adapter: the engine's batches as dicts of tensors, made without copies."""
 
 from __future__ import annotations
 
-import warnings
+import itertools
 from collections.abc import Iterator
 from types import ModuleType, TracebackType
 from typing import Any
@@ -10,6 +10,10 @@ from typing import Any
 import numpy as np
 
 from sparkfeed.reader import Reader
+from sparkfeed.reader.batch import Columns
+
+TorchBatch = dict[str, Any]
+"""Column name → ``torch.Tensor`` (or a list, for strings, bytes and ragged arrays)."""
 
 
 def import_torch() -> ModuleType:
@@ -23,39 +27,83 @@ def import_torch() -> ModuleType:
     return torch
 
 
-def to_torch(array: np.ndarray) -> Any:
-    """One column of a batch as a tensor; strings and bytes, which torch cannot hold, as a list."""
-    torch = import_torch()
-    kind = array.dtype.kind
-    if kind in "biufc":
-        return torch.from_numpy(array)
-    if kind in "Mm":
-        # Dates become int64 days, timestamps int64 microseconds (the unit the cache holds).
-        return torch.from_numpy(array.view(np.int64))
-    return [torch.from_numpy(v) if isinstance(v, np.ndarray) and v.dtype.kind in "biuf" else v for v in array]
+class TorchFormat:
+    """Chunks as tensors, converted in the reader threads and split into batch views in one call.
+
+    ``torch.from_numpy`` shares memory with the array; ``torch.split`` makes all the batch views
+    of a chunk at once. Strings and bytes, which tensors cannot hold, are lists; dates are int64
+    days and timestamps int64 microseconds since the epoch.
+    """
+
+    def __init__(self) -> None:
+        self._torch = import_torch()
+
+    def _tensor(self, array: np.ndarray) -> Any:
+        kind = array.dtype.kind
+        if kind in "Mm":
+            array = array.view(np.int64)
+            kind = "i"
+        if kind in "biufc":
+            # Arrow-owned memory comes writable from the reader; anything else is copied
+            # rather than shared read-only (torch would warn, and could write through it).
+            return self._torch.from_numpy(array if array.flags.writeable else array.copy())
+        return [self._tensor(v) if isinstance(v, np.ndarray) and v.dtype.kind in "biufMm" else v for v in array]
+
+    def convert(self, columns: Columns) -> TorchBatch:
+        """NumPy columns → tensors (lists for what tensors cannot hold)."""
+        return {name: self._tensor(array) for name, array in columns.items()}
+
+    def rows(self, chunk: TorchBatch) -> int:
+        """Rows in a chunk."""
+        return len(next(iter(chunk.values()))) if chunk else 0
+
+    def split(self, chunk: TorchBatch, sizes: list[int]) -> list[TorchBatch]:
+        """Batch views of a chunk: one ``torch.split`` per column."""
+        pieces: dict[str, Any] = {}
+        for name, column in chunk.items():
+            if isinstance(column, list):
+                bounds = np.cumsum([0, *sizes])
+                pieces[name] = [column[a:b] for a, b in itertools.pairwise(bounds)]
+            else:
+                pieces[name] = self._torch.split(column, sizes)
+        return [{name: parts[k] for name, parts in pieces.items()} for k in range(len(sizes))]
+
+    def concat(self, parts: list[TorchBatch]) -> TorchBatch:
+        """Parts joined: ``torch.cat`` for tensors, list concatenation for lists."""
+        if len(parts) == 1:
+            return parts[0]
+        joined: TorchBatch = {}
+        for name, first in parts[0].items():
+            if isinstance(first, list):
+                joined[name] = [item for part in parts for item in part[name]]
+            else:
+                joined[name] = self._torch.cat([part[name] for part in parts])
+        return joined
 
 
 class TorchDataLoader:
     """Iterates dicts of ``torch.Tensor`` with a leading batch dimension.
 
     A context manager like Petastorm's loader: leaving the ``with`` block stops the reader.
+    ``state_dict()`` / ``load_state_dict()`` save and restore the position mid-epoch.
     """
 
-    def __init__(self, reader: Reader) -> None:
-        import_torch()
+    def __init__(self, reader: Reader[TorchBatch]) -> None:
         self._reader = reader
 
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        for batch in self._reader:
-            with warnings.catch_warnings():
-                # Arrow's buffers are read-only; the tensors share them, and writing to a batch
-                # in place is not something a loader's consumer does.
-                warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-                tensors = {name: to_torch(array) for name, array in batch.items()}
-            yield tensors
+    def __iter__(self) -> Iterator[TorchBatch]:
+        return iter(self._reader)
 
     def __len__(self) -> int:
         return len(self._reader)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The reader's position; see :meth:`sparkfeed.reader.Reader.state_dict`."""
+        return self._reader.state_dict()
+
+    def load_state_dict(self, state: Any) -> None:
+        """Continues from a saved position; see :meth:`sparkfeed.reader.Reader.load_state_dict`."""
+        self._reader.load_state_dict(state)
 
     def close(self) -> None:
         """Stops the reader threads."""

@@ -262,8 +262,24 @@ def to_numpy(spec: ColumnSpec, column: pa.ChunkedArray | pa.Array) -> np.ndarray
         _check_nulls(spec, array)
         array = pc.list_flatten(array)
     _check_nulls(spec, array)
-    values: np.ndarray = array.to_numpy(zero_copy_only=False)
+    values = _values(array)
     return values.reshape((rows, *spec.shape)) if spec.shape else values
+
+
+def _values(array: pa.Array) -> np.ndarray:
+    """The values of a null-free array, zero-copy, and writable when Arrow's buffer is.
+
+    A freshly decoded row group owns mutable buffers; exposing them writable spares torch's
+    "non-writable array" warning without copying.
+    """
+    data_type = array.type
+    if pa.types.is_integer(data_type) or pa.types.is_floating(data_type):
+        data = array.buffers()[1]
+        if data is not None and data.is_mutable:
+            dtype = np.dtype(data_type.to_pandas_dtype())
+            return np.frombuffer(data, dtype=dtype, count=len(array), offset=array.offset * dtype.itemsize)
+    values: np.ndarray = array.to_numpy(zero_copy_only=False)
+    return values
 
 
 def _check_nulls(spec: ColumnSpec, array: pa.Array) -> None:

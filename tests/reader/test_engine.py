@@ -83,10 +83,20 @@ def test_no_shuffle_reads_in_file_order_and_unseeded_shuffles_differ(converter) 
     assert any(not np.array_equal(runs[0], other) for other in runs[1:])
 
 
-@pytest.mark.parametrize("shard_count", [2, 3, 5])
-def test_shards_cover_every_row_exactly_once(converter, shard_count: int) -> None:
+@pytest.mark.parametrize("shard_count", [2, 3, 7])
+@pytest.mark.parametrize("capacity", [None, 1000])
+def test_exact_shards_cover_every_row_exactly_once(converter, shard_count: int, capacity) -> None:
     shards = [
-        _ids(converter, batch_size=64, num_epochs=1, cur_shard=s, shard_count=shard_count, seed=5)
+        _ids(
+            converter,
+            batch_size=64,
+            num_epochs=1,
+            cur_shard=s,
+            shard_count=shard_count,
+            shard_policy="exact",
+            seed=5,
+            shuffling_queue_capacity=capacity,
+        )
         for s in range(shard_count)
     ]
     assert sorted(np.concatenate(shards).tolist()) == list(range(ROWS))
@@ -94,14 +104,51 @@ def test_shards_cover_every_row_exactly_once(converter, shard_count: int) -> Non
     assert max(sizes) - min(sizes) <= 1
 
 
+@pytest.mark.parametrize("policy", ["pad", "drop"])
+def test_every_shard_yields_the_same_number_of_batches_by_default(converter, policy: str) -> None:
+    counts, seen = set(), []
+    for shard in range(7):  # 3000 rows: shards of 428 and 429
+        with converter.make_torch_dataloader(
+            batch_size=107, num_epochs=2, cur_shard=shard, shard_count=7, shard_policy=policy
+        ) as loader:
+            batches = list(loader)
+            assert len(loader) == len(batches)
+        counts.add(len(batches))
+        seen += [int(i) for b in batches[: len(batches) // 2] for i in b["id"]]
+    assert len(counts) == 1
+    if policy == "pad":
+        assert set(seen) == set(range(ROWS)) and len(seen) == 7 * 429
+    else:
+        assert len(set(seen)) == len(seen) == 7 * 428
+
+
 def test_more_shards_than_row_groups(spark) -> None:
     tiny = make_spark_converter(spark.range(10, numPartitions=1))
     assert sum(len(f.row_groups) for f in tiny.manifest.files) == 1
-    shards = [_ids(tiny, batch_size=2, num_epochs=1, cur_shard=s, shard_count=4) for s in range(4)]
+    shards = [
+        _ids(tiny, batch_size=2, num_epochs=1, cur_shard=s, shard_count=4, shard_policy="exact") for s in range(4)
+    ]
     assert [len(s) for s in shards] == [2, 3, 2, 3]
     assert sorted(np.concatenate(shards).tolist()) == list(range(10))
+    padded = [_ids(tiny, batch_size=2, num_epochs=1, cur_shard=s, shard_count=4) for s in range(4)]
+    assert [len(s) for s in padded] == [3, 3, 3, 3]
     with pytest.raises(ValueError, match="shard 0 of 20 holds no rows"):
-        tiny.make_numpy_iterator(cur_shard=0, shard_count=20)
+        tiny.make_numpy_iterator(cur_shard=0, shard_count=20, shard_policy="drop")
+
+
+def test_shuffle_buffer_mixes_rows_reproducibly(converter) -> None:
+    plain = _ids(converter, batch_size=100, num_epochs=1, seed=2)
+    mixed = _ids(converter, batch_size=100, num_epochs=1, seed=2, shuffling_queue_capacity=1200)
+    np.testing.assert_array_equal(
+        mixed, _ids(converter, batch_size=100, num_epochs=1, seed=2, shuffling_queue_capacity=1200)
+    )
+    assert sorted(mixed.tolist()) == list(range(ROWS))
+    # Without the buffer, rows keep their order inside a row group: most neighbours are consecutive ids.
+    assert np.mean(np.diff(plain) == 1) > 0.9
+    assert np.mean(np.diff(mixed) == 1) < 0.05
+    position = np.empty(ROWS)
+    position[mixed] = np.arange(ROWS)
+    assert abs(np.corrcoef(np.arange(ROWS), position)[0, 1]) < 0.3
 
 
 def test_schema_fields_reads_only_those_columns(converter) -> None:

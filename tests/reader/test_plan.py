@@ -1,35 +1,60 @@
-"""Row-based sharding and seeded per-epoch ordering."""
+"""Row-based sharding with its three policies, seeded per-epoch ordering, shuffle windows, resharding."""
 
 from __future__ import annotations
+
+import math
+from collections import Counter
 
 import numpy as np
 import pytest
 
-from sparkfeed.reader.plan import Piece, epoch_order, shard_pieces
+from sparkfeed.reader.plan import (
+    Piece,
+    PlanSpec,
+    Segment,
+    epoch_order,
+    epoch_segments,
+    permutation,
+    remainder,
+    shard_pieces,
+    split_segments,
+)
 
 GROUPS = [(0, 0, 100), (0, 1, 37), (1, 0, 5), (2, 0, 0), (2, 1, 58)]
+TOTAL = 200
 
 
 def _rows(pieces: list[Piece]) -> list[tuple[int, int, int]]:
     return [(p.file, p.row_group, row) for p in pieces for row in range(p.start, p.stop)]
 
 
+ALL_ROWS = _rows([Piece(f, g, 0, n) for f, g, n in GROUPS])
+
+
 @pytest.mark.parametrize("shard_count", [1, 2, 3, 7, 200, 250])
-def test_shards_cover_every_row_exactly_once_and_differ_by_at_most_one(shard_count: int) -> None:
-    shards = [shard_pieces(GROUPS, shard, shard_count) for shard in range(shard_count)]
-    every_row = [row for pieces in shards for row in _rows(pieces)]
-    assert every_row == _rows([Piece(f, g, 0, n) for f, g, n in GROUPS])
+def test_exact_shards_cover_every_row_once_and_differ_by_at_most_one(shard_count: int) -> None:
+    shards = [shard_pieces(GROUPS, shard, shard_count, "exact") for shard in range(shard_count)]
+    assert [row for pieces in shards for row in _rows(pieces)] == ALL_ROWS
     sizes = [sum(p.rows for p in pieces) for pieces in shards]
     assert max(sizes) - min(sizes) <= 1
 
 
+@pytest.mark.parametrize("shard_count", [1, 3, 7, 200, 250])
+def test_pad_and_drop_give_every_shard_the_same_rows(shard_count: int) -> None:
+    padded = [_rows(shard_pieces(GROUPS, s, shard_count, "pad")) for s in range(shard_count)]
+    assert {len(rows) for rows in padded} == {math.ceil(TOTAL / shard_count)}
+    counts = Counter(row for rows in padded for row in rows)
+    assert set(counts) == set(ALL_ROWS)
+    assert sum(counts.values()) - TOTAL == shard_count * math.ceil(TOTAL / shard_count) - TOTAL
+    assert max(counts.values()) <= 1 + math.ceil(shard_count / TOTAL)
+    dropped = [_rows(shard_pieces(GROUPS, s, shard_count, "drop")) for s in range(shard_count)]
+    assert {len(rows) for rows in dropped} == {TOTAL // shard_count}
+    assert len({row for rows in dropped for row in rows}) == sum(len(rows) for rows in dropped)
+
+
 def test_fewer_row_groups_than_shards_still_splits_rows() -> None:
-    shards = [shard_pieces([(0, 0, 10)], shard, 4) for shard in range(4)]
+    shards = [shard_pieces([(0, 0, 10)], shard, 4, "exact") for shard in range(4)]
     assert [[(p.start, p.stop) for p in pieces] for pieces in shards] == [[(0, 2)], [(2, 5)], [(5, 7)], [(7, 10)]]
-
-
-def test_bare_row_counts_are_accepted() -> None:
-    assert shard_pieces([3, 4], 0, 1) == [Piece(0, 0, 0, 3), Piece(0, 1, 0, 4)]
 
 
 def test_epoch_order_is_seeded_per_epoch_and_shard() -> None:
@@ -52,3 +77,48 @@ def test_epoch_orders_are_spread_over_permutations() -> None:
     assert len(orders) == 24
     firsts = np.bincount([epoch_order(pieces, shuffle=True, seed=1, epoch=e, shard=0)[0].row_group for e in range(400)])
     assert firsts.min() > 60
+
+
+def test_shuffle_windows_hold_at_least_the_capacity() -> None:
+    spec = PlanSpec(seed=3, shuffle_rows=60, shuffle_row_groups=False, shard_policy="exact")
+    segments = epoch_segments(GROUPS, spec, epoch=2)
+    assert [s.source_rows for s in segments] == [100, 100]  # 37+5+58 joined; the empty group is skipped
+    assert [s.shuffle_key for s in segments] == [(2, 0, 0), (2, 0, 1)]
+    assert epoch_segments(GROUPS, PlanSpec(seed=3, shuffle_row_groups=False), epoch=0)[0] == Segment(
+        (Piece(0, 0, 0, 100),)
+    )
+    assert sorted(permutation(3, (2, 0, 0), 100)) == list(range(100))
+    assert list(permutation(3, (2, 0, 0), 100)) != list(permutation(3, (2, 0, 1), 100))
+
+
+def _expand(segments: list[Segment]) -> list[tuple]:
+    """Rows a segment list yields, computed the way the engine does."""
+    rows = []
+    for segment in segments:
+        joined = _rows(list(segment.pieces))
+        if segment.shuffle_key is not None:
+            joined = [joined[i] for i in permutation(5, segment.shuffle_key, len(joined))]
+        rows += joined[segment.start : segment.stop]
+    return rows
+
+
+@pytest.mark.parametrize(("old", "new"), [(3, 2), (2, 5), (4, 4), (1, 3)])
+def test_remainders_resplit_across_a_new_shard_count_lose_and_repeat_nothing(old: int, new: int) -> None:
+    specs = [PlanSpec(seed=5, cur_shard=s, shard_count=old, shard_policy="exact", shuffle_rows=30) for s in range(old)]
+    epochs = [epoch_segments(GROUPS, spec, epoch=1) for spec in specs]
+    positions = [(min(1, len(e) - 1), 7) for e in epochs]  # part-way into each shard's epoch
+    consumed = []
+    rest = []
+    for segments, (index, offset) in zip(epochs, positions, strict=True):
+        done = _expand(segments)
+        upto = sum(s.rows for s in segments[:index]) + offset
+        consumed += done[:upto]
+        rest += remainder(segments, index, offset)
+        assert _expand(remainder(segments, index, offset)) == done[upto:]
+    resumed = [split_segments(rest, s, new, "exact") for s in range(new)]
+    resumed_rows = [row for segments in resumed for row in _expand(segments)]
+    assert sorted(consumed + resumed_rows) == sorted(ALL_ROWS)
+    sizes = [sum(s.rows for s in segments) for segments in resumed]
+    assert max(sizes) - min(sizes) <= 1
+    padded = [sum(s.rows for s in split_segments(rest, s, new, "pad")) for s in range(new)]
+    assert len(set(padded)) == 1

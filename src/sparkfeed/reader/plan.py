@@ -1,20 +1,29 @@
-"""Which rows a reader reads, in which order: sharding by rows and per-epoch shuffling.
+"""Which rows a reader reads, in which order: shards, per-epoch shuffles, and resumed epochs.
 
-Sharding splits the dataset's rows, not its row groups, so a dataset with fewer row groups
-than shards still gives every shard its share, and shards differ by at most one row.
+An epoch of one shard is a list of :class:`Segment` objects, a pure function of the dataset's row
+groups and the plan parameters (seed, epoch, shard, shuffle settings). Nothing random happens
+anywhere else, which is what makes runs reproducible and mid-epoch resume exact: a position in
+an epoch is a segment index and a row offset, and the rows after it can be recomputed.
+
+Sharding splits rows, not row groups: a dataset with fewer row groups than shards still gives
+every shard its share. Shards are contiguous in file order and stay the same every epoch (as
+in Petastorm and ``tf.data.Dataset.shard``); the order inside a shard changes every epoch.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
 
 import numpy as np
 
+from sparkfeed.options import ShardPolicy
+
 
 @dataclasses.dataclass(frozen=True)
 class Piece:
-    """Rows ``[start, stop)`` of one row group of one file: the unit of reading and shuffling."""
+    """Rows ``[start, stop)`` of one row group of one file: the unit of reading."""
 
     file: int
     row_group: int
@@ -27,19 +36,52 @@ class Piece:
         return self.stop - self.start
 
 
-def shard_pieces(row_groups: Sequence[int | tuple[int, int, int]], cur_shard: int, shard_count: int) -> list[Piece]:
-    """The pieces holding rows ``[cur·N/n, (cur+1)·N/n)`` of the dataset in file order.
+@dataclasses.dataclass(frozen=True)
+class Segment:
+    """Output rows ``[start, stop)`` of some pieces, read, joined and optionally permuted.
 
-    Args:
-        row_groups: ``(file, row_group, rows)`` for every row group, in file order.
-        cur_shard: This shard's index.
-        shard_count: How many shards share the dataset.
+    Attributes:
+        pieces: Read in this order and concatenated.
+        shuffle_key: Spawn key of the permutation applied to the joined rows; None keeps order.
+        start: First output row kept (after the permutation).
+        stop: End of the kept rows; None means all of them.
     """
-    groups = [g if isinstance(g, tuple) else (0, i, g) for i, g in enumerate(row_groups)]
-    total = sum(rows for _, _, rows in groups)
-    low, high = cur_shard * total // shard_count, (cur_shard + 1) * total // shard_count
-    pieces = []
-    offset = 0
+
+    pieces: tuple[Piece, ...]
+    shuffle_key: tuple[int, ...] | None = None
+    start: int = 0
+    stop: int | None = None
+
+    @property
+    def source_rows(self) -> int:
+        """Rows read from the pieces."""
+        return sum(piece.rows for piece in self.pieces)
+
+    @property
+    def rows(self) -> int:
+        """Rows the segment yields, for transforms that keep every row."""
+        return (self.source_rows if self.stop is None else self.stop) - self.start
+
+    def cut(self, start: int, stop: int) -> Segment:
+        """Rows ``[start, stop)`` of this segment's output, as a segment."""
+        return dataclasses.replace(self, start=self.start + start, stop=self.start + stop)
+
+
+@dataclasses.dataclass(frozen=True)
+class PlanSpec:
+    """Everything that decides a shard's epochs."""
+
+    seed: int
+    cur_shard: int = 0
+    shard_count: int = 1
+    shard_policy: ShardPolicy = "pad"
+    shuffle_row_groups: bool = True
+    shuffle_rows: int = 0
+    """Minimum rows of a shuffle window (Petastorm's ``shuffling_queue_capacity``); 0 disables."""
+
+
+def _pieces_in(groups: Sequence[tuple[int, int, int]], low: int, high: int) -> list[Piece]:
+    pieces, offset = [], 0
     for file, row_group, rows in groups:
         start, stop = max(low, offset), min(high, offset + rows)
         if start < stop:
@@ -48,12 +90,99 @@ def shard_pieces(row_groups: Sequence[int | tuple[int, int, int]], cur_shard: in
     return pieces
 
 
-def epoch_order(pieces: Sequence[Piece], *, shuffle: bool, seed: int, epoch: int, shard: int) -> list[Piece]:
-    """This epoch's piece order: a permutation drawn from ``(seed, epoch, shard)`` alone.
+def shard_pieces(
+    row_groups: Sequence[tuple[int, int, int]], cur_shard: int, shard_count: int, policy: ShardPolicy = "exact"
+) -> list[Piece]:
+    """The pieces of one shard: rows ``[cur·N/n, (cur+1)·N/n)`` of the dataset in file order.
 
-    The same seed gives the same order run after run; each epoch gets its own.
+    Shard sizes differ by at most one row. ``exact`` keeps them so (every row in exactly one
+    shard: inference); ``pad`` adds one row to the short shards, wrapping around to the start
+    of the dataset as PyTorch's ``DistributedSampler`` does, and ``drop`` removes one from the
+    long shards, so that every shard yields the same number of batches and DDP/Horovod ranks
+    never wait on each other.
+
+    Args:
+        row_groups: ``(file, row_group, rows)`` for every row group, in file order.
+        cur_shard: This shard's index.
+        shard_count: How many shards share the dataset.
+        policy: ``pad``, ``drop`` or ``exact``.
     """
+    total = sum(rows for _, _, rows in row_groups)
+    low, high = cur_shard * total // shard_count, (cur_shard + 1) * total // shard_count
+    if policy == "drop":
+        high = low + total // shard_count
+    pieces = _pieces_in(row_groups, low, high)
+    if policy == "pad" and total and high - low < math.ceil(total / shard_count):
+        wrapped = cur_shard % total
+        pieces += _pieces_in(row_groups, wrapped, wrapped + 1)
+    return pieces
+
+
+def epoch_order(pieces: Sequence[Piece], *, shuffle: bool, seed: int, epoch: int, shard: int) -> list[Piece]:
+    """This epoch's piece order: a permutation drawn from ``(seed, epoch, shard)`` alone."""
     if not shuffle:
         return list(pieces)
     rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(epoch, shard)))
     return [pieces[i] for i in rng.permutation(len(pieces))]
+
+
+def epoch_segments(row_groups: Sequence[tuple[int, int, int]], spec: PlanSpec, epoch: int) -> list[Segment]:
+    """One shard's epoch: its pieces in this epoch's order, grouped into shuffle windows.
+
+    A window is the fewest consecutive pieces holding at least ``shuffle_rows`` rows; its rows
+    are permuted together. A row group is read whole anyway, so a window never holds less than
+    one: the buffer costs no memory beyond what reading takes, and mixes at least as well as a
+    queue of the same capacity.
+    """
+    pieces = shard_pieces(row_groups, spec.cur_shard, spec.shard_count, spec.shard_policy)
+    order = epoch_order(pieces, shuffle=spec.shuffle_row_groups, seed=spec.seed, epoch=epoch, shard=spec.cur_shard)
+    if not spec.shuffle_rows:
+        return [Segment((piece,)) for piece in order]
+    segments: list[Segment] = []
+    window: list[Piece] = []
+    for piece in order:
+        window.append(piece)
+        if sum(p.rows for p in window) >= spec.shuffle_rows:
+            segments.append(Segment(tuple(window), (epoch, spec.cur_shard, len(segments))))
+            window = []
+    if window:
+        segments.append(Segment(tuple(window), (epoch, spec.cur_shard, len(segments))))
+    return segments
+
+
+def permutation(seed: int, key: tuple[int, ...], rows: int) -> np.ndarray:
+    """The permutation of a shuffle window, from the seed and the window's key alone."""
+    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(*key, 1))).permutation(rows)
+
+
+def remainder(segments: Sequence[Segment], segment: int, offset: int) -> list[Segment]:
+    """The segments left after ``offset`` output rows of segment number ``segment``."""
+    if segment >= len(segments):
+        return []
+    first = segments[segment]
+    rest = [first.cut(offset, first.rows)] if offset < first.rows else []
+    return rest + list(segments[segment + 1 :])
+
+
+def split_segments(
+    segments: Sequence[Segment], cur_shard: int, shard_count: int, policy: ShardPolicy = "exact"
+) -> list[Segment]:
+    """Rows ``[cur·R/n, (cur+1)·R/n)`` of a segment list, cutting segments where needed.
+
+    Used to hand the rest of an epoch to a different number of shards: the union of the old
+    shards' remainders is split again, so no row is repeated or lost (for ``exact``).
+    """
+    total = sum(s.rows for s in segments)
+    low, high = cur_shard * total // shard_count, (cur_shard + 1) * total // shard_count
+    if policy == "drop":
+        high = low + total // shard_count
+    out: list[Segment] = []
+    offset = 0
+    for segment in segments:
+        start, stop = max(low, offset), min(high, offset + segment.rows)
+        if start < stop:
+            out.append(segment.cut(start - offset, stop - offset))
+        offset += segment.rows
+    if policy == "pad" and total and high - low < math.ceil(total / shard_count):
+        out += split_segments(segments, cur_shard % total, total, "exact")  # one wrapped row
+    return out

@@ -1,0 +1,148 @@
+"""One resume test for every iterator kind: state_dict() then load_state_dict() continues exactly."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+import numpy as np
+import pandas as pd
+import pytest
+from pyspark.sql import functions as F
+
+from sparkfeed import make_spark_converter
+
+ROWS = 2000
+
+
+@pytest.fixture(scope="module")
+def converter(spark):
+    df = spark.range(ROWS, numPartitions=2).select(
+        "id", (F.col("id") % 7).alias("bucket"), F.array(F.col("id") * 1.0, F.col("id") * 2.0).alias("pair")
+    )
+    return make_spark_converter(df, parquet_row_group_size_bytes=2048)
+
+
+def _double(frame: pd.DataFrame) -> pd.DataFrame:
+    frame["twice"] = frame["id"] * 2
+    return frame
+
+
+# Every iterator kind the converter makes; the tf and jax ones join here.
+KINDS: dict[str, Callable] = {
+    "numpy": lambda c, **kw: c.make_numpy_iterator(**kw),
+    "torch": lambda c, **kw: c.make_torch_dataloader(**kw),
+}
+
+SETTINGS = {
+    "plain": {"shuffle_row_groups": False},
+    "shuffled": {"seed": 4, "shuffling_queue_capacity": 300},
+    "unseeded": {"shuffling_queue_capacity": 300},
+    "sharded+transform": {"seed": 1, "cur_shard": 1, "shard_count": 3, "transform_fn": _double},
+}
+
+
+def _arrays(batch: dict) -> dict[str, np.ndarray]:
+    return {name: np.asarray(value) for name, value in batch.items()}
+
+
+def _assert_same(left: list[dict], right: list[dict]) -> None:
+    assert len(left) == len(right)
+    for a, b in zip(left, right, strict=True):
+        assert a.keys() == b.keys()
+        for name in a:
+            np.testing.assert_array_equal(a[name], b[name])
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+@pytest.mark.parametrize("setting", sorted(SETTINGS))
+@pytest.mark.parametrize("stop", ["start", "first", "mid-epoch", "epoch-end", "second-epoch", "end"])
+def test_resume_yields_exactly_the_remaining_batches(converter, kind: str, setting: str, stop: str) -> None:
+    make = KINDS[kind]
+    kwargs = {"batch_size": 100, "num_epochs": 2, **SETTINGS[setting]}
+    with make(converter, **kwargs) as loader:
+        total = len(loader)
+        stop_after = {
+            "start": 0,
+            "first": 1,
+            "mid-epoch": total // 4,
+            "epoch-end": total // 2,
+            "second-epoch": total // 2 + 2,
+            "end": total,
+        }[stop]
+        iterator = iter(loader)
+        head = [_arrays(next(iterator)) for _ in range(stop_after)]
+        state = json.loads(json.dumps(loader.state_dict()))  # plain data: goes into any checkpoint
+        tail = [_arrays(batch) for batch in iterator]
+    if setting != "unseeded":
+        with make(converter, **kwargs) as fresh:
+            _assert_same(head + tail, [_arrays(b) for b in fresh])
+    with make(converter, **kwargs) as resumed:
+        resumed.load_state_dict(state)
+        assert len(resumed) == len(tail)
+        _assert_same([_arrays(b) for b in resumed], tail)
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+@pytest.mark.parametrize(("old", "new"), [(3, 2), (2, 3), (1, 4)])
+def test_resume_onto_a_different_shard_count_loses_and_repeats_nothing(
+    converter, kind: str, old: int, new: int
+) -> None:
+    make = KINDS[kind]
+    kwargs = {"batch_size": 50, "num_epochs": 2, "seed": 9, "shuffling_queue_capacity": 250, "shard_policy": "exact"}
+    seen, states = [], []
+    for shard in range(old):
+        with make(converter, cur_shard=shard, shard_count=old, **kwargs) as loader:
+            iterator = iter(loader)
+            seen += [int(i) for _ in range(5) for i in next(iterator)["id"]]
+            states.append(loader.state_dict())
+    rest, second_epoch = [], []
+    for shard in range(new):
+        with make(converter, cur_shard=shard, shard_count=new, **kwargs) as loader:
+            loader.load_state_dict(states)
+            for batch in loader:  # the rest of epoch 0, then epoch 1 sharded the new way
+                (rest if loader.state_dict()["epoch"] == 0 else second_epoch).extend(int(i) for i in batch["id"])
+            assert loader.state_dict()["epoch"] == 2
+    assert sorted(seen + rest) == list(range(ROWS))
+    assert sorted(second_epoch) == list(range(ROWS))
+
+
+def test_state_of_a_resharded_epoch_resumes_again(converter) -> None:
+    kwargs = {"batch_size": 40, "num_epochs": 1, "seed": 3, "shuffling_queue_capacity": 200, "shard_policy": "exact"}
+    seen, states = [], []
+    for shard in range(3):
+        with converter.make_numpy_iterator(cur_shard=shard, shard_count=3, **kwargs) as loader:
+            iterator = iter(loader)
+            seen += [int(i) for _ in range(4) for i in next(iterator)["id"]]
+            states.append(loader.state_dict())
+    second = []
+    for shard in range(2):
+        with converter.make_numpy_iterator(cur_shard=shard, shard_count=2, **kwargs) as loader:
+            loader.load_state_dict(states)
+            iterator = iter(loader)
+            seen += [int(i) for _ in range(3) for i in next(iterator)["id"]]
+            second.append(json.loads(json.dumps(loader.state_dict())))
+    with converter.make_numpy_iterator(**kwargs) as loader:  # and onto one shard
+        loader.load_state_dict(second)
+        seen += [int(i) for batch in loader for i in batch["id"]]
+    assert sorted(seen) == list(range(ROWS))
+
+
+def test_mismatched_states_are_refused(converter) -> None:
+    with converter.make_numpy_iterator(batch_size=10, seed=1, cur_shard=0, shard_count=2) as loader:
+        next(iter(loader))
+        state = loader.state_dict()
+    with converter.make_numpy_iterator(seed=2, cur_shard=0, shard_count=2) as other:
+        with pytest.raises(ValueError, match="saved with seed=1, this reader has seed=2"):
+            other.load_state_dict(state)
+    with converter.make_numpy_iterator(seed=1, cur_shard=1, shard_count=2) as other:
+        with pytest.raises(ValueError, match="saved by shard 0 of 2, but this reader is shard 1 of 2"):
+            other.load_state_dict(state)
+    with converter.make_numpy_iterator(seed=1, cur_shard=0, shard_count=2, shuffling_queue_capacity=5) as other:
+        with pytest.raises(ValueError, match="saved with shuffle_rows=0"):
+            other.load_state_dict(state)
+    with converter.make_numpy_iterator(seed=1, cur_shard=0, shard_count=3) as other:
+        with pytest.raises(ValueError, match=r"expected the states of all 2 shards, got shards \[0\]"):
+            other.load_state_dict([state])
+    with pytest.raises(ValueError, match="not a sparkfeed reader state"):
+        converter.make_numpy_iterator().load_state_dict({"epoch": 0})
