@@ -25,7 +25,7 @@ from urllib.parse import urlparse
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from sparkfeed.types import ShapeStats
+from sparkfeed.writer import ShapeStats
 
 MANIFEST_NAME = "_sparkfeed_manifest.json"
 MANIFEST_FORMAT = 1
@@ -81,10 +81,15 @@ def filesystem(url: str) -> tuple[pafs.FileSystem, str]:
 
 @dataclasses.dataclass(frozen=True)
 class FileEntry:
-    """One Parquet file of a cache: its path relative to the cache root and its row groups' sizes."""
+    """One Parquet file of a cache: its path relative to the cache root and its row groups' sizes.
+
+    ``packed`` names the list columns this file stores as ``fixed_size_binary``, with their
+    per-row shape (see :mod:`sparkfeed.writer`).
+    """
 
     path: str
     row_groups: tuple[int, ...]
+    packed: dict[str, tuple[int, ...]] = dataclasses.field(default_factory=dict)
 
     @property
     def num_rows(self) -> int:
@@ -131,7 +136,14 @@ class Manifest:
                 "num_rows": self.num_rows,
                 "schema": base64.b64encode(self.schema.serialize().to_pybytes()).decode("ascii"),
                 "shapes": self.shapes,
-                "files": [{"path": f.path, "row_groups": list(f.row_groups)} for f in self.files],
+                "files": [
+                    {
+                        "path": f.path,
+                        "row_groups": list(f.row_groups),
+                        "packed": {k: list(v) for k, v in f.packed.items()},
+                    }
+                    for f in self.files
+                ],
             },
             indent=1,
         )
@@ -144,7 +156,10 @@ class Manifest:
             raise ValueError(f"cache manifest format {data.get('format')!r} is not supported (expected 1)")
         schema = pa.ipc.read_schema(pa.py_buffer(base64.b64decode(data["schema"])))
         return cls(
-            files=tuple(FileEntry(f["path"], tuple(f["row_groups"])) for f in data["files"]),
+            files=tuple(
+                FileEntry(f["path"], tuple(f["row_groups"]), {k: tuple(v) for k, v in f["packed"].items()})
+                for f in data["files"]
+            ),
             schema=schema,
             shapes={k: [(low, high) for low, high in v] for k, v in data["shapes"].items()},
             options=data["options"],

@@ -14,10 +14,10 @@ import dataclasses
 import datetime
 import getpass
 import hashlib
+import json
 import os
 import socket
 import threading
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlparse
@@ -37,14 +37,8 @@ from sparkfeed.cache import (
     write_manifest,
 )
 from sparkfeed.options import MaterializeOptions
-from sparkfeed.types import (
-    ShapeStats,
-    is_list_type,
-    list_depth,
-    list_shape_stats,
-    merge_shape_stats,
-    normalize_dataframe,
-)
+from sparkfeed.types import list_depth, merge_shape_stats, normalize_dataframe
+from sparkfeed.writer import RESULT_SCHEMA, ShapeStats, is_list_type, list_shape_stats, partition_writer, ship_by_value
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -149,50 +143,82 @@ def materialize(
 ) -> Materialized:
     """Writes ``df`` into a new cache directory under ``parent_url`` and publishes its manifest.
 
-    Any failure, an interrupt included, removes the directory before the error propagates.
+    Spark tasks write the files with pyarrow (:mod:`sparkfeed.writer`, packing fixed-shape
+    arrays) and return what the manifest needs. Any failure, an interrupt included, removes the
+    directory before the error propagates.
     """
-    filesystem(parent_url)  # Fail before Spark runs anything if the reader could not read it back.
+    fs, _ = filesystem(parent_url)  # Fail before Spark runs anything if the reader could not read it back.
     normalized = normalize_dataframe(df, options.dtype)
     spark = df.sparkSession
     cache_url = new_cache_url(parent_url)
     owned_caches.add(cache_url)
     try:
-        # INT96, Spark's default, is deprecated and read back as nanoseconds; write microseconds.
-        with _session_conf(spark, {"spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS"}):
-            (
-                normalized.write.option("parquet.block.size", str(options.row_group_size_bytes))
-                .option("compression", options.codec)
-                .parquet(cache_url)
-            )
-        done = describe(
-            cache_url,
-            shapes=lambda depths: _spark_shape_stats(spark, cache_url, depths),
-            options=dataclasses.asdict(options),
-            key=identity.digest,
-            created_by=_creator(spark),
-        )
-        write_manifest(cache_url, done.manifest)
+        _, root = filesystem(cache_url)
+        fs.create_dir(root, recursive=True)
+        ship_by_value()
+        codec = "none" if options.codec == "uncompressed" else options.codec
+        writer = partition_writer(cache_url, codec, options.row_group_size_bytes)
+        results = normalized.mapInArrow(writer, RESULT_SCHEMA).collect()
+        manifest = _manifest(results, _logical_schema(normalized), options, identity, spark)
+        _remove_strays(fs, root, {entry.path for entry in manifest.files})
+        write_manifest(cache_url, manifest)
     except BaseException:
         with contextlib.suppress(Exception):
             delete_cache(cache_url)
         owned_caches.discard(cache_url)
         raise
-    return done
+    return Materialized(cache_url, manifest)
 
 
-@contextlib.contextmanager
-def _session_conf(spark: SparkSession, values: dict[str, str]) -> Iterator[None]:
-    previous = {key: spark.conf.get(key, None) for key in values}
-    for key, value in values.items():
-        spark.conf.set(key, value)
-    try:
-        yield
-    finally:
-        for key, old in previous.items():
-            if old is None:
-                spark.conf.unset(key)
-            else:
-                spark.conf.set(key, old)
+def _logical_schema(df: DataFrame) -> pa.Schema:
+    """The Arrow schema of the DataFrame's batches: the cache's logical schema."""
+    from pyspark.sql.pandas.types import to_arrow_schema
+
+    return to_arrow_schema(df.schema)
+
+
+def _manifest(
+    results: list[Any],
+    schema: pa.Schema,
+    options: MaterializeOptions,
+    identity: DataFrameIdentity,
+    spark: SparkSession,
+) -> Manifest:
+    files = sorted(
+        (
+            FileEntry(
+                row["path"],
+                tuple(json.loads(row["row_groups"])),
+                {name: tuple(shape) for name, shape in json.loads(row["packed"]).items()},
+            )
+            for row in results
+        ),
+        key=lambda entry: entry.path,
+    )
+    parts: dict[str, list[ShapeStats]] = {}
+    for row in results:
+        for name, stats in json.loads(row["shapes"]).items():
+            parts.setdefault(name, []).append([(low, high) for low, high in stats])
+    shapes = {name: merge_shape_stats(part) for name, part in parts.items()}
+    for field in schema:  # list columns of an empty DataFrame
+        if is_list_type(field.type) and field.name not in shapes:
+            shapes[field.name] = [(None, None)] * list_depth(field.type)
+    return Manifest(
+        files=tuple(files),
+        schema=schema,
+        shapes=shapes,
+        options=dataclasses.asdict(options),
+        key=identity.digest,
+        created_at=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        created_by=_creator(spark),
+    )
+
+
+def _remove_strays(fs: pafs.FileSystem, root: str, keep: set[str]) -> None:
+    """Deletes files of failed or speculative task attempts: only the manifest's files stay."""
+    for info in fs.get_file_info(pafs.FileSelector(root)):
+        if info.type == pafs.FileType.File and info.base_name not in keep:
+            fs.delete_file(info.path)
 
 
 def _creator(spark: SparkSession | None) -> dict[str, Any]:
@@ -214,35 +240,6 @@ def _user() -> str | None:
         return getpass.getuser()
     except (KeyError, OSError):
         return None
-
-
-def _spark_shape_stats(spark: SparkSession, cache_url: str, depths: dict[str, int]) -> dict[str, ShapeStats]:
-    """Array shapes measured by Spark over the written cache, in one SQL aggregation.
-
-    Pure SQL (no Python UDF) so that executors need nothing but Spark, and so that only the
-    list columns are read. Per column and nesting level: the min and max length.
-    """
-    from pyspark.sql import Column
-    from pyspark.sql import functions as F
-
-    def present(x: Column) -> Column:
-        return x.isNotNull()
-
-    aggregates = []
-    for name, depth in depths.items():
-        column = F.col(f"`{name}`")
-        lengths = F.when(column.isNotNull(), F.size(column))
-        aggregates += [F.min(lengths), F.max(lengths)]
-        items = F.filter(column, present)  # per row, the arrays one level down
-        for _ in range(1, depth):
-            lengths_below = F.transform(items, F.size)
-            aggregates += [F.min(F.array_min(lengths_below)), F.max(F.array_max(lengths_below))]
-            items = F.flatten(F.transform(items, lambda x: F.filter(x, present)))
-    values = list(spark.read.parquet(cache_url).agg(*aggregates).first() or [])
-    shapes: dict[str, ShapeStats] = {}
-    for name, depth in depths.items():
-        shapes[name] = [(values.pop(0), values.pop(0)) for _ in range(depth)]
-    return shapes
 
 
 def _local_shape_stats(fs: pafs.FileSystem, root: str, files: list[str], names: list[str]) -> dict[str, ShapeStats]:

@@ -16,6 +16,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from sparkfeed.writer import ShapeStats, is_list_type
+
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame
     from pyspark.sql.types import DataType
@@ -23,9 +25,6 @@ if TYPE_CHECKING:
 Kind = Literal["scalar", "tensor", "ragged", "object"]
 """scalar: one number/date per row; tensor: a fixed-shape array per row; ragged: arrays whose
 length varies (an object array of NumPy arrays); object: strings and bytes."""
-
-ShapeStats = list[tuple[int | None, int | None]]
-"""Per nesting level of a list column, the (min, max) length seen."""
 
 
 class UnsupportedTypeError(TypeError):
@@ -121,13 +120,6 @@ def _normalized_type(name: str, data_type: DataType, dtype: str | None) -> DataT
 # --------------------------------------------------------------------------- Arrow side
 
 
-def is_list_type(data_type: pa.DataType) -> bool:
-    """Spark arrays arrive as ``list``; existing Parquet may hold large or fixed-size lists."""
-    return bool(
-        pa.types.is_list(data_type) or pa.types.is_large_list(data_type) or pa.types.is_fixed_size_list(data_type)
-    )
-
-
 def _is_numeric(data_type: pa.DataType) -> bool:
     return bool(
         pa.types.is_integer(data_type)
@@ -179,17 +171,6 @@ def _leaf_type(data_type: pa.DataType) -> pa.DataType:
     while is_list_type(data_type):
         data_type = data_type.value_type
     return data_type
-
-
-def list_shape_stats(array: pa.Array | pa.ChunkedArray) -> ShapeStats:
-    """Minimum and maximum length per nesting level of a list column, from its offsets alone."""
-    current = array.combine_chunks() if isinstance(array, pa.ChunkedArray) else array
-    stats: ShapeStats = []
-    while is_list_type(current.type):
-        bounds = pc.min_max(pc.list_value_length(current)).as_py()
-        stats.append((bounds["min"], bounds["max"]))
-        current = pc.list_flatten(current)
-    return stats
 
 
 def merge_shape_stats(parts: Iterable[ShapeStats]) -> ShapeStats:

@@ -27,6 +27,7 @@ from sparkfeed.reader.plan import (
 )
 from sparkfeed.reader.pool import OrderedPool
 from sparkfeed.types import column_specs, to_numpy
+from sparkfeed.writer import unpack
 
 C = TypeVar("C")
 
@@ -206,12 +207,22 @@ class Reader(Generic[C]):
             )
         if start or stop != table.num_rows:
             table = table.slice(start, stop - start)
-        if table.schema != self._schema:
-            table = table.cast(self._schema)
+        packed = self._files[file].packed
+        if packed or table.schema != self._schema:
+            table = pa.table(
+                [self._logical(name, table.column(name), packed) for name in self._columns], names=self._columns
+            )
         transform = self._options.transform_spec
         if transform is not None:
             return transform.apply(table.to_pandas(date_as_object=False, coerce_temporal_nanoseconds=False))
         return {name: to_numpy(spec, table.column(name)) for name, spec in self._specs.items()}
+
+    def _logical(self, name: str, column: pa.ChunkedArray, packed: dict[str, tuple[int, ...]]) -> pa.ChunkedArray:
+        """A column in its logical type: packed tensors unpacked (no copy), other types cast."""
+        target = self._specs[name].arrow_type
+        if name in packed:
+            return pa.chunked_array([unpack(chunk, target, packed[name]) for chunk in column.chunks])
+        return column if column.type == target else column.cast(target)
 
     def _read(self, work: _Work) -> tuple[_Work, C]:
         """Runs in a worker thread: one segment read, transformed, shuffled and formatted."""

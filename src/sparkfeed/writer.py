@@ -1,0 +1,210 @@
+"""The cache writer that runs inside Spark tasks: Arrow batches → Parquet files, tensors packed.
+
+Spark stores ``array<float>`` as a Parquet list, which decodes value by value with repetition
+levels: about 157,000 rows/s for 512 floats a row here. The same values as one
+``fixed_size_binary`` cell per row decode at about 913,000 rows/s and become a NumPy array
+without a copy. So every list column whose rows all have one shape, no nulls and a numeric leaf
+is written packed; the manifest keeps its logical type (the list) and shape, and the reader
+unpacks it. Each task also measures its rows' array shapes and returns them with its files'
+row-group sizes, so the manifest needs no second pass over the data.
+
+This module is shipped to executors by value (see :func:`ship_by_value`): it imports nothing
+from sparkfeed, so executors need only pyarrow and NumPy, which Spark's Arrow path needs anyway.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+RESULT_SCHEMA = "path string, row_groups string, shapes string, packed string"
+"""One row per written file: its name, row-group sizes, list shapes, packed columns (JSON)."""
+
+ShapeStats = list[tuple[int | None, int | None]]
+"""Per nesting level of a list column, the (min, max) length seen."""
+
+
+def is_list_type(data_type: pa.DataType) -> bool:
+    """Spark arrays arrive as ``list``; existing Parquet may hold large or fixed-size lists."""
+    return bool(
+        pa.types.is_list(data_type) or pa.types.is_large_list(data_type) or pa.types.is_fixed_size_list(data_type)
+    )
+
+
+def list_shape_stats(array: pa.Array | pa.ChunkedArray) -> ShapeStats:
+    """Minimum and maximum length per nesting level of a list column, from its offsets alone."""
+    current = array.combine_chunks() if isinstance(array, pa.ChunkedArray) else array
+    stats: ShapeStats = []
+    while is_list_type(current.type):
+        bounds = pc.min_max(pc.list_value_length(current)).as_py()
+        stats.append((bounds["min"], bounds["max"]))
+        current = pc.list_flatten(current)
+    return stats
+
+
+def _leaf(array: pa.Array) -> tuple[pa.Array, bool]:
+    """The flattened leaf values of a list column, and whether any level holds a null."""
+    nulls = False
+    while is_list_type(array.type):
+        nulls = nulls or array.null_count > 0
+        array = pc.list_flatten(array)
+    return array, nulls or array.null_count > 0
+
+
+def packed_shape(array: pa.Array, stats: ShapeStats) -> tuple[int, ...] | None:
+    """The per-row shape if this list column can be packed: one shape, no nulls, numeric leaf."""
+    if not stats or any(low != high or low is None for low, high in stats):
+        return None
+    leaf, nulls = _leaf(array)
+    if nulls or not (pa.types.is_integer(leaf.type) or pa.types.is_floating(leaf.type)):
+        return None
+    return tuple(int(low) for low, _ in stats)  # type: ignore[arg-type]
+
+
+def pack(array: pa.Array, shape: tuple[int, ...]) -> pa.Array:
+    """A fixed-shape list column as ``fixed_size_binary``, one cell of raw values per row."""
+    leaf, _ = _leaf(array)
+    itemsize = leaf.type.bit_width // 8
+    width = int(np.prod(shape)) * itemsize
+    data = leaf.buffers()[1].slice(leaf.offset * itemsize, len(leaf) * itemsize)
+    return pa.FixedSizeBinaryArray.from_buffers(pa.binary(width), len(array), [None, data])
+
+
+def unpack(array: pa.Array, logical: pa.DataType, shape: tuple[int, ...]) -> pa.Array:
+    """The inverse of :func:`pack`, without a copy: nested fixed-size lists over the same bytes."""
+    leaf_type = logical
+    while is_list_type(leaf_type):
+        leaf_type = leaf_type.value_type
+    itemsize = leaf_type.bit_width // 8
+    width = array.type.byte_width
+    data = array.buffers()[1].slice(array.offset * width, len(array) * width)
+    values: pa.Array = pa.Array.from_buffers(leaf_type, len(array) * int(np.prod(shape)), [None, data])
+    for size in reversed(shape):
+        values = pa.FixedSizeListArray.from_arrays(values, size)
+    assert len(values) == len(array) and itemsize * int(np.prod(shape)) == width
+    return values
+
+
+def _merge(old: ShapeStats, new: ShapeStats) -> ShapeStats:
+    merged = []
+    for (a_low, a_high), (b_low, b_high) in zip(old, new, strict=True):
+        lows = [v for v in (a_low, b_low) if v is not None]
+        highs = [v for v in (a_high, b_high) if v is not None]
+        merged.append((min(lows) if lows else None, max(highs) if highs else None))
+    return merged
+
+
+class _File:
+    """One Parquet file being written, its row groups cut by size."""
+
+    def __init__(
+        self, fs: pafs.FileSystem, root: str, partition: int, schema: pa.Schema, codec: str, group_bytes: int
+    ) -> None:
+        # Partition order first, so that the manifest lists files in the DataFrame's order.
+        self.name = f"part-{partition:05d}-{uuid.uuid4().hex}.parquet"
+        self._stream = fs.open_output_stream(f"{root}/{self.name}")
+        self._writer = pq.ParquetWriter(self._stream, schema, compression=codec)
+        self._group_bytes = group_bytes
+        self._pending: list[pa.RecordBatch] = []
+        self._pending_rows = 0
+        self._pending_bytes = 0
+        self.row_groups: list[int] = []
+
+    def write(self, batch: pa.RecordBatch) -> None:
+        """Buffers a batch; writes every full row group (by in-memory Arrow size) it completes."""
+        self._pending.append(batch)
+        self._pending_rows += batch.num_rows
+        self._pending_bytes += batch.nbytes
+        group_rows = max(1, int(self._group_bytes * self._pending_rows / max(self._pending_bytes, 1)))
+        if self._pending_rows >= group_rows:
+            table = pa.Table.from_batches(self._pending)
+            full = self._pending_rows // group_rows * group_rows
+            self._writer.write_table(table.slice(0, full), row_group_size=group_rows)
+            self.row_groups += [group_rows] * (full // group_rows)
+            tail = table.slice(full)
+            self._pending = tail.to_batches()
+            self._pending_bytes = self._pending_bytes * tail.num_rows // self._pending_rows
+            self._pending_rows = tail.num_rows
+
+    def _flush(self) -> None:
+        if self._pending_rows:
+            table = pa.Table.from_batches(self._pending)
+            self._writer.write_table(table, row_group_size=table.num_rows)
+            self.row_groups.append(table.num_rows)
+        self._pending, self._pending_rows, self._pending_bytes = [], 0, 0
+
+    def close(self) -> None:
+        self._flush()
+        self._writer.close()
+        self._stream.close()
+
+
+def partition_writer(
+    cache_url: str, codec: str, group_bytes: int
+) -> Callable[[Iterable[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
+    """The ``mapInArrow`` function that writes one partition into the cache directory.
+
+    A task's batches usually share one encoding; a batch whose arrays differ in shape or hold
+    nulls goes to a second file with plain lists. Files of a failed task attempt are never in
+    the manifest, which lists exactly the files that the successful tasks return.
+    """
+
+    def write(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        from pyspark import TaskContext
+
+        context = TaskContext.get()
+        partition = context.partitionId() if context is not None else 0
+        fs, root = pafs.FileSystem.from_uri(cache_url)
+        files: dict[tuple[Any, ...], tuple[_File, dict[str, Any]]] = {}
+        shapes: dict[str, ShapeStats] = {}
+        for batch in batches:
+            if not batch.num_rows:
+                continue
+            columns, packed = [], {}
+            for name, column in zip(batch.schema.names, batch.columns, strict=True):
+                if is_list_type(column.type):
+                    stats = list_shape_stats(column)
+                    shapes[name] = _merge(shapes[name], stats) if name in shapes else stats
+                    shape = packed_shape(column, stats)
+                    if shape is not None:
+                        column = pack(column, shape)
+                        packed[name] = list(shape)
+                columns.append(column)
+            encoded = pa.RecordBatch.from_arrays(columns, names=batch.schema.names)
+            signature = tuple(sorted((k, tuple(v)) for k, v in packed.items()))
+            if signature not in files:
+                files[signature] = (_File(fs, root, partition, encoded.schema, codec, group_bytes), packed)
+            files[signature][0].write(encoded)
+        rows = []
+        for file, packed in files.values():
+            file.close()
+            rows.append(
+                {
+                    "path": file.name,
+                    "row_groups": json.dumps(file.row_groups),
+                    "shapes": json.dumps(shapes),
+                    "packed": json.dumps(packed),
+                }
+            )
+        yield pa.RecordBatch.from_pylist(
+            rows, schema=pa.schema([(n, pa.string()) for n in ("path", "row_groups", "shapes", "packed")])
+        )
+
+    return write
+
+
+def ship_by_value() -> None:
+    """Makes Spark pickle this module's functions by value, so executors need not install sparkfeed."""
+    import sys
+
+    from pyspark import cloudpickle
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # type: ignore[no-untyped-call]
