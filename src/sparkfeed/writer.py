@@ -111,7 +111,9 @@ class _File:
         # Partition order first, so that the manifest lists files in the DataFrame's order.
         self.name = f"part-{partition:05d}-{uuid.uuid4().hex}.parquet"
         self._stream = fs.open_output_stream(f"{root}/{self.name}")
-        self._writer = pq.ParquetWriter(self._stream, schema, compression=codec)
+        # Dictionaries shrink repeated strings; on numbers they cost write time and rarely pay off.
+        strings = [f.name for f in schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
+        self._writer = pq.ParquetWriter(self._stream, schema, compression=codec, use_dictionary=strings)
         self._group_bytes = group_bytes
         self._pending: list[pa.RecordBatch] = []
         self._pending_rows = 0
