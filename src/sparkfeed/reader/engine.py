@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 
 from sparkfeed.cache import Manifest, filesystem
 from sparkfeed.options import ReaderOptions
-from sparkfeed.reader.batch import NUMPY, Batcher, BatchFormat, Columns
+from sparkfeed.reader.batch import NUMPY, Batcher, BatchFormat
 from sparkfeed.reader.plan import (
     PlanSpec,
     Segment,
@@ -200,7 +200,8 @@ class Reader(Generic[C]):
                 self._footers[file] = footer
         return footer
 
-    def _read_piece(self, file: int, row_group: int, start: int, stop: int) -> Columns:
+    def _read_table(self, file: int, row_group: int, start: int, stop: int) -> pa.Table:
+        """One piece as an Arrow table of the logical column types."""
         with self._fs.open_input_file(f"{self._root}/{self._files[file].path}") as handle:
             table = pq.ParquetFile(handle, metadata=self._footer(file)).read_row_group(
                 row_group, columns=self._columns, use_threads=False
@@ -212,10 +213,7 @@ class Reader(Generic[C]):
             table = pa.table(
                 [self._logical(name, table.column(name), packed) for name in self._columns], names=self._columns
             )
-        transform = self._options.transform_spec
-        if transform is not None:
-            return transform.apply(table.to_pandas(date_as_object=False, coerce_temporal_nanoseconds=False))
-        return {name: to_numpy(spec, table.column(name)) for name, spec in self._specs.items()}
+        return table
 
     def _logical(self, name: str, column: pa.ChunkedArray, packed: dict[str, tuple[int, ...]]) -> pa.ChunkedArray:
         """A column in its logical type: packed tensors unpacked (no copy), other types cast."""
@@ -225,19 +223,46 @@ class Reader(Generic[C]):
         return column if column.type == target else column.cast(target)
 
     def _read(self, work: _Work) -> tuple[_Work, C]:
-        """Runs in a worker thread: one segment read, transformed, shuffled and formatted."""
+        """Runs in a worker thread: one segment read, transformed, shuffled and formatted.
+
+        Without a transform, the shuffle is an Arrow ``take`` before conversion (C++, GIL
+        released, twice NumPy's fancy indexing here); with one, it permutes the NumPy output.
+        """
+        tables = [self._read_table(p.file, p.row_group, p.start, p.stop) for p in work.segment.pieces]
+        transform = self._options.transform_spec
+        if transform is None and all(t.schema == tables[0].schema for t in tables):
+            table = tables[0] if len(tables) == 1 else pa.concat_tables(tables)
+            rows = self._rows_of(work, table.num_rows)
+            if isinstance(rows, np.ndarray):
+                table = table.take(rows)
+            elif rows is not None:
+                table = table.slice(rows.start, rows.stop - rows.start)
+            columns = {name: to_numpy(spec, table.column(name)) for name, spec in self._specs.items()}
+        else:
+            if transform is not None:
+                frames = [t.to_pandas(date_as_object=False, coerce_temporal_nanoseconds=False) for t in tables]
+                parts = [transform.apply(frame) for frame in frames]
+            else:  # files of one window that store a column differently
+                parts = [{n: to_numpy(spec, t.column(n)) for n, spec in self._specs.items()} for t in tables]
+            columns = NUMPY.concat(parts)
+            rows = self._rows_of(work, NUMPY.rows(columns))
+            if rows is not None:
+                columns = {name: array[rows] for name, array in columns.items()}
+        return work, self._fmt.convert(columns)
+
+    def _rows_of(self, work: _Work, rows: int) -> np.ndarray | slice | None:
+        """Which of a segment's ``rows`` it yields, in order.
+
+        A shuffle window's permutation cut to ``[start, stop)``, a plain slice, or None for all
+        of them as they are.
+        """
         segment = work.segment
-        parts = [self._read_piece(p.file, p.row_group, p.start, p.stop) for p in segment.pieces]
-        columns = NUMPY.concat(parts)
-        rows = NUMPY.rows(columns)
         low = segment.start + work.skip
         high = rows if segment.stop is None else min(segment.stop, rows)
         if segment.shuffle_key is not None:
-            order = permutation(self._plan.seed, segment.shuffle_key, rows)[low:high]
-            columns = {name: array[order] for name, array in columns.items()}
-        elif low or high < rows:
-            columns = {name: array[low:high] for name, array in columns.items()}
-        return work, self._fmt.convert(columns)
+            order: np.ndarray = permutation(self._plan.seed, segment.shuffle_key, rows)[low:high]
+            return order
+        return slice(low, high) if low or high < rows else None
 
     # ------------------------------------------------------------------ state
 
