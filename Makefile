@@ -1,17 +1,23 @@
 # Two commands do everything on a fresh machine with Python 3.11 and Java 17:
 #   make demo   builds .venv, converts a DataFrame, trains a tiny PyTorch model
 #   make test   lint, type-check and the whole test suite
+#   make bench  sparkfeed vs Petastorm vs pyarrow (~30 min; bench-quick: ~10 min), see benchmarks/README.md
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+BENCH_STAMP := $(VENV)/.installed-bench
 
-.PHONY: demo test lint typecheck pytest java venv clean
+.PHONY: demo test lint typecheck pytest java venv clean bench bench-quick
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c constraints.txt -e '.[torch,dev]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[torch,tf,jax,dev]'
+	touch $@
+
+$(BENCH_STAMP): $(STAMP)
+	$(PY) -m pip install -q -c constraints.txt -e '.[torch,tf,jax,dev,bench]'
 	touch $@
 
 venv: $(STAMP)
@@ -36,3 +42,10 @@ test: lint typecheck pytest
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+
+# Builds the Petastorm anchor venv (.anchors/petastorm) and the source datasets when missing.
+bench: java venv $(BENCH_STAMP)
+	PYSPARK_PYTHON=$(abspath $(PY)) $(PY) benchmarks/run.py $(BENCH_ARGS)
+
+bench-quick: java venv $(BENCH_STAMP)
+	PYSPARK_PYTHON=$(abspath $(PY)) $(PY) benchmarks/run.py --quick $(BENCH_ARGS)

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any, Unpack
 
 from sparkfeed.cache import (
     CACHE_DIR_CONF,
@@ -20,15 +17,16 @@ from sparkfeed.cache import (
     to_url,
 )
 from sparkfeed.materialize import describe, identify, materialize, registry
-from sparkfeed.options import MaterializeOptions, ShardPolicy, known_keywords, reader_options
+from sparkfeed.options import MaterializeOptions, ReaderArgs, known_keywords, reader_options
 from sparkfeed.reader import Reader
 from sparkfeed.reader.batch import NUMPY, BatchFormat, Columns
-from sparkfeed.transform import TransformSpec
 from sparkfeed.types import column_specs
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
 
+    from sparkfeed.jax import JaxIterator
+    from sparkfeed.tf import TfDatasetContext
     from sparkfeed.torch import TorchDataLoader
 
 
@@ -86,12 +84,13 @@ class SparkDatasetConverter:
         registry.forget(self._cache_dir_url)
         self._deleted = True
 
-    def _reader(self, fmt: BatchFormat[Any], arguments: dict[str, Any]) -> Reader[Any]:
-        """A reader in ``fmt`` from a ``make_*`` method's own arguments (its ``locals()``)."""
+    def _reader(
+        self, fmt: BatchFormat[Any], batch_size: int, num_epochs: int | None, workers_count: int | None, **kwargs: Any
+    ) -> Reader[Any]:
         if self._deleted:
             raise RuntimeError(f"this converter's cache {self._cache_dir_url} was deleted; convert the DataFrame again")
-        arguments = {name: value for name, value in arguments.items() if name != "self"}
-        return Reader(self._cache_dir_url, self._manifest, reader_options(**arguments), fmt)
+        options = reader_options(batch_size=batch_size, num_epochs=num_epochs, workers_count=workers_count, **kwargs)
+        return Reader(self._cache_dir_url, self._manifest, options, fmt)
 
     @known_keywords
     def make_numpy_iterator(
@@ -99,17 +98,7 @@ class SparkDatasetConverter:
         batch_size: int = 32,
         num_epochs: int | None = None,
         workers_count: int | None = None,
-        *,
-        prefetch: int | None = None,
-        cur_shard: int | None = None,
-        shard_count: int | None = None,
-        shard_policy: ShardPolicy = "pad",
-        seed: int | None = None,
-        shuffle_row_groups: bool = True,
-        shuffling_queue_capacity: int | None = None,
-        schema_fields: Sequence[str] | None = None,
-        transform_spec: TransformSpec | None = None,
-        transform_fn: Callable[[pd.DataFrame], pd.DataFrame] | None = None,
+        **kwargs: Unpack[ReaderArgs],
     ) -> Reader[Columns]:
         """Batches as dicts of NumPy arrays: the engine every other loader is built on.
 
@@ -120,22 +109,10 @@ class SparkDatasetConverter:
             batch_size: Rows per batch; the last batch of each epoch may be smaller.
             num_epochs: Passes over the data; None repeats forever, as in Petastorm.
             workers_count: Reader threads (default: cores, at most 4).
-            prefetch: Row-group pieces read ahead (default: twice the threads); bounds memory.
-            cur_shard: This shard's index, with ``shard_count``: shards split the rows.
-            shard_count: Number of shards.
-            shard_policy: ``pad`` (default): every shard yields the same number of rows, short
-                shards repeating one row, so distributed ranks get equal batch counts; ``drop``:
-                equal counts by leaving out at most one row per shard; ``exact``: every row in
-                exactly one shard (inference), counts may differ by one row.
-            seed: Seed of every shuffle; the same seed gives the same batches.
-            shuffle_row_groups: Shuffle the order of row groups every epoch.
-            shuffling_queue_capacity: Also shuffle rows across windows of at least this many
-                rows (at least one row group). None or 0: rows keep their order in a row group.
-            schema_fields: Column names to read (default: all).
-            transform_spec: A :class:`TransformSpec` run on each chunk of rows.
-            transform_fn: Shorthand for ``TransformSpec(transform_fn)``.
+            **kwargs: The reader arguments of :class:`~sparkfeed.options.ReaderArgs`: sharding,
+                shuffling, seed, columns, transform.
         """
-        return self._reader(NUMPY, locals())
+        return self._reader(NUMPY, batch_size, num_epochs, workers_count, **kwargs)
 
     @known_keywords
     def make_torch_dataloader(
@@ -143,27 +120,72 @@ class SparkDatasetConverter:
         batch_size: int = 32,
         num_epochs: int | None = None,
         workers_count: int | None = None,
-        *,
-        prefetch: int | None = None,
-        cur_shard: int | None = None,
-        shard_count: int | None = None,
-        shard_policy: ShardPolicy = "pad",
-        seed: int | None = None,
-        shuffle_row_groups: bool = True,
-        shuffling_queue_capacity: int | None = None,
-        schema_fields: Sequence[str] | None = None,
-        transform_spec: TransformSpec | None = None,
-        transform_fn: Callable[[pd.DataFrame], pd.DataFrame] | None = None,
+        **kwargs: Unpack[ReaderArgs],
     ) -> TorchDataLoader:
         """Batches as dicts of ``torch.Tensor``; arguments as :meth:`make_numpy_iterator`.
 
         Strings and bytes, which tensors cannot hold, arrive as Python lists; dates as int64
         days and timestamps as int64 microseconds since the epoch.
         """
-        arguments = locals()  # first statement: exactly the parameters
         from sparkfeed.torch import TorchDataLoader, TorchFormat
 
-        return TorchDataLoader(self._reader(TorchFormat(), arguments))
+        return TorchDataLoader(self._reader(TorchFormat(), batch_size, num_epochs, workers_count, **kwargs))
+
+    @known_keywords
+    def make_tf_dataset(
+        self,
+        batch_size: int = 32,
+        num_epochs: int | None = None,
+        workers_count: int | None = None,
+        **kwargs: Unpack[ReaderArgs],
+    ) -> TfDatasetContext:
+        """A context manager yielding a ``tf.data.Dataset`` of namedtuples named after the columns.
+
+        Its ``output_signature`` is explicit (batch dimension None, inner dimensions fixed), so
+        Keras builds without a first pass. Strings and bytes are ``tf.string``; dates int64 days,
+        timestamps int64 microseconds. Leaving the block stops the reader threads.
+
+        Args:
+            batch_size: Rows per batch; the last batch of each epoch may be smaller.
+            num_epochs: Passes over the data per iteration of the dataset; None repeats forever.
+            workers_count: Reader threads.
+            **kwargs: The reader arguments of :class:`~sparkfeed.options.ReaderArgs`, except
+                that ``prefetch`` is the tf.data prefetch buffer here, as in Petastorm (None:
+                ``tf.data.AUTOTUNE``); the reader reads ahead by its default.
+        """
+        from sparkfeed.tf import TfDatasetContext
+
+        prefetch = kwargs.pop("prefetch", None)
+
+        def reader(rows: int, epochs: int | None) -> Reader[Columns]:
+            return self._reader(NUMPY, rows, epochs, workers_count, **kwargs)
+
+        return TfDatasetContext(reader, batch_size, num_epochs, prefetch)
+
+    @known_keywords
+    def make_jax_iterator(
+        self,
+        batch_size: int = 32,
+        num_epochs: int | None = None,
+        workers_count: int | None = None,
+        *,
+        device: Any = None,
+        sharding: Any = None,
+        **kwargs: Unpack[ReaderArgs],
+    ) -> JaxIterator:
+        """Batches as dicts of ``jax.Array``; arguments as :meth:`make_numpy_iterator`.
+
+        Args:
+            batch_size: Rows per batch; the last batch of each epoch may be smaller.
+            num_epochs: Passes over the data; None repeats forever.
+            workers_count: Reader threads.
+            device: Where the arrays go (default: JAX's default device).
+            sharding: A ``jax.sharding.Sharding`` to place each batch with, instead of a device.
+            **kwargs: The reader arguments of :class:`~sparkfeed.options.ReaderArgs`.
+        """
+        from sparkfeed.jax import JaxIterator
+
+        return JaxIterator(self._reader(NUMPY, batch_size, num_epochs, workers_count, **kwargs), device, sharding)
 
 
 @known_keywords

@@ -13,7 +13,7 @@ import functools
 import inspect
 import os
 from collections.abc import Callable, Sequence
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypedDict, TypeVar
 
 from sparkfeed.transform import TransformSpec
 
@@ -128,6 +128,39 @@ class ReaderOptions:
         return self.cur_shard, self.shard_count
 
 
+class ReaderArgs(TypedDict, total=False):
+    """The keyword arguments every ``make_*`` loader accepts besides batch size, epochs, workers.
+
+    Attributes:
+        prefetch: Row-group pieces read ahead (default: twice the threads); bounds memory. For
+            ``make_tf_dataset``, the tf.data prefetch buffer instead (default AUTOTUNE).
+        cur_shard: This shard's index, with ``shard_count``: shards split the rows.
+        shard_count: Number of shards.
+        shard_policy: ``pad`` (default): every shard yields the same number of rows, short shards
+            repeating one row, so distributed ranks get equal batch counts; ``drop``: equal
+            counts by leaving out at most one row per shard; ``exact``: every row in exactly
+            one shard (inference), counts may differ by one row.
+        seed: Seed of every shuffle; the same seed gives the same batches.
+        shuffle_row_groups: Shuffle the order of row groups every epoch (default True).
+        shuffling_queue_capacity: Also shuffle rows across windows of at least this many rows
+            (at least one row group). None or 0: rows keep their order in a row group.
+        schema_fields: Column names to read (default: all).
+        transform_spec: A :class:`~sparkfeed.TransformSpec` run on each chunk of rows.
+        transform_fn: Shorthand for ``TransformSpec(transform_fn)``.
+    """
+
+    prefetch: int | None
+    cur_shard: int | None
+    shard_count: int | None
+    shard_policy: ShardPolicy
+    seed: int | None
+    shuffle_row_groups: bool
+    shuffling_queue_capacity: int | None
+    schema_fields: Sequence[str] | None
+    transform_spec: TransformSpec | None
+    transform_fn: Callable[[Any], Any] | None
+
+
 def reader_options(
     *,
     transform_fn: Callable[..., Any] | None = None,
@@ -152,7 +185,8 @@ def known_keywords(fn: _F) -> _F:
     """Turns Python's terse unexpected-keyword error into one that lists what is accepted.
 
     Petastorm users pass reader arguments through ``**kwargs``; a typo there used to vanish.
-    Here the signature is explicit, and a wrong name says which names would have worked.
+    Here a wrong name says which names would have worked: the function's own parameters and,
+    for ``**kwargs: Unpack[ReaderArgs]``, the keys of that TypedDict.
     """
     signature = inspect.signature(fn)
     accepted = sorted(
@@ -160,6 +194,8 @@ def known_keywords(fn: _F) -> _F:
         for name, p in signature.parameters.items()
         if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and name != "self"
     )
+    if any(p.kind == p.VAR_KEYWORD for p in signature.parameters.values()):
+        accepted = sorted({*accepted, *ReaderArgs.__annotations__})
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:

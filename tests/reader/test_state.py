@@ -28,10 +28,12 @@ def _double(frame: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
-# Every iterator kind the converter makes; the tf and jax ones join here.
+# Every resumable iterator kind the converter makes (a tf.data pipeline prefetches past any
+# position Python could record, so make_tf_dataset is not among them).
 KINDS: dict[str, Callable] = {
     "numpy": lambda c, **kw: c.make_numpy_iterator(**kw),
     "torch": lambda c, **kw: c.make_torch_dataloader(**kw),
+    "jax": lambda c, **kw: c.make_jax_iterator(**kw),
 }
 
 SETTINGS = {

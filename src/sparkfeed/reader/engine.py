@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import math
@@ -112,6 +113,7 @@ class Reader(Generic[C]):
         self._resumed = False
         self._derived: tuple[int, list[Segment], list[dict[str, Any]]] | None = None
         self._active: Iterator[C] | None = None
+        self._pool: OrderedPool[_Work, tuple[_Work, C]] | None = None
 
     # ------------------------------------------------------------------ iteration
 
@@ -119,6 +121,11 @@ class Reader(Generic[C]):
     def num_rows(self) -> int:
         """Rows this reader yields per epoch (its shard's share of the dataset)."""
         return self._rows
+
+    @property
+    def filters_rows(self) -> bool:
+        """Whether a transform may change the row count, making lengths an estimate."""
+        return self._options.transform_spec is not None
 
     def __len__(self) -> int:
         """Batches left in the next iteration, exact when the transform keeps every row."""
@@ -170,6 +177,7 @@ class Reader(Generic[C]):
         pool: OrderedPool[_Work, tuple[_Work, C]] = OrderedPool(
             self._read, options.workers, options.prefetch_pieces, describe=self._describe
         )
+        self._pool = pool
         batcher = Batcher(self._fmt, options.batch_size)
         results = pool.imap(self._work(start, end))
         try:
@@ -359,10 +367,14 @@ class Reader(Generic[C]):
     # ------------------------------------------------------------------ lifetime
 
     def close(self) -> None:
-        """Stops the reader threads of the current iteration, if any."""
-        if self._active is not None:
-            self._active.close()  # type: ignore[attr-defined]
-            self._active = None
+        """Stops the reader threads of the current iteration, if any; safe from any thread."""
+        active, self._active = self._active, None
+        if active is None:
+            return
+        if self._pool is not None:
+            self._pool.shutdown()
+        with contextlib.suppress(ValueError):  # running in another thread (tf.data): it ends at its next step
+            active.close()  # type: ignore[attr-defined]
 
     def __enter__(self) -> Reader[C]:
         return self

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import collections
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
@@ -32,6 +32,17 @@ class OrderedPool(Generic[T, R]):
         self._workers = workers
         self._prefetch = max(prefetch, 1)
         self._describe = describe
+        self._executor: ThreadPoolExecutor | None = None
+
+    def shutdown(self) -> None:
+        """Stops the threads from any thread: queued reads are cancelled, running ones finish.
+
+        The consumer may be inside :meth:`imap` in another thread (tf.data runs generators in
+        its own threads); its iteration then ends at its next step.
+        """
+        executor = self._executor
+        if executor is not None:
+            executor.shutdown(wait=False, cancel_futures=True)
 
     def imap(self, items: Iterable[T]) -> Iterator[R]:
         """Results of ``fn`` over ``items``. Closing the iterator stops the threads.
@@ -39,7 +50,7 @@ class OrderedPool(Generic[T, R]):
         An exception in a worker is re-raised here, with its own traceback and a note naming
         the item it came from.
         """
-        executor = ThreadPoolExecutor(self._workers, thread_name_prefix="sparkfeed-reader")
+        executor = self._executor = ThreadPoolExecutor(self._workers, thread_name_prefix="sparkfeed-reader")
         pending: collections.deque[tuple[T, Future[R]]] = collections.deque()
         source = iter(items)
         try:
@@ -51,11 +62,16 @@ class OrderedPool(Generic[T, R]):
                 item, future = pending.popleft()
                 try:
                     result = future.result()
+                except CancelledError:
+                    return  # shut down from another thread
                 except BaseException as error:
                     error.add_note(f"sparkfeed: raised in a reader thread while reading {self._describe(item)}")
                     raise
                 for following in source:
-                    pending.append((following, executor.submit(self._fn, following)))
+                    try:
+                        pending.append((following, executor.submit(self._fn, following)))
+                    except RuntimeError:  # shut down from another thread
+                        return
                     break
                 yield result
         finally:

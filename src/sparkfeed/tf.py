@@ -1,0 +1,108 @@
+"""The TensorFlow adapter: a ``tf.data.Dataset`` of namedtuples over the same reader engine.
+
+Crossing from Python into tf.data costs far more per element than any slicing, so the reader
+yields super-batches of about 64k rows (whole batches, never crossing an epoch), and tf.data
+cuts each into batches in C++ with ``rebatch``. An epoch's last batch stays partial, as in the
+other loaders.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Callable, Iterator
+from types import ModuleType, TracebackType
+from typing import Any
+
+import numpy as np
+
+from sparkfeed.reader import Reader
+from sparkfeed.reader.batch import Columns
+
+SUPER_BATCH_ROWS = 65536
+
+
+def import_tf() -> ModuleType:
+    """tensorflow, or an ImportError that names the extra to install."""
+    try:
+        import tensorflow as tf
+    except ImportError as error:
+        raise ImportError(
+            "make_tf_dataset needs TensorFlow, which is not installed: pip install 'sparkfeed[tf]'"
+        ) from error
+    module: ModuleType = tf
+    return module
+
+
+def _tf_array(array: np.ndarray) -> np.ndarray:
+    """What tf.data is given for one column: dates and timestamps as their int64 counts."""
+    return array.view(np.int64) if array.dtype.kind in "Mm" else array
+
+
+def _spec(tf: ModuleType, name: str, array: np.ndarray) -> Any:
+    if array.dtype == object:
+        if len(array) and isinstance(array[0], np.ndarray):
+            raise TypeError(
+                f"column {name!r} holds arrays of varying length, which make_tf_dataset cannot batch: "
+                "pad them to one length, or drop the column with schema_fields"
+            )
+        return tf.TensorSpec((None,), tf.string, name=name)
+    return tf.TensorSpec((None, *array.shape[1:]), tf.as_dtype(_tf_array(array).dtype), name=name)
+
+
+class TfDatasetContext:
+    """What ``make_tf_dataset`` returns: entering gives the dataset, leaving stops the reader.
+
+    Args:
+        make_reader: ``(rows per batch, num_epochs) -> Reader`` with the user's reader arguments.
+        batch_size: Rows per batch.
+        num_epochs: Epochs per iteration of the dataset (None: forever).
+        prefetch: tf.data prefetch buffer (None: AUTOTUNE).
+    """
+
+    def __init__(
+        self,
+        make_reader: Callable[[int, int | None], Reader[Columns]],
+        batch_size: int,
+        num_epochs: int | None,
+        prefetch: int | None,
+    ) -> None:
+        self._tf = import_tf()
+        if prefetch is not None and (isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 0):
+            raise ValueError(f"prefetch={prefetch!r} is not allowed: it must be an integer >= 0 or None (AUTOTUNE)")
+        per_super = max(1, SUPER_BATCH_ROWS // batch_size)
+        self._reader = make_reader(batch_size * per_super, num_epochs)
+        self._batches = None if num_epochs is None else num_epochs * -(-self._reader.num_rows // batch_size)
+        self._batch_size = batch_size
+        self._rebatch = per_super > 1
+        self._prefetch = prefetch
+        self._signature = self._infer_signature(make_reader)
+
+    def _infer_signature(self, make_reader: Callable[[int, int | None], Reader[Columns]]) -> Any:
+        """The element spec from one small batch: exact also after a transform changed columns."""
+        with make_reader(1, 1) as probe:
+            first = next(iter(probe), None)
+        if first is None:
+            raise ValueError("make_tf_dataset needs at least one row to know the dataset's element spec")
+        row = collections.namedtuple("Row", list(first), rename=True)  # type: ignore[misc]
+        return row(*(_spec(self._tf, name, array) for name, array in first.items()))
+
+    def _generate(self) -> Iterator[Any]:
+        row = type(self._signature)
+        for batch in self._reader:
+            yield row(*(_tf_array(array) for array in batch.values()))
+
+    def __enter__(self) -> Any:
+        tf = self._tf
+        dataset = tf.data.Dataset.from_generator(self._generate, output_signature=self._signature)
+        if self._rebatch:
+            size = self._batch_size
+            dataset = dataset.flat_map(lambda row: tf.data.Dataset.from_tensors(row).rebatch(size))
+        if self._batches is not None and not self._reader.filters_rows:
+            # A known length lets Keras show progress and end epochs without a warning.
+            dataset = dataset.apply(tf.data.experimental.assert_cardinality(self._batches))
+        return dataset.prefetch(tf.data.AUTOTUNE if self._prefetch is None else self._prefetch)
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._reader.close()
