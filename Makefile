@@ -1,7 +1,7 @@
 # Two commands do everything on a fresh machine with Python 3.11 and Java 17:
 #   make demo   builds .venv, converts a DataFrame, trains a tiny PyTorch model
 #   make test   lint, type-check and the whole test suite
-#   make bench  sparkfeed vs Petastorm vs pyarrow (~30 min; bench-quick: ~10 min), see benchmarks/README.md
+#   make bench  sparkfeed vs Petastorm vs pyarrow: ~8 min on 2 cores (first run +3 min for the datasets), see benchmarks/README.md
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 PY     := $(VENV)/bin/python

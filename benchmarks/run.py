@@ -1,0 +1,452 @@
+"""The benchmark harness: sparkfeed against Petastorm and raw pyarrow, one `make bench` run.
+
+    .venv/bin/python benchmarks/run.py [--quick] [--cases tabular,vectors,...] [--repeats N]
+
+Generates the source datasets once (datasets.py), then runs every measured case in a fresh
+process (sparkfeed_side.py in our venv, petastorm_side.py in the Petastorm anchor venv), so peak
+RSS is per case. A converter's cache lives as long as the process that made it, so each
+(side, dataset) converts once in a "holder" process that stays alive while that dataset's cases
+read the pickled converter. Results: benchmarks/results/{results.json, results.md, throughput.png}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import report
+from common import BENCH_DIR, CACHE_DIR, DATA_DIR, JSON_MARKER, RESULTS_DIR, ROOT, TMP_DIR
+
+OUR_PYTHON = sys.executable
+ANCHOR_DIR = ROOT / ".anchors" / "petastorm"
+ANCHOR_PYTHON = ANCHOR_DIR / "bin" / "python"
+ANCHOR_SCRIPT = ROOT.parent / "shared" / "anchors" / "petastorm-venv.sh"
+LOG_DIR = DATA_DIR / "logs"
+
+GROUPS = ("tabular", "vectors", "images", "first_batch", "materialize", "memory")
+DEFAULT_LOADER_ROWS = 300_000
+"""Petastorm's row-by-row loader reads the 2M-row tabular set at 30-70k rows/s: over 60 s a run.
+Its tabular cases time the first 300,000 rows instead (rows/s is steady after the first batches)."""
+CASE_TIMEOUT_S = 900
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    """One measured case: a side script invocation and where its row goes in the report."""
+
+    id: str
+    group: str
+    """Report table: tabular, tabular_zstd, vectors, images, first_batch, materialize, memory."""
+    side: str
+    """sparkfeed, petastorm or pyarrow (pyarrow runs in our venv on sparkfeed's cache)."""
+    label: str
+    args: tuple[str, ...]
+    holder: tuple[str, str, str | None] | None = None
+    """(script side, dataset, codec) of the converter the case reads; None for standalone cases."""
+    peer: str | None = None
+    """Cases of the same group and peer are compared: plain, shuffle, shard, w1, w2."""
+    note: str = ""
+    selector: str = ""
+    """The --cases name that selects it (default: its group)."""
+
+
+# fmt: off
+def build_cases() -> list[Case]:
+    """Every case, in run order (grouped by holder so each dataset is converted once per side)."""
+    cases: list[Case] = []
+
+    def add(case_id: str, label: str, args: str, holder: tuple[str, str, str | None] | None, **kw: Any) -> None:
+        group, side = case_id.split(".")[:2]
+        cases.append(Case(case_id, group, side, label, tuple(args.split()), holder, **kw))
+
+    sf_tab, sf_zstd = ("sparkfeed", "tabular", None), ("sparkfeed", "tabular", "zstd")
+    sf_vec = ("sparkfeed", "vectors", None)
+    for group, holder in (("tabular", sf_tab), ("tabular_zstd", sf_zstd), ("vectors", sf_vec)):
+        tag, selector = (" (zstd cache)", "tabular") if group == "tabular_zstd" else ("", group)
+        add(f"{group}.pyarrow.iter_batches", f"pyarrow iter_batches(1024) -> NumPy{tag}",
+            "--reader arrow_iter_batches", holder, selector=selector)
+        add(f"{group}.pyarrow.limit", f"Arrow limit: row group -> NumPy -> slices, 1 thread{tag}",
+            "--reader arrow_limit", holder, selector=selector)
+        add(f"{group}.pyarrow.read_table", f"pyarrow pq.read_table -> NumPy -> slices{tag}",
+            "--reader arrow_read_table", holder, selector=selector)
+        if group == "tabular":
+            add("tabular.sparkfeed.numpy", "sparkfeed make_numpy_iterator", "--reader numpy", holder, peer="plain")
+            add("tabular.sparkfeed.torch", "sparkfeed make_torch_dataloader", "--reader torch", holder, peer="plain")
+            add("tabular.sparkfeed.tf", "sparkfeed make_tf_dataset (eager iteration)", "--reader tf", holder)
+            add("tabular.sparkfeed.jax", "sparkfeed make_jax_iterator", "--reader jax", holder)
+            add("tabular.sparkfeed.shuffle",
+                "sparkfeed torch, shuffle_row_groups + shuffling_queue_capacity=10000, seed=0",
+                "--reader torch --shuffle buffer --quality", holder, peer="shuffle")
+            add("tabular.sparkfeed.rowgroups", "sparkfeed torch, shuffle_row_groups only, seed=0",
+                "--reader torch --shuffle rowgroups --quality", holder, peer="rowgroups")
+            add("tabular.sparkfeed.shard", "sparkfeed torch, shard 0 of 2",
+                "--reader torch --shard 0/2", holder, peer="shard")
+            add("first_batch.sparkfeed", "sparkfeed torch, tabular, no shuffle", "--reader first_batch", holder)
+        elif group == "tabular_zstd":
+            add("tabular_zstd.sparkfeed.torch", "sparkfeed make_torch_dataloader (zstd cache)",
+                "--reader torch", holder, peer="plain", selector="tabular")
+        else:
+            add("vectors.sparkfeed.numpy", "sparkfeed make_numpy_iterator", "--reader numpy", holder, peer="plain")
+            add("vectors.sparkfeed.torch", "sparkfeed make_torch_dataloader", "--reader torch", holder, peer="plain")
+
+    pt_tab, pt_vec = ("petastorm", "tabular", None), ("petastorm", "vectors", None)
+    bounded, note = f"--max-rows {DEFAULT_LOADER_ROWS}", f"first {DEFAULT_LOADER_ROWS:,} rows"
+    add("tabular.petastorm.default", "Petastorm DataLoader (default, row by row)",
+        f"--reader default {bounded}", pt_tab, peer="plain", note=note)
+    add("tabular.petastorm.default_shuffle", "Petastorm DataLoader, shuffling_queue_capacity=10000",
+        f"--reader default --shuffle buffer {bounded}", pt_tab, peer="shuffle", note=note)
+    add("tabular.petastorm.batched", "Petastorm BatchedDataLoader", "--reader batched", pt_tab, peer="plain")
+    add("tabular.petastorm.batched_shuffle", "Petastorm BatchedDataLoader, shuffling_queue_capacity=10000",
+        "--reader batched --shuffle buffer --quality", pt_tab, peer="shuffle")
+    add("tabular.petastorm.batched_shard", "Petastorm BatchedDataLoader, shard 0 of 2",
+        "--reader batched --shard 0/2", pt_tab, peer="shard")
+    add("vectors.petastorm.default", "Petastorm DataLoader (default, row by row)",
+        "--reader default", pt_vec, peer="plain")
+    add("vectors.petastorm.batched", "Petastorm BatchedDataLoader", "--reader batched", pt_vec, peer="plain")
+
+    png = "--transform png --batch-size 64"
+    for workers in (1, 2):
+        add(f"images.sparkfeed.w{workers}", f"sparkfeed torch, transform_fn, workers_count={workers}",
+            f"--reader torch --workers {workers} {png}", ("sparkfeed", "images", None), peer=f"w{workers}")
+    for loader, name in (("default", "DataLoader"), ("batched", "BatchedDataLoader")):
+        for workers in (1, 2):
+            add(f"images.petastorm.{loader}.w{workers}", f"Petastorm {name}, TransformSpec, workers_count={workers}",
+                f"--reader {loader} --workers {workers} {png}", ("petastorm", "images", None), peer=f"w{workers}")
+
+    for side in ("sparkfeed", "petastorm"):
+        for dataset in ("tabular", "vectors"):
+            add(f"materialize.{side}.{dataset}", dataset, f"materialize --dataset {dataset}", None)
+    add("memory.sparkfeed", "sparkfeed make_numpy_iterator, big dataset read in place", "memory", None)
+    return cases
+# fmt: on
+
+
+# --------------------------------------------------------------------------- processes
+
+
+def log(message: str) -> None:
+    print(f"[{datetime.datetime.now():%H:%M:%S}] {message}", file=sys.stderr, flush=True)
+
+
+def python_of(side: str) -> str:
+    return str(ANCHOR_PYTHON) if side == "petastorm" else OUR_PYTHON
+
+
+def script_of(side: str) -> str:
+    return str(BENCH_DIR / ("petastorm_side.py" if side == "petastorm" else "sparkfeed_side.py"))
+
+
+def child_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("PYSPARK_PYTHON", None)  # Each side sets it to its own interpreter.
+    env.pop("PYSPARK_DRIVER_PYTHON", None)
+    env["PYTHONWARNINGS"] = "ignore::FutureWarning,ignore::DeprecationWarning"
+    return env
+
+
+def tail(path: Path, lines: int = 15) -> str:
+    """The end of a log without Spark's and Java's routine noise."""
+    noise = ("WARN ", "WARNING: ", "Using Spark's", "Setting default log level", "To adjust logging level")
+    text = [line for line in path.read_text(errors="replace").splitlines() if not line.startswith(noise)]
+    return "\n".join(text[-lines:])
+
+
+def parse_result(stdout: str) -> dict[str, Any] | None:
+    for line in reversed(stdout.splitlines()):
+        if line.startswith(JSON_MARKER):
+            return json.loads(line[len(JSON_MARKER) :])
+    return None
+
+
+def run_side(side: str, args: list[str], log_name: str, timeout: float = CASE_TIMEOUT_S) -> dict[str, Any]:
+    """One side process to completion; its JSON line, or {'error': ...} with the log's tail."""
+    log_path = LOG_DIR / f"{log_name}.log"
+    command = [python_of(side), script_of(side), *args]
+    with log_path.open("w") as stderr:
+        stderr.write(" ".join(command) + "\n")
+        stderr.flush()
+        try:
+            done = subprocess.run(
+                command, cwd=ROOT, env=child_env(), stdout=subprocess.PIPE, stderr=stderr, text=True, timeout=timeout
+            )
+        except subprocess.TimeoutExpired:
+            return {"error": f"timed out after {timeout:.0f} s", "log": str(log_path)}
+    result = parse_result(done.stdout)
+    if done.returncode != 0 or result is None:
+        return {"error": f"exit status {done.returncode}: {tail(log_path)}", "log": str(log_path)}
+    return result
+
+
+@contextmanager
+def holder(side: str, dataset: str, codec: str | None) -> Iterator[dict[str, Any]]:
+    """A process that converts ``dataset`` once and keeps the cache alive while the block runs."""
+    name = f"{side}-{dataset}" + (f"-{codec}" if codec else "")
+    handle = CACHE_DIR / f"{name}.converter.pkl"
+    log_path = LOG_DIR / f"serve-{name}.log"
+    command = [python_of(side), script_of(side), "serve", "--dataset", dataset, "--handle", str(handle)]
+    if codec:
+        command += ["--codec", codec]
+    with log_path.open("w") as stderr:
+        process = subprocess.Popen(
+            command, cwd=ROOT, env=child_env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, text=True
+        )
+        try:
+            assert process.stdout is not None
+            info: dict[str, Any] | None = None
+            for line in process.stdout:
+                info = parse_result(line)
+                if info is not None:
+                    break
+            if info is None:
+                process.wait()
+                info = {"error": f"holder exit status {process.returncode}: {tail(log_path)}", "log": str(log_path)}
+            else:
+                info["handle"] = str(handle)
+            yield info
+        finally:
+            if process.stdin is not None:
+                process.stdin.close()  # The holder deletes its cache and exits.
+            try:
+                process.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+            handle.unlink(missing_ok=True)
+
+
+def loadavg() -> list[float]:
+    return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
+
+
+def cpu_busy(seconds: float = 3.0) -> float:
+    """Fraction of CPU time not idle over the next few seconds: unlike the load average, which
+    lags by a minute, it says whether something else is running right now.
+    """
+
+    def sample() -> tuple[int, int]:
+        fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+        return sum(fields), fields[3] + fields[4]  # total, idle + iowait
+
+    total, idle = sample()
+    time.sleep(seconds)
+    total2, idle2 = sample()
+    return 1 - (idle2 - idle) / max(total2 - total, 1)
+
+
+# --------------------------------------------------------------------------- setup
+
+
+def ensure_anchor() -> None:
+    """Builds the Petastorm venv when missing (a clean clone) and gives it Pillow for the images case."""
+    if not ANCHOR_PYTHON.exists():
+        log(f"building the Petastorm anchor venv with {ANCHOR_SCRIPT} (a few minutes) ...")
+        subprocess.run([str(ANCHOR_SCRIPT), str(ANCHOR_DIR.relative_to(ROOT))], cwd=ROOT, check=True)
+    if subprocess.run([str(ANCHOR_PYTHON), "-c", "import PIL"], capture_output=True).returncode != 0:
+        pins = (ROOT / "constraints.txt").read_text().splitlines()
+        pillow = next((line.strip() for line in pins if line.lower().startswith("pillow==")), "pillow")
+        log(f"installing {pillow} into the Petastorm anchor venv ...")
+        subprocess.run([str(ANCHOR_PYTHON), "-m", "pip", "install", "-q", pillow], check=True)
+
+
+def env_versions(side: str) -> dict[str, Any]:
+    code = (
+        "import json, sys; sys.path.insert(0, sys.argv[1]); from common import versions; print(json.dumps(versions()))"
+    )
+    done = subprocess.run(
+        [python_of(side), "-c", code, str(BENCH_DIR)], capture_output=True, text=True, env=child_env(), check=False
+    )
+    return json.loads(done.stdout) if done.returncode == 0 else {"error": done.stderr[-500:]}
+
+
+def machine() -> dict[str, Any]:
+    import psutil
+
+    cpu = "unknown"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=False)
+        return done.stdout.strip()
+
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "ram_bytes": psutil.virtual_memory().total,
+        "platform": platform.platform(),
+        "loadavg_start": loadavg(),
+        "cpu_busy_start": cpu_busy(),
+        "git_commit": git("rev-parse", "--short", "HEAD"),
+        "git_dirty_src": git("status", "--porcelain", "--", "src").splitlines(),
+        "versions": {"sparkfeed": env_versions("sparkfeed"), "petastorm": env_versions("petastorm")},
+    }
+
+
+# --------------------------------------------------------------------------- main
+
+
+def selected(cases: list[Case], names: set[str], quick: bool, sides: set[str]) -> list[Case]:
+    chosen = [
+        c
+        for c in cases
+        if (c.selector or c.group) in names or c.group in names
+        if c.side in sides or (c.side == "pyarrow" and "sparkfeed" in sides)
+    ]
+    return [c for c in chosen if not (quick and c.group == "memory")]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="skip the 4 GiB memory case, 1 timed run per case")
+    parser.add_argument("--cases", default=",".join(GROUPS), help=f"comma-separated, from: {', '.join(GROUPS)}")
+    parser.add_argument("--repeats", type=int, default=None, help="timed runs per case (default 3, --quick 1)")
+    parser.add_argument("--min-time", type=float, default=None, help="keep timing until runs add up to this (s)")
+    parser.add_argument("--sides", default="sparkfeed,petastorm", help="sparkfeed (with pyarrow), petastorm")
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR)
+    args = parser.parse_args()
+    # `kill` as well as Ctrl-C unwinds through the holders' `finally`, so no cache or JVM is left behind.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    names = {n.strip() for n in args.cases.split(",") if n.strip()}
+    unknown = names - set(GROUPS)
+    if unknown:
+        parser.error(f"unknown --cases {sorted(unknown)}; choose from {', '.join(GROUPS)}")
+    repeats = args.repeats if args.repeats is not None else (1 if args.quick else 3)
+    min_time = args.min_time if args.min_time is not None else (0.0 if args.quick else 2.0)
+    sides = {s.strip() for s in args.sides.split(",")}
+    cases = selected(build_cases(), names, args.quick, sides)
+
+    started = time.time()
+    LOG_DIR.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(CACHE_DIR, ignore_errors=True)  # Caches of killed runs; live ones belong to running holders.
+    shutil.rmtree(TMP_DIR, ignore_errors=True)
+    CACHE_DIR.mkdir(parents=True)
+    if "petastorm" in sides:
+        ensure_anchor()
+    info = machine()
+    log(
+        f"load average at start: {info['loadavg_start']}, CPU busy {info['cpu_busy_start']:.0%} "
+        f"(anything above a few % is another process); {len(cases)} cases, repeats={repeats}"
+    )
+
+    needed = sorted({"tabular", "vectors", "images"} & {c.holder[1] for c in cases if c.holder})
+    needed += [c.args[c.args.index("--dataset") + 1] for c in cases if "--dataset" in c.args]
+    needed += ["big"] if any(c.group == "memory" for c in cases) else []
+    needed = sorted(set(needed))
+    log(f"datasets: {', '.join(needed)}")
+    dataset_records: list[dict[str, Any]] = []
+    if needed:
+        log_path = LOG_DIR / "datasets.log"
+        log(f"  missing ones are generated with Spark 4 (first run: ~3 min; log: {log_path})")
+        with log_path.open("w") as stderr:
+            generation = subprocess.run(  # Spark 4 in its own process: its JVM ends with it.
+                [OUR_PYTHON, str(BENCH_DIR / "datasets.py"), *needed],
+                cwd=ROOT,
+                env=child_env(),
+                stdout=subprocess.PIPE,
+                stderr=stderr,
+                text=True,
+                check=False,
+            )
+        if generation.returncode != 0:
+            sys.exit(f"dataset generation failed:\n{tail(log_path)}")
+        dataset_records = json.loads(generation.stdout.strip().splitlines()[-1])
+
+    holders: dict[str, Any] = {}
+    results: list[dict[str, Any]] = []
+    timing = ["--repeats", str(repeats), "--min-time", str(min_time)]
+
+    def record(case: Case, result: dict[str, Any], seconds: float, load: list[float]) -> None:
+        entry = dataclasses.asdict(case) | {"result": result, "seconds": seconds, "loadavg": load}
+        results.append(entry)
+        if "error" in result:
+            log(f"  {case.id}: ERROR {result['error'].splitlines()[0] if result['error'] else ''}")
+        else:
+            rate = result.get("rows_per_s")
+            summary = (
+                f"{rate:,.0f} rows/s"
+                if rate
+                else ", ".join(f"{k}={v:.3g}" for k, v in result.items() if k.endswith("_s") and isinstance(v, float))
+            )
+            log(f"  {case.id}: {summary} ({seconds:.0f} s)")
+
+    def run_case(case: Case, handle: str | None) -> None:
+        load = loadavg()
+        begun = time.perf_counter()
+        if case.args[0] == "materialize":
+            result = run_side(case.side, [*case.args, "--repeats", str(repeats)], case.id)
+        elif case.args[0] == "memory":
+            result = run_side(case.side, list(case.args), case.id)
+        else:
+            assert handle is not None
+            result = run_side(case.side, ["case", "--handle", handle, *case.args, *timing], case.id)
+        record(case, result, time.perf_counter() - begun, load)
+
+    order: list[tuple[str, str, str | None] | None] = []
+    for case in cases:
+        if case.holder not in order:
+            order.append(case.holder)
+    for key in order:
+        group = [c for c in cases if c.holder == key]
+        if key is None:
+            for case in group:
+                log(f"{case.id} ...")
+                run_case(case, None)
+            continue
+        side, dataset, codec = key
+        log(f"converting {dataset}{' (' + codec + ')' if codec else ''} with {side} ...")
+        with holder(side, dataset, codec) as held:
+            holders["-".join(x for x in key if x)] = held
+            if "error" in held:
+                log(f"  conversion failed: {held['error']}")
+                for case in group:
+                    record(case, {"error": f"conversion failed: {held['error']}"}, 0.0, loadavg())
+                continue
+            log(f"  converted in {held['convert_s']:.1f} s: {held['files']} files, {held['row_groups']} row groups")
+            for case in group:
+                run_case(case, held["handle"])
+
+    info["loadavg_end"] = loadavg()
+    output = {
+        "machine": info,
+        "config": {
+            "quick": args.quick,
+            "repeats": repeats,
+            "min_time_s": min_time,
+            "cases": sorted(names),
+            "sides": sorted(sides),
+            "default_loader_rows": DEFAULT_LOADER_ROWS,
+        },
+        "started": datetime.datetime.fromtimestamp(started).isoformat(timespec="seconds"),
+        "duration_s": time.time() - started,
+        "datasets": dataset_records,
+        "holders": holders,
+        "cases": results,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.json").write_text(json.dumps(output, indent=1, default=str) + "\n")
+    report.write(output, args.out)
+    log(f"done in {output['duration_s'] / 60:.1f} min: {args.out}/results.md")
+    errors = [r["id"] for r in results if "error" in r["result"]]
+    if errors:
+        log(f"{len(errors)} case(s) failed: {', '.join(errors)} (logs in {LOG_DIR})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,363 @@
+"""sparkfeed's side of the benchmark, and the pyarrow anchors on sparkfeed's cache (our venv).
+
+Each invocation does one thing and prints one ``BENCH_JSON`` line, so every measured case runs in
+a fresh process and its peak RSS is its own:
+
+    serve --dataset tabular [--codec zstd] --handle F   convert once, pickle the converter to F, then
+                                                         hold the cache until stdin closes (the cache
+                                                         lives as long as the process that made it)
+    case --handle F --reader torch [...]                 one measured case on that cache
+    memory                                               stream the big dataset once, peak RSS
+    materialize --dataset tabular                        make_spark_converter vs df.write.parquet
+"""
+
+from __future__ import annotations
+
+import argparse
+import pickle
+import shutil
+import statistics
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import (
+    CACHE_DIR,
+    SHUFFLE_BUFFER,
+    TMP_DIR,
+    collect_ids,
+    consume,
+    decode_png,
+    emit,
+    measure,
+    peak_rss_bytes,
+    rss_bytes,
+    shuffle_quality,
+    source_path,
+    spark_session,
+    stop_spark,
+    versions,
+)
+
+READERS = ("numpy", "torch", "tf", "jax", "first_batch", "arrow_iter_batches", "arrow_limit", "arrow_read_table")
+
+
+def decode_frame(frame: Any) -> Any:
+    """transform_fn of the images case: PNG bytes -> (64, 64, 3) uint8 cells, stacked by sparkfeed."""
+    frame["png"] = [decode_png(cell) for cell in frame["png"]]
+    return frame
+
+
+# --------------------------------------------------------------------------- serve
+
+
+def serve(args: argparse.Namespace) -> None:
+    from sparkfeed import make_spark_converter
+
+    spark = spark_session(f"sparkfeed-bench-serve-{args.dataset}")
+    started = time.perf_counter()
+    converter = make_spark_converter(
+        spark.read.parquet(str(source_path(args.dataset))),
+        compression_codec=args.codec,
+        cache_dir=str(CACHE_DIR / "sparkfeed"),
+    )
+    convert_s = time.perf_counter() - started
+    stop_spark(spark)  # Reading needs no Spark; an idle JVM would only add noise.
+    Path(args.handle).write_bytes(pickle.dumps(converter))
+    files = [url.removeprefix("file://") for url in converter.file_urls]
+    emit(
+        {
+            "ready": True,
+            "convert_s": convert_s,
+            "cache_url": converter.cache_dir_url,
+            "rows": len(converter),
+            "files": len(files),
+            "row_groups": sum(len(entry.row_groups) for entry in converter.manifest.files),
+            "cache_bytes": sum(Path(f).stat().st_size for f in files),
+            "versions": versions(),
+        }
+    )
+    sys.stdin.read()  # The orchestrator closes our stdin when the dataset's cases are done.
+    converter.delete()
+
+
+# --------------------------------------------------------------------------- loaders
+
+
+def sparkfeed_loader(converter: Any, args: argparse.Namespace) -> Any:
+    """The loader under test, configured from the command line exactly as a user would."""
+    kwargs: dict[str, Any] = {"batch_size": args.batch_size, "num_epochs": 1, "workers_count": args.workers}
+    if args.shuffle == "none":
+        kwargs["shuffle_row_groups"] = False
+    elif args.shuffle == "rowgroups":
+        kwargs.update(shuffle_row_groups=True, seed=0)
+    else:
+        kwargs.update(shuffle_row_groups=True, shuffling_queue_capacity=SHUFFLE_BUFFER, seed=0)
+    if args.shard:
+        cur_shard, shard_count = (int(x) for x in args.shard.split("/"))
+        kwargs.update(cur_shard=cur_shard, shard_count=shard_count)
+    if args.transform == "png":
+        kwargs["transform_fn"] = decode_frame
+    if args.reader == "tf":
+        return tf_batches(converter, kwargs)
+    make = {
+        "numpy": converter.make_numpy_iterator,
+        "torch": converter.make_torch_dataloader,
+        "jax": converter.make_jax_iterator,
+    }[args.reader]
+    return make(**kwargs)
+
+
+@contextmanager
+def tf_batches(converter: Any, kwargs: dict[str, Any]) -> Iterator[Iterator[dict[str, Any]]]:
+    """The tf.data dataset iterated eagerly, as a custom training loop would; tensors stay tensors."""
+
+    with converter.make_tf_dataset(**kwargs) as dataset:
+        yield (dict(zip(row._fields, row, strict=True)) for row in dataset)
+
+
+LIST_TYPES = ("is_list", "is_large_list", "is_fixed_size_list")
+
+
+def is_list(data_type: Any) -> bool:
+    import pyarrow as pa
+
+    return any(getattr(pa.types, check)(data_type) for check in LIST_TYPES)
+
+
+def fixed_shapes(converter: Any) -> dict[str, tuple[Any, tuple[int, ...]]]:
+    """(leaf dtype, shape) of each fixed-shape array column, from the cache's manifest.
+
+    sparkfeed may store such a column packed, one ``fixed_size_binary`` cell of raw values per row;
+    its manifest keeps the logical list type and the shape. A hand-written reader of that cache
+    needs the same two facts, so the anchors take them from the manifest too.
+    """
+    import numpy as np
+
+    manifest = converter.manifest
+    out = {}
+    for field in manifest.schema:
+        leaf, depth = field.type, 0
+        while is_list(leaf):
+            leaf, depth = leaf.value_type, depth + 1
+        dims = manifest.shapes.get(field.name)
+        if depth and dims and all(low == high for low, high in dims):
+            out[field.name] = (np.dtype(leaf.to_pandas_dtype()), tuple(int(high) for _, high in dims))
+    return out
+
+
+def arrow_numpy(column: Any, fixed: tuple[Any, tuple[int, ...]] | None = None) -> Any:
+    """One Arrow column as NumPy, the way a hand-written reader would: lists flattened and
+    reshaped, packed fixed-shape cells viewed in place.
+    """
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    rows = len(array)
+    if pa.types.is_fixed_size_binary(array.type) and fixed is not None:
+        dtype, shape = fixed
+        width = array.type.byte_width
+        values = np.frombuffer(
+            array.buffers()[1], dtype=dtype, count=rows * width // dtype.itemsize, offset=array.offset * width
+        )
+        return values.reshape((rows, *shape))
+    depth = 0
+    while is_list(array.type):
+        array, depth = pc.list_flatten(array), depth + 1
+    values = array.to_numpy(zero_copy_only=False)
+    if not depth:
+        return values
+    return values.reshape((rows, *fixed[1]) if fixed else (rows, -1))
+
+
+def slices(columns: dict[str, Any], batch_size: int) -> Iterator[dict[str, Any]]:
+    rows = len(next(iter(columns.values())))
+    for start in range(0, rows, batch_size):
+        yield {name: values[start : start + batch_size] for name, values in columns.items()}
+
+
+@contextmanager
+def arrow_reader(
+    kind: str, files: list[str], batch_size: int, fixed: dict[str, Any]
+) -> Iterator[Iterator[dict[str, Any]]]:
+    """The pyarrow anchors, all single-consumer loops over the same cache files."""
+    import pyarrow.parquet as pq
+
+    def numpy_columns(table: Any) -> dict[str, Any]:
+        return {name: arrow_numpy(table.column(name), fixed.get(name)) for name in table.schema.names}
+
+    def iter_batches() -> Iterator[dict[str, Any]]:
+        for path in files:
+            for batch in pq.ParquetFile(path).iter_batches(batch_size):
+                yield numpy_columns(batch)
+
+    def limit() -> Iterator[dict[str, Any]]:
+        # The Arrow limit: one thread, whole row groups decoded, then zero-copy 1024-row views.
+        for path in files:
+            parquet = pq.ParquetFile(path)
+            for group in range(parquet.num_row_groups):
+                table = parquet.read_row_group(group, use_threads=False)
+                yield from slices(numpy_columns(table), batch_size)
+
+    def read_table() -> Iterator[dict[str, Any]]:
+        yield from slices(numpy_columns(pq.read_table(files)), batch_size)
+
+    yield {"arrow_iter_batches": iter_batches, "arrow_limit": limit, "arrow_read_table": read_table}[kind]()
+
+
+def open_reader(converter: Any, args: argparse.Namespace) -> Any:
+    if args.reader.startswith("arrow_"):
+        files = [url.removeprefix("file://") for url in converter.file_urls]
+        return arrow_reader(args.reader, files, args.batch_size, fixed_shapes(converter))
+    return sparkfeed_loader(converter, args)
+
+
+# --------------------------------------------------------------------------- cases
+
+
+def case(args: argparse.Namespace) -> None:
+    import sparkfeed
+
+    converter = pickle.loads(Path(args.handle).read_bytes())
+    if args.reader == "torch" or args.reader == "first_batch":
+        import torch  # noqa: F401  (imported before the baseline, as in any training script)
+    elif args.reader == "tf":
+        import tensorflow  # noqa: F401
+    elif args.reader == "jax":
+        import jax  # noqa: F401
+    result: dict[str, Any] = {"sparkfeed": sparkfeed.__version__, "rows_total": len(converter)}
+    baseline = rss_bytes()
+    if args.reader == "first_batch":
+
+        def first_batch() -> float:
+            started = time.perf_counter()
+            with converter.make_torch_dataloader(
+                batch_size=args.batch_size, num_epochs=1, shuffle_row_groups=False
+            ) as loader:
+                next(iter(loader))
+                return time.perf_counter() - started
+
+        first_batch()  # warm-up
+        latencies = [first_batch() for _ in range(max(args.repeats, 5))]
+        result.update(latency_s=statistics.median(latencies), latencies_s=latencies)
+    else:
+
+        def run() -> tuple[int, int]:
+            with open_reader(converter, args) as batches:
+                return consume(batches, args.max_rows)
+
+        result.update(measure(run, args.repeats, args.min_time))
+    result.update(baseline_rss=baseline, peak_rss=peak_rss_bytes())
+    if args.quality:  # After the peak RSS is taken: holding every id is the harness's memory, not the reader's.
+        with open_reader(converter, args) as batches:
+            result["shuffle_quality"] = shuffle_quality(collect_ids(batches))
+    emit(result)
+
+
+def memory(args: argparse.Namespace) -> None:
+    """Streams the big dataset once through the NumPy iterator: does memory stay bounded?
+
+    The big source is read in place (``make_spark_converter(path)``): it already has the layout the
+    converter writes, and converting 4 GiB again would only add minutes. The page cache is warmed
+    by plain reads into one reused buffer, which adds nothing to this process's RSS.
+    """
+    from sparkfeed import make_spark_converter
+
+    path = source_path("big")
+    converter = make_spark_converter(str(path))
+    buffer = bytearray(8 << 20)
+    for url in converter.file_urls:
+        with open(url.removeprefix("file://"), "rb", buffering=0) as handle:
+            while handle.readinto(buffer):
+                pass
+    del buffer
+    baseline = rss_bytes()
+    started = time.perf_counter()
+    with converter.make_numpy_iterator(batch_size=args.batch_size, num_epochs=1, shuffle_row_groups=False) as it:
+        rows, nbytes = consume(it)
+    seconds = time.perf_counter() - started
+    emit(
+        {
+            "rows": rows,
+            "bytes": nbytes,
+            "times_s": [seconds],
+            "rows_per_s": rows / seconds,
+            "mb_per_s": nbytes / seconds / 1e6,
+            "baseline_rss": baseline,
+            "peak_rss": peak_rss_bytes(),
+            "bytes_on_disk": sum(f.stat().st_size for f in path.glob("*.parquet")),
+        }
+    )
+
+
+def materialize(args: argparse.Namespace) -> None:
+    """make_spark_converter(df) vs df.write.parquet(tmp), both with their defaults, alternated.
+
+    Every repeat reads the source into a new DataFrame and converts into a new cache_dir, so
+    the in-process cache reuse never kicks in. The first pair is a warm-up (JIT, file listing).
+    """
+    from sparkfeed import make_spark_converter
+
+    spark = spark_session(f"sparkfeed-bench-materialize-{args.dataset}")
+    scratch = TMP_DIR / f"sparkfeed-{args.dataset}"
+    shutil.rmtree(scratch, ignore_errors=True)
+    convert_times, write_times = [], []
+    for repeat in range(args.repeats + 1):
+        df = spark.read.parquet(str(source_path(args.dataset)))
+        started = time.perf_counter()
+        converter = make_spark_converter(df, cache_dir=str(scratch / f"cache-{repeat}"))
+        convert_times.append(time.perf_counter() - started)
+        converter.delete()
+        df = spark.read.parquet(str(source_path(args.dataset)))
+        started = time.perf_counter()
+        df.write.parquet(str(scratch / f"plain-{repeat}"))
+        write_times.append(time.perf_counter() - started)
+        shutil.rmtree(scratch, ignore_errors=True)
+    spark.stop()
+    emit(
+        {
+            "convert_s": statistics.median(convert_times[1:]),
+            "write_s": statistics.median(write_times[1:]),
+            "convert_times_s": convert_times,
+            "write_times_s": write_times,
+        }
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    p = commands.add_parser("serve")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--codec", default=None)
+    p.add_argument("--handle", required=True)
+    p = commands.add_parser("case")
+    p.add_argument("--handle", required=True)
+    p.add_argument("--reader", choices=READERS, required=True)
+    p.add_argument("--batch-size", type=int, default=1024)
+    p.add_argument("--shuffle", choices=("none", "rowgroups", "buffer"), default="none")
+    p.add_argument("--shard", default=None, help="cur/count, e.g. 0/2")
+    p.add_argument("--workers", type=int, default=None)
+    p.add_argument("--transform", choices=("png",), default=None)
+    p.add_argument("--max-rows", type=int, default=None)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--min-time", type=float, default=0.0, help="keep timing runs until they add up to this")
+    p.add_argument("--quality", action="store_true", help="also measure the shuffle quality of one epoch")
+    p = commands.add_parser("memory")
+    p.add_argument("--batch-size", type=int, default=1024)
+    p = commands.add_parser("materialize")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    {"serve": serve, "case": case, "memory": memory, "materialize": materialize}[args.command](args)
+
+
+if __name__ == "__main__":
+    main()
