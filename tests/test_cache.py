@@ -129,15 +129,19 @@ def test_cache_deleted_behind_our_back_is_written_again(spark) -> None:
     assert _ids(again) == list(range(9))
 
 
-def test_failed_write_leaves_no_cache(spark, tmp_path) -> None:
+@pytest.mark.parametrize("with_array", [False, True], ids=["spark-writer", "task-writer"])
+def test_failed_write_leaves_no_cache(spark, tmp_path, with_array: bool) -> None:
     @F.udf("double")
     def explode(x):
         if x == 13:
             raise RuntimeError("bad row")
         return float(x)
 
+    df = spark.range(20).select("id", explode("id").alias("x"))
+    if with_array:
+        df = df.withColumn("pair", F.array("x", "x"))
     with pytest.raises(Exception, match="bad row"):
-        make_spark_converter(spark.range(20).select("id", explode("id").alias("x")), cache_dir=str(tmp_path))
+        make_spark_converter(df, cache_dir=str(tmp_path))
     assert list(tmp_path.iterdir()) == []
 
 

@@ -18,6 +18,7 @@ import json
 import os
 import socket
 import threading
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlparse
@@ -143,24 +144,22 @@ def materialize(
 ) -> Materialized:
     """Writes ``df`` into a new cache directory under ``parent_url`` and publishes its manifest.
 
-    Spark tasks write the files with pyarrow (:mod:`sparkfeed.writer`, packing fixed-shape
-    arrays) and return what the manifest needs. Any failure, an interrupt included, removes the
-    directory before the error propagates.
+    A DataFrame with array columns is written by Spark tasks with pyarrow (:mod:`sparkfeed.writer`:
+    fixed-shape arrays packed, 2x faster to write than Spark's own writer and 6x faster to read);
+    one without is written by Spark's own Parquet writer, which measured faster for plain columns
+    than the round trip through Python. Any failure, an interrupt included, removes the directory
+    before the error propagates.
     """
-    fs, _ = filesystem(parent_url)  # Fail before Spark runs anything if the reader could not read it back.
+    filesystem(parent_url)  # Fail before Spark runs anything if the reader could not read it back.
     normalized = normalize_dataframe(df, options.dtype)
     spark = df.sparkSession
     cache_url = new_cache_url(parent_url)
     owned_caches.add(cache_url)
     try:
-        _, root = filesystem(cache_url)
-        fs.create_dir(root, recursive=True)
-        ship_by_value()
-        codec = "none" if options.codec == "uncompressed" else options.codec
-        writer = partition_writer(cache_url, codec, options.row_group_size_bytes)
-        results = normalized.mapInArrow(writer, RESULT_SCHEMA).collect()
-        manifest = _manifest(results, _logical_schema(normalized), options, identity, spark)
-        _remove_strays(fs, root, {entry.path for entry in manifest.files})
+        if any(_is_array(field.dataType) for field in normalized.schema.fields):
+            manifest = _write_with_tasks(normalized, cache_url, options, identity, spark)
+        else:
+            manifest = _write_with_spark(normalized, cache_url, options, identity, spark)
         write_manifest(cache_url, manifest)
     except BaseException:
         with contextlib.suppress(Exception):
@@ -168,6 +167,55 @@ def materialize(
         owned_caches.discard(cache_url)
         raise
     return Materialized(cache_url, manifest)
+
+
+def _is_array(data_type: Any) -> bool:
+    return type(data_type).__name__ == "ArrayType"
+
+
+def _write_with_tasks(
+    df: DataFrame, cache_url: str, options: MaterializeOptions, identity: DataFrameIdentity, spark: SparkSession
+) -> Manifest:
+    fs, root = filesystem(cache_url)
+    fs.create_dir(root, recursive=True)
+    ship_by_value()
+    codec = "none" if options.codec == "uncompressed" else options.codec
+    writer = partition_writer(cache_url, codec, options.row_group_size_bytes)
+    results = df.mapInArrow(writer, RESULT_SCHEMA).collect()
+    manifest = _manifest(results, _logical_schema(df), options, identity, spark)
+    _remove_strays(fs, root, {entry.path for entry in manifest.files})
+    return manifest
+
+
+def _write_with_spark(
+    df: DataFrame, cache_url: str, options: MaterializeOptions, identity: DataFrameIdentity, spark: SparkSession
+) -> Manifest:
+    # INT96, Spark's default, is deprecated and reads back as nanoseconds; write microseconds.
+    with _session_conf(spark, {"spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS"}):
+        (
+            df.write.option("parquet.block.size", str(options.row_group_size_bytes))
+            .option("compression", options.codec)
+            .parquet(cache_url)
+        )
+    # Spark writes at least one file, also for an empty DataFrame, so the footers give the schema.
+    return describe(
+        cache_url, options=dataclasses.asdict(options), key=identity.digest, created_by=_creator(spark)
+    ).manifest
+
+
+@contextlib.contextmanager
+def _session_conf(spark: SparkSession, values: dict[str, str]) -> Iterator[None]:
+    previous = {key: spark.conf.get(key, None) for key in values}
+    for key, value in values.items():
+        spark.conf.set(key, value)
+    try:
+        yield
+    finally:
+        for key, old in previous.items():
+            if old is None:
+                spark.conf.unset(key)
+            else:
+                spark.conf.set(key, old)
 
 
 def _logical_schema(df: DataFrame) -> pa.Schema:
