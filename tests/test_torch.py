@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 
 import numpy as np
 import pytest
@@ -59,3 +60,11 @@ def test_import_sparkfeed_does_not_import_frameworks() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def test_loader_closes_with_the_context_and_reports_len(regression) -> None:
+    loader = regression.make_torch_dataloader(batch_size=1000, num_epochs=2)
+    with loader as entered:
+        assert entered is loader and len(loader) == 8
+        next(iter(loader))
+    assert not [t for t in threading.enumerate() if t.name.startswith("sparkfeed-reader")]

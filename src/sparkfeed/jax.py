@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from types import ModuleType, TracebackType
+from types import ModuleType
 from typing import Any
 
 import numpy as np
 
+from sparkfeed.loader import ReaderLoader
 from sparkfeed.reader import Reader
 from sparkfeed.reader.batch import Columns
 
@@ -23,7 +24,7 @@ def import_jax() -> ModuleType:
     return jax
 
 
-class JaxIterator:
+class JaxIterator(ReaderLoader):
     """Iterates dicts of ``jax.Array`` (strings and bytes stay NumPy object arrays).
 
     Dates become int64 days and timestamps int64 microseconds; like every 64-bit array they are
@@ -35,12 +36,13 @@ class JaxIterator:
         if device is not None and sharding is not None:
             raise ValueError("give device or sharding, not both")
         self._jax = import_jax()
-        self._reader = reader
+        super().__init__(reader)
+        self._numpy_reader = reader
         self._target = sharding if sharding is not None else device
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         put = self._jax.device_put
-        for batch in self._reader:
+        for batch in self._numpy_reader:
             numeric = {
                 name: array.view(np.int64) if array.dtype.kind in "Mm" else array
                 for name, array in batch.items()
@@ -48,26 +50,3 @@ class JaxIterator:
             }
             placed = put(numeric, self._target)
             yield {name: placed.get(name, array) for name, array in batch.items()}
-
-    def __len__(self) -> int:
-        return len(self._reader)
-
-    def state_dict(self) -> dict[str, Any]:
-        """The reader's position; see :meth:`sparkfeed.reader.Reader.state_dict`."""
-        return self._reader.state_dict()
-
-    def load_state_dict(self, state: Any) -> None:
-        """Continues from a saved position; see :meth:`sparkfeed.reader.Reader.load_state_dict`."""
-        self._reader.load_state_dict(state)
-
-    def close(self) -> None:
-        """Stops the reader threads."""
-        self._reader.close()
-
-    def __enter__(self) -> JaxIterator:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()

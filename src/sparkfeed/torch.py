@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator
-from types import ModuleType, TracebackType
+from types import ModuleType
 from typing import Any
 
 import numpy as np
 
+from sparkfeed.loader import ReaderLoader
 from sparkfeed.reader import Reader
 from sparkfeed.reader.batch import Columns
 
@@ -83,7 +84,7 @@ class TorchFormat:
         return joined
 
 
-class TorchDataLoader:
+class TorchDataLoader(ReaderLoader):
     """Iterates dicts of ``torch.Tensor`` with a leading batch dimension.
 
     A context manager like Petastorm's loader: leaving the ``with`` block stops the reader.
@@ -91,30 +92,8 @@ class TorchDataLoader:
     """
 
     def __init__(self, reader: Reader[TorchBatch]) -> None:
-        self._reader = reader
+        super().__init__(reader)
+        self._torch_reader = reader
 
     def __iter__(self) -> Iterator[TorchBatch]:
-        return iter(self._reader)
-
-    def __len__(self) -> int:
-        return len(self._reader)
-
-    def state_dict(self) -> dict[str, Any]:
-        """The reader's position; see :meth:`sparkfeed.reader.Reader.state_dict`."""
-        return self._reader.state_dict()
-
-    def load_state_dict(self, state: Any) -> None:
-        """Continues from a saved position; see :meth:`sparkfeed.reader.Reader.load_state_dict`."""
-        self._reader.load_state_dict(state)
-
-    def close(self) -> None:
-        """Stops the reader threads."""
-        self._reader.close()
-
-    def __enter__(self) -> TorchDataLoader:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
+        return iter(self._torch_reader)
