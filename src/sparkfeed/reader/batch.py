@@ -61,6 +61,9 @@ class NumpyFormat:
 
 NUMPY = NumpyFormat()
 
+SPLIT_GROUP = 64
+"""Batches cut from a chunk per ``split`` call."""
+
 
 class Batcher(Generic[C]):
     """Re-cuts a stream of chunks into batches of ``batch_size`` rows; only the last may be smaller.
@@ -73,6 +76,21 @@ class Batcher(Generic[C]):
     def __init__(self, fmt: BatchFormat[C], batch_size: int) -> None:
         self._fmt = fmt
         self._batch_size = batch_size
+
+    def _parts(self, chunk: C, sizes: list[int]) -> Iterator[C]:
+        """The chunk cut into ``sizes``, at most :data:`SPLIT_GROUP` parts per split call.
+
+        Bounded so that a small batch size, or a consumer that stops after one batch, does not
+        pay for views of the whole chunk up front.
+        """
+        rest: C | None = chunk
+        for start in range(0, len(sizes), SPLIT_GROUP):
+            group = sizes[start : start + SPLIT_GROUP]
+            left = sum(sizes[start + SPLIT_GROUP :])
+            assert rest is not None
+            parts = self._fmt.split(rest, [*group, left] if left else group)
+            rest = parts[-1] if left else None
+            yield from parts[: len(group)]
 
     def batches(self, chunks: Iterable[tuple[K, C]]) -> Iterator[tuple[C, K, int]]:
         """Yields ``(batch, key, rows)``, a resumable position after each batch.
@@ -95,7 +113,7 @@ class Batcher(Generic[C]):
             if rows - sum(sizes):
                 sizes.append(rows - sum(sizes))
             consumed = 0
-            for part_rows, part in zip(sizes, self._fmt.split(chunk, sizes), strict=True):
+            for part_rows, part in zip(sizes, self._parts(chunk, sizes), strict=True):
                 consumed += part_rows
                 if not pending_rows and part_rows == size:
                     yield part, key, consumed
