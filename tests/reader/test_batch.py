@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from sparkfeed.reader.batch import NUMPY, Batcher
+from sparkfeed.reader.batch import NUMPY, Batcher, NumpyFormat
 from sparkfeed.torch import TorchFormat
 
 
@@ -21,7 +21,7 @@ def _chunks(sizes: list[int]) -> list[tuple[int, dict[str, np.ndarray]]]:
 
 
 @pytest.mark.parametrize("fmt", [NUMPY, TorchFormat()], ids=["numpy", "torch"])
-@pytest.mark.parametrize("sizes", [[10], [3, 3, 3], [1] * 9, [0, 7, 0, 2], [25, 1, 4], []])
+@pytest.mark.parametrize("sizes", [[10], [3, 3, 3], [1] * 9, [0, 7, 0, 2], [25, 1, 4], [], [300, 5, 131]])
 @pytest.mark.parametrize("batch_size", [1, 4, 9, 100])
 def test_batches_are_full_except_the_last_and_keep_order(fmt, sizes: list[int], batch_size: int) -> None:
     chunks = [(key, fmt.convert(columns)) for key, columns in _chunks(sizes)]
@@ -55,3 +55,16 @@ def test_batches_inside_one_chunk_are_views() -> None:
     views = [batch for batch, _, _ in Batcher(torch_format, 4).batches([(0, converted)])]
     assert all(v["img"].data_ptr() != 0 and v["img"]._base is converted["img"] for v in views)
     assert isinstance(views[0]["img"], torch.Tensor) and isinstance(views[0]["s"], list)
+
+
+def test_a_consumer_that_stops_early_does_not_pay_for_the_whole_chunk() -> None:
+    calls: list[int] = []
+
+    class Counting(NumpyFormat):
+        def split(self, chunk, sizes):
+            calls.append(len(sizes))
+            return super().split(chunk, sizes)
+
+    batches = Batcher(Counting(), 1).batches(_chunks([100_000]))
+    next(batches)
+    assert calls == [65]  # 64 one-row batches and the rest, not 100,000 views
