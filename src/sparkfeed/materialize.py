@@ -38,8 +38,16 @@ from sparkfeed.cache import (
     write_manifest,
 )
 from sparkfeed.options import MaterializeOptions
-from sparkfeed.types import list_depth, merge_shape_stats, normalize_dataframe
-from sparkfeed.writer import RESULT_SCHEMA, ShapeStats, is_list_type, list_shape_stats, partition_writer, ship_by_value
+from sparkfeed.types import list_depth, normalize_dataframe
+from sparkfeed.writer import (
+    RESULT_SCHEMA,
+    ShapeStats,
+    is_list_type,
+    list_shape_stats,
+    merge_shape_stats,
+    partition_writer,
+    ship_by_value,
+)
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -307,16 +315,14 @@ def _local_shape_stats(fs: pafs.FileSystem, root: str, files: list[str], names: 
 def describe(
     root_url: str,
     *,
-    shapes: Any = None,
     options: dict[str, Any],
     key: str = "",
     created_by: dict[str, Any] | None = None,
 ) -> Materialized:
-    """Builds the manifest of a Parquet dataset from its footers (and its list columns' shapes).
+    """Builds the manifest of a Parquet dataset from its footers; list columns' shapes are scanned here.
 
     Args:
         root_url: The dataset directory or single file.
-        shapes: ``f({list column: nesting depth}) -> {name: ShapeStats}``; pyarrow scans locally when None.
         options: Recorded materialization options.
         key: Recorded cache key.
         created_by: Recorded creator.
@@ -353,7 +359,7 @@ def describe(
     depths = {f.name: list_depth(f.type) for f in schema if is_list_type(f.type)}
     measured: dict[str, ShapeStats] = {}
     if depths:
-        measured = shapes(depths) if shapes is not None else _local_shape_stats(fs, root, names, list(depths))
+        measured = _local_shape_stats(fs, root, names, list(depths))
     if info.type == pafs.FileType.File:
         root_url = root_url.rsplit("/", 1)[0]
     return Materialized(

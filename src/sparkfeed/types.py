@@ -9,7 +9,7 @@ anything a tensor can hold.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
@@ -171,22 +171,6 @@ def _leaf_type(data_type: pa.DataType) -> pa.DataType:
     while is_list_type(data_type):
         data_type = data_type.value_type
     return data_type
-
-
-def merge_shape_stats(parts: Iterable[ShapeStats]) -> ShapeStats:
-    """Combines the stats of several chunks of the same column."""
-    merged: ShapeStats = []
-    for part in parts:
-        for level, (low, high) in enumerate(part):
-            if level == len(merged):
-                merged.append((low, high))
-                continue
-            old_low, old_high = merged[level]
-            merged[level] = (
-                low if old_low is None else old_low if low is None else min(low, old_low),
-                high if old_high is None else old_high if high is None else max(high, old_high),
-            )
-    return merged
 
 
 @dataclasses.dataclass(frozen=True)

@@ -93,12 +93,19 @@ def unpack(array: pa.Array, logical: pa.DataType, shape: tuple[int, ...]) -> pa.
     return values
 
 
-def _merge(old: ShapeStats, new: ShapeStats) -> ShapeStats:
-    merged = []
-    for (a_low, a_high), (b_low, b_high) in zip(old, new, strict=True):
-        lows = [v for v in (a_low, b_low) if v is not None]
-        highs = [v for v in (a_high, b_high) if v is not None]
-        merged.append((min(lows) if lows else None, max(highs) if highs else None))
+def merge_shape_stats(parts: Iterable[ShapeStats]) -> ShapeStats:
+    """Combines the stats of several chunks of the same column."""
+    merged: ShapeStats = []
+    for part in parts:
+        for level, (low, high) in enumerate(part):
+            if level == len(merged):
+                merged.append((low, high))
+                continue
+            old_low, old_high = merged[level]
+            merged[level] = (
+                low if old_low is None else old_low if low is None else min(low, old_low),
+                high if old_high is None else old_high if high is None else max(high, old_high),
+            )
     return merged
 
 
@@ -174,7 +181,7 @@ def partition_writer(
             for name, column in zip(batch.schema.names, batch.columns, strict=True):
                 if is_list_type(column.type):
                     stats = list_shape_stats(column)
-                    shapes[name] = _merge(shapes[name], stats) if name in shapes else stats
+                    shapes[name] = merge_shape_stats([shapes.get(name, []), stats])
                     shape = packed_shape(column, stats)
                     if shape is not None:
                         column = pack(column, shape)
