@@ -55,8 +55,24 @@ def petastorm_session(app: str, parent: Path) -> Any:
 
 
 def decode_frame(frame: Any) -> Any:
-    """TransformSpec function of the images case: PNG bytes -> (64, 64, 3) uint8 cells."""
-    frame["png"] = frame["png"].map(decode_png)
+    """TransformSpec function of the images case: PNG bytes -> (64, 64, 3) uint8 cells.
+
+    Petastorm's process pool ships this function by value (dill) to workers that cannot import
+    ``common``, so it carries its own copy of ``decode_png``, the function the thread pool uses.
+    """
+    if "decode_png" in globals():
+        decode = decode_png
+    else:  # in a Petastorm worker process
+        import io
+
+        import numpy as np
+        from PIL import Image
+
+        def decode(data: bytes) -> Any:
+            with Image.open(io.BytesIO(data)) as image:
+                return np.asarray(image.convert("RGB"), dtype=np.uint8)
+
+    frame["png"] = frame["png"].map(decode)
     return frame
 
 

@@ -120,13 +120,21 @@ def build_cases() -> list[Case]:
     add("vectors.petastorm.batched", "Petastorm BatchedDataLoader", "--reader batched", pt_vec, peer="plain")
 
     png = "--transform png --batch-size 64"
-    for workers in (1, 2):
-        add(f"images.sparkfeed.w{workers}", f"sparkfeed torch, transform_fn, workers_count={workers}",
-            f"--reader torch --workers {workers} {png}", ("sparkfeed", "images", None), peer=f"w{workers}")
-    for loader, name in (("default", "DataLoader"), ("batched", "BatchedDataLoader")):
+    # Both sides with thread workers (their default) and with process workers, which a GIL-bound
+    # transform like this one needs to scale.
+    for pool in ("thread", "process"):
         for workers in (1, 2):
-            add(f"images.petastorm.{loader}.w{workers}", f"Petastorm {name}, TransformSpec, workers_count={workers}",
-                f"--reader {loader} --workers {workers} {png}", ("petastorm", "images", None), peer=f"w{workers}")
+            add(f"images.sparkfeed.{pool}.w{workers}",
+                f"sparkfeed torch, transform_fn, reader_pool_type={pool!r}, workers_count={workers}",
+                f"--reader torch --workers {workers} --pool {pool} {png}", ("sparkfeed", "images", None),
+                peer=f"{pool}.w{workers}")
+    for loader, name in (("default", "DataLoader"), ("batched", "BatchedDataLoader")):
+        for pool in ("thread", "process"):
+            for workers in (1, 2):
+                add(f"images.petastorm.{loader}.{pool}.w{workers}",
+                    f"Petastorm {name}, TransformSpec, reader_pool_type={pool!r}, workers_count={workers}",
+                    f"--reader {loader} --workers {workers} --pool {pool} {png}", ("petastorm", "images", None),
+                    peer=f"{pool}.w{workers}")
 
     for side in ("sparkfeed", "petastorm"):
         for dataset in ("tabular", "vectors"):

@@ -103,6 +103,8 @@ def sparkfeed_loader(converter: Any, args: argparse.Namespace) -> Any:
         kwargs.update(cur_shard=cur_shard, shard_count=shard_count)
     if args.transform == "png":
         kwargs["transform_fn"] = decode_frame
+    if args.pool:
+        kwargs["reader_pool_type"] = args.pool
     if args.reader == "tf":
         return tf_batches(converter, kwargs)
     make = {
@@ -346,6 +348,7 @@ def main() -> None:
     p.add_argument("--shard", default=None, help="cur/count, e.g. 0/2")
     p.add_argument("--workers", type=int, default=None)
     p.add_argument("--transform", choices=("png",), default=None)
+    p.add_argument("--pool", choices=("thread", "process"), default=None)
     p.add_argument("--max-rows", type=int, default=None)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--min-time", type=float, default=0.0, help="keep timing runs until they add up to this")

@@ -29,6 +29,10 @@ from sparkfeed.options import MaterializeOptions, ReaderOptions, reader_options
         ({"schema_fields": "id"}, "schema_fields='id' is not allowed: it must be a list of column names"),
         ({"schema_fields": []}, "schema_fields=[] is not allowed"),
         ({"transform_spec": len}, "transform_spec=<built-in function len> is not allowed"),
+        (
+            {"reader_pool_type": "dummy"},
+            "reader_pool_type='dummy' is not allowed: it must be one of ('thread', 'process')",
+        ),
     ],
 )
 def test_bad_reader_option_names_value_and_range(kwargs: dict, message: str) -> None:

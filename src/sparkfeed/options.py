@@ -19,6 +19,8 @@ from sparkfeed.transform import TransformSpec
 
 ShardPolicy = Literal["pad", "drop", "exact"]
 SHARD_POLICIES: tuple[ShardPolicy, ...] = ("pad", "drop", "exact")
+PoolType = Literal["thread", "process"]
+POOL_TYPES: tuple[PoolType, ...] = ("thread", "process")
 COMPRESSION_CODECS = ("uncompressed", "snappy", "zstd", "lz4", "gzip")
 FLOAT_DTYPES = ("float32", "float64")
 
@@ -73,6 +75,7 @@ class ReaderOptions:
     shard_policy: ShardPolicy = "pad"
     schema_fields: tuple[str, ...] | None = None
     transform_spec: TransformSpec | None = None
+    reader_pool_type: PoolType = "thread"
 
     def __post_init__(self) -> None:
         _check_int("batch_size", self.batch_size, 1)
@@ -96,6 +99,10 @@ class ReaderOptions:
         _check_int("shuffling_queue_capacity", self.shuffling_queue_capacity, 0, optional=True)
         if self.shard_policy not in SHARD_POLICIES:
             raise ValueError(f"shard_policy={self.shard_policy!r} is not allowed: it must be one of {SHARD_POLICIES}")
+        if self.reader_pool_type not in POOL_TYPES:
+            raise ValueError(
+                f"reader_pool_type={self.reader_pool_type!r} is not allowed: it must be one of {POOL_TYPES}"
+            )
         if not isinstance(self.shuffle_row_groups, bool):
             raise ValueError(f"shuffle_row_groups={self.shuffle_row_groups!r} is not allowed: it must be a bool")
         if self.schema_fields is not None:
@@ -112,7 +119,7 @@ class ReaderOptions:
 
     @property
     def workers(self) -> int:
-        """Reader threads: pyarrow decodes with the GIL released, so one per core pays off."""
+        """Reader workers: pyarrow decodes with the GIL released, so one thread per core pays off."""
         return self.workers_count or min(4, os.cpu_count() or 1)
 
     @property
@@ -147,6 +154,10 @@ class ReaderArgs(TypedDict, total=False):
         schema_fields: Column names to read (default: all).
         transform_spec: A :class:`~sparkfeed.TransformSpec` run on each chunk of rows.
         transform_fn: Shorthand for ``TransformSpec(transform_fn)``.
+        reader_pool_type: ``"thread"`` (default): workers are threads, best for reading, where
+            pyarrow releases the GIL. ``"process"``: forked worker processes (spawned off Linux)
+            read and transform, for transforms that hold the GIL, such as decoding many small
+            images with Pillow; each chunk costs one copy through a pipe.
     """
 
     prefetch: int | None
@@ -159,6 +170,7 @@ class ReaderArgs(TypedDict, total=False):
     schema_fields: Sequence[str] | None
     transform_spec: TransformSpec | None
     transform_fn: Callable[[Any], Any] | None
+    reader_pool_type: PoolType
 
 
 def reader_options(

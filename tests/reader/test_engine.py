@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import multiprocessing
 import threading
 import traceback
 
@@ -183,3 +184,48 @@ def test_transform_exception_surfaces_with_traceback_and_location(converter) -> 
     (note,) = error.value.__notes__
     assert ".parquet, row group" in note and "rows [" in note
     assert not _reader_threads()
+
+
+@pytest.mark.parametrize("transform", [False, True])
+def test_process_workers_yield_exactly_the_thread_batches(converter, transform) -> None:
+    scale = 3.0  # a closure in the transform: forked workers inherit it
+
+    def triple(frame):
+        frame["x"] = frame["x"] * scale
+        return frame
+
+    kwargs = dict(
+        batch_size=100, num_epochs=2, seed=5, shuffling_queue_capacity=700, cur_shard=1, shard_count=2
+    )
+    if transform:
+        kwargs["transform_fn"] = triple
+    with converter.make_numpy_iterator(**kwargs) as batches:
+        by_threads = list(batches)
+    with converter.make_numpy_iterator(reader_pool_type="process", workers_count=2, **kwargs) as batches:
+        by_processes = list(batches)
+        assert len(batches) == len(by_processes)
+    assert len(by_threads) == len(by_processes)
+    for ours, theirs in zip(by_threads, by_processes, strict=True):
+        assert ours.keys() == theirs.keys()
+        for name in ours:
+            np.testing.assert_array_equal(ours[name], theirs[name])
+    ids = np.concatenate([b["id"] for b in by_processes])
+    x = np.concatenate([b["x"] for b in by_processes])
+    np.testing.assert_array_equal(x, ids * 0.5 * (scale if transform else 1))
+    assert not multiprocessing.active_children()
+
+
+def test_process_workers_stop_on_early_break_and_report_transform_errors(converter) -> None:
+    with converter.make_numpy_iterator(batch_size=50, reader_pool_type="process", workers_count=2) as batches:
+        assert len(list(itertools.islice(batches, 100))) == 100
+        assert multiprocessing.active_children()
+    assert not multiprocessing.active_children()
+    with pytest.raises(ArithmeticError, match="transform failed") as error:
+        with converter.make_numpy_iterator(
+            num_epochs=1, transform_fn=_broken_transform, reader_pool_type="process"
+        ) as batches:
+            list(batches)
+    assert "_broken_transform" in str(error.value.__cause__)  # the worker's traceback
+    (note,) = error.value.__notes__
+    assert "reader process" in note and ".parquet, row group" in note
+    assert not multiprocessing.active_children()

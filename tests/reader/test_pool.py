@@ -1,7 +1,12 @@
-"""The ordered thread map: order, bounded prefetch, errors with tracebacks, prompt shutdown."""
+"""The ordered worker map: order, bounded prefetch, errors with tracebacks, prompt shutdown.
+
+Every behaviour is checked with threads and with worker processes.
+"""
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 import random
 import threading
 import time
@@ -11,17 +16,33 @@ import pytest
 
 from sparkfeed.reader.pool import OrderedPool
 
+POOL_TYPES = ["thread", "process"]
+
 
 def _reader_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name.startswith("sparkfeed-reader")]
 
 
-def test_results_come_in_submission_order() -> None:
-    def slow_square(x: int) -> int:
-        time.sleep(random.random() / 200)
-        return x * x
+def _no_workers_left() -> bool:
+    return not _reader_threads() and not multiprocessing.active_children()
 
-    assert list(OrderedPool(slow_square, workers=4, prefetch=8).imap(range(100))) == [x * x for x in range(100)]
+
+@pytest.mark.parametrize("pool_type", POOL_TYPES)
+def test_results_come_in_submission_order_paired_with_their_items(pool_type) -> None:
+    offset = 7  # a closure: forked workers inherit it, nothing is pickled
+
+    def slow_shift(x: int) -> int:
+        time.sleep(random.random() / 200)
+        return x * x + offset
+
+    results = list(OrderedPool(slow_shift, workers=2, prefetch=8, pool_type=pool_type).imap(range(100)))
+    assert results == [(x, x * x + 7) for x in range(100)]
+    assert _no_workers_left()
+
+
+def test_process_workers_run_in_other_processes() -> None:
+    pids = {pid for _, pid in OrderedPool(lambda _: os.getpid(), 2, 4, pool_type="process").imap(range(20))}
+    assert os.getpid() not in pids
 
 
 def test_at_most_prefetch_items_are_in_flight() -> None:
@@ -44,7 +65,7 @@ def test_at_most_prefetch_items_are_in_flight() -> None:
             yield i
 
     results = OrderedPool(work, workers=8, prefetch=3).imap(items())
-    for consumed, value in enumerate(results):
+    for consumed, (_, value) in enumerate(results):
         assert len(submitted) <= consumed + 3 + 1
         assert value == consumed
     assert peak[0] <= 3
@@ -56,27 +77,34 @@ def _explode(x: int) -> int:
     return x
 
 
-def test_worker_exception_reaches_consumer_with_traceback_and_note() -> None:
-    pool = OrderedPool(_explode, workers=2, prefetch=4, describe=lambda x: f"item #{x}")
+@pytest.mark.parametrize("pool_type", POOL_TYPES)
+def test_worker_exception_reaches_consumer_with_traceback_and_note(pool_type) -> None:
+    pool = OrderedPool(_explode, workers=2, prefetch=4, describe=lambda x: f"item #{x}", pool_type=pool_type)
     seen = []
     with pytest.raises(ValueError, match="boom at 5") as error:
-        for value in pool.imap(range(10)):
+        for _, value in pool.imap(range(10)):
             seen.append(value)
     assert seen == [0, 1, 2, 3, 4]
-    assert error.value.__notes__ == ["sparkfeed: raised in a reader thread while reading item #5"]
-    frames = [frame.name for frame in traceback.extract_tb(error.value.__traceback__)]
-    assert "_explode" in frames
-    assert not _reader_threads()
+    assert error.value.__notes__ == [f"sparkfeed: raised in a reader {pool_type} while reading item #5"]
+    if pool_type == "thread":
+        frames = [frame.name for frame in traceback.extract_tb(error.value.__traceback__)]
+    else:  # the worker's traceback travels as text, attached as the cause
+        frames = [str(error.value.__cause__)]
+    assert any("_explode" in frame for frame in frames)
+    assert _no_workers_left()
 
 
-def test_closing_early_stops_the_threads_promptly() -> None:
+@pytest.mark.parametrize("pool_type", POOL_TYPES)
+def test_closing_early_stops_the_workers_promptly(pool_type) -> None:
     def work(x: int) -> int:
+        if pool_type == "process" and x:
+            time.sleep(30)  # worker processes are stopped in the middle of an item
         time.sleep(0.01)
         return x
 
-    iterator = OrderedPool(work, workers=4, prefetch=16).imap(iter(int, 1))  # infinite input
-    assert [next(iterator) for _ in range(5)] == [0, 0, 0, 0, 0]
+    iterator = OrderedPool(work, workers=2, prefetch=16, pool_type=pool_type).imap(range(1000))
+    assert next(iterator) == (0, 0)
     started = time.perf_counter()
     iterator.close()
     assert time.perf_counter() - started < 1.0
-    assert not _reader_threads()
+    assert _no_workers_left()

@@ -6,29 +6,26 @@ import contextlib
 import dataclasses
 import itertools
 import math
-import threading
 from collections.abc import Iterator, Sequence
 from types import TracebackType
 from typing import Any, Generic, TypeVar
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 
-from sparkfeed.cache import Manifest, filesystem
+from sparkfeed.cache import Manifest
 from sparkfeed.options import ReaderOptions
 from sparkfeed.reader.batch import NUMPY, Batcher, BatchFormat
+from sparkfeed.reader.exchange import Exchange
 from sparkfeed.reader.plan import (
     PlanSpec,
     Segment,
     epoch_segments,
-    permutation,
     remainder,
     split_segments,
 )
 from sparkfeed.reader.pool import OrderedPool
-from sparkfeed.types import column_specs, to_numpy
-from sparkfeed.writer import unpack
+from sparkfeed.reader.segments import SegmentReader, Work
+from sparkfeed.types import column_specs
 
 C = TypeVar("C")
 
@@ -42,14 +39,6 @@ class Position:
     epoch: int
     segment: int = 0
     offset: int = 0
-
-
-@dataclasses.dataclass(frozen=True)
-class _Work:
-    epoch: int
-    index: int
-    skip: int
-    segment: Segment
 
 
 class Reader(Generic[C]):
@@ -76,14 +65,11 @@ class Reader(Generic[C]):
     ) -> None:
         self._options = options
         self._fmt = fmt
-        self._fs, self._root = filesystem(root_url)
-        self._files = manifest.files
         self._num_rows = manifest.num_rows
         self._specs = column_specs(
             manifest.schema, manifest.options.get("dtype"), manifest.shapes, options.schema_fields
         )
-        self._schema = pa.schema([(spec.name, spec.arrow_type) for spec in self._specs.values()])
-        self._columns = list(self._specs)
+        self._segment_reader = SegmentReader(root_url, manifest.files, self._specs, options.transform_spec)
         self._groups = [
             (f, g, rows) for f, entry in enumerate(manifest.files) for g, rows in enumerate(entry.row_groups)
         ]
@@ -106,14 +92,12 @@ class Reader(Generic[C]):
                 f"shard_policy={options.shard_policy!r}), so num_epochs=None would wait forever: "
                 "use fewer shards or a finite num_epochs"
             )
-        self._footers: dict[int, pq.FileMetaData] = {}
-        self._footer_lock = threading.Lock()
         self._position = Position(0)
         self._end: int | None = None  # end epoch of the current (or resumed) iteration
         self._resumed = False
         self._derived: tuple[int, list[Segment], list[dict[str, Any]]] | None = None
         self._active: Iterator[C] | None = None
-        self._pool: OrderedPool[_Work, tuple[_Work, C]] | None = None
+        self._pool: OrderedPool[Work, Any] | None = None
 
     # ------------------------------------------------------------------ iteration
 
@@ -163,23 +147,39 @@ class Reader(Generic[C]):
             return self._derived[1]
         return epoch_segments(self._groups, self._plan, epoch)
 
-    def _work(self, start: Position, end: int | None) -> Iterator[_Work]:
+    def _work(self, start: Position, end: int | None) -> Iterator[Work]:
         epochs = itertools.count(start.epoch) if end is None else range(start.epoch, end)
         for epoch in epochs:
             segments = self._segments(epoch)
             first = start.segment if epoch == start.epoch else 0
             for index in range(first, len(segments)):
                 skip = start.offset if epoch == start.epoch and index == start.segment else 0
-                yield _Work(epoch, index, skip, segments[index])
+                yield Work(epoch, index, skip, segments[index], self._plan.seed)
 
     def _stream(self, start: Position, end: int | None) -> Iterator[C]:
         options = self._options
-        pool: OrderedPool[_Work, tuple[_Work, C]] = OrderedPool(
-            self._read, options.workers, options.prefetch_pieces, describe=self._describe
-        )
+        segments, convert = self._segment_reader, self._fmt.convert
+        exchange: Exchange | None = None
+        pool: OrderedPool[Work, Any]
+        if options.reader_pool_type == "process":
+            # Worker processes hand NumPy over through shared memory; the format is made here.
+            exchange = Exchange()
+            export, load = exchange.export, exchange.load
+            pool = OrderedPool(
+                lambda work: export(segments.read(work)),
+                options.workers,
+                options.prefetch_pieces,
+                segments.describe,
+                "process",
+            )
+        else:
+            pool = OrderedPool(
+                lambda work: convert(segments.read(work)), options.workers, options.prefetch_pieces, segments.describe
+            )
         self._pool = pool
+        raw = pool.imap(self._work(start, end))
+        results = raw if exchange is None else ((w, convert(load(c))) for w, c in raw)
         batcher = Batcher(self._fmt, options.batch_size)
-        results = pool.imap(self._work(start, end))
         try:
             for epoch, items in itertools.groupby(results, key=lambda item: item[0].epoch):
                 chunks = (((work.index, work.skip), chunk) for work, chunk in items)
@@ -190,87 +190,9 @@ class Reader(Generic[C]):
             if end is not None:
                 self._position = Position(end)
         finally:
-            results.close()  # type: ignore[attr-defined]
-
-    def _describe(self, work: _Work) -> str:
-        where = "; ".join(
-            f"{self._root}/{self._files[p.file].path}, row group {p.row_group}, rows [{p.start}, {p.stop})"
-            for p in work.segment.pieces
-        )
-        return f"{where} (epoch {work.epoch})"
-
-    def _footer(self, file: int) -> pq.FileMetaData:
-        footer = self._footers.get(file)
-        if footer is None:
-            with self._fs.open_input_file(f"{self._root}/{self._files[file].path}") as handle:
-                footer = pq.read_metadata(handle)
-            with self._footer_lock:
-                self._footers[file] = footer
-        return footer
-
-    def _read_table(self, file: int, row_group: int, start: int, stop: int) -> pa.Table:
-        """One piece as an Arrow table of the logical column types."""
-        with self._fs.open_input_file(f"{self._root}/{self._files[file].path}") as handle:
-            table = pq.ParquetFile(handle, metadata=self._footer(file)).read_row_group(
-                row_group, columns=self._columns, use_threads=False
-            )
-        if start or stop != table.num_rows:
-            table = table.slice(start, stop - start)
-        packed = self._files[file].packed
-        if packed or table.schema != self._schema:
-            table = pa.table(
-                [self._logical(name, table.column(name), packed) for name in self._columns], names=self._columns
-            )
-        return table
-
-    def _logical(self, name: str, column: pa.ChunkedArray, packed: dict[str, tuple[int, ...]]) -> pa.ChunkedArray:
-        """A column in its logical type: packed tensors unpacked (no copy), other types cast."""
-        target = self._specs[name].arrow_type
-        if name in packed:
-            return pa.chunked_array([unpack(chunk, target, packed[name]) for chunk in column.chunks])
-        return column if column.type == target else column.cast(target)
-
-    def _read(self, work: _Work) -> tuple[_Work, C]:
-        """Runs in a worker thread: one segment read, transformed, shuffled and formatted.
-
-        Without a transform, the shuffle is an Arrow ``take`` before conversion (C++, GIL
-        released, twice NumPy's fancy indexing here); with one, it permutes the NumPy output.
-        """
-        tables = [self._read_table(p.file, p.row_group, p.start, p.stop) for p in work.segment.pieces]
-        transform = self._options.transform_spec
-        if transform is None and all(t.schema == tables[0].schema for t in tables):
-            table = tables[0] if len(tables) == 1 else pa.concat_tables(tables)
-            rows = self._rows_of(work, table.num_rows)
-            if isinstance(rows, np.ndarray):
-                table = table.take(rows)
-            elif rows is not None:
-                table = table.slice(rows.start, rows.stop - rows.start)
-            columns = {name: to_numpy(spec, table.column(name)) for name, spec in self._specs.items()}
-        else:
-            if transform is not None:
-                frames = [t.to_pandas(date_as_object=False, coerce_temporal_nanoseconds=False) for t in tables]
-                parts = [transform.apply(frame) for frame in frames]
-            else:  # files of one window that store a column differently
-                parts = [{n: to_numpy(spec, t.column(n)) for n, spec in self._specs.items()} for t in tables]
-            columns = NUMPY.concat(parts)
-            rows = self._rows_of(work, NUMPY.rows(columns))
-            if rows is not None:
-                columns = {name: array[rows] for name, array in columns.items()}
-        return work, self._fmt.convert(columns)
-
-    def _rows_of(self, work: _Work, rows: int) -> np.ndarray | slice | None:
-        """Which of a segment's ``rows`` it yields, in order.
-
-        A shuffle window's permutation cut to ``[start, stop)``, a plain slice, or None for all
-        of them as they are.
-        """
-        segment = work.segment
-        low = segment.start + work.skip
-        high = rows if segment.stop is None else min(segment.stop, rows)
-        if segment.shuffle_key is not None:
-            order: np.ndarray = permutation(self._plan.seed, segment.shuffle_key, rows)[low:high]
-            return order
-        return slice(low, high) if low or high < rows else None
+            raw.close()  # type: ignore[attr-defined]
+            if exchange is not None:
+                exchange.close()
 
     # ------------------------------------------------------------------ state
 

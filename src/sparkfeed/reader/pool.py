@@ -1,61 +1,137 @@
-"""An ordered, bounded thread map: the reader's only source of parallelism.
+"""An ordered, bounded worker map: the reader's only source of parallelism.
 
 pyarrow releases the GIL while it reads and decodes Parquet, so threads give real parallelism
-without the copying and start-up cost of processes. Results come back in submission order,
-which keeps the output deterministic, and at most ``prefetch`` items are in flight, which
-bounds memory.
+without the copying and start-up cost of processes: they are the default. A transform that
+holds the GIL (Pillow decoding small images, pandas code) cannot scale on threads, so worker
+processes are the alternative, as in Petastorm's ``reader_pool_type="process"``: each reads
+and transforms whole pieces and sends back NumPy arrays (one pickle copy per array).
+
+Results come back in submission order, which keeps the output deterministic, and at most
+``prefetch`` items are in flight, which bounds memory.
 """
 
 from __future__ import annotations
 
 import collections
+import multiprocessing
+import sys
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
-from typing import Generic, TypeVar
+from concurrent.futures import CancelledError, Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from typing import Any, Generic, TypeVar
+
+from sparkfeed.options import PoolType
 
 T = TypeVar("T")
 R = TypeVar("R")
 
+_worker_fn: Callable[[Any], Any] | None = None
+"""The work function of this worker process, installed once when it starts."""
+
+
+def _install(fn: Callable[[Any], Any] | bytes) -> None:
+    global _worker_fn
+    if isinstance(fn, bytes):
+        from pyspark import cloudpickle
+
+        fn = cloudpickle.loads(fn)
+    _worker_fn = fn  # type: ignore[assignment]
+
+
+def _call(item: Any) -> Any:
+    assert _worker_fn is not None
+    return _worker_fn(item)
+
+
+def _process_executor(fn: Callable[[Any], Any], workers: int) -> ProcessPoolExecutor:
+    """Worker processes that run ``fn``: forked where the platform allows, else spawned.
+
+    Forked workers inherit ``fn`` (closures and lambdas in a transform work, nothing is
+    pickled and nothing is imported again); spawned ones receive it through cloudpickle.
+    """
+    if sys.platform == "linux":
+        context = multiprocessing.get_context("fork")
+        payload: Callable[[Any], Any] | bytes = fn
+    else:
+        from pyspark import cloudpickle
+
+        context = multiprocessing.get_context("spawn")
+        payload = cloudpickle.dumps(fn)
+    return ProcessPoolExecutor(workers, mp_context=context, initializer=_install, initargs=(payload,))
+
+
+def _stop(executor: Executor) -> list[Any]:
+    """Stops an executor without waiting for running work: worker processes are terminated.
+
+    Returns:
+        What to join, in order, to wait for the stop: the executor's manager thread (which
+        reaps the workers; joining them alongside it would race it), then the workers.
+    """
+    stopping = []
+    if isinstance(executor, ProcessPoolExecutor):
+        manager = getattr(executor, "_executor_manager_thread", None)
+        processes = list((getattr(executor, "_processes", None) or {}).values())
+        for process in processes:
+            process.terminate()
+        stopping = [manager, *processes] if manager is not None else processes
+    executor.shutdown(wait=False, cancel_futures=True)
+    return stopping
+
 
 class OrderedPool(Generic[T, R]):
-    """Maps ``fn`` over items on a thread pool, yielding results in order.
+    """Maps ``fn`` over items on worker threads or processes, yielding results in order.
 
     Args:
-        fn: The work for one item; it runs in a worker thread.
-        workers: Number of threads.
+        fn: The work for one item. With processes it must return picklable results.
+        workers: Number of workers.
         prefetch: Items submitted ahead of the consumer.
         describe: Names an item in the note added to a worker's exception.
+        pool_type: ``"thread"`` or ``"process"``.
     """
 
-    def __init__(self, fn: Callable[[T], R], workers: int, prefetch: int, describe: Callable[[T], str] = repr) -> None:
+    def __init__(
+        self,
+        fn: Callable[[T], R],
+        workers: int,
+        prefetch: int,
+        describe: Callable[[T], str] = repr,
+        pool_type: PoolType = "thread",
+    ) -> None:
         self._fn = fn
         self._workers = workers
         self._prefetch = max(prefetch, 1)
         self._describe = describe
-        self._executor: ThreadPoolExecutor | None = None
+        self._pool_type = pool_type
+        self._executor: Executor | None = None
+        self._stopped: list[Any] = []
 
     def shutdown(self) -> None:
-        """Stops the threads from any thread: queued reads are cancelled, running ones finish.
+        """Stops the workers from any thread: queued items are cancelled, processes terminated.
 
         The consumer may be inside :meth:`imap` in another thread (tf.data runs generators in
         its own threads); its iteration then ends at its next step.
         """
         executor = self._executor
         if executor is not None:
-            executor.shutdown(wait=False, cancel_futures=True)
+            self._stopped += _stop(executor)
 
-    def imap(self, items: Iterable[T]) -> Iterator[R]:
-        """Results of ``fn`` over ``items``. Closing the iterator stops the threads.
+    def _start(self) -> tuple[Executor, Callable[[T], R]]:
+        if self._pool_type == "process":
+            return _process_executor(self._fn, self._workers), _call
+        return ThreadPoolExecutor(self._workers, thread_name_prefix="sparkfeed-reader"), self._fn
 
-        An exception in a worker is re-raised here, with its own traceback and a note naming
-        the item it came from.
+    def imap(self, items: Iterable[T]) -> Iterator[tuple[T, R]]:
+        """``(item, fn(item))`` for each item, in order. Closing the iterator stops the workers.
+
+        An exception in a worker is re-raised here, with its own traceback (a process worker's
+        is attached as the cause) and a note naming the item it came from.
         """
-        executor = self._executor = ThreadPoolExecutor(self._workers, thread_name_prefix="sparkfeed-reader")
+        executor, fn = self._start()
+        self._executor = executor
         pending: collections.deque[tuple[T, Future[R]]] = collections.deque()
         source = iter(items)
         try:
             for item in source:
-                pending.append((item, executor.submit(self._fn, item)))
+                pending.append((item, executor.submit(fn, item)))
                 if len(pending) >= self._prefetch:
                     break
             while pending:
@@ -65,16 +141,21 @@ class OrderedPool(Generic[T, R]):
                 except CancelledError:
                     return  # shut down from another thread
                 except BaseException as error:
-                    error.add_note(f"sparkfeed: raised in a reader thread while reading {self._describe(item)}")
+                    where = "thread" if self._pool_type == "thread" else "process"
+                    error.add_note(f"sparkfeed: raised in a reader {where} while reading {self._describe(item)}")
                     raise
                 for following in source:
                     try:
-                        pending.append((following, executor.submit(self._fn, following)))
+                        pending.append((following, executor.submit(fn, following)))
                     except RuntimeError:  # shut down from another thread
                         return
                     break
-                yield result
+                yield item, result
         finally:
             for _, future in pending:
                 future.cancel()
+            if pending and self._pool_type == "process":
+                self._stopped += _stop(executor)
             executor.shutdown(wait=True, cancel_futures=True)
+            for worker in self._stopped:
+                worker.join()

@@ -1,0 +1,169 @@
+"""Reading one planned segment: Parquet pieces → logical Arrow columns → shuffle → NumPy.
+
+This is the work a reader worker does, kept apart from the engine's iteration and state so
+that it can run in a worker thread or, for GIL-bound transforms, in a worker process: a
+:class:`SegmentReader` pickles (without its file handles and footer cache) and a
+:class:`Work` item is a few small numbers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from sparkfeed.cache import FileEntry, filesystem
+from sparkfeed.reader.batch import NUMPY, Columns
+from sparkfeed.reader.plan import Segment, permutation
+from sparkfeed.transform import TransformSpec
+from sparkfeed.types import ColumnSpec, to_numpy
+from sparkfeed.writer import unpack
+
+
+@dataclasses.dataclass(frozen=True)
+class Work:
+    """One segment to read: where it stands in the epoch and the seed of its shuffle.
+
+    Attributes:
+        epoch: The epoch it belongs to.
+        index: Its index in the epoch's segments.
+        skip: Output rows already consumed before a resume; they are not yielded again.
+        segment: What to read.
+        seed: The plan's seed, for the segment's row permutation.
+    """
+
+    epoch: int
+    index: int
+    skip: int
+    segment: Segment
+    seed: int
+
+
+class SegmentReader:
+    """Reads :class:`Work` items of one dataset into NumPy columns.
+
+    Args:
+        root_url: The dataset's directory URL.
+        files: The manifest's file entries.
+        specs: The columns to yield, by name.
+        transform_spec: The user's transform, run on each piece as a pandas DataFrame.
+    """
+
+    def __init__(
+        self,
+        root_url: str,
+        files: Sequence[FileEntry],
+        specs: dict[str, ColumnSpec],
+        transform_spec: TransformSpec | None,
+    ) -> None:
+        self._root_url = root_url
+        self._files = files
+        self._specs = specs
+        self._transform = transform_spec
+        self._columns = list(specs)
+        self._schema = pa.schema([(spec.name, spec.arrow_type) for spec in specs.values()])
+        self._fs: pafs.FileSystem | None = None
+        self._root = ""
+        self._footers: dict[int, pq.FileMetaData] = {}
+        self._lock = threading.Lock()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state.update(_fs=None, _footers={}, _lock=None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
+    def describe(self, work: Work) -> str:
+        """The files, row groups and rows of a work item, for error notes."""
+        where = "; ".join(
+            f"{self._root_url}/{self._files[p.file].path}, row group {p.row_group}, rows [{p.start}, {p.stop})"
+            for p in work.segment.pieces
+        )
+        return f"{where} (epoch {work.epoch})"
+
+    def read(self, work: Work) -> Columns:
+        """One segment read, transformed and shuffled.
+
+        Without a transform, the shuffle is an Arrow ``take`` before conversion (C++, GIL
+        released, twice NumPy's fancy indexing here); with one, it permutes the NumPy output.
+        """
+        tables = [self._read_table(p.file, p.row_group, p.start, p.stop) for p in work.segment.pieces]
+        if self._transform is None and all(t.schema == tables[0].schema for t in tables):
+            table = tables[0] if len(tables) == 1 else pa.concat_tables(tables)
+            rows = self._rows_of(work, table.num_rows)
+            if isinstance(rows, np.ndarray):
+                table = table.take(rows)
+            elif rows is not None:
+                table = table.slice(rows.start, rows.stop - rows.start)
+            return {name: to_numpy(spec, table.column(name)) for name, spec in self._specs.items()}
+        if self._transform is not None:
+            frames = [t.to_pandas(date_as_object=False, coerce_temporal_nanoseconds=False) for t in tables]
+            parts = [self._transform.apply(frame) for frame in frames]
+        else:  # files of one window that store a column differently
+            parts = [{n: to_numpy(spec, t.column(n)) for n, spec in self._specs.items()} for t in tables]
+        columns = NUMPY.concat(parts)
+        rows = self._rows_of(work, NUMPY.rows(columns))
+        if rows is not None:
+            columns = {name: array[rows] for name, array in columns.items()}
+        return columns
+
+    def _open(self, file: int) -> pa.NativeFile:
+        if self._fs is None:
+            self._fs, self._root = filesystem(self._root_url)
+        return self._fs.open_input_file(f"{self._root}/{self._files[file].path}")
+
+    def _footer(self, file: int) -> pq.FileMetaData:
+        footer = self._footers.get(file)
+        if footer is None:
+            with self._open(file) as handle:
+                footer = pq.read_metadata(handle)
+            with self._lock:
+                self._footers[file] = footer
+        return footer
+
+    def _read_table(self, file: int, row_group: int, start: int, stop: int) -> pa.Table:
+        """One piece as an Arrow table of the logical column types."""
+        footer = self._footer(file)
+        with self._open(file) as handle:
+            table = pq.ParquetFile(handle, metadata=footer).read_row_group(
+                row_group, columns=self._columns, use_threads=False
+            )
+        if start or stop != table.num_rows:
+            table = table.slice(start, stop - start)
+        packed = self._files[file].packed
+        if packed or table.schema != self._schema:
+            table = pa.table(
+                [self._logical(name, table.column(name), packed) for name in self._columns], names=self._columns
+            )
+        return table
+
+    def _logical(self, name: str, column: pa.ChunkedArray, packed: dict[str, tuple[int, ...]]) -> pa.ChunkedArray:
+        """A column in its logical type: packed tensors unpacked (no copy), other types cast."""
+        target = self._specs[name].arrow_type
+        if name in packed:
+            return pa.chunked_array([unpack(chunk, target, packed[name]) for chunk in column.chunks])
+        return column if column.type == target else column.cast(target)
+
+    @staticmethod
+    def _rows_of(work: Work, rows: int) -> np.ndarray | slice | None:
+        """Which of a segment's ``rows`` it yields, in order.
+
+        A shuffle window's permutation cut to ``[start, stop)``, a plain slice, or None for all
+        of them as they are.
+        """
+        segment = work.segment
+        low = segment.start + work.skip
+        high = rows if segment.stop is None else min(segment.stop, rows)
+        if segment.shuffle_key is not None:
+            order: np.ndarray = permutation(work.seed, segment.shuffle_key, rows)[low:high]
+            return order
+        return slice(low, high) if low or high < rows else None
