@@ -194,9 +194,7 @@ def test_process_workers_yield_exactly_the_thread_batches(converter, transform) 
         frame["x"] = frame["x"] * scale
         return frame
 
-    kwargs = dict(
-        batch_size=100, num_epochs=2, seed=5, shuffling_queue_capacity=700, cur_shard=1, shard_count=2
-    )
+    kwargs = dict(batch_size=100, num_epochs=2, seed=5, shuffling_queue_capacity=700, cur_shard=1, shard_count=2)
     if transform:
         kwargs["transform_fn"] = triple
     with converter.make_numpy_iterator(**kwargs) as batches:

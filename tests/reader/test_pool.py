@@ -108,3 +108,16 @@ def test_closing_early_stops_the_workers_promptly(pool_type) -> None:
     iterator.close()
     assert time.perf_counter() - started < 1.0
     assert _no_workers_left()
+
+
+def test_spawned_workers_receive_closures_by_value(monkeypatch) -> None:
+    """Where fork is unavailable (macOS, Windows), workers are spawned and get ``fn`` through cloudpickle."""
+    import sparkfeed.reader.pool as pool_module
+
+    monkeypatch.setattr(pool_module.sys, "platform", "darwin")
+    offset = 11
+    work = lambda x: (x + offset, type(multiprocessing.current_process()).__name__)  # noqa: E731
+    results = list(OrderedPool(work, 1, 2, pool_type="process").imap(range(3)))
+    assert [value for _, (value, _) in results] == [11, 12, 13]
+    assert {kind for _, (_, kind) in results} == {"SpawnProcess"}
+    assert _no_workers_left()
