@@ -15,7 +15,7 @@ import resource
 import statistics
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -153,13 +153,11 @@ def collect_ids(batches: Iterable[dict[str, Any]]) -> list[Any]:
     return out
 
 
-def shuffle_quality(id_chunks: list[Any]) -> dict[str, float]:
-    """How far an epoch's order is from the source order; numpy only (no scipy in either venv).
+QUALITY_EPOCHS = 3
+"""Epochs the shuffle quality is averaged over: one epoch's correlation is mostly the row-group draw."""
 
-    The source is sorted by ``id``, so a row's source position is the rank of its id.
-    For a uniformly random permutation: spearman and pearson ~ 0, mean |displacement| / N ~ 1/3,
-    adjacent_kept ~ 0. For no shuffle: 1, 1, 0, 1.
-    """
+
+def _epoch_quality(id_chunks: list[Any]) -> dict[str, float]:
     import numpy as np
 
     ids = np.concatenate(id_chunks).astype(np.float64)
@@ -167,13 +165,44 @@ def shuffle_quality(id_chunks: list[Any]) -> dict[str, float]:
     position = np.arange(n, dtype=np.float64)
     source_position = np.empty(n, dtype=np.float64)
     source_position[np.argsort(ids, kind="stable")] = position
+    uniform_std = n / np.sqrt(12)
+    spread = [np.std(source_position[start : start + len(chunk)]) / uniform_std for start, chunk in _starts(id_chunks)]
     return {
         "rows": n,
         "spearman": float(np.corrcoef(source_position, position)[0, 1]),
         "pearson": float(np.corrcoef(ids, position)[0, 1]),
         "mean_abs_displacement_over_n": float(np.mean(np.abs(source_position - position)) / n),
         "adjacent_kept": float(np.mean(np.diff(source_position) == 1)),
+        "batch_spread": float(np.mean(spread)),
     }
+
+
+def _starts(chunks: list[Any]) -> Iterator[tuple[int, Any]]:
+    start = 0
+    for chunk in chunks:
+        yield start, chunk
+        start += len(chunk)
+
+
+def shuffle_quality(epochs: list[list[Any]]) -> dict[str, Any]:
+    """How far each epoch's order is from the source order, averaged over epochs; numpy only.
+
+    Each epoch is the ``id`` column batch by batch. The source is sorted by ``id``, so a row's
+    source position is the rank of its id. For a uniformly random permutation: Spearman and
+    Pearson ~ 0, mean |displacement| / N ~ 1/3, adjacent_kept ~ 0, batch_spread (the standard
+    deviation of a batch's source positions over a uniform sample's) ~ 1. For no shuffle: 1, 1,
+    0, 1, ~0. Batch spread is what SGD feels: how much of the dataset one batch mixes.
+    """
+    import numpy as np
+
+    per_epoch = [_epoch_quality(chunks) for chunks in epochs]
+    summary: dict[str, Any] = {"epochs": len(per_epoch), "rows": per_epoch[0]["rows"], "per_epoch": per_epoch}
+    for key in ("spearman", "pearson"):
+        summary[f"mean_abs_{key}"] = float(np.mean([abs(q[key]) for q in per_epoch]))
+        summary[f"max_abs_{key}"] = float(np.max([abs(q[key]) for q in per_epoch]))
+    for key in ("mean_abs_displacement_over_n", "adjacent_kept", "batch_spread"):
+        summary[key] = float(np.mean([q[key] for q in per_epoch]))
+    return summary
 
 
 def measure(run: Callable[[], tuple[int, int]], repeats: int, min_time: float = 0.0) -> dict[str, Any]:

@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (
     CACHE_DIR,
     IMAGE_SHAPE,
+    QUALITY_EPOCHS,
     SHUFFLE_BUFFER,
     TMP_DIR,
     collect_ids,
@@ -149,8 +150,11 @@ def case(args: argparse.Namespace) -> None:
     result.update(measure(run, args.repeats, args.min_time))
     result.update(baseline_rss=baseline, peak_rss=peak_rss_bytes())
     if args.quality:
-        with petastorm_loader(converter, args) as loader:
-            result["shuffle_quality"] = shuffle_quality(collect_ids(loader))
+        epochs = []
+        for _ in range(QUALITY_EPOCHS):  # a new loader draws a new order (Petastorm's loaders are unseeded)
+            with petastorm_loader(converter, args) as loader:
+                epochs.append(collect_ids(loader))
+        result["shuffle_quality"] = shuffle_quality(epochs)
     emit(result)
 
 

@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import (
     CACHE_DIR,
+    QUALITY_EPOCHS,
     SHUFFLE_BUFFER,
     TMP_DIR,
     collect_ids,
@@ -258,8 +259,8 @@ def case(args: argparse.Namespace) -> None:
         result.update(measure(run, args.repeats, args.min_time))
     result.update(baseline_rss=baseline, peak_rss=peak_rss_bytes())
     if args.quality:  # After the peak RSS is taken: holding every id is the harness's memory, not the reader's.
-        with open_reader(converter, args) as batches:
-            result["shuffle_quality"] = shuffle_quality(collect_ids(batches))
+        with open_reader(converter, args) as batches:  # iterating again runs the next epoch, same seed
+            result["shuffle_quality"] = shuffle_quality([collect_ids(batches) for _ in range(QUALITY_EPOCHS)])
     emit(result)
 
 

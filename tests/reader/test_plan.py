@@ -79,11 +79,14 @@ def test_epoch_orders_are_spread_over_permutations() -> None:
     assert firsts.min() > 60
 
 
-def test_shuffle_windows_hold_at_least_the_capacity() -> None:
+def test_shuffle_windows_hold_at_least_the_capacity_and_two_pieces() -> None:
     spec = PlanSpec(seed=3, shuffle_rows=60, shuffle_row_groups=False, shard_policy="exact")
     segments = epoch_segments(GROUPS, spec, epoch=2)
-    assert [s.source_rows for s in segments] == [100, 100]  # 37+5+58 joined; the empty group is skipped
+    assert [s.source_rows for s in segments] == [137, 63]  # 100+37, then 5+58; the empty group is skipped
+    assert [len(s.pieces) for s in segments] == [2, 2]
     assert [s.shuffle_key for s in segments] == [(2, 0, 0), (2, 0, 1)]
+    spec = PlanSpec(seed=3, shuffle_rows=140, shuffle_row_groups=False, shard_policy="exact")
+    assert [s.source_rows for s in epoch_segments(GROUPS, spec, epoch=0)] == [142, 58]  # the rest stays smaller
     assert epoch_segments(GROUPS, PlanSpec(seed=3, shuffle_row_groups=False), epoch=0)[0] == Segment(
         (Piece(0, 0, 0, 100),)
     )

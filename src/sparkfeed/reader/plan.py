@@ -67,6 +67,10 @@ class Segment:
         return dataclasses.replace(self, start=self.start + start, stop=self.start + stop)
 
 
+MIN_WINDOW_PIECES = 2
+"""Pieces a shuffle window joins at least (fewer only where the shard has fewer)."""
+
+
 @dataclasses.dataclass(frozen=True)
 class PlanSpec:
     """Everything that decides a shard's epochs."""
@@ -129,10 +133,11 @@ def epoch_order(pieces: Sequence[Piece], *, shuffle: bool, seed: int, epoch: int
 def epoch_segments(row_groups: Sequence[tuple[int, int, int]], spec: PlanSpec, epoch: int) -> list[Segment]:
     """One shard's epoch: its pieces in this epoch's order, grouped into shuffle windows.
 
-    A window is the fewest consecutive pieces holding at least ``shuffle_rows`` rows; its rows
-    are permuted together. A row group is read whole anyway, so a window never holds less than
-    one: the buffer costs no memory beyond what reading takes, and mixes at least as well as a
-    queue of the same capacity.
+    A window is the fewest consecutive pieces, and at least :data:`MIN_WINDOW_PIECES`, holding
+    at least ``shuffle_rows`` rows; its rows are permuted together. A row group is read whole
+    anyway, so a window of one would cost no memory beyond reading, but every batch would then
+    come from one place of the dataset; two row groups drawn from anywhere in the shard make a
+    batch span far more of it (the benchmark's "batch spread") for one more row group in memory.
     """
     pieces = shard_pieces(row_groups, spec.cur_shard, spec.shard_count, spec.shard_policy)
     order = epoch_order(pieces, shuffle=spec.shuffle_row_groups, seed=spec.seed, epoch=epoch, shard=spec.cur_shard)
@@ -142,7 +147,7 @@ def epoch_segments(row_groups: Sequence[tuple[int, int, int]], spec: PlanSpec, e
     window: list[Piece] = []
     for piece in order:
         window.append(piece)
-        if sum(p.rows for p in window) >= spec.shuffle_rows:
+        if len(window) >= MIN_WINDOW_PIECES and sum(p.rows for p in window) >= spec.shuffle_rows:
             segments.append(Segment(tuple(window), (epoch, spec.cur_shard, len(segments))))
             window = []
     if window:
