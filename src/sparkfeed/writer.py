@@ -85,11 +85,15 @@ def unpack(array: pa.Array, logical: pa.DataType, shape: tuple[int, ...]) -> pa.
         leaf_type = leaf_type.value_type
     itemsize = leaf_type.bit_width // 8
     width = array.type.byte_width
-    data = array.buffers()[1].slice(array.offset * width, len(array) * width)
-    values: pa.Array = pa.Array.from_buffers(leaf_type, len(array) * int(np.prod(shape)), [None, data])
+    per_row = int(np.prod(shape))
+    # The whole buffer with an offset, not a slice: a slice is never mutable, and the reader
+    # hands mutable (decoded, or copy-on-write mapped) memory to the user as writable arrays.
+    values: pa.Array = pa.Array.from_buffers(
+        leaf_type, len(array) * per_row, [None, array.buffers()[1]], offset=array.offset * per_row
+    )
     for size in reversed(shape):
         values = pa.FixedSizeListArray.from_arrays(values, size)
-    assert len(values) == len(array) and itemsize * int(np.prod(shape)) == width
+    assert len(values) == len(array) and itemsize * per_row == width
     return values
 
 
