@@ -252,4 +252,12 @@ def versions() -> dict[str, str]:
         except ImportError:
             continue
         out[name] = getattr(module, "__version__", "?")
+    from importlib import metadata
+
+    for dist in ("tensorflow-cpu", "tensorflow"):  # from its metadata: importing it takes seconds
+        try:
+            out["tensorflow"] = metadata.version(dist)
+            break
+        except metadata.PackageNotFoundError:
+            continue
     return out

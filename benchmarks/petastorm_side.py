@@ -6,7 +6,8 @@ pyspark, never sparkfeed. Same commands and output as sparkfeed_side.py:
     serve --dataset tabular --handle F    convert once with petastorm.spark.make_spark_converter,
                                           pickle the converter to F, hold the cache until stdin closes
     case --handle F --reader batched ...  one measured case: ``default`` is Petastorm's row-by-row
-                                          petastorm.pytorch.DataLoader, ``batched`` its BatchedDataLoader
+                                          petastorm.pytorch.DataLoader, ``batched`` its BatchedDataLoader,
+                                          ``tf`` its make_tf_dataset iterated eagerly
     materialize --dataset tabular         make_spark_converter time, a new parent cache dir per repeat
 """
 
@@ -18,6 +19,8 @@ import shutil
 import statistics
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -109,7 +112,6 @@ def serve(args: argparse.Namespace) -> None:
 def petastorm_loader(converter: Any, args: argparse.Namespace) -> Any:
     """The Petastorm loader under test, through the converter as its users call it."""
     from petastorm import TransformSpec
-    from petastorm.pytorch import BatchedDataLoader
 
     kwargs: dict[str, Any] = {"batch_size": args.batch_size, "num_epochs": 1}
     if args.workers is not None:
@@ -122,6 +124,8 @@ def petastorm_loader(converter: Any, args: argparse.Namespace) -> Any:
         cur_shard, shard_count = (int(x) for x in args.shard.split("/"))
         kwargs.update(cur_shard=cur_shard, shard_count=shard_count)
     if args.reader == "batched":
+        from petastorm.pytorch import BatchedDataLoader
+
         kwargs["data_loader_fn"] = BatchedDataLoader
     if args.transform == "png":
         import numpy as np
@@ -129,16 +133,34 @@ def petastorm_loader(converter: Any, args: argparse.Namespace) -> Any:
         kwargs["transform_spec"] = TransformSpec(decode_frame, edit_fields=[("png", np.uint8, IMAGE_SHAPE, False)])
     if args.pool:
         kwargs["reader_pool_type"] = args.pool
+    if args.reader == "tf":
+        return tf_batches(converter, kwargs)
     return converter.make_torch_dataloader(**kwargs)
+
+
+@contextmanager
+def tf_batches(converter: Any, kwargs: dict[str, Any]) -> Iterator[Iterator[dict[str, Any]]]:
+    """The tf.data dataset iterated eagerly, as a custom training loop would; tensors stay tensors.
+
+    The same loop as sparkfeed_side.tf_batches. Petastorm's dataset reads row-group batches with
+    make_batch_reader, unbatches them to rows (``flat_map(from_tensor_slices)``), re-batches and prefetches
+    (AUTOTUNE), all inside tf.data.
+    """
+    with converter.make_tf_dataset(**kwargs) as dataset:
+        yield (dict(zip(row._fields, row, strict=True)) for row in dataset)
 
 
 def case(args: argparse.Namespace) -> None:
     import numpy as np
     import petastorm
-    import torch
 
     np.random.seed(0)  # Petastorm's DataLoader shuffles with np.random, BatchedDataLoader with torch.
-    torch.manual_seed(0)
+    if args.reader == "tf":
+        import tensorflow  # noqa: F401  (imported before the baseline, as in any training script)
+    else:
+        import torch
+
+        torch.manual_seed(0)
     converter = pickle.loads(Path(args.handle).read_bytes())
     result: dict[str, Any] = {"petastorm": petastorm.__version__, "rows_total": len(converter)}
     baseline = rss_bytes()
@@ -187,7 +209,7 @@ def main() -> None:
     p.add_argument("--handle", required=True)
     p = commands.add_parser("case")
     p.add_argument("--handle", required=True)
-    p.add_argument("--reader", choices=("default", "batched"), required=True)
+    p.add_argument("--reader", choices=("default", "batched", "tf"), required=True)
     p.add_argument("--batch-size", type=int, default=1024)
     p.add_argument("--shuffle", choices=("none", "buffer"), default="none")
     p.add_argument("--shard", default=None, help="cur/count, e.g. 0/2")

@@ -217,6 +217,16 @@ def targets(r: Results) -> list[dict[str, Any]]:
     return out
 
 
+def comparisons(r: Results) -> list[tuple[str, str]]:
+    """Ratios shown for information, without a target: (what, measured)."""
+    out = []
+    ours = r.by_id.get("tabular.sparkfeed.tf")
+    if ours is not None and "tabular.petastorm.tf" in r.by_id:
+        value = ratio(r.rate(ours["id"]), r.peer_rate(ours, "tf"))
+        out.append(("tabular no-shuffle: sparkfeed make_tf_dataset vs Petastorm make_tf_dataset", n(value, "{:.2f}x")))
+    return out
+
+
 def verdict(passed: bool | None) -> str:
     return "—" if passed is None else ("**PASS**" if passed else "**MISS**")
 
@@ -304,7 +314,7 @@ def header_lines(data: dict[str, Any]) -> list[str]:
     m = data["machine"]
     cfg = data["config"]
     ours, theirs = m["versions"]["sparkfeed"], m["versions"]["petastorm"]
-    libs = ("python", "pyspark", "pyarrow", "numpy", "pandas", "torch", "PIL", "sparkfeed", "petastorm")
+    libs = ("python", "pyspark", "pyarrow", "numpy", "pandas", "torch", "tensorflow", "PIL", "sparkfeed", "petastorm")
     lines = [
         "# sparkfeed benchmark results",
         "",
@@ -345,6 +355,10 @@ def markdown(data: dict[str, Any]) -> str:
     lines += ["## Targets", ""]
     lines += table(["target", "measured", ""], [[g["target"], g["shown"], verdict(g["pass"])] for g in goals])
     lines += [""]
+    info = comparisons(r)
+    if info:
+        lines += ["## Comparisons without a target", "", *table(["comparison", "measured"], [list(c) for c in info])]
+        lines += [""]
 
     for group, title in GROUP_TITLES.items():
         if any(c["group"] == group for c in r.cases):

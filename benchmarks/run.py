@@ -87,7 +87,8 @@ def build_cases() -> list[Case]:
         if group == "tabular":
             add("tabular.sparkfeed.numpy", "sparkfeed make_numpy_iterator", "--reader numpy", holder, peer="plain")
             add("tabular.sparkfeed.torch", "sparkfeed make_torch_dataloader", "--reader torch", holder, peer="plain")
-            add("tabular.sparkfeed.tf", "sparkfeed make_tf_dataset (eager iteration)", "--reader tf", holder)
+            add("tabular.sparkfeed.tf", "sparkfeed make_tf_dataset (eager iteration)", "--reader tf", holder,
+                peer="tf")
             add("tabular.sparkfeed.jax", "sparkfeed make_jax_iterator", "--reader jax", holder)
             add("tabular.sparkfeed.shuffle",
                 "sparkfeed torch, shuffle_row_groups + shuffling_queue_capacity=10000, seed=0",
@@ -115,6 +116,7 @@ def build_cases() -> list[Case]:
         "--reader batched --shuffle buffer --quality", pt_tab, peer="shuffle")
     add("tabular.petastorm.batched_shard", "Petastorm BatchedDataLoader, shard 0 of 2",
         "--reader batched --shard 0/2", pt_tab, peer="shard")
+    add("tabular.petastorm.tf", "Petastorm make_tf_dataset (eager iteration)", "--reader tf", pt_tab, peer="tf")
     add("vectors.petastorm.default", "Petastorm DataLoader (default, row by row)",
         "--reader default", pt_vec, peer="plain")
     add("vectors.petastorm.batched", "Petastorm BatchedDataLoader", "--reader batched", pt_vec, peer="plain")
@@ -259,16 +261,51 @@ def cpu_busy(seconds: float = 3.0) -> float:
 # --------------------------------------------------------------------------- setup
 
 
+ANCHOR_EXTRAS = ("pillow", "tensorflow-cpu", "keras")
+"""What the harness adds to the Petastorm venv, at the versions of constraints.txt: Pillow for the
+images case, TensorFlow (and its Keras) for make_tf_dataset."""
+ANCHOR_KEEP = ("numpy", "pyarrow")
+"""The anchor venv's own pins (Petastorm needs pyarrow 12, which needs numpy < 2), passed to the same
+pip command at their installed versions so that installing the extras cannot upgrade them."""
+
+
+def installed_in_anchor(names: tuple[str, ...]) -> dict[str, str | None]:
+    """Installed versions in the anchor venv, from package metadata (fast: imports nothing)."""
+    code = (
+        "import importlib.metadata as m, json, sys\n"
+        "def version(name):\n"
+        "    try:\n"
+        "        return m.version(name)\n"
+        "    except m.PackageNotFoundError:\n"
+        "        return None\n"
+        "print(json.dumps({name: version(name) for name in sys.argv[1:]}))"
+    )
+    done = subprocess.run([str(ANCHOR_PYTHON), "-c", code, *names], capture_output=True, text=True, check=True)
+    versions: dict[str, str | None] = json.loads(done.stdout)
+    return versions
+
+
 def ensure_anchor() -> None:
-    """Builds the Petastorm venv when missing (a clean clone) and gives it Pillow for the images case."""
+    """Builds the Petastorm venv when missing (a clean clone), then adds the extras it lacks (a no-op
+    when they are there at the pinned versions)."""
     if not ANCHOR_PYTHON.exists():
         log(f"building the Petastorm anchor venv with {ANCHOR_SCRIPT} (a few minutes) ...")
         subprocess.run([str(ANCHOR_SCRIPT), str(ANCHOR_DIR.relative_to(ROOT))], cwd=ROOT, check=True)
-    if subprocess.run([str(ANCHOR_PYTHON), "-c", "import PIL"], capture_output=True).returncode != 0:
-        pins = (ROOT / "constraints.txt").read_text().splitlines()
-        pillow = next((line.strip() for line in pins if line.lower().startswith("pillow==")), "pillow")
-        log(f"installing {pillow} into the Petastorm anchor venv ...")
-        subprocess.run([str(ANCHOR_PYTHON), "-m", "pip", "install", "-q", pillow], check=True)
+    pins = {}
+    for line in (ROOT / "constraints.txt").read_text().splitlines():
+        name, _, version = line.strip().partition("==")
+        if version:
+            pins[name.lower()] = version
+    installed = installed_in_anchor((*ANCHOR_EXTRAS, *ANCHOR_KEEP))
+    missing = [
+        f"{name}=={pins[name]}" if name in pins else name
+        for name in ANCHOR_EXTRAS
+        if installed[name] is None or (name in pins and installed[name] != pins[name])
+    ]
+    if missing:
+        keep = [f"{name}=={installed[name]}" for name in ANCHOR_KEEP if installed[name]]
+        log(f"installing {' '.join(missing)} into the Petastorm anchor venv (keeping {' '.join(keep)}) ...")
+        subprocess.run([str(ANCHOR_PYTHON), "-m", "pip", "install", "-q", *missing, *keep], check=True)
 
 
 def env_versions(side: str) -> dict[str, Any]:
