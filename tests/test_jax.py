@@ -7,10 +7,16 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pandas as pd
 import pytest
 from pyspark.sql import functions as F
 
+import sparkfeed.jax
 from sparkfeed import make_spark_converter
+from sparkfeed.jax import JaxChunk, JaxFormat, JaxIterator, jax_format, place
+from sparkfeed.options import reader_options
+from sparkfeed.reader import Reader
+from sparkfeed.reader.batch import NUMPY, Batcher
 
 
 @pytest.fixture(scope="module")
@@ -61,3 +67,159 @@ def test_missing_jax_names_the_extra(regression, monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "jax", None)
     with pytest.raises(ImportError, match=r"pip install 'sparkfeed\[jax\]'"):
         regression.make_jax_iterator()
+
+
+# --------------------------------------------------------------------------- batches cut on the device
+
+
+def _batches(fmt: JaxFormat, chunk_sizes: list[int], batch_size: int) -> list[dict[str, np.ndarray]]:
+    chunks, start = [], 0
+    for key, size in enumerate(chunk_sizes):
+        ids = np.arange(start, start + size)
+        columns = {
+            "id": ids,
+            "x": (ids * 0.5).astype(np.float32),
+            "m": np.repeat(ids, 4).reshape(size, 2, 2).astype(np.int16),
+            "day": ids.astype("datetime64[D]"),
+            "s": ids.astype(str).astype(object),
+        }
+        chunks.append((key, fmt.convert(columns)))
+        start += size
+    parts = [batch for batch, _, _ in Batcher(fmt, batch_size).batches(chunks)]
+    if max(chunk_sizes) >= 4 * batch_size:  # a chunk with two groups of batches (GROUP = 2 below)
+        assert any(part.placed is not None for part in parts)
+    return [{name: np.asarray(value) for name, value in place(part).items()} for part in parts]
+
+
+@pytest.mark.parametrize(
+    "chunk_sizes", [[1000], [37, 500, 3, 260, 129, 0, 131], [128] * 5, [900, 1], [5] * 40, [255, 257, 2000]]
+)
+@pytest.mark.parametrize("batch_size", [1, 16, 64, 100])
+def test_device_cut_batches_equal_numpy_batches(monkeypatch, chunk_sizes: list[int], batch_size: int) -> None:
+    # Small groups and blocks, so that these small chunks get several blocks, a padded one, none.
+    monkeypatch.setattr(sparkfeed.jax, "GROUP", 2)
+    monkeypatch.setattr(sparkfeed.jax, "BLOCK_GROUPS", 2)
+    batches = _batches(JaxFormat(batch_size), chunk_sizes, batch_size)
+    total = sum(chunk_sizes)
+    assert [len(b["id"]) for b in batches] == [batch_size] * (total // batch_size) + (
+        [total % batch_size] if total % batch_size else []
+    )
+    assert [list(b) for b in batches[:1]] == [["id", "x", "m", "day", "s"]]
+    ids = np.concatenate([b["id"] for b in batches])
+    np.testing.assert_array_equal(ids, np.arange(total))
+    np.testing.assert_array_equal(np.concatenate([b["x"] for b in batches]), ids * 0.5)
+    m = np.concatenate([b["m"] for b in batches])
+    assert m.shape == (total, 2, 2) and m.dtype == np.int16
+    np.testing.assert_array_equal(m[:, 1, 1], ids)
+    np.testing.assert_array_equal(np.concatenate([b["day"] for b in batches]), ids)  # days since the epoch
+    assert [str(s) for b in batches for s in b["s"]] == [str(i) for i in range(total)]
+
+
+def test_blocks_cover_every_group_without_padding_a_long_chunk(monkeypatch) -> None:
+    monkeypatch.setattr(sparkfeed.jax, "GROUP", 2)
+    monkeypatch.setattr(sparkfeed.jax, "BLOCK_GROUPS", 2)
+    fmt = JaxFormat(10)  # groups of 20 rows, blocks of 60 rows every 40
+    chunk = fmt.convert({"id": np.arange(150), "s": np.arange(150).astype(str).astype(object)})
+    blocks = chunk.blocks
+    assert blocks is not None and blocks.names == ("id",) and blocks.starts == (0, 40, 80, 90)
+    assert all(len(arrays[0]) == 60 for arrays in blocks.arrays)
+    for row in range(0, 141):
+        block, offset = blocks.locate(row)
+        assert blocks.starts[block] + offset == row and offset + min(20, 150 - row) <= 60
+    assert fmt.convert({"id": np.arange(19)}).blocks is None  # shorter than a group: cut in NumPy
+    short = fmt.convert({"id": np.arange(30)}).blocks  # shorter than a block: one, zero-padded
+    assert short is not None and short.starts == (0,)
+    np.testing.assert_array_equal(np.asarray(short.arrays[0][0]), np.r_[np.arange(30), np.zeros(30)])
+
+
+def _device_cut_iterator(converter, **kwargs) -> JaxIterator:
+    """What make_jax_iterator returns once it reads in jax_format (the converter's one-line change)."""
+    options = reader_options(**kwargs)
+    return JaxIterator(Reader(converter.cache_dir_url, converter.manifest, options, jax_format(options.batch_size)))
+
+
+@pytest.fixture(scope="module")
+def mixed(spark):
+    df = spark.range(3000, numPartitions=3).select(
+        "id",
+        (F.col("id") / 4).alias("x"),
+        (F.col("id") % 3 == 0).alias("flag"),
+        F.expr("date_add(date'2020-01-01', cast(id as int))").alias("day"),
+        F.concat(F.lit("s"), F.col("id").cast("string")).alias("s"),
+        F.array(F.col("id"), F.col("id") + 1).alias("pair"),
+    )
+    return make_spark_converter(df, parquet_row_group_size_bytes=16384)
+
+
+def _double(frame: pd.DataFrame) -> pd.DataFrame:
+    frame["twice"] = frame["id"] * 2
+    frame["tag"] = "t" + frame["s"]
+    return frame.drop(columns=["pair"])
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"shuffle_row_groups": False},
+        {"seed": 3, "shuffling_queue_capacity": 700},
+        {"seed": 1, "cur_shard": 1, "shard_count": 3},
+        {"seed": 2, "transform_fn": _double},
+    ],
+    ids=["plain", "shuffled", "sharded", "transform"],
+)
+def test_device_cut_iterator_yields_the_numpy_batches(monkeypatch, mixed, kwargs) -> None:
+    monkeypatch.setattr(sparkfeed.jax, "GROUP", 3)
+    monkeypatch.setattr(sparkfeed.jax, "BLOCK_GROUPS", 2)
+    cut_on_device = []
+    split = JaxFormat.split
+
+    def counting_split(self: JaxFormat, chunk: JaxChunk, sizes: list[int]) -> list[JaxChunk]:
+        parts = split(self, chunk, sizes)
+        cut_on_device.extend(part for part in parts if part.placed is not None)
+        return parts
+
+    monkeypatch.setattr(JaxFormat, "split", counting_split)
+    settings = {"batch_size": 50, "num_epochs": 2, **kwargs}
+    with mixed.make_numpy_iterator(**settings) as loader:
+        expected = list(loader)
+    with _device_cut_iterator(mixed, **settings) as loader:
+        assert len(loader) == len(expected)
+        got = list(loader)
+    assert len(got) == len(expected)
+    for batch, numpy_batch in zip(got, expected, strict=True):
+        assert list(batch) == list(numpy_batch)
+        for name, value in batch.items():
+            if numpy_batch[name].dtype == object:
+                assert isinstance(value, np.ndarray) and value.tolist() == numpy_batch[name].tolist()
+            else:
+                assert isinstance(value, jax.Array)
+                host = numpy_batch[name].view(np.int64) if numpy_batch[name].dtype.kind == "M" else numpy_batch[name]
+                np.testing.assert_array_equal(np.asarray(value), host.astype(value.dtype))
+    assert len(cut_on_device) > len(got) // 2
+
+
+@pytest.mark.parametrize("stop", [1, 7, 40, 75])
+def test_device_cut_iterator_resumes_exactly(monkeypatch, mixed, stop: int) -> None:
+    monkeypatch.setattr(sparkfeed.jax, "GROUP", 3)
+    monkeypatch.setattr(sparkfeed.jax, "BLOCK_GROUPS", 2)
+    settings = {"batch_size": 64, "num_epochs": 2, "seed": 5, "shuffling_queue_capacity": 500}
+    with _device_cut_iterator(mixed, **settings) as loader:
+        iterator = iter(loader)
+        head = [np.asarray(next(iterator)["id"]) for _ in range(stop)]
+        state = loader.state_dict()
+        tail = [np.asarray(batch["id"]) for batch in iterator]
+    with _device_cut_iterator(mixed, **settings) as resumed:
+        resumed.load_state_dict(state)
+        rest = [np.asarray(batch["id"]) for batch in resumed]
+    assert [a.tolist() for a in rest] == [a.tolist() for a in tail]
+    assert sorted(np.concatenate(head + tail).tolist()) == sorted(list(range(3000)) * 2)
+
+
+def test_a_sharding_places_each_batch_from_numpy(regression) -> None:
+    sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    assert jax_format(100, sharding=sharding) is NUMPY
+    with regression.make_jax_iterator(batch_size=100, num_epochs=1, sharding=sharding) as loader:
+        batch = next(iter(loader))
+    assert batch["x"].sharding == sharding and batch["x"].shape == (100, 3)
+    with pytest.raises(ValueError, match="give device or sharding, not both"):
+        jax_format(100, device=jax.devices()[0], sharding=sharding)

@@ -126,3 +126,30 @@ def test_missing_tensorflow_names_the_extra(mixed, monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "tensorflow", None)
     with pytest.raises(ImportError, match=r"pip install 'sparkfeed\[tf\]'"):
         mixed.make_tf_dataset()
+
+
+def test_eager_iteration_builds_the_same_rows_as_tensorflows_own_iterator(mixed) -> None:
+    with mixed.make_tf_dataset(batch_size=64, num_epochs=1, shuffle_row_groups=False) as dataset:
+        direct = list(dataset)  # built in one call per row (sparkfeed's iterator)
+        mapped = list(dataset.map(lambda row: row))  # any transformation: TensorFlow's own iterator
+    assert type(iter(dataset)).__name__ == "RowIterator" and type(direct[0]) is type(dataset.element_spec)
+    assert len(direct) == len(mapped) == 5
+    for ours, theirs in zip(direct, mapped, strict=True):
+        assert type(ours) is type(theirs)
+        for a, b in zip(ours, theirs, strict=True):
+            assert a.dtype == b.dtype and a.shape == b.shape
+            np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def test_an_eager_iterator_also_steps_inside_a_tf_function(mixed) -> None:
+    with mixed.make_tf_dataset(batch_size=100, num_epochs=1, shuffle_row_groups=False) as dataset:
+        iterator = iter(dataset)
+
+        @tf.function
+        def step(it: tf.data.Iterator) -> tf.Tensor:
+            return next(it).id
+
+        first = next(iterator).id.numpy()
+        second = step(iterator).numpy()
+        third = next(iterator).id.numpy()
+    np.testing.assert_array_equal(np.concatenate([first, second, third]), np.arange(300))

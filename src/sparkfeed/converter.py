@@ -183,9 +183,10 @@ class SparkDatasetConverter:
             sharding: A ``jax.sharding.Sharding`` to place each batch with, instead of a device.
             **kwargs: The reader arguments of :class:`~sparkfeed.options.ReaderArgs`.
         """
-        from sparkfeed.jax import JaxIterator
+        from sparkfeed.jax import JaxIterator, jax_format
 
-        return JaxIterator(self._reader(NUMPY, batch_size, num_epochs, workers_count, **kwargs), device, sharding)
+        fmt = jax_format(batch_size, device, sharding)
+        return JaxIterator(self._reader(fmt, batch_size, num_epochs, workers_count, **kwargs), device, sharding)
 
 
 @known_keywords
