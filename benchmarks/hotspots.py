@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/hotspots.py images.sparkfeed.thread.w1 tabular.sparkfeed.tf ...
 
-Runs each named case of `run.py` once (its warm-up and timed runs, with `--repeats 1`) under
+Runs each named case of `run.py` once (its warm-up and timed runs for at least 8 s) under
 `py-spy record --threads --subprocesses`, sampling every thread and child process (reader
 threads and worker processes included), and writes `benchmarks/results/profiles/<case>.txt`:
 the share of samples per function as the innermost Python frame (self time) and as any frame
@@ -28,6 +28,8 @@ from run import ROOT, build_cases, child_env, holder, log, python_of, script_of
 OUT_DIR = Path(__file__).resolve().parent / "results" / "profiles"
 TOP = 25
 RATE_HZ = 250
+MIN_TIME_S = 8
+"""Timed reading per profile: long enough that start-up (imports, the first read) is a small share."""
 _FRAME = re.compile(r"^(?P<function>.*) \((?P<file>[^()]*):\d+\)$")
 
 
@@ -98,7 +100,7 @@ def main() -> None:
                 py_spy, "record", "--threads", "--subprocesses", "--nonblocking", "-r", str(RATE_HZ),
                 "-f", "raw", "-o", str(raw), "--",
                 python_of(case.side), script_of(case.side), "case", "--handle", info["handle"], *case.args,
-                "--repeats", "1",
+                "--repeats", "3", "--min-time", str(MIN_TIME_S),
             ]  # fmt: skip
             log(f"profiling {name} ...")
             subprocess.run(command, cwd=ROOT, env=child_env(), stdout=subprocess.DEVNULL, check=True)

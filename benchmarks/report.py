@@ -355,6 +355,12 @@ def markdown(data: dict[str, Any]) -> str:
     lines += ["## Targets", ""]
     lines += table(["target", "measured", ""], [[g["target"], g["shown"], verdict(g["pass"])] for g in goals])
     lines += [""]
+    if any(g["pass"] is False for g in goals):
+        lines += [
+            "Why a target is missed: [analysis.md](analysis.md), written by hand for a committed run, with the "
+            "profiles of `benchmarks/hotspots.py` in [profiles/](profiles/).",
+            "",
+        ]
     info = comparisons(r)
     if info:
         lines += ["## Comparisons without a target", "", *table(["comparison", "measured"], [list(c) for c in info])]
