@@ -157,7 +157,7 @@ class ReaderArgs(TypedDict, total=False):
         reader_pool_type: ``"thread"`` (default): workers are threads, best for reading, where
             pyarrow releases the GIL. ``"process"``: forked worker processes (spawned off Linux)
             read and transform, for transforms that hold the GIL, such as decoding many small
-            images with Pillow; each chunk costs one copy through a pipe.
+            images with Pillow; each chunk is written once to shared memory (``/dev/shm``).
     """
 
     prefetch: int | None

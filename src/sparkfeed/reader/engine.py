@@ -6,7 +6,7 @@ import contextlib
 import dataclasses
 import itertools
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from types import TracebackType
 from typing import Any, Generic, TypeVar
 
@@ -159,26 +159,20 @@ class Reader(Generic[C]):
     def _stream(self, start: Position, end: int | None) -> Iterator[C]:
         options = self._options
         segments, convert = self._segment_reader, self._fmt.convert
-        exchange: Exchange | None = None
-        pool: OrderedPool[Work, Any]
-        if options.reader_pool_type == "process":
-            # Worker processes hand NumPy over through shared memory; the format is made here.
-            exchange = Exchange()
-            export, load = exchange.export, exchange.load
-            pool = OrderedPool(
-                lambda work: export(segments.read(work)),
-                options.workers,
-                options.prefetch_pieces,
-                segments.describe,
-                "process",
-            )
+        # Worker processes hand NumPy over through shared memory, and the format is made here;
+        # worker threads make it themselves.
+        exchange = Exchange() if options.reader_pool_type == "process" else None
+        if exchange is not None:
+            export = exchange.export
+            work_fn: Callable[[Work], Any] = lambda work: export(segments.read(work))  # noqa: E731
         else:
-            pool = OrderedPool(
-                lambda work: convert(segments.read(work)), options.workers, options.prefetch_pieces, segments.describe
-            )
+            work_fn = lambda work: convert(segments.read(work))  # noqa: E731
+        pool: OrderedPool[Work, Any] = OrderedPool(
+            work_fn, options.workers, options.prefetch_pieces, segments.describe, options.reader_pool_type
+        )
         self._pool = pool
         raw = pool.imap(self._work(start, end))
-        results = raw if exchange is None else ((w, convert(load(c))) for w, c in raw)
+        results = raw if exchange is None else ((w, convert(exchange.load(c))) for w, c in raw)
         batcher = Batcher(self._fmt, options.batch_size)
         try:
             for epoch, items in itertools.groupby(results, key=lambda item: item[0].epoch):

@@ -4,7 +4,8 @@ pyarrow releases the GIL while it reads and decodes Parquet, so threads give rea
 without the copying and start-up cost of processes: they are the default. A transform that
 holds the GIL (Pillow decoding small images, pandas code) cannot scale on threads, so worker
 processes are the alternative, as in Petastorm's ``reader_pool_type="process"``: each reads
-and transforms whole pieces and sends back NumPy arrays (one pickle copy per array).
+and transforms whole pieces and sends back whatever ``fn`` returns, pickled (the reader
+makes that a small handle to shared memory: see :mod:`sparkfeed.reader.exchange`).
 
 Results come back in submission order, which keeps the output deterministic, and at most
 ``prefetch`` items are in flight, which bounds memory.
