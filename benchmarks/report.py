@@ -224,6 +224,11 @@ def comparisons(r: Results) -> list[tuple[str, str]]:
     if ours is not None and "tabular.petastorm.tf" in r.by_id:
         value = ratio(r.rate(ours["id"]), r.peer_rate(ours, "tf"))
         out.append(("tabular no-shuffle: sparkfeed make_tf_dataset vs Petastorm make_tf_dataset", n(value, "{:.2f}x")))
+    graph, torch = r.by_id.get("tabular.sparkfeed.tf_graph"), r.by_id.get("tabular.sparkfeed.torch")
+    if graph is not None and torch is not None:
+        value = ratio(r.rate(graph["id"]), r.rate(torch["id"]))
+        what = "tabular no-shuffle: make_tf_dataset consumed in a tf.function (as Keras fit) vs torch"
+        out.append((what, percent(value)))
     return out
 
 

@@ -89,6 +89,8 @@ def build_cases() -> list[Case]:
             add("tabular.sparkfeed.torch", "sparkfeed make_torch_dataloader", "--reader torch", holder, peer="plain")
             add("tabular.sparkfeed.tf", "sparkfeed make_tf_dataset (eager iteration)", "--reader tf", holder,
                 peer="tf")
+            add("tabular.sparkfeed.tf_graph", "sparkfeed make_tf_dataset (in a tf.function, as Keras fit)",
+                "--reader tf_graph", holder)
             add("tabular.sparkfeed.jax", "sparkfeed make_jax_iterator", "--reader jax", holder)
             add("tabular.sparkfeed.shuffle",
                 "sparkfeed torch, shuffle_row_groups + shuffling_queue_capacity=10000, seed=0",

@@ -14,6 +14,8 @@ a fresh process and its peak RSS is its own:
 from __future__ import annotations
 
 import argparse
+import functools
+import math
 import pickle
 import shutil
 import statistics
@@ -45,7 +47,10 @@ from common import (
     versions,
 )
 
-READERS = ("numpy", "torch", "tf", "jax", "first_batch", "arrow_iter_batches", "arrow_limit", "arrow_read_table")
+READERS = (
+    *("numpy", "torch", "tf", "tf_graph", "jax", "first_batch"),
+    *("arrow_iter_batches", "arrow_limit", "arrow_read_table"),
+)
 
 
 def decode_frame(frame: Any) -> Any:
@@ -92,6 +97,19 @@ def serve(args: argparse.Namespace) -> None:
 
 def sparkfeed_loader(converter: Any, args: argparse.Namespace) -> Any:
     """The loader under test, configured from the command line exactly as a user would."""
+    kwargs = loader_kwargs(args)
+    if args.reader == "tf":
+        return tf_batches(converter, kwargs)
+    make = {
+        "numpy": converter.make_numpy_iterator,
+        "torch": converter.make_torch_dataloader,
+        "jax": converter.make_jax_iterator,
+    }[args.reader]
+    return make(**kwargs)
+
+
+def loader_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """The reader arguments a user would pass for this case."""
     kwargs: dict[str, Any] = {"batch_size": args.batch_size, "num_epochs": 1, "workers_count": args.workers}
     if args.shuffle == "none":
         kwargs["shuffle_row_groups"] = False
@@ -106,14 +124,7 @@ def sparkfeed_loader(converter: Any, args: argparse.Namespace) -> Any:
         kwargs["transform_fn"] = decode_frame
     if args.pool:
         kwargs["reader_pool_type"] = args.pool
-    if args.reader == "tf":
-        return tf_batches(converter, kwargs)
-    make = {
-        "numpy": converter.make_numpy_iterator,
-        "torch": converter.make_torch_dataloader,
-        "jax": converter.make_jax_iterator,
-    }[args.reader]
-    return make(**kwargs)
+    return kwargs
 
 
 @contextmanager
@@ -122,6 +133,34 @@ def tf_batches(converter: Any, kwargs: dict[str, Any]) -> Iterator[Iterator[dict
 
     with converter.make_tf_dataset(**kwargs) as dataset:
         yield (dict(zip(row._fields, row, strict=True)) for row in dataset)
+
+
+@functools.cache
+def graph_row_counter() -> Any:
+    """A ``tf.function`` that iterates a dataset in-graph and counts its rows.
+
+    This is how Keras' ``fit`` consumes a dataset (its train step runs in a ``tf.function`` that
+    takes the next element itself): no Python runs per batch. Made once, so it is traced once
+    per element spec, in the warm-up run.
+    """
+    import tensorflow as tf
+
+    @tf.function
+    def count(dataset: Any) -> Any:
+        rows = tf.constant(0, tf.int64)
+        for row in dataset:
+            rows += tf.shape(row[0], out_type=tf.int64)[0]
+        return rows
+
+    return count
+
+
+def tf_graph_rows(converter: Any, args: argparse.Namespace) -> tuple[int, int]:
+    """(rows, bytes) of one pass over the dataset, consumed inside a ``tf.function``."""
+    with converter.make_tf_dataset(**loader_kwargs(args)) as dataset:
+        rows = int(graph_row_counter()(dataset))
+        per_row = sum(spec.dtype.size * math.prod(spec.shape[1:]) for spec in dataset.element_spec)
+    return rows, rows * per_row
 
 
 LIST_TYPES = ("is_list", "is_large_list", "is_fixed_size_list")
@@ -231,7 +270,7 @@ def case(args: argparse.Namespace) -> None:
     converter = pickle.loads(Path(args.handle).read_bytes())
     if args.reader == "torch" or args.reader == "first_batch":
         import torch  # noqa: F401  (imported before the baseline, as in any training script)
-    elif args.reader == "tf":
+    elif args.reader in ("tf", "tf_graph"):
         import tensorflow  # noqa: F401
     elif args.reader == "jax":
         import jax  # noqa: F401
@@ -253,6 +292,8 @@ def case(args: argparse.Namespace) -> None:
     else:
 
         def run() -> tuple[int, int]:
+            if args.reader == "tf_graph":
+                return tf_graph_rows(converter, args)
             with open_reader(converter, args) as batches:
                 return consume(batches, args.max_rows)
 
