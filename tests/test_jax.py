@@ -56,6 +56,20 @@ def test_a_model_trains_with_jax_grad(regression) -> None:
     np.testing.assert_allclose(np.asarray(w), [3, -1, 2], atol=0.05)
 
 
+@pytest.mark.parametrize("sharded", [False, True])
+def test_a_long_beyond_int32_is_refused_rather_than_wrapped_without_x64(spark, sharded: bool) -> None:
+    converter = make_spark_converter(spark.range(3000).select((F.col("id") * 2**31).alias("big"), "id"))
+    target = {"sharding": jax.sharding.SingleDeviceSharding(jax.devices()[0])} if sharded else {}
+    with converter.make_jax_iterator(batch_size=256, num_epochs=1, schema_fields=["id"], **target) as batches:
+        assert sum(len(b["id"]) for b in batches) == 3000  # ids fit: narrowed to int32, exactly
+    with pytest.raises(OverflowError, match=r"column 'big' holds \d+, beyond int32.*jax_enable_x64.*schema_fields"):
+        with converter.make_jax_iterator(batch_size=256, num_epochs=1, **target) as batches:
+            list(batches)
+    with jax.enable_x64(True), converter.make_jax_iterator(batch_size=256, num_epochs=1, **target) as batches:
+        big = np.concatenate([np.asarray(b["big"]) for b in batches])
+    assert big.dtype == np.int64 and sorted(big.tolist()) == [i * 2**31 for i in range(3000)]
+
+
 def test_device_and_sharding_are_exclusive(regression) -> None:
     with pytest.raises(ValueError, match="give device or sharding, not both"):
         regression.make_jax_iterator(
@@ -191,6 +205,10 @@ def test_device_cut_iterator_yields_the_numpy_batches(monkeypatch, mixed, kwargs
         for name, value in batch.items():
             if numpy_batch[name].dtype == object:
                 assert isinstance(value, np.ndarray) and value.tolist() == numpy_batch[name].tolist()
+            elif numpy_batch[name].dtype.kind == "M" and numpy_batch[name].dtype != np.dtype("datetime64[D]"):
+                # A transform's dates arrive as pandas makes them, datetime64[ms]: without x64, host arrays.
+                assert isinstance(value, np.ndarray)
+                np.testing.assert_array_equal(value, numpy_batch[name])
             else:
                 assert isinstance(value, jax.Array)
                 host = numpy_batch[name].view(np.int64) if numpy_batch[name].dtype.kind == "M" else numpy_batch[name]

@@ -167,6 +167,71 @@ def test_torch_types(all_types, expected) -> None:
     assert isinstance(batch["ragged"], list) and all(isinstance(t, torch.Tensor) for t in batch["ragged"])
 
 
+FIXED = [name for name in SCHEMA.names if name not in ("ragged", "words")]
+"""The columns every framework batches (TF refuses arrays of varying length)."""
+
+
+def _expected_numbers(expected: dict[str, list], name: str) -> np.ndarray:
+    """A column of collect() as the numbers a framework holds (dates in days, times in microseconds)."""
+    values = expected[name]
+    if name == "day":
+        return np.array([(d - datetime.date(1970, 1, 1)).days for d in values])
+    if name == "ts":
+        return np.array([_as_utc(v) for v in values]).astype(np.int64)
+    if name == "ntz":
+        return np.array(values, dtype="datetime64[us]").astype(np.int64)
+    if name in ("vec", "sparse", "old_vec", "old_sparse"):
+        return np.array([v.toArray() for v in values], dtype=np.float32)
+    if name == "dec":
+        return np.array([float(v) for v in values], dtype=np.float32)
+    return np.array(values, dtype=np.float32 if name in ("f", "d", "arr") else None)
+
+
+def test_tf_types(all_types, expected) -> None:
+    import tensorflow as tf
+
+    converter = make_spark_converter(all_types)
+    with converter.make_tf_dataset(batch_size=60, num_epochs=1, schema_fields=FIXED) as dataset:
+        (batch,) = list(dataset)
+    order = np.argsort(batch.id.numpy())
+    dtypes = {"flag": tf.bool, "i8": tf.int8, "i16": tf.int16, "day": tf.int64, "ts": tf.int64, "s": tf.string}
+    for name in FIXED:
+        column = getattr(batch, name)
+        if name in dtypes:
+            assert column.dtype == dtypes[name], name
+        if name in ("s", "bin"):
+            raw = [v.encode() if isinstance(v, str) else bytes(v) for v in expected[name]]
+            assert column.numpy()[order].tolist() == raw, name
+        else:
+            np.testing.assert_array_equal(column.numpy()[order], _expected_numbers(expected, name), err_msg=name)
+
+
+@pytest.mark.parametrize("x64", [False, True])
+def test_jax_types(all_types, expected, x64: bool) -> None:
+    import jax
+
+    converter = make_spark_converter(all_types)
+    with jax.enable_x64(x64):
+        with converter.make_jax_iterator(batch_size=60, num_epochs=1, schema_fields=FIXED) as batches:
+            (batch,) = list(batches)
+        order = np.argsort(np.asarray(batch["id"]))
+        wide = np.int64 if x64 else np.int32
+        assert batch["id"].dtype == wide and batch["day"].dtype == wide
+        assert batch["i16"].dtype == np.int16 and batch["flag"].dtype == np.bool_
+        assert isinstance(batch["s"], np.ndarray) and batch["s"][order].tolist() == expected["s"]
+        assert batch["bin"][order].tolist() == [bytes(v) for v in expected["bin"]]
+        for name in FIXED:
+            if name in ("s", "bin"):
+                continue
+            column = batch[name]
+            if not x64 and name in ("ts", "ntz"):
+                assert isinstance(column, np.ndarray) and column.dtype == np.dtype("datetime64[us]"), name
+                column = column.astype(np.int64)
+            else:
+                assert isinstance(column, jax.Array), name
+            np.testing.assert_array_equal(np.asarray(column)[order], _expected_numbers(expected, name), err_msg=name)
+
+
 def test_struct_and_map_columns_are_refused_with_column_type_and_advice(spark) -> None:
     df = spark.range(2).select(
         F.struct(F.col("id").alias("a")).alias("point"),

@@ -11,6 +11,7 @@ it compiles once per batch size and schema (a fraction of a second), not once pe
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 from collections.abc import Callable, Iterator
@@ -51,9 +52,58 @@ def _target(device: Any, sharding: Any) -> Any:
     return sharding if sharding is not None else device
 
 
-def _host(columns: Columns) -> Columns:
-    """Dates and timestamps as their int64 counts, the form that reaches JAX."""
-    return {name: array.view(np.int64) if array.dtype.kind in "Mm" else array for name, array in columns.items()}
+def x64_enabled() -> bool:
+    """Whether JAX keeps 64-bit types here and now (``jax_enable_x64``, global or in a ``with``)."""
+    return bool(import_jax().config.jax_enable_x64)
+
+
+def _x64_scope(x64: bool) -> contextlib.AbstractContextManager[Any]:
+    """``jax_enable_x64`` set to ``x64`` in this thread.
+
+    The setting is read once, where the iterator is made: a ``with jax.enable_x64():`` there is
+    thread-local, and the reader threads that put chunks on the device must follow it too.
+    """
+    jax = import_jax()
+    scope = getattr(jax, "enable_x64", None)
+    if scope is None:  # JAX before 0.5
+        from jax.experimental import enable_x64 as scope
+    return scope(x64)  # type: ignore[no-any-return]
+
+
+def _host(columns: Columns, x64: bool) -> Columns:
+    """The columns in the form that reaches JAX, 64-bit integers only where JAX keeps them.
+
+    With ``jax_enable_x64`` on, dates and timestamps become their int64 counts. With it off
+    (JAX's default), ``device_put`` would wrap every int64 into int32 without a word (2**40
+    becomes 0), so this does the narrowing instead, where it is exact: int64 columns and dates
+    (int32 days) whose values all fit become int32, a value that does not fit raises an
+    ``OverflowError`` naming the column, and timestamps, whose microseconds never fit, stay
+    NumPy ``datetime64`` arrays on the host, like strings.
+    """
+    out: Columns = {}
+    for name, array in columns.items():
+        kind = array.dtype.kind
+        if kind in "Mm":
+            if not x64 and np.datetime_data(array.dtype)[0] != "D":
+                out[name] = array  # timestamps and durations: not representable in 32 bits
+                continue
+            array = array.view(np.int64)
+            kind = "i"
+        out[name] = array if x64 or kind not in "iu" or array.dtype.itemsize < 8 else _narrow(name, array)
+    return out
+
+
+def _narrow(name: str, array: np.ndarray) -> np.ndarray:
+    """A 64-bit integer column as 32 bits, exactly, or an OverflowError that says what to do."""
+    narrow = np.dtype(np.int32 if array.dtype.kind == "i" else np.uint32)
+    info = np.iinfo(narrow)
+    if array.size and (array.min() < info.min or array.max() > info.max):
+        outside = array[(array < info.min) | (array > info.max)].flat[0]
+        raise OverflowError(
+            f"column {name!r} holds {outside}, beyond {narrow}: JAX keeps 64-bit integers only with "
+            "jax.config.update('jax_enable_x64', True); turn that on, or leave the column out with schema_fields"
+        )
+    return array.astype(narrow)
 
 
 def _is_numeric(array: np.ndarray) -> bool:
@@ -61,10 +111,11 @@ def _is_numeric(array: np.ndarray) -> bool:
     return array.dtype.kind in "biufc"
 
 
-def _place(columns: Columns, target: Any) -> dict[str, Any]:
+def _place(columns: Columns, target: Any, x64: bool) -> dict[str, Any]:
     """One batch put on ``target`` array by array: the slow path, for batches not cut on the device."""
-    host = _host(columns)
-    placed = import_jax().device_put({name: array for name, array in host.items() if _is_numeric(array)}, target)
+    host = _host(columns, x64)
+    with _x64_scope(x64):
+        placed = import_jax().device_put({name: array for name, array in host.items() if _is_numeric(array)}, target)
     return {name: placed.get(name, array) for name, array in host.items()}
 
 
@@ -136,6 +187,7 @@ class JaxFormat:
         self._batch_size = batch_size
         self._device = device
         self._cut = _cut_function(self._jax)
+        self.x64 = x64_enabled()
 
     def convert(self, columns: Columns) -> JaxChunk:
         """Runs in a reader thread: the chunk's numeric columns go to the device in blocks.
@@ -143,7 +195,7 @@ class JaxFormat:
         The blocks are views of the chunk, put without a copy on CPU where they are aligned.
         A chunk shorter than one group of batches gets none: all its batches are cut in NumPy.
         """
-        host = _host(columns)
+        host = _host(columns, self.x64)
         rows = len(next(iter(host.values()))) if host else 0
         numeric = {name: array for name, array in host.items() if _is_numeric(array)}
         size = self._batch_size
@@ -155,10 +207,11 @@ class JaxFormat:
         span = stride + group * size
         last = max(0, rows - span)
         starts = (*range(0, last, stride), last)
-        arrays = tuple(
-            self._jax.device_put(tuple(_window(array, start, span) for array in numeric.values()), self._device)
-            for start in starts
-        )
+        with _x64_scope(self.x64):
+            arrays = tuple(
+                self._jax.device_put(tuple(_window(array, start, span) for array in numeric.values()), self._device)
+                for start in starts
+            )
         return JaxChunk(host, DeviceBlocks(tuple(numeric), arrays, starts, group, stride), 0, rows)
 
     def rows(self, chunk: JaxChunk) -> int:
@@ -180,7 +233,8 @@ class JaxFormat:
             while count < blocks.group and index + count < len(sizes) and sizes[index + count] == size:
                 count += 1
             block, offset = blocks.locate(start)
-            cut = self._cut(blocks.arrays[block], offset, size, blocks.group)
+            with _x64_scope(self.x64):
+                cut = self._cut(blocks.arrays[block], offset, size, blocks.group)
             for arrays in cut[:count]:
                 parts.append(JaxChunk(chunk.host, None, start, size, dict(zip(blocks.names, arrays, strict=True))))
                 start += size
@@ -238,8 +292,10 @@ def jax_format(batch_size: int, device: Any = None, sharding: Any = None) -> Bat
 class JaxIterator(ReaderLoader):
     """Iterates dicts of ``jax.Array`` (strings and bytes stay NumPy object arrays).
 
-    Dates become int64 days and timestamps int64 microseconds; like every 64-bit array they are
-    narrowed to 32 bits unless ``jax_enable_x64`` is on, as ``jax.device_put`` always does.
+    With ``jax_enable_x64`` on, dates become int64 days and timestamps int64 microseconds.
+    With it off (JAX's default), 64-bit integers and dates become int32 where every value fits
+    (an ``OverflowError`` names a column where one does not: JAX itself would wrap it silently),
+    and timestamps stay NumPy ``datetime64[us]`` arrays, which 32 bits cannot hold.
     A context manager; ``state_dict()`` / ``load_state_dict()`` as on the other loaders.
 
     Args:
@@ -255,22 +311,25 @@ class JaxIterator(ReaderLoader):
         super().__init__(reader)
         self._batches: Reader[Any] = reader
         self._target = target
+        self._x64 = x64_enabled()
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        target = self._target
+        target, x64 = self._target, self._x64
         for batch in self._batches:
-            yield place(batch, target)
+            yield place(batch, target, x64)
 
 
-def place(batch: JaxChunk | Columns, target: Any = None) -> dict[str, Any]:
+def place(batch: JaxChunk | Columns, target: Any = None, x64: bool | None = None) -> dict[str, Any]:
     """A batch of either reader format as column name → ``jax.Array`` (NumPy for strings, bytes).
 
-    Batches cut on the device are returned as they are; the others are put on ``target``.
+    Batches cut on the device are returned as they are; the others are put on ``target``, with
+    64-bit types as ``x64`` says (None: as JAX is set now).
     """
+    x64 = x64_enabled() if x64 is None else x64
     if not isinstance(batch, JaxChunk):
-        return _place(batch, target)
+        return _place(batch, target, x64)
     if batch.placed is None:
-        return _place(batch.columns(), target)
+        return _place(batch.columns(), target, x64)
     if len(batch.placed) == len(batch.host):
         return batch.placed
     placed, start, stop = batch.placed, batch.start, batch.start + batch.rows
