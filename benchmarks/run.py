@@ -291,6 +291,11 @@ def ensure_anchor() -> None:
     """Builds the Petastorm venv when missing (a clean clone), then adds the extras it lacks (a no-op
     when they are there at the pinned versions)."""
     if not ANCHOR_PYTHON.exists():
+        if not ANCHOR_SCRIPT.exists():
+            raise SystemExit(
+                f"the Petastorm anchor is built by {ANCHOR_SCRIPT}, which is not there: clone sparkfeed next to "
+                "the shared/ folder that holds it, or run sparkfeed's side alone with --sides sparkfeed"
+            )
         log(f"building the Petastorm anchor venv with {ANCHOR_SCRIPT} (a few minutes) ...")
         subprocess.run([str(ANCHOR_SCRIPT), str(ANCHOR_DIR.relative_to(ROOT))], cwd=ROOT, check=True)
     pins = {}

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import importlib
 from collections.abc import Callable, Iterator
 from types import ModuleType
 from typing import Any
@@ -64,9 +65,9 @@ def _x64_scope(x64: bool) -> contextlib.AbstractContextManager[Any]:
     thread-local, and the reader threads that put chunks on the device must follow it too.
     """
     jax = import_jax()
-    scope = getattr(jax, "enable_x64", None)
-    if scope is None:  # JAX before 0.5
-        from jax.experimental import enable_x64 as scope
+    scope: Any = getattr(jax, "enable_x64", None)
+    if scope is None:  # older JAX has it as an experimental context manager
+        scope = importlib.import_module("jax.experimental").enable_x64
     return scope(x64)  # type: ignore[no-any-return]
 
 
