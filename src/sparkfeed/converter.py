@@ -175,6 +175,10 @@ class SparkDatasetConverter:
     ) -> JaxIterator:
         """Batches as dicts of ``jax.Array``; arguments as :meth:`make_numpy_iterator`.
 
+        64-bit types follow ``jax_enable_x64`` as it is set where this is called (also inside a
+        ``with jax.enable_x64():``): without it, no value is wrapped into 32 bits silently (see
+        :class:`~sparkfeed.jax.JaxIterator`).
+
         Args:
             batch_size: Rows per batch; the last batch of each epoch may be smaller.
             num_epochs: Passes over the data; None repeats forever.
