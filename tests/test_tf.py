@@ -122,6 +122,37 @@ def test_ragged_columns_are_refused_with_advice(spark) -> None:
         assert sorted(int(i) for b in dataset for i in b.id.numpy()) == [1, 2]
 
 
+def _reshaped(frame):
+    frame["grid"] = [np.full((2, 3), i % 200, np.uint8) for i in frame["id"]]
+    frame["half"] = frame["x"] / 2
+    return frame.drop(columns=["m"])
+
+
+def _ragged(frame):
+    frame["r"] = [np.arange(i % 3) for i in frame["id"]]
+    return frame
+
+
+def test_a_transform_decides_the_signature(mixed) -> None:
+    with mixed.make_tf_dataset(batch_size=100, num_epochs=1, transform_fn=_reshaped) as dataset:
+        spec = dataset.element_spec
+        assert "m" not in spec._fields and spec.grid.shape.as_list() == [None, 2, 3] and spec.grid.dtype == tf.uint8
+        assert spec.half.dtype == tf.float32 and spec.day.dtype == tf.int64
+        rows = list(dataset)
+    ids = np.concatenate([b.id.numpy() for b in rows])
+    np.testing.assert_array_equal(np.concatenate([b.grid.numpy()[:, 1, 2] for b in rows]), (ids % 200).astype(np.uint8))
+    with pytest.raises(TypeError, match="column 'r' holds arrays of varying length"):
+        mixed.make_tf_dataset(transform_fn=_ragged)
+
+
+def test_nested_arrays_stay_tensors_through_a_transform(mixed) -> None:
+    with mixed.make_tf_dataset(batch_size=300, num_epochs=1, transform_fn=lambda f: f, schema_fields=["id", "m"]) as ds:
+        assert ds.element_spec.m.shape.as_list() == [None, 2, 2]
+        (batch,) = list(ds)
+    ids = batch.id.numpy()
+    np.testing.assert_array_equal(batch.m.numpy(), np.stack([[[i, i + 1], [i + 2, i + 3]] for i in ids]))
+
+
 def test_missing_tensorflow_names_the_extra(mixed, monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "tensorflow", None)
     with pytest.raises(ImportError, match=r"pip install 'sparkfeed\[tf\]'"):

@@ -101,3 +101,21 @@ def test_transform_can_filter_rows(spark) -> None:
     with converter.make_numpy_iterator(batch_size=10, num_epochs=1, transform_fn=keep) as batches:
         ids = sorted(concat(batches)["id"].tolist())
     assert ids == list(range(0, 100, 3))
+
+
+def test_nested_fixed_arrays_reach_the_transform_as_nd_cells_and_stay_tensors(spark) -> None:
+    df = spark.range(30).selectExpr("id", "array(array(id, id + 1, id + 2), array(-id, 0, 1)) AS grid")
+    seen = []
+
+    def look(frame: pd.DataFrame) -> pd.DataFrame:
+        seen.append(frame["grid"].iloc[0])
+        frame["total"] = [cell.sum() for cell in frame["grid"]]
+        return frame
+
+    with make_spark_converter(df).make_numpy_iterator(batch_size=7, num_epochs=1, transform_fn=look) as batches:
+        got = by_id(concat(batches))
+    assert all(isinstance(cell, np.ndarray) and cell.shape == (2, 3) and cell.dtype == np.int64 for cell in seen)
+    ids = np.arange(30)
+    assert got["grid"].shape == (30, 2, 3) and got["grid"].dtype == np.int64
+    np.testing.assert_array_equal(got["grid"][:, 0, 2], ids + 2)
+    np.testing.assert_array_equal(got["total"], 2 * ids + 4)

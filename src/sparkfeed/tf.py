@@ -44,15 +44,21 @@ def _tf_array(array: np.ndarray) -> np.ndarray:
     return array.view(np.int64) if array.dtype.kind in "Mm" else array
 
 
-def _spec(tf: ModuleType, name: str, array: np.ndarray) -> Any:
-    if array.dtype == object:
-        if len(array) and isinstance(array[0], np.ndarray):
-            raise TypeError(
-                f"column {name!r} holds arrays of varying length, which make_tf_dataset cannot batch: "
-                "pad them to one length, or drop the column with schema_fields"
-            )
+def _holds_arrays(array: np.ndarray) -> bool:
+    """Whether an object column holds arrays (of varying length), not strings or bytes."""
+    return len(array) > 0 and isinstance(array[0], np.ndarray)
+
+
+def _spec(tf: ModuleType, name: str, dtype: np.dtype, shape: tuple[int, ...], ragged: bool) -> Any:
+    """The TensorSpec of a column of ``dtype`` whose rows have ``shape``."""
+    if ragged:
+        raise TypeError(
+            f"column {name!r} holds arrays of varying length, which make_tf_dataset cannot batch: "
+            "pad them to one length, or drop the column with schema_fields"
+        )
+    if dtype.kind == "O":
         return tf.TensorSpec((None,), tf.string, name=name)
-    return tf.TensorSpec((None, *array.shape[1:]), tf.as_dtype(_tf_array(array).dtype), name=name)
+    return tf.TensorSpec((None, *shape), tf.int64 if dtype.kind in "Mm" else tf.as_dtype(dtype), name=name)
 
 
 class TfDatasetContext:
@@ -84,13 +90,21 @@ class TfDatasetContext:
         self._signature = self._infer_signature(make_reader)
 
     def _infer_signature(self, make_reader: Callable[[int, int | None], Reader[Columns]]) -> Any:
-        """The element spec from one small batch: exact also after a transform changed columns."""
-        with make_reader(1, 1) as probe:
-            first = next(iter(probe), None)
-        if first is None:
-            raise ValueError("make_tf_dataset needs at least one row to know the dataset's element spec")
-        row = collections.namedtuple("Row", list(first), rename=True)  # type: ignore[misc]
-        return row(*(_spec(self._tf, name, array) for name, array in first.items()))
+        """The element spec: from the cache's schema, or after a transform from one read batch."""
+        known = self._reader.columns
+        if known is not None:
+            specs = [_spec(self._tf, name, c.numpy_dtype, c.shape, c.kind == "ragged") for name, c in known.items()]
+        else:
+            with make_reader(1, 1) as probe:
+                first = next(iter(probe), None)
+            if first is None:
+                raise ValueError("make_tf_dataset needs at least one row to know the dataset's element spec")
+            specs = [
+                _spec(self._tf, name, a.dtype, a.shape[1:], a.dtype == object and _holds_arrays(a))
+                for name, a in first.items()
+            ]
+        row = collections.namedtuple("Row", [spec.name for spec in specs], rename=True)  # type: ignore[misc]
+        return row(*specs)
 
     def _generate(self) -> Iterator[Any]:
         row = type(self._signature)

@@ -205,7 +205,12 @@ class ColumnSpec:
         """The NumPy dtype of the column's values (``object`` for strings, bytes, ragged arrays)."""
         if self.kind in ("object", "ragged"):
             return np.dtype(object)
-        return np.dtype(_leaf_type(self.arrow_type).to_pandas_dtype())  # type: ignore[no-any-return]
+        leaf = _leaf_type(self.arrow_type)
+        if pa.types.is_date32(leaf):
+            return np.dtype("datetime64[D]")
+        if pa.types.is_timestamp(leaf):  # pandas would say datetime64[us, UTC]; NumPy has no zones
+            return np.dtype(f"datetime64[{leaf.unit}]")
+        return np.dtype(leaf.to_pandas_dtype())  # type: ignore[no-any-return]
 
 
 class NullValueError(ValueError):

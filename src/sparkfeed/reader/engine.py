@@ -25,7 +25,7 @@ from sparkfeed.reader.plan import (
 )
 from sparkfeed.reader.pool import OrderedPool
 from sparkfeed.reader.segments import SegmentReader, Work
-from sparkfeed.types import column_specs
+from sparkfeed.types import ColumnSpec, column_specs
 
 C = TypeVar("C")
 
@@ -105,6 +105,11 @@ class Reader(Generic[C]):
     def num_rows(self) -> int:
         """Rows this reader yields per epoch (its shard's share of the dataset)."""
         return self._rows
+
+    @property
+    def columns(self) -> dict[str, ColumnSpec] | None:
+        """What each column of a batch will be, known without reading; None when a transform decides."""
+        return None if self._options.transform_spec is not None else dict(self._specs)
 
     @property
     def filters_rows(self) -> bool:

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
@@ -107,8 +108,7 @@ class SegmentReader:
                 table = table.slice(rows.start, rows.stop - rows.start)
             return {name: to_numpy(spec, table.column(name)) for name, spec in self._specs.items()}
         if self._transform is not None:
-            frames = [t.to_pandas(date_as_object=False, coerce_temporal_nanoseconds=False) for t in tables]
-            parts = [self._transform.apply(frame) for frame in frames]
+            parts = [self._transform.apply(self._frame(t)) for t in tables]
         else:  # files of one window that store a column differently
             parts = [{n: to_numpy(spec, t.column(n)) for n, spec in self._specs.items()} for t in tables]
         columns = NUMPY.concat(parts)
@@ -116,6 +116,24 @@ class SegmentReader:
         if rows is not None:
             columns = {name: array[rows] for name, array in columns.items()}
         return columns
+
+    def _frame(self, table: pa.Table) -> pd.DataFrame:
+        """A piece as the transform's pandas DataFrame.
+
+        A fixed-shape array of two or more dimensions arrives as one N-d array per cell, as it
+        would batch: ``to_pandas`` would make each cell an object array of row arrays, which
+        the transform's output could no longer stack into a tensor.
+        """
+        nested = [name for name, spec in self._specs.items() if spec.kind == "tensor" and len(spec.shape) > 1]
+        rest = table.drop_columns(nested)
+        frame: pd.DataFrame = rest.to_pandas(date_as_object=False, coerce_temporal_nanoseconds=False)
+        for name in nested:
+            values = to_numpy(self._specs[name], table.column(name))
+            cells = np.empty(len(values), dtype=object)
+            for row, value in enumerate(values):  # one view per row: an object column cannot be filled at once
+                cells[row] = value
+            frame.insert(table.schema.get_field_index(name), name, cells)
+        return frame
 
     def _open(self, file: int) -> pa.NativeFile:
         """A local file is memory-mapped copy-on-write rather than read through a buffer.
