@@ -224,11 +224,14 @@ def comparisons(r: Results) -> list[tuple[str, str]]:
     if ours is not None and "tabular.petastorm.tf" in r.by_id:
         value = ratio(r.rate(ours["id"]), r.peer_rate(ours, "tf"))
         out.append(("tabular no-shuffle: sparkfeed make_tf_dataset vs Petastorm make_tf_dataset", n(value, "{:.2f}x")))
-    graph, torch = r.by_id.get("tabular.sparkfeed.tf_graph"), r.by_id.get("tabular.sparkfeed.torch")
-    if graph is not None and torch is not None:
-        value = ratio(r.rate(graph["id"]), r.rate(torch["id"]))
-        what = "tabular no-shuffle: make_tf_dataset consumed in a tf.function (as Keras fit) vs torch"
-        out.append((what, percent(value)))
+    torch = r.by_id.get("tabular.sparkfeed.torch")
+    for case_id, what in (
+        ("tabular.sparkfeed.tf_graph", "make_tf_dataset consumed in a tf.function (as Keras fit) vs torch"),
+        ("tabular.sparkfeed.tf_ceiling", "tf.data ceiling (one in-memory batch repeated, eager) vs torch"),
+        ("tabular.sparkfeed.jax_ceiling", "JAX ceiling (batches cut from a block on the device) vs torch"),
+    ):
+        if case_id in r.by_id and torch is not None:
+            out.append((f"tabular no-shuffle: {what}", percent(ratio(r.rate(case_id), r.rate(torch["id"])))))
     return out
 
 

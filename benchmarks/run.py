@@ -91,7 +91,11 @@ def build_cases() -> list[Case]:
                 peer="tf")
             add("tabular.sparkfeed.tf_graph", "sparkfeed make_tf_dataset (in a tf.function, as Keras fit)",
                 "--reader tf_graph", holder)
+            add("tabular.sparkfeed.tf_ceiling", "tf.data ceiling: one batch in memory, repeated, iterated eagerly",
+                "--reader tf_ceiling", holder)
             add("tabular.sparkfeed.jax", "sparkfeed make_jax_iterator", "--reader jax", holder)
+            add("tabular.sparkfeed.jax_ceiling", "JAX ceiling: batches cut from one block on the device, no reading",
+                "--reader jax_ceiling", holder)
             add("tabular.sparkfeed.shuffle",
                 "sparkfeed torch, shuffle_row_groups + shuffling_queue_capacity=10000, seed=0",
                 "--reader torch --shuffle buffer --quality", holder, peer="shuffle")
