@@ -188,7 +188,7 @@ class JaxFormat:
         self._batch_size = batch_size
         self._device = device
         self._cut = _cut_function(self._jax)
-        self.x64 = x64_enabled()
+        self._x64 = x64_enabled()
 
     def convert(self, columns: Columns) -> JaxChunk:
         """Runs in a reader thread: the chunk's numeric columns go to the device in blocks.
@@ -196,7 +196,7 @@ class JaxFormat:
         The blocks are views of the chunk, put without a copy on CPU where they are aligned.
         A chunk shorter than one group of batches gets none: all its batches are cut in NumPy.
         """
-        host = _host(columns, self.x64)
+        host = _host(columns, self._x64)
         rows = len(next(iter(host.values()))) if host else 0
         numeric = {name: array for name, array in host.items() if _is_numeric(array)}
         size = self._batch_size
@@ -208,7 +208,7 @@ class JaxFormat:
         span = stride + group * size
         last = max(0, rows - span)
         starts = (*range(0, last, stride), last)
-        with _x64_scope(self.x64):
+        with _x64_scope(self._x64):
             arrays = tuple(
                 self._jax.device_put(tuple(_window(array, start, span) for array in numeric.values()), self._device)
                 for start in starts
@@ -234,7 +234,7 @@ class JaxFormat:
             while count < blocks.group and index + count < len(sizes) and sizes[index + count] == size:
                 count += 1
             block, offset = blocks.locate(start)
-            with _x64_scope(self.x64):
+            with _x64_scope(self._x64):
                 cut = self._cut(blocks.arrays[block], offset, size, blocks.group)
             for arrays in cut[:count]:
                 parts.append(JaxChunk(chunk.host, None, start, size, dict(zip(blocks.names, arrays, strict=True))))
