@@ -153,6 +153,17 @@ def test_nested_arrays_stay_tensors_through_a_transform(mixed) -> None:
     np.testing.assert_array_equal(batch.m.numpy(), np.stack([[[i, i + 1], [i + 2, i + 3]] for i in ids]))
 
 
+def test_a_null_string_is_refused_naming_the_column(spark) -> None:
+    converter = make_spark_converter(
+        spark.createDataFrame([(1, "a", b"x"), (2, "b", None)], "id long, s string, b binary")
+    )
+    with converter.make_tf_dataset(batch_size=2, num_epochs=1, schema_fields=["id", "s"]) as dataset:
+        assert sorted(v.decode() for b in dataset for v in b.s.numpy()) == ["a", "b"]
+    with converter.make_tf_dataset(batch_size=2, num_epochs=1) as dataset:
+        with pytest.raises(tf.errors.InvalidArgumentError, match=r"column 'b' holds nulls.*fillna.*schema_fields"):
+            list(dataset)
+
+
 def test_missing_tensorflow_names_the_extra(mixed, monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "tensorflow", None)
     with pytest.raises(ImportError, match=r"pip install 'sparkfeed\[tf\]'"):

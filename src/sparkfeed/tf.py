@@ -20,6 +20,7 @@ from types import ModuleType, TracebackType
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from sparkfeed.reader import Reader
 from sparkfeed.reader.batch import Columns
@@ -42,6 +43,18 @@ def import_tf() -> ModuleType:
 def _tf_array(array: np.ndarray) -> np.ndarray:
     """What tf.data is given for one column: dates and timestamps as their int64 counts."""
     return array.view(np.int64) if array.dtype.kind in "Mm" else array
+
+
+def _refuse_nulls(name: str, strings: np.ndarray) -> None:
+    """A null in a string or binary column, which ``tf.string`` cannot hold, as an error that says what to do.
+
+    TensorFlow would fail on it later with "Unsupported object type NoneType", naming nothing.
+    """
+    if pd.isna(strings).any():
+        raise ValueError(
+            f"column {name!r} holds nulls, which a tf.string tensor cannot: fill them before converting "
+            f"(df.fillna('', subset=[{name!r}])), or leave the column out with schema_fields"
+        )
 
 
 def _holds_arrays(array: np.ndarray) -> bool:
@@ -108,7 +121,10 @@ class TfDatasetContext:
 
     def _generate(self) -> Iterator[Any]:
         row = type(self._signature)
+        strings = [spec.name for spec in self._signature if spec.dtype == self._tf.string]
         for batch in self._reader:
+            for name in strings:
+                _refuse_nulls(name, batch[name])
             yield row(*(_tf_array(array) for array in batch.values()))
 
     def __enter__(self) -> Any:
