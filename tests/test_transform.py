@@ -119,3 +119,24 @@ def test_nested_fixed_arrays_reach_the_transform_as_nd_cells_and_stay_tensors(sp
     assert got["grid"].shape == (30, 2, 3) and got["grid"].dtype == np.int64
     np.testing.assert_array_equal(got["grid"][:, 0, 2], ids + 2)
     np.testing.assert_array_equal(got["total"], 2 * ids + 4)
+
+
+def test_dates_keep_their_unit_through_a_transform(spark) -> None:
+    df = spark.range(20).selectExpr("id", "date_add(date'2021-03-01', cast(id AS int)) AS day")
+
+    def later(frame: pd.DataFrame) -> pd.DataFrame:
+        frame["moment"] = frame["day"] + pd.Timedelta(hours=6)
+        return frame
+
+    converter = make_spark_converter(df)
+    with converter.make_numpy_iterator(batch_size=8, num_epochs=1, transform_fn=later) as batches:
+        got = by_id(concat(batches))
+    expected = np.datetime64("2021-03-01") + np.arange(20)
+    assert got["day"].dtype == np.dtype("datetime64[D]")
+    np.testing.assert_array_equal(got["day"], expected)
+    assert got["moment"].dtype.kind == "M"  # a new column keeps the unit the transform gave it
+    np.testing.assert_array_equal(got["moment"], expected + np.timedelta64(6, "h"))
+    with converter.make_torch_dataloader(batch_size=20, num_epochs=1, transform_fn=later) as loader:
+        (batch,) = list(loader)
+    days = (expected - np.datetime64("1970-01-01")).astype(np.int64)
+    assert sorted(batch["day"].tolist()) == days.tolist()  # days, as without a transform

@@ -108,7 +108,7 @@ class SegmentReader:
                 table = table.slice(rows.start, rows.stop - rows.start)
             return {name: to_numpy(spec, table.column(name)) for name, spec in self._specs.items()}
         if self._transform is not None:
-            parts = [self._transform.apply(self._frame(t)) for t in tables]
+            parts = [self._dates_as_days(self._transform.apply(self._frame(t))) for t in tables]
         else:  # files of one window that store a column differently
             parts = [{n: to_numpy(spec, t.column(n)) for n, spec in self._specs.items()} for t in tables]
         columns = NUMPY.concat(parts)
@@ -134,6 +134,23 @@ class SegmentReader:
                 cells[row] = value
             frame.insert(table.schema.get_field_index(name), name, cells)
         return frame
+
+    def _dates_as_days(self, columns: Columns) -> Columns:
+        """Date columns back in days after a transform, as they are without one.
+
+        pandas holds dates as ``datetime64[ms]``, so a transform hands them back in milliseconds
+        even when it did not touch them; a column that was a date and still holds whole days
+        becomes ``datetime64[D]`` again, so a transform does not change its unit downstream.
+        """
+        days = np.dtype("datetime64[D]")
+        for name, array in columns.items():
+            spec = self._specs.get(name)
+            if spec is None or spec.kind != "scalar" or spec.numpy_dtype != days or array.dtype.kind != "M":
+                continue
+            whole = array.astype(days)
+            if array.dtype != days and bool((whole == array).all()):
+                columns[name] = whole
+        return columns
 
     def _open(self, file: int) -> pa.NativeFile:
         """A local file is memory-mapped copy-on-write rather than read through a buffer.
