@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import pickle
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 from pyspark.sql import functions as F
@@ -61,3 +63,19 @@ def test_each_spark_task_reads_its_own_shard(spark) -> None:
     assert sorted(shards) == [0, 1, 2, 3]
     assert sorted(i for ids in shards.values() for i in ids) == list(range(1000))
     assert {len(ids) for ids in shards.values()} == {250}
+
+
+def test_a_spark_connect_session_converts_reuses_and_reads_in_tasks(tmp_path) -> None:
+    cache = tmp_path / "connect-cache"
+    job = Path(__file__).with_name("spark_connect_job.py")
+    done = subprocess.run(
+        [sys.executable, str(job), cache.as_uri()], capture_output=True, text=True, timeout=300, cwd=tmp_path
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    assert seen["rows"] == 1000 and seen["ids_sorted"] and seen["pairs_match"] and seen["reused"]
+    assert seen["cache_dir_url"].startswith(cache.as_uri() + "/")  # the cacheDir conf, read through Connect
+    quarter = 250
+    assert sum(seen["shard_id_sums"]) == sum(range(1000)) and len(seen["shard_id_sums"]) == 4
+    assert seen["shard_id_sums"][0] == sum(range(quarter))  # exact shards: rows [0, 250) is the smallest sum
+    assert not any(cache.iterdir())  # delete() removed the cache
