@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import os
+import pickle
+import socket
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -68,3 +73,47 @@ def test_loader_closes_with_the_context_and_reports_len(regression) -> None:
         assert entered is loader and len(loader) == 8
         next(iter(loader))
     assert not [t for t in threading.enumerate() if t.name.startswith("sparkfeed-reader")]
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_ddp_ranks_train_in_lockstep_on_shards_of_unequal_size(spark, tmp_path) -> None:
+    # 1,001 rows: one shard holds 501, the other 500; the default policy pads the short one to 501 rows,
+    # so both ranks take the same number of DDP steps (an uneven count would hang the all-reduce).
+    df = spark.range(1001).select("id", *[F.randn(seed=i).alias(f"x{i}") for i in range(3)])
+    df = df.withColumn("y", F.col("x0") - 2 * F.col("x1") + 0.5 * F.col("x2"))
+    df = VectorAssembler(inputCols=["x0", "x1", "x2"], outputCol="features").transform(df)
+    blob = tmp_path / "converter.pkl"
+    blob.write_bytes(pickle.dumps(make_spark_converter(df.select("id", "features", "y"))))
+    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "WORLD_SIZE": "2"}
+    job = Path(__file__).with_name("ddp_job.py")
+    ranks = [
+        subprocess.Popen(
+            [sys.executable, str(job), str(blob)],
+            env={**env, "RANK": str(rank)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for rank in range(2)
+    ]
+    outputs = []
+    try:
+        for process in ranks:
+            out, err = process.communicate(timeout=240)
+            assert process.returncode == 0, err[-3000:]
+            outputs.append(json.loads(out.strip().splitlines()[-1]))
+    finally:
+        for process in ranks:
+            process.kill()
+    assert [o["all_batches"] for o in outputs] == [[33, 33], [33, 33]]  # 3 epochs x ceil(501 / 50)
+    assert all(o["batches"] == o["planned"] == 33 for o in outputs)
+    for o in outputs:
+        assert o["last_loss"] < 0.1 * o["first_loss"]
+    first_epoch = [set(o["ids"][:501]) for o in outputs]
+    assert sorted(len(ids) for ids in first_epoch) == [500, 501]  # the short shard repeats one of its rows
+    assert not first_epoch[0] & first_epoch[1] and len(first_epoch[0] | first_epoch[1]) == 1001
