@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterable
 
 import numpy as np
@@ -20,3 +21,10 @@ def by_id(columns: dict[str, np.ndarray], key: str = "id") -> dict[str, np.ndarr
     """Columns reordered by ascending ``key``: shuffled reads compare with sorted collects."""
     order = np.argsort(columns[key], kind="stable")
     return {name: array[order] for name, array in columns.items()}
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now (for the test's own servers)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])

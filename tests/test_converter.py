@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import pytest
 from pyspark.sql import functions as F
 
 from sparkfeed import SparkDatasetConverter, make_spark_converter
 
-from helpers import concat
+from helpers import concat, free_port
 
 
 def test_properties(spark) -> None:
@@ -79,3 +83,60 @@ def test_a_spark_connect_session_converts_reuses_and_reads_in_tasks(tmp_path) ->
     assert sum(seen["shard_id_sums"]) == sum(range(1000)) and len(seen["shard_id_sums"]) == 4
     assert seen["shard_id_sums"][0] == sum(range(quarter))  # exact shards: rows [0, 250) is the smallest sum
     assert not any(cache.iterdir())  # delete() removed the cache
+
+
+@pytest.fixture(scope="module")
+def standalone_master(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A Spark standalone master and one 2-core worker, real JVMs on 127.0.0.1, stopped afterwards."""
+    import pyspark
+
+    home = Path(pyspark.__file__).parent
+    logs = tmp_path_factory.mktemp("standalone")
+    env = {**os.environ, "SPARK_HOME": str(home), "SPARK_LOCAL_IP": "127.0.0.1", "PYSPARK_PYTHON": sys.executable}
+    url = f"spark://127.0.0.1:{free_port()}"
+    port = url.rsplit(":", 1)[1]
+    spark_class = str(home / "bin" / "spark-class")
+    commands = {
+        "master": [spark_class, "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1", "--port", port],
+        "worker": [spark_class, "org.apache.spark.deploy.worker.Worker", "--host", "127.0.0.1", "--cores", "2"],
+    }
+    commands["worker"] += ["--memory", "2g", url]
+    processes = []
+    try:
+        for name, command in commands.items():
+            log = logs / f"{name}.log"
+            with open(log, "w") as out:
+                processes.append(subprocess.Popen([*command, "--webui-port", "0"], env=env, stdout=out, stderr=out))
+            ready = "I have been elected leader" if name == "master" else "Successfully registered with master"
+            deadline = time.monotonic() + 90
+            while ready not in log.read_text():
+                assert time.monotonic() < deadline, f"the standalone {name} did not start:\n{log.read_text()[-3000:]}"
+                assert processes[-1].poll() is None, f"the standalone {name} exited:\n{log.read_text()[-3000:]}"
+                time.sleep(0.5)
+        yield url
+    finally:
+        for process in reversed(processes):
+            process.terminate()
+        for process in processes:
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+def test_executors_of_a_standalone_cluster_read_exact_shards(standalone_master, tmp_path) -> None:
+    cache = tmp_path / "standalone-cache"
+    job = Path(__file__).with_name("standalone_job.py")
+    done = subprocess.run(
+        [sys.executable, str(job), standalone_master, cache.as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    quarters = [sum(range(q * 2500, (q + 1) * 2500)) for q in range(4)]
+    assert seen["shards"] == [[q, 2500, quarters[q], True] for q in range(4)]
+    assert seen["driver_pid"] not in seen["executors"]  # read in the cluster's executor processes
+    assert not any(cache.iterdir())  # delete() from the driver removed the cache

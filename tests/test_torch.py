@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import socket
 import subprocess
 import sys
 import threading
@@ -18,6 +17,8 @@ from pyspark.ml.feature import VectorAssembler
 from pyspark.sql import functions as F
 
 from sparkfeed import make_spark_converter
+
+from helpers import free_port
 
 
 @pytest.fixture(scope="module")
@@ -75,12 +76,6 @@ def test_loader_closes_with_the_context_and_reports_len(regression) -> None:
     assert not [t for t in threading.enumerate() if t.name.startswith("sparkfeed-reader")]
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def test_ddp_ranks_train_in_lockstep_on_shards_of_unequal_size(spark, tmp_path) -> None:
     # 1,001 rows: one shard holds 501, the other 500; the default policy pads the short one to 501 rows,
     # so both ranks take the same number of DDP steps (an uneven count would hang the all-reduce).
@@ -89,7 +84,7 @@ def test_ddp_ranks_train_in_lockstep_on_shards_of_unequal_size(spark, tmp_path) 
     df = VectorAssembler(inputCols=["x0", "x1", "x2"], outputCol="features").transform(df)
     blob = tmp_path / "converter.pkl"
     blob.write_bytes(pickle.dumps(make_spark_converter(df.select("id", "features", "y"))))
-    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "WORLD_SIZE": "2"}
+    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "WORLD_SIZE": "2"}
     job = Path(__file__).with_name("ddp_job.py")
     ranks = [
         subprocess.Popen(
