@@ -140,3 +140,18 @@ def test_executors_of_a_standalone_cluster_read_exact_shards(standalone_master, 
     assert seen["shards"] == [[q, 2500, quarters[q], True] for q in range(4)]
     assert seen["driver_pid"] not in seen["executors"]  # read in the cluster's executor processes
     assert not any(cache.iterdir())  # delete() from the driver removed the cache
+
+
+def test_column_names_with_dots_spaces_and_keywords(spark) -> None:
+    df = spark.range(100).select(
+        F.col("id").alias("a.b"), (F.col("id") / 2).alias("my col"), F.array("id", "id").alias("class")
+    )
+    converter = make_spark_converter(df)  # array columns: written by the tasks' pyarrow writer
+    with converter.make_numpy_iterator(batch_size=100, num_epochs=1, schema_fields=["class", "a.b"]) as batches:
+        (batch,) = list(batches)
+    assert list(batch) == ["class", "a.b"]
+    np.testing.assert_array_equal(batch["class"][:, 1], batch["a.b"])
+    plain = make_spark_converter(df.drop("class"))  # no arrays: written by Spark's own writer
+    with plain.make_numpy_iterator(batch_size=100, num_epochs=1) as batches:
+        (batch,) = list(batches)
+    np.testing.assert_array_equal(batch["my col"], batch["a.b"] / 2)

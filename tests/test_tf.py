@@ -164,6 +164,15 @@ def test_a_null_string_is_refused_naming_the_column(spark) -> None:
             list(dataset)
 
 
+def test_columns_that_are_not_identifiers_are_renamed_with_a_warning(spark) -> None:
+    converter = make_spark_converter(spark.range(10).select(F.col("id").alias("a.b"), F.col("id").alias("ok")))
+    with pytest.warns(UserWarning, match=r"\{'a.b': '_0'\}"):
+        context = converter.make_tf_dataset(batch_size=10, num_epochs=1)
+    with context as dataset:
+        (batch,) = list(dataset)
+    assert batch._fields == ("_0", "ok") and batch._0.numpy().tolist() == batch.ok.numpy().tolist()
+
+
 def test_missing_tensorflow_names_the_extra(mixed, monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "tensorflow", None)
     with pytest.raises(ImportError, match=r"pip install 'sparkfeed\[tf\]'"):

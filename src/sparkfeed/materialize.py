@@ -46,6 +46,7 @@ from sparkfeed.writer import (
     list_shape_stats,
     merge_shape_stats,
     partition_writer,
+    positional_names,
     ship_by_value,
 )
 
@@ -188,8 +189,8 @@ def _write_with_tasks(
     fs.create_dir(root, recursive=True)
     ship_by_value()
     codec = "none" if options.codec == "uncompressed" else options.codec
-    writer = partition_writer(cache_url, codec, options.row_group_size_bytes)
-    results = df.mapInArrow(writer, RESULT_SCHEMA).collect()
+    writer = partition_writer(cache_url, codec, options.row_group_size_bytes, df.columns)
+    results = df.toDF(*positional_names(len(df.columns))).mapInArrow(writer, RESULT_SCHEMA).collect()
     manifest = _manifest(results, _logical_schema(df), options, identity, spark)
     _remove_strays(fs, root, {entry.path for entry in manifest.files})
     return manifest

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import collections
 import functools
+import warnings
 from collections.abc import Callable, Iterator
 from types import ModuleType, TracebackType
 from typing import Any
@@ -116,7 +117,16 @@ class TfDatasetContext:
                 _spec(self._tf, name, a.dtype, a.shape[1:], a.dtype == object and _holds_arrays(a))
                 for name, a in first.items()
             ]
-        row = collections.namedtuple("Row", [spec.name for spec in specs], rename=True)  # type: ignore[misc]
+        names = [spec.name for spec in specs]
+        row = collections.namedtuple("Row", names, rename=True)  # type: ignore[misc]
+        fields: tuple[str, ...] = row._fields
+        renamed = {name: field for name, field in zip(names, fields, strict=True) if name != field}
+        if renamed:
+            warnings.warn(
+                f"columns that are not Python identifiers are these fields of the dataset's namedtuples: {renamed}; "
+                "rename them in Spark to keep their names",
+                stacklevel=4,
+            )
         return row(*specs)
 
     def _generate(self) -> Iterator[Any]:

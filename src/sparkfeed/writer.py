@@ -161,13 +161,21 @@ class _File:
 
 
 def partition_writer(
-    cache_url: str, codec: str, group_bytes: int
+    cache_url: str, codec: str, group_bytes: int, names: list[str]
 ) -> Callable[[Iterable[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
     """The ``mapInArrow`` function that writes one partition into the cache directory.
 
     A task's batches usually share one encoding; a batch whose arrays differ in shape or hold
     nulls goes to a second file with plain lists. Files of a failed task attempt are never in
     the manifest, which lists exactly the files that the successful tasks return.
+
+    Args:
+        cache_url: The cache directory the files go to.
+        codec: Parquet compression codec.
+        group_bytes: Target row-group size in bytes.
+        names: The DataFrame's column names, written to the files. The batches arrive with
+            positional stand-ins (see :func:`positional_names`), since pyspark's ``mapInArrow``
+            cannot resolve a column whose name holds a dot.
     """
 
     def write(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
@@ -182,7 +190,7 @@ def partition_writer(
             if not batch.num_rows:
                 continue
             columns, packed = [], {}
-            for name, column in zip(batch.schema.names, batch.columns, strict=True):
+            for name, column in zip(names, batch.columns, strict=True):
                 if is_list_type(column.type):
                     stats = list_shape_stats(column)
                     shapes[name] = merge_shape_stats([shapes.get(name, []), stats])
@@ -191,7 +199,7 @@ def partition_writer(
                         column = pack(column, shape)
                         packed[name] = list(shape)
                 columns.append(column)
-            encoded = pa.RecordBatch.from_arrays(columns, names=batch.schema.names)
+            encoded = pa.RecordBatch.from_arrays(columns, names=names)
             signature = tuple(sorted((k, tuple(v)) for k, v in packed.items()))
             if signature not in files:
                 files[signature] = (_File(fs, root, partition, encoded.schema, codec, group_bytes), packed)
@@ -212,6 +220,11 @@ def partition_writer(
         )
 
     return write
+
+
+def positional_names(count: int) -> list[str]:
+    """Plain stand-ins for a DataFrame's column names while Spark hands its rows to the writer."""
+    return [f"_sparkfeed_{i}" for i in range(count)]
 
 
 def ship_by_value() -> None:
