@@ -80,7 +80,7 @@ def test_unknown_keyword_lists_the_accepted_ones(spark) -> None:
     converter = make_spark_converter(spark.range(3))
     with pytest.raises(TypeError, match=r"\['shuffle'\]; accepted keywords: batch_size, cur_shard"):
         converter.make_numpy_iterator(shuffle=True)
-    with pytest.raises(TypeError, match=r"\['data_loader_fn'\]"):
+    with pytest.raises(TypeError, match=r"\['data_loader_fn'\]; data_loader_fn: .*already batched.*drop it"):
         converter.make_torch_dataloader(data_loader_fn=list)
 
 

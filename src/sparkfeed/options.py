@@ -193,6 +193,16 @@ def reader_options(
     return ReaderOptions(transform_spec=transform_spec, schema_fields=fields, **kwargs)  # type: ignore[arg-type]
 
 
+PETASTORM_ONLY = {
+    "data_loader_fn": "sparkfeed's loader is already batched (as BatchedDataLoader): drop it",
+    "shard_seed": "shards split rows in order, and seed shuffles within them: drop it",
+    "results_queue_size": "prefetch bounds what is read ahead",
+    "cache_type": "the converter's Parquet cache is the only cache",
+    "hdfs_driver": "Arrow's filesystems read the cache URL",
+}
+"""Petastorm arguments without a sparkfeed counterpart, and what to do instead."""
+
+
 def known_keywords(fn: _F) -> _F:
     """Turns Python's terse unexpected-keyword error into one that lists what is accepted.
 
@@ -213,8 +223,9 @@ def known_keywords(fn: _F) -> _F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         unknown = sorted(set(kwargs) - set(accepted))
         if unknown:
+            hints = "".join(f"; {name}: {PETASTORM_ONLY[name]}" for name in unknown if name in PETASTORM_ONLY)
             raise TypeError(
-                f"{fn.__qualname__}() got unexpected keyword argument(s) {unknown}; "
+                f"{fn.__qualname__}() got unexpected keyword argument(s) {unknown}{hints}; "
                 f"accepted keywords: {', '.join(accepted)}"
             )
         return fn(*args, **kwargs)
