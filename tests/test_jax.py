@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import pickle
+import subprocess
 import sys
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -237,3 +241,17 @@ def test_a_sharding_places_each_batch_from_numpy(regression) -> None:
     assert batch["x"].sharding == sharding and batch["x"].shape == (100, 3)
     with pytest.raises(ValueError, match="give device or sharding, not both"):
         jax_format(100, device=jax.devices()[0], sharding=sharding)
+
+
+def test_a_sharding_over_two_devices_splits_every_batch(spark, tmp_path) -> None:
+    converter = make_spark_converter(spark.range(101).select(F.array(F.col("id") * 1.0, F.lit(1.0)).alias("x")))
+    blob = tmp_path / "converter.pkl"
+    blob.write_bytes(pickle.dumps(converter))
+    job = Path(__file__).with_name("jax_sharding_job.py")
+    done = subprocess.run([sys.executable, str(job), str(blob)], capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    assert seen["devices"] == 2 and seen["batches"] == seen["expected"] == 5 and seen["equal"]
+    assert seen["shard_shapes"] == [["cpu:0", [10, 2]], ["cpu:1", [10, 2]]]  # half a batch on each device
+    # Without drop_last the epoch's 1-row batch cannot be split in two: said so, with the fix.
+    assert "a batch of 1 rows cannot be placed" in seen["error"] and "drop_last=True" in seen["error"]

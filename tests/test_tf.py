@@ -173,6 +173,15 @@ def test_columns_that_are_not_identifiers_are_renamed_with_a_warning(spark) -> N
     assert batch._fields == ("_0", "ok") and batch._0.numpy().tolist() == batch.ok.numpy().tolist()
 
 
+def test_drop_last_leaves_out_each_epochs_short_batch(mixed) -> None:
+    with mixed.make_tf_dataset(batch_size=64, num_epochs=2, drop_last=True, seed=1) as dataset:
+        assert int(dataset.cardinality()) == 8
+        sizes = [int(b.id.shape[0]) for b in dataset]
+    assert sizes == [64] * 8  # 300 rows an epoch: 4 full batches, the 44-row tail left out
+    with pytest.raises(ValueError, match="drop_last=1 is not allowed"):
+        mixed.make_tf_dataset(drop_last=1)
+
+
 def test_missing_tensorflow_names_the_extra(mixed, monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "tensorflow", None)
     with pytest.raises(ImportError, match=r"pip install 'sparkfeed\[tf\]'"):

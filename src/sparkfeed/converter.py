@@ -156,11 +156,12 @@ class SparkDatasetConverter:
         from sparkfeed.tf import TfDatasetContext
 
         prefetch = kwargs.pop("prefetch", None)
+        drop_last = kwargs.pop("drop_last", False)
 
-        def reader(rows: int, epochs: int | None) -> Reader[Columns]:
-            return self._reader(NUMPY, rows, epochs, workers_count, **kwargs)
+        def reader(rows: int, epochs: int | None, drop: bool) -> Reader[Columns]:
+            return self._reader(NUMPY, rows, epochs, workers_count, drop_last=drop, **kwargs)
 
-        return TfDatasetContext(reader, batch_size, num_epochs, prefetch)
+        return TfDatasetContext(reader, batch_size, num_epochs, prefetch, drop_last)
 
     @known_keywords
     def make_jax_iterator(

@@ -115,8 +115,19 @@ def _is_numeric(array: np.ndarray) -> bool:
 def _place(columns: Columns, target: Any, x64: bool) -> dict[str, Any]:
     """One batch put on ``target`` array by array: the slow path, for batches not cut on the device."""
     host = _host(columns, x64)
-    with _x64_scope(x64):
-        placed = import_jax().device_put({name: array for name, array in host.items() if _is_numeric(array)}, target)
+    numeric = {name: array for name, array in host.items() if _is_numeric(array)}
+    try:
+        with _x64_scope(x64):
+            placed = import_jax().device_put(numeric, target)
+    except ValueError as error:
+        if not numeric or "divide" not in str(error):
+            raise
+        rows = len(next(iter(numeric.values())))
+        raise ValueError(
+            f"a batch of {rows} rows cannot be placed with {target}, which splits the batch dimension "
+            "evenly: pass drop_last=True to leave out each epoch's short last batch, and a batch_size "
+            "that the sharding divides"
+        ) from error
     return {name: placed.get(name, array) for name, array in host.items()}
 
 

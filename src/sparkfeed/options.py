@@ -76,6 +76,7 @@ class ReaderOptions:
     schema_fields: tuple[str, ...] | None = None
     transform_spec: TransformSpec | None = None
     reader_pool_type: PoolType = "thread"
+    drop_last: bool = False
 
     def __post_init__(self) -> None:
         _check_int("batch_size", self.batch_size, 1)
@@ -103,8 +104,9 @@ class ReaderOptions:
             raise ValueError(
                 f"reader_pool_type={self.reader_pool_type!r} is not allowed: it must be one of {POOL_TYPES}"
             )
-        if not isinstance(self.shuffle_row_groups, bool):
-            raise ValueError(f"shuffle_row_groups={self.shuffle_row_groups!r} is not allowed: it must be a bool")
+        for name in ("shuffle_row_groups", "drop_last"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name}={getattr(self, name)!r} is not allowed: it must be a bool")
         if self.schema_fields is not None:
             if isinstance(self.schema_fields, str) or not all(isinstance(f, str) for f in self.schema_fields):
                 raise ValueError(
@@ -158,6 +160,9 @@ class ReaderArgs(TypedDict, total=False):
             pyarrow releases the GIL. ``"process"``: forked worker processes (spawned off Linux)
             read and transform, for transforms that hold the GIL, such as decoding many small
             images with Pillow; each chunk is written once to shared memory (``/dev/shm``).
+        drop_last: Leave out each epoch's last batch when it is short (as torch's ``drop_last``
+            and tf.data's ``drop_remainder``): every batch then has one shape, which jitted
+            steps compile once for and a sharding can always split.
     """
 
     prefetch: int | None
@@ -171,6 +176,7 @@ class ReaderArgs(TypedDict, total=False):
     transform_spec: TransformSpec | None
     transform_fn: Callable[[Any], Any] | None
     reader_pool_type: PoolType
+    drop_last: bool
 
 
 def reader_options(

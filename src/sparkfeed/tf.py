@@ -79,37 +79,45 @@ class TfDatasetContext:
     """What ``make_tf_dataset`` returns: entering gives the dataset, leaving stops the reader.
 
     Args:
-        make_reader: ``(rows per batch, num_epochs) -> Reader`` with the user's reader arguments.
+        make_reader: ``(rows per batch, num_epochs, drop_last) -> Reader`` with the user's reader arguments.
         batch_size: Rows per batch.
         num_epochs: Epochs per iteration of the dataset (None: forever).
         prefetch: tf.data prefetch buffer (None: AUTOTUNE).
+        drop_last: Leave out each epoch's short last batch.
     """
 
     def __init__(
         self,
-        make_reader: Callable[[int, int | None], Reader[Columns]],
+        make_reader: Callable[[int, int | None, bool], Reader[Columns]],
         batch_size: int,
         num_epochs: int | None,
         prefetch: int | None,
+        drop_last: bool = False,
     ) -> None:
         self._tf = import_tf()
         if prefetch is not None and (isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 0):
             raise ValueError(f"prefetch={prefetch!r} is not allowed: it must be an integer >= 0 or None (AUTOTUNE)")
+        if not isinstance(drop_last, bool):
+            raise ValueError(f"drop_last={drop_last!r} is not allowed: it must be a bool")
         per_super = max(1, SUPER_BATCH_ROWS // batch_size)
-        self._reader = make_reader(batch_size * per_super, num_epochs)
-        self._batches = None if num_epochs is None else num_epochs * -(-self._reader.num_rows // batch_size)
+        # Super-batches hold whole batches, so only an epoch's last one has a short tail: rebatch
+        # drops it there; the reader itself drops only when it reads batch by batch.
+        self._reader = make_reader(batch_size * per_super, num_epochs, drop_last and per_super == 1)
+        per_epoch = self._reader.num_rows // batch_size if drop_last else -(-self._reader.num_rows // batch_size)
+        self._batches = None if num_epochs is None else num_epochs * per_epoch
+        self._drop_last = drop_last
         self._batch_size = batch_size
         self._rebatch = per_super > 1
         self._prefetch = prefetch
         self._signature = self._infer_signature(make_reader)
 
-    def _infer_signature(self, make_reader: Callable[[int, int | None], Reader[Columns]]) -> Any:
+    def _infer_signature(self, make_reader: Callable[[int, int | None, bool], Reader[Columns]]) -> Any:
         """The element spec: from the cache's schema, or after a transform from one read batch."""
         known = self._reader.columns
         if known is not None:
             specs = [_spec(self._tf, name, c.numpy_dtype, c.shape, c.kind == "ragged") for name, c in known.items()]
         else:
-            with make_reader(1, 1) as probe:
+            with make_reader(1, 1, False) as probe:
                 first = next(iter(probe), None)
             if first is None:
                 raise ValueError("make_tf_dataset needs at least one row to know the dataset's element spec")
@@ -141,8 +149,8 @@ class TfDatasetContext:
         tf = self._tf
         dataset = tf.data.Dataset.from_generator(self._generate, output_signature=self._signature)
         if self._rebatch:
-            size = self._batch_size
-            dataset = dataset.flat_map(lambda row: tf.data.Dataset.from_tensors(row).rebatch(size))
+            size, drop = self._batch_size, self._drop_last
+            dataset = dataset.flat_map(lambda row: tf.data.Dataset.from_tensors(row).rebatch(size, drop))
         if self._batches is not None and not self._reader.filters_rows:
             # A known length lets Keras show progress and end epochs without a warning.
             dataset = dataset.apply(tf.data.experimental.assert_cardinality(self._batches))

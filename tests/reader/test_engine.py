@@ -50,6 +50,22 @@ def test_one_epoch_yields_every_row_once_with_a_last_partial_batch(converter) ->
     np.testing.assert_array_equal(pair, np.stack([ids, ids + 1], axis=1))
 
 
+def test_drop_last_leaves_out_only_each_epochs_short_batch(converter) -> None:
+    kwargs = {"batch_size": 128, "num_epochs": 2, "seed": 5, "shuffling_queue_capacity": 500}
+    with converter.make_numpy_iterator(**kwargs) as batches:
+        kept = [b["id"] for b in batches]
+    with converter.make_numpy_iterator(drop_last=True, **kwargs) as batches:
+        dropped = [b["id"] for b in batches]
+        assert len(batches) == len(dropped) == 2 * 23
+    assert [len(ids) for ids in dropped] == [128] * 46
+    short = [i for i, ids in enumerate(kept) if len(ids) < 128]
+    assert short == [23, 47]  # each epoch's last batch, and only those, are left out
+    expected = [ids for i, ids in enumerate(kept) if i not in short]
+    assert all(np.array_equal(a, b) for a, b in zip(dropped, expected, strict=True))
+    with pytest.raises(ValueError, match="drop_last='yes' is not allowed: it must be a bool"):
+        converter.make_numpy_iterator(drop_last="yes")
+
+
 def test_batches_do_not_span_epochs(converter) -> None:
     with converter.make_numpy_iterator(batch_size=1000, num_epochs=3, seed=1) as batches:
         sizes = [len(b["id"]) for b in batches]

@@ -41,6 +41,7 @@ SETTINGS = {
     "shuffled": {"seed": 4, "shuffling_queue_capacity": 300},
     "unseeded": {"shuffling_queue_capacity": 300},
     "sharded+transform": {"seed": 1, "cur_shard": 1, "shard_count": 3, "transform_fn": _double},
+    "drop_last": {"seed": 2, "shuffling_queue_capacity": 300, "cur_shard": 0, "shard_count": 3, "drop_last": True},
 }
 
 

@@ -71,11 +71,13 @@ class Batcher(Generic[C]):
     Args:
         fmt: The chunks' format.
         batch_size: Rows per batch.
+        drop_last: Leave the last batch out when it is smaller.
     """
 
-    def __init__(self, fmt: BatchFormat[C], batch_size: int) -> None:
+    def __init__(self, fmt: BatchFormat[C], batch_size: int, drop_last: bool = False) -> None:
         self._fmt = fmt
         self._batch_size = batch_size
+        self._drop_last = drop_last
 
     def _parts(self, chunk: C, sizes: list[int]) -> Iterator[C]:
         """The chunk cut into ``sizes``, at most :data:`SPLIT_GROUP` parts per split call.
@@ -123,5 +125,5 @@ class Batcher(Generic[C]):
                 if pending_rows == size:
                     yield self._fmt.concat(pending), key, consumed
                     pending, pending_rows = [], 0
-        if pending_rows:
+        if pending_rows and not self._drop_last:
             yield self._fmt.concat(pending), key, consumed

@@ -46,8 +46,9 @@ class Reader(Generic[C]):
 
     Iterating runs ``num_epochs`` epochs (forever when None); iterating again continues with
     the following epochs, so a fixed seed still gives every epoch its own order. Batches never
-    span two epochs: each epoch ends with its partial batch. ``state_dict()`` after any batch and
-    ``load_state_dict()`` on a new reader continue with exactly the batches that remained.
+    span two epochs: each epoch ends with its partial batch (left out with ``drop_last``).
+    ``state_dict()`` after any batch and ``load_state_dict()`` on a new reader continue with
+    exactly the batches that remained.
 
     Args:
         root_url: The dataset's directory URL.
@@ -127,7 +128,7 @@ class Reader(Generic[C]):
                 rows = sum(s.rows for s in remainder(self._segments(epoch), start.segment, start.offset))
             else:
                 rows = self._rows
-            batches += math.ceil(rows / self._options.batch_size)
+            batches += (math.floor if self._options.drop_last else math.ceil)(rows / self._options.batch_size)
         return batches
 
     def _iteration_range(self) -> tuple[Position, int]:
@@ -178,7 +179,7 @@ class Reader(Generic[C]):
         self._pool = pool
         raw = pool.imap(self._work(start, end))
         results = raw if exchange is None else ((w, convert(exchange.load(c))) for w, c in raw)
-        batcher = Batcher(self._fmt, options.batch_size)
+        batcher = Batcher(self._fmt, options.batch_size, options.drop_last)
         try:
             for epoch, items in itertools.groupby(results, key=lambda item: item[0].epoch):
                 chunks = (((work.index, work.skip), chunk) for work, chunk in items)
