@@ -145,10 +145,11 @@ class SegmentReader:
         days = np.dtype("datetime64[D]")
         for name, array in columns.items():
             spec = self._specs.get(name)
-            if spec is None or spec.kind != "scalar" or spec.numpy_dtype != days or array.dtype.kind != "M":
+            already_days_or_not_a_date = array.dtype.kind != "M" or array.dtype == days
+            if already_days_or_not_a_date or spec is None or spec.kind != "scalar" or spec.numpy_dtype != days:
                 continue
             whole = array.astype(days)
-            if array.dtype != days and bool((whole == array).all()):
+            if bool((whole == array).all()):
                 columns[name] = whole
         return columns
 
