@@ -17,7 +17,8 @@ from pyspark.sql import functions as F
 
 import sparkfeed.materialize
 from sparkfeed import make_spark_converter
-from sparkfeed.cache import MANIFEST_NAME, read_manifest, resolve_cache_dir, to_url
+from sparkfeed.cache import MANIFEST_NAME, read_manifest, resolve_cache_dir
+from sparkfeed.location import Location
 
 from helpers import by_id, concat
 
@@ -28,20 +29,24 @@ def _ids(converter) -> list[int]:
 
 
 def _local(url: str) -> Path:
-    assert url.startswith("file://")
-    return Path(url.removeprefix("file://"))
+    return Path(Location.parse(url).local_path)
+
+
+def to_url(path: str) -> str:
+    return Location.parse(path).url
 
 
 def test_cache_dir_resolution_order(monkeypatch) -> None:
     conf = {"sparkfeed.cacheDir": "/a", "petastorm.spark.converter.parentCacheDirUrl": "file:///b"}
     monkeypatch.setenv("SPARKFEED_CACHE_DIR", "/c")
-    assert resolve_cache_dir("s3://bucket/x/", conf.get) == "s3://bucket/x"
-    assert resolve_cache_dir(None, conf.get) == "file:///a"
+    assert resolve_cache_dir("s3://bucket/x/", conf.get).url == "s3://bucket/x"
+    assert resolve_cache_dir(None, conf.get).url == "file:///a"
     conf.pop("sparkfeed.cacheDir")
-    assert resolve_cache_dir(None, conf.get) == "file:///b"
-    assert resolve_cache_dir(None, {}.get) == "file:///c"
+    assert resolve_cache_dir(None, conf.get).url == "file:///b"
+    assert resolve_cache_dir(None, {}.get).url == "file:///c"
     monkeypatch.delenv("SPARKFEED_CACHE_DIR")
-    assert resolve_cache_dir(None, None).startswith("file:///") and "sparkfeed-cache" in resolve_cache_dir(None, None)
+    default = resolve_cache_dir(None, None).url
+    assert default.startswith("file:///") and "sparkfeed-cache" in default
     assert to_url("relative/dir") == "file://" + os.path.abspath("relative/dir")
 
 
@@ -50,9 +55,9 @@ def test_cache_lands_in_conf_dir_with_manifest(spark, cache_root) -> None:
     directory = _local(converter.cache_dir_url)
     assert directory.parent == cache_root
     assert (directory / MANIFEST_NAME).is_file()
-    assert all(Path(url.removeprefix("file://")).is_file() for url in converter.file_urls)
+    assert all(_local(url).is_file() for url in converter.file_urls)
     assert converter.dataset_size == len(converter) == 50
-    manifest = read_manifest(converter.cache_dir_url)
+    manifest = read_manifest(converter.location)
     assert manifest is not None and manifest.num_rows == 50
     assert manifest.created_by["pid"] == os.getpid()
     assert manifest.created_by["spark_app_id"] == spark.sparkContext.applicationId
@@ -159,7 +164,7 @@ def test_interrupt_before_manifest_leaves_no_cache(spark, tmp_path, monkeypatch)
 
 def test_directory_without_manifest_is_not_a_cache(spark, tmp_path) -> None:
     spark.range(3).write.parquet(str(tmp_path / "half"))
-    assert read_manifest(to_url(str(tmp_path / "half"))) is None
+    assert read_manifest(Location.parse(tmp_path / "half")) is None
 
 
 def test_unreadable_url_is_refused_before_spark_runs(spark) -> None:

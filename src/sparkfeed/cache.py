@@ -14,17 +14,19 @@ import dataclasses
 import datetime
 import json
 import os
+import shutil
+import stat
 import tempfile
 import threading
 import uuid
 import warnings
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import urlparse
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 
+from sparkfeed.location import Location
 from sparkfeed.writer import ShapeStats
 
 MANIFEST_NAME = "_sparkfeed_manifest.json"
@@ -39,10 +41,10 @@ def default_cache_dir() -> str:
     return os.path.join(tempfile.gettempdir(), "sparkfeed-cache")
 
 
-def resolve_cache_dir(explicit: str | None, spark_conf: Callable[[str], str | None] | None) -> str:
-    """Picks the parent cache URL: argument, Spark confs, environment, then the temp dir.
+def resolve_cache_dir(explicit: str | None, spark_conf: Callable[[str], str | None] | None) -> Location:
+    """Picks the parent cache location: argument, Spark confs, environment, then the temp dir.
 
-    Plain paths become absolute ``file://`` URLs, because on a cluster Spark would read a bare
+    Plain paths become absolute local locations, because on a cluster Spark would read a bare
     path against the default filesystem (often HDFS) while the reader would read it locally.
     """
     candidates = [explicit]
@@ -50,33 +52,7 @@ def resolve_cache_dir(explicit: str | None, spark_conf: Callable[[str], str | No
         candidates += [spark_conf(CACHE_DIR_CONF), spark_conf(PETASTORM_CACHE_DIR_CONF)]
     candidates += [os.environ.get(CACHE_DIR_ENV), default_cache_dir()]
     chosen = next(c for c in candidates if c)
-    return to_url(chosen)
-
-
-def to_url(path_or_url: str) -> str:
-    """A URL with a scheme; plain paths are made absolute and get ``file://``."""
-    if "://" in path_or_url:
-        return path_or_url.rstrip("/")
-    return "file://" + os.path.abspath(os.path.expanduser(path_or_url))
-
-
-def filesystem(url: str) -> tuple[pafs.FileSystem, str]:
-    """The pyarrow filesystem and path of a URL, or an error that says what would work.
-
-    Raises:
-        ValueError: pyarrow cannot open this URL. Spark may still be able to write it, but the
-            reader could not read the cache back.
-    """
-    try:
-        fs, path = pafs.FileSystem.from_uri(url)
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as error:
-        scheme = urlparse(url).scheme
-        raise ValueError(
-            f"cache directory {url!r}: pyarrow cannot open the scheme {scheme!r} ({error}). The reader "
-            "reads the cache with pyarrow, so choose a location both Spark and pyarrow reach: a local or "
-            "shared path (file://), or s3://, gs://, hdfs:// where pyarrow has support built in"
-        ) from error
-    return fs, path
+    return Location.parse(chosen)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,12 +60,14 @@ class FileEntry:
     """One Parquet file of a cache: its path relative to the cache root and its row groups' sizes.
 
     ``packed`` names the list columns this file stores as ``fixed_size_binary``, with their
-    per-row shape (see :mod:`sparkfeed.writer`).
+    per-row shape (see :mod:`sparkfeed.writer`). ``partition`` holds the values of a
+    hive-partitioned dataset's partition columns (``year=2024/``), which the file itself lacks.
     """
 
     path: str
     row_groups: tuple[int, ...]
     packed: dict[str, tuple[int, ...]] = dataclasses.field(default_factory=dict)
+    partition: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     @property
     def num_rows(self) -> int:
@@ -141,6 +119,7 @@ class Manifest:
                         "path": f.path,
                         "row_groups": list(f.row_groups),
                         "packed": {k: list(v) for k, v in f.packed.items()},
+                        **({"partition": f.partition} if f.partition else {}),
                     }
                     for f in self.files
                 ],
@@ -150,16 +129,32 @@ class Manifest:
 
     @classmethod
     def from_json(cls, text: str) -> Manifest:
-        """Parses a manifest file; refuses formats this version does not know."""
+        """Parses a manifest file; refuses formats this version does not know.
+
+        Raises:
+            ValueError, KeyError, TypeError: The text is not a whole manifest (see
+                :func:`read_manifest`, which reports them as one error).
+        """
         data = json.loads(text)
-        if data.get("format") != MANIFEST_FORMAT:
-            raise ValueError(f"cache manifest format {data.get('format')!r} is not supported (expected 1)")
+        if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT:
+            found = data.get("format") if isinstance(data, dict) else type(data).__name__
+            raise ValueError(f"cache manifest format {found!r} is not supported (expected {MANIFEST_FORMAT})")
         schema = pa.ipc.read_schema(pa.py_buffer(base64.b64decode(data["schema"])))
+        files = tuple(
+            FileEntry(
+                str(f["path"]),
+                tuple(int(rows) for rows in f["row_groups"]),
+                {k: tuple(int(n) for n in v) for k, v in f["packed"].items()},
+                dict(f.get("partition", {})),
+            )
+            for f in data["files"]
+        )
+        if any(rows < 0 for entry in files for rows in entry.row_groups) or sum(e.num_rows for e in files) != int(
+            data["num_rows"]
+        ):
+            raise ValueError("the files' row counts do not add up to the manifest's num_rows")
         return cls(
-            files=tuple(
-                FileEntry(f["path"], tuple(f["row_groups"]), {k: tuple(v) for k, v in f["packed"].items()})
-                for f in data["files"]
-            ),
+            files=files,
             schema=schema,
             shapes={k: [(low, high) for low, high in v] for k, v in data["shapes"].items()},
             options=data["options"],
@@ -169,9 +164,13 @@ class Manifest:
         )
 
 
-def write_manifest(cache_url: str, manifest: Manifest) -> None:
+class CorruptManifestError(ValueError):
+    """A manifest file that exists but cannot be parsed: a torn write, or not ours."""
+
+
+def write_manifest(location: Location, manifest: Manifest) -> None:
     """Writes the manifest, the step that makes a cache complete: it must come last."""
-    fs, path = filesystem(cache_url)
+    fs, path = location.filesystem, location.path
     target = f"{path}/{MANIFEST_NAME}"
     if isinstance(fs, pafs.LocalFileSystem):
         # Local rename is atomic, so a reader never sees half a manifest.
@@ -185,27 +184,120 @@ def write_manifest(cache_url: str, manifest: Manifest) -> None:
             stream.write(manifest.to_json().encode())
 
 
-def read_manifest(cache_url: str) -> Manifest | None:
-    """The manifest of a complete cache, or None when the cache is absent or incomplete."""
-    fs, path = filesystem(cache_url)
+def read_manifest(location: Location) -> Manifest | None:
+    """The manifest of a complete cache, or None when the cache is absent or incomplete.
+
+    Raises:
+        CorruptManifestError: A manifest is there but cannot be read: the message names it.
+    """
+    fs, path = location.filesystem, location.path
     try:
         with fs.open_input_stream(f"{path}/{MANIFEST_NAME}") as stream:
-            return Manifest.from_json(stream.read().decode())
-    except FileNotFoundError:
+            text = stream.read()
+    except (FileNotFoundError, NotADirectoryError):  # nothing there, or a single file
         return None
+    try:
+        return Manifest.from_json(text.decode())
+    except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError, pa.ArrowException) as error:
+        raise CorruptManifestError(
+            f"the manifest {location.child(MANIFEST_NAME)} cannot be read ({type(error).__name__}: {error})"
+        ) from error
 
 
-def new_cache_url(parent_url: str) -> str:
-    """A fresh, unique directory for one materialization: concurrent writers never collide."""
+# --------------------------------------------------------------------------- what is ours
+
+MARKER_NAME = "_sparkfeed_cache.json"
+"""Written into every cache directory when it is created, before anything else."""
+
+
+def create_cache_dir(parent: Location) -> tuple[Location, str]:
+    """A fresh, unique directory for one materialization, marked as sparkfeed's.
+
+    Returns the directory and the token written into its marker: only a holder of the token
+    (the converter this process made, and its pickled copies) may delete it. Locally the
+    directory is created exclusively, so it cannot be one that existed before; on object
+    stores, where directories do not exist, the prefix must hold nothing yet.
+    """
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%S")
-    return f"{parent_url}/sparkfeed-{stamp}-{uuid.uuid4().hex[:12]}"
+    location = parent.child(f"sparkfeed-{stamp}-{uuid.uuid4().hex[:12]}")
+    token = uuid.uuid4().hex
+    fs, path = location.filesystem, location.path
+    if location.is_local:
+        os.makedirs(parent.local_path, exist_ok=True)
+        os.mkdir(path)  # FileExistsError rather than writing into a directory that is not ours
+    elif fs.get_file_info(pafs.FileSelector(path, allow_not_found=True)):
+        raise FileExistsError(f"{location} already holds objects; sparkfeed writes caches only into new prefixes")
+    else:
+        fs.create_dir(path, recursive=True)
+    marker = {"sparkfeed": True, "token": token, "pid": os.getpid(), "host": _hostname()}
+    try:
+        with fs.open_output_stream(f"{path}/{MARKER_NAME}") as stream:
+            stream.write(json.dumps(marker).encode())
+    except BaseException:
+        if location.is_local:
+            with contextlib.suppress(OSError):
+                os.rmdir(path)  # empty: it cannot hold anything but what we just failed to write
+        raise
+    return location, token
 
 
-def delete_cache(cache_url: str) -> None:
-    """Removes a cache directory; a missing one is not an error."""
-    fs, path = filesystem(cache_url)
-    with contextlib.suppress(FileNotFoundError):
-        fs.delete_dir(path)
+def _hostname() -> str:
+    import socket
+
+    return socket.gethostname()
+
+
+class NotOursError(ValueError):
+    """A directory that sparkfeed was asked to delete but did not create."""
+
+
+def delete_cache(location: Location, token: str) -> None:
+    """Removes a cache directory that this process created; a missing one is not an error.
+
+    It must hold the marker written by :func:`create_cache_dir` with this token, and locally
+    it must be a real directory, not a symbolic link: the removal never follows a link out of
+    the cache (``shutil.rmtree`` unlinks links inside it and does not descend into them).
+
+    Raises:
+        NotOursError: The directory is not a sparkfeed cache made with this token; nothing
+            was deleted.
+    """
+    fs, path = location.filesystem, location.path
+    if location.is_local:
+        try:
+            info = os.lstat(path)
+        except FileNotFoundError:
+            return
+        if not stat.S_ISDIR(info.st_mode):
+            raise NotOursError(f"not deleting {path}: it is not a directory (a symbolic link or a file)")
+    elif fs.get_file_info(path).type == pafs.FileType.NotFound and not fs.get_file_info(
+        pafs.FileSelector(path, allow_not_found=True)
+    ):
+        return
+    if _marker_token(location) != token:
+        raise NotOursError(
+            f"not deleting {location}: it does not hold the marker sparkfeed wrote when it created this cache, "
+            "so it is not (or no longer) sparkfeed's"
+        )
+    if location.is_local:
+        shutil.rmtree(path)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            fs.delete_dir(path)
+
+
+def _marker_token(location: Location) -> str | None:
+    fs, path = location.filesystem, location.path
+    marker = f"{path}/{MARKER_NAME}"
+    try:
+        if location.is_local and not stat.S_ISREG(os.lstat(marker).st_mode):
+            return None
+        with fs.open_input_stream(marker) as stream:
+            data = json.loads(stream.read().decode())
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+    token = data.get("token") if isinstance(data, dict) else None
+    return token if isinstance(token, str) else None
 
 
 class _Owned:
@@ -213,30 +305,30 @@ class _Owned:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._urls: dict[str, int] = {}
+        self._caches: dict[Location, tuple[str, int]] = {}
         atexit.register(self.delete_all)
 
-    def add(self, cache_url: str) -> None:
+    def add(self, location: Location, token: str) -> None:
         with self._lock:
-            self._urls[cache_url] = os.getpid()
+            self._caches[location] = (token, os.getpid())
 
-    def discard(self, cache_url: str) -> None:
+    def discard(self, location: Location) -> None:
         with self._lock:
-            self._urls.pop(cache_url, None)
+            self._caches.pop(location, None)
 
-    def __contains__(self, cache_url: object) -> bool:
-        return cache_url in self._urls
+    def __contains__(self, location: object) -> bool:
+        return location in self._caches
 
     def delete_all(self) -> None:
         with self._lock:
             # A forked child inherits this table but must not delete its parent's caches.
-            urls = [url for url, pid in self._urls.items() if pid == os.getpid()]
-            self._urls.clear()
-        for url in urls:
+            caches = [(loc, token) for loc, (token, pid) in self._caches.items() if pid == os.getpid()]
+            self._caches.clear()
+        for location, token in caches:
             try:
-                delete_cache(url)
+                delete_cache(location, token)
             except Exception as error:  # noqa: BLE001 - at exit, a warning is all we may do
-                warnings.warn(f"sparkfeed could not delete cache {url} at exit: {error}", stacklevel=1)
+                warnings.warn(f"sparkfeed could not delete cache {location} at exit: {error}", stacklevel=1)
 
 
 owned_caches = _Owned()

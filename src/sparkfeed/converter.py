@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
 from typing import TYPE_CHECKING, Any, Unpack
@@ -9,14 +10,15 @@ from typing import TYPE_CHECKING, Any, Unpack
 from sparkfeed.cache import (
     CACHE_DIR_CONF,
     PETASTORM_CACHE_DIR_CONF,
+    CorruptManifestError,
     Manifest,
     delete_cache,
     owned_caches,
     read_manifest,
     resolve_cache_dir,
-    to_url,
 )
-from sparkfeed.materialize import describe, identify, materialize, registry
+from sparkfeed.location import Location
+from sparkfeed.materialize import Materialized, describe, identify, materialize, registry
 from sparkfeed.options import MaterializeOptions, ReaderArgs, known_keywords, reader_options
 from sparkfeed.reader import Reader
 from sparkfeed.reader.batch import NUMPY, BatchFormat, Columns
@@ -33,8 +35,9 @@ if TYPE_CHECKING:
 class SparkDatasetConverter:
     """A cached dataset and the factory of its loaders; made by :func:`make_spark_converter`.
 
-    It holds only the cache URL and its manifest, so it pickles cheaply to Spark executors or
-    training processes, each of which can then read the whole dataset or its own shard.
+    It holds only the cache's location and manifest (and, for a cache this process made, the
+    token that lets it delete it), so it pickles cheaply to Spark executors or training
+    processes, each of which can then read the whole dataset or its own shard.
     """
 
     PARENT_CACHE_DIR_URL_CONF = CACHE_DIR_CONF
@@ -42,21 +45,27 @@ class SparkDatasetConverter:
     PETASTORM_PARENT_CACHE_DIR_URL_CONF = PETASTORM_CACHE_DIR_CONF
     """Petastorm's conf key, honoured as a fallback so migrating jobs keep their settings."""
 
-    def __init__(self, cache_dir_url: str, manifest: Manifest) -> None:
+    def __init__(self, location: Location | str, manifest: Manifest, token: str | None = None) -> None:
         column_specs(manifest.schema, manifest.options.get("dtype"), manifest.shapes)  # Reject bad types now.
-        self._cache_dir_url = cache_dir_url
+        self._location = Location.parse(location)
         self._manifest = manifest
+        self._token = token
         self._deleted = False
 
     @property
     def cache_dir_url(self) -> str:
-        """URL of the directory holding the cached Parquet files."""
-        return self._cache_dir_url
+        """URL of the directory holding the cached Parquet files (percent-encoded, like any URL)."""
+        return self._location.url
+
+    @property
+    def location(self) -> Location:
+        """The cache directory, with its pyarrow filesystem and path and the form Spark reads."""
+        return self._location
 
     @property
     def file_urls(self) -> list[str]:
         """URLs of the cached Parquet files."""
-        return [f"{self._cache_dir_url}/{entry.path}" for entry in self._manifest.files]
+        return [self._location.child(*entry.path.split("/")).url for entry in self._manifest.files]
 
     @property
     def dataset_size(self) -> int:
@@ -72,25 +81,36 @@ class SparkDatasetConverter:
         return self.dataset_size
 
     def __repr__(self) -> str:
-        return f"SparkDatasetConverter({self._cache_dir_url!r}, rows={self.dataset_size})"
+        return f"SparkDatasetConverter({self.cache_dir_url!r}, rows={self.dataset_size})"
 
     def delete(self) -> None:
-        """Deletes the cache now. Datasets passed in by path are the user's and are never deleted."""
-        if self._manifest.options.get("source") == "path":
-            warnings.warn(f"not deleting {self._cache_dir_url}: sparkfeed did not create it", stacklevel=2)
+        """Deletes the cache now, if this process's sparkfeed created it.
+
+        Datasets passed in by path, sparkfeed caches reopened by path among them, are never
+        deleted (a warning says so). A directory that no longer holds the marker written when
+        the cache was created is not deleted either.
+
+        Raises:
+            NotOursError: The directory is not the cache this converter made; nothing was deleted.
+        """
+        if self._token is None:
+            warnings.warn(
+                f"not deleting {self.cache_dir_url}: this converter did not create it (it was opened by path)",
+                stacklevel=2,
+            )
             return
-        delete_cache(self._cache_dir_url)
-        owned_caches.discard(self._cache_dir_url)
-        registry.forget(self._cache_dir_url)
+        delete_cache(self._location, self._token)
+        owned_caches.discard(self._location)
+        registry.forget(self._location)
         self._deleted = True
 
     def _reader(
         self, fmt: BatchFormat[Any], batch_size: int, num_epochs: int | None, workers_count: int | None, **kwargs: Any
     ) -> Reader[Any]:
         if self._deleted:
-            raise RuntimeError(f"this converter's cache {self._cache_dir_url} was deleted; convert the DataFrame again")
+            raise RuntimeError(f"this converter's cache {self.cache_dir_url} was deleted; convert the DataFrame again")
         options = reader_options(batch_size=batch_size, num_epochs=num_epochs, workers_count=workers_count, **kwargs)
-        return Reader(self._cache_dir_url, self._manifest, options, fmt)
+        return Reader(self._location, self._manifest, options, fmt)
 
     @known_keywords
     def make_numpy_iterator(
@@ -211,7 +231,8 @@ def make_spark_converter(
 
     Args:
         df: A Spark DataFrame, or the path/URL of an existing Parquet dataset (read in place,
-            never deleted).
+            never deleted). A sparkfeed cache opened this way (``converter.cache_dir_url``, from
+            another job) reads as its converter did, from its manifest.
         parquet_row_group_size_bytes: Target row-group size; a row group is the unit of reading
             and shuffling.
         compression_codec: None or 'uncompressed', 'snappy', 'zstd', 'lz4', 'gzip'.
@@ -228,9 +249,12 @@ def make_spark_converter(
     """
     options = MaterializeOptions(parquet_row_group_size_bytes, compression_codec, dtype)
     if isinstance(df, (str, os.PathLike)):
-        recorded: dict[str, Any] = {"dtype": dtype, "source": "path"}
-        done = describe(to_url(os.fspath(df)), options=recorded)
-        return SparkDatasetConverter(done.cache_url, done.manifest)
+        location = Location.parse(df)
+        manifest = read_manifest(location)  # A sparkfeed cache: its manifest says what the files hold.
+        if manifest is not None:
+            return SparkDatasetConverter(location, manifest)
+        done = describe(location, options={"dtype": dtype, "source": "path"})
+        return SparkDatasetConverter(done.location, done.manifest)
     if not (hasattr(df, "sparkSession") and hasattr(df, "write")):
         raise TypeError(f"make_spark_converter takes a Spark DataFrame or a Parquet path, not {type(df).__name__}")
     return _convert(df, options, cache_dir)
@@ -241,10 +265,27 @@ def _convert(df: DataFrame, options: MaterializeOptions, cache_dir: str | None) 
     parent = resolve_cache_dir(cache_dir, lambda key: spark.conf.get(key, None))
     identity = identify(df)
     known = registry.find(identity, options, parent)
-    if known is not None and read_manifest(known.cache_url) is not None:
-        return SparkDatasetConverter(known.cache_url, known.manifest)
+    if known is not None and _still_complete(known):
+        return SparkDatasetConverter(known.location, known.manifest, known.token)
     if known is not None:
-        registry.forget(known.cache_url)  # Deleted behind our back: write it again.
+        registry.forget(known.location)  # Deleted or damaged behind our back: write it again.
     done = materialize(df, parent, options, identity)
     registry.add(identity, options, parent, done)
-    return SparkDatasetConverter(done.cache_url, done.manifest)
+    return SparkDatasetConverter(done.location, done.manifest, done.token)
+
+
+def _still_complete(known: Materialized) -> bool:
+    """Whether a cache made earlier in this process is still there, whole.
+
+    A damaged manifest counts as no cache: the cache is removed (it is ours) and written again,
+    rather than every later conversion of the DataFrame failing on it.
+    """
+    try:
+        return read_manifest(known.location) is not None
+    except CorruptManifestError as error:
+        warnings.warn(f"{error}; writing the cache again", stacklevel=3)
+        if known.token is not None:
+            with contextlib.suppress(Exception):
+                delete_cache(known.location, known.token)
+            owned_caches.discard(known.location)
+        return False

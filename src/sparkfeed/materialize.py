@@ -16,6 +16,8 @@ import getpass
 import hashlib
 import json
 import os
+import posixpath
+import re
 import socket
 import threading
 from collections.abc import Iterator
@@ -29,14 +31,15 @@ import pyarrow.parquet as pq
 
 from sparkfeed import __version__
 from sparkfeed.cache import (
+    MARKER_NAME,
     FileEntry,
     Manifest,
+    create_cache_dir,
     delete_cache,
-    filesystem,
-    new_cache_url,
     owned_caches,
     write_manifest,
 )
+from sparkfeed.location import Location
 from sparkfeed.options import MaterializeOptions
 from sparkfeed.types import list_depth, normalize_dataframe
 from sparkfeed.writer import (
@@ -56,10 +59,14 @@ if TYPE_CHECKING:
 
 @dataclasses.dataclass(frozen=True)
 class Materialized:
-    """A complete cache: its URL and manifest."""
+    """A complete dataset: where it is, its manifest, and the token to delete it if it is ours.
 
-    cache_url: str
+    ``token`` is None for datasets sparkfeed did not create (read in place from a path).
+    """
+
+    location: Location
     manifest: Manifest
+    token: str | None = None
 
 
 # --------------------------------------------------------------------------- identity and reuse
@@ -124,22 +131,24 @@ class _Registry:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._entries: list[tuple[DataFrameIdentity, MaterializeOptions, str, Materialized]] = []
+        self._entries: list[tuple[DataFrameIdentity, MaterializeOptions, Location, Materialized]] = []
 
-    def find(self, identity: DataFrameIdentity, options: MaterializeOptions, parent: str) -> Materialized | None:
+    def find(self, identity: DataFrameIdentity, options: MaterializeOptions, parent: Location) -> Materialized | None:
         with self._lock:
             for known, known_options, known_parent, done in self._entries:
                 if known_options == options and known_parent == parent and known.same_as(identity):
                     return done
         return None
 
-    def add(self, identity: DataFrameIdentity, options: MaterializeOptions, parent: str, done: Materialized) -> None:
+    def add(
+        self, identity: DataFrameIdentity, options: MaterializeOptions, parent: Location, done: Materialized
+    ) -> None:
         with self._lock:
             self._entries.append((identity, options, parent, done))
 
-    def forget(self, cache_url: str) -> None:
+    def forget(self, location: Location) -> None:
         with self._lock:
-            self._entries = [e for e in self._entries if e[3].cache_url != cache_url]
+            self._entries = [e for e in self._entries if e[3].location != location]
 
 
 registry = _Registry()
@@ -149,9 +158,9 @@ registry = _Registry()
 
 
 def materialize(
-    df: DataFrame, parent_url: str, options: MaterializeOptions, identity: DataFrameIdentity
+    df: DataFrame, parent: Location, options: MaterializeOptions, identity: DataFrameIdentity
 ) -> Materialized:
-    """Writes ``df`` into a new cache directory under ``parent_url`` and publishes its manifest.
+    """Writes ``df`` into a new cache directory under ``parent`` and publishes its manifest.
 
     A DataFrame with array columns is written by Spark tasks with pyarrow (:mod:`sparkfeed.writer`:
     fixed-shape arrays packed, 2x faster to write than Spark's own writer and 6x faster to read);
@@ -159,23 +168,23 @@ def materialize(
     than the round trip through Python. Any failure, an interrupt included, removes the directory
     before the error propagates.
     """
-    filesystem(parent_url)  # Fail before Spark runs anything if the reader could not read it back.
+    parent.filesystem  # noqa: B018 - fail before Spark runs anything if the reader could not read it back
     normalized = normalize_dataframe(df, options.dtype)
     spark = df.sparkSession
-    cache_url = new_cache_url(parent_url)
-    owned_caches.add(cache_url)
+    location, token = create_cache_dir(parent)
+    owned_caches.add(location, token)
     try:
         if any(_is_array(field.dataType) for field in normalized.schema.fields):
-            manifest = _write_with_tasks(normalized, cache_url, options, identity, spark)
+            manifest = _write_with_tasks(normalized, location, options, identity, spark)
         else:
-            manifest = _write_with_spark(normalized, cache_url, options, identity, spark)
-        write_manifest(cache_url, manifest)
+            manifest = _write_with_spark(normalized, location, options, identity, spark)
+        write_manifest(location, manifest)
     except BaseException:
         with contextlib.suppress(Exception):
-            delete_cache(cache_url)
-        owned_caches.discard(cache_url)
+            delete_cache(location, token)
+        owned_caches.discard(location)
         raise
-    return Materialized(cache_url, manifest)
+    return Materialized(location, manifest, token)
 
 
 def _is_array(data_type: Any) -> bool:
@@ -183,13 +192,13 @@ def _is_array(data_type: Any) -> bool:
 
 
 def _write_with_tasks(
-    df: DataFrame, cache_url: str, options: MaterializeOptions, identity: DataFrameIdentity, spark: SparkSession
+    df: DataFrame, location: Location, options: MaterializeOptions, identity: DataFrameIdentity, spark: SparkSession
 ) -> Manifest:
-    fs, root = filesystem(cache_url)
-    fs.create_dir(root, recursive=True)
+    fs, root = location.filesystem, location.path
     ship_by_value()
     codec = "none" if options.codec == "uncompressed" else options.codec
-    writer = partition_writer(cache_url, codec, options.row_group_size_bytes, df.columns)
+    # The executors get the percent-encoded URL, which pyarrow decodes back to this very path.
+    writer = partition_writer(location.url, codec, options.row_group_size_bytes, df.columns)
     results = df.toDF(*positional_names(len(df.columns))).mapInArrow(writer, RESULT_SCHEMA).collect()
     manifest = _manifest(results, _logical_schema(df), options, identity, spark)
     _remove_strays(fs, root, {entry.path for entry in manifest.files})
@@ -197,18 +206,21 @@ def _write_with_tasks(
 
 
 def _write_with_spark(
-    df: DataFrame, cache_url: str, options: MaterializeOptions, identity: DataFrameIdentity, spark: SparkSession
+    df: DataFrame, location: Location, options: MaterializeOptions, identity: DataFrameIdentity, spark: SparkSession
 ) -> Manifest:
     # INT96, Spark's default, is deprecated and reads back as nanoseconds; write microseconds.
     with _session_conf(spark, {"spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS"}):
         (
             df.write.option("parquet.block.size", str(options.row_group_size_bytes))
             .option("compression", options.codec)
-            .parquet(cache_url)
+            # Append: the directory exists already, holding only the marker that makes it ours.
+            .mode("append")
+            # Hadoop's form: Spark does not percent-decode, so it gets the decoded path.
+            .parquet(location.hadoop_path)
         )
     # Spark writes at least one file, also for an empty DataFrame, so the footers give the schema.
     return describe(
-        cache_url, options=dataclasses.asdict(options), key=identity.digest, created_by=_creator(spark)
+        location, options=dataclasses.asdict(options), key=identity.digest, created_by=_creator(spark)
     ).manifest
 
 
@@ -274,7 +286,7 @@ def _manifest(
 def _remove_strays(fs: pafs.FileSystem, root: str, keep: set[str]) -> None:
     """Deletes files of failed or speculative task attempts: only the manifest's files stay."""
     for info in fs.get_file_info(pafs.FileSelector(root)):
-        if info.type == pafs.FileType.File and info.base_name not in keep:
+        if info.type == pafs.FileType.File and info.base_name not in keep and info.base_name != MARKER_NAME:
             fs.delete_file(info.path)
 
 
@@ -314,7 +326,7 @@ def _local_shape_stats(fs: pafs.FileSystem, root: str, files: list[str], names: 
 
 
 def describe(
-    root_url: str,
+    location: Location,
     *,
     options: dict[str, Any],
     key: str = "",
@@ -322,49 +334,77 @@ def describe(
 ) -> Materialized:
     """Builds the manifest of a Parquet dataset from its footers; list columns' shapes are scanned here.
 
+    Files must agree on their columns' types, up to Arrow's lossless widening (a null column
+    takes the other files' type, integers of one signedness the widest width, floats the widest
+    precision); anything else is refused naming the two files, since casting an int64 5 to the
+    first file's bool, or the string '1e3' to a float, would serve wrong values without a word.
+    Hive-style directories (``year=2024/``) add their partition columns; pandas' index columns
+    (``__index_level_0__``) are not features and are left out.
+
     Args:
-        root_url: The dataset directory or single file.
+        location: The dataset directory or single file.
         options: Recorded materialization options.
         key: Recorded cache key.
         created_by: Recorded creator.
+
+    Raises:
+        FileNotFoundError: Nothing is there.
+        ValueError: No Parquet file, a file that is not Parquet, or files that disagree.
     """
-    fs, root = filesystem(root_url)
+    fs, root = location.filesystem, location.path
     info = fs.get_file_info(root)
     if info.type == pafs.FileType.NotFound:
-        raise FileNotFoundError(f"no Parquet dataset at {root_url}")
+        raise FileNotFoundError(f"no Parquet dataset at {location}")
     if info.type == pafs.FileType.File:
-        root, names = os.path.dirname(root), [info.base_name]
+        root, names = posixpath.dirname(root), [info.base_name]
     else:
         selector = pafs.FileSelector(root, recursive=True)
         names = sorted(
-            os.path.relpath(i.path, root)
+            posixpath.relpath(i.path, root)
             for i in fs.get_file_info(selector)
             if i.type == pafs.FileType.File
-            and i.base_name.endswith(".parquet")
-            and not any(part.startswith(("_", ".")) for part in os.path.relpath(i.path, root).split("/"))
+            and not any(part.startswith(("_", ".")) for part in posixpath.relpath(i.path, root).split("/"))
         )
+    if not names:
+        raise ValueError(f"no Parquet files under {location}")
 
     def footer(relative: str) -> pq.FileMetaData:
-        with fs.open_input_file(f"{root}/{relative}") as handle:
-            return pq.read_metadata(handle)
+        try:
+            with fs.open_input_file(f"{root}/{relative}") as handle:
+                return pq.read_metadata(handle)
+        except (OSError, pa.ArrowException) as error:
+            raise ValueError(
+                f"{relative} under {location} is not a Parquet file ({error}); remove it, or point at a "
+                "directory that holds Parquet files only (names starting with '_' or '.' are skipped)"
+            ) from error
 
     with ThreadPoolExecutor(max_workers=8) as pool:
         footers = list(pool.map(footer, names))
+    schemas = [_feature_schema(md.schema.to_arrow_schema()) for md in footers]
+    schema = _unified_schema(names, schemas, location)
+    partitions = _hive_partitions(names, location)
+    if partitions is not None:
+        fields = partitions[0]
+        clash = [f.name for f in fields if f.name in schema.names]
+        if clash:
+            raise ValueError(f"{location}: partition column(s) {clash} are also columns of the files")
+        schema = pa.schema([*schema, *fields])
     entries = tuple(
-        FileEntry(name, tuple(md.row_group(i).num_rows for i in range(md.num_row_groups)))
-        for name, md in zip(names, footers, strict=True)
+        FileEntry(
+            name,
+            tuple(md.row_group(i).num_rows for i in range(md.num_row_groups)),
+            partition={} if partitions is None else partitions[1][index],
+        )
+        for index, (name, md) in enumerate(zip(names, footers, strict=True))
     )
-    if not footers:
-        raise ValueError(f"no Parquet files under {root_url}")
-    schema = footers[0].schema.to_arrow_schema().remove_metadata()
     depths = {f.name: list_depth(f.type) for f in schema if is_list_type(f.type)}
     measured: dict[str, ShapeStats] = {}
     if depths:
         measured = _local_shape_stats(fs, root, names, list(depths))
     if info.type == pafs.FileType.File:
-        root_url = root_url.rsplit("/", 1)[0]
+        location = location.parent
     return Materialized(
-        root_url,
+        location,
         Manifest(
             files=entries,
             schema=schema,
@@ -375,3 +415,77 @@ def describe(
             created_by=created_by or _creator(None),
         ),
     )
+
+
+_PANDAS_INDEX = re.compile(r"^__index_level_\d+__$")
+
+
+def _feature_schema(schema: pa.Schema) -> pa.Schema:
+    """A file's columns less pandas' stored index, without metadata."""
+    return pa.schema([f for f in schema.remove_metadata() if not _PANDAS_INDEX.match(f.name)])
+
+
+def _widened(left: pa.DataType, right: pa.DataType) -> pa.DataType | None:
+    """The type both files' values fit into without loss, or None when there is none."""
+    if left == right:
+        return left
+    if pa.types.is_null(left) or pa.types.is_null(right):
+        return right if pa.types.is_null(left) else left
+    integers = pa.types.is_integer(left) and pa.types.is_integer(right)
+    if integers and pa.types.is_signed_integer(left) == pa.types.is_signed_integer(right):
+        return left if left.bit_width >= right.bit_width else right
+    if pa.types.is_floating(left) and pa.types.is_floating(right):
+        return left if left.bit_width >= right.bit_width else right
+    return None
+
+
+def _unified_schema(names: list[str], schemas: list[pa.Schema], location: Location) -> pa.Schema:
+    unified = schemas[0]
+    owner = dict.fromkeys(unified.names, names[0])  # which file decided each column's type
+    for name, schema in zip(names[1:], schemas[1:], strict=True):
+        if set(schema.names) != set(unified.names):
+            extra = sorted(set(schema.names) ^ set(unified.names))
+            raise ValueError(
+                f"the files of {location} do not have the same columns: {names[0]} and {name} differ in "
+                f"{extra}; rewrite the dataset with one schema, or read the files as separate datasets"
+            )
+        fields = []
+        for field in unified:
+            other = schema.field(field.name).type
+            widened = _widened(field.type, other)
+            if widened is None:
+                raise ValueError(
+                    f"the files of {location} disagree on column {field.name!r}: {owner[field.name]} has "
+                    f"{field.type}, {name} has {other}, and one cannot hold the other's values without loss; "
+                    "rewrite the dataset with one type for that column (e.g. df.withColumn(..., col.cast(...)))"
+                )
+            if widened != field.type:
+                owner[field.name] = name
+            fields.append(pa.field(field.name, widened))
+        unified = pa.schema(fields)
+    return unified
+
+
+_HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"
+
+
+def _hive_partitions(names: list[str], location: Location) -> tuple[list[pa.Field], list[dict[str, Any]]] | None:
+    """Partition columns of ``key=value`` directories, typed int64 when every value is an integer."""
+    keyed = [[part.split("=", 1) for part in posixpath.dirname(name).split("/") if "=" in part] for name in names]
+    if not any(keyed):
+        return None
+    keys = [tuple(key for key, _ in parts) for parts in keyed]
+    if len(set(keys)) != 1:
+        raise ValueError(
+            f"the files of {location} sit under different partition directories ({sorted(set(keys))}); "
+            "a hive-partitioned dataset has the same partition keys above every file"
+        )
+    raw = [{key: unquote(value) for key, value in parts} for parts in keyed]
+    fields, values = [], [dict[str, Any]() for _ in names]
+    for key in keys[0]:
+        column = [None if row[key] == _HIVE_NULL else row[key] for row in raw]
+        integral = all(v is None or re.fullmatch(r"[+-]?\d+", v) for v in column)
+        fields.append(pa.field(key, pa.int64() if integral else pa.string()))
+        for row, value in zip(values, column, strict=True):
+            row[key] = int(value) if integral and value is not None else value
+    return fields, values

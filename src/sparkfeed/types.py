@@ -56,13 +56,18 @@ def _normalize_column(name: str, data_type: DataType, dtype: str | None) -> Colu
     from pyspark.ml.functions import vector_to_array
     from pyspark.sql import functions as F
 
-    column = F.col(f"`{name}`")
+    column = F.col(quote_name(name))
     if _is_vector(data_type):
         return vector_to_array(column, dtype=dtype or "float64").alias(name)
     target = _normalized_type(name, data_type, dtype)
     if target == data_type:
         return column
     return column.cast(target).alias(name)
+
+
+def quote_name(name: str) -> str:
+    """A column name as Spark's parser reads it literally: in backticks, inner backticks doubled."""
+    return "`" + name.replace("`", "``") + "`"
 
 
 def _is_vector(data_type: DataType) -> bool:

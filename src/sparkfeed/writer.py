@@ -60,8 +60,12 @@ def _leaf(array: pa.Array) -> tuple[pa.Array, bool]:
 
 
 def packed_shape(array: pa.Array, stats: ShapeStats) -> tuple[int, ...] | None:
-    """The per-row shape if this list column can be packed: one shape, no nulls, numeric leaf."""
-    if not stats or any(low != high or low is None for low, high in stats):
+    """The per-row shape if this list column can be packed: one shape, no nulls, numeric leaf.
+
+    Arrays with no values at all (every row ``[]``) stay lists: a zero-width binary cell has no
+    data buffer to pack.
+    """
+    if not stats or any(low != high or low is None or low == 0 for low, high in stats):
         return None
     leaf, nulls = _leaf(array)
     if nulls or not (pa.types.is_integer(leaf.type) or pa.types.is_floating(leaf.type)):
@@ -124,7 +128,10 @@ class _File:
         self._stream = fs.open_output_stream(f"{root}/{self.name}")
         # Dictionaries shrink repeated strings; on numbers they cost write time and rarely pay off.
         strings = [f.name for f in schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
-        self._writer = pq.ParquetWriter(self._stream, schema, compression=codec, use_dictionary=strings)
+        # Page checksums let the reader refuse flipped bits instead of serving wrong numbers.
+        self._writer = pq.ParquetWriter(
+            self._stream, schema, compression=codec, use_dictionary=strings, write_page_checksum=True
+        )
         self._group_bytes = group_bytes
         self._pending: list[pa.RecordBatch] = []
         self._pending_rows = 0

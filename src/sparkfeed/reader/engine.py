@@ -13,6 +13,7 @@ from typing import Any, Generic, TypeVar
 import numpy as np
 
 from sparkfeed.cache import Manifest
+from sparkfeed.location import Location
 from sparkfeed.options import ReaderOptions
 from sparkfeed.reader.batch import NUMPY, Batcher, BatchFormat
 from sparkfeed.reader.exchange import Exchange
@@ -59,7 +60,7 @@ class Reader(Generic[C]):
 
     def __init__(
         self,
-        root_url: str,
+        root_url: Location | str,
         manifest: Manifest,
         options: ReaderOptions,
         fmt: BatchFormat[C] = NUMPY,  # type: ignore[assignment]

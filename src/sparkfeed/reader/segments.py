@@ -20,7 +20,8 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from sparkfeed.cache import FileEntry, filesystem
+from sparkfeed.cache import FileEntry
+from sparkfeed.location import Location
 from sparkfeed.reader.batch import NUMPY, Columns
 from sparkfeed.reader.plan import Segment, permutation
 from sparkfeed.transform import TransformSpec
@@ -51,7 +52,7 @@ class SegmentReader:
     """Reads :class:`Work` items of one dataset into NumPy columns.
 
     Args:
-        root_url: The dataset's directory URL.
+        root: The dataset's directory.
         files: The manifest's file entries.
         specs: The columns to yield, by name.
         transform_spec: The user's transform, run on each piece as a pandas DataFrame.
@@ -59,12 +60,12 @@ class SegmentReader:
 
     def __init__(
         self,
-        root_url: str,
+        root: Location | str,
         files: Sequence[FileEntry],
         specs: dict[str, ColumnSpec],
         transform_spec: TransformSpec | None,
     ) -> None:
-        self._root_url = root_url
+        self._location = Location.parse(root)
         self._files = files
         self._specs = specs
         self._transform = transform_spec
@@ -77,7 +78,7 @@ class SegmentReader:
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        state.update(_fs=None, _footers={}, _lock=None)
+        state.update(_fs=None, _footers={}, _lock=None)  # the location pickles as its URL
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -87,7 +88,7 @@ class SegmentReader:
     def describe(self, work: Work) -> str:
         """The files, row groups and rows of a work item, for error notes."""
         where = "; ".join(
-            f"{self._root_url}/{self._files[p.file].path}, row group {p.row_group}, rows [{p.start}, {p.stop})"
+            f"{self._location}/{self._files[p.file].path}, row group {p.row_group}, rows [{p.start}, {p.stop})"
             for p in work.segment.pieces
         )
         return f"{where} (epoch {work.epoch})"
@@ -162,7 +163,7 @@ class SegmentReader:
         warns on read-only ones), and a write must never reach the cache file.
         """
         if self._fs is None:
-            self._fs, self._root = filesystem(self._root_url)
+            self._fs, self._root = self._location.filesystem, self._location.path
         path = f"{self._root}/{self._files[file].path}"
         if isinstance(self._fs, pafs.LocalFileSystem):
             with open(path, "rb") as handle:
@@ -180,20 +181,36 @@ class SegmentReader:
         return footer
 
     def _read_table(self, file: int, row_group: int, start: int, stop: int) -> pa.Table:
-        """One piece as an Arrow table of the logical column types."""
+        """One piece as an Arrow table of the logical column types.
+
+        Page checksums are verified where the file has them (sparkfeed's writer and Spark's
+        both write them): a flipped bit fails the read, naming the file, instead of arriving
+        as a wrong number.
+        """
         footer = self._footer(file)
+        entry = self._files[file]
+        stored = [name for name in self._columns if name not in entry.partition]
         with self._open(file) as handle:
-            table = pq.ParquetFile(handle, metadata=footer).read_row_group(
-                row_group, columns=self._columns, use_threads=False
+            table = pq.ParquetFile(handle, metadata=footer, page_checksum_verification=True).read_row_group(
+                row_group, columns=stored, use_threads=False
             )
         if start or stop != table.num_rows:
             table = table.slice(start, stop - start)
-        packed = self._files[file].packed
-        if packed or table.schema != self._schema:
+        if entry.packed or entry.partition or table.schema != self._schema:
             table = pa.table(
-                [self._logical(name, table.column(name), packed) for name in self._columns], names=self._columns
+                [
+                    self._constant(name, entry.partition[name], table.num_rows)
+                    if name in entry.partition
+                    else self._logical(name, table.column(name), entry.packed)
+                    for name in self._columns
+                ],
+                names=self._columns,
             )
         return table
+
+    def _constant(self, name: str, value: Any, rows: int) -> pa.Array:
+        """A hive partition column: the directory's value on every row of the piece."""
+        return pa.repeat(pa.scalar(value, self._specs[name].arrow_type), rows)
 
     def _logical(self, name: str, column: pa.ChunkedArray, packed: dict[str, tuple[int, ...]]) -> pa.ChunkedArray:
         """A column in its logical type: packed tensors unpacked (no copy), other types cast."""

@@ -1,0 +1,191 @@
+"""Where a dataset or cache lives: a path or URL turned into (filesystem, path) exactly once.
+
+Three parties name the same directory in three ways, and every data-loss bug this module
+replaces came from translating between them by string concatenation:
+
+- the user writes a plain path (``/home/me/#cache``) or a URL (``file:///home/me/%23cache``,
+  ``file:/x``, ``s3://bucket/prefix``);
+- pyarrow wants a filesystem and a decoded path, and reads a URL's ``#`` as a fragment;
+- Spark (Hadoop's ``Path``) wants ``scheme://authority`` followed by the decoded path, and never
+  percent-decodes (``%23`` stays three characters).
+
+A :class:`Location` holds the one canonical form, a percent-encoded URL, and derives each of
+those views from it, so ``/tmp/#c`` is the same directory to the writer, the reader and
+``delete()``. A URL with a raw ``#`` is refused rather than guessed at: it names another
+directory than the user may think.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+from typing import Any
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+
+DATABRICKS_ENV = "DATABRICKS_RUNTIME_VERSION"
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+):")
+"""A URL scheme of two or more letters: ``C:`` stays a (Windows) path, ``file:/x`` is a URL."""
+
+
+class Location:
+    """A directory or file as a canonical, percent-encoded URL and the views derived from it.
+
+    Made by :meth:`parse`; cheap to pickle (the URL alone travels, the filesystem is made again
+    where it is used, on an executor or in a worker process).
+
+    Args:
+        url: A canonical URL as :meth:`parse` makes it.
+    """
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    # ------------------------------------------------------------------ making
+
+    @classmethod
+    def parse(cls, path_or_url: str | os.PathLike[str] | Location) -> Location:
+        """A location from what a user wrote: a plain path (relative ones against the cwd) or a URL.
+
+        Raises:
+            ValueError: The text is empty, or a URL that names something other than it seems to:
+                a ``file:`` URL with a query, any URL with a fragment (a raw ``#``), a ``file:``
+                URL of another host, or ``dbfs:`` outside Databricks.
+        """
+        if isinstance(path_or_url, Location):
+            return path_or_url
+        text = os.fspath(path_or_url)
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError(f"{path_or_url!r} is not a path or URL")
+        match = _SCHEME.match(text)
+        if match is None:
+            return cls._local(os.path.abspath(os.path.expanduser(text)))
+        scheme = match.group(1).lower()
+        parts = urlsplit(text)
+        if parts.fragment or text.endswith("#"):
+            raise ValueError(
+                f"{text!r} is a URL with a fragment (the part after '#'), so it does not name the directory "
+                "it seems to: in a URL, write '#' in a path as %23, or pass a plain path"
+            )
+        if scheme == "file":
+            if parts.query or text.endswith("?"):
+                raise ValueError(
+                    f"{text!r} is a file URL with a query (the part after '?'): in a URL, write '?' in a path "
+                    "as %3F, or pass a plain path"
+                )
+            if parts.netloc not in ("", "localhost"):
+                raise ValueError(f"{text!r} names the host {parts.netloc!r}; a file URL can only name this machine")
+            return cls._local(os.path.normpath(unquote(parts.path) or "/"))
+        if scheme == "dbfs":
+            return cls._dbfs(text, unquote(parts.path))
+        path = quote(unquote(parts.path), safe="/")
+        return cls(urlunsplit((scheme, parts.netloc, path.rstrip("/") or "", parts.query, "")))
+
+    @classmethod
+    def _local(cls, path: str) -> Location:
+        if not path.startswith("/"):
+            raise ValueError(f"{path!r} is not an absolute path")
+        return cls("file://" + quote(path.rstrip("/") or "/", safe="/"))
+
+    @classmethod
+    def _dbfs(cls, text: str, path: str) -> Location:
+        """Databricks' ``dbfs:/x`` is the FUSE path ``/dbfs/x`` on its clusters, and nothing elsewhere."""
+        if not os.environ.get(DATABRICKS_ENV):
+            raise ValueError(
+                f"{text!r}: dbfs: URLs exist on Databricks only (where {DATABRICKS_ENV} is set), "
+                "which this process is not running on; pass a local path or a URL this machine reaches"
+            )
+        return cls._local(os.path.normpath("/dbfs/" + path.lstrip("/")))
+
+    def child(self, *names: str) -> Location:
+        """A location inside this one; each name is one path component, taken literally."""
+        for name in names:
+            if not name or "/" in name or name in (".", ".."):
+                raise ValueError(f"{name!r} is not a single path component")
+        parts = urlsplit(self.url)
+        path = parts.path.rstrip("/") + "".join("/" + quote(name, safe="") for name in names)
+        return Location(urlunsplit((parts.scheme, parts.netloc, path, parts.query, "")))
+
+    @property
+    def parent(self) -> Location:
+        """The directory holding this location."""
+        parts = urlsplit(self.url)
+        path = parts.path.rstrip("/").rsplit("/", 1)[0] or "/"
+        return Location(urlunsplit((parts.scheme, parts.netloc, path, parts.query, "")))
+
+    # ------------------------------------------------------------------ views
+
+    @property
+    def scheme(self) -> str:
+        """The URL scheme: ``file`` for local paths."""
+        return urlsplit(self.url).scheme
+
+    @property
+    def is_local(self) -> bool:
+        """Whether this names a path on this machine's own filesystem."""
+        return self.scheme == "file"
+
+    @property
+    def local_path(self) -> str:
+        """The decoded path on this machine (only for local locations)."""
+        if not self.is_local:
+            raise ValueError(f"{self.url} is not a local path")
+        return unquote(urlsplit(self.url).path)
+
+    @property
+    def hadoop_path(self) -> str:
+        """The form Spark's writers and readers take: no percent-decoding happens there."""
+        parts = urlsplit(self.url)
+        return f"{parts.scheme}://{parts.netloc}{unquote(parts.path)}"
+
+    @property
+    def name(self) -> str:
+        """The last path component, decoded."""
+        return unquote(urlsplit(self.url).path.rstrip("/").rsplit("/", 1)[-1])
+
+    @functools.cached_property
+    def _resolved(self) -> tuple[pafs.FileSystem, str]:
+        if self.is_local:
+            return pafs.LocalFileSystem(), self.local_path
+        try:
+            fs, path = pafs.FileSystem.from_uri(self.url)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as error:
+            raise ValueError(
+                f"{self.url}: pyarrow cannot open the scheme {self.scheme!r} ({error}). The reader reads "
+                "the cache with pyarrow, so choose a location both Spark and pyarrow reach: a local or "
+                "shared path, or s3://, gs://, hdfs:// where pyarrow has support built in"
+            ) from error
+        return fs, path
+
+    @property
+    def filesystem(self) -> pafs.FileSystem:
+        """The pyarrow filesystem."""
+        return self._resolved[0]
+
+    @property
+    def path(self) -> str:
+        """The path on :attr:`filesystem` (decoded)."""
+        return self._resolved[1]
+
+    # ------------------------------------------------------------------ value semantics
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"url": self.url}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.url = state["url"]
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Location) and other.url == self.url
+
+    def __hash__(self) -> int:
+        return hash(self.url)
+
+    def __str__(self) -> str:
+        return self.url
+
+    def __repr__(self) -> str:
+        return f"Location({self.url!r})"
