@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -17,7 +18,14 @@ from pyspark.sql import functions as F
 
 import sparkfeed.materialize
 from sparkfeed import make_spark_converter
-from sparkfeed.cache import MANIFEST_NAME, read_manifest, resolve_cache_dir
+from sparkfeed.cache import (
+    MANIFEST_NAME,
+    MARKER_NAME,
+    CorruptManifestError,
+    NotOursError,
+    read_manifest,
+    resolve_cache_dir,
+)
 from sparkfeed.location import Location
 
 from helpers import by_id, concat
@@ -229,3 +237,123 @@ def test_caches_are_deleted_at_interpreter_exit(tmp_path) -> None:
     assert cache.is_dir() and list(cache.iterdir()) == []
     assert user_data.exists()
     assert "Traceback" not in done.stderr
+
+
+# --------------------------------------------------------------------------- never touch what is not ours
+
+AWKWARD_DIRS = ["#cache", "q?cache", "sp ace", "é", "50%off"]
+
+
+@pytest.mark.parametrize("with_array", [False, True], ids=["spark-writer", "task-writer"])
+@pytest.mark.parametrize("name", AWKWARD_DIRS)
+def test_awkward_cache_dir_is_used_exactly_and_delete_spares_its_neighbours(
+    spark, tmp_path, name: str, with_array: bool
+) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    precious = home / "precious.txt"
+    precious.write_text("the user's")
+    df = (
+        spark.range(30).withColumn("pair", F.array(F.col("id") * 1.0, F.col("id") * 2.0))
+        if with_array
+        else spark.range(30)
+    )
+    converter = make_spark_converter(df, cache_dir=str(home / name))
+    directory = _local(converter.cache_dir_url)
+    assert directory.parent == home / name  # not the parent, not the cwd, not "%25"-doubled
+    assert _ids(converter) == list(range(30))
+    converter.delete()
+    assert not directory.exists()
+    assert precious.read_text() == "the user's"
+    assert sorted(p.name for p in home.iterdir()) == sorted([name, "precious.txt"])
+    assert list((home / name).iterdir()) == []  # nothing of Spark's left behind
+
+
+@pytest.mark.parametrize("scheme", ["file:", "file://"])
+def test_one_slash_and_three_slash_file_urls_land_where_they_say(spark, tmp_path, monkeypatch, scheme: str) -> None:
+    monkeypatch.chdir(tmp_path)
+    target = tmp_path / "elsewhere" / "cache"
+    converter = make_spark_converter(spark.range(4), cache_dir=scheme + str(target))
+    assert _local(converter.cache_dir_url).parent == target
+    assert not (tmp_path / "file:").exists()
+    converter.delete()
+
+
+def test_delete_refuses_a_directory_without_our_marker(spark, tmp_path) -> None:
+    converter = make_spark_converter(spark.range(5), cache_dir=str(tmp_path))
+    directory = _local(converter.cache_dir_url)
+    (directory / MARKER_NAME).unlink()
+    with pytest.raises(NotOursError, match="does not hold the marker"):
+        converter.delete()
+    assert directory.is_dir() and any(directory.glob("*.parquet"))
+
+
+def test_delete_never_follows_a_symlink_out_of_the_cache(spark, tmp_path) -> None:
+    user = tmp_path / "user-data"
+    user.mkdir()
+    (user / "keep.txt").write_text("x")
+    converter = make_spark_converter(spark.range(5), cache_dir=str(tmp_path / "caches"))
+    directory = _local(converter.cache_dir_url)
+    (directory / "link").symlink_to(user, target_is_directory=True)
+    converter.delete()
+    assert not directory.exists() and (user / "keep.txt").read_text() == "x"
+
+
+def test_delete_refuses_a_cache_directory_replaced_by_a_symlink(spark, tmp_path) -> None:
+    user = tmp_path / "user-data"
+    user.mkdir()
+    (user / "keep.txt").write_text("x")
+    converter = make_spark_converter(spark.range(5), cache_dir=str(tmp_path / "caches"))
+    directory = _local(converter.cache_dir_url)
+    for item in directory.iterdir():  # the user's directory even gets a copy of our marker
+        if item.name == MARKER_NAME:
+            (user / MARKER_NAME).write_bytes(item.read_bytes())
+    shutil.rmtree(directory)
+    directory.symlink_to(user, target_is_directory=True)
+    with pytest.raises(NotOursError, match="symbolic link"):
+        converter.delete()
+    assert (user / "keep.txt").read_text() == "x"
+
+
+def test_a_corrupt_manifest_counts_as_no_cache_and_is_written_again(spark) -> None:
+    df = spark.range(12)
+    first = make_spark_converter(df)
+    directory = _local(first.cache_dir_url)
+    (directory / MANIFEST_NAME).write_text('{"format": 1, "files": [')
+    with pytest.warns(UserWarning, match="cannot be read"):
+        again = make_spark_converter(df)
+    assert again.cache_dir_url != first.cache_dir_url and not directory.exists()
+    assert _ids(again) == list(range(12))
+    assert make_spark_converter(df).cache_dir_url == again.cache_dir_url
+
+
+def test_reopening_a_corrupt_cache_by_path_names_the_manifest(spark, tmp_path) -> None:
+    converter = make_spark_converter(spark.range(3), cache_dir=str(tmp_path))
+    (_local(converter.cache_dir_url) / MANIFEST_NAME).write_text("not json")
+    with pytest.raises(CorruptManifestError, match=MANIFEST_NAME):
+        make_spark_converter(converter.cache_dir_url)
+
+
+def test_a_sparkfeed_cache_reopened_by_path_reads_as_its_converter(spark) -> None:
+    from pyspark.ml.linalg import Vectors, VectorUDT
+    from pyspark.sql.types import LongType, StructField, StructType
+
+    rows = [(i, Vectors.dense([i, -i, 0.5]), [i * 1.0, i * 2.0]) for i in range(40)]
+    schema = StructType([StructField("id", LongType()), StructField("v", VectorUDT())])
+    df = spark.createDataFrame([r[:2] for r in rows], schema).withColumn(
+        "pair", F.array(F.col("id") * 1.0, F.col("id") * 2.0)
+    )
+    original = make_spark_converter(df)
+    reopened = make_spark_converter(original.cache_dir_url)
+    with original.make_numpy_iterator(batch_size=40, num_epochs=1, shuffle_row_groups=False) as it:
+        want = concat(it)
+    with reopened.make_numpy_iterator(batch_size=40, num_epochs=1, shuffle_row_groups=False) as it:
+        got = concat(it)
+    assert want.keys() == got.keys()
+    for name in want:
+        assert got[name].dtype == want[name].dtype and got[name].shape == want[name].shape, name
+        np.testing.assert_array_equal(got[name], want[name])
+    assert got["v"].shape == (40, 3) and got["v"].dtype == np.float32
+    with pytest.warns(UserWarning, match="did not create it"):
+        reopened.delete()
+    assert _ids(original) == list(range(40))

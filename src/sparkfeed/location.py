@@ -21,7 +21,7 @@ import functools
 import os
 import re
 from typing import Any
-from urllib.parse import quote, unquote, urlsplit, urlunsplit
+from urllib.parse import quote, unquote, urlsplit
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -81,8 +81,7 @@ class Location:
             return cls._local(os.path.normpath(unquote(parts.path) or "/"))
         if scheme == "dbfs":
             return cls._dbfs(text, unquote(parts.path))
-        path = quote(unquote(parts.path), safe="/")
-        return cls(urlunsplit((scheme, parts.netloc, path.rstrip("/") or "", parts.query, "")))
+        return cls(_join(scheme, parts.netloc, quote(unquote(parts.path), safe="/").rstrip("/"), parts.query))
 
     @classmethod
     def _local(cls, path: str) -> Location:
@@ -107,14 +106,14 @@ class Location:
                 raise ValueError(f"{name!r} is not a single path component")
         parts = urlsplit(self.url)
         path = parts.path.rstrip("/") + "".join("/" + quote(name, safe="") for name in names)
-        return Location(urlunsplit((parts.scheme, parts.netloc, path, parts.query, "")))
+        return Location(_join(parts.scheme, parts.netloc, path, parts.query))
 
     @property
     def parent(self) -> Location:
         """The directory holding this location."""
         parts = urlsplit(self.url)
-        path = parts.path.rstrip("/").rsplit("/", 1)[0] or "/"
-        return Location(urlunsplit((parts.scheme, parts.netloc, path, parts.query, "")))
+        path = parts.path.rstrip("/").rsplit("/", 1)[0]
+        return Location(_join(parts.scheme, parts.netloc, path or ("/" if parts.scheme == "file" else ""), parts.query))
 
     # ------------------------------------------------------------------ views
 
@@ -189,3 +188,11 @@ class Location:
 
     def __repr__(self) -> str:
         return f"Location({self.url!r})"
+
+
+def _join(scheme: str, netloc: str, path: str, query: str) -> str:
+    """``scheme://netloc/path?query``, always with the two slashes.
+
+    ``urlunsplit`` drops them for an empty host, and ``hdfs:/x`` is then read as a relative path.
+    """
+    return f"{scheme}://{netloc}{path}" + (f"?{query}" if query else "")

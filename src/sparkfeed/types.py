@@ -58,7 +58,13 @@ def _normalize_column(name: str, data_type: DataType, dtype: str | None) -> Colu
 
     column = F.col(quote_name(name))
     if _is_vector(data_type):
-        return vector_to_array(column, dtype=dtype or "float64").alias(name)
+        # vector_to_array fails on a null deep inside Spark, naming nothing; a null array instead
+        # reaches the reader, whose error names the column (or a transform may fill it).
+        return (
+            F.when(column.isNull(), F.lit(None))
+            .otherwise(vector_to_array(column, dtype=dtype or "float64"))
+            .alias(name)
+        )
     target = _normalized_type(name, data_type, dtype)
     if target == data_type:
         return column
