@@ -1,0 +1,156 @@
+"""Datasets read in place and caches written: schemas agree or are refused, valid input converts, bits verified."""
+
+from __future__ import annotations
+
+import glob
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from pyspark.ml.linalg import Vectors, VectorUDT
+from pyspark.sql import functions as F
+from pyspark.sql.types import ArrayType, FloatType, LongType, StructField, StructType
+
+from sparkfeed import NullValueError, make_spark_converter
+from sparkfeed.location import Location
+
+from helpers import by_id, concat
+
+
+def _read(converter, **kwargs) -> dict[str, np.ndarray]:
+    with converter.make_numpy_iterator(batch_size=1000, num_epochs=1, **kwargs) as batches:
+        return by_id(concat(batches))
+
+
+# --------------------------------------------------------------------------- path datasets
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "values"),
+    [
+        (pa.bool_(), pa.int64(), ([True, False], [5, 0])),  # int64 5 would become True
+        (pa.float64(), pa.string(), ([1.5, 2.0], ["1e3", "x"])),  # '1e3' would become 1000.0
+        (pa.int64(), pa.float64(), ([2**60, 1], [0.5, 1.0])),  # 2**60 + 1 has no float64
+        (pa.int64(), pa.uint64(), ([-1, 1], [2**63, 1])),
+    ],
+)
+def test_files_that_disagree_on_a_type_are_refused_naming_both(tmp_path, first, second, values) -> None:
+    pq.write_table(pa.table({"id": [0, 1], "x": pa.array(values[0], first)}), tmp_path / "a.parquet")
+    pq.write_table(pa.table({"id": [2, 3], "x": pa.array(values[1], second)}), tmp_path / "b.parquet")
+    with pytest.raises(ValueError, match=r"column 'x': a\.parquet has .*, b\.parquet has"):
+        make_spark_converter(str(tmp_path))
+
+
+def test_files_missing_a_column_are_refused(tmp_path) -> None:
+    pq.write_table(pa.table({"id": [0], "x": [1.0]}), tmp_path / "a.parquet")
+    pq.write_table(pa.table({"id": [1]}), tmp_path / "b.parquet")
+    with pytest.raises(ValueError, match=r"a\.parquet and b\.parquet differ in \['x'\]"):
+        make_spark_converter(str(tmp_path))
+
+
+def test_lossless_widening_unifies_files(tmp_path) -> None:
+    pq.write_table(
+        pa.table({"id": pa.array([0, 1], pa.int32()), "x": pa.array([None, None], pa.null())}), tmp_path / "a.parquet"
+    )
+    pq.write_table(
+        pa.table({"id": pa.array([2**40, 3], pa.int64()), "x": pa.array([1.5, 2.5], pa.float64())}),
+        tmp_path / "b.parquet",
+    )
+    converter = make_spark_converter(str(tmp_path), dtype=None)
+    assert converter.manifest.schema.field("id").type == pa.int64()
+    got = concat(
+        converter.make_numpy_iterator(batch_size=10, num_epochs=1, shuffle_row_groups=False, schema_fields=["id"])
+    )
+    assert got["id"].dtype == np.int64 and sorted(got["id"].tolist()) == [0, 1, 3, 2**40]
+
+
+def test_hive_partitions_become_columns(tmp_path) -> None:
+    for year in (2023, 2024):
+        for region in ("eu", "us west"):
+            directory = tmp_path / f"year={year}" / f"region={region.replace(' ', '%20')}"
+            directory.mkdir(parents=True)
+            ids = [year * 10 + len(region), year * 10 + len(region) + 100]
+            pq.write_table(pa.table({"id": ids}), directory / "part-0.parquet")
+    converter = make_spark_converter(str(tmp_path))
+    got = _read(converter)
+    assert got["year"].dtype == np.int64
+    rows = sorted(zip(got["id"].tolist(), got["year"].tolist(), got["region"].tolist(), strict=True))
+    assert len(rows) == 8
+    for id_, year, region in rows:
+        assert (id_ % 100 - len(region)) == (year * 10) % 100 and region in ("eu", "us west")
+
+
+def test_pandas_index_is_not_a_feature_and_non_parquet_files_are_named(tmp_path) -> None:
+    frame = pd.DataFrame({"x": [1.0, 2.0, 3.0]}, index=pd.Index([10, 20, 30]))
+    pq.write_table(pa.Table.from_pandas(frame, preserve_index=True), tmp_path / "a.parquet")
+    assert "__index_level_0__" in pq.read_schema(tmp_path / "a.parquet").names
+    converter = make_spark_converter(str(tmp_path))
+    assert converter.manifest.schema.names == ["x"]
+    np.testing.assert_array_equal(np.sort(concat(converter.make_numpy_iterator(num_epochs=1))["x"]), [1, 2, 3])
+    (tmp_path / "notes.txt").write_text("not parquet")
+    with pytest.raises(ValueError, match=r"notes\.txt under .* is not a Parquet file"):
+        make_spark_converter(str(tmp_path))
+
+
+# --------------------------------------------------------------------------- valid input that used to fail
+
+
+def test_arrays_empty_in_a_whole_partition_convert(spark) -> None:
+    schema = StructType([StructField("id", LongType()), StructField("a", ArrayType(FloatType()))])
+    rows = [(i, [] if i < 10 else [float(i)] * 3) for i in range(20)]
+    df = spark.createDataFrame(rows, schema).repartition(2, F.col("id") >= 10)
+    got = _read(make_spark_converter(df))
+    assert [len(cell) for cell in got["a"]] == [0] * 10 + [3] * 10
+    empty = spark.createDataFrame([(i, []) for i in range(6)], schema).repartition(2)
+    got = _read(make_spark_converter(empty))
+    assert got["a"].shape == (6, 0)
+
+
+def test_a_column_name_with_a_backtick_converts(spark) -> None:
+    df = spark.range(5).select(F.col("id"), (F.col("id") * 2).alias("we`ird"), F.array("id", "id").alias("a`b"))
+    got = _read(make_spark_converter(df))
+    np.testing.assert_array_equal(got["we`ird"], np.arange(5) * 2)
+    assert got["a`b"].shape == (5, 2)
+
+
+def test_a_null_mllib_vector_is_named_when_read(spark) -> None:
+    schema = StructType([StructField("id", LongType()), StructField("features", VectorUDT())])
+    df = spark.createDataFrame([(1, Vectors.dense([1.0, 2.0])), (2, None), (3, Vectors.sparse(2, [1], [3.0]))], schema)
+    converter = make_spark_converter(df)
+    with pytest.raises(NullValueError, match="column 'features'"):
+        _read(converter)
+    filled = _read(
+        converter,
+        transform_fn=lambda f: f.assign(
+            features=[v if v is not None else np.zeros(2, np.float32) for v in f["features"]]
+        ),
+    )
+    assert filled["features"].tolist() == [[1.0, 2.0], [0.0, 0.0], [0.0, 3.0]]
+
+
+# --------------------------------------------------------------------------- integrity
+
+
+def _flip_a_value_byte(path: str, value: bytes) -> None:
+    with open(path, "rb") as handle:
+        data = bytearray(handle.read())
+    at = data.find(value)
+    assert at > 0, "the value's bytes are not in the file"
+    data[at] ^= 0x01
+    with open(path, "wb") as handle:
+        handle.write(bytes(data))
+
+
+@pytest.mark.parametrize("with_array", [False, True], ids=["spark-writer", "task-writer"])
+def test_a_flipped_bit_in_a_cache_file_is_an_error_not_a_wrong_number(spark, with_array: bool) -> None:
+    df = spark.range(64, numPartitions=1).select("id", (F.col("id") + 0.25).cast("float").alias("x"))
+    if with_array:
+        df = df.withColumn("pair", F.array("x", "x"))
+    converter = make_spark_converter(df)
+    assert _read(converter)["x"].tolist() == [i + 0.25 for i in range(64)]
+    (path,) = glob.glob(Location.parse(converter.cache_dir_url).local_path + "/*.parquet")
+    _flip_a_value_byte(path, np.arange(10.25, 14, dtype=np.float32).tobytes())
+    with pytest.raises(OSError, match=r"(?i)crc|checksum"):
+        _read(converter)
