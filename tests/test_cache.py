@@ -223,7 +223,7 @@ ATEXIT_SCRIPT = textwrap.dedent(
 def test_caches_are_deleted_at_interpreter_exit(tmp_path) -> None:
     user_data = tmp_path / "user.parquet"
     pq.write_table(pa.table({"id": [1, 2]}), user_data)
-    cache = tmp_path / "cache"
+    cache = tmp_path / "#my cache%"  # exit-time cleanup goes through the same location layer
     done = subprocess.run(
         [sys.executable, "-c", ATEXIT_SCRIPT, str(cache), str(user_data)],
         capture_output=True,
@@ -235,7 +235,7 @@ def test_caches_are_deleted_at_interpreter_exit(tmp_path) -> None:
     url = done.stdout.strip().splitlines()[-1]
     assert url.startswith(to_url(str(cache)))
     assert cache.is_dir() and list(cache.iterdir()) == []
-    assert user_data.exists()
+    assert user_data.exists() and sorted(p.name for p in tmp_path.iterdir()) == sorted([cache.name, user_data.name])
     assert "Traceback" not in done.stderr
 
 
