@@ -135,16 +135,18 @@ def test_mismatched_states_are_refused(converter) -> None:
     with converter.make_numpy_iterator(batch_size=10, seed=1, cur_shard=0, shard_count=2) as loader:
         next(iter(loader))
         state = loader.state_dict()
-    with converter.make_numpy_iterator(seed=2, cur_shard=0, shard_count=2) as other:
+    with converter.make_numpy_iterator(batch_size=10, seed=2, cur_shard=0, shard_count=2) as other:
         with pytest.raises(ValueError, match="saved with seed=1, this reader has seed=2"):
             other.load_state_dict(state)
-    with converter.make_numpy_iterator(seed=1, cur_shard=1, shard_count=2) as other:
+    with converter.make_numpy_iterator(batch_size=10, seed=1, cur_shard=1, shard_count=2) as other:
         with pytest.raises(ValueError, match="saved by shard 0 of 2, but this reader is shard 1 of 2"):
             other.load_state_dict(state)
-    with converter.make_numpy_iterator(seed=1, cur_shard=0, shard_count=2, shuffling_queue_capacity=5) as other:
+    with converter.make_numpy_iterator(
+        batch_size=10, seed=1, cur_shard=0, shard_count=2, shuffling_queue_capacity=5
+    ) as other:
         with pytest.raises(ValueError, match="saved with shuffle_rows=0"):
             other.load_state_dict(state)
-    with converter.make_numpy_iterator(seed=1, cur_shard=0, shard_count=3) as other:
+    with converter.make_numpy_iterator(batch_size=10, seed=1, cur_shard=0, shard_count=3) as other:
         with pytest.raises(ValueError, match=r"expected the states of all 2 shards, got shards \[0\]"):
             other.load_state_dict([state])
     with pytest.raises(ValueError, match="not a sparkfeed reader state"):
