@@ -401,3 +401,27 @@ def test_property_reshard_and_resume_loses_and_repeats_nothing(datasets, run: di
     for epoch in range(1, run["num_epochs"]):
         per_shard = [[i for ids in shard.get(epoch, []) for i in ids] for shard in later]
         _check_epoch(later_run, per_shard, [len(shard.get(epoch, [])) for shard in later])
+
+
+def test_a_tf_dataset_iterates_again_after_a_break_and_refuses_two_live_iterators(tmp_path: Path) -> None:
+    """tf.data runs the reader in its own threads and ends a generator when its iterator goes."""
+    pytest.importorskip("tensorflow")
+    from sparkfeed.tf import TfDatasetContext
+
+    manifest = _write(tmp_path, 200, 30)
+
+    def make(batch_size: int, num_epochs: int | None, drop_last: bool) -> Reader[Any]:
+        return _reader(tmp_path, manifest, batch_size=batch_size, num_epochs=num_epochs, drop_last=drop_last, seed=1)
+
+    with TfDatasetContext(make, 10, 1, None) as dataset:
+        for _ in range(2):
+            for number, _row in enumerate(dataset):
+                if number == 3:
+                    break
+        assert sum(1 for _ in dataset) == 20
+        held = iter(dataset)
+        next(held)
+        with pytest.raises(Exception, match="already being iterated"):
+            list(dataset)
+        del held
+        assert sum(1 for _ in dataset) == 20
