@@ -215,6 +215,8 @@ def test_resharding_ten_times_in_one_epoch_keeps_the_state_small_and_exact(tmp_p
             reader.close()
         states = new_states
         sizes.append(max(len(json.dumps(s)) for s in states))
+        # At most one segment per row group (40) plus one cut per shard boundary so far, whatever the history.
+        assert all(len(s["segments"] or ()) <= 40 + sum(counts) for s in states)
     assert sorted(seen) == list(range(2000))
     assert max(sizes) < 4 * sizes[1]  # grows at most with the cuts, not with the history
     assert max(sizes) < 8000

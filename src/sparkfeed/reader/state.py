@@ -31,6 +31,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import numbers
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -369,15 +370,15 @@ def _check_keys(what: str, data: Mapping[str, Any], expected: set[str]) -> None:
 
 
 def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+    """An integer, NumPy's included (a checkpoint may hand them back), but not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def _int(data: Mapping[str, Any], name: str, minimum: int, what: str = "reader state") -> int:
     value = data[name]
     if not _is_int(value) or value < minimum:
         raise ValueError(f"{what}: {name}={value!r} is not allowed: it must be an integer >= {minimum}")
-    result: int = value
-    return result
+    return int(value)
 
 
 def _optional_int(data: Mapping[str, Any], name: str, minimum: int, what: str = "reader state") -> int | None:
@@ -439,11 +440,17 @@ def _segment_from_list(item: object) -> Segment:
             raise bad
         if piece[2] > piece[3]:
             raise bad
-        parsed.append(Piece(*piece))
+        parsed.append(Piece(*(int(v) for v in piece)))
     if key is not None and (not isinstance(key, list) or not all(_is_int(k) and k >= 0 for k in key)):
         raise bad
     if (seed is None) != (key is None) or (seed is not None and not (_is_int(seed) and seed >= 0)):
         raise bad
     if not (_is_int(start) and start >= 0) or (stop is not None and not (_is_int(stop) and stop >= start)):
         raise bad
-    return Segment(tuple(parsed), None if key is None else tuple(key), start, stop, seed)
+    return Segment(
+        tuple(parsed),
+        None if key is None else tuple(int(k) for k in key),
+        int(start),
+        None if stop is None else int(stop),
+        None if seed is None else int(seed),
+    )
