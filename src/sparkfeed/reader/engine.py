@@ -275,6 +275,9 @@ class Reader(Generic[C]):
             state: This shard's saved state; or the states of every shard of a run, which also
                 allows a different ``shard_count`` now: the rest of the interrupted epoch is split
                 among the new shards with no row repeated or lost, and later epochs shard as usual.
+                Each saved segment keeps the seed it was planned with; for later epochs this reader
+                takes the seed of old shard ``cur_shard % old_count`` (the user's seed, when given),
+                so an unseeded run resumes deterministically (see :func:`sparkfeed.reader.state.resume`).
 
         Raises:
             ValueError: A state is malformed, or was saved on another cache, with other loader
