@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from types import TracebackType
 from typing import Any, Self
 
@@ -11,7 +12,9 @@ from sparkfeed.reader import Reader
 class ReaderLoader:
     """Base of the framework loaders: delegates length, resume state and closing to the reader.
 
-    A context manager: leaving the ``with`` block stops the reader threads.
+    A context manager: leaving the ``with`` block stops the reader threads. One iteration at a
+    time, as the reader (whose position ``state_dict()`` saves): starting a second while one is
+    unfinished raises a ``RuntimeError``; a finished, closed or dropped one does not count.
     """
 
     def __init__(self, reader: Reader[Any]) -> None:
@@ -24,8 +27,12 @@ class ReaderLoader:
         """The reader's position; see :meth:`sparkfeed.reader.Reader.state_dict`."""
         return self._reader.state_dict()
 
-    def load_state_dict(self, state: Any) -> None:
-        """Continues from a saved position; see :meth:`sparkfeed.reader.Reader.load_state_dict`."""
+    def load_state_dict(self, state: dict[str, Any] | Sequence[dict[str, Any]]) -> None:
+        """Continues from a saved position; see :meth:`sparkfeed.reader.Reader.load_state_dict`.
+
+        Raises:
+            ValueError: The state is malformed or belongs to another cache, loader or shard.
+        """
         self._reader.load_state_dict(state)
 
     def close(self) -> None:

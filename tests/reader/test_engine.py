@@ -177,13 +177,18 @@ def test_infinite_epochs_and_early_break_stop_the_threads(converter) -> None:
     with converter.make_numpy_iterator(batch_size=50, workers_count=2) as batches:
         with pytest.raises(TypeError, match="infinite"):
             len(batches)
-        taken = list(itertools.islice(batches, 200))
+        iterator = iter(batches)
+        taken = list(itertools.islice(iterator, 200))
         assert len(taken) == 200  # 10,000 rows: more than three epochs
         assert _reader_threads()
     assert not _reader_threads()
     loader = converter.make_numpy_iterator(batch_size=50)
     for _ in loader:
         break
+    assert not _reader_threads()  # the reader holds its iteration weakly: the loop's end is the iteration's
+    iterator = iter(loader)
+    next(iterator)
+    assert _reader_threads()
     loader.close()
     assert not _reader_threads()
 
@@ -231,7 +236,8 @@ def test_process_workers_yield_exactly_the_thread_batches(converter, transform) 
 
 def test_process_workers_stop_on_early_break_and_report_transform_errors(converter) -> None:
     with converter.make_numpy_iterator(batch_size=50, reader_pool_type="process", workers_count=2) as batches:
-        assert len(list(itertools.islice(batches, 100))) == 100
+        iterator = iter(batches)
+        assert len(list(itertools.islice(iterator, 100))) == 100
         assert multiprocessing.active_children()
     assert not multiprocessing.active_children()
     with pytest.raises(ArithmeticError, match="transform failed") as error:

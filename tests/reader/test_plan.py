@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import Counter
 
@@ -14,6 +15,7 @@ from sparkfeed.reader.plan import (
     Segment,
     epoch_order,
     epoch_segments,
+    merge_adjacent,
     permutation,
     remainder,
     shard_pieces,
@@ -125,3 +127,21 @@ def test_remainders_resplit_across_a_new_shard_count_lose_and_repeat_nothing(old
     assert max(sizes) - min(sizes) <= 1
     padded = [sum(s.rows for s in split_segments(rest, s, new, "pad")) for s in range(new)]
     assert len(set(padded)) == 1
+
+
+def test_shuffle_windows_carry_the_seed_of_their_plan() -> None:
+    for seed in (3, 4):
+        segments = epoch_segments(GROUPS, PlanSpec(seed=seed, shuffle_rows=60, shard_policy="exact"), epoch=0)
+        assert {s.seed for s in segments} == {seed}
+        assert {s.seed for s in split_segments(segments, 1, 3)} == {seed}  # cuts keep it
+    assert {s.seed for s in epoch_segments(GROUPS, PlanSpec(seed=3), epoch=0)} == {None}  # nothing to permute
+
+
+def test_merge_adjacent_joins_cuts_that_meet_and_nothing_else() -> None:
+    window = Segment((Piece(0, 0, 0, 100), Piece(0, 1, 0, 37)), (0, 0, 0), seed=5)
+    other = dataclasses.replace(window, seed=6)
+    assert merge_adjacent([window.cut(0, 40), window.cut(40, 90), window.cut(90, 137)]) == [window.cut(0, 137)]
+    assert merge_adjacent([window.cut(0, 40), window.cut(50, 90)]) == [window.cut(0, 40), window.cut(50, 90)]
+    assert merge_adjacent([window.cut(0, 40), other.cut(40, 90)]) == [window.cut(0, 40), other.cut(40, 90)]
+    parts = [split_segments([window], s, 4, "exact")[0] for s in range(4)]
+    assert _expand(merge_adjacent(parts)) == _expand([window])

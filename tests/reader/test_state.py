@@ -1,9 +1,11 @@
-"""One resume test for every iterator kind: state_dict() then load_state_dict() continues exactly."""
+"""Resume for every iterator kind (state_dict() then load_state_dict() continues exactly), and the state value."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -11,6 +13,8 @@ import pytest
 from pyspark.sql import functions as F
 
 from sparkfeed import make_spark_converter
+from sparkfeed.reader.plan import Segment, permutation
+from sparkfeed.reader.state import Identity, ReaderState, epoch_of, reshard, resume
 
 ROWS = 2000
 
@@ -135,17 +139,139 @@ def test_mismatched_states_are_refused(converter) -> None:
     with converter.make_numpy_iterator(batch_size=10, seed=1, cur_shard=0, shard_count=2) as loader:
         next(iter(loader))
         state = loader.state_dict()
-    with converter.make_numpy_iterator(seed=2, cur_shard=0, shard_count=2) as other:
+    with converter.make_numpy_iterator(batch_size=10, seed=2, cur_shard=0, shard_count=2) as other:
         with pytest.raises(ValueError, match="saved with seed=1, this reader has seed=2"):
             other.load_state_dict(state)
-    with converter.make_numpy_iterator(seed=1, cur_shard=1, shard_count=2) as other:
+    with converter.make_numpy_iterator(batch_size=10, seed=1, cur_shard=1, shard_count=2) as other:
         with pytest.raises(ValueError, match="saved by shard 0 of 2, but this reader is shard 1 of 2"):
             other.load_state_dict(state)
-    with converter.make_numpy_iterator(seed=1, cur_shard=0, shard_count=2, shuffling_queue_capacity=5) as other:
+    with converter.make_numpy_iterator(
+        batch_size=10, seed=1, cur_shard=0, shard_count=2, shuffling_queue_capacity=5
+    ) as other:
         with pytest.raises(ValueError, match="saved with shuffle_rows=0"):
             other.load_state_dict(state)
-    with converter.make_numpy_iterator(seed=1, cur_shard=0, shard_count=3) as other:
+    with converter.make_numpy_iterator(batch_size=10, seed=1, cur_shard=0, shard_count=3) as other:
         with pytest.raises(ValueError, match=r"expected the states of all 2 shards, got shards \[0\]"):
             other.load_state_dict([state])
     with pytest.raises(ValueError, match="not a sparkfeed reader state"):
         converter.make_numpy_iterator().load_state_dict({"epoch": 0})
+
+
+# ---------------------------------------------------------------------------------- the state value, without Spark
+
+GROUPS = [(0, 0, 100), (0, 1, 37), (1, 0, 5), (1, 1, 58)]
+IDENTITY = Identity(
+    fingerprint="f" * 32,
+    num_rows=200,
+    batch_size=10,
+    drop_last=False,
+    num_epochs=2,
+    columns=("id",),
+    transform=False,
+    shard_policy="exact",
+    shuffle_row_groups=True,
+    shuffle_rows=30,
+)
+
+
+def _expand(segments: Sequence[Segment]) -> list[tuple[int, int, int]]:
+    """The rows a segment list yields, permuted the way the reader does: with each segment's own seed."""
+    rows = []
+    for segment in segments:
+        joined = [(p.file, p.row_group, r) for p in segment.pieces for r in range(p.start, p.stop)]
+        if segment.shuffle_key is not None:
+            assert segment.seed is not None
+            joined = [joined[i] for i in permutation(segment.seed, segment.shuffle_key, len(joined))]
+        rows += joined[segment.start : segment.stop]
+    return rows
+
+
+def _states(seeds: Sequence[int], offsets: Sequence[tuple[int, int]]) -> list[ReaderState]:
+    return [
+        ReaderState(IDENTITY, seed, shard, len(seeds), epoch=1, segment=segment, offset=offset, end_epoch=2)
+        for shard, (seed, (segment, offset)) in enumerate(zip(seeds, offsets, strict=True))
+    ]
+
+
+@pytest.mark.parametrize("new", [1, 2, 3, 5])
+def test_reshard_keeps_each_old_shards_seed_and_loses_nothing(new: int) -> None:
+    positions = [(0, 5), (0, 3), (1, 0)]
+    states = _states([11, 12345, 7], positions)  # every shard drew its own seed
+    consumed, rest = [], []
+    for state in states:
+        done = _expand(epoch_of(state, GROUPS))
+        upto = sum(s.rows for s in epoch_of(state, GROUPS)[: state.segment]) + state.offset
+        consumed += done[:upto]
+        rest += done[upto:]
+    resharded = [reshard(states, GROUPS, shard, new) for shard in range(new)]
+    assert [row for segments in resharded for row in _expand(segments)] == rest  # the same rows in the same order
+    assert sorted(consumed + rest) == sorted((f, g, r) for f, g, n in GROUPS for r in range(n))
+    resumed = [
+        resume(states, identity=IDENTITY, groups=GROUPS, cur_shard=s, shard_count=new, seed=None, every_shard=True)
+        for s in range(new)
+    ]
+    assert [r.seed for r in resumed] == [states[s % 3].seed for s in range(new)]  # deterministic, documented
+    if new == len(states):  # the same count: each shard simply continues
+        assert [(r.epoch, r.segment, r.offset, r.segments) for r in resumed] == [(1, *p, None) for p in positions]
+    else:
+        assert all((r.epoch, r.segment, r.offset, r.end_epoch) == (1, 0, 0, 2) for r in resumed)
+        assert [list(r.segments or ()) for r in resumed] == resharded
+
+
+def test_a_state_round_trips_through_json_and_resharded_segments_stay_explicit() -> None:
+    states = _states([1, 2], [(1, 4), (0, 9)])
+    mine = tuple(reshard(states, GROUPS, 0, 3))
+    state = dataclasses.replace(states[0], shard_count=3, segments=mine, epoch=1, segment=0, offset=2)
+    data = json.loads(json.dumps(state.to_dict()))
+    assert ReaderState.from_dict(data) == state
+    assert ReaderState.from_dict({**data, "epoch": np.int64(1)}) == state  # NumPy integers, as a checkpoint may hold
+    assert data["version"] == 2 and data["identity"]["columns"] == ["id"]
+    assert ReaderState.from_dict(json.loads(json.dumps(states[1].to_dict()))) == states[1]
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"format": "sparkfeed.reader/1"}, "version 1, from an older sparkfeed"),
+        ({"format": "other"}, "not a sparkfeed reader state"),
+        ({"version": 3}, "version 3 is unknown"),
+        ({"extra": 1}, r"unknown keys \['extra'\]"),
+        ({"shard_count": 0}, "shard_count=0 is not allowed"),
+        ({"end_epoch": 0}, "epoch=1 with end_epoch=0"),
+        ({"seed": -1}, "seed=-1 is not allowed"),
+        ({"segments": {}}, "segments={} is not allowed"),
+        ({"segments": [[[[0, 0, 5, 2]], None, None, 0, None]]}, "is not a segment"),
+        ({"segments": [[[[0, 0, 0, 2]], [1], None, 0, None]]}, "is not a segment"),  # a shuffle without its seed
+    ],
+)
+def test_from_dict_refuses_malformed_data_naming_the_field(change: dict[str, Any], message: str) -> None:
+    data = {**_states([1], [(0, 0)])[0].to_dict(), **change}
+    with pytest.raises(ValueError, match=message):
+        ReaderState.from_dict(data)
+    good = _states([1], [(0, 0)])[0].to_dict()
+    identity = {**good["identity"], "shard_policy": "some"}
+    with pytest.raises(ValueError, match="shard_policy='some' is not allowed"):
+        ReaderState.from_dict({**good, "identity": identity})
+
+
+def test_resume_refuses_states_that_do_not_belong_together() -> None:
+    kwargs: dict[str, Any] = {"identity": IDENTITY, "groups": GROUPS, "seed": None}
+    states = _states([1, 2], [(0, 0), (0, 0)])
+    with pytest.raises(ValueError, match="different epochs"):
+        resume(
+            [states[0], dataclasses.replace(states[1], epoch=0)], cur_shard=0, shard_count=2, every_shard=True, **kwargs
+        )
+    with pytest.raises(ValueError, match=r"expected the states of all 2 shards, got shards \[0, 0\]"):
+        resume([states[0], states[0]], cur_shard=0, shard_count=2, every_shard=True, **kwargs)
+    with pytest.raises(ValueError, match="saved by shard 1 of 2, but this reader is shard 0 of 2"):
+        resume([states[1]], cur_shard=0, shard_count=2, every_shard=False, **kwargs)
+    with pytest.raises(ValueError, match="saved with num_rows=200, this reader has num_rows=201"):
+        resume(
+            states,
+            cur_shard=0,
+            shard_count=2,
+            every_shard=True,
+            **{**kwargs, "identity": dataclasses.replace(IDENTITY, num_rows=201)},
+        )
+    with pytest.raises(ValueError, match="no states given"):
+        resume([], cur_shard=0, shard_count=2, every_shard=True, **kwargs)

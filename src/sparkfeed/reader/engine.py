@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
+import inspect
 import itertools
 import math
-from collections.abc import Callable, Iterator, Sequence
+import weakref
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Generic, TypeVar
 
@@ -17,20 +20,13 @@ from sparkfeed.location import Location
 from sparkfeed.options import ReaderOptions
 from sparkfeed.reader.batch import NUMPY, Batcher, BatchFormat
 from sparkfeed.reader.exchange import Exchange
-from sparkfeed.reader.plan import (
-    PlanSpec,
-    Segment,
-    epoch_segments,
-    remainder,
-    split_segments,
-)
+from sparkfeed.reader.plan import PlanSpec, Segment, epoch_segments, remainder
 from sparkfeed.reader.pool import OrderedPool
 from sparkfeed.reader.segments import SegmentReader, Work
+from sparkfeed.reader.state import Identity, ReaderState, fingerprint, resume
 from sparkfeed.types import ColumnSpec, column_specs
 
 C = TypeVar("C")
-
-STATE_FORMAT = "sparkfeed.reader/1"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +46,13 @@ class Reader(Generic[C]):
     span two epochs: each epoch ends with its partial batch (left out with ``drop_last``).
     ``state_dict()`` after any batch and ``load_state_dict()`` on a new reader continue with
     exactly the batches that remained.
+
+    One iteration at a time: the position, which ``state_dict()`` saves, is the iteration's, so
+    starting a second iteration while another is unfinished raises a ``RuntimeError`` rather than
+    silently ending the first (or keeping two positions, either of which a checkpoint could
+    mean). An iteration that is exhausted, closed (``close()``, or the iterator's own), or
+    dropped (the iterator of a ``for`` loop left with ``break``) is no longer active: the reader
+    keeps only a weak reference to it. For two independent streams, make two readers.
 
     Args:
         root_url: The dataset's directory URL.
@@ -94,11 +97,26 @@ class Reader(Generic[C]):
                 f"shard_policy={options.shard_policy!r}), so num_epochs=None would wait forever: "
                 "use fewer shards or a finite num_epochs"
             )
+        self._identity = Identity(
+            fingerprint=fingerprint(manifest.key, [(entry.path, entry.row_groups) for entry in manifest.files]),
+            num_rows=manifest.num_rows,
+            batch_size=options.batch_size,
+            drop_last=options.drop_last,
+            num_epochs=options.num_epochs,
+            columns=tuple(self._specs),
+            transform=options.transform_spec is not None,
+            shard_policy=options.shard_policy,
+            shuffle_row_groups=options.shuffle_row_groups,
+            shuffle_rows=self._plan.shuffle_rows,
+        )
         self._position = Position(0)
         self._end: int | None = None  # end epoch of the current (or resumed) iteration
         self._resumed = False
-        self._derived: tuple[int, list[Segment], list[dict[str, Any]]] | None = None
-        self._active: Iterator[C] | None = None
+        # A resharded epoch: its number and segments, which the plan alone no longer gives.
+        self._derived: tuple[int, tuple[Segment, ...]] | None = None
+        # The active iteration, weakly: an iterator its user dropped ends and no longer counts.
+        self._active: weakref.ref[Generator[C, None, None]] | None = None
+        self._token: object | None = None  # the active iteration's; only it moves the position
         self._pool: OrderedPool[Work, Any] | None = None
 
     # ------------------------------------------------------------------ iteration
@@ -141,17 +159,37 @@ class Reader(Generic[C]):
     def _epochs(self) -> int:
         return self._options.num_epochs or 0
 
+    def _running(self) -> Generator[C, None, None] | None:
+        """The active iteration: started here, still referenced, and neither exhausted nor closed."""
+        stream = None if self._active is None else self._active()
+        if stream is None or inspect.getgeneratorstate(stream) == inspect.GEN_CLOSED:
+            return None
+        return stream
+
     def __iter__(self) -> Iterator[C]:
-        self.close()
+        """A new iteration, continuing after the previous one.
+
+        Raises:
+            RuntimeError: Another iteration of this reader is still active (see the class docstring).
+        """
+        if self._running() is not None:
+            gc.collect()  # an iterator dropped inside a reference cycle is no longer the user's either
+            if self._running() is not None:
+                raise RuntimeError(
+                    "this loader is already being iterated, and that iteration is not finished: finish it, "
+                    "close it (loader.close() or iterator.close()), or make a second loader for a second stream"
+                )
         start, end = self._iteration_range()
         self._resumed = False
         self._position, self._end = start, (None if self._options.num_epochs is None else end)
-        self._active = self._stream(start, self._end)
-        return self._active
+        token = self._token = object()
+        stream = self._stream(start, self._end, token)
+        self._active = weakref.ref(stream)
+        return stream
 
     def _segments(self, epoch: int) -> list[Segment]:
         if self._derived is not None and self._derived[0] == epoch:
-            return self._derived[1]
+            return list(self._derived[1])
         return epoch_segments(self._groups, self._plan, epoch)
 
     def _work(self, start: Position, end: int | None) -> Iterator[Work]:
@@ -161,9 +199,12 @@ class Reader(Generic[C]):
             first = start.segment if epoch == start.epoch else 0
             for index in range(first, len(segments)):
                 skip = start.offset if epoch == start.epoch and index == start.segment else 0
-                yield Work(epoch, index, skip, segments[index], self._plan.seed)
+                segment = segments[index]
+                # The segment's own seed: after a reshard it is the seed of the shard that planned it.
+                seed = self._plan.seed if segment.seed is None else segment.seed
+                yield Work(epoch, index, skip, segment, seed)
 
-    def _stream(self, start: Position, end: int | None) -> Iterator[C]:
+    def _stream(self, start: Position, end: int | None, token: object) -> Generator[C, None, None]:
         options = self._options
         segments, convert = self._segment_reader, self._fmt.convert
         # Worker processes hand NumPy over through shared memory, and the format is made here;
@@ -185,11 +226,11 @@ class Reader(Generic[C]):
             for epoch, items in itertools.groupby(results, key=lambda item: item[0].epoch):
                 chunks = (((work.index, work.skip), chunk) for work, chunk in items)
                 for batch, (index, skip), consumed in batcher.batches(chunks):
-                    self._position = Position(epoch, index, skip + consumed)
+                    self._move(token, Position(epoch, index, skip + consumed))
                     yield batch
-                self._position = Position(epoch + 1)
+                self._move(token, Position(epoch + 1))
             if end is not None:
-                self._position = Position(end)
+                self._move(token, Position(end))
         finally:
             raw.close()  # type: ignore[attr-defined]
             if exchange is not None:
@@ -197,107 +238,93 @@ class Reader(Generic[C]):
 
     # ------------------------------------------------------------------ state
 
+    def _move(self, token: object, position: Position) -> None:
+        """Records the position, unless the iteration was closed (from another thread) in between."""
+        if self._token is token:
+            self._position = position
+
+    def state(self) -> ReaderState:
+        """Where this reader stands, as a :class:`~sparkfeed.reader.state.ReaderState`."""
+        position, derived = self._position, self._derived
+        return ReaderState(
+            identity=self._identity,
+            seed=self._plan.seed,
+            cur_shard=self._plan.cur_shard,
+            shard_count=self._plan.shard_count,
+            epoch=position.epoch,
+            segment=position.segment,
+            offset=position.offset,
+            end_epoch=self._end,
+            segments=derived[1] if derived is not None and derived[0] == position.epoch else None,
+        )
+
     def state_dict(self) -> dict[str, Any]:
-        """Where this reader stands, as plain data: save it with the model's checkpoint."""
-        state: dict[str, Any] = {
-            "format": STATE_FORMAT,
-            "epoch": self._position.epoch,
-            "segment": self._position.segment,
-            "offset": self._position.offset,
-            "end_epoch": self._end,
-            "num_rows": self._num_rows,
-            **dataclasses.asdict(self._plan),
-        }
-        if self._derived is not None and self._derived[0] == self._position.epoch:
-            state["resharded_from"] = self._derived[2]
-        return state
+        """Where this reader stands, as plain JSON-able data: save it with the model's checkpoint.
+
+        The format is described in :mod:`sparkfeed.reader.state`; it records what it indexes
+        (the cache's fingerprint and the loader's arguments), so that it cannot resume elsewhere.
+        """
+        return self.state().to_dict()
 
     def load_state_dict(self, state: dict[str, Any] | Sequence[dict[str, Any]]) -> None:
         """Continues where a saved reader stopped: the next batches are exactly those that remained.
+
+        Ends this reader's current iteration, if any. Every state is checked before anything
+        changes, so a refused state leaves the reader as it was.
 
         Args:
             state: This shard's saved state; or the states of every shard of a run, which also
                 allows a different ``shard_count`` now: the rest of the interrupted epoch is split
                 among the new shards with no row repeated or lost, and later epochs shard as usual.
+                Each saved segment keeps the seed it was planned with; for later epochs this reader
+                takes the seed of old shard ``cur_shard % old_count`` (the user's seed, when given),
+                so an unseeded run resumes deterministically (see :func:`sparkfeed.reader.state.resume`).
+
+        Raises:
+            ValueError: A state is malformed, or was saved on another cache, with other loader
+                arguments, or by another shard; the message names the field and both values.
         """
-        self.close()
-        every_shard = not isinstance(state, dict)
-        states: list[dict[str, Any]] = (
-            [state] if isinstance(state, dict) else sorted(state, key=lambda s: int(s["cur_shard"]))
+        if isinstance(state, Mapping):
+            states, every_shard = [ReaderState.from_dict(state)], False
+        elif isinstance(state, Sequence) and not isinstance(state, str | bytes):
+            if not state:
+                raise ValueError("no states given: pass this shard's state, or the list of every shard's state")
+            states, every_shard = [], True
+            for number, saved in enumerate(state):
+                if not isinstance(saved, Mapping):
+                    raise ValueError(f"state {number} of the list is not a dict from state_dict(): {saved!r:.80}")
+                states.append(ReaderState.from_dict(saved))
+        else:
+            raise ValueError(
+                f"load_state_dict takes a dict or a list of dicts from state_dict(), got {type(state).__name__}"
+            )
+        resumed = resume(
+            states,
+            identity=self._identity,
+            groups=self._groups,
+            cur_shard=self._plan.cur_shard,
+            shard_count=self._plan.shard_count,
+            seed=self._options.seed,
+            every_shard=every_shard,
         )
-        for saved in states:
-            self._check_state(saved)
-        first = states[0]
-        old_count = first["shard_count"]
-        if not every_shard and (first["cur_shard"], old_count) != (self._plan.cur_shard, self._plan.shard_count):
-            raise ValueError(
-                f"this state was saved by shard {first['cur_shard']} of {old_count}, but this reader is shard "
-                f"{self._plan.cur_shard} of {self._plan.shard_count}: pass the list of every shard's state"
-            )
-        if every_shard:
-            if [s["cur_shard"] for s in states] != list(range(old_count)):
-                raise ValueError(
-                    f"expected the states of all {old_count} shards, got shards {[s['cur_shard'] for s in states]}"
-                )
-            if len({(s["epoch"], s["end_epoch"]) for s in states}) != 1:
-                raise ValueError("the shards' states are from different epochs; save them at the same step")
-        self._plan = dataclasses.replace(self._plan, seed=first["seed"])
-        self._end = first["end_epoch"]
+        self.close()
+        self._plan = dataclasses.replace(self._plan, seed=resumed.seed)
+        self._end = resumed.end_epoch
         self._resumed = True
-        if old_count == self._plan.shard_count:
-            mine = states[self._plan.cur_shard] if every_shard else first
-            self._position = Position(mine["epoch"], mine["segment"], mine["offset"])
-            self._derived = (
-                (mine["epoch"], self._saved_segments(mine), mine["resharded_from"])
-                if "resharded_from" in mine
-                else None
-            )
-            return
-        rest = [
-            seg for saved in states for seg in remainder(self._saved_segments(saved), saved["segment"], saved["offset"])
-        ]
-        mine_segments = split_segments(rest, self._plan.cur_shard, self._plan.shard_count, self._plan.shard_policy)
-        self._derived = (first["epoch"], mine_segments, [dict(s) for s in states])
-        self._position = Position(first["epoch"])
-
-    def _check_state(self, saved: dict[str, Any]) -> None:
-        if saved.get("format") != STATE_FORMAT:
-            raise ValueError(
-                f"not a sparkfeed reader state (format {saved.get('format')!r}, expected {STATE_FORMAT!r})"
-            )
-        if saved["num_rows"] != self._num_rows:
-            raise ValueError(f"this state is for a dataset of {saved['num_rows']} rows, this one has {self._num_rows}")
-        if self._options.seed is not None and saved["seed"] != self._options.seed:
-            raise ValueError(
-                f"this state was saved with seed={saved['seed']}, this reader has seed={self._options.seed}"
-            )
-        for name in ("shard_policy", "shuffle_row_groups", "shuffle_rows"):
-            if saved[name] != getattr(self._plan, name):
-                raise ValueError(
-                    f"this state was saved with {name}={saved[name]!r}, this reader has {getattr(self._plan, name)!r}; "
-                    "resume with the same shuffle and shard settings"
-                )
-
-    def _saved_segments(self, saved: dict[str, Any]) -> list[Segment]:
-        """The segments of the epoch a saved state stands in, recomputed from the state alone."""
-        if "resharded_from" in saved:
-            olds = saved["resharded_from"]
-            rest = [seg for old in olds for seg in remainder(self._saved_segments(old), old["segment"], old["offset"])]
-            return split_segments(rest, saved["cur_shard"], saved["shard_count"], saved["shard_policy"])
-        spec = PlanSpec(**{f.name: saved[f.name] for f in dataclasses.fields(PlanSpec)})
-        return epoch_segments(self._groups, spec, saved["epoch"])
+        self._position = Position(resumed.epoch, resumed.segment, resumed.offset)
+        self._derived = None if resumed.segments is None else (resumed.epoch, resumed.segments)
 
     # ------------------------------------------------------------------ lifetime
 
     def close(self) -> None:
-        """Stops the reader threads of the current iteration, if any; safe from any thread."""
-        active, self._active = self._active, None
+        """Ends the current iteration, if any, and stops its reader threads; safe from any thread."""
+        active, self._active, self._token = self._running(), None, None
         if active is None:
             return
         if self._pool is not None:
             self._pool.shutdown()
         with contextlib.suppress(ValueError):  # running in another thread (tf.data): it ends at its next step
-            active.close()  # type: ignore[attr-defined]
+            active.close()
 
     def __enter__(self) -> Reader[C]:
         return self

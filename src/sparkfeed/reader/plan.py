@@ -45,12 +45,16 @@ class Segment:
         shuffle_key: Spawn key of the permutation applied to the joined rows; None keeps order.
         start: First output row kept (after the permutation).
         stop: End of the kept rows; None means all of them.
+        seed: Seed of that permutation: the seed of the shard whose plan made the window. It
+            travels with the segment because a resharded epoch joins the remainders of shards
+            that each drew their own seed (``seed=None``); None where nothing is permuted.
     """
 
     pieces: tuple[Piece, ...]
     shuffle_key: tuple[int, ...] | None = None
     start: int = 0
     stop: int | None = None
+    seed: int | None = None
 
     @property
     def source_rows(self) -> int:
@@ -148,10 +152,10 @@ def epoch_segments(row_groups: Sequence[tuple[int, int, int]], spec: PlanSpec, e
     for piece in order:
         window.append(piece)
         if len(window) >= MIN_WINDOW_PIECES and sum(p.rows for p in window) >= spec.shuffle_rows:
-            segments.append(Segment(tuple(window), (epoch, spec.cur_shard, len(segments))))
+            segments.append(Segment(tuple(window), (epoch, spec.cur_shard, len(segments)), seed=spec.seed))
             window = []
     if window:
-        segments.append(Segment(tuple(window), (epoch, spec.cur_shard, len(segments))))
+        segments.append(Segment(tuple(window), (epoch, spec.cur_shard, len(segments)), seed=spec.seed))
     return segments
 
 
@@ -190,4 +194,26 @@ def split_segments(
         offset += segment.rows
     if policy == "pad" and total and high - low < math.ceil(total / shard_count):
         out += split_segments(segments, cur_shard % total, total, "exact")  # one wrapped row
+    return out
+
+
+def merge_adjacent(segments: Sequence[Segment]) -> list[Segment]:
+    """Consecutive cuts of one window that meet, joined again into one segment.
+
+    A reshard cuts windows at the new shard boundaries; where no row was consumed in between,
+    the next reshard puts the two cuts side by side again, and joining them keeps a state from
+    growing with every reshard that changes nothing.
+    """
+    out: list[Segment] = []
+    for segment in segments:
+        last = out[-1] if out else None
+        if (
+            last is not None
+            and last.stop is not None
+            and last.stop == segment.start
+            and (last.pieces, last.shuffle_key, last.seed) == (segment.pieces, segment.shuffle_key, segment.seed)
+        ):
+            out[-1] = dataclasses.replace(last, stop=segment.stop)
+        else:
+            out.append(segment)
     return out
