@@ -24,7 +24,7 @@ def test_a_plain_path_is_the_same_directory_in_every_view(tmp_path, name: str) -
     assert location.hadoop_path == "file://" + path  # Spark never percent-decodes
     assert "#" not in location.url and "?" not in location.url and " " not in location.url
     assert Location.parse(location.url) == location  # the URL reads back as the same directory
-    fs, decoded = pafs.FileSystem.from_uri(location.url)  # and pyarrow's own parser agrees
+    _, decoded = pafs.FileSystem.from_uri(location.url)  # and pyarrow's own parser agrees
     assert decoded == path
 
 
