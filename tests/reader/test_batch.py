@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import re
 
 import numpy as np
 import pytest
@@ -155,3 +156,35 @@ def test_a_consumer_that_stops_early_does_not_pay_for_the_whole_chunk() -> None:
     batches = Batcher(fmt, 1).batches(_chunks([100_000]))
     next(batches)
     assert fmt.views <= SPLIT_GROUP  # one split of SPLIT_GROUP one-row batches, not 100,000 views
+
+
+@pytest.mark.parametrize("fmt", [NUMPY, TorchFormat()], ids=["numpy", "torch"])
+def test_chunks_must_keep_the_first_chunks_dtypes_and_row_shapes(fmt) -> None:
+    def run(*chunks: dict[str, np.ndarray]) -> int:
+        converted = [(key, fmt.convert(columns)) for key, columns in enumerate(chunks)]
+        return sum(fmt.rows(batch) for batch, _, _ in Batcher(fmt, 2).batches(converted))
+
+    first = {"x": np.zeros(3, np.float32), "s": np.array(["a", "b", "c"], dtype=object), "m": np.zeros((3, 2))}
+    widths = {"x": np.ones(2, np.float32), "s": np.array(["long", 7, None], dtype=object)[:2], "m": np.ones((2, 2))}
+    empty = {"x": np.zeros(0, np.int8)}
+    assert run(first, empty, widths, first) == 8  # strings and objects vary in content, empty chunks are skipped
+    changed = [
+        (
+            {**first, "x": np.zeros(3, np.float64)},
+            "column 'x' was float32 with shape () and is now float64 with shape ()",
+        ),
+        ({**first, "m": np.zeros((3, 3))}, "column 'm' was float64 with shape (2,) and is now float64 with shape (3,)"),
+        ({"x": first["x"], "m": first["m"]}, "column 's' was "),
+        ({**first, "y": np.zeros(3)}, "column 'y' was missing and is now float64 with shape ()"),
+    ]
+    for chunk, message in changed:
+        with pytest.raises(ValueError, match=re.escape(f"the transform's output changed between chunks: {message}")):
+            run(first, chunk)
+
+
+def test_numpy_concat_names_the_column_whose_parts_differ() -> None:
+    parts = [{"x": np.zeros(2, np.float32)}, {"x": np.zeros(2, np.int64)}]
+    with pytest.raises(ValueError, match=re.escape("column 'x' was float32 with shape () and is now int64")):
+        NUMPY.concat(parts)  # the reader joins a shuffle window's pieces with it, before any batch
+    strings = [{"s": np.array(["a"])}, {"s": np.array(["bcd"])}]
+    assert NUMPY.concat(strings)["s"].tolist() == ["a", "bcd"]
