@@ -168,3 +168,11 @@ def test_numpy_scalars_through_the_public_api(spark) -> None:
         assert batches.state_dict()["seed"] == 1 and type(batches.state_dict()["seed"]) is int
     with converter.make_torch_dataloader(**settings) as loader:
         assert len(loader) == 1 and [len(batch["id"]) for batch in loader] == [16]
+
+
+def test_numpy_scalars_through_make_tf_dataset(spark) -> None:
+    pytest.importorskip("tensorflow")
+    converter = make_spark_converter(spark.range(40))
+    settings = {"batch_size": np.int64(16), "num_epochs": np.int32(1), "drop_last": np.True_, "prefetch": np.int64(2)}
+    with converter.make_tf_dataset(**settings) as dataset:
+        assert [int(batch.id.shape[0]) for batch in dataset] == [16, 16]
