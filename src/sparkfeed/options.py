@@ -32,10 +32,9 @@ _F = TypeVar("_F", bound=Callable[..., Any])
 def _check_int(name: str, value: object, minimum: int, *, optional: bool = False) -> int | None:
     """The value as a plain Python int (None when optional and absent), or a ValueError naming the range.
 
-    A bool is refused: ``True`` as a batch size is a mistake, not a 1.
-
     NumPy integers (``np.int64(32)`` from an array or a config loaded with NumPy) are as good as
-    Python ones; they are stored as ``int`` so that state dicts, cache keys and JSON stay plain.
+    Python ones; they are returned as ``int`` so that state dicts, cache keys and JSON stay plain.
+    Bools are refused, NumPy's too: ``True`` as a batch size is a mistake, not a 1.
     """
     if value is None and optional:
         return None

@@ -28,11 +28,11 @@ def import_torch() -> ModuleType:
 
 
 class TorchFormat:
-    """Chunks as tensors, converted in the reader threads and split into batch views in one call.
+    """Chunks as tensors, converted in the reader threads and split into batch views a group at a time.
 
-    ``torch.from_numpy`` shares memory with the array; ``torch.split`` makes all the batch views
-    of a chunk at once. Strings and bytes, which tensors cannot hold, are lists; dates are int64
-    days and timestamps int64 microseconds since the epoch.
+    ``torch.from_numpy`` shares memory with the array; one ``split_with_sizes`` makes a group of
+    batch views. Strings and bytes, which tensors cannot hold, are lists; dates are int64 days and
+    timestamps int64 microseconds since the epoch.
     """
 
     def __init__(self) -> None:
