@@ -8,6 +8,8 @@ import re
 import numpy as np
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
 from sparkfeed.reader.batch import NUMPY, SPLIT_GROUP, Batcher, NumpyFormat
 from sparkfeed.torch import TorchFormat
@@ -80,6 +82,21 @@ def test_batches_and_positions_equal_a_plain_recut(fmt, sizes: list[int], batch_
     got = [
         (np.asarray(batch["id"]).tolist(), key, consumed)
         for batch, key, consumed in Batcher(fmt, batch_size, drop_last).batches(chunks)
+    ]
+    assert got == _reference(sizes, batch_size, drop_last)
+
+
+@given(
+    sizes=st.lists(st.integers(0, 300), max_size=12),
+    batch_size=st.integers(1, 130),
+    drop_last=st.booleans(),
+)
+def test_any_chunking_gives_the_batches_and_positions_of_a_plain_recut(
+    sizes: list[int], batch_size: int, drop_last: bool
+) -> None:
+    got = [
+        (batch["id"].tolist(), key, consumed)
+        for batch, key, consumed in Batcher(NUMPY, batch_size, drop_last).batches(_chunks(sizes))
     ]
     assert got == _reference(sizes, batch_size, drop_last)
 
