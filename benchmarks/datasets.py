@@ -5,7 +5,7 @@ are plain Parquet written by Spark; vectors keep Spark's VectorUDT metadata so b
 read the column back as a vector. A dataset is regenerated only when missing, incomplete or
 its spec changed. Content is deterministic (seeded), so reruns compare the same bytes.
 
-    .venv/bin/python benchmarks/datasets.py tabular vectors images big
+    .venv/bin/python benchmarks/datasets.py tabular vectors images onegroup big
 """
 
 from __future__ import annotations
@@ -34,6 +34,12 @@ SPECS: dict[str, dict[str, Any]] = {
         "version": 1,
     },
     "images": {"rows": 20_000, "partitions": 4, "schema": "id long, png binary (64x64 RGB), label int", "version": 1},
+    "onegroup": {
+        "rows": 3_000_000,
+        "partitions": 1,
+        "schema": "id long, f0..f3 float, label int; uncompressed, no dictionary, one row group",
+        "version": 1,
+    },
     "big": {
         "rows": 60_000_000,
         "partitions": 16,
@@ -58,12 +64,12 @@ def describe(name: str) -> dict[str, Any]:
     return json.loads((source_path(name) / SPEC_FILE).read_text())
 
 
-def _tabular(spark: Any, rows: int, partitions: int) -> Any:
+def _tabular(spark: Any, rows: int, partitions: int, floats: int = FLOAT_COLUMNS) -> Any:
     from pyspark.sql import functions as F
 
     return spark.range(0, rows, numPartitions=partitions).select(
         "id",
-        *[F.rand(seed=i).cast("float").alias(f"f{i}") for i in range(FLOAT_COLUMNS)],
+        *[F.rand(seed=i).cast("float").alias(f"f{i}") for i in range(floats)],
         (F.col("id") % 10).cast("int").alias("label"),
     )
 
@@ -123,6 +129,15 @@ def generate(spark: Any, name: str) -> dict[str, Any]:
             .write.option("compression", "none")
             .option("parquet.enable.dictionary", "false")
             .option("parquet.block.size", str(32 * 1024 * 1024))
+        )
+    elif name == "onegroup":
+        # One file holding one row group of every row (~60 MiB): the batching case cuts it into
+        # batches of 1, 32 and 1024 rows, read in place like the big dataset.
+        writer = (
+            _tabular(spark, spec["rows"], spec["partitions"], floats=4)
+            .write.option("compression", "none")
+            .option("parquet.enable.dictionary", "false")
+            .option("parquet.block.size", str(1024 * 1024 * 1024))
         )
     else:
         build = {"tabular": _tabular, "vectors": _vectors, "images": _images}[name]

@@ -38,11 +38,13 @@ ANCHOR_PYTHON = ANCHOR_DIR / "bin" / "python"
 ANCHOR_SCRIPT = ROOT.parent / "shared" / "anchors" / "petastorm-venv.sh"
 LOG_DIR = DATA_DIR / "logs"
 
-GROUPS = ("tabular", "vectors", "images", "first_batch", "materialize", "memory")
+GROUPS = ("tabular", "vectors", "images", "first_batch", "batching", "materialize", "memory")
 DEFAULT_LOADER_ROWS = 300_000
 """Petastorm's row-by-row loader reads the 2M-row tabular set at 30-70k rows/s: over 60 s a run.
 Its tabular cases time the first 300,000 rows instead (rows/s is steady after the first batches)."""
 CASE_TIMEOUT_S = 900
+BATCHING_ONE_ROWS = 200_000
+"""Rows the batch-size-1 batching cases time: 200,000 batches, a second or two when batching is linear."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,6 +145,15 @@ def build_cases() -> list[Case]:
                     f"Petastorm {name}, TransformSpec, reader_pool_type={pool!r}, workers_count={workers}",
                     f"--reader {loader} --workers {workers} --pool {pool} {png}", ("petastorm", "images", None),
                     peer=f"{pool}.w{workers}")
+
+    # One 3M-row row group cut into small and normal batches: the batcher's cost per batch must
+    # not grow with the chunk. Batch size 1 times the first BATCHING_ONE_ROWS rows.
+    for reader, name in (("numpy", "make_numpy_iterator"), ("torch", "make_torch_dataloader")):
+        for size in (1, 32, 1024):
+            bounded = f" --max-rows {BATCHING_ONE_ROWS}" if size == 1 else ""
+            add(f"batching.sparkfeed.{reader}.b{size}", f"sparkfeed {name}, batch {size}",
+                f"batching --reader {reader} --batch-size {size}{bounded}", None,
+                note=f"first {BATCHING_ONE_ROWS:,} rows" if size == 1 else "")
 
     for side in ("sparkfeed", "petastorm"):
         for dataset in ("tabular", "vectors"):
@@ -329,7 +340,8 @@ def env_versions(side: str) -> dict[str, Any]:
     return json.loads(done.stdout) if done.returncode == 0 else {"error": done.stderr[-500:]}
 
 
-def machine() -> dict[str, Any]:
+def machine(sides: set[str]) -> dict[str, Any]:
+    """The machine and the versions of each side that runs (the Petastorm venv may not exist without it)."""
     import psutil
 
     cpu = "unknown"
@@ -351,7 +363,7 @@ def machine() -> dict[str, Any]:
         "cpu_busy_start": cpu_busy(),
         "git_commit": git("rev-parse", "--short", "HEAD"),
         "git_dirty_src": git("status", "--porcelain", "--", "src").splitlines(),
-        "versions": {"sparkfeed": env_versions("sparkfeed"), "petastorm": env_versions("petastorm")},
+        "versions": {side: env_versions(side) for side in ("sparkfeed", "petastorm") if side in sides},
     }
 
 
@@ -395,7 +407,7 @@ def main() -> None:
     CACHE_DIR.mkdir(parents=True)
     if "petastorm" in sides:
         ensure_anchor()
-    info = machine()
+    info = machine(sides)
     log(
         f"load average at start: {info['loadavg_start']}, CPU busy {info['cpu_busy_start']:.0%} "
         f"(anything above a few % is another process); {len(cases)} cases, repeats={repeats}"
@@ -404,6 +416,7 @@ def main() -> None:
     needed = sorted({"tabular", "vectors", "images"} & {c.holder[1] for c in cases if c.holder})
     needed += [c.args[c.args.index("--dataset") + 1] for c in cases if "--dataset" in c.args]
     needed += ["big"] if any(c.group == "memory" for c in cases) else []
+    needed += ["onegroup"] if any(c.group == "batching" for c in cases) else []
     needed = sorted(set(needed))
     log(f"datasets: {', '.join(needed)}")
     dataset_records: list[dict[str, Any]] = []
@@ -449,6 +462,8 @@ def main() -> None:
             result = run_side(case.side, [*case.args, "--repeats", str(repeats)], case.id)
         elif case.args[0] == "memory":
             result = run_side(case.side, list(case.args), case.id)
+        elif case.args[0] == "batching":
+            result = run_side(case.side, [*case.args, *timing], case.id)
         else:
             assert handle is not None
             result = run_side(case.side, ["case", "--handle", handle, *case.args, *timing], case.id)

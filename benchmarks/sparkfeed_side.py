@@ -8,6 +8,7 @@ a fresh process and its peak RSS is its own:
                                                          lives as long as the process that made it)
     case --handle F --reader torch [...]                 one measured case on that cache
     memory                                               stream the big dataset once, peak RSS
+    batching --reader numpy --batch-size 1               batches/s cutting one 3M-row row group
     materialize --dataset tabular                        make_spark_converter vs df.write.parquet
 """
 
@@ -33,9 +34,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import (
     CACHE_DIR,
+    MAX_RUNS,
     QUALITY_EPOCHS,
     SHUFFLE_BUFFER,
     TMP_DIR,
+    batch_rows,
     collect_ids,
     consume,
     decode_png,
@@ -397,6 +400,56 @@ def memory(args: argparse.Namespace) -> None:
     )
 
 
+def batching(args: argparse.Namespace) -> None:
+    """Cuts one 3M-row row group into batches: the Batcher's own cost per batch, whatever the chunk size.
+
+    The onegroup source is read in place (it is a single row group, so the whole epoch is one
+    chunk). The first batch waits for the row group to be decoded (~0.2 s here), which says
+    nothing about batching, so the rate is timed from the first batch to the last; the time to
+    the first batch is reported beside it. Small batch sizes read only the first ``--max-rows``.
+    """
+    from sparkfeed import make_spark_converter
+
+    if args.reader == "torch":
+        import torch  # noqa: F401  (imported before any timing, as in any training script)
+    converter = make_spark_converter(str(source_path("onegroup")))
+    groups = [rows for entry in converter.manifest.files for rows in entry.row_groups]
+    assert len(groups) == 1, f"the onegroup dataset should be one row group, it has {groups}"
+    make = {"numpy": converter.make_numpy_iterator, "torch": converter.make_torch_dataloader}[args.reader]
+
+    def run() -> tuple[int, int, float, float]:
+        started = time.perf_counter()
+        with make(batch_size=args.batch_size, num_epochs=1, shuffle_row_groups=False) as loader:
+            batches = iter(loader)
+            rows = batch_rows(next(batches))
+            first = time.perf_counter()
+            count = 1
+            for batch in batches:
+                rows += batch_rows(batch)
+                count += 1
+                if args.max_rows is not None and rows >= args.max_rows:
+                    break
+            done = time.perf_counter()
+        return rows, count, first - started, done - first
+
+    run()  # warm-up: imports, page cache, thread start-up
+    runs = []
+    while len(runs) < args.repeats or (sum(r[2] + r[3] for r in runs) < args.min_time and len(runs) < MAX_RUNS):
+        runs.append(run())
+    emit(
+        {
+            "batch_size": args.batch_size,
+            "rows": runs[0][0] - args.batch_size,  # timed: the rows after the first batch
+            "batches": runs[0][1] - 1,
+            "first_batch_s": statistics.median(r[2] for r in runs),
+            "times_s": [r[3] for r in runs],
+            "batches_per_s": statistics.median((r[1] - 1) / r[3] for r in runs),
+            "rows_per_s": statistics.median((r[0] - args.batch_size) / r[3] for r in runs),
+            "peak_rss": peak_rss_bytes(),
+        }
+    )
+
+
 def materialize(args: argparse.Namespace) -> None:
     """make_spark_converter(df) vs df.write.parquet(tmp), both with their defaults, alternated.
 
@@ -453,11 +506,24 @@ def main() -> None:
     p.add_argument("--quality", action="store_true", help="also measure the shuffle quality of one epoch")
     p = commands.add_parser("memory")
     p.add_argument("--batch-size", type=int, default=1024)
+    p = commands.add_parser("batching")
+    p.add_argument("--reader", choices=("numpy", "torch"), required=True)
+    p.add_argument("--batch-size", type=int, required=True)
+    p.add_argument("--max-rows", type=int, default=None)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--min-time", type=float, default=0.0)
     p = commands.add_parser("materialize")
     p.add_argument("--dataset", required=True)
     p.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    {"serve": serve, "case": case, "memory": memory, "materialize": materialize}[args.command](args)
+    commands_by_name = {
+        "serve": serve,
+        "case": case,
+        "memory": memory,
+        "batching": batching,
+        "materialize": materialize,
+    }
+    commands_by_name[args.command](args)
 
 
 if __name__ == "__main__":

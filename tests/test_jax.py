@@ -191,8 +191,8 @@ def test_device_cut_iterator_yields_the_numpy_batches(monkeypatch, mixed, kwargs
     cut_on_device = []
     split = JaxFormat.split
 
-    def counting_split(self: JaxFormat, chunk: JaxChunk, sizes: list[int]) -> list[JaxChunk]:
-        parts = split(self, chunk, sizes)
+    def counting_split(self: JaxFormat, chunk: JaxChunk, start: int, size: int, count: int) -> list[JaxChunk]:
+        parts = split(self, chunk, start, size, count)
         cut_on_device.extend(part for part in parts if part.placed is not None)
         return parts
 

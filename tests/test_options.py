@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
 import pytest
 
 from sparkfeed import SparkDatasetConverter, TransformSpec, make_spark_converter
@@ -99,3 +100,79 @@ def test_bad_values_through_the_public_api(spark) -> None:
 def test_converter_exposes_petastorm_conf_names() -> None:
     assert SparkDatasetConverter.PARENT_CACHE_DIR_URL_CONF == "sparkfeed.cacheDir"
     assert SparkDatasetConverter.PETASTORM_PARENT_CACHE_DIR_URL_CONF == "petastorm.spark.converter.parentCacheDirUrl"
+
+
+INT_OPTIONS = {
+    "batch_size": 32,
+    "num_epochs": 2,
+    "workers_count": 3,
+    "prefetch": 4,
+    "seed": 1,
+    "shuffling_queue_capacity": 1000,
+}
+NUMPY_INTS = (np.int64, np.int32, np.uint16, np.int16)
+
+
+@pytest.mark.parametrize("name", [*INT_OPTIONS, "cur_shard", "shard_count"])
+@pytest.mark.parametrize("kind", NUMPY_INTS, ids=lambda kind: kind.__name__)
+def test_numpy_integers_are_accepted_and_stored_as_python_ints(name: str, kind: type) -> None:
+    kwargs = {"cur_shard": 1, "shard_count": 3} if name in ("cur_shard", "shard_count") else {}
+    value = kwargs.get(name, INT_OPTIONS.get(name))
+    options = ReaderOptions(**{**kwargs, name: kind(value)})
+    assert getattr(options, name) == value and type(getattr(options, name)) is int
+
+
+@pytest.mark.parametrize("name", [*INT_OPTIONS, "cur_shard", "shard_count"])
+@pytest.mark.parametrize("value", [True, np.True_, 32.0, np.float64(2.0), "3"], ids=repr)
+def test_bools_floats_and_strings_are_still_refused_as_integers(name: str, value: object) -> None:
+    kwargs: dict[str, object] = {"cur_shard": 0, "shard_count": 3} if name in ("cur_shard", "shard_count") else {}
+    with pytest.raises(ValueError, match=re.escape(f"{name}={value!r} is not allowed")):
+        ReaderOptions(**{**kwargs, name: value})
+
+
+@pytest.mark.parametrize("name", ["shuffle_row_groups", "drop_last"])
+def test_numpy_bools_are_accepted_and_stored_as_python_bools(name: str) -> None:
+    for value in (np.True_, np.False_):
+        stored = getattr(ReaderOptions(**{name: value}), name)
+        assert stored is bool(value)
+    for bad in (1, np.int64(1), 1.0):
+        with pytest.raises(ValueError, match=re.escape(f"{name}={bad!r} is not allowed: it must be a bool")):
+            ReaderOptions(**{name: bad})
+
+
+def test_numpy_row_group_size_is_stored_as_a_python_int() -> None:
+    size = MaterializeOptions(np.int64(4096)).row_group_size_bytes
+    assert size == 4096 and type(size) is int
+    for bad in (np.True_, 4096.0):
+        with pytest.raises(ValueError, match=re.escape(f"parquet_row_group_size_bytes={bad!r} is not allowed")):
+            MaterializeOptions(bad)  # type: ignore[arg-type]
+
+
+def test_numpy_scalars_through_the_public_api(spark) -> None:
+    df = spark.range(40)
+    converter = make_spark_converter(df, parquet_row_group_size_bytes=np.int64(1024))
+    same_key = make_spark_converter(df, parquet_row_group_size_bytes=1024)
+    assert same_key.cache_dir_url == converter.cache_dir_url
+    settings = {
+        "batch_size": np.int64(16),
+        "num_epochs": np.int32(1),
+        "workers_count": np.int64(1),
+        "seed": np.uint32(1),
+        "cur_shard": np.int64(0),
+        "shard_count": np.int8(2),
+        "shuffle_row_groups": np.True_,
+        "drop_last": np.True_,
+    }
+    with converter.make_numpy_iterator(**settings) as batches:
+        assert [len(batch["id"]) for batch in batches] == [16]
+        assert batches.state_dict()["seed"] == 1 and type(batches.state_dict()["seed"]) is int
+    with converter.make_torch_dataloader(**settings) as loader:
+        assert len(loader) == 1 and [len(batch["id"]) for batch in loader] == [16]
+
+
+def test_numpy_scalars_through_make_tf_dataset(spark) -> None:
+    pytest.importorskip("tensorflow")
+    converter = make_spark_converter(spark.range(40))
+    settings = {"batch_size": np.int64(16), "num_epochs": np.int32(1), "drop_last": np.True_, "prefetch": np.int64(2)}
+    with converter.make_tf_dataset(**settings) as dataset:
+        assert [int(batch.id.shape[0]) for batch in dataset] == [16, 16]

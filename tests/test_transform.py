@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import threading
 
 import numpy as np
@@ -140,3 +141,74 @@ def test_dates_keep_their_unit_through_a_transform(spark) -> None:
         (batch,) = list(loader)
     days = (expected - np.datetime64("1970-01-01")).astype(np.int64)
     assert sorted(batch["day"].tolist()) == days.tolist()  # days, as without a transform
+
+
+@pytest.fixture(scope="module")
+def chunked(spark):
+    """600 rows in row groups of about a hundred, so that a transform sees several chunks."""
+    df = spark.range(600).selectExpr("id", "cast(id AS double) AS x", "array(id, id, id) AS v")
+    return make_spark_converter(df.coalesce(1), parquet_row_group_size_bytes=1024)
+
+
+def _later(frame: pd.DataFrame) -> bool:
+    """Whether this chunk is not the first (which holds id 0: row groups are read in order here)."""
+    return bool(len(frame)) and 0 not in frame["id"].values
+
+
+def _int_later(frame: pd.DataFrame) -> pd.DataFrame:
+    if _later(frame):
+        frame["x"] = frame["x"].astype(np.int64)
+    return frame
+
+
+def _no_x_later(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame.drop(columns=["x"]) if _later(frame) else frame
+
+
+def _longer_v_later(frame: pd.DataFrame) -> pd.DataFrame:
+    if _later(frame):
+        frame["v"] = [np.append(cell, 0) for cell in frame["v"]]
+    return frame
+
+
+@pytest.mark.parametrize(
+    ("transform", "message"),
+    [
+        (_int_later, "column 'x' was float32 with shape () and is now int64 with shape ()"),
+        (_no_x_later, "column 'x' was float32 with shape () and is now missing"),
+        (_longer_v_later, "column 'v' was int64 with shape (3,) and is now int64 with shape (4,)"),
+    ],
+    ids=["dtype", "dropped", "shape"],
+)
+@pytest.mark.parametrize("loader", ["numpy", "torch"])
+@pytest.mark.parametrize("batch_size", [7, 1000], ids=["inside_chunks", "joining_chunks"])
+def test_a_transform_whose_output_changes_between_chunks_is_refused(
+    chunked, transform, message: str, loader: str, batch_size: int
+) -> None:
+    assert len(chunked.manifest.files[0].row_groups) >= 4
+    make = chunked.make_numpy_iterator if loader == "numpy" else chunked.make_torch_dataloader
+    settings = {"batch_size": batch_size, "num_epochs": 1, "workers_count": 1, "shuffle_row_groups": False}
+    expected = f"the transform's output changed between chunks: {message}"
+    with make(**settings, transform_fn=transform) as batches:
+        with pytest.raises(ValueError, match=re.escape(expected)):
+            for _ in batches:
+                pass
+    with make(**settings, transform_fn=lambda frame: frame) as batches:  # the same chunks, unchanged: fine
+        assert sum(len(batch["id"]) for batch in batches) == 600
+
+
+def test_transform_spec_field_lists_must_be_lists() -> None:
+    for name in ("selected_fields", "removed_fields"):
+        with pytest.raises(ValueError, match=re.escape(f"TransformSpec {name}='id' is not allowed: pass a list")):
+            TransformSpec(**{name: "id"})
+        with pytest.raises(ValueError, match=re.escape(f"TransformSpec {name}=[1] is not allowed")):
+            TransformSpec(**{name: [1]})
+    assert TransformSpec(selected_fields=("id",), removed_fields=[]).selected_fields == ("id",)
+
+
+def test_edit_fields_must_name_columns_of_the_transform_output(images) -> None:
+    spec = TransformSpec(lambda frame: frame, edit_fields=[("pixels", np.float32, (3,), False)])
+    expected = "TransformSpec edit_fields names 'pixels', which the transform's output does not have: its columns are"
+    with pytest.raises(ValueError, match=re.escape(expected) + r".*\['id', 'png', 'flat'\]"):
+        with images.make_numpy_iterator(num_epochs=1, transform_spec=spec) as batches:
+            list(batches)

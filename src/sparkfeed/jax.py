@@ -23,7 +23,7 @@ import numpy as np
 
 from sparkfeed.loader import ReaderLoader
 from sparkfeed.reader import Reader
-from sparkfeed.reader.batch import NUMPY, BatchFormat, Columns
+from sparkfeed.reader.batch import NUMPY, BatchFormat, Columns, Signature, numpy_signature
 
 GROUP = 16
 """Most batches cut per jitted call: each call costs about as much as a few batches' outputs."""
@@ -230,27 +230,21 @@ class JaxFormat:
         """Rows in a chunk."""
         return chunk.rows
 
-    def split(self, chunk: JaxChunk, sizes: list[int]) -> list[JaxChunk]:
-        """Consecutive parts; each run of full batches is cut on the device, a group per call."""
-        size, blocks = self._batch_size, chunk.blocks
+    def split(self, chunk: JaxChunk, start: int, size: int, count: int) -> list[JaxChunk]:
+        """Consecutive parts; full batches are cut on the device, up to a group per call."""
+        blocks, row = chunk.blocks, chunk.start + start
+        if blocks is None or size != self._batch_size:
+            return [JaxChunk(chunk.host, blocks, row + k * size, size) for k in range(count)]
         parts: list[JaxChunk] = []
-        start, index = chunk.start, 0
-        while index < len(sizes):
-            if blocks is None or sizes[index] != size:
-                parts.append(JaxChunk(chunk.host, blocks, start, sizes[index]))
-                start += sizes[index]
-                index += 1
-                continue
-            count = 1
-            while count < blocks.group and index + count < len(sizes) and sizes[index + count] == size:
-                count += 1
-            block, offset = blocks.locate(start)
+        while count:
+            cut_rows = min(count, blocks.group)
+            block, offset = blocks.locate(row)
             with _x64_scope(self._x64):
                 cut = self._cut(blocks.arrays[block], offset, size, blocks.group)
-            for arrays in cut[:count]:
-                parts.append(JaxChunk(chunk.host, None, start, size, dict(zip(blocks.names, arrays, strict=True))))
-                start += size
-            index += count
+            for arrays in cut[:cut_rows]:
+                parts.append(JaxChunk(chunk.host, None, row, size, dict(zip(blocks.names, arrays, strict=True))))
+                row += size
+            count -= cut_rows
         return parts
 
     def concat(self, parts: list[JaxChunk]) -> JaxChunk:
@@ -259,6 +253,10 @@ class JaxFormat:
             return parts[0]
         joined = NUMPY.concat([part.columns() for part in parts])
         return JaxChunk(joined, None, 0, NUMPY.rows(joined))
+
+    def signature(self, chunk: JaxChunk) -> Signature:
+        """The host columns' dtypes and per-row shapes (after the narrowing of 64-bit integers)."""
+        return numpy_signature(chunk.host)
 
 
 def _window(array: np.ndarray, start: int, span: int) -> np.ndarray:

@@ -15,6 +15,8 @@ import os
 from collections.abc import Callable, Sequence
 from typing import Any, Literal, TypedDict, TypeVar
 
+import numpy as np
+
 from sparkfeed.transform import TransformSpec
 
 ShardPolicy = Literal["pad", "drop", "exact"]
@@ -27,12 +29,31 @@ FLOAT_DTYPES = ("float32", "float64")
 _F = TypeVar("_F", bound=Callable[..., Any])
 
 
-def _check_int(name: str, value: object, minimum: int, *, optional: bool = False) -> None:
+def _check_int(name: str, value: object, minimum: int, *, optional: bool = False) -> int | None:
+    """The value as a plain Python int (None when optional and absent), or a ValueError naming the range.
+
+    NumPy integers (``np.int64(32)`` from an array or a config loaded with NumPy) are as good as
+    Python ones; they are returned as ``int`` so that state dicts, cache keys and JSON stay plain.
+    Bools are refused, NumPy's too: ``True`` as a batch size is a mistake, not a 1.
+    """
     if value is None and optional:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        allowed = f"an integer >= {minimum}" + (" or None" if optional else "")
-        raise ValueError(f"{name}={value!r} is not allowed: it must be {allowed}")
+        return None
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= minimum:
+        return int(value)
+    allowed = f"an integer >= {minimum}" + (" or None" if optional else "")
+    raise ValueError(f"{name}={value!r} is not allowed: it must be {allowed}")
+
+
+def _check_bool(name: str, value: object) -> bool:
+    """The value as a Python bool: ``bool`` or ``np.bool_``; not 0 or 1, which may be a misplaced argument."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{name}={value!r} is not allowed: it must be a bool")
+    return bool(value)
+
+
+def _store(options: object, name: str, value: object) -> None:
+    """Sets a field of a frozen dataclass from its own ``__post_init__``: values are normalised there."""
+    object.__setattr__(options, name, value)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,7 +65,7 @@ class MaterializeOptions:
     dtype: str | None = "float32"
 
     def __post_init__(self) -> None:
-        _check_int("parquet_row_group_size_bytes", self.row_group_size_bytes, 1)
+        _store(self, "row_group_size_bytes", _check_int("parquet_row_group_size_bytes", self.row_group_size_bytes, 1))
         codec = self.compression_codec
         if codec is not None and (not isinstance(codec, str) or codec.lower() not in COMPRESSION_CODECS):
             raise ValueError(
@@ -79,25 +100,28 @@ class ReaderOptions:
     drop_last: bool = False
 
     def __post_init__(self) -> None:
-        _check_int("batch_size", self.batch_size, 1)
-        _check_int("num_epochs", self.num_epochs, 1, optional=True)
-        _check_int("workers_count", self.workers_count, 1, optional=True)
-        _check_int("prefetch", self.prefetch, 1, optional=True)
-        _check_int("seed", self.seed, 0, optional=True)
+        _store(self, "batch_size", _check_int("batch_size", self.batch_size, 1))
+        for name, minimum in (("num_epochs", 1), ("workers_count", 1), ("prefetch", 1), ("seed", 0)):
+            _store(self, name, _check_int(name, getattr(self, name), minimum, optional=True))
         if (self.cur_shard is None) != (self.shard_count is None):
             raise ValueError(f"cur_shard={self.cur_shard!r} and shard_count={self.shard_count!r}: give both or neither")
         if self.shard_count is not None:
-            _check_int("shard_count", self.shard_count, 1)
-            if (
-                isinstance(self.cur_shard, bool)
-                or not isinstance(self.cur_shard, int)
-                or not 0 <= self.cur_shard < self.shard_count
-            ):
+            _store(self, "shard_count", _check_int("shard_count", self.shard_count, 1))
+            try:
+                cur_shard = _check_int("cur_shard", self.cur_shard, 0)
+            except ValueError:
+                cur_shard = None
+            if cur_shard is None or cur_shard >= self.shard_count:
                 raise ValueError(
                     f"cur_shard={self.cur_shard!r} is not allowed: it must be an integer in "
                     f"[0, {self.shard_count - 1}] for shard_count={self.shard_count}"
                 )
-        _check_int("shuffling_queue_capacity", self.shuffling_queue_capacity, 0, optional=True)
+            _store(self, "cur_shard", cur_shard)
+        _store(
+            self,
+            "shuffling_queue_capacity",
+            _check_int("shuffling_queue_capacity", self.shuffling_queue_capacity, 0, optional=True),
+        )
         if self.shard_policy not in SHARD_POLICIES:
             raise ValueError(f"shard_policy={self.shard_policy!r} is not allowed: it must be one of {SHARD_POLICIES}")
         if self.reader_pool_type not in POOL_TYPES:
@@ -105,8 +129,7 @@ class ReaderOptions:
                 f"reader_pool_type={self.reader_pool_type!r} is not allowed: it must be one of {POOL_TYPES}"
             )
         for name in ("shuffle_row_groups", "drop_last"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name}={getattr(self, name)!r} is not allowed: it must be a bool")
+            _store(self, name, _check_bool(name, getattr(self, name)))
         if self.schema_fields is not None:
             if isinstance(self.schema_fields, str) or not all(isinstance(f, str) for f in self.schema_fields):
                 raise ValueError(

@@ -95,10 +95,13 @@ class TfDatasetContext:
         drop_last: bool = False,
     ) -> None:
         self._tf = import_tf()
-        if prefetch is not None and (isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 0):
-            raise ValueError(f"prefetch={prefetch!r} is not allowed: it must be an integer >= 0 or None (AUTOTUNE)")
-        if not isinstance(drop_last, bool):
+        if prefetch is not None:
+            if isinstance(prefetch, bool) or not isinstance(prefetch, (int, np.integer)) or prefetch < 0:
+                raise ValueError(f"prefetch={prefetch!r} is not allowed: it must be an integer >= 0 or None (AUTOTUNE)")
+            prefetch = int(prefetch)
+        if not isinstance(drop_last, (bool, np.bool_)):
             raise ValueError(f"drop_last={drop_last!r} is not allowed: it must be a bool")
+        drop_last = bool(drop_last)
         per_super = max(1, SUPER_BATCH_ROWS // batch_size)
         # Super-batches hold whole batches, so only an epoch's last one has a short tail: rebatch
         # drops it there; the reader itself drops only when it reads batch by batch.

@@ -35,6 +35,15 @@ class TransformSpec:
     def __post_init__(self) -> None:
         if self.func is not None and not callable(self.func):
             raise ValueError(f"TransformSpec func={self.func!r} is not allowed: it must be callable or None")
+        for name in ("removed_fields", "selected_fields"):
+            fields = getattr(self, name)
+            if isinstance(fields, str):
+                raise ValueError(
+                    f"TransformSpec {name}={fields!r} is not allowed: pass a list of column names, such as "
+                    f"[{fields!r}] (a string would be read letter by letter)"
+                )
+            if fields is not None and not all(isinstance(field, str) for field in fields):
+                raise ValueError(f"TransformSpec {name}={fields!r} is not allowed: it must be a list of column names")
         for field in self.edit_fields or ():
             if not (isinstance(field, tuple) and len(field) == 4 and isinstance(field[0], str)):
                 raise ValueError(
@@ -50,6 +59,12 @@ class TransformSpec:
                 raise TypeError(
                     f"the transform function must return a pandas DataFrame, it returned {type(frame).__name__}"
                 )
+        unknown = [field[0] for field in self.edit_fields or () if field[0] not in frame.columns]
+        if unknown:
+            raise ValueError(
+                f"TransformSpec edit_fields names {unknown[0]!r}, which the transform's output does not have: "
+                f"its columns are {[str(name) for name in frame.columns]}"
+            )
         if self.removed_fields:
             frame = frame.drop(columns=list(self.removed_fields))
         if self.selected_fields:

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import itertools
+import re
+
 import numpy as np
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
-from sparkfeed.reader.batch import NUMPY, Batcher, NumpyFormat
+from sparkfeed.reader.batch import NUMPY, SPLIT_GROUP, Batcher, NumpyFormat
 from sparkfeed.torch import TorchFormat
 
 
@@ -57,14 +62,146 @@ def test_batches_inside_one_chunk_are_views() -> None:
     assert isinstance(views[0]["img"], torch.Tensor) and isinstance(views[0]["s"], list)
 
 
+def _reference(sizes: list[int], batch_size: int, drop_last: bool) -> list[tuple[list[int], int, int]]:
+    """The batches cut from all rows at once: ids, and the chunk and rows of it consumed by the last id."""
+    owner = [(key, row + 1) for key, size in enumerate(sizes) for row in range(size)]
+    total = len(owner)
+    starts = range(0, total - total % batch_size if drop_last else total, batch_size)
+    return [
+        (list(range(start, min(start + batch_size, total))), *owner[min(start + batch_size, total) - 1])
+        for start in starts
+    ]
+
+
+@pytest.mark.parametrize("fmt", [NUMPY, TorchFormat()], ids=["numpy", "torch"])
+@pytest.mark.parametrize("sizes", [[5, 0, 3, 6], [1] * 7, [200, 3, 0, 129, 64], [4, 4], [0]])
+@pytest.mark.parametrize("batch_size", [1, 2, 4, 7, 64, 1000])
+@pytest.mark.parametrize("drop_last", [False, True], ids=["keep_last", "drop_last"])
+def test_batches_and_positions_equal_a_plain_recut(fmt, sizes: list[int], batch_size: int, drop_last: bool) -> None:
+    chunks = [(key, fmt.convert(columns)) for key, columns in _chunks(sizes)]
+    got = [
+        (np.asarray(batch["id"]).tolist(), key, consumed)
+        for batch, key, consumed in Batcher(fmt, batch_size, drop_last).batches(chunks)
+    ]
+    assert got == _reference(sizes, batch_size, drop_last)
+
+
+@given(
+    sizes=st.lists(st.integers(0, 300), max_size=12),
+    batch_size=st.integers(1, 130),
+    drop_last=st.booleans(),
+)
+def test_any_chunking_gives_the_batches_and_positions_of_a_plain_recut(
+    sizes: list[int], batch_size: int, drop_last: bool
+) -> None:
+    got = [
+        (batch["id"].tolist(), key, consumed)
+        for batch, key, consumed in Batcher(NUMPY, batch_size, drop_last).batches(_chunks(sizes))
+    ]
+    assert got == _reference(sizes, batch_size, drop_last)
+
+
+def test_positions_name_the_chunk_of_the_last_row_and_rows_consumed_of_it() -> None:
+    out = [(b["id"].tolist(), key, consumed) for b, key, consumed in Batcher(NUMPY, 4).batches(_chunks([5, 0, 3, 6]))]
+    assert out == [([0, 1, 2, 3], 0, 4), ([4, 5, 6, 7], 2, 3), ([8, 9, 10, 11], 3, 4), ([12, 13], 3, 6)]
+    dropped = [(key, consumed) for _, key, consumed in Batcher(NUMPY, 4, drop_last=True).batches(_chunks([5, 0, 3, 6]))]
+    assert dropped == [(0, 4), (2, 3), (3, 4)]
+
+
+class _CountingViews(NumpyFormat):
+    """The NumPy format, counting the batch views its splits make."""
+
+    def __init__(self) -> None:
+        self.views = 0
+
+    def split(self, chunk, *args):  # type: ignore[no-untyped-def]
+        parts = super().split(chunk, *args)
+        self.views += len(parts)
+        return parts
+
+
+HUGE = 10**12
+"""Rows of a chunk whose arrays are broadcast (no memory): any per-row work would never end."""
+
+
+def test_batches_of_a_huge_chunk_cost_only_their_own_views() -> None:
+    fmt = _CountingViews()
+    chunk = {"x": np.broadcast_to(np.float32(1.5), (HUGE,)), "v": np.broadcast_to(np.arange(3), (HUGE, 3))}
+    batches = Batcher(fmt, 1).batches([("only", chunk)])
+    first = list(itertools.islice(batches, 200))
+    assert [(len(b["x"]), key, consumed) for b, key, consumed in first] == [(1, "only", n) for n in range(1, 201)]
+    assert first[0][0]["v"].tolist() == [[0, 1, 2]]
+    assert fmt.views <= 200 + SPLIT_GROUP  # a split per SPLIT_GROUP batches, nothing per row of the chunk
+
+
+def test_torch_batches_of_a_huge_chunk_cost_only_their_own_views() -> None:
+    chunk = {"x": torch.ones(1).expand(HUGE), "m": torch.arange(6).reshape(1, 2, 3).expand(HUGE, 2, 3)}
+    batches = Batcher(TorchFormat(), 3).batches([(7, chunk)])
+    first = list(itertools.islice(batches, 100))
+    assert [(b["x"].shape, b["m"].shape, key, consumed) for b, key, consumed in first] == [
+        (torch.Size([3]), torch.Size([3, 2, 3]), 7, 3 * n) for n in range(1, 101)
+    ]
+
+
+class _CountingList(list):  # type: ignore[type-arg]
+    """A list column that counts the elements its slices copy."""
+
+    copied = 0
+
+    def __getitem__(self, index):  # type: ignore[no-untyped-def]
+        item = super().__getitem__(index)
+        if isinstance(index, slice):
+            _CountingList.copied += len(item)
+        return item
+
+
+def test_string_columns_are_copied_once_per_batch_not_once_per_split() -> None:
+    rows = 100_000
+    fmt = TorchFormat()
+    chunk = fmt.convert({"id": np.arange(rows)})
+    chunk["s"] = _CountingList(str(i) for i in range(rows))
+    _CountingList.copied = 0
+    batches = Batcher(fmt, 1).batches([(0, chunk)])
+    assert next(batches)[0]["s"] == ["0"]
+    assert _CountingList.copied <= SPLIT_GROUP  # not the 99,936 rows that follow the first split
+    assert sum(len(batch["s"]) for batch, _, _ in batches) == rows - 1
+    assert _CountingList.copied == rows
+
+
 def test_a_consumer_that_stops_early_does_not_pay_for_the_whole_chunk() -> None:
-    calls: list[int] = []
-
-    class Counting(NumpyFormat):
-        def split(self, chunk, sizes):
-            calls.append(len(sizes))
-            return super().split(chunk, sizes)
-
-    batches = Batcher(Counting(), 1).batches(_chunks([100_000]))
+    fmt = _CountingViews()
+    batches = Batcher(fmt, 1).batches(_chunks([100_000]))
     next(batches)
-    assert calls == [65]  # 64 one-row batches and the rest, not 100,000 views
+    assert fmt.views <= SPLIT_GROUP  # one split of SPLIT_GROUP one-row batches, not 100,000 views
+
+
+@pytest.mark.parametrize("fmt", [NUMPY, TorchFormat()], ids=["numpy", "torch"])
+def test_chunks_must_keep_the_first_chunks_dtypes_and_row_shapes(fmt) -> None:
+    def run(*chunks: dict[str, np.ndarray]) -> int:
+        converted = [(key, fmt.convert(columns)) for key, columns in enumerate(chunks)]
+        return sum(fmt.rows(batch) for batch, _, _ in Batcher(fmt, 2).batches(converted))
+
+    first = {"x": np.zeros(3, np.float32), "s": np.array(["a", "b", "c"], dtype=object), "m": np.zeros((3, 2))}
+    widths = {"x": np.ones(2, np.float32), "s": np.array(["long", 7, None], dtype=object)[:2], "m": np.ones((2, 2))}
+    empty = {"x": np.zeros(0, np.int8)}
+    assert run(first, empty, widths, first) == 8  # strings and objects vary in content, empty chunks are skipped
+    changed = [
+        (
+            {**first, "x": np.zeros(3, np.float64)},
+            "column 'x' was float32 with shape () and is now float64 with shape ()",
+        ),
+        ({**first, "m": np.zeros((3, 3))}, "column 'm' was float64 with shape (2,) and is now float64 with shape (3,)"),
+        ({"x": first["x"], "m": first["m"]}, "column 's' was "),
+        ({**first, "y": np.zeros(3)}, "column 'y' was missing and is now float64 with shape ()"),
+    ]
+    for chunk, message in changed:
+        with pytest.raises(ValueError, match=re.escape(f"the transform's output changed between chunks: {message}")):
+            run(first, chunk)
+
+
+def test_numpy_concat_names_the_column_whose_parts_differ() -> None:
+    parts = [{"x": np.zeros(2, np.float32)}, {"x": np.zeros(2, np.int64)}]
+    with pytest.raises(ValueError, match=re.escape("column 'x' was float32 with shape () and is now int64")):
+        NUMPY.concat(parts)  # the reader joins a shuffle window's pieces with it, before any batch
+    strings = [{"s": np.array(["a"])}, {"s": np.array(["bcd"])}]
+    assert NUMPY.concat(strings)["s"].tolist() == ["a", "bcd"]

@@ -1,8 +1,10 @@
 """Fixed-size batches from variable-size chunks, in whatever array type an adapter wants.
 
-A chunk is cut into batch-sized parts with one ``split`` call per chunk rather than one slice
-per batch: for NumPy the two cost the same, but a torch tensor view costs about a microsecond
-per column, and ``torch.split`` makes all of a chunk's views in one call.
+A chunk is cut into batch-sized parts by one ``split`` call per group of batches rather than one
+slice per batch: for NumPy the two cost the same, but a torch tensor view costs about a
+microsecond per column, and ``Tensor.split`` makes a group's views in one call. Every split
+names its rows by offset into the whole chunk, so cutting a chunk costs a constant per batch
+whatever its size: no list of sizes, no rest of the chunk sliced off after each group.
 """
 
 from __future__ import annotations
@@ -14,6 +16,9 @@ import numpy as np
 
 Columns = dict[str, np.ndarray]
 """A chunk or a batch in NumPy: column name → array whose first dimension is the row."""
+
+Signature = dict[str, tuple[str, tuple[int, ...]]]
+"""Column name → (dtype, shape of one row): what must stay the same from chunk to chunk."""
 
 C = TypeVar("C")
 K = TypeVar("K")
@@ -28,11 +33,28 @@ class BatchFormat(Protocol[C]):
     def rows(self, chunk: C) -> int:
         """Rows in a chunk."""
 
-    def split(self, chunk: C, sizes: list[int]) -> list[C]:
-        """Consecutive parts of ``sizes`` rows each (they add up to the chunk's rows)."""
+    def split(self, chunk: C, start: int, size: int, count: int) -> list[C]:
+        """``count`` consecutive parts of ``size`` rows each, the first starting at row ``start``.
+
+        It must cost the parts it makes, not the rows before or after them: the batcher calls it
+        once per group of batches of a chunk that may hold millions of rows.
+        """
 
     def concat(self, parts: list[C]) -> C:
         """Parts joined in order."""
+
+    def signature(self, chunk: C) -> Signature:
+        """Each column's dtype and per-row shape; compared once per chunk, so it must be cheap."""
+
+
+def numpy_signature(columns: Columns) -> Signature:
+    """The NumPy chunk's signature; strings' widths may differ between chunks, so only their kind counts."""
+    out: Signature = {}
+    for name, array in columns.items():
+        kind = array.dtype.kind
+        dtype = "str" if kind == "U" else "bytes" if kind == "S" else str(array.dtype)
+        out[name] = (dtype, array.shape[1:])
+    return out
 
 
 class NumpyFormat:
@@ -46,27 +68,61 @@ class NumpyFormat:
         """Rows in a chunk (all its arrays share the first dimension)."""
         return len(next(iter(chunk.values()))) if chunk else 0
 
-    def split(self, chunk: Columns, sizes: list[int]) -> list[Columns]:
+    def split(self, chunk: Columns, start: int, size: int, count: int) -> list[Columns]:
         """Views of consecutive rows."""
-        parts, start = [], 0
-        for size in sizes:
-            parts.append({name: array[start : start + size] for name, array in chunk.items()})
-            start += size
-        return parts
+        items = chunk.items()
+        return [{name: array[a : a + size] for name, array in items} for a in range(start, start + size * count, size)]
 
     def concat(self, parts: list[Columns]) -> Columns:
-        """One copy per column."""
-        return parts[0] if len(parts) == 1 else {n: np.concatenate([p[n] for p in parts]) for n in parts[0]}
+        """One copy per column, of parts that must agree in columns, dtypes and row shapes.
+
+        NumPy would upcast float32 and float64 parts to float64 without a word, or fail with a
+        bare KeyError or shape error; checking the few parts first names what differs.
+        """
+        if len(parts) == 1:
+            return parts[0]
+        first = numpy_signature(parts[0])
+        for part in parts[1:]:
+            check_signature(first, numpy_signature(part))
+        return {n: np.concatenate([p[n] for p in parts]) for n in parts[0]}
+
+    def signature(self, chunk: Columns) -> Signature:
+        """Each column's dtype and per-row shape."""
+        return numpy_signature(chunk)
 
 
 NUMPY = NumpyFormat()
 
 SPLIT_GROUP = 64
-"""Batches cut from a chunk per ``split`` call."""
+"""Batches cut from a chunk per ``split`` call: enough to spread a call's cost, few enough that a
+consumer that stops after one batch does not pay for views of a whole chunk."""
+
+
+def _describe(entry: tuple[str, tuple[int, ...]] | None) -> str:
+    return "missing" if entry is None else f"{entry[0]} with shape {entry[1]}"
+
+
+def check_signature(first: Signature, now: Signature) -> None:
+    """Raises a ValueError naming the first column whose dtype or row shape differs from the first chunk's."""
+    if now == first:
+        return
+    for name in [*first, *(n for n in now if n not in first)]:
+        was, is_now = first.get(name), now.get(name)
+        if was != is_now:
+            raise ValueError(
+                f"the transform's output changed between chunks: column {name!r} was {_describe(was)} and is now "
+                f"{_describe(is_now)}; every chunk must have the same columns, dtypes and per-row shapes (only the "
+                "contents of strings and objects may vary): make the transform return the same every time, for "
+                "example by casting, or give the column in TransformSpec edit_fields"
+            )
 
 
 class Batcher(Generic[C]):
     """Re-cuts a stream of chunks into batches of ``batch_size`` rows; only the last may be smaller.
+
+    Every chunk must have the first chunk's signature (see :meth:`BatchFormat.signature`): a
+    transform whose output changes between chunks would otherwise give batches of alternating
+    types, or fail where two chunks meet in one batch.
 
     Args:
         fmt: The chunks' format.
@@ -78,21 +134,14 @@ class Batcher(Generic[C]):
         self._fmt = fmt
         self._batch_size = batch_size
         self._drop_last = drop_last
+        self._signature: Signature | None = None
 
-    def _parts(self, chunk: C, sizes: list[int]) -> Iterator[C]:
-        """The chunk cut into ``sizes``, at most :data:`SPLIT_GROUP` parts per split call.
-
-        Bounded so that a small batch size, or a consumer that stops after one batch, does not
-        pay for views of the whole chunk up front.
-        """
-        rest: C | None = chunk
-        for start in range(0, len(sizes), SPLIT_GROUP):
-            group = sizes[start : start + SPLIT_GROUP]
-            left = sum(sizes[start + SPLIT_GROUP :])
-            assert rest is not None
-            parts = self._fmt.split(rest, [*group, left] if left else group)
-            rest = parts[-1] if left else None
-            yield from parts[: len(group)]
+    def _check(self, chunk: C) -> None:
+        signature = self._fmt.signature(chunk)
+        if self._signature is None:
+            self._signature = signature
+        else:
+            check_signature(self._signature, signature)
 
     def batches(self, chunks: Iterable[tuple[K, C]]) -> Iterator[tuple[C, K, int]]:
         """Yields ``(batch, key, rows)``, a resumable position after each batch.
@@ -100,7 +149,7 @@ class Batcher(Generic[C]):
         ``key`` names the chunk the batch's last row came from, ``rows`` how many of that
         chunk's rows have been consumed.
         """
-        size = self._batch_size
+        size, split, concat = self._batch_size, self._fmt.split, self._fmt.concat
         pending: list[C] = []
         pending_rows = 0
         key: Any = None
@@ -109,21 +158,25 @@ class Batcher(Generic[C]):
             rows = self._fmt.rows(chunk)
             if not rows:
                 continue
-            first = min(size - pending_rows, rows) if pending_rows else 0
-            sizes = [first] if first else []
-            sizes += [size] * ((rows - first) // size)
-            if rows - sum(sizes):
-                sizes.append(rows - sum(sizes))
+            self._check(chunk)
             consumed = 0
-            for part_rows, part in zip(sizes, self._parts(chunk, sizes), strict=True):
-                consumed += part_rows
-                if not pending_rows and part_rows == size:
-                    yield part, key, consumed
+            if pending_rows:  # the batch that spans chunks
+                consumed = min(size - pending_rows, rows)
+                pending += split(chunk, 0, consumed, 1)
+                pending_rows += consumed
+                if pending_rows < size:
                     continue
-                pending.append(part)
-                pending_rows += part_rows
-                if pending_rows == size:
-                    yield self._fmt.concat(pending), key, consumed
-                    pending, pending_rows = [], 0
+                yield concat(pending), key, consumed
+                pending, pending_rows = [], 0
+            full = (rows - consumed) // size
+            while full:
+                count = min(full, SPLIT_GROUP)
+                for part in split(chunk, consumed, size, count):
+                    consumed += size
+                    yield part, key, consumed
+                full -= count
+            if consumed < rows:
+                pending, pending_rows = split(chunk, consumed, rows - consumed, 1), rows - consumed
+                consumed = rows
         if pending_rows and not self._drop_last:
-            yield self._fmt.concat(pending), key, consumed
+            yield concat(pending), key, consumed
