@@ -98,6 +98,7 @@ class ReaderOptions:
     transform_spec: TransformSpec | None = None
     reader_pool_type: PoolType = "thread"
     drop_last: bool = False
+    verify_checksums: bool = True
 
     def __post_init__(self) -> None:
         _store(self, "batch_size", _check_int("batch_size", self.batch_size, 1))
@@ -128,7 +129,7 @@ class ReaderOptions:
             raise ValueError(
                 f"reader_pool_type={self.reader_pool_type!r} is not allowed: it must be one of {POOL_TYPES}"
             )
-        for name in ("shuffle_row_groups", "drop_last"):
+        for name in ("shuffle_row_groups", "drop_last", "verify_checksums"):
             _store(self, name, _check_bool(name, getattr(self, name)))
         if self.schema_fields is not None:
             if isinstance(self.schema_fields, str) or not all(isinstance(f, str) for f in self.schema_fields):
@@ -186,6 +187,10 @@ class ReaderArgs(TypedDict, total=False):
         drop_last: Leave out each epoch's last batch when it is short (as torch's ``drop_last``
             and tf.data's ``drop_remainder``): every batch then has one shape, which jitted
             steps compile once for and a sharding can always split.
+        verify_checksums: Check every Parquet page's CRC as it is read (default True): a flipped
+            bit on disk or in transit is then an error naming the file, not a wrong number. It
+            costs decode speed on uncompressed tabular caches (see the benchmark's checksum
+            case); turn it off only for data whose storage verifies itself.
     """
 
     prefetch: int | None
@@ -200,6 +205,7 @@ class ReaderArgs(TypedDict, total=False):
     transform_fn: Callable[[Any], Any] | None
     reader_pool_type: PoolType
     drop_last: bool
+    verify_checksums: bool
 
 
 def reader_options(

@@ -74,7 +74,9 @@ class Reader(Generic[C]):
         self._specs = column_specs(
             manifest.schema, manifest.options.get("dtype"), manifest.shapes, options.schema_fields
         )
-        self._segment_reader = SegmentReader(root_url, manifest.files, self._specs, options.transform_spec)
+        self._segment_reader = SegmentReader(
+            root_url, manifest.files, self._specs, options.transform_spec, options.verify_checksums
+        )
         self._groups = [
             (f, g, rows) for f, entry in enumerate(manifest.files) for g, rows in enumerate(entry.row_groups)
         ]

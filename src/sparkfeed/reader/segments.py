@@ -56,6 +56,7 @@ class SegmentReader:
         files: The manifest's file entries.
         specs: The columns to yield, by name.
         transform_spec: The user's transform, run on each piece as a pandas DataFrame.
+        verify_checksums: Verify Parquet page CRCs where the files have them.
     """
 
     def __init__(
@@ -64,8 +65,10 @@ class SegmentReader:
         files: Sequence[FileEntry],
         specs: dict[str, ColumnSpec],
         transform_spec: TransformSpec | None,
+        verify_checksums: bool = True,
     ) -> None:
         self._location = Location.parse(root)
+        self._verify = verify_checksums
         self._files = files
         self._specs = specs
         self._transform = transform_spec
@@ -184,14 +187,14 @@ class SegmentReader:
         """One piece as an Arrow table of the logical column types.
 
         Page checksums are verified where the file has them (sparkfeed's writer and Spark's
-        both write them): a flipped bit fails the read, naming the file, instead of arriving
-        as a wrong number.
+        both write them) unless the user turned it off: a flipped bit fails the read, naming
+        the file, instead of arriving as a wrong number.
         """
         footer = self._footer(file)
         entry = self._files[file]
         stored = [name for name in self._columns if name not in entry.partition]
         with self._open(file) as handle:
-            table = pq.ParquetFile(handle, metadata=footer, page_checksum_verification=True).read_row_group(
+            table = pq.ParquetFile(handle, metadata=footer, page_checksum_verification=self._verify).read_row_group(
                 row_group, columns=stored, use_threads=False
             )
         if start or stop != table.num_rows:
