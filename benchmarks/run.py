@@ -89,6 +89,10 @@ def build_cases() -> list[Case]:
         if group == "tabular":
             add("tabular.sparkfeed.numpy", "sparkfeed make_numpy_iterator", "--reader numpy", holder, peer="plain")
             add("tabular.sparkfeed.torch", "sparkfeed make_torch_dataloader", "--reader torch", holder, peer="plain")
+            add("tabular.sparkfeed.numpy_noverify", "sparkfeed make_numpy_iterator, verify_checksums=False",
+                "--reader numpy --no-verify", holder)
+            add("tabular.sparkfeed.torch_noverify", "sparkfeed make_torch_dataloader, verify_checksums=False",
+                "--reader torch --no-verify", holder)
             add("tabular.sparkfeed.tf", "sparkfeed make_tf_dataset (eager iteration)", "--reader tf", holder,
                 peer="tf")
             add("tabular.sparkfeed.tf_graph", "sparkfeed make_tf_dataset (in a tf.function, as Keras fit)",
@@ -112,6 +116,8 @@ def build_cases() -> list[Case]:
         else:
             add("vectors.sparkfeed.numpy", "sparkfeed make_numpy_iterator", "--reader numpy", holder, peer="plain")
             add("vectors.sparkfeed.torch", "sparkfeed make_torch_dataloader", "--reader torch", holder, peer="plain")
+            add("vectors.sparkfeed.torch_noverify", "sparkfeed make_torch_dataloader, verify_checksums=False",
+                "--reader torch --no-verify", holder)
 
     pt_tab, pt_vec = ("petastorm", "tabular", None), ("petastorm", "vectors", None)
     bounded, note = f"--max-rows {DEFAULT_LOADER_ROWS}", f"first {DEFAULT_LOADER_ROWS:,} rows"

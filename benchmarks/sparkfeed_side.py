@@ -130,6 +130,8 @@ def loader_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         kwargs["transform_fn"] = decode_frame
     if args.pool:
         kwargs["reader_pool_type"] = args.pool
+    if getattr(args, "no_verify", False):
+        kwargs["verify_checksums"] = False
     return kwargs
 
 
@@ -504,6 +506,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--min-time", type=float, default=0.0, help="keep timing runs until they add up to this")
     p.add_argument("--quality", action="store_true", help="also measure the shuffle quality of one epoch")
+    p.add_argument("--no-verify", action="store_true", help="verify_checksums=False: the cost of page CRCs")
     p = commands.add_parser("memory")
     p.add_argument("--batch-size", type=int, default=1024)
     p = commands.add_parser("batching")
