@@ -17,7 +17,7 @@ import pytest
 from pyspark.sql import functions as F
 
 import sparkfeed.materialize
-from sparkfeed import make_spark_converter
+from sparkfeed import SparkDatasetConverter, make_spark_converter
 from sparkfeed.cache import (
     MANIFEST_NAME,
     MARKER_NAME,
@@ -288,23 +288,23 @@ def test_delete_refuses_a_directory_without_our_marker(spark, tmp_path) -> None:
     assert directory.is_dir() and any(directory.glob("*.parquet"))
 
 
-def test_delete_never_follows_a_symlink_out_of_the_cache(spark, tmp_path) -> None:
+def _user_data_and_a_cache(spark, tmp_path: Path) -> tuple[Path, SparkDatasetConverter, Path]:
     user = tmp_path / "user-data"
     user.mkdir()
     (user / "keep.txt").write_text("x")
     converter = make_spark_converter(spark.range(5), cache_dir=str(tmp_path / "caches"))
-    directory = _local(converter.cache_dir_url)
+    return user, converter, _local(converter.cache_dir_url)
+
+
+def test_delete_never_follows_a_symlink_out_of_the_cache(spark, tmp_path) -> None:
+    user, converter, directory = _user_data_and_a_cache(spark, tmp_path)
     (directory / "link").symlink_to(user, target_is_directory=True)
     converter.delete()
     assert not directory.exists() and (user / "keep.txt").read_text() == "x"
 
 
 def test_delete_refuses_a_cache_directory_replaced_by_a_symlink(spark, tmp_path) -> None:
-    user = tmp_path / "user-data"
-    user.mkdir()
-    (user / "keep.txt").write_text("x")
-    converter = make_spark_converter(spark.range(5), cache_dir=str(tmp_path / "caches"))
-    directory = _local(converter.cache_dir_url)
+    user, converter, directory = _user_data_and_a_cache(spark, tmp_path)
     for item in directory.iterdir():  # the user's directory even gets a copy of our marker
         if item.name == MARKER_NAME:
             (user / MARKER_NAME).write_bytes(item.read_bytes())
