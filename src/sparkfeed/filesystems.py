@@ -64,8 +64,10 @@ def make_filesystem(
         fs_path = f"{container}{path}".rstrip("/")
         if account and "account_name" not in merged:
             merged["account_name"] = account.split(".", 1)[0]
-    else:
+    elif scheme in ("hdfs", "viewfs"):
         fs_path = path.rstrip("/") or "/"
+    else:  # fsspec's convention: the host is the path's first component (a bucket, a container)
+        fs_path = (f"{host}{path}" if host else path).rstrip("/")
     if filesystem is not None:
         return as_pyarrow(filesystem), fs_path
     try:
@@ -79,7 +81,7 @@ def make_filesystem(
             return _hdfs(host, merged), fs_path
     except TypeError as error:  # an option the constructor does not take
         raise ValueError(f"{url}: storage_options {sorted(merged)} are not accepted ({error})") from error
-    return _fsspec(url, scheme, merged), (f"{host}{path}" if host else path).rstrip("/")
+    return _fsspec(url, scheme, merged), fs_path
 
 
 def as_pyarrow(filesystem: Any) -> pafs.FileSystem:
@@ -107,6 +109,13 @@ def _query_options(query: str) -> dict[str, Any]:
 def _s3(options: dict[str, Any]) -> pafs.FileSystem:
     settings = {**DEFAULT_S3_TIMEOUTS, **options}
     settings.setdefault("retry_strategy", pafs.AwsStandardS3RetryStrategy(max_attempts=S3_RETRIES))
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    if endpoint and "endpoint_override" not in settings:
+        # The AWS SDKs' variable, which from_uri honours and S3FileSystem() does not: with it,
+        # executors configured by their environment alone reach the same server as the driver.
+        parsed = urlsplit(endpoint)
+        settings["endpoint_override"] = parsed.netloc or parsed.path
+        settings.setdefault("scheme", parsed.scheme or "https")
     if "region" not in settings and "endpoint_override" not in settings:
         # Without one, pyarrow asks AWS's public endpoint for the bucket's region.
         settings["region"] = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"

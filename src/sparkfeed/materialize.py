@@ -361,12 +361,8 @@ def describe(
         root, names = posixpath.dirname(root), [info.base_name]
     else:
         selector = pafs.FileSelector(root, recursive=True)
-        names = sorted(
-            posixpath.relpath(i.path, root)
-            for i in fs.get_file_info(selector)
-            if i.type == pafs.FileType.File
-            and not any(part.startswith(("_", ".")) for part in posixpath.relpath(i.path, root).split("/"))
-        )
+        listed = [_relative(i.path, root) for i in fs.get_file_info(selector) if i.type == pafs.FileType.File]
+        names = sorted(n for n in listed if not any(part.startswith(("_", ".")) for part in n.split("/")))
     if not names:
         raise ValueError(f"no Parquet files under {location}")
 
@@ -417,6 +413,12 @@ def describe(
             created_by=created_by or _creator(None),
         ),
     )
+
+
+def _relative(path: str, root: str) -> str:
+    """A listed file's path below the root; filesystems differ on a leading slash (fsspec adds one)."""
+    inner, top = path.lstrip("/"), root.strip("/")
+    return inner[len(top) + 1 :] if top and inner.startswith(top + "/") else inner
 
 
 _PANDAS_INDEX = re.compile(r"^__index_level_\d+__$")
