@@ -176,7 +176,7 @@ def test_directory_without_manifest_is_not_a_cache(spark, tmp_path) -> None:
 
 
 def test_unreadable_url_is_refused_before_spark_runs(spark) -> None:
-    with pytest.raises(ValueError, match=r"pyarrow cannot open the scheme 'nosuchfs'"):
+    with pytest.raises(ValueError, match=r"pyarrow has no filesystem for 'nosuchfs'"):
         make_spark_converter(spark.range(3), cache_dir="nosuchfs://bucket/cache")
 
 

@@ -222,6 +222,8 @@ def make_spark_converter(
     dtype: str | None = "float32",
     *,
     cache_dir: str | None = None,
+    storage_options: dict[str, Any] | None = None,
+    filesystem: Any = None,
 ) -> SparkDatasetConverter:
     """Materializes a DataFrame once as Parquet and returns a converter to load it.
 
@@ -241,6 +243,12 @@ def make_spark_converter(
         cache_dir: Parent directory URL of the cache. Defaults to the Spark conf
             ``sparkfeed.cacheDir``, then ``petastorm.spark.converter.parentCacheDirUrl``, then
             the ``SPARKFEED_CACHE_DIR`` environment variable, then the system temp dir.
+        storage_options: How to reach an object store or HDFS location (the cache directory, or
+            ``df`` when it is a URL): keyword arguments of its pyarrow filesystem, e.g. for S3
+            ``access_key``, ``secret_key``, ``region``, ``endpoint_override``, ``scheme``. They
+            travel with the pickled converter to executors and are never written into the cache;
+            leave credentials out to have each process read its own environment instead.
+        filesystem: A pyarrow or fsspec filesystem to reach that location with, instead.
 
     Raises:
         UnsupportedTypeError: A column has no tensor representation; the message names it,
@@ -249,7 +257,7 @@ def make_spark_converter(
     """
     options = MaterializeOptions(parquet_row_group_size_bytes, compression_codec, dtype)
     if isinstance(df, (str, os.PathLike)):
-        location = Location.parse(df)
+        location = Location.parse(df, options=storage_options, filesystem=filesystem)
         manifest = read_manifest(location)  # A sparkfeed cache: its manifest says what the files hold.
         if manifest is not None:
             return SparkDatasetConverter(location, manifest)
@@ -257,12 +265,14 @@ def make_spark_converter(
         return SparkDatasetConverter(done.location, done.manifest)
     if not (hasattr(df, "sparkSession") and hasattr(df, "write")):
         raise TypeError(f"make_spark_converter takes a Spark DataFrame or a Parquet path, not {type(df).__name__}")
-    return _convert(df, options, cache_dir)
-
-
-def _convert(df: DataFrame, options: MaterializeOptions, cache_dir: str | None) -> SparkDatasetConverter:
     spark = df.sparkSession
     parent = resolve_cache_dir(cache_dir, lambda key: spark.conf.get(key, None))
+    if storage_options is not None or filesystem is not None:
+        parent = Location.parse(parent, options=storage_options, filesystem=filesystem)
+    return _convert(df, options, parent)
+
+
+def _convert(df: DataFrame, options: MaterializeOptions, parent: Location) -> SparkDatasetConverter:
     identity = identify(df)
     known = registry.find(identity, options, parent)
     if known is not None and _still_complete(known):

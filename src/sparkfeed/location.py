@@ -20,11 +20,13 @@ from __future__ import annotations
 import functools
 import os
 import re
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
-import pyarrow as pa
 import pyarrow.fs as pafs
+
+from sparkfeed.filesystems import make_filesystem
 
 DATABRICKS_ENV = "DATABRICKS_RUNTIME_VERSION"
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+):")
@@ -34,21 +36,37 @@ _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+):")
 class Location:
     """A directory or file as a canonical, percent-encoded URL and the views derived from it.
 
-    Made by :meth:`parse`; cheap to pickle (the URL alone travels, the filesystem is made again
-    where it is used, on an executor or in a worker process).
+    Made by :meth:`parse`; cheap to pickle: the URL and the user's storage options (or
+    filesystem) travel, and the filesystem is made again where it is used, on an executor or
+    in a worker process. Two locations are equal when their URLs are: options say how to reach
+    a place, not which place it is.
 
     Args:
         url: A canonical URL as :meth:`parse` makes it.
+        options: Keyword arguments of the scheme's pyarrow filesystem (see
+            :func:`~sparkfeed.filesystems.make_filesystem`).
+        filesystem: A pyarrow or fsspec filesystem to reach the URL with, instead.
     """
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, options: Mapping[str, Any] | None = None, filesystem: Any = None) -> None:
         self.url = url
+        self.options = dict(options or {})
+        self.given_filesystem = filesystem
 
     # ------------------------------------------------------------------ making
 
     @classmethod
-    def parse(cls, path_or_url: str | os.PathLike[str] | Location) -> Location:
+    def parse(
+        cls,
+        path_or_url: str | os.PathLike[str] | Location,
+        *,
+        options: Mapping[str, Any] | None = None,
+        filesystem: Any = None,
+    ) -> Location:
         """A location from what a user wrote: a plain path (relative ones against the cwd) or a URL.
+
+        ``options`` and ``filesystem`` say how to reach a non-local URL (credentials, endpoint);
+        they are refused for local paths, which need neither.
 
         Raises:
             ValueError: The text is empty, or a URL that names something other than it seems to:
@@ -56,7 +74,20 @@ class Location:
                 URL of another host, or ``dbfs:`` outside Databricks.
         """
         if isinstance(path_or_url, Location):
-            return path_or_url
+            if options is None and filesystem is None:
+                return path_or_url
+            path_or_url = path_or_url.url
+        location = cls._parse(path_or_url)
+        if options is not None and not isinstance(options, Mapping):
+            raise ValueError(f"storage_options={options!r} is not allowed: it must be a dict of keyword arguments")
+        if (options or filesystem is not None) and location.is_local:
+            raise ValueError(
+                f"{location.url} is a local path: storage_options and filesystem are for object stores and HDFS"
+            )
+        return cls(location.url, options, filesystem)
+
+    @classmethod
+    def _parse(cls, path_or_url: str | os.PathLike[str]) -> Location:
         text = os.fspath(path_or_url)
         if not isinstance(text, str) or not text.strip():
             raise ValueError(f"{path_or_url!r} is not a path or URL")
@@ -106,14 +137,17 @@ class Location:
                 raise ValueError(f"{name!r} is not a single path component")
         parts = urlsplit(self.url)
         path = parts.path.rstrip("/") + "".join("/" + quote(name, safe="") for name in names)
-        return Location(_join(parts.scheme, parts.netloc, path, parts.query))
+        return self._moved(_join(parts.scheme, parts.netloc, path, parts.query))
+
+    def _moved(self, url: str) -> Location:
+        return Location(url, self.options, self.given_filesystem)
 
     @property
     def parent(self) -> Location:
         """The directory holding this location."""
         parts = urlsplit(self.url)
-        path = parts.path.rstrip("/").rsplit("/", 1)[0]
-        return Location(_join(parts.scheme, parts.netloc, path or ("/" if parts.scheme == "file" else ""), parts.query))
+        path = parts.path.rstrip("/").rsplit("/", 1)[0] or ("/" if parts.scheme == "file" else "")
+        return self._moved(_join(parts.scheme, parts.netloc, path, parts.query))
 
     # ------------------------------------------------------------------ views
 
@@ -149,15 +183,7 @@ class Location:
     def _resolved(self) -> tuple[pafs.FileSystem, str]:
         if self.is_local:
             return pafs.LocalFileSystem(), self.local_path
-        try:
-            fs, path = pafs.FileSystem.from_uri(self.url)
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as error:
-            raise ValueError(
-                f"{self.url}: pyarrow cannot open the scheme {self.scheme!r} ({error}). The reader reads "
-                "the cache with pyarrow, so choose a location both Spark and pyarrow reach: a local or "
-                "shared path, or s3://, gs://, hdfs:// where pyarrow has support built in"
-            ) from error
-        return fs, path
+        return make_filesystem(self.url, self.options, self.given_filesystem)
 
     @property
     def filesystem(self) -> pafs.FileSystem:
@@ -172,10 +198,10 @@ class Location:
     # ------------------------------------------------------------------ value semantics
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"url": self.url}
+        return {"url": self.url, "options": self.options, "filesystem": self.given_filesystem}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.url = state["url"]
+        self.__init__(state["url"], state.get("options"), state.get("filesystem"))  # type: ignore[misc]
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Location) and other.url == self.url

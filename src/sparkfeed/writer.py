@@ -168,7 +168,7 @@ class _File:
 
 
 def partition_writer(
-    cache_url: str, codec: str, group_bytes: int, names: list[str]
+    fs: pafs.FileSystem, root: str, codec: str, group_bytes: int, names: list[str]
 ) -> Callable[[Iterable[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
     """The ``mapInArrow`` function that writes one partition into the cache directory.
 
@@ -177,7 +177,10 @@ def partition_writer(
     the manifest, which lists exactly the files that the successful tasks return.
 
     Args:
-        cache_url: The cache directory the files go to.
+        fs: The cache's filesystem; it pickles with its options, so an executor reaches the cache
+            as the driver does (credentials left out of them are read from the executor's
+            environment).
+        root: The cache directory on it.
         codec: Parquet compression codec.
         group_bytes: Target row-group size in bytes.
         names: The DataFrame's column names, written to the files. The batches arrive with
@@ -190,7 +193,6 @@ def partition_writer(
 
         context = TaskContext.get()
         partition = context.partitionId() if context is not None else 0
-        fs, root = pafs.FileSystem.from_uri(cache_url)
         files: dict[tuple[Any, ...], tuple[_File, dict[str, Any]]] = {}
         shapes: dict[str, ShapeStats] = {}
         for batch in batches:

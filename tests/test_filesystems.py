@@ -1,0 +1,94 @@
+"""Each scheme's filesystem: paths, options, fsspec filesystems, and what HDFS needs said clearly."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import fsspec
+import numpy as np
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+import pytest
+
+from sparkfeed import make_spark_converter
+from sparkfeed.filesystems import _query_options, java_home, make_filesystem
+from sparkfeed.location import Location
+
+
+@pytest.mark.parametrize(
+    ("url", "path"),
+    [
+        ("s3://bucket/a%20b/c", "bucket/a b/c"),
+        ("s3a://bucket/p", "bucket/p"),
+        ("s3n://bucket/p/", "bucket/p"),
+        ("gs://bucket/p", "bucket/p"),
+        ("abfss://container@account.dfs.core.windows.net/p/q", "container/p/q"),
+        ("hdfs://namenode:8020/user/me", "/user/me"),
+    ],
+)
+def test_each_scheme_maps_to_its_filesystem_path(url: str, path: str) -> None:
+    given = pafs.LocalFileSystem()
+    assert make_filesystem(url, filesystem=given) == (given, path)
+
+
+def test_query_options_take_pyarrow_types() -> None:
+    assert _query_options(
+        "endpoint_override=127.0.0.1%3A9&scheme=http&connect_timeout=2&allow_bucket_creation=true"
+    ) == {
+        "endpoint_override": "127.0.0.1:9",
+        "scheme": "http",
+        "connect_timeout": 2.0,
+        "allow_bucket_creation": True,
+    }
+
+
+def test_unknown_storage_options_are_refused_naming_them() -> None:
+    with pytest.raises(ValueError, match=r"storage_options \[.*'no_such_option'"):
+        make_filesystem("s3://bucket/p", {"no_such_option": 1})
+
+
+def test_storage_options_are_refused_for_local_paths(tmp_path) -> None:
+    with pytest.raises(ValueError, match="is a local path"):
+        Location.parse(tmp_path, options={"access_key": "x"})
+    with pytest.raises(ValueError, match="must be a dict"):
+        Location.parse("s3://bucket/p", options=["access_key"])  # type: ignore[arg-type]
+
+
+def test_an_fsspec_filesystem_reads_a_dataset_in_place() -> None:
+    memory = fsspec.filesystem("memory")
+    table = pa.table({"id": np.arange(30), "x": np.arange(30) * 0.5})
+    with memory.open("/sf-test/data/part-0.parquet", "wb") as handle:
+        pq.write_table(table, handle)
+    converter = make_spark_converter("memory://sf-test/data", filesystem=memory)
+    with converter.make_numpy_iterator(batch_size=7, num_epochs=1, shuffle_row_groups=False) as batches:
+        ids = np.concatenate([b["id"] for b in batches])
+    np.testing.assert_array_equal(ids, np.arange(30))
+    memory.rm("/sf-test", recursive=True)
+
+
+def test_a_scheme_nothing_serves_is_refused_with_what_to_do() -> None:
+    with pytest.raises(ValueError, match=r"pyarrow has no filesystem for 'nosuchfs'.*filesystem="):
+        Location.parse("nosuchfs://bucket/p").filesystem  # noqa: B018
+
+
+def test_hdfs_finds_java_from_the_path_and_names_what_libhdfs_needs(monkeypatch) -> None:
+    java = shutil.which("java")
+    assert java is not None, "the test machine has Java (Spark needs it)"
+    monkeypatch.delenv("JAVA_HOME", raising=False)
+    expected = os.path.dirname(os.path.dirname(os.path.realpath(java)))
+    assert java_home() == expected
+    with pytest.raises(ValueError) as caught:  # no Hadoop client here: a clear error, not "Unable to load libjvm"
+        Location.parse("hdfs://127.0.0.1:1/user/me").filesystem  # noqa: B018
+    message = str(caught.value)
+    assert f"JAVA_HOME is {expected}" in message and "libhdfs" in message and "HADOOP_HOME" in message
+    assert os.environ["JAVA_HOME"] == expected
+
+
+def test_hdfs_without_java_says_so(monkeypatch) -> None:
+    monkeypatch.delenv("JAVA_HOME", raising=False)
+    monkeypatch.setenv("PATH", "/nonexistent")
+    assert java_home() is None
+    with pytest.raises(ValueError, match="hdfs:// needs Java"):
+        Location.parse("hdfs:/user/me").filesystem  # noqa: B018
