@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import socket
+import subprocess
+import sys
 from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -28,3 +33,17 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+def run_job(script: str, *args: str, cwd: Path, timeout: float = 300) -> dict[str, Any]:
+    """Runs one of the tests' job scripts in a process of its own; returns the JSON line it printed last."""
+    done = subprocess.run(
+        [sys.executable, str(Path(__file__).with_name(script)), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=cwd,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import pickle
 import subprocess
@@ -17,7 +16,7 @@ from pyspark.sql import functions as F
 
 from sparkfeed import SparkDatasetConverter, make_spark_converter
 
-from helpers import concat, free_port
+from helpers import concat, free_port, run_job
 
 
 def test_properties(spark) -> None:
@@ -71,12 +70,7 @@ def test_each_spark_task_reads_its_own_shard(spark) -> None:
 
 def test_a_spark_connect_session_converts_reuses_and_reads_in_tasks(tmp_path) -> None:
     cache = tmp_path / "connect-cache"
-    job = Path(__file__).with_name("spark_connect_job.py")
-    done = subprocess.run(
-        [sys.executable, str(job), cache.as_uri()], capture_output=True, text=True, timeout=300, cwd=tmp_path
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    seen = run_job("spark_connect_job.py", cache.as_uri(), cwd=tmp_path)
     assert seen["rows"] == 1000 and seen["ids_sorted"] and seen["pairs_match"] and seen["reused"]
     assert seen["cache_dir_url"].startswith(cache.as_uri() + "/")  # the cacheDir conf, read through Connect
     quarter = 250
@@ -126,16 +120,7 @@ def standalone_master(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]
 
 def test_executors_of_a_standalone_cluster_read_exact_shards(standalone_master, tmp_path) -> None:
     cache = tmp_path / "standalone-cache"
-    job = Path(__file__).with_name("standalone_job.py")
-    done = subprocess.run(
-        [sys.executable, str(job), standalone_master, cache.as_uri()],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=tmp_path,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    seen = run_job("standalone_job.py", standalone_master, cache.as_uri(), cwd=tmp_path)
     quarters = [sum(range(q * 2500, (q + 1) * 2500)) for q in range(4)]
     assert seen["shards"] == [[q, 2500, quarters[q], True] for q in range(4)]
     assert seen["driver_pid"] not in seen["executors"]  # read in the cluster's executor processes

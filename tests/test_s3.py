@@ -6,11 +6,8 @@ import contextlib
 import json
 import pickle
 import socket
-import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -22,7 +19,7 @@ from pyspark.sql import functions as F
 from sparkfeed import make_spark_converter
 from sparkfeed.location import Location
 
-from helpers import concat
+from helpers import concat, run_job
 from s3server import S3Server
 
 pytestmark = pytest.mark.slow
@@ -187,17 +184,8 @@ def test_a_server_stopped_mid_epoch_is_a_clear_error_within_a_bounded_time(tmp_p
 def test_a_spark_connect_session_converts_to_s3_and_reads_in_tasks(
     s3_server: S3Server, s3_bucket: str, tmp_path
 ) -> None:
-    job = Path(__file__).with_name("spark_connect_job.py")
     cache = f"s3a://{s3_bucket}/connect"
-    done = subprocess.run(
-        [sys.executable, str(job), cache, json.dumps(s3_server.storage_options)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=tmp_path,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    seen = run_job("spark_connect_job.py", cache, json.dumps(s3_server.storage_options), cwd=tmp_path)
     assert seen["rows"] == 1000 and seen["ids_sorted"] and seen["pairs_match"] and seen["reused"]
     assert seen["cache_dir_url"].startswith(cache + "/")
     assert sum(seen["shard_id_sums"]) == sum(range(1000)) and len(seen["shard_id_sums"]) == 4
