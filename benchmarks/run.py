@@ -183,11 +183,13 @@ def build_cases() -> list[Case]:
                 f"--reader {reader} {s3}", holder, peer=dataset)
             add(f"s3.sparkfeed.{dataset}.{reader}_p16", f"sparkfeed {name} from S3, prefetch=16",
                 f"--reader {reader} --prefetch 16 {s3}", holder, peer=dataset)
+        add(f"s3.sparkfeed.{dataset}.numpy_p16_w4", "sparkfeed make_numpy_iterator from S3, prefetch=16, "
+            "workers_count=4", f"--reader numpy --prefetch 16 --workers 4 {s3}", holder, peer=dataset)
         add(f"s3.pyarrow.{dataset}.local_download", "local disk: the cache files read whole, one after another",
             "--reader local_download", holder, peer=dataset)
         for reader, name in (("numpy", "make_numpy_iterator"), ("torch", "make_torch_dataloader")):
             add(f"s3.sparkfeed.{dataset}.local_{reader}", f"sparkfeed {name} from the local cache",
-                f"--reader {reader}", holder, peer=dataset)
+                f"--reader {reader} --file-mb", holder, peer=dataset)
     return cases
 # fmt: on
 
@@ -341,6 +343,10 @@ class S3Stage:
             fs.delete_dir(f"{S3_BUCKET}/{name}")
 
 
+REQUESTS_KEPT = 80
+"""Requests of an s3 case kept verbatim in results.json (method, path, range): the warm-up epoch's."""
+
+
 def s3_counts(requests: Any, result: dict[str, Any], row_groups: int) -> dict[str, Any]:
     """Requests a case made, per epoch and per row group. The case process ran the warm-up epoch and
     the timed ones; its one-off requests (opening the dataset: listing, manifest, footers) are spread
@@ -357,6 +363,7 @@ def s3_counts(requests: Any, result: dict[str, Any], row_groups: int) -> dict[st
         "gets_per_epoch": requests.ranged_gets / epochs,
         "requests_per_row_group": per_epoch / row_groups,
         "bytes_per_get": requests.range_bytes / max(requests.ranged_gets, 1),
+        "first_requests": [" ".join(entry).strip() for entry in requests.entries[:REQUESTS_KEPT]],
     }
 
 

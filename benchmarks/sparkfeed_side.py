@@ -432,7 +432,7 @@ def case(args: argparse.Namespace) -> None:
                 return consume(batches, args.max_rows)
 
         result.update(measure(run, args.repeats, args.min_time))
-        if args.s3_url or files:
+        if args.s3_url or files or args.file_mb:
             # The cache's size on disk per second of the same median run: comparable across the
             # download anchors (whose bytes are files) and the loaders (whose MB/s are decoded arrays).
             cache_bytes = sum(Path(url.removeprefix("file://")).stat().st_size for url in local.file_urls)
@@ -591,6 +591,7 @@ def main() -> None:
     p.add_argument("--prefetch", type=int, default=None, help="row-group pieces read ahead (default: the reader's)")
     p.add_argument("--s3-url", default=None, help="read the cache uploaded here (s3://bucket/name) instead")
     p.add_argument("--storage-options", default="{}", help="JSON: pyarrow S3FileSystem keyword arguments")
+    p.add_argument("--file-mb", action="store_true", help="also report the cache's file bytes per second")
     p = commands.add_parser("memory")
     p.add_argument("--batch-size", type=int, default=1024)
     p = commands.add_parser("batching")
