@@ -11,6 +11,8 @@ import pytest
 from hypothesis import HealthCheck, settings
 from pyspark.sql import SparkSession
 
+pytest_plugins = ["s3server"]  # the s3_server and s3_bucket fixtures: moto on 127.0.0.1
+
 # Property tests: a bounded 'ci' profile by default (CI has 90 minutes on 2 cores), a 'deep' one for
 # local runs: HYPOTHESIS_PROFILE=deep make pytest.
 settings.register_profile(

@@ -2,6 +2,7 @@
 
 A Connect session has no JVM in the Python process (``df._jdf`` and ``sparkContext`` do not
 exist), which is where Petastorm's converter fails. Prints one JSON line of what it saw.
+Arguments: the cache directory URL, and optionally the storage options (JSON) to reach it.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pyspark.sql import functions as F
 from sparkfeed import make_spark_converter
 
 
-def main(cache_dir: str) -> None:
+def main(cache_dir: str, storage_options: dict | None = None) -> None:
     spark = (
         SparkSession.builder.remote("local[2]")
         .config("spark.sql.session.timeZone", "UTC")
@@ -27,7 +28,7 @@ def main(cache_dir: str) -> None:
     df = spark.range(1000, numPartitions=4).select(
         "id", (F.col("id") / 4).alias("x"), F.array(F.col("id"), -F.col("id")).alias("pair")
     )
-    converter = make_spark_converter(df)
+    converter = make_spark_converter(df, storage_options=storage_options)
     with converter.make_numpy_iterator(batch_size=100, num_epochs=1, shuffle_row_groups=False) as batches:
         read = list(batches)
     ids = np.concatenate([b["id"] for b in read])
@@ -43,7 +44,7 @@ def main(cache_dir: str) -> None:
 
     shards = spark.range(4, numPartitions=4).select(F.col("id").alias("shard"))
     per_shard = shards.mapInPandas(count_shard, "shard long, ids long").collect()
-    again = make_spark_converter(df)
+    again = make_spark_converter(df, storage_options=storage_options)
     out = {
         "rows": len(converter),
         "cache_dir_url": converter.cache_dir_url,
@@ -58,4 +59,4 @@ def main(cache_dir: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1], json.loads(sys.argv[2]) if len(sys.argv) > 2 else None)

@@ -15,6 +15,7 @@ import datetime
 import json
 import os
 import shutil
+import socket
 import stat
 import tempfile
 import threading
@@ -229,7 +230,7 @@ def create_cache_dir(parent: Location) -> tuple[Location, str]:
         raise FileExistsError(f"{location} already holds objects; sparkfeed writes caches only into new prefixes")
     else:
         fs.create_dir(path, recursive=True)
-    marker = {"sparkfeed": True, "token": token, "pid": os.getpid(), "host": _hostname()}
+    marker = {"sparkfeed": True, "token": token, "pid": os.getpid(), "host": socket.gethostname()}
     try:
         with fs.open_output_stream(f"{path}/{MARKER_NAME}") as stream:
             stream.write(json.dumps(marker).encode())
@@ -239,12 +240,6 @@ def create_cache_dir(parent: Location) -> tuple[Location, str]:
                 os.rmdir(path)  # empty: it cannot hold anything but what we just failed to write
         raise
     return location, token
-
-
-def _hostname() -> str:
-    import socket
-
-    return socket.gethostname()
 
 
 class NotOursError(ValueError):

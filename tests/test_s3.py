@@ -1,0 +1,261 @@
+"""Caches and datasets on object storage, against a real S3-compatible server (moto) on 127.0.0.1."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import pickle
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+import pytest
+from pyspark.sql import functions as F
+
+from sparkfeed import make_spark_converter
+from sparkfeed.location import Location
+
+from helpers import concat
+from s3server import S3Server
+
+pytestmark = pytest.mark.slow
+
+
+def _ids(converter, **kwargs) -> list[int]:
+    with converter.make_numpy_iterator(batch_size=64, num_epochs=1, **kwargs) as batches:
+        return sorted(int(i) for b in batches for i in b["id"])
+
+
+def _keys(server: S3Server, prefix: str) -> list[str]:
+    selector = pafs.FileSelector(prefix, recursive=True, allow_not_found=True)
+    return sorted(i.path for i in server.filesystem().get_file_info(selector) if i.type == pafs.FileType.File)
+
+
+@pytest.mark.parametrize("with_array", [False, True], ids=["tabular", "arrays"])
+def test_dataframes_materialize_on_s3_read_back_reuse_and_delete(
+    spark, s3_server: S3Server, s3_bucket: str, with_array: bool
+) -> None:
+    df = spark.range(300, numPartitions=3).withColumn("x", F.col("id") * 0.5)
+    if with_array:
+        df = df.withColumn("v", F.array(F.col("id") * 1.0, F.col("id") * 2.0))
+    options = s3_server.storage_options
+    converter = make_spark_converter(df, cache_dir=f"s3a://{s3_bucket}/caches", storage_options=options)
+    assert converter.cache_dir_url.startswith(f"s3a://{s3_bucket}/caches/sparkfeed-")
+    with converter.make_numpy_iterator(batch_size=64, num_epochs=1, shuffle_row_groups=False) as batches:
+        got = concat(batches)
+    np.testing.assert_array_equal(np.sort(got["id"]), np.arange(300))
+    np.testing.assert_array_equal(got["x"], got["id"] * 0.5)
+    if with_array:
+        assert got["v"].shape == (300, 2) and got["v"].dtype == np.float32
+    again = make_spark_converter(df, cache_dir=f"s3a://{s3_bucket}/caches", storage_options=options)
+    assert again.cache_dir_url == converter.cache_dir_url
+    root = Location.parse(converter.cache_dir_url, options=options).path
+    assert any(key.endswith(".parquet") for key in _keys(s3_server, root))
+    converter.delete()
+    assert _keys(s3_server, root) == []
+
+
+def test_s3_s3a_and_s3n_are_one_bucket_to_the_reader(spark, s3_server: S3Server, s3_bucket: str) -> None:
+    options = s3_server.storage_options
+    converter = make_spark_converter(spark.range(40), cache_dir=f"s3://{s3_bucket}/schemes", storage_options=options)
+    path = converter.cache_dir_url.removeprefix("s3://")
+    for scheme in ("s3", "s3a", "s3n"):
+        assert _ids(make_spark_converter(f"{scheme}://{path}", storage_options=options)) == list(range(40))
+    converter.delete()
+
+
+def test_delete_removes_the_prefix_and_spares_its_siblings(spark, s3_server: S3Server, s3_bucket: str) -> None:
+    options = s3_server.storage_options
+    converter = make_spark_converter(spark.range(10), cache_dir=f"s3://{s3_bucket}/del", storage_options=options)
+    root = Location.parse(converter.cache_dir_url, options=options).path
+    fs = s3_server.filesystem()
+    for sibling in (f"{root}-2/keep.txt", f"{root}x", f"{root.rsplit('/', 1)[0]}/user.txt"):
+        with fs.open_output_stream(sibling) as stream:
+            stream.write(b"the user's")
+    converter.delete()
+    assert _keys(s3_server, root) == []
+    assert _keys(s3_server, f"{s3_bucket}/del") == sorted(
+        [f"{root}-2/keep.txt", f"{root}x", f"{s3_bucket}/del/user.txt"]
+    )
+
+
+def test_an_existing_dataset_is_read_in_place_and_never_deleted(s3_server: S3Server, s3_bucket: str) -> None:
+    fs = s3_server.filesystem()
+    table = pa.table({"id": np.arange(50), "x": np.arange(50) / 4})
+    for part in range(2):
+        pq.write_table(table.slice(part * 25, 25), f"{s3_bucket}/existing/part-{part}.parquet", filesystem=fs)
+    converter = make_spark_converter(f"s3://{s3_bucket}/existing", storage_options=s3_server.storage_options)
+    assert _ids(converter) == list(range(50))
+    with pytest.warns(UserWarning, match="did not create it"):
+        converter.delete()
+    assert len(_keys(s3_server, f"{s3_bucket}/existing")) == 2
+
+
+def test_spark_tasks_read_shards_through_the_pickled_converter(spark, s3_server: S3Server, s3_bucket: str) -> None:
+    converter = make_spark_converter(
+        spark.range(400).withColumn("v", F.array("id", "id")),
+        cache_dir=f"s3://{s3_bucket}/tasks",
+        storage_options=s3_server.storage_options,
+    )
+    blob = pickle.dumps(converter)
+    assert s3_server.storage_options["secret_key"].encode() in blob  # they travel with it, on purpose
+
+    def read_shard(index: int):
+        clone = pickle.loads(blob)
+        with clone.make_numpy_iterator(batch_size=50, num_epochs=1, cur_shard=index, shard_count=4) as batches:
+            yield index, [int(i) for b in batches for i in b["id"]]
+
+    shards = dict(
+        spark.sparkContext.parallelize(range(4), 4).mapPartitionsWithIndex(lambda i, _: read_shard(i)).collect()
+    )
+    assert sorted(i for ids in shards.values() for i in ids) == list(range(400))
+    manifest = s3_server.filesystem().open_input_stream(
+        Location.parse(converter.cache_dir_url, options=s3_server.storage_options).path + "/_sparkfeed_manifest.json"
+    )
+    assert s3_server.storage_options["secret_key"].encode() not in manifest.read()  # never written down
+    converter.delete()
+
+
+def test_credentials_and_endpoint_from_the_environment_alone(spark, s3_server: S3Server, s3_bucket: str) -> None:
+    with s3_server.use_env(spark):
+        converter = make_spark_converter(spark.range(120), cache_dir=f"s3a://{s3_bucket}/env")
+        assert _ids(converter) == list(range(120))
+        blob = pickle.dumps(converter)
+        assert s3_server.storage_options["secret_key"].encode() not in blob
+
+        def read(index: int):  # self-contained: executors cannot import this test module
+            with pickle.loads(blob).make_numpy_iterator(
+                batch_size=64, num_epochs=1, cur_shard=index, shard_count=2
+            ) as it:
+                yield sum(int(b["id"].sum()) for b in it)
+
+        assert sum(
+            spark.sparkContext.parallelize(range(2), 2).mapPartitionsWithIndex(lambda i, _: read(i)).collect()
+        ) == sum(range(120))
+        converter.delete()
+
+
+def test_memory_stays_within_the_prefetch_window(s3_server: S3Server, s3_bucket: str) -> None:
+    fs = s3_server.filesystem()
+    rows_per_group, groups = 32_768, 24  # 24 row groups of 1 MiB
+    table = pa.table({"id": np.arange(rows_per_group * groups), "x": np.ones(rows_per_group * groups, np.float32)})
+    pq.write_table(table, f"{s3_bucket}/big/data.parquet", filesystem=fs, row_group_size=rows_per_group)
+    converter = make_spark_converter(f"s3://{s3_bucket}/big", storage_options=s3_server.storage_options)
+    baseline = pa.total_allocated_bytes()
+    peak, rows = 0, 0
+    with converter.make_numpy_iterator(batch_size=4096, num_epochs=1, workers_count=1, prefetch=2) as batches:
+        for batch in batches:
+            rows += len(batch["id"])
+            peak = max(peak, pa.total_allocated_bytes() - baseline)
+    dataset_bytes = table.nbytes
+    assert rows == len(table)
+    assert peak < dataset_bytes / 3, (peak, dataset_bytes)
+
+
+def test_a_server_stopped_mid_epoch_is_a_clear_error_within_a_bounded_time(tmp_path) -> None:
+    with S3Server() as server:
+        server.create_bucket("gone")
+        fs = server.filesystem()
+        table = pa.table({"id": np.arange(20_000)})
+        pq.write_table(table, "gone/data/part.parquet", filesystem=fs, row_group_size=1_000)
+        converter = make_spark_converter("s3://gone/data", storage_options=server.storage_options)
+        before = threading.active_count()
+        loader = converter.make_numpy_iterator(batch_size=500, num_epochs=1, workers_count=1, prefetch=1)
+        iterator = iter(loader)
+        next(iterator)
+        server.stop()
+        started = time.monotonic()
+        with pytest.raises(OSError) as caught:
+            for _ in iterator:
+                pass
+        assert time.monotonic() - started < 60
+        assert "gone/data" in "".join(getattr(caught.value, "__notes__", [])) + str(caught.value)
+        loader.close()
+    deadline = time.monotonic() + 10
+    while threading.active_count() > before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert threading.active_count() <= before
+
+
+def test_a_spark_connect_session_converts_to_s3_and_reads_in_tasks(
+    s3_server: S3Server, s3_bucket: str, tmp_path
+) -> None:
+    job = Path(__file__).with_name("spark_connect_job.py")
+    cache = f"s3a://{s3_bucket}/connect"
+    done = subprocess.run(
+        [sys.executable, str(job), cache, json.dumps(s3_server.storage_options)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    assert seen["rows"] == 1000 and seen["ids_sorted"] and seen["pairs_match"] and seen["reused"]
+    assert seen["cache_dir_url"].startswith(cache + "/")
+    assert sum(seen["shard_id_sums"]) == sum(range(1000)) and len(seen["shard_id_sums"]) == 4
+    assert _keys(s3_server, f"{s3_bucket}/connect") == []  # delete() removed every object
+
+
+class FlakyProxy:
+    """A TCP proxy on 127.0.0.1 that drops its first ``fail`` connections unanswered, then forwards."""
+
+    def __init__(self, target: str, fail: int) -> None:
+        host, port = target.split(":")
+        self._target = (host, int(port))
+        self._left = fail
+        self.dropped = 0
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener.settimeout(0.2)
+        self.endpoint = f"127.0.0.1:{self._listener.getsockname()[1]}"
+        self._running = True
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while self._running:
+            try:
+                client, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            if self._left > 0:
+                self._left -= 1
+                self.dropped += 1
+                client.close()  # a transient fault: the connection ends before any answer
+                continue
+            upstream = socket.create_connection(self._target, timeout=10)
+            for source, sink in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(source, sink), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source: socket.socket, sink: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                sink.sendall(data)
+        with contextlib.suppress(OSError):
+            sink.shutdown(socket.SHUT_WR)
+
+    def close(self) -> None:
+        self._running = False
+        self._thread.join(5)
+        self._listener.close()
+
+
+def test_a_transient_fault_is_retried_and_the_epoch_completes(s3_server: S3Server, s3_bucket: str) -> None:
+    table = pa.table({"id": np.arange(5_000)})
+    pq.write_table(table, f"{s3_bucket}/flaky/part.parquet", filesystem=s3_server.filesystem(), row_group_size=1_000)
+    proxy = FlakyProxy(s3_server.endpoint, fail=2)
+    try:
+        options = {**s3_server.storage_options, "endpoint_override": proxy.endpoint}
+        converter = make_spark_converter(f"s3://{s3_bucket}/flaky", storage_options=options)
+        assert _ids(converter) == list(range(5_000))
+        assert proxy.dropped == 2
+    finally:
+        proxy.close()
