@@ -205,6 +205,15 @@ def targets(r: Results) -> list[dict[str, Any]]:
             times,
             at_most=True,
         )
+    for dataset in ("tabular", "vectors"):
+        if f"s3.sparkfeed.{dataset}.numpy_p16" in r.by_id:
+            add(
+                f"s3.sparkfeed.{dataset}.numpy_p16",
+                f"s3 {dataset}: NumPy iterator, prefetch=16 ≥ 80% of the plain sequential download (rows/s)",
+                ratio(r.rate(f"s3.sparkfeed.{dataset}.numpy_p16"), r.rate(f"s3.pyarrow.{dataset}.download")),
+                0.8,
+                pct,
+            )
     mem = r.result("memory.sparkfeed")
     add(
         "memory.sparkfeed",
@@ -499,6 +508,8 @@ def markdown(data: dict[str, Any]) -> str:
         )
         lines += [""]
 
+    lines += s3_section(r, marks)
+
     mem = [c for c in r.cases if c["group"] == "memory"]
     if mem:
         big = next((d for d in data["datasets"] if d["name"] == "big"), None)
@@ -570,6 +581,84 @@ def markdown(data: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def s3_section(r: Results, marks: dict[str, list[str]]) -> list[str]:
+    """The s3 group: reads through the local S3 server beside the same reads of the local cache."""
+    if not any(c["group"] == "s3" for c in r.cases):
+        return []
+    lines = [
+        "## Object storage: the caches on a local S3 server (moto on 127.0.0.1)",
+        "",
+        "The holder's cache directory (every file, the manifest included) uploaded to `s3://bench/<dataset>/` "
+        "on moto's S3 server, started by the harness on 127.0.0.1 (the tests' `tests/s3server.py`). sparkfeed "
+        'reads it in place: `make_spark_converter("s3://bench/<dataset>", storage_options=...)`, one epoch, '
+        "batch 1024, no shuffle. **Anchor**: the same files read whole with `pyarrow.fs` "
+        "(`open_input_file(path).read()`: one GET each), one after another; rows/s is the cache's rows over that "
+        "time. **Row-group GETs**: one ranged GET per row group's byte span, one at a time, nothing decoded. "
+        "File MB/s: the cache's Parquet bytes over the median run, the same unit for every row; MB/s: decoded "
+        "bytes yielded. Requests are counted by moto's recorder over the case's warm-up and timed epochs "
+        "(its one-off requests, opening the dataset, spread over them). moto answers every ranged GET by "
+        "copying the whole object, so on this server a request costs in proportion to the object's size, "
+        "not the range's: that is what the row-group row shows.",
+        "",
+    ]
+    for dataset in ("tabular", "vectors"):
+        cases = [c for c in r.cases if c["group"] == "s3" and c["peer"] == dataset]
+        if not cases:
+            continue
+        anchor = r.rate(f"s3.pyarrow.{dataset}.download")
+        spans = r.rate(f"s3.pyarrow.{dataset}.row_groups")
+        rows = []
+        for case in cases:
+            res = case["result"]
+            if "error" in res:
+                rows.append([case["label"], "error (below)", *[""] * 10])
+                continue
+            req = res.get("s3", {})
+            rows.append(
+                [
+                    case["label"],
+                    n(res["rows_per_s"]),
+                    spread(res),
+                    n(res.get("file_mb_per_s")),
+                    n(res["mb_per_s"]),
+                    percent(ratio(res["rows_per_s"], anchor)),
+                    percent(ratio(res["rows_per_s"], spans)),
+                    n(req.get("requests_per_epoch"), "{:,.1f}"),
+                    n(req.get("requests_per_row_group"), "{:.2f}"),
+                    n(req.get("bytes_per_get") and req["bytes_per_get"] / 1e6, "{:.2f}"),
+                    rss(res),
+                    "; ".join(marks.get(case["id"], [])),
+                ]
+            )
+        upload = r.data["holders"].get(f"sparkfeed-{dataset}", {}).get("s3", {})
+        lines += [
+            f"### {dataset}"
+            + (
+                f": {upload['objects']} objects, {upload['bytes'] / 1e6:,.0f} MB, "
+                f"{upload['row_groups']} row groups (uploaded in {upload['upload_s']:.1f} s)"
+                if upload
+                else ""
+            ),
+            "",
+        ]
+        header = [
+            "reader",
+            "rows/s",
+            "runs: slowest-fastest",
+            "file MB/s",
+            "MB/s",
+            "vs anchor",
+            "vs row-group GETs",
+            "requests/epoch",
+            "requests/row group",
+            "MB/GET",
+            "peak RSS MiB (+over baseline)",
+            "target",
+        ]
+        lines += [*table(header, rows), ""]
+    return lines
 
 
 # --------------------------------------------------------------------------- plot

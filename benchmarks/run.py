@@ -32,13 +32,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import report
 from common import BENCH_DIR, CACHE_DIR, DATA_DIR, JSON_MARKER, RESULTS_DIR, ROOT, TMP_DIR
 
+S3_BUCKET = "bench"
+S3_SERVER_ENV = {"MOTO_S3_DEFAULT_KEY_BUFFER_SIZE": str(2**30)}
+"""moto keeps objects up to this size in memory (its default, 1 MiB, spills larger ones to temp files)."""
+
 OUR_PYTHON = sys.executable
 ANCHOR_DIR = ROOT / ".anchors" / "petastorm"
 ANCHOR_PYTHON = ANCHOR_DIR / "bin" / "python"
 ANCHOR_SCRIPT = ROOT.parent / "shared" / "anchors" / "petastorm-venv.sh"
 LOG_DIR = DATA_DIR / "logs"
 
-GROUPS = ("tabular", "vectors", "images", "first_batch", "batching", "materialize", "memory")
+GROUPS = ("tabular", "vectors", "images", "first_batch", "batching", "materialize", "memory", "s3")
 DEFAULT_LOADER_ROWS = 300_000
 """Petastorm's row-by-row loader reads the 2M-row tabular set at 30-70k rows/s: over 60 s a run.
 Its tabular cases time the first 300,000 rows instead (rows/s is steady after the first batches)."""
@@ -165,6 +169,27 @@ def build_cases() -> list[Case]:
         for dataset in ("tabular", "vectors"):
             add(f"materialize.{side}.{dataset}", dataset, f"materialize --dataset {dataset}", None)
     add("memory.sparkfeed", "sparkfeed make_numpy_iterator, big dataset read in place", "memory", None)
+
+    # The same caches uploaded to a local S3 server (moto on 127.0.0.1, started by this harness):
+    # the anchor is a plain sequential download of the same files, measured in the same run.
+    for dataset, holder in (("tabular", sf_tab), ("vectors", sf_vec)):
+        s3 = f"--s3 {dataset}"
+        add(f"s3.pyarrow.{dataset}.download", "pyarrow.fs: the cache files downloaded whole, one after another "
+            "(the anchor)", f"--reader s3_download {s3}", holder, peer=dataset)
+        add(f"s3.pyarrow.{dataset}.row_groups", "pyarrow.fs: one ranged GET per row group, one at a time, "
+            "nothing decoded", f"--reader s3_row_groups {s3}", holder, peer=dataset)
+        for reader, name in (("numpy", "make_numpy_iterator"), ("torch", "make_torch_dataloader")):
+            add(f"s3.sparkfeed.{dataset}.{reader}", f"sparkfeed {name} from S3, default prefetch",
+                f"--reader {reader} {s3}", holder, peer=dataset)
+            add(f"s3.sparkfeed.{dataset}.{reader}_p16", f"sparkfeed {name} from S3, prefetch=16",
+                f"--reader {reader} --prefetch 16 {s3}", holder, peer=dataset)
+        add(f"s3.sparkfeed.{dataset}.numpy_p16_w4", "sparkfeed make_numpy_iterator from S3, prefetch=16, "
+            "workers_count=4", f"--reader numpy --prefetch 16 --workers 4 {s3}", holder, peer=dataset)
+        add(f"s3.pyarrow.{dataset}.local_download", "local disk: the cache files read whole, one after another",
+            "--reader local_download", holder, peer=dataset)
+        for reader, name in (("numpy", "make_numpy_iterator"), ("torch", "make_torch_dataloader")):
+            add(f"s3.sparkfeed.{dataset}.local_{reader}", f"sparkfeed {name} from the local cache",
+                f"--reader {reader} --file-mb", holder, peer=dataset)
     return cases
 # fmt: on
 
@@ -260,6 +285,86 @@ def holder(side: str, dataset: str, codec: str | None) -> Iterator[dict[str, Any
                 process.kill()
                 process.wait()
             handle.unlink(missing_ok=True)
+
+
+class S3Stage:
+    """The local S3 server of the ``s3`` group, started once per run, and the caches uploaded to it.
+
+    The server is the tests' helper (tests/s3server.py: moto in a subprocess on 127.0.0.1); it is
+    imported from there rather than copied, so the tests and the benchmark exercise one server.
+    """
+
+    def __init__(self) -> None:
+        self.server: Any = None
+
+    def __enter__(self) -> S3Stage:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.server is not None:
+            self.server.stop()
+
+    def start(self) -> Any:
+        if self.server is None:
+            sys.path.insert(0, str(ROOT / "tests"))
+            from s3server import S3Server
+
+            self.server = S3Server(env=S3_SERVER_ENV).start()
+            self.server.create_bucket(S3_BUCKET)
+            log(f"  S3 server (moto) on {self.server.url}, pid {self.server.pid}")
+        return self.server
+
+    @contextmanager
+    def dataset(self, name: str, held: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        """Uploads a holder's cache directory (every file, the manifest included) to s3://bench/<name>/;
+        deletes it after the block, so the server holds one dataset at a time."""
+        import pyarrow.fs as pafs
+
+        server = self.start()
+        local = held["cache_url"].removeprefix("file://")
+        fs = server.filesystem()
+        started = time.perf_counter()
+        pafs.copy_files(local, f"{S3_BUCKET}/{name}", destination_filesystem=fs, use_threads=True)
+        upload_s = time.perf_counter() - started
+        infos = fs.get_file_info(pafs.FileSelector(f"{S3_BUCKET}/{name}", recursive=True))
+        nbytes = sum(info.size for info in infos if info.type == pafs.FileType.File)
+        info = {
+            "url": f"s3://{S3_BUCKET}/{name}",
+            "row_groups": held["row_groups"],
+            "storage_options": server.storage_options,
+            "objects": sum(info.type == pafs.FileType.File for info in infos),
+            "bytes": nbytes,
+            "upload_s": upload_s,
+        }
+        log(f"  uploaded {info['objects']} objects, {nbytes / 1e6:,.0f} MB to {info['url']} in {upload_s:.1f} s")
+        try:
+            yield info
+        finally:
+            fs.delete_dir(f"{S3_BUCKET}/{name}")
+
+
+REQUESTS_KEPT = 80
+"""Requests of an s3 case kept verbatim in results.json (method, path, range): the warm-up epoch's."""
+
+
+def s3_counts(requests: Any, result: dict[str, Any], row_groups: int) -> dict[str, Any]:
+    """Requests a case made, per epoch and per row group. The case process ran the warm-up epoch and
+    the timed ones; its one-off requests (opening the dataset: listing, manifest, footers) are spread
+    over those epochs, so per-epoch numbers slightly overstate a long run's."""
+    epochs = 1 + len(result["times_s"])
+    per_epoch = requests.total / epochs
+    return {
+        "requests": requests.total,
+        "by_method": requests.by_method,
+        "ranged_gets": requests.ranged_gets,
+        "range_bytes": requests.range_bytes,
+        "epochs": epochs,
+        "requests_per_epoch": per_epoch,
+        "gets_per_epoch": requests.ranged_gets / epochs,
+        "requests_per_row_group": per_epoch / row_groups,
+        "bytes_per_get": requests.range_bytes / max(requests.ranged_gets, 1),
+        "first_requests": [" ".join(entry).strip() for entry in requests.entries[:REQUESTS_KEPT]],
+    }
 
 
 def loadavg() -> list[float]:
@@ -461,9 +566,27 @@ def main() -> None:
             )
             log(f"  {case.id}: {summary} ({seconds:.0f} s)")
 
-    def run_case(case: Case, handle: str | None) -> None:
+    def run_case(case: Case, handle: str | None, s3: dict[str, Any] | None = None) -> None:
         load = loadavg()
         begun = time.perf_counter()
+        if case.group == "s3":
+            assert handle is not None and s3 is not None
+            args = list(case.args)
+            remote = "--s3" in args
+            if remote:
+                at = args.index("--s3")
+                del args[at : at + 2]
+                args += ["--s3-url", s3["url"], "--storage-options", json.dumps(s3["storage_options"])]
+            server = stages.server
+            server.start_recording()
+            try:
+                result = run_side(case.side, ["case", "--handle", handle, *args, *timing], case.id)
+                if remote and "error" not in result:
+                    result["s3"] = s3_counts(server.requests(), result, s3["row_groups"])
+            finally:
+                server.stop_recording()
+            record(case, result, time.perf_counter() - begun, load)
+            return
         if case.args[0] == "materialize":
             result = run_side(case.side, [*case.args, "--repeats", str(repeats)], case.id)
         elif case.args[0] == "memory":
@@ -475,29 +598,43 @@ def main() -> None:
             result = run_side(case.side, ["case", "--handle", handle, *case.args, *timing], case.id)
         record(case, result, time.perf_counter() - begun, load)
 
-    order: list[tuple[str, str, str | None] | None] = []
-    for case in cases:
-        if case.holder not in order:
-            order.append(case.holder)
-    for key in order:
-        group = [c for c in cases if c.holder == key]
-        if key is None:
-            for case in group:
-                log(f"{case.id} ...")
-                run_case(case, None)
-            continue
-        side, dataset, codec = key
-        log(f"converting {dataset}{' (' + codec + ')' if codec else ''} with {side} ...")
-        with holder(side, dataset, codec) as held:
-            holders["-".join(x for x in key if x)] = held
-            if "error" in held:
-                log(f"  conversion failed: {held['error']}")
+    stages = S3Stage()  # started on the first s3 case; stopped whatever happens
+    with stages:
+        order: list[tuple[str, str, str | None] | None] = []
+        for case in cases:
+            if case.holder not in order:
+                order.append(case.holder)
+        for key in order:
+            group = [c for c in cases if c.holder == key]
+            if key is None:
                 for case in group:
-                    record(case, {"error": f"conversion failed: {held['error']}"}, 0.0, loadavg())
+                    log(f"{case.id} ...")
+                    run_case(case, None)
                 continue
-            log(f"  converted in {held['convert_s']:.1f} s: {held['files']} files, {held['row_groups']} row groups")
-            for case in group:
-                run_case(case, held["handle"])
+            side, dataset, codec = key
+            log(f"converting {dataset}{' (' + codec + ')' if codec else ''} with {side} ...")
+            with holder(side, dataset, codec) as held:
+                holders["-".join(x for x in key if x)] = held
+                if "error" in held:
+                    log(f"  conversion failed: {held['error']}")
+                    for case in group:
+                        record(case, {"error": f"conversion failed: {held['error']}"}, 0.0, loadavg())
+                    continue
+                log(f"  converted in {held['convert_s']:.1f} s: {held['files']} files, {held['row_groups']} row groups")
+                for case in group:
+                    if case.group != "s3":
+                        run_case(case, held["handle"])
+                remote = [case for case in group if case.group == "s3"]
+                if remote:
+                    try:
+                        with stages.dataset(dataset, held) as s3:
+                            held["s3"] = {k: v for k, v in s3.items() if k != "storage_options"}
+                            for case in remote:
+                                run_case(case, held["handle"], s3)
+                    except Exception as error:  # noqa: BLE001  (the other groups' results still get written)
+                        log(f"  S3 stage failed: {error!r}")
+                        for case in remote:
+                            record(case, {"error": f"S3 stage failed: {error!r}"}, 0.0, loadavg())
 
     info["loadavg_end"] = loadavg()
     output = {

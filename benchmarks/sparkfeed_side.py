@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import collections
 import functools
+import json
 import math
 import pickle
 import shutil
@@ -56,7 +57,10 @@ from common import (
 READERS = (
     *("numpy", "torch", "tf", "tf_graph", "tf_ceiling", "jax", "jax_ceiling", "first_batch"),
     *("arrow_iter_batches", "arrow_limit", "arrow_read_table"),
+    *("s3_download", "s3_row_groups", "local_download"),
 )
+PLAIN_READS = ("s3_download", "s3_row_groups", "local_download")
+"""The anchors of the s3 group: bytes read with pyarrow.fs alone, nothing decoded."""
 
 
 def decode_frame(frame: Any) -> Any:
@@ -132,6 +136,8 @@ def loader_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         kwargs["reader_pool_type"] = args.pool
     if getattr(args, "no_verify", False):
         kwargs["verify_checksums"] = False
+    if getattr(args, "prefetch", None):
+        kwargs["prefetch"] = args.prefetch
     return kwargs
 
 
@@ -311,6 +317,59 @@ def arrow_reader(
     yield {"arrow_iter_batches": iter_batches, "arrow_limit": limit, "arrow_read_table": read_table}[kind]()
 
 
+def cache_files(args: argparse.Namespace, converter: Any) -> tuple[Any, list[str]]:
+    """The filesystem and every file of the cache (its manifest included), local or on S3."""
+    import pyarrow.fs as pafs
+
+    if args.reader.startswith("s3_"):
+        fs = pafs.S3FileSystem(**json.loads(args.storage_options))
+        root = args.s3_url.removeprefix("s3://")
+    else:
+        fs, root = pafs.LocalFileSystem(), converter.cache_dir_url.removeprefix("file://")
+    infos = fs.get_file_info(pafs.FileSelector(root, recursive=True))
+    return fs, sorted(info.path for info in infos if info.type == pafs.FileType.File)
+
+
+def download(fs: Any, files: list[str], rows: int) -> tuple[int, int]:
+    """The anchor: every file read whole, one after another, the bytes thrown away.
+
+    ``open_input_file(path).read()`` knows the size, so an S3 object is one GET. (An input
+    stream's ``read()`` without a size reads in 256 KiB GETs: ~560 requests for the tabular cache,
+    each of which costs moto a copy of the whole object; that is not a fair anchor.)
+    Returns the cache's rows (what one epoch yields) and the bytes read.
+    """
+    nbytes = 0
+    for path in files:
+        with fs.open_input_file(path) as handle:
+            nbytes += len(handle.read())
+    return rows, nbytes
+
+
+def row_group_spans(converter: Any, root: str) -> list[tuple[str, int, int]]:
+    """(object path, offset, length) of every row group's bytes on S3, from the local files' footers."""
+    import pyarrow.parquet as pq
+
+    spans = []
+    for url in converter.file_urls:
+        local = url.removeprefix("file://")
+        meta = pq.ParquetFile(local).metadata
+        for group in range(meta.num_row_groups):
+            columns = [meta.row_group(group).column(i) for i in range(meta.num_columns)]
+            starts = [c.dictionary_page_offset or c.data_page_offset for c in columns]
+            ends = [start + c.total_compressed_size for start, c in zip(starts, columns, strict=True)]
+            spans.append((f"{root}/{Path(local).name}", min(starts), max(ends) - min(starts)))
+    return spans
+
+
+def read_spans(fs: Any, spans: list[tuple[str, int, int]], rows: int) -> tuple[int, int]:
+    """The second anchor: one ranged GET per row group, in order, one at a time (no decoding)."""
+    nbytes = 0
+    for path, offset, length in spans:
+        with fs.open_input_file(path) as handle:
+            nbytes += len(handle.read_at(length, offset))
+    return rows, nbytes
+
+
 def open_reader(converter: Any, args: argparse.Namespace) -> Any:
     if args.reader == "tf_ceiling":
         return tf_ceiling_batches(converter, args)
@@ -329,6 +388,10 @@ def case(args: argparse.Namespace) -> None:
     import sparkfeed
 
     converter = pickle.loads(Path(args.handle).read_bytes())
+    local = converter
+    if args.s3_url and args.reader not in PLAIN_READS:
+        # The uploaded cache read in place, as a user would point at an existing dataset.
+        converter = sparkfeed.make_spark_converter(args.s3_url, storage_options=json.loads(args.storage_options))
     if args.reader == "torch" or args.reader == "first_batch":
         import torch  # noqa: F401  (imported before the baseline, as in any training script)
     elif args.reader in ("tf", "tf_graph", "tf_ceiling"):
@@ -351,14 +414,32 @@ def case(args: argparse.Namespace) -> None:
         latencies = [first_batch() for _ in range(max(args.repeats, 5))]
         result.update(latency_s=statistics.median(latencies), latencies_s=latencies)
     else:
+        files: list[str] = []
+        spans: list[tuple[str, int, int]] = []
+        if args.reader in PLAIN_READS:
+            fs, files = cache_files(args, local)
+        if args.reader == "s3_row_groups":
+            spans = row_group_spans(local, args.s3_url.removeprefix("s3://"))
 
         def run() -> tuple[int, int]:
+            if spans:
+                return read_spans(fs, spans, len(local))
+            if files:
+                return download(fs, files, len(local))
             if args.reader == "tf_graph":
                 return tf_graph_rows(converter, args)
             with open_reader(converter, args) as batches:
                 return consume(batches, args.max_rows)
 
         result.update(measure(run, args.repeats, args.min_time))
+        if args.s3_url or files or args.file_mb:
+            # The cache's size on disk per second of the same median run: comparable across the
+            # download anchors (whose bytes are files) and the loaders (whose MB/s are decoded arrays).
+            cache_bytes = sum(Path(url.removeprefix("file://")).stat().st_size for url in local.file_urls)
+            result["cache_bytes"] = cache_bytes
+            result["file_mb_per_s"] = statistics.median(cache_bytes / t / 1e6 for t in result["times_s"])
+            if files:
+                result["downloaded_bytes"] = result["bytes"]
     result.update(baseline_rss=baseline, peak_rss=peak_rss_bytes())
     if args.quality:  # After the peak RSS is taken: holding every id is the harness's memory, not the reader's.
         with open_reader(converter, args) as batches:  # iterating again runs the next epoch, same seed
@@ -507,6 +588,10 @@ def main() -> None:
     p.add_argument("--min-time", type=float, default=0.0, help="keep timing runs until they add up to this")
     p.add_argument("--quality", action="store_true", help="also measure the shuffle quality of one epoch")
     p.add_argument("--no-verify", action="store_true", help="verify_checksums=False: the cost of page CRCs")
+    p.add_argument("--prefetch", type=int, default=None, help="row-group pieces read ahead (default: the reader's)")
+    p.add_argument("--s3-url", default=None, help="read the cache uploaded here (s3://bucket/name) instead")
+    p.add_argument("--storage-options", default="{}", help="JSON: pyarrow S3FileSystem keyword arguments")
+    p.add_argument("--file-mb", action="store_true", help="also report the cache's file bytes per second")
     p = commands.add_parser("memory")
     p.add_argument("--batch-size", type=int, default=1024)
     p = commands.add_parser("batching")

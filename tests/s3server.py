@@ -39,18 +39,11 @@ A moto artefact that matters when timing reads: moto answers a ranged GET by cop
 out of its store and slicing it, so the server's cost of a small range read grows with the object's
 size. Reads of many small ranges of a big object are slower through moto than through real S3.
 
-Tests use the fixtures at the end of this module by naming it as a plugin (``tests`` is on pytest's
-pythonpath; importing the fixtures by name instead makes ruff report F811 at every use)::
+Tests use the fixtures at the end of this module: ``tests/conftest.py`` names this module in
+``pytest_plugins``, so every test can ask for ``s3_server`` (one server for the session) and
+``s3_bucket`` (a fresh bucket per test)::
 
-    from typing import TYPE_CHECKING
-
-    if TYPE_CHECKING:
-        from s3server import S3Server
-
-    pytest_plugins = ("s3server",)  # fixtures: s3_server (session), s3_bucket (a fresh bucket)
-
-(Importing the module at the top of a test module, before pytest registers the plugin, makes pytest
-warn that it cannot rewrite its asserts; import ``S3Server`` inside the test that builds its own.)
+    from s3server import S3Server
 
     def test_roundtrip(spark, s3_server: S3Server, s3_bucket: str) -> None:
         url = f"s3://{s3_bucket}/cache"

@@ -5,17 +5,11 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import pyarrow.fs as pafs
 import pytest
 
-if TYPE_CHECKING:
-    from s3server import S3Server
-
-# The fixtures s3_server and s3_bucket. The module is imported as a plugin, not at the top of this
-# file, so that pytest rewrites its asserts (an earlier import would make it warn).
-pytest_plugins = ("s3server",)
+from s3server import S3Server, parse_recording  # its fixtures come through conftest's pytest_plugins
 
 
 def write(fs: pafs.FileSystem, path: str, data: bytes) -> None:
@@ -118,8 +112,6 @@ def test_the_recorder_counts_requests_and_range_bytes(s3_server: S3Server, s3_bu
 
 
 def test_parse_recording_skips_blank_lines_and_counts_writes() -> None:
-    from s3server import parse_recording
-
     text = (
         '{"method": "PUT", "url": "http://h/b/k", "headers": {"Content-Length": "12"}}\n\n'
         '{"method": "GET", "url": "http://h/b/k", "headers": {"Range": "bytes=2-5"}}\n'
@@ -132,8 +124,6 @@ def test_parse_recording_skips_blank_lines_and_counts_writes() -> None:
 
 
 def test_after_stop_reads_fail_fast_and_no_process_is_left() -> None:
-    from s3server import S3Server
-
     server = S3Server().start()
     try:
         port, pid = server.port, server.pid
@@ -161,8 +151,6 @@ def test_after_stop_reads_fail_fast_and_no_process_is_left() -> None:
 
 
 def test_the_context_manager_stops_the_server_on_an_error() -> None:
-    from s3server import S3Server
-
     with pytest.raises(ZeroDivisionError), S3Server() as server:
         port = server.port
         assert moto_processes(port)
