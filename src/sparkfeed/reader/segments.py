@@ -8,6 +8,7 @@ that it can run in a worker thread or, for GIL-bound transforms, in a worker pro
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import mmap
 import threading
@@ -77,11 +78,12 @@ class SegmentReader:
         self._fs: pafs.FileSystem | None = None
         self._root = ""
         self._footers: dict[int, pq.FileMetaData] = {}
+        self._remote: dict[int, pa.NativeFile] = {}
         self._lock = threading.Lock()
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        state.update(_fs=None, _footers={}, _lock=None)  # the location pickles as its URL
+        state.update(_fs=None, _footers={}, _remote={}, _lock=None)  # the location pickles as its URL
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -157,22 +159,32 @@ class SegmentReader:
                 columns[name] = whole
         return columns
 
-    def _open(self, file: int) -> pa.NativeFile:
+    def _open(self, file: int) -> contextlib.AbstractContextManager[pa.NativeFile]:
         """A local file is memory-mapped copy-on-write rather than read through a buffer.
 
         Arrow then decodes straight from the page cache and leaves uncompressed fixed-size
         values (packed tensors) in place: vectors read ~1.3x as fast here. Copy-on-write, not
         Arrow's read-only map, because the arrays handed to the user must be writable (torch
         warns on read-only ones), and a write must never reach the cache file.
+
+        A remote file is opened once per reader and its handle shared by the workers (Arrow's
+        remote files serve concurrent positioned reads, which is all Parquet reading uses): an
+        object store then answers one HEAD per file instead of one before every row group.
         """
         if self._fs is None:
             self._fs, self._root = self._location.filesystem, self._location.path
         path = f"{self._root}/{self._files[file].path}"
         if isinstance(self._fs, pafs.LocalFileSystem):
-            with open(path, "rb") as handle:
-                mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_COPY)
-            return pa.BufferReader(pa.py_buffer(mapped))
-        return self._fs.open_input_file(path)
+            with open(path, "rb") as local:
+                mapped = mmap.mmap(local.fileno(), 0, access=mmap.ACCESS_COPY)
+            reader: contextlib.AbstractContextManager[pa.NativeFile] = pa.BufferReader(pa.py_buffer(mapped))
+            return reader
+        remote = self._remote.get(file)
+        if remote is None:
+            opened = self._fs.open_input_file(path)
+            with self._lock:
+                remote = self._remote.setdefault(file, opened)
+        return contextlib.nullcontext(remote)  # shared: leaving the block must not close it
 
     def _footer(self, file: int) -> pq.FileMetaData:
         footer = self._footers.get(file)
