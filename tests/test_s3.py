@@ -247,3 +247,31 @@ def test_a_transient_fault_is_retried_and_the_epoch_completes(s3_server: S3Serve
         assert proxy.dropped == 2
     finally:
         proxy.close()
+
+
+def test_later_loaders_of_a_cache_ask_the_store_for_row_groups_only(spark, s3_server: S3Server, s3_bucket: str) -> None:
+    converter = make_spark_converter(
+        spark.range(30_000, numPartitions=1),
+        cache_dir=f"s3://{s3_bucket}/requests",
+        storage_options=s3_server.storage_options,
+        parquet_row_group_size_bytes=100_000,
+    )
+    row_groups = sum(len(entry.row_groups) for entry in converter.manifest.files)
+    assert row_groups > 1
+    assert _ids(converter, shuffle_row_groups=False) == list(range(30_000))  # the first loader opens the files
+    s3_server.start_recording()
+    assert _ids(converter, shuffle_row_groups=False) == list(range(30_000))
+    seen = s3_server.requests()
+    assert seen.by_method == {"GET": row_groups}  # no HEAD, no footer: one GET per row group
+    converter.delete()
+
+
+def test_files_of_a_dataset_read_in_place_are_not_shared_between_loaders(s3_server: S3Server, s3_bucket: str) -> None:
+    fs = s3_server.filesystem()
+    key = f"{s3_bucket}/rewritten/part-0.parquet"
+    pq.write_table(pa.table({"id": np.arange(10)}), key, filesystem=fs)
+    first = make_spark_converter(f"s3://{s3_bucket}/rewritten", storage_options=s3_server.storage_options)
+    assert _ids(first) == list(range(10))
+    pq.write_table(pa.table({"id": np.arange(100, 130)}), key, filesystem=fs)  # the user rewrites it in place
+    again = make_spark_converter(f"s3://{s3_bucket}/rewritten", storage_options=s3_server.storage_options)
+    assert _ids(again) == list(range(100, 130))

@@ -75,7 +75,12 @@ class Reader(Generic[C]):
             manifest.schema, manifest.options.get("dtype"), manifest.shapes, options.schema_fields
         )
         self._segment_reader = SegmentReader(
-            root_url, manifest.files, self._specs, options.transform_spec, options.verify_checksums
+            root_url,
+            manifest.files,
+            self._specs,
+            options.transform_spec,
+            options.verify_checksums,
+            immutable=bool(manifest.key),  # a cache sparkfeed wrote: its files are never rewritten
         )
         self._groups = [
             (f, g, rows) for f, entry in enumerate(manifest.files) for g, rows in enumerate(entry.row_groups)

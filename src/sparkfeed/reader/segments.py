@@ -8,9 +8,11 @@ that it can run in a worker thread or, for GIL-bound transforms, in a worker pro
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import mmap
+import os
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -28,6 +30,48 @@ from sparkfeed.reader.plan import Segment, permutation
 from sparkfeed.transform import TransformSpec
 from sparkfeed.types import ColumnSpec, to_numpy
 from sparkfeed.writer import unpack
+
+
+class _SharedRemoteFiles:
+    """Open handles and footers of remote files that never change, shared by this process's readers.
+
+    A sparkfeed cache's files are written once under unique names and never rewritten, so each
+    loader made from its converter (one per epoch, often) need not ask the object store again
+    for every file's size (a HEAD) and footer (a ranged GET). Files of datasets read in place
+    are the user's and may be rewritten: they are not shared. Entries are per process: a forked
+    worker must not use its parent's connections.
+    """
+
+    def __init__(self, capacity: int = 512) -> None:
+        self._capacity = capacity
+        self._entries: collections.OrderedDict[tuple[str, str], tuple[pa.NativeFile, pq.FileMetaData | None]] = (
+            collections.OrderedDict()
+        )
+        self._pid = os.getpid()
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[str, str]) -> tuple[pa.NativeFile, pq.FileMetaData | None] | None:
+        with self._lock:
+            if self._pid != os.getpid():
+                self._entries.clear()
+                self._pid = os.getpid()
+            entry = self._entries.get(key)
+            if entry is not None:
+                self._entries.move_to_end(key)
+            return entry
+
+    def put(self, key: tuple[str, str], handle: pa.NativeFile, footer: pq.FileMetaData | None) -> None:
+        with self._lock:
+            if self._pid != os.getpid():
+                self._entries.clear()
+                self._pid = os.getpid()
+            self._entries[key] = (handle, footer)
+            self._entries.move_to_end(key)
+            while len(self._entries) > self._capacity:
+                self._entries.popitem(last=False)
+
+
+_shared_remote = _SharedRemoteFiles()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,6 +102,8 @@ class SegmentReader:
         specs: The columns to yield, by name.
         transform_spec: The user's transform, run on each piece as a pandas DataFrame.
         verify_checksums: Verify Parquet page CRCs where the files have them.
+        immutable: The files are a sparkfeed cache's, never rewritten: remote handles and
+            footers may be shared with this process's other readers.
     """
 
     def __init__(
@@ -67,9 +113,11 @@ class SegmentReader:
         specs: dict[str, ColumnSpec],
         transform_spec: TransformSpec | None,
         verify_checksums: bool = True,
+        immutable: bool = False,
     ) -> None:
         self._location = Location.parse(root)
         self._verify = verify_checksums
+        self._immutable = immutable
         self._files = files
         self._specs = specs
         self._transform = transform_spec
@@ -181,16 +229,26 @@ class SegmentReader:
             return reader
         remote = self._remote.get(file)
         if remote is None:
-            opened = self._fs.open_input_file(path)
+            shared = _shared_remote.get((self._location.url, path)) if self._immutable else None
+            opened = shared[0] if shared is not None else self._fs.open_input_file(path)
             with self._lock:
                 remote = self._remote.setdefault(file, opened)
+            if shared is not None and shared[1] is not None:
+                self._footers.setdefault(file, shared[1])
+            elif self._immutable:
+                _shared_remote.put((self._location.url, path), remote, None)
         return contextlib.nullcontext(remote)  # shared: leaving the block must not close it
 
     def _footer(self, file: int) -> pq.FileMetaData:
         footer = self._footers.get(file)
         if footer is None:
             with self._open(file) as handle:
-                footer = pq.read_metadata(handle)
+                footer = self._footers.get(file)  # opening may have found it shared
+                if footer is None:
+                    footer = pq.read_metadata(handle)
+                    if self._immutable and not self._location.is_local:
+                        key = (self._location.url, f"{self._root}/{self._files[file].path}")
+                        _shared_remote.put(key, handle, footer)
             with self._lock:
                 self._footers[file] = footer
         return footer
