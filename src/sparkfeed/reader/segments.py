@@ -268,9 +268,10 @@ class SegmentReader:
                 handle,
                 metadata=footer,
                 page_checksum_verification=self._verify,
-                # Remote files: the row group's column chunks in a few concurrent, coalesced
-                # range requests instead of one round trip per column.
-                pre_buffer=not self._location.is_local,
+                # pyarrow's default, said out loud because remote reads depend on it: a row
+                # group's column chunks arrive in a few concurrent, coalesced range requests
+                # instead of one round trip per column (locally, slices of the memory map).
+                pre_buffer=True,
             )
             table = parquet.read_row_group(row_group, columns=stored, use_threads=False)
         if start or stop != table.num_rows:
