@@ -154,10 +154,11 @@ class Batcher(Generic[C]):
         pending_rows = 0
         key: Any = None
         consumed = 0
-        for key, chunk in chunks:
+        for chunk_key, chunk in chunks:
             rows = self._fmt.rows(chunk)
             if not rows:
-                continue
+                continue  # an empty chunk moves no position: the last batch's key stays its rows' chunk
+            key = chunk_key
             self._check(chunk)
             consumed = 0
             if pending_rows:  # the batch that spans chunks
