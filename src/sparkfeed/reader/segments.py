@@ -44,31 +44,34 @@ class _SharedRemoteFiles:
 
     def __init__(self, capacity: int = 512) -> None:
         self._capacity = capacity
-        self._entries: collections.OrderedDict[tuple[str, str], tuple[pa.NativeFile, pq.FileMetaData | None]] = (
+        self._entries: collections.OrderedDict[tuple[str, str], tuple[pa.NativeFile, pq.FileMetaData]] = (
             collections.OrderedDict()
         )
         self._pid = os.getpid()
         self._lock = threading.Lock()
 
-    def get(self, key: tuple[str, str]) -> tuple[pa.NativeFile, pq.FileMetaData | None] | None:
+    def _here(self) -> collections.OrderedDict[tuple[str, str], tuple[pa.NativeFile, pq.FileMetaData]]:
+        """This process's entries (a forked child starts empty); call with the lock held."""
+        if self._pid != os.getpid():
+            self._entries.clear()
+            self._pid = os.getpid()
+        return self._entries
+
+    def get(self, key: tuple[str, str]) -> tuple[pa.NativeFile, pq.FileMetaData] | None:
         with self._lock:
-            if self._pid != os.getpid():
-                self._entries.clear()
-                self._pid = os.getpid()
-            entry = self._entries.get(key)
+            entries = self._here()
+            entry = entries.get(key)
             if entry is not None:
-                self._entries.move_to_end(key)
+                entries.move_to_end(key)
             return entry
 
-    def put(self, key: tuple[str, str], handle: pa.NativeFile, footer: pq.FileMetaData | None) -> None:
+    def put(self, key: tuple[str, str], handle: pa.NativeFile, footer: pq.FileMetaData) -> None:
         with self._lock:
-            if self._pid != os.getpid():
-                self._entries.clear()
-                self._pid = os.getpid()
-            self._entries[key] = (handle, footer)
-            self._entries.move_to_end(key)
-            while len(self._entries) > self._capacity:
-                self._entries.popitem(last=False)
+            entries = self._here()
+            entries[key] = (handle, footer)
+            entries.move_to_end(key)
+            while len(entries) > self._capacity:
+                entries.popitem(last=False)
 
 
 _shared_remote = _SharedRemoteFiles()
@@ -219,38 +222,51 @@ class SegmentReader:
         remote files serve concurrent positioned reads, which is all Parquet reading uses): an
         object store then answers one HEAD per file instead of one before every row group.
         """
-        if self._fs is None:
-            self._fs, self._root = self._location.filesystem, self._location.path
-        path = f"{self._root}/{self._files[file].path}"
-        if isinstance(self._fs, pafs.LocalFileSystem):
+        fs, path = self._filesystem(), self._path(file)
+        if isinstance(fs, pafs.LocalFileSystem):
             with open(path, "rb") as local:
                 mapped = mmap.mmap(local.fileno(), 0, access=mmap.ACCESS_COPY)
             reader: contextlib.AbstractContextManager[pa.NativeFile] = pa.BufferReader(pa.py_buffer(mapped))
             return reader
         remote = self._remote.get(file)
         if remote is None:
-            shared = _shared_remote.get((self._location.url, path)) if self._immutable else None
-            opened = shared[0] if shared is not None else self._fs.open_input_file(path)
+            opened = fs.open_input_file(path)
             with self._lock:
                 remote = self._remote.setdefault(file, opened)
-            if shared is not None and shared[1] is not None:
-                self._footers.setdefault(file, shared[1])
-            elif self._immutable:
-                _shared_remote.put((self._location.url, path), remote, None)
         return contextlib.nullcontext(remote)  # shared: leaving the block must not close it
 
+    def _filesystem(self) -> pafs.FileSystem:
+        if self._fs is None:
+            self._fs, self._root = self._location.filesystem, self._location.path
+        return self._fs
+
+    def _path(self, file: int) -> str:
+        self._filesystem()
+        return f"{self._root}/{self._files[file].path}"
+
     def _footer(self, file: int) -> pq.FileMetaData:
+        """A file's footer, read once per reader; a cache's remote ones once per process.
+
+        Every read asks for the footer before it opens the file, so a shared entry also hands
+        this reader the open handle, and the store is asked for neither again.
+        """
         footer = self._footers.get(file)
-        if footer is None:
-            with self._open(file) as handle:
-                footer = self._footers.get(file)  # opening may have found it shared
-                if footer is None:
-                    footer = pq.read_metadata(handle)
-                    if self._immutable and not self._location.is_local:
-                        key = (self._location.url, f"{self._root}/{self._files[file].path}")
-                        _shared_remote.put(key, handle, footer)
+        if footer is not None:
+            return footer
+        key = (self._location.url, self._path(file))
+        share = self._immutable and not self._location.is_local
+        shared = _shared_remote.get(key) if share else None
+        if shared is not None:
+            handle, footer = shared
             with self._lock:
-                self._footers[file] = footer
+                self._remote.setdefault(file, handle)
+        else:
+            with self._open(file) as handle:
+                footer = pq.read_metadata(handle)
+                if share:
+                    _shared_remote.put(key, handle, footer)
+        with self._lock:
+            self._footers[file] = footer
         return footer
 
     def _read_table(self, file: int, row_group: int, start: int, stop: int) -> pa.Table:
