@@ -139,23 +139,6 @@ def test_credentials_and_endpoint_from_the_environment_alone(spark, s3_server: S
         converter.delete()
 
 
-def test_memory_stays_within_the_prefetch_window(s3_server: S3Server, s3_bucket: str) -> None:
-    fs = s3_server.filesystem()
-    rows_per_group, groups = 32_768, 24  # 24 row groups of 1 MiB
-    table = pa.table({"id": np.arange(rows_per_group * groups), "x": np.ones(rows_per_group * groups, np.float32)})
-    pq.write_table(table, f"{s3_bucket}/big/data.parquet", filesystem=fs, row_group_size=rows_per_group)
-    converter = make_spark_converter(f"s3://{s3_bucket}/big", storage_options=s3_server.storage_options)
-    baseline = pa.total_allocated_bytes()
-    peak, rows = 0, 0
-    with converter.make_numpy_iterator(batch_size=4096, num_epochs=1, workers_count=1, prefetch=2) as batches:
-        for batch in batches:
-            rows += len(batch["id"])
-            peak = max(peak, pa.total_allocated_bytes() - baseline)
-    dataset_bytes = table.nbytes
-    assert rows == len(table)
-    assert peak < dataset_bytes / 3, (peak, dataset_bytes)
-
-
 def test_a_server_stopped_mid_epoch_is_a_clear_error_within_a_bounded_time(tmp_path) -> None:
     with S3Server() as server:
         server.create_bucket("gone")
@@ -249,21 +232,83 @@ def test_a_transient_fault_is_retried_and_the_epoch_completes(s3_server: S3Serve
         proxy.close()
 
 
-def test_later_loaders_of_a_cache_ask_the_store_for_row_groups_only(spark, s3_server: S3Server, s3_bucket: str) -> None:
+@pytest.mark.parametrize("read_ahead", [0, None], ids=["row_group_alone", "read_ahead"])
+def test_later_loaders_of_a_cache_ask_the_store_for_row_groups_only(
+    spark, s3_server: S3Server, s3_bucket: str, read_ahead: int | None
+) -> None:
     converter = make_spark_converter(
-        spark.range(30_000, numPartitions=1),
+        spark.range(30_000, numPartitions=2),
         cache_dir=f"s3://{s3_bucket}/requests",
         storage_options=s3_server.storage_options,
-        parquet_row_group_size_bytes=100_000,
+        parquet_row_group_size_bytes=40_000,
     )
     row_groups = sum(len(entry.row_groups) for entry in converter.manifest.files)
-    assert row_groups > 1
-    assert _ids(converter, shuffle_row_groups=False) == list(range(30_000))  # the first loader opens the files
+    assert row_groups > 2 * len(converter.manifest.files)
+    options = {"shuffle_row_groups": False, "read_ahead_bytes": read_ahead}
+    assert _ids(converter, **options) == list(range(30_000))  # the first loader opens the files
     s3_server.start_recording()
-    assert _ids(converter, shuffle_row_groups=False) == list(range(30_000))
+    assert _ids(converter, **options) == list(range(30_000))
     seen = s3_server.requests()
-    assert seen.by_method == {"GET": row_groups}  # no HEAD, no footer: one GET per row group
+    # No HEAD, no footer: one GET per row group, or with the default window one per file.
+    assert seen.by_method == {"GET": row_groups if read_ahead == 0 else len(converter.manifest.files)}
     converter.delete()
+
+
+def _row_group_dataset(s3_server: S3Server, prefix: str, groups: int, rows: int) -> tuple[str, int, pa.Table]:
+    """One uncompressed file of ``groups`` equal row groups of random floats; its URL and a row group's bytes."""
+    table = pa.table({"id": np.arange(groups * rows), "x": np.random.default_rng(0).random((groups * rows,))})
+    key = f"{prefix}/data.parquet"
+    pq.write_table(table, key, filesystem=s3_server.filesystem(), row_group_size=rows, compression="none")
+    footer = pq.read_metadata(key, filesystem=s3_server.filesystem())
+    return f"s3://{prefix}", max(footer.row_group(g).total_byte_size for g in range(groups)), table
+
+
+def test_a_run_of_row_groups_arrives_in_requests_of_the_window(s3_server: S3Server, s3_bucket: str) -> None:
+    url, group_bytes, table = _row_group_dataset(s3_server, f"{s3_bucket}/window", groups=12, rows=5_000)
+    converter = make_spark_converter(url, storage_options=s3_server.storage_options)
+    options = {"shuffle_row_groups": False, "workers_count": 1, "read_ahead_bytes": 4 * group_bytes + 1_000}
+    assert _ids(converter, **options) == list(range(table.num_rows))
+    s3_server.start_recording()
+    with converter.make_numpy_iterator(batch_size=1_000, num_epochs=1, **options) as batches:
+        got = concat(list(batches))
+    # A dataset read in place is the user's: its footer is fetched again (HEAD, GET), then 12 / 4 spans.
+    assert s3_server.requests().by_method == {"GET": 1 + 3, "HEAD": 1}
+    assert np.array_equal(got["id"], table.column("id").to_numpy())
+    assert np.array_equal(got["x"], table.column("x").to_numpy().astype(np.float32))  # the default dtype
+
+
+def test_every_row_once_when_read_ahead_meets_shuffles_and_shards(s3_server: S3Server, s3_bucket: str) -> None:
+    url, group_bytes, table = _row_group_dataset(s3_server, f"{s3_bucket}/mixed", groups=10, rows=2_000)
+    converter = make_spark_converter(url, storage_options=s3_server.storage_options)
+    window = {"read_ahead_bytes": 3 * group_bytes}
+    every = list(range(table.num_rows))
+    assert _ids(converter, seed=1, **window) == every
+    assert _ids(converter, seed=1, shuffle_row_groups=False, shuffling_queue_capacity=4_000, **window) == every
+    shards = [
+        _ids(converter, cur_shard=k, shard_count=3, shard_policy="exact", shuffle_row_groups=False, **window)
+        for k in range(3)
+    ]
+    assert sorted(i for shard in shards for i in shard) == every
+    assert _ids(converter, reader_pool_type="process", shuffle_row_groups=False, **window) == every
+
+
+def test_memory_stays_within_the_read_ahead_window(s3_server: S3Server, s3_bucket: str) -> None:
+    url, group_bytes, table = _row_group_dataset(s3_server, f"{s3_bucket}/big", groups=24, rows=32_768)
+    converter = make_spark_converter(url, storage_options=s3_server.storage_options)
+    window = 3 * group_bytes  # the dataset is eight windows
+    options = {"workers_count": 1, "prefetch": 2, "read_ahead_bytes": window, "shuffle_row_groups": False}
+    s3_server.start_recording()
+    baseline = pa.total_allocated_bytes()
+    peak, rows = 0, 0
+    with converter.make_numpy_iterator(batch_size=4096, num_epochs=1, **options) as batches:
+        for batch in batches:
+            rows += len(batch["id"])
+            peak = max(peak, pa.total_allocated_bytes() - baseline)
+    assert rows == table.num_rows
+    assert s3_server.requests().by_method["GET"] < 24  # it did read ahead
+    # The window, plus the prefetched row groups decoded (2) and the one being batched.
+    assert peak <= window + 3 * group_bytes, (peak, window, group_bytes)
+    assert peak < table.nbytes / 3, (peak, table.nbytes)
 
 
 def test_files_of_a_dataset_read_in_place_are_not_shared_between_loaders(s3_server: S3Server, s3_bucket: str) -> None:

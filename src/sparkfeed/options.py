@@ -99,10 +99,17 @@ class ReaderOptions:
     reader_pool_type: PoolType = "thread"
     drop_last: bool = False
     verify_checksums: bool = True
+    read_ahead_bytes: int | None = None
 
     def __post_init__(self) -> None:
         _store(self, "batch_size", _check_int("batch_size", self.batch_size, 1))
-        for name, minimum in (("num_epochs", 1), ("workers_count", 1), ("prefetch", 1), ("seed", 0)):
+        for name, minimum in (
+            ("num_epochs", 1),
+            ("workers_count", 1),
+            ("prefetch", 1),
+            ("seed", 0),
+            ("read_ahead_bytes", 0),
+        ):
             _store(self, name, _check_int(name, getattr(self, name), minimum, optional=True))
         if (self.cur_shard is None) != (self.shard_count is None):
             raise ValueError(f"cur_shard={self.cur_shard!r} and shard_count={self.shard_count!r}: give both or neither")
@@ -191,6 +198,11 @@ class ReaderArgs(TypedDict, total=False):
             bit on disk or in transit is then an error naming the file, not a wrong number. It
             costs decode speed on uncompressed tabular caches (see the benchmark's checksum
             case); turn it off only for data whose storage verifies itself.
+        read_ahead_bytes: On object stores and HDFS, the bytes of a file's upcoming row groups
+            fetched in one request when the plan reads them one after another (no row-group
+            shuffle), and a hard bound on what is held so (default 64 MiB). A span that does not
+            fit is cut short, down to one row group. 0: every row group alone, its columns
+            pre-buffered by pyarrow. Local files are memory-mapped and ignore it.
     """
 
     prefetch: int | None
@@ -206,6 +218,7 @@ class ReaderArgs(TypedDict, total=False):
     reader_pool_type: PoolType
     drop_last: bool
     verify_checksums: bool
+    read_ahead_bytes: int | None
 
 
 def reader_options(

@@ -22,6 +22,7 @@ from sparkfeed.reader.batch import NUMPY, Batcher, BatchFormat
 from sparkfeed.reader.exchange import Exchange
 from sparkfeed.reader.plan import PlanSpec, Segment, epoch_segments, remainder
 from sparkfeed.reader.pool import OrderedPool
+from sparkfeed.reader.readahead import DEFAULT_READ_AHEAD_BYTES, follow_counts
 from sparkfeed.reader.segments import SegmentReader, Work
 from sparkfeed.reader.state import Identity, ReaderState, fingerprint, resume
 from sparkfeed.types import ColumnSpec, column_specs
@@ -81,6 +82,7 @@ class Reader(Generic[C]):
             options.transform_spec,
             options.verify_checksums,
             immutable=bool(manifest.key),  # a cache sparkfeed wrote: its files are never rewritten
+            read_ahead_bytes=DEFAULT_READ_AHEAD_BYTES if options.read_ahead_bytes is None else options.read_ahead_bytes,
         )
         self._groups = [
             (f, g, rows) for f, entry in enumerate(manifest.files) for g, rows in enumerate(entry.row_groups)
@@ -201,15 +203,19 @@ class Reader(Generic[C]):
 
     def _work(self, start: Position, end: int | None) -> Iterator[Work]:
         epochs = itertools.count(start.epoch) if end is None else range(start.epoch, end)
+        # Worker processes would each fetch a span for the row groups they happen to get.
+        spans = self._segment_reader.reads_ahead and self._options.reader_pool_type != "process"
         for epoch in epochs:
             segments = self._segments(epoch)
             first = start.segment if epoch == start.epoch else 0
+            follow = iter(follow_counts([p for s in segments[first:] for p in s.pieces]) if spans else ())
             for index in range(first, len(segments)):
                 skip = start.offset if epoch == start.epoch and index == start.segment else 0
                 segment = segments[index]
                 # The segment's own seed: after a reshard it is the seed of the shard that planned it.
                 seed = self._plan.seed if segment.seed is None else segment.seed
-                yield Work(epoch, index, skip, segment, seed)
+                ahead = tuple(itertools.islice(follow, len(segment.pieces))) if spans else ()
+                yield Work(epoch, index, skip, segment, seed, ahead)
 
     def _stream(self, start: Position, end: int | None, token: object) -> Generator[C, None, None]:
         options = self._options
@@ -240,6 +246,7 @@ class Reader(Generic[C]):
                 self._move(token, Position(end))
         finally:
             raw.close()  # type: ignore[attr-defined]
+            segments.end_iteration()
             if exchange is not None:
                 exchange.close()
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
+import functools
 import mmap
 import os
 import threading
@@ -27,6 +28,7 @@ from sparkfeed.cache import FileEntry
 from sparkfeed.location import Location
 from sparkfeed.reader.batch import NUMPY, Columns
 from sparkfeed.reader.plan import Segment, permutation
+from sparkfeed.reader.readahead import DEFAULT_READ_AHEAD_BYTES, ReadAhead, SpanFile, column_ranges
 from sparkfeed.transform import TransformSpec
 from sparkfeed.types import ColumnSpec, to_numpy
 from sparkfeed.writer import unpack
@@ -87,6 +89,9 @@ class Work:
         skip: Output rows already consumed before a resume; they are not yielded again.
         segment: What to read.
         seed: The plan's seed, for the segment's row permutation.
+        ahead: For each piece, how many of its file's next row groups the plan reads right after
+            it: what a remote read may fetch with it (see :mod:`sparkfeed.reader.readahead`).
+            Empty: none.
     """
 
     epoch: int
@@ -94,6 +99,7 @@ class Work:
     skip: int
     segment: Segment
     seed: int
+    ahead: tuple[int, ...] = ()
 
 
 class SegmentReader:
@@ -107,6 +113,8 @@ class SegmentReader:
         verify_checksums: Verify Parquet page CRCs where the files have them.
         immutable: The files are a sparkfeed cache's, never rewritten: remote handles and
             footers may be shared with this process's other readers.
+        read_ahead_bytes: Remote files only: bytes of upcoming row groups fetched together and
+            held at most; 0 leaves each row group to pyarrow's pre-buffering.
     """
 
     def __init__(
@@ -117,8 +125,11 @@ class SegmentReader:
         transform_spec: TransformSpec | None,
         verify_checksums: bool = True,
         immutable: bool = False,
+        read_ahead_bytes: int = DEFAULT_READ_AHEAD_BYTES,
     ) -> None:
         self._location = Location.parse(root)
+        self._read_ahead_bytes = read_ahead_bytes if not self._location.is_local else 0
+        self._read_ahead = ReadAhead(self._read_ahead_bytes) if self._read_ahead_bytes else None
         self._verify = verify_checksums
         self._immutable = immutable
         self._files = files
@@ -130,16 +141,30 @@ class SegmentReader:
         self._root = ""
         self._footers: dict[int, pq.FileMetaData] = {}
         self._remote: dict[int, pa.NativeFile] = {}
+        self._ranges: dict[tuple[int, int], list[tuple[int, int]]] = {}
         self._lock = threading.Lock()
+        self._footer_locks: dict[int, threading.Lock] = {}
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        state.update(_fs=None, _footers={}, _remote={}, _lock=None)  # the location pickles as its URL
+        # the location pickles as its URL; handles, footers, locks and spans are per process
+        state.update(_fs=None, _footers={}, _remote={}, _ranges={}, _lock=None, _footer_locks={}, _read_ahead=None)
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._lock = threading.Lock()
+        self._read_ahead = ReadAhead(self._read_ahead_bytes) if self._read_ahead_bytes else None
+
+    @property
+    def reads_ahead(self) -> bool:
+        """Whether a read fetches the following row groups of its file with it (remote files)."""
+        return self._read_ahead is not None
+
+    def end_iteration(self) -> None:
+        """Drops what was read ahead for an iteration that ended: its rows will not be asked for."""
+        if self._read_ahead is not None:
+            self._read_ahead.clear()
 
     def describe(self, work: Work) -> str:
         """The files, row groups and rows of a work item, for error notes."""
@@ -155,7 +180,9 @@ class SegmentReader:
         Without a transform, the shuffle is an Arrow ``take`` before conversion (C++, GIL
         released, twice NumPy's fancy indexing here); with one, it permutes the NumPy output.
         """
-        tables = [self._read_table(p.file, p.row_group, p.start, p.stop) for p in work.segment.pieces]
+        pieces = work.segment.pieces
+        ahead = work.ahead or (0,) * len(pieces)
+        tables = [self._read_table(p.file, p.row_group, p.start, p.stop, a) for p, a in zip(pieces, ahead, strict=True)]
         if self._transform is None and all(t.schema == tables[0].schema for t in tables):
             table = tables[0] if len(tables) == 1 else pa.concat_tables(tables)
             rows = self._rows_of(work, table.num_rows)
@@ -253,6 +280,13 @@ class SegmentReader:
         footer = self._footers.get(file)
         if footer is not None:
             return footer
+        with self._lock:
+            lock = self._footer_locks.setdefault(file, threading.Lock())
+        with lock:  # two workers starting on one file: the second waits for the first's footer
+            footer = self._footers.get(file)
+            return footer if footer is not None else self._fetch_footer(file)
+
+    def _fetch_footer(self, file: int) -> pq.FileMetaData:
         key = (self._location.url, self._path(file))
         share = self._immutable and not self._location.is_local
         shared = _shared_remote.get(key) if share else None
@@ -269,7 +303,7 @@ class SegmentReader:
             self._footers[file] = footer
         return footer
 
-    def _read_table(self, file: int, row_group: int, start: int, stop: int) -> pa.Table:
+    def _read_table(self, file: int, row_group: int, start: int, stop: int, ahead: int = 0) -> pa.Table:
         """One piece as an Arrow table of the logical column types.
 
         Page checksums are verified where the file has them (sparkfeed's writer and Spark's
@@ -279,17 +313,23 @@ class SegmentReader:
         footer = self._footer(file)
         entry = self._files[file]
         stored = [name for name in self._columns if name not in entry.partition]
-        with self._open(file) as handle:
+
+        def decode(source: pa.NativeFile | SpanFile, pre_buffer: bool) -> pa.Table:
             parquet = pq.ParquetFile(
-                handle,
-                metadata=footer,
-                page_checksum_verification=self._verify,
-                # pyarrow's default, said out loud because remote reads depend on it: a row
-                # group's column chunks arrive in a few concurrent, coalesced range requests
-                # instead of one round trip per column (locally, slices of the memory map).
-                pre_buffer=True,
+                source, metadata=footer, page_checksum_verification=self._verify, pre_buffer=pre_buffer
             )
-            table = parquet.read_row_group(row_group, columns=stored, use_threads=False)
+            return parquet.read_row_group(row_group, columns=stored, use_threads=False)
+
+        with self._open(file) as handle:
+            if self._read_ahead is not None:
+                ranges = functools.partial(self._column_ranges, file, footer, stored)
+                table = self._read_ahead.read(
+                    file, row_group, ahead, ranges, handle, functools.partial(decode, pre_buffer=False)
+                )
+            else:
+                # Locally, slices of the memory map; remotely without read-ahead, a row group's
+                # column chunks in a few concurrent, coalesced range requests (pyarrow's default).
+                table = decode(handle, pre_buffer=True)
         if start or stop != table.num_rows:
             table = table.slice(start, stop - start)
         if entry.packed or entry.partition or table.schema != self._schema:
@@ -303,6 +343,15 @@ class SegmentReader:
                 names=self._columns,
             )
         return table
+
+    def _column_ranges(
+        self, file: int, footer: pq.FileMetaData, stored: list[str], row_group: int
+    ) -> list[tuple[int, int]]:
+        """The byte ranges a row group's read needs, worked out once per reader."""
+        ranges = self._ranges.get((file, row_group))
+        if ranges is None:
+            ranges = self._ranges[(file, row_group)] = column_ranges(footer, row_group, stored)
+        return ranges
 
     def _constant(self, name: str, value: Any, rows: int) -> pa.Array:
         """A hive partition column: the directory's value on every row of the piece."""

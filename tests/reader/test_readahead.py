@@ -1,0 +1,148 @@
+"""Reading ahead: which row groups a span may cover, its byte ranges, the budget, and a failed fetch."""
+
+from __future__ import annotations
+
+import io
+import itertools
+import pathlib
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from sparkfeed.reader.plan import Piece
+from sparkfeed.reader.readahead import ReadAhead, SpanFile, coalesce, column_ranges, follow_counts
+
+
+def test_follow_counts_count_the_next_row_groups_of_the_same_file_in_order() -> None:
+    pieces = [Piece(0, 3, 0, 1), Piece(0, 4, 0, 1), Piece(0, 5, 0, 1), Piece(1, 0, 0, 1), Piece(1, 2, 0, 1)]
+    assert follow_counts(pieces) == [2, 1, 0, 0, 0]
+    assert follow_counts([Piece(0, 1, 0, 5), Piece(0, 1, 5, 9), Piece(0, 2, 0, 9)]) == [0, 1, 0]  # one group twice
+    assert follow_counts([]) == []
+
+
+@given(st.lists(st.tuples(st.integers(0, 10_000), st.integers(1, 500)), max_size=30), st.integers(0, 300))
+def test_coalesced_ranges_cover_every_range_in_order_and_leave_only_big_holes(
+    ranges: list[tuple[int, int]], hole: int
+) -> None:
+    merged = coalesce(ranges, hole)
+    for start, length in ranges:
+        assert any(m <= start and start + length <= m + size for m, size in merged)
+    for (first, size), (following, _) in itertools.pairwise(merged):
+        assert following > first + size + hole  # otherwise they would have been one request
+    assert sum(size for _, size in merged) <= sum(length for _, length in ranges) + hole * len(ranges)
+
+
+def _parquet(tmp_path, groups: int = 6, rows: int = 1_000) -> tuple[str, pq.FileMetaData, pa.Table]:
+    table = pa.table(
+        {
+            "id": np.arange(groups * rows),
+            "x": np.arange(groups * rows, dtype=np.float64) / 3,
+            "s": ["a"] * (groups * rows),
+        }
+    )
+    path = str(tmp_path / "data.parquet")
+    pq.write_table(table, path, row_group_size=rows)
+    return path, pq.read_metadata(path), table
+
+
+def _decode(footer: pq.FileMetaData, group: int, columns: list[str]):
+    def decode(source: SpanFile) -> pa.Table:
+        return pq.ParquetFile(source, metadata=footer, pre_buffer=False).read_row_group(group, columns=columns)
+
+    return decode
+
+
+def test_a_row_group_decoded_from_its_span_equals_a_plain_read(tmp_path) -> None:
+    path, footer, _ = _parquet(tmp_path)
+    read_ahead = ReadAhead(budget=10**9)
+    with pa.OSFile(path) as remote:
+        for columns in (["id", "x", "s"], ["x"], ["s", "id"]):
+            ranges = lambda g, c=columns: column_ranges(footer, g, c)  # noqa: E731
+            for group in range(footer.num_row_groups):
+                got = read_ahead.read(
+                    0, group, footer.num_row_groups - 1 - group, ranges, remote, _decode(footer, group, columns)
+                )
+                assert got.equals(pq.ParquetFile(path).read_row_group(group, columns=columns))
+            assert read_ahead.held == 0  # every span dropped once its row groups were read
+
+
+class _CountingFile(io.RawIOBase):
+    """A file that counts its reads and can fail the first ``failures`` of them, as a lost connection would."""
+
+    def __init__(self, data: bytes, failures: int = 0) -> None:
+        super().__init__()
+        self._data, self._position, self.reads, self._failures = data, 0, 0, failures
+        self._lock = threading.Lock()
+        self.failing = threading.Event()  # set when a read that will fail has begun
+        self.fail = threading.Event()  # it fails when this is set
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        self._position = (
+            offset if whence == 0 else (self._position + offset if whence == 1 else len(self._data) + offset)
+        )
+        return self._position
+
+    def tell(self) -> int:
+        return self._position
+
+    def read(self, size: int = -1) -> bytes:
+        with self._lock:
+            self.reads += 1
+            failing = self._failures > 0
+            self._failures -= failing
+        if failing:
+            self.failing.set()
+            self.fail.wait()
+            raise OSError("connection reset")
+        out = self._data[self._position : self._position + size]
+        self._position += len(out)
+        return out
+
+
+def test_the_budget_bounds_what_spans_hold_and_a_span_that_does_not_fit_is_cut(tmp_path) -> None:
+    path, footer, _ = _parquet(tmp_path, groups=8)
+    columns = ["id", "x", "s"]
+    ranges = lambda g: column_ranges(footer, g, columns)  # noqa: E731
+    group_bytes = max(sum(n for _, n in ranges(g)) for g in range(8))
+    counting = _CountingFile(pathlib.Path(path).read_bytes())
+    read_ahead = ReadAhead(budget=3 * group_bytes)
+    remote = pa.PythonFile(counting, mode="r")
+    highest = 0
+    for group in range(8):
+        read_ahead.read(0, group, 7 - group, ranges, remote, _decode(footer, group, columns))
+        highest = max(highest, read_ahead.held)
+    assert counting.reads == 3  # groups 0-2, 3-5, 6-7: one request each
+    assert highest <= 3 * group_bytes
+
+
+def test_workers_waiting_on_a_failed_span_ask_for_their_own_row_groups(tmp_path) -> None:
+    path, footer, _ = _parquet(tmp_path, groups=4)
+    columns = ["id"]
+    ranges = lambda g: column_ranges(footer, g, columns)  # noqa: E731
+    counting = _CountingFile(pathlib.Path(path).read_bytes(), failures=1)
+    remote = pa.PythonFile(counting, mode="r")
+    read_ahead = ReadAhead(budget=10**9)
+    with ThreadPoolExecutor(4) as pool:
+        owner = pool.submit(read_ahead.read, 0, 0, 3, ranges, remote, _decode(footer, 0, columns))
+        counting.failing.wait()  # the owner's span (row groups 0-3) is claimed and its request under way
+        others = [
+            pool.submit(read_ahead.read, 0, g, 3 - g, ranges, remote, _decode(footer, g, columns)) for g in (1, 2, 3)
+        ]
+        counting.fail.set()
+        with pytest.raises(OSError, match="connection reset"):
+            owner.result()
+        got = [future.result() for future in others]
+    assert [t.column("id").to_pylist() for t in got] == [list(range(g * 1000, (g + 1) * 1000)) for g in (1, 2, 3)]
+    assert read_ahead.held == 0
