@@ -185,6 +185,11 @@ def build_cases() -> list[Case]:
                 f"--reader {reader} --prefetch 16 {s3}", holder, peer=dataset)
         add(f"s3.sparkfeed.{dataset}.numpy_p16_w4", "sparkfeed make_numpy_iterator from S3, prefetch=16, "
             "workers_count=4", f"--reader numpy --prefetch 16 --workers 4 {s3}", holder, peer=dataset)
+        add(f"s3.sparkfeed.{dataset}.numpy_p16_ra0", "sparkfeed make_numpy_iterator from S3, prefetch=16, "
+            "read_ahead_bytes=0 (each row group alone)", f"--reader numpy --prefetch 16 --read-ahead-mb 0 {s3}",
+            holder, peer=dataset)
+        add(f"s3.sparkfeed.{dataset}.numpy_p16_ra256", "sparkfeed make_numpy_iterator from S3, prefetch=16, "
+            "read_ahead_bytes=256 MiB", f"--reader numpy --prefetch 16 --read-ahead-mb 256 {s3}", holder, peer=dataset)
         add(f"s3.pyarrow.{dataset}.local_download", "local disk: the cache files read whole, one after another",
             "--reader local_download", holder, peer=dataset)
         for reader, name in (("numpy", "make_numpy_iterator"), ("torch", "make_torch_dataloader")):

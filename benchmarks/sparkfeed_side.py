@@ -138,6 +138,8 @@ def loader_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         kwargs["verify_checksums"] = False
     if getattr(args, "prefetch", None):
         kwargs["prefetch"] = args.prefetch
+    if getattr(args, "read_ahead_mb", None) is not None:
+        kwargs["read_ahead_bytes"] = args.read_ahead_mb * 1024 * 1024
     return kwargs
 
 
@@ -589,6 +591,7 @@ def main() -> None:
     p.add_argument("--quality", action="store_true", help="also measure the shuffle quality of one epoch")
     p.add_argument("--no-verify", action="store_true", help="verify_checksums=False: the cost of page CRCs")
     p.add_argument("--prefetch", type=int, default=None, help="row-group pieces read ahead (default: the reader's)")
+    p.add_argument("--read-ahead-mb", type=int, default=None, help="read_ahead_bytes in MiB (default: the reader's)")
     p.add_argument("--s3-url", default=None, help="read the cache uploaded here (s3://bucket/name) instead")
     p.add_argument("--storage-options", default="{}", help="JSON: pyarrow S3FileSystem keyword arguments")
     p.add_argument("--file-mb", action="store_true", help="also report the cache's file bytes per second")

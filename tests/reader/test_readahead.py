@@ -6,6 +6,7 @@ import io
 import itertools
 import pathlib
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -145,4 +146,35 @@ def test_workers_waiting_on_a_failed_span_ask_for_their_own_row_groups(tmp_path)
             owner.result()
         got = [future.result() for future in others]
     assert [t.column("id").to_pylist() for t in got] == [list(range(g * 1000, (g + 1) * 1000)) for g in (1, 2, 3)]
+    assert read_ahead.held == 0
+
+
+def test_a_scheduled_span_is_fetched_on_an_io_thread_and_read_from_memory(tmp_path) -> None:
+    path, footer, _ = _parquet(tmp_path, groups=5)
+    columns = ["id", "x"]
+    ranges = lambda g: column_ranges(footer, g, columns)  # noqa: E731
+    counting = _CountingFile(pathlib.Path(path).read_bytes())
+    remote = pa.PythonFile(counting, mode="r")
+    read_ahead = ReadAhead(budget=10**9)
+    read_ahead.schedule(0, 0, 4, lambda: (ranges, remote))
+    read_ahead.schedule(0, 0, 4, lambda: (ranges, remote))  # the same span again: nothing more is fetched
+    deadline = time.monotonic() + 10
+    while counting.reads < 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    got = [read_ahead.read(0, g, 4 - g, ranges, remote, _decode(footer, g, columns)) for g in range(5)]
+    assert counting.reads == 1
+    assert pa.concat_tables(got).column("id").to_pylist() == list(range(5_000))
+    assert read_ahead.held == 0
+    read_ahead.clear()
+    assert not [t for t in threading.enumerate() if t.name.startswith("sparkfeed-read-ahead")]
+
+
+def test_scheduling_beyond_the_budget_fetches_nothing_ahead(tmp_path) -> None:
+    path, footer, _ = _parquet(tmp_path, groups=4)
+    ranges = lambda g: column_ranges(footer, g, ["id"])  # noqa: E731
+    counting = _CountingFile(pathlib.Path(path).read_bytes())
+    read_ahead = ReadAhead(budget=1)  # smaller than any row group
+    read_ahead.schedule(0, 0, 3, lambda: (ranges, pa.PythonFile(counting, mode="r")))
+    read_ahead.clear()  # waits for the I/O thread
+    assert counting.reads == 0
     assert read_ahead.held == 0

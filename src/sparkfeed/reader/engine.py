@@ -217,6 +217,12 @@ class Reader(Generic[C]):
                 ahead = tuple(itertools.islice(follow, len(segment.pieces))) if spans else ()
                 yield Work(epoch, index, skip, segment, seed, ahead)
 
+    def _scheduled(self, works: Iterator[Work]) -> Iterator[Work]:
+        """Work items as the pool submits them, each starting its read-ahead fetches on the way."""
+        for work in works:
+            self._segment_reader.schedule(work)
+            yield work
+
     def _stream(self, start: Position, end: int | None, token: object) -> Generator[C, None, None]:
         options = self._options
         segments, convert = self._segment_reader, self._fmt.convert
@@ -232,7 +238,7 @@ class Reader(Generic[C]):
             work_fn, options.workers, options.prefetch_pieces, segments.describe, options.reader_pool_type
         )
         self._pool = pool
-        raw = pool.imap(self._work(start, end))
+        raw = pool.imap(self._scheduled(self._work(start, end)))
         results = raw if exchange is None else ((w, convert(exchange.load(c))) for w, c in raw)
         batcher = Batcher(self._fmt, options.batch_size, options.drop_last)
         try:

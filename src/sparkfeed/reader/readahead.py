@@ -9,16 +9,22 @@ that file in one request, up to ``read_ahead_bytes`` in all, and Parquet decodes
 from memory. The budget is a hard bound on what is held: a span that does not fit is cut short,
 down to its own row group, fetched alone as pre-buffering would have.
 
+Spans are fetched on I/O threads of their own as soon as the engine submits the work that needs
+them (``prefetch`` pieces ahead), so that the next file's bytes arrive while the workers decode
+this one's: fetching and decoding overlap instead of taking turns.
+
 A span lives until each of its row groups has been read once; the bytes are then dropped (the
 decoded arrays may still refer to them, as they refer to a memory-mapped local file).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import threading
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -30,6 +36,12 @@ DEFAULT_READ_AHEAD_BYTES = 64 * 1024 * 1024
 
 HOLE_BYTES = 1024 * 1024
 """Unread bytes between two wanted ranges that are fetched anyway to save a request."""
+
+IO_THREADS = 4
+"""Spans fetched at once, at most: they wait on the network, not on a core, and the budget bounds them."""
+
+Ranges = Callable[[int], list[tuple[int, int]]]
+"""The byte ranges ``(offset, length)`` a row group's read needs, by row group."""
 
 
 def follow_counts(pieces: Sequence[Piece]) -> list[int]:
@@ -152,18 +164,70 @@ class ReadAhead:
         self._held = 0
         self._spans: dict[tuple[int, int], _Span] = {}
         self._lock = threading.Lock()
+        self._io: ThreadPoolExecutor | None = None
 
     @property
     def held(self) -> int:
         """Bytes held in spans now."""
         return self._held
 
+    def schedule(
+        self,
+        file: int,
+        row_group: int,
+        ahead: int,
+        open_file: Callable[[], tuple[Ranges, pa.NativeFile]],
+        opened: tuple[Ranges, pa.NativeFile] | None = None,
+    ) -> None:
+        """Starts fetching, on an I/O thread, the span a row group will be read from.
+
+        Nothing is fetched when a span already holds the row group or the budget has no room
+        for it: the worker that reads it then asks for it itself. A file already open is
+        claimed here, in plan order, so spans start where the plan says; one that is not is
+        opened (its footer read) on the I/O thread, not in the training loop.
+
+        Args:
+            file: The file's index.
+            row_group: The row group.
+            ahead: How many of the file's next row groups the plan reads right after this one.
+            open_file: Opens the file: its ranges and remote handle.
+            opened: The same, where the file is open already.
+        """
+        with self._lock:
+            if (file, row_group) in self._spans:
+                return
+            if self._io is None:
+                self._io = ThreadPoolExecutor(IO_THREADS, thread_name_prefix="sparkfeed-read-ahead")
+            io_threads = self._io
+        if opened is None:
+            io_threads.submit(self._open_and_fetch, file, row_group, ahead, open_file)
+            return
+        ranges_of, remote = opened
+        span, owner = self._claim(file, row_group, ahead, ranges_of, only_shared=True)
+        if span is not None and owner:
+            io_threads.submit(self._fetch_quietly, span, ranges_of, remote)
+
+    def _open_and_fetch(
+        self, file: int, row_group: int, ahead: int, open_file: Callable[[], tuple[Ranges, pa.NativeFile]]
+    ) -> None:
+        with contextlib.suppress(Exception):  # the reading worker opens it again, and raises
+            ranges_of, remote = open_file()
+            span, owner = self._claim(file, row_group, ahead, ranges_of, only_shared=True)
+            if span is not None and owner:
+                self._fetch_quietly(span, ranges_of, remote)
+
+    def _fetch_quietly(self, span: _Span, ranges_of: Ranges, remote: pa.NativeFile) -> None:
+        # A failure here is not lost: the worker reading the row group falls back to its own
+        # request, and that one raises in the training loop if the store is really gone.
+        with contextlib.suppress(Exception):
+            self._fetch(span, ranges_of, remote)
+
     def read(
         self,
         file: int,
         row_group: int,
         ahead: int,
-        ranges_of: Callable[[int], list[tuple[int, int]]],
+        ranges_of: Ranges,
         remote: pa.NativeFile,
         decode: Callable[[SpanFile], pa.Table],
     ) -> pa.Table:
@@ -178,6 +242,7 @@ class ReadAhead:
             decode: Reads the row group from the span's file.
         """
         span, owner = self._claim(file, row_group, ahead, ranges_of)
+        assert span is not None
         try:
             if owner:
                 self._fetch(span, ranges_of, remote)
@@ -190,15 +255,22 @@ class ReadAhead:
             self._release(span, row_group)
 
     def clear(self) -> None:
-        """Drops every span: the iteration ended, and rows it planned will not be read."""
+        """Stops the I/O threads and drops every span: the iteration ended, its rows will not be read."""
+        with self._lock:
+            io_threads, self._io = self._io, None
+        if io_threads is not None:
+            io_threads.shutdown(wait=True, cancel_futures=True)
         with self._lock:
             self._spans.clear()
             self._held = 0
 
     def _claim(
-        self, file: int, row_group: int, ahead: int, ranges_of: Callable[[int], list[tuple[int, int]]]
-    ) -> tuple[_Span, bool]:
-        """The span holding a row group, and whether this worker must fetch it (a new span)."""
+        self, file: int, row_group: int, ahead: int, ranges_of: Ranges, only_shared: bool = False
+    ) -> tuple[_Span | None, bool]:
+        """The span holding a row group, and whether this thread must fetch it (a new span).
+
+        With ``only_shared``, None where the budget has no room for the row group.
+        """
         with self._lock:
             span = self._spans.get((file, row_group))
             if span is not None:
@@ -211,6 +283,8 @@ class ReadAhead:
                 groups.append(following)
                 size += extra
             shared = self._held + size <= self._budget
+            if only_shared and not shared:
+                return None, False
             span = _Span(file, set(groups), size, shared)
             if shared:
                 self._held += size
@@ -218,7 +292,7 @@ class ReadAhead:
                     self._spans[(file, group)] = span
             return span, True
 
-    def _fetch(self, span: _Span, ranges_of: Callable[[int], list[tuple[int, int]]], remote: pa.NativeFile) -> None:
+    def _fetch(self, span: _Span, ranges_of: Ranges, remote: pa.NativeFile) -> None:
         wanted = [r for group in sorted(span.row_groups) for r in ranges_of(group)]
         try:
             span.ranges = [(start, memoryview(remote.read_at(length, start))) for start, length in coalesce(wanted)]

@@ -15,7 +15,7 @@ import functools
 import mmap
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -160,6 +160,22 @@ class SegmentReader:
     def reads_ahead(self) -> bool:
         """Whether a read fetches the following row groups of its file with it (remote files)."""
         return self._read_ahead is not None
+
+    def schedule(self, work: Work) -> None:
+        """Starts fetching what a submitted work item will read, where reading ahead applies."""
+        if self._read_ahead is None:
+            return
+        for piece, ahead in zip(work.segment.pieces, work.ahead, strict=False):
+            file = piece.file
+            opened = self._prepare(file) if file in self._footers and file in self._remote else None
+            self._read_ahead.schedule(file, piece.row_group, ahead, functools.partial(self._prepare, file), opened)
+
+    def _prepare(self, file: int) -> tuple[Callable[[int], list[tuple[int, int]]], pa.NativeFile]:
+        """A remote file's byte ranges by row group, and its open handle (read ahead on an I/O thread)."""
+        footer = self._footer(file)
+        stored = [name for name in self._columns if name not in self._files[file].partition]
+        with self._open(file) as handle:
+            return functools.partial(self._column_ranges, file, footer, stored), handle
 
     def end_iteration(self) -> None:
         """Drops what was read ahead for an iteration that ended: its rows will not be asked for."""
