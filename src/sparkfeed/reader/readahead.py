@@ -19,6 +19,7 @@ decoded arrays may still refer to them, as they refer to a memory-mapped local f
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import io
@@ -152,8 +153,24 @@ class _Span:
     failed: bool = False
 
 
+@dataclasses.dataclass(eq=False)
+class _Wanted:
+    """A row group the engine has submitted work for, waiting for room in the budget."""
+
+    file: int
+    row_group: int
+    ahead: int
+    open_file: Callable[[], tuple[Ranges, pa.NativeFile]]
+    opened: tuple[Ranges, pa.NativeFile] | None
+    opening: bool = False
+
+
 class ReadAhead:
-    """The spans of one reader's remote files: which worker fetches what, and the byte budget.
+    """The spans of one reader's remote files: which thread fetches what, and the byte budget.
+
+    Row groups are claimed in the order the engine submits them: the first one waiting gets a
+    span as soon as the budget has room for it (when an earlier span has been read), and none
+    after it jumps the queue, so the budget always goes to the bytes needed next.
 
     Args:
         budget: Bytes held in spans at most.
@@ -163,6 +180,7 @@ class ReadAhead:
         self._budget = budget
         self._held = 0
         self._spans: dict[tuple[int, int], _Span] = {}
+        self._wanted: collections.deque[_Wanted] = collections.deque()
         self._lock = threading.Lock()
         self._io: ThreadPoolExecutor | None = None
 
@@ -179,12 +197,11 @@ class ReadAhead:
         open_file: Callable[[], tuple[Ranges, pa.NativeFile]],
         opened: tuple[Ranges, pa.NativeFile] | None = None,
     ) -> None:
-        """Starts fetching, on an I/O thread, the span a row group will be read from.
+        """Queues the span a row group will be read from, fetched on an I/O thread when the budget allows.
 
-        Nothing is fetched when a span already holds the row group or the budget has no room
-        for it: the worker that reads it then asks for it itself. A file already open is
-        claimed here, in plan order, so spans start where the plan says; one that is not is
-        opened (its footer read) on the I/O thread, not in the training loop.
+        A file not yet open is opened (its footer read) on an I/O thread, not in the training
+        loop. A row group that a worker reaches before there is room is fetched by that
+        worker, alone, as without read-ahead.
 
         Args:
             file: The file's index.
@@ -194,33 +211,10 @@ class ReadAhead:
             opened: The same, where the file is open already.
         """
         with self._lock:
-            if (file, row_group) in self._spans:
-                return
             if self._io is None:
                 self._io = ThreadPoolExecutor(IO_THREADS, thread_name_prefix="sparkfeed-read-ahead")
-            io_threads = self._io
-        if opened is None:
-            io_threads.submit(self._open_and_fetch, file, row_group, ahead, open_file)
-            return
-        ranges_of, remote = opened
-        span, owner = self._claim(file, row_group, ahead, ranges_of, only_shared=True)
-        if span is not None and owner:
-            io_threads.submit(self._fetch_quietly, span, ranges_of, remote)
-
-    def _open_and_fetch(
-        self, file: int, row_group: int, ahead: int, open_file: Callable[[], tuple[Ranges, pa.NativeFile]]
-    ) -> None:
-        with contextlib.suppress(Exception):  # the reading worker opens it again, and raises
-            ranges_of, remote = open_file()
-            span, owner = self._claim(file, row_group, ahead, ranges_of, only_shared=True)
-            if span is not None and owner:
-                self._fetch_quietly(span, ranges_of, remote)
-
-    def _fetch_quietly(self, span: _Span, ranges_of: Ranges, remote: pa.NativeFile) -> None:
-        # A failure here is not lost: the worker reading the row group falls back to its own
-        # request, and that one raises in the training loop if the store is really gone.
-        with contextlib.suppress(Exception):
-            self._fetch(span, ranges_of, remote)
+            self._wanted.append(_Wanted(file, row_group, ahead, open_file, opened))
+            self._pump()
 
     def read(
         self,
@@ -231,7 +225,7 @@ class ReadAhead:
         remote: pa.NativeFile,
         decode: Callable[[SpanFile], pa.Table],
     ) -> pa.Table:
-        """One row group decoded from its span, fetching the span first if no worker has.
+        """One row group decoded from its span, fetching the span first if no thread has.
 
         Args:
             file: The file's index.
@@ -241,14 +235,17 @@ class ReadAhead:
             remote: The open remote file.
             decode: Reads the row group from the span's file.
         """
-        span, owner = self._claim(file, row_group, ahead, ranges_of)
+        with self._lock:
+            for wanted in [w for w in self._wanted if w.file == file and w.row_group == row_group][:1]:
+                self._wanted.remove(wanted)  # this worker is here first: it fetches it now
+            span, owner = self._claim(file, row_group, ahead, ranges_of)
         assert span is not None
         try:
             if owner:
                 self._fetch(span, ranges_of, remote)
             else:
                 span.ready.wait()
-                if span.failed:  # the owner's request failed: this worker asks for its own row group
+                if span.failed:  # the fetch failed: this worker asks for its own row group
                     return self.read(file, row_group, 0, ranges_of, remote, decode)
             return decode(SpanFile(remote.size(), span.ranges, remote))
         finally:
@@ -258,39 +255,80 @@ class ReadAhead:
         """Stops the I/O threads and drops every span: the iteration ended, its rows will not be read."""
         with self._lock:
             io_threads, self._io = self._io, None
+            self._wanted.clear()
         if io_threads is not None:
             io_threads.shutdown(wait=True, cancel_futures=True)
         with self._lock:
             self._spans.clear()
+            self._wanted.clear()
             self._held = 0
+
+    def _pump(self) -> None:
+        """Claims spans for the waiting row groups, in order, while the budget has room; lock held."""
+        while self._wanted and self._io is not None:
+            wanted = self._wanted[0]
+            if (wanted.file, wanted.row_group) in self._spans:
+                self._wanted.popleft()
+                continue
+            if wanted.opened is None:
+                if not wanted.opening:
+                    wanted.opening = True
+                    self._io.submit(self._open, wanted)
+                return
+            ranges_of, remote = wanted.opened
+            span, _ = self._claim(wanted.file, wanted.row_group, wanted.ahead, ranges_of, only_shared=True)
+            if span is None:
+                return  # no room: a span read to its end makes some
+            self._wanted.popleft()
+            self._io.submit(self._fetch_quietly, span, ranges_of, remote)
+
+    def _open(self, wanted: _Wanted) -> None:
+        try:
+            opened: tuple[Ranges, pa.NativeFile] | None = wanted.open_file()
+        except Exception:  # noqa: BLE001 (the worker reading the row group opens it again, and raises)
+            opened = None
+        with self._lock:
+            if opened is None:
+                with contextlib.suppress(ValueError):
+                    self._wanted.remove(wanted)
+            else:
+                for waiting in self._wanted:  # the other row groups of the file are open now too
+                    if waiting.file == wanted.file and waiting.opened is None:
+                        waiting.opened = opened
+            self._pump()
+
+    def _fetch_quietly(self, span: _Span, ranges_of: Ranges, remote: pa.NativeFile) -> None:
+        # A failure here is not lost: the worker reading the row group falls back to its own
+        # request, and that one raises in the training loop if the store is really gone.
+        with contextlib.suppress(Exception):
+            self._fetch(span, ranges_of, remote)
 
     def _claim(
         self, file: int, row_group: int, ahead: int, ranges_of: Ranges, only_shared: bool = False
     ) -> tuple[_Span | None, bool]:
-        """The span holding a row group, and whether this thread must fetch it (a new span).
+        """The span holding a row group, and whether the caller must fetch it (a new span); lock held.
 
         With ``only_shared``, None where the budget has no room for the row group.
         """
-        with self._lock:
-            span = self._spans.get((file, row_group))
-            if span is not None:
-                return span, False
-            groups, size = [row_group], _size(ranges_of(row_group))
-            for following in range(row_group + 1, row_group + ahead + 1):
-                extra = _size(ranges_of(following))
-                if (file, following) in self._spans or self._held + size + extra > self._budget:
-                    break
-                groups.append(following)
-                size += extra
-            shared = self._held + size <= self._budget
-            if only_shared and not shared:
-                return None, False
-            span = _Span(file, set(groups), size, shared)
-            if shared:
-                self._held += size
-                for group in groups:
-                    self._spans[(file, group)] = span
-            return span, True
+        span = self._spans.get((file, row_group))
+        if span is not None:
+            return span, False
+        groups, size = [row_group], _size(ranges_of(row_group))
+        for following in range(row_group + 1, row_group + ahead + 1):
+            extra = _size(ranges_of(following))
+            if (file, following) in self._spans or self._held + size + extra > self._budget:
+                break
+            groups.append(following)
+            size += extra
+        shared = self._held + size <= self._budget
+        if only_shared and not shared:
+            return None, False
+        span = _Span(file, set(groups), size, shared)
+        if shared:
+            self._held += size
+            for group in groups:
+                self._spans[(file, group)] = span
+        return span, True
 
     def _fetch(self, span: _Span, ranges_of: Ranges, remote: pa.NativeFile) -> None:
         wanted = [r for group in sorted(span.row_groups) for r in ranges_of(group)]
@@ -300,6 +338,7 @@ class ReadAhead:
             with self._lock:  # no longer anyone's span: the waiting workers ask for their own row groups
                 span.failed = True
                 self._forget(span)
+                self._pump()
             raise
         finally:
             span.ready.set()
@@ -311,9 +350,10 @@ class ReadAhead:
                 del self._spans[(span.file, row_group)]
                 if not span.row_groups:
                     self._held -= span.size
+                    self._pump()
 
     def _forget(self, span: _Span) -> None:
-        """Unregisters a span and returns its bytes to the budget; call with the lock held."""
+        """Unregisters a span and returns its bytes to the budget; lock held."""
         registered = [group for group in span.row_groups if self._spans.get((span.file, group)) is span]
         for group in registered:
             del self._spans[(span.file, group)]
