@@ -206,7 +206,7 @@ def targets(r: Results) -> list[dict[str, Any]]:
             at_most=True,
         )
     for dataset in ("tabular", "vectors"):
-        for case, window in (("numpy_p16", "default 64 MiB"), ("numpy_p16_ra256", "256 MiB")):
+        for case, window in (("numpy_p16", "default 128 MiB"), ("numpy_p16_ra256", "256 MiB")):
             if f"s3.sparkfeed.{dataset}.{case}" in r.by_id:
                 add(
                     f"s3.sparkfeed.{dataset}.{case}",

@@ -200,7 +200,7 @@ class ReaderArgs(TypedDict, total=False):
             case); turn it off only for data whose storage verifies itself.
         read_ahead_bytes: On object stores and HDFS, the bytes of a file's upcoming row groups
             fetched in one request when the plan reads them one after another (no row-group
-            shuffle), and a hard bound on what is held so (default 64 MiB). A span that does not
+            shuffle), and a hard bound on what is held so (default 128 MiB). A span that does not
             fit is cut short, down to one row group. 0: every row group alone, its columns
             pre-buffered by pyarrow. Local files are memory-mapped and ignore it.
     """

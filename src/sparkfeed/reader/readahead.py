@@ -32,8 +32,9 @@ import pyarrow.parquet as pq
 
 from sparkfeed.reader.plan import Piece
 
-DEFAULT_READ_AHEAD_BYTES = 64 * 1024 * 1024
-"""The default budget: a request big enough that a round trip is small beside its transfer."""
+DEFAULT_READ_AHEAD_BYTES = 128 * 1024 * 1024
+"""The default budget: four row groups of the default size (32 MiB), so a request's round trip is small
+beside its transfer, and a file of a typical Spark partition often comes whole."""
 
 HOLE_BYTES = 1024 * 1024
 """Unread bytes between two wanted ranges that are fetched anyway to save a request."""
