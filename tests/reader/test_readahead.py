@@ -178,3 +178,15 @@ def test_scheduling_beyond_the_budget_fetches_nothing_ahead(tmp_path) -> None:
     read_ahead.clear()  # waits for the I/O thread
     assert counting.reads == 0
     assert read_ahead.held == 0
+
+
+def test_a_read_outside_the_span_goes_to_the_remote_file(tmp_path) -> None:
+    path, footer, table = _parquet(tmp_path, groups=2)
+    with pa.OSFile(path) as remote:
+        empty = SpanFile(remote.size(), [], remote)  # as if the metadata had put a chunk elsewhere
+        assert pq.ParquetFile(empty, metadata=footer, pre_buffer=False).read().equals(table)
+        data = pathlib.Path(path).read_bytes()
+        partial = SpanFile(len(data), [(4, memoryview(data)[4:100])], remote)
+        partial.seek(50)
+        assert bytes(partial.read(20)) == data[50:70]  # from the span
+        assert bytes(partial.read(200)) == data[70:270]  # past its end: from the file
