@@ -8,6 +8,7 @@ Arguments: the cache directory URL, and optionally the storage options (JSON) to
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import numpy as np
@@ -19,6 +20,9 @@ from sparkfeed import make_spark_converter
 
 
 def main(cache_dir: str, storage_options: dict | None = None) -> None:
+    # Spark's own switch for parallel test runs (SPARK-42272): the local Connect server binds an
+    # ephemeral port, which the client asks it for, instead of 15002 that another run may hold.
+    os.environ["SPARK_TESTING"] = "1"
     spark = (
         SparkSession.builder.remote("local[2]")
         .config("spark.sql.session.timeZone", "UTC")

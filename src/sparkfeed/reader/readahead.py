@@ -134,8 +134,7 @@ class SpanFile(io.RawIOBase):
         for offset, data in self._ranges:
             if offset <= start and start + size <= offset + len(data):
                 return data[start - offset : start - offset + size]
-        outside: bytes = self._remote.read_at(size, start).to_pybytes()
-        return outside
+        return _read_range(self._remote, start, size)
 
 
 @dataclasses.dataclass(eq=False)
@@ -334,7 +333,7 @@ class ReadAhead:
     def _fetch(self, span: _Span, ranges_of: Ranges, remote: pa.NativeFile) -> None:
         wanted = [r for group in sorted(span.row_groups) for r in ranges_of(group)]
         try:
-            span.ranges = [(start, memoryview(remote.read_at(length, start))) for start, length in coalesce(wanted)]
+            span.ranges = [(start, _read_range(remote, start, length)) for start, length in coalesce(wanted)]
         except BaseException:
             with self._lock:  # no longer anyone's span: the waiting workers ask for their own row groups
                 span.failed = True
@@ -360,6 +359,14 @@ class ReadAhead:
             del self._spans[(span.file, group)]
         if registered:
             self._held -= span.size
+
+
+def _read_range(remote: pa.NativeFile, start: int, length: int) -> memoryview:
+    """Bytes of a remote file in one request, at their offset whatever the shared handle's position.
+
+    Into Arrow's memory: ``read_at`` would copy them into a Python ``bytes``, holding the GIL.
+    """
+    return memoryview(remote.get_stream(start, length).read_buffer(length))
 
 
 def _size(ranges: Sequence[tuple[int, int]]) -> int:
