@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sparkfeed.reader.plan import Piece
@@ -190,3 +190,48 @@ def test_a_read_outside_the_span_goes_to_the_remote_file(tmp_path) -> None:
         partial.seek(50)
         assert bytes(partial.read(20)) == data[50:70]  # from the span
         assert bytes(partial.read(200)) == data[70:270]  # past its end: from the file
+
+
+@pytest.fixture(scope="module")
+def six_groups(tmp_path_factory) -> tuple[str, pq.FileMetaData]:
+    path, footer, _ = _parquet(tmp_path_factory.mktemp("readahead"), groups=6, rows=500)
+    return path, footer
+
+
+@settings(deadline=None, max_examples=30)
+@given(
+    order=st.lists(st.integers(0, 5), min_size=1, max_size=14),
+    budget_groups=st.integers(0, 7),
+    workers=st.integers(1, 3),
+)
+def test_property_every_scheduled_read_is_right_and_the_budget_holds(
+    six_groups: tuple[str, pq.FileMetaData], order: list[int], budget_groups: int, workers: int
+) -> None:
+    path, footer = six_groups
+    columns = ["id", "s"]
+    ranges = lambda g: column_ranges(footer, g, columns)  # noqa: E731
+    group_bytes = max(sum(n for _, n in ranges(g)) for g in range(6))
+    pieces = [Piece(0, g, 0, 500) for g in order]
+    follow = follow_counts(pieces)
+    read_ahead = ReadAhead(budget=budget_groups * group_bytes)
+    highest = [0]
+    with pa.OSFile(path) as remote, ThreadPoolExecutor(workers) as pool:
+        opened = (ranges, remote)
+
+        def read(g: int, ahead: int) -> pa.Table:
+            table = read_ahead.read(0, g, ahead, ranges, remote, _decode(footer, g, columns))
+            highest[0] = max(highest[0], read_ahead.held)
+            return table
+
+        futures = []
+        for g, ahead in zip(order, follow, strict=True):
+            read_ahead.schedule(0, g, ahead, lambda: opened, opened if g % 2 else None)
+            futures.append(pool.submit(read, g, ahead))
+        got = [future.result() for future in futures]
+    assert read_ahead.held == 0  # every span dropped once its row groups were read
+    read_ahead.clear()
+    plain = pq.ParquetFile(path)
+    assert [t.column("id").to_pylist() for t in got] == [
+        plain.read_row_group(g, columns=["id"]).column("id").to_pylist() for g in order
+    ]
+    assert highest[0] <= budget_groups * group_bytes
