@@ -21,10 +21,10 @@ from types import ModuleType, TracebackType
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from sparkfeed.reader import Reader
 from sparkfeed.reader.batch import Columns
+from sparkfeed.types import FrameworkView, array_view
 
 SUPER_BATCH_ROWS = 65536
 
@@ -41,38 +41,10 @@ def import_tf() -> ModuleType:
     return module
 
 
-def _tf_array(array: np.ndarray) -> np.ndarray:
-    """What tf.data is given for one column: dates and timestamps as their int64 counts."""
-    return array.view(np.int64) if array.dtype.kind in "Mm" else array
-
-
-def _refuse_nulls(name: str, strings: np.ndarray) -> None:
-    """A null in a string or binary column, which ``tf.string`` cannot hold, as an error that says what to do.
-
-    TensorFlow would fail on it later with "Unsupported object type NoneType", naming nothing.
-    """
-    if pd.isna(strings).any():
-        raise ValueError(
-            f"column {name!r} holds nulls, which a tf.string tensor cannot: fill them before converting "
-            f"(df.fillna('', subset=[{name!r}])), or leave the column out with schema_fields"
-        )
-
-
-def _holds_arrays(array: np.ndarray) -> bool:
-    """Whether an object column holds arrays (of varying length), not strings or bytes."""
-    return len(array) > 0 and isinstance(array[0], np.ndarray)
-
-
-def _spec(tf: ModuleType, name: str, dtype: np.dtype, shape: tuple[int, ...], ragged: bool) -> Any:
-    """The TensorSpec of a column of ``dtype`` whose rows have ``shape``."""
-    if ragged:
-        raise TypeError(
-            f"column {name!r} holds arrays of varying length, which make_tf_dataset cannot batch: "
-            "pad them to one length, or drop the column with schema_fields"
-        )
-    if dtype.kind == "O":
-        return tf.TensorSpec((None,), tf.string, name=name)
-    return tf.TensorSpec((None, *shape), tf.int64 if dtype.kind in "Mm" else tf.as_dtype(dtype), name=name)
+def _spec(tf: ModuleType, view: FrameworkView) -> Any:
+    """The TensorSpec of a column, as its TF view says (strings: ``tf.string``; dates: int64)."""
+    dtype = tf.string if view.carrier == "strings" else tf.as_dtype(view.dtype)
+    return tf.TensorSpec((None, *view.shape), dtype, name=view.name)
 
 
 class TfDatasetContext:
@@ -118,16 +90,13 @@ class TfDatasetContext:
         """The element spec: from the cache's schema, or after a transform from one read batch."""
         known = self._reader.columns
         if known is not None:
-            specs = [_spec(self._tf, name, c.numpy_dtype, c.shape, c.kind == "ragged") for name, c in known.items()]
+            specs = [_spec(self._tf, column.view("tf")) for column in known.values()]
         else:
             with make_reader(1, 1, False) as probe:
                 first = next(iter(probe), None)
             if first is None:
                 raise ValueError("make_tf_dataset needs at least one row to know the dataset's element spec")
-            specs = [
-                _spec(self._tf, name, a.dtype, a.shape[1:], a.dtype == object and _holds_arrays(a))
-                for name, a in first.items()
-            ]
+            specs = [_spec(self._tf, array_view(name, array, "tf")) for name, array in first.items()]
         names = [spec.name for spec in specs]
         row = collections.namedtuple("Row", names, rename=True)  # type: ignore[misc]
         fields: tuple[str, ...] = row._fields
@@ -142,11 +111,8 @@ class TfDatasetContext:
 
     def _generate(self) -> Iterator[Any]:
         row = type(self._signature)
-        strings = [spec.name for spec in self._signature if spec.dtype == self._tf.string]
         for batch in self._reader:
-            for name in strings:
-                _refuse_nulls(name, batch[name])
-            yield row(*(_tf_array(array) for array in batch.values()))
+            yield row(*(array_view(name, array, "tf").prepare(array) for name, array in batch.items()))
 
     def __enter__(self) -> Any:
         tf = self._tf

@@ -11,6 +11,7 @@ import numpy as np
 from sparkfeed.loader import ReaderLoader
 from sparkfeed.reader import Reader
 from sparkfeed.reader.batch import Columns, Signature
+from sparkfeed.types import FrameworkView, array_view, framework_view
 
 TorchBatch = dict[str, Any]
 """Column name → ``torch.Tensor`` (or a list, for strings, bytes and ragged arrays)."""
@@ -31,27 +32,35 @@ class TorchFormat:
     """Chunks as tensors, converted in the reader threads and split into batch views a group at a time.
 
     ``torch.from_numpy`` shares memory with the array; one ``split_with_sizes`` makes a group of
-    batch views. Strings and bytes, which tensors cannot hold, are lists; dates are int64 days and
-    timestamps int64 microseconds since the epoch.
+    batch views. Types follow :class:`~sparkfeed.types.FrameworkView`: strings and bytes, which
+    tensors cannot hold, are lists; dates are int64 days and timestamps int64 microseconds since
+    the epoch; bools are ``torch.bool``.
     """
 
     def __init__(self) -> None:
         self._torch = import_torch()
 
-    def _tensor(self, array: np.ndarray) -> Any:
-        kind = array.dtype.kind
-        if kind in "Mm":
-            array = array.view(np.int64)
-            kind = "i"
-        if kind in "biufc":
+    def _tensor(self, view: FrameworkView, array: np.ndarray) -> Any:
+        """One column as :class:`~sparkfeed.types.FrameworkView` says torch holds it."""
+        if view.carrier == "tensor":
+            array = view.prepare(array)
             # Arrow-owned memory comes writable from the reader; anything else is copied
             # rather than shared read-only (torch would warn, and could write through it).
             return self._torch.from_numpy(array if array.flags.writeable else array.copy())
-        return [self._tensor(v) if isinstance(v, np.ndarray) and v.dtype.kind in "biufMm" else v for v in array]
+        if view.carrier == "strings":
+            return array.tolist()
+        return [self._item(view.name, v) for v in array]  # ragged: one tensor a row, None for a null
+
+    def _item(self, name: str, value: Any) -> Any:
+        """One row of a ragged column: a tensor for an array of numbers, as it is otherwise."""
+        if not isinstance(value, np.ndarray):
+            return value
+        view = framework_view(name, value.dtype, tuple(value.shape[1:]), "torch")
+        return self._tensor(view, value) if view.carrier == "tensor" else value
 
     def convert(self, columns: Columns) -> TorchBatch:
         """NumPy columns → tensors (lists for what tensors cannot hold)."""
-        return {name: self._tensor(array) for name, array in columns.items()}
+        return {name: self._tensor(array_view(name, array, "torch"), array) for name, array in columns.items()}
 
     def rows(self, chunk: TorchBatch) -> int:
         """Rows in a chunk."""
