@@ -9,6 +9,10 @@ Iterating a dataset eagerly (``for row in dataset``, as a custom training loop d
 most of its time in TensorFlow's Python, rebuilding each element component by component
 (about 5 us a column, more than fetching it); the dataset returned here fetches its elements
 the same way but builds each namedtuple in one call (see :func:`_eager_rows`).
+
+The dataset is a ``tf.compat.v1`` one, as Petastorm's, so that TF1 graph-mode code
+(``make_one_shot_iterator()`` in a ``tf.compat.v1.Session``) runs unchanged; the graph TF2
+iterates is the same.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import numpy as np
 
 from sparkfeed.reader import Reader
 from sparkfeed.reader.batch import Columns
-from sparkfeed.types import FrameworkView, array_view
+from sparkfeed.types import FrameworkView, NullValueError, array_view
 
 SUPER_BATCH_ROWS = 65536
 
@@ -85,6 +89,7 @@ class TfDatasetContext:
         self._rebatch = per_super > 1
         self._prefetch = prefetch
         self._signature = self._infer_signature(make_reader)
+        self._failure: BaseException | None = None
 
     def _infer_signature(self, make_reader: Callable[[int, int | None, bool], Reader[Columns]]) -> Any:
         """The element spec: from the cache's schema, or after a transform from one read batch."""
@@ -110,20 +115,27 @@ class TfDatasetContext:
         return row(*specs)
 
     def _generate(self) -> Iterator[Any]:
+        self._failure = None
         row = type(self._signature)
-        for batch in self._reader:
-            yield row(*(array_view(name, array, "tf").prepare(array) for name, array in batch.items()))
+        try:
+            for batch in self._reader:
+                yield row(*(array_view(name, array, "tf").prepare(array) for name, array in batch.items()))
+        except NullValueError as error:
+            self._failure = error  # TensorFlow delivers it as an InvalidArgumentError: see _eager_rows
+            raise
 
     def __enter__(self) -> Any:
         tf = self._tf
-        dataset = tf.data.Dataset.from_generator(self._generate, output_signature=self._signature)
+        # A tf.compat.v1 dataset, as Petastorm's: its transformations keep the TF1 methods too.
+        dataset = tf.compat.v1.data.Dataset.from_generator(self._generate, output_signature=self._signature)
         if self._rebatch:
             size, drop = self._batch_size, self._drop_last
             dataset = dataset.flat_map(lambda row: tf.data.Dataset.from_tensors(row).rebatch(size, drop))
         if self._batches is not None and not self._reader.filters_rows:
             # A known length lets Keras show progress and end epochs without a warning.
             dataset = dataset.apply(tf.data.experimental.assert_cardinality(self._batches))
-        return _eager_rows(dataset.prefetch(tf.data.AUTOTUNE if self._prefetch is None else self._prefetch))
+        prefetched = dataset.prefetch(tf.data.AUTOTUNE if self._prefetch is None else self._prefetch)
+        return _eager_rows(prefetched, lambda: self._failure)
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
@@ -131,31 +143,60 @@ class TfDatasetContext:
         self._reader.close()
 
 
-def _eager_rows(dataset: Any) -> Any:
+def _eager_rows(dataset: Any, failure: Callable[[], BaseException | None]) -> Any:
     """``dataset``, made to build each element in one call when iterated eagerly.
 
     TensorFlow's iterator rebuilds an element from its flat list of tensors component by
     component (a shape check and ``set_shape`` each): for 18 columns that is about 100 us a
     batch, more than fetching it. Every component here is a plain tensor whose shape the
     element spec already bounds, so the namedtuple can be made from the list as it comes.
-    This relies on TensorFlow internals (those of 2.21, long unchanged); where they are missing
-    the dataset is returned as it is. Only direct eager iteration of this very dataset is
-    affected: a transformation of it, or an iterator used inside a ``tf.function``, goes
-    TensorFlow's way.
+    The same iterator raises a :class:`~sparkfeed.NullValueError` that the generator raised as
+    itself (see :func:`_row_dataset_type`). This relies on TensorFlow internals (those of 2.21,
+    long unchanged); where they are missing the dataset is returned as it is. Only direct eager
+    iteration of this very dataset is affected: a transformation of it, or an iterator used
+    inside a ``tf.function`` or a graph-mode session, goes TensorFlow's way.
+
+    Args:
+        dataset: The ``tf.compat.v1`` dataset to wrap; the wrapper is one too (the same graph node).
+        failure: The exception the dataset's generator last raised, if any.
     """
     try:
         row_dataset = _row_dataset_type()
     except (ImportError, AttributeError):
         return dataset
-    return row_dataset(dataset)
+    return row_dataset(dataset, failure)
 
 
 @functools.cache
 def _row_dataset_type() -> type:
-    """The ``tf.data.Dataset`` subclass of :func:`_eager_rows` (made once, TF imported lazily)."""
+    """The ``tf.data.Dataset`` subclass of :func:`_eager_rows` (made once, TF imported lazily).
+
+    It subclasses ``tf.compat.v1.data.Dataset``'s adapter of a TF2 dataset, as Petastorm's
+    datasets are ``tf.compat.v1`` ones: ``make_one_shot_iterator()``,
+    ``make_initializable_iterator()``, ``output_types`` and ``output_shapes`` work in graph
+    mode, and every transformation (``map``, ``batch``...) returns a ``tf.compat.v1`` dataset
+    too. Nothing of that runs in TF2 iteration: the graph is the one a TF2 dataset would have.
+    """
     from tensorflow.python.data.ops import dataset_ops, iterator_ops
     from tensorflow.python.eager import context
+    from tensorflow.python.framework import errors
     from tensorflow.python.ops import gen_dataset_ops
+
+    class TfNullValueError(NullValueError, errors.InvalidArgumentError):  # type: ignore[misc]
+        """A :class:`~sparkfeed.NullValueError` as TensorFlow delivered it from the dataset's generator.
+
+        Both at once: ``except NullValueError`` (or ``ValueError``) catches it as in the other
+        loaders, and ``except tf.errors.InvalidArgumentError``, what TensorFlow's own iterator
+        raises, still does.
+        """
+
+        __module__ = "sparkfeed.tf"
+        __qualname__ = "TfNullValueError"
+
+        def __init__(self, delivered: Any, failure: BaseException) -> None:
+            errors.InvalidArgumentError.__init__(self, delivered.node_def, delivered.op, str(failure))
+            for note in getattr(failure, "__notes__", ()):
+                self.add_note(note)
 
     class RowIterator(iterator_ops.OwnedIterator):  # type: ignore[misc]
         """TensorFlow's iterator, but for its eager ``next``: one namedtuple made from the list."""
@@ -166,23 +207,31 @@ def _row_dataset_type() -> type:
             # sends the dataset back to TensorFlow's own iterator.
             _ = (self._iterator_resource, self._flat_output_types, self._flat_output_shapes)
             self._make = type(self._element_spec)._make
+            self._failure = dataset._failure
 
         def _next_internal(self) -> Any:
             if not context.executing_eagerly():
                 return super()._next_internal()
-            with context.execution_mode(context.SYNC):  # as TensorFlow's: errors raise here
-                flat = gen_dataset_ops.iterator_get_next(
-                    self._iterator_resource,
-                    output_types=self._flat_output_types,
-                    output_shapes=self._flat_output_shapes,
-                )
+            try:
+                with context.execution_mode(context.SYNC):  # as TensorFlow's: errors raise here
+                    flat = gen_dataset_ops.iterator_get_next(
+                        self._iterator_resource,
+                        output_types=self._flat_output_types,
+                        output_shapes=self._flat_output_shapes,
+                    )
+            except errors.InvalidArgumentError as delivered:
+                failure = self._failure()
+                if isinstance(failure, NullValueError) and str(failure) in delivered.message:
+                    raise TfNullValueError(delivered, failure) from failure
+                raise
             return self._make(flat)
 
-    class RowDataset(dataset_ops.UnaryUnchangedStructureDataset):  # type: ignore[misc]
+    class RowDataset(dataset_ops.DatasetV1Adapter):  # type: ignore[misc]
         """The same dataset (the same graph node), iterated eagerly by :class:`RowIterator`."""
 
-        def __init__(self, dataset: Any) -> None:
-            super().__init__(dataset, dataset._variant_tensor)
+        def __init__(self, dataset: Any, failure: Callable[[], BaseException | None]) -> None:
+            super().__init__(dataset)
+            self._failure = failure
 
         def __iter__(self) -> Any:
             if context.executing_eagerly():
@@ -191,5 +240,9 @@ def _row_dataset_type() -> type:
                 except AttributeError:
                     pass
             return super().__iter__()
+
+        def _make_one_shot_iterator(self) -> Any:
+            # Eagerly, TF1's one-shot iterator is TF2's iterator: this dataset's own.
+            return iter(self) if context.executing_eagerly() else super()._make_one_shot_iterator()
 
     return RowDataset

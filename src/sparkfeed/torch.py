@@ -28,6 +28,44 @@ def import_torch() -> ModuleType:
     return torch
 
 
+PETASTORM_LOADERS = ("DataLoader", "BatchedDataLoader")
+"""The ``petastorm.pytorch`` classes whose output sparkfeed's loader gives: dicts of batched tensors."""
+
+
+def check_data_loader_fn(data_loader_fn: Any) -> None:
+    """Accepts what Petastorm's ``data_loader_fn`` meant and sparkfeed's loader already is, or says what to write.
+
+    Petastorm called ``data_loader_fn(reader=..., batch_size=..., shuffling_queue_capacity=...)``
+    to build its loader: ``petastorm.pytorch.DataLoader`` (the default) or ``BatchedDataLoader``
+    (faster), both yielding dicts of batched tensors. sparkfeed's loader is batched already, so
+    None and those two classes (recognised by name: Petastorm need not be installed beside
+    sparkfeed) all mean it. Anything else would have been handed a Petastorm reader sparkfeed
+    does not have, so it is refused rather than silently ignored.
+
+    Raises:
+        ValueError: ``data_loader_fn`` is another loader; the message says what to write instead.
+    """
+    if data_loader_fn is None:
+        return
+    module = getattr(data_loader_fn, "__module__", None)
+    name = getattr(data_loader_fn, "__qualname__", None)
+    if module == "petastorm.pytorch" and name in PETASTORM_LOADERS:
+        return
+    if module == "petastorm.pytorch" and name == "InMemBatchedDataLoader":
+        advice = (
+            "sparkfeed reads every epoch from its local Parquet cache, as fast as from memory: drop "
+            "data_loader_fn and pass the epochs to make_torch_dataloader(num_epochs=...)"
+        )
+    else:
+        advice = (
+            "sparkfeed's loader is already batched (as Petastorm's BatchedDataLoader), so drop data_loader_fn; "
+            "to wrap or transform batches, apply your code to the loader it returns: "
+            "`with converter.make_torch_dataloader(...) as loader: for batch in loader: ...`, or pass "
+            "transform_fn= to transform each chunk of rows as a pandas DataFrame"
+        )
+    raise ValueError(f"data_loader_fn={data_loader_fn!r} is not allowed: {advice}")
+
+
 class TorchFormat:
     """Chunks as tensors, converted in the reader threads and split into batch views a group at a time.
 
