@@ -10,9 +10,11 @@ most of its time in TensorFlow's Python, rebuilding each element component by co
 (about 5 us a column, more than fetching it); the dataset returned here fetches its elements
 the same way but builds each namedtuple in one call (see :func:`_eager_rows`).
 
-The dataset is a ``tf.compat.v1`` one, as Petastorm's, so that TF1 graph-mode code
-(``make_one_shot_iterator()`` in a ``tf.compat.v1.Session``) runs unchanged; the graph TF2
-iterates is the same.
+Petastorm handed back ``tf.compat.v1`` datasets, and TF1 graph-mode code calls their methods
+(``dataset.map(f).make_one_shot_iterator()`` in a ``tf.compat.v1.Session``). A dataset made in
+graph mode is one here too; one made eagerly stays a TF2 dataset, since TF1's ``map`` forgets
+the cardinality Keras reads, but it has the TF1 methods and attributes as well (see
+:func:`_row_dataset_type`).
 """
 
 from __future__ import annotations
@@ -126,8 +128,11 @@ class TfDatasetContext:
 
     def __enter__(self) -> Any:
         tf = self._tf
-        # A tf.compat.v1 dataset, as Petastorm's: its transformations keep the TF1 methods too.
-        dataset = tf.compat.v1.data.Dataset.from_generator(self._generate, output_signature=self._signature)
+        # TF1 graph mode (a tf.Graph, or eager execution disabled) gets a tf.compat.v1 dataset, as
+        # Petastorm's, whose transformations keep the TF1 methods; TF2 gets a TF2 one (see the module).
+        graph_mode = not tf.compat.v1.executing_eagerly_outside_functions()
+        api = tf.compat.v1.data if graph_mode else tf.data
+        dataset = api.Dataset.from_generator(self._generate, output_signature=self._signature)
         if self._rebatch:
             size, drop = self._batch_size, self._drop_last
             dataset = dataset.flat_map(lambda row: tf.data.Dataset.from_tensors(row).rebatch(size, drop))
@@ -135,7 +140,7 @@ class TfDatasetContext:
             # A known length lets Keras show progress and end epochs without a warning.
             dataset = dataset.apply(tf.data.experimental.assert_cardinality(self._batches))
         prefetched = dataset.prefetch(tf.data.AUTOTUNE if self._prefetch is None else self._prefetch)
-        return _eager_rows(prefetched, lambda: self._failure)
+        return prefetched if graph_mode else _eager_rows(prefetched, lambda: self._failure)
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
@@ -150,14 +155,16 @@ def _eager_rows(dataset: Any, failure: Callable[[], BaseException | None]) -> An
     component (a shape check and ``set_shape`` each): for 18 columns that is about 100 us a
     batch, more than fetching it. Every component here is a plain tensor whose shape the
     element spec already bounds, so the namedtuple can be made from the list as it comes.
-    The same iterator raises a :class:`~sparkfeed.NullValueError` that the generator raised as
-    itself (see :func:`_row_dataset_type`). This relies on TensorFlow internals (those of 2.21,
-    long unchanged); where they are missing the dataset is returned as it is. Only direct eager
-    iteration of this very dataset is affected: a transformation of it, or an iterator used
-    inside a ``tf.function`` or a graph-mode session, goes TensorFlow's way.
+    A :class:`~sparkfeed.NullValueError` raised in the generator, which TensorFlow delivers as
+    an ``InvalidArgumentError``, comes out of this iterator as an error that is both. The
+    wrapper also has the TF1 methods of Petastorm's datasets (see :func:`_row_dataset_type`).
+    This relies on TensorFlow internals (those of 2.21, long unchanged); where they are missing
+    the dataset is returned as it is. Only direct eager iteration of this very dataset is
+    affected: a transformation of it, or an iterator used inside a ``tf.function``, goes
+    TensorFlow's way.
 
     Args:
-        dataset: The ``tf.compat.v1`` dataset to wrap; the wrapper is one too (the same graph node).
+        dataset: The dataset to wrap (the wrapper is the same graph node).
         failure: The exception the dataset's generator last raised, if any.
     """
     try:
@@ -171,16 +178,19 @@ def _eager_rows(dataset: Any, failure: Callable[[], BaseException | None]) -> An
 def _row_dataset_type() -> type:
     """The ``tf.data.Dataset`` subclass of :func:`_eager_rows` (made once, TF imported lazily).
 
-    It subclasses ``tf.compat.v1.data.Dataset``'s adapter of a TF2 dataset, as Petastorm's
-    datasets are ``tf.compat.v1`` ones: ``make_one_shot_iterator()``,
-    ``make_initializable_iterator()``, ``output_types`` and ``output_shapes`` work in graph
-    mode, and every transformation (``map``, ``batch``...) returns a ``tf.compat.v1`` dataset
-    too. Nothing of that runs in TF2 iteration: the graph is the one a TF2 dataset would have.
+    Besides its iterator, it has what Petastorm's ``tf.compat.v1`` datasets offered TF1-style
+    code: ``make_one_shot_iterator()`` (the same fast iterator, eagerly),
+    ``make_initializable_iterator()`` (which TensorFlow allows in graph mode only, as for any
+    dataset), ``output_types``, ``output_shapes`` and ``output_classes``, through
+    ``tf.compat.v1.data``'s public functions. It stays a TF2 dataset, so its transformations
+    keep TF2's semantics (``map`` keeps the cardinality Keras reads).
     """
     from tensorflow.python.data.ops import dataset_ops, iterator_ops
     from tensorflow.python.eager import context
     from tensorflow.python.framework import errors
     from tensorflow.python.ops import gen_dataset_ops
+
+    tf_v1 = import_tf().compat.v1
 
     class TfNullValueError(NullValueError, errors.InvalidArgumentError):  # type: ignore[misc]
         """A :class:`~sparkfeed.NullValueError` as TensorFlow delivered it from the dataset's generator.
@@ -226,11 +236,11 @@ def _row_dataset_type() -> type:
                 raise
             return self._make(flat)
 
-    class RowDataset(dataset_ops.DatasetV1Adapter):  # type: ignore[misc]
+    class RowDataset(dataset_ops.UnaryUnchangedStructureDataset):  # type: ignore[misc]
         """The same dataset (the same graph node), iterated eagerly by :class:`RowIterator`."""
 
         def __init__(self, dataset: Any, failure: Callable[[], BaseException | None]) -> None:
-            super().__init__(dataset)
+            super().__init__(dataset, dataset._variant_tensor)
             self._failure = failure
 
         def __iter__(self) -> Any:
@@ -242,7 +252,33 @@ def _row_dataset_type() -> type:
             return super().__iter__()
 
         def _make_one_shot_iterator(self) -> Any:
-            # Eagerly, TF1's one-shot iterator is TF2's iterator: this dataset's own.
-            return iter(self) if context.executing_eagerly() else super()._make_one_shot_iterator()
+            # What tf.compat.v1.data.make_one_shot_iterator(dataset) calls first. Eagerly, TF1's
+            # one-shot iterator is TF2's: this dataset's own.
+            if context.executing_eagerly():
+                return iter(self)
+            return dataset_ops.DatasetV1Adapter(self)._make_one_shot_iterator()
+
+        def make_one_shot_iterator(self) -> Any:
+            """TF1's ``Dataset.make_one_shot_iterator()``, as on Petastorm's datasets."""
+            return self._make_one_shot_iterator()
+
+        def make_initializable_iterator(self, shared_name: str | None = None) -> Any:
+            """TF1's ``Dataset.make_initializable_iterator()``: graph mode only, as TensorFlow rules."""
+            return tf_v1.data.make_initializable_iterator(self, shared_name)
+
+        @property
+        def output_types(self) -> Any:
+            """TF1's ``Dataset.output_types``: the element's ``tf.DType`` structure."""
+            return tf_v1.data.get_output_types(self)
+
+        @property
+        def output_shapes(self) -> Any:
+            """TF1's ``Dataset.output_shapes``: the element's ``tf.TensorShape`` structure."""
+            return tf_v1.data.get_output_shapes(self)
+
+        @property
+        def output_classes(self) -> Any:
+            """TF1's ``Dataset.output_classes``: the element's Python classes structure."""
+            return tf_v1.data.get_output_classes(self)
 
     return RowDataset
