@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import pickle
 import sys
 import threading
 import warnings
@@ -14,6 +15,8 @@ from pyspark.ml.feature import VectorAssembler
 from pyspark.sql import functions as F
 
 from sparkfeed import NullValueError, UnsupportedTypeError, make_spark_converter
+
+from helpers import run_job
 
 
 def _reader_threads() -> list[threading.Thread]:
@@ -323,3 +326,12 @@ def test_autograph_transforms_everything(mixed, caplog) -> None:
     with mixed.make_tf_dataset(batch_size=7, num_epochs=1) as dataset:
         assert len(_ids(dataset)) == 300
     assert "AutoGraph could not transform" not in " ".join(caplog.messages)
+
+
+def test_a_tf1_program_with_eager_execution_disabled(mixed, tmp_path) -> None:
+    blob = tmp_path / "converter.pkl"
+    blob.write_bytes(pickle.dumps(mixed))
+    seen = run_job("tf1_job.py", str(blob), cwd=tmp_path)
+    assert seen["eager"] is False and seen["v1"] is True
+    assert seen["types"] == ["int64", "float32", "string", "int64", "int32", "bool"]
+    assert seen["first"] == list(range(0, 50, 2)) and seen["ids"] == list(range(300))
