@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import warnings
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Unpack
 
 from sparkfeed.cache import (
@@ -146,7 +147,7 @@ class SparkDatasetConverter:
         num_epochs: int | None = None,
         workers_count: int | None = None,
         shuffling_queue_capacity: int | None = 0,
-        data_loader_fn: Any = None,
+        data_loader_fn: Callable[..., Any] | None = None,
         **kwargs: Unpack[ReaderArgs],
     ) -> TorchDataLoader:
         """Batches as dicts of ``torch.Tensor``; the positional order is Petastorm's.
