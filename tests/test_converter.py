@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 import pickle
 import subprocess
@@ -140,3 +141,36 @@ def test_column_names_with_dots_spaces_and_keywords(spark) -> None:
     with plain.make_numpy_iterator(batch_size=100, num_epochs=1) as batches:
         (batch,) = list(batches)
     np.testing.assert_array_equal(batch["my col"], batch["a.b"] / 2)
+
+
+PETASTORM_TF_ORDER = [
+    ("batch_size", None),
+    ("prefetch", None),
+    ("num_epochs", None),
+    ("workers_count", None),
+    ("shuffling_queue_capacity", None),
+]
+PETASTORM_TORCH_ORDER = [
+    ("batch_size", 32),
+    ("num_epochs", None),
+    ("workers_count", None),
+    ("shuffling_queue_capacity", 0),
+    ("data_loader_fn", None),
+]
+
+
+@pytest.mark.parametrize(
+    ("method", "order"),
+    [("make_tf_dataset", PETASTORM_TF_ORDER), ("make_torch_dataloader", PETASTORM_TORCH_ORDER)],
+)
+def test_loaders_take_petastorms_positional_order_and_defaults(method: str, order: list) -> None:
+    parameters = list(inspect.signature(getattr(SparkDatasetConverter, method)).parameters.values())
+    positional = [(p.name, p.default) for p in parameters if p.kind is p.POSITIONAL_OR_KEYWORD][1:]  # after self
+    assert positional == order
+    assert parameters[-1].kind is inspect.Parameter.VAR_KEYWORD  # then the reader keywords, as Petastorm's
+
+
+def test_float16_is_refused_in_petastorms_words(spark) -> None:
+    with pytest.raises(ValueError, match=r"dtype float16 is not supported") as error:
+        make_spark_converter(spark.range(3), dtype="float16")
+    assert "dtype='float16' is not allowed: it must be None or one of ('float32', 'float64')" in str(error.value)

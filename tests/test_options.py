@@ -82,7 +82,7 @@ def test_unknown_keyword_lists_the_accepted_ones(spark) -> None:
     with pytest.raises(TypeError, match=r"\['shuffle'\]; accepted keywords: batch_size, cur_shard"):
         converter.make_numpy_iterator(shuffle=True)
     with pytest.raises(TypeError, match=r"\['data_loader_fn'\]; data_loader_fn: .*already batched.*drop it"):
-        converter.make_torch_dataloader(data_loader_fn=list)
+        converter.make_numpy_iterator(data_loader_fn=list)
 
 
 def test_bad_values_through_the_public_api(spark) -> None:

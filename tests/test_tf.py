@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import datetime
+import pickle
 import sys
 import threading
+import warnings
 
 import numpy as np
 import pytest
@@ -12,7 +14,9 @@ import tensorflow as tf
 from pyspark.ml.feature import VectorAssembler
 from pyspark.sql import functions as F
 
-from sparkfeed import make_spark_converter
+from sparkfeed import NullValueError, UnsupportedTypeError, make_spark_converter
+
+from helpers import run_job
 
 
 def _reader_threads() -> list[threading.Thread]:
@@ -95,7 +99,11 @@ def test_keras_fit_on_infinite_and_finite_datasets(regression) -> None:
     with regression.make_tf_dataset(batch_size=100, seed=1) as dataset:  # infinite
         history = model.fit(dataset.map(lambda r: (r.features, r.y)), steps_per_epoch=30, epochs=3, verbose=0)
     with regression.make_tf_dataset(batch_size=100, num_epochs=1, seed=1) as dataset:  # finite: one pass a Keras epoch
-        history2 = model.fit(dataset.map(lambda r: (r.features, r.y)), epochs=3, verbose=0)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            history2 = model.fit(dataset.map(lambda r: (r.features, r.y)), epochs=3, verbose=0)
+    # The mapped dataset keeps its cardinality, so Keras ends each epoch at the end of the data, unwarned.
+    assert not [w for w in caught if "ran out of data" in str(w.message)]
     losses = history.history["loss"] + history2.history["loss"]
     assert losses[-1] < 0.05 * losses[0]
     np.testing.assert_allclose(model.layers[0].kernel.numpy()[:, 0], [1.5, -2.0, 0.0], atol=0.1)
@@ -116,8 +124,9 @@ def test_leaving_the_context_stops_the_threads_of_a_partly_read_dataset(regressi
 
 def test_ragged_columns_are_refused_with_advice(spark) -> None:
     converter = make_spark_converter(spark.createDataFrame([(1, [1.0]), (2, [1.0, 2.0])], "id long, r array<double>"))
-    with pytest.raises(TypeError, match="column 'r' holds arrays of varying length"):
+    with pytest.raises(UnsupportedTypeError, match="column 'r' holds arrays of varying length") as error:
         converter.make_tf_dataset()
+    assert isinstance(error.value, TypeError)  # what code written for the plain TypeError catches
     with converter.make_tf_dataset(schema_fields=["id"], num_epochs=1) as dataset:
         assert sorted(int(i) for b in dataset for i in b.id.numpy()) == [1, 2]
 
@@ -141,7 +150,7 @@ def test_a_transform_decides_the_signature(mixed) -> None:
         rows = list(dataset)
     ids = np.concatenate([b.id.numpy() for b in rows])
     np.testing.assert_array_equal(np.concatenate([b.grid.numpy()[:, 1, 2] for b in rows]), (ids % 200).astype(np.uint8))
-    with pytest.raises(TypeError, match="column 'r' holds arrays of varying length"):
+    with pytest.raises(UnsupportedTypeError, match="column 'r' holds arrays of varying length"):
         mixed.make_tf_dataset(transform_fn=_ragged)
 
 
@@ -160,8 +169,14 @@ def test_a_null_string_is_refused_naming_the_column(spark) -> None:
     with converter.make_tf_dataset(batch_size=2, num_epochs=1, schema_fields=["id", "s"]) as dataset:
         assert sorted(v.decode() for b in dataset for v in b.s.numpy()) == ["a", "b"]
     with converter.make_tf_dataset(batch_size=2, num_epochs=1) as dataset:
-        with pytest.raises(tf.errors.InvalidArgumentError, match=r"column 'b' holds nulls.*fillna.*schema_fields"):
+        with pytest.raises(NullValueError, match=r"^column 'b' holds nulls.*fillna.*schema_fields") as error:
             list(dataset)
+    # The error the other loaders raise, and still the one TensorFlow's own iterator raises.
+    assert isinstance(error.value, ValueError) and isinstance(error.value, tf.errors.InvalidArgumentError)
+    assert isinstance(error.value.__cause__, NullValueError)  # raised in the generator, with its traceback
+    with converter.make_tf_dataset(batch_size=2, num_epochs=1) as dataset:
+        with pytest.raises(tf.errors.InvalidArgumentError, match=r"column 'b' holds nulls"):
+            list(dataset.map(lambda row: row))  # TensorFlow's iterator: its error, with the same words
 
 
 def test_columns_that_are_not_identifiers_are_renamed_with_a_warning(spark) -> None:
@@ -213,3 +228,110 @@ def test_an_eager_iterator_also_steps_inside_a_tf_function(mixed) -> None:
         second = step(iterator).numpy()
         third = next(iterator).id.numpy()
     np.testing.assert_array_equal(np.concatenate([first, second, third]), np.arange(300))
+
+
+# --------------------------------------------------------------------------- Petastorm's calls
+
+
+def _ids(batches) -> list[int]:
+    return [int(i) for b in batches for i in b.id.numpy()]
+
+
+def test_positional_arguments_are_petastorms(mixed) -> None:
+    # (batch_size, prefetch, num_epochs, workers_count, shuffling_queue_capacity): make_tf_dataset(10, 2) is
+    # prefetch=2 and endless epochs, as in Petastorm; in the old order it meant two epochs (60 batches).
+    with mixed.make_tf_dataset(10, 2, shuffle_row_groups=False) as dataset:
+        taken = list(dataset.take(61))
+    assert len(taken) == 61 and all(int(b.id.shape[0]) == 10 for b in taken)
+    with mixed.make_tf_dataset(None, None, 1, 1, None, shuffle_row_groups=False) as dataset:  # None: 32 rows
+        batches = list(dataset)
+    assert [int(b.id.shape[0]) for b in batches] == [32] * 9 + [12] and _ids(batches) == list(range(300))
+    with mixed.make_tf_dataset(100, None, 1, None, 300, shuffle_row_groups=False, seed=0) as dataset:
+        shuffled = _ids(dataset)  # the fifth: rows shuffled across a window of all 300
+    assert shuffled != list(range(300)) and sorted(shuffled) == list(range(300))
+
+
+def test_batch_size_none_means_32_and_a_bad_one_names_itself(mixed) -> None:
+    with mixed.make_tf_dataset(num_epochs=1) as dataset:
+        assert int(next(iter(dataset)).id.shape[0]) == 32
+    with pytest.raises(ValueError, match=r"^batch_size=0 is not allowed: it must be an integer >= 1$"):
+        mixed.make_tf_dataset(batch_size=0)
+
+
+def test_graph_mode_one_shot_iterator_in_a_session(mixed) -> None:
+    # Petastorm's test_primitive, as its users write it: TF1 graph mode, a Session, namedtuples of NumPy.
+    with tf.Graph().as_default():
+        with mixed.make_tf_dataset(num_epochs=1, shuffle_row_groups=False) as dataset:
+            assert not tf.executing_eagerly()
+            iterator = dataset.make_one_shot_iterator()
+            tensor = iterator.get_next()
+            with tf.compat.v1.Session() as session:
+                first = session.run(tensor)
+                second = session.run(tensor)
+    assert type(first).__name__ == "Row" and first.id.tolist() == list(range(32))
+    assert second.id.tolist() == list(range(32, 64))
+    assert first.x.dtype == np.float32 and first.id.dtype == np.int64 and first.flag.dtype == np.bool_
+    assert first.s.dtype == np.object_ and first.s[3] == b"s3" and first.m.shape == (32, 2, 2)
+    assert first.day[0] == (datetime.date(2020, 1, 1) - datetime.date(1970, 1, 1)).days
+
+
+def test_graph_mode_initializable_iterator_restarts_the_reader(mixed) -> None:
+    with tf.Graph().as_default():
+        with mixed.make_tf_dataset(batch_size=50, num_epochs=1, shuffle_row_groups=False) as dataset:
+            iterator = dataset.make_initializable_iterator()
+            tensor = iterator.get_next()
+            with tf.compat.v1.Session() as session:
+                session.run(iterator.initializer)
+                partial = session.run(tensor).id.tolist()
+                session.run(iterator.initializer)  # back to the start, the unfinished pass dropped
+                ids = []
+                with pytest.raises(tf.errors.OutOfRangeError):
+                    while True:
+                        ids.extend(session.run(tensor).id.tolist())
+    assert partial == list(range(50)) and ids == list(range(300))
+
+
+def test_tf1_attributes_and_functions_in_graph_mode(mixed) -> None:
+    with tf.Graph().as_default():
+        with mixed.make_tf_dataset(batch_size=100, num_epochs=1, shuffle_row_groups=False) as dataset:
+            assert isinstance(dataset, tf.compat.v1.data.Dataset)
+            assert dataset.output_types._fields == dataset.output_shapes._fields == dataset.element_spec._fields
+            assert dataset.output_types.s == tf.string and dataset.output_types.day == tf.int64
+            assert dataset.output_shapes.m.as_list() == [None, 2, 2]
+            doubled = dataset.map(lambda row: row.id * 2)
+            assert isinstance(doubled, tf.compat.v1.data.Dataset)  # transformations stay TF1 datasets
+            tensor = tf.compat.v1.data.make_one_shot_iterator(doubled).get_next()
+            with tf.compat.v1.Session() as session:
+                assert session.run(tensor).tolist() == list(range(0, 200, 2))
+
+
+def test_tf1_methods_also_work_eagerly(mixed) -> None:
+    with mixed.make_tf_dataset(batch_size=100, num_epochs=1, shuffle_row_groups=False) as dataset:
+        assert dataset.output_types.id == tf.int64 and dataset.output_shapes.m.as_list() == [None, 2, 2]
+        assert dataset.output_classes.id is tf.Tensor
+        iterator = dataset.make_one_shot_iterator()
+        assert type(iterator).__name__ == "RowIterator"  # the fast eager iterator, as iter(dataset)
+        assert type(tf.compat.v1.data.make_one_shot_iterator(dataset)).__name__ == "RowIterator"
+        assert [int(next(iterator).id.numpy()[0]) for _ in range(3)] == [0, 100, 200]
+        with pytest.raises(RuntimeError, match="not supported in eager mode"):
+            dataset.make_initializable_iterator()  # TensorFlow's rule, with Petastorm's datasets too
+        # Still a TF2 dataset: TF1's map would forget the cardinality Keras reads to end its epochs.
+        assert not isinstance(dataset, tf.compat.v1.data.Dataset)
+        assert int(dataset.map(lambda row: row.id).cardinality()) == 3
+
+
+def test_autograph_transforms_everything(mixed, caplog) -> None:
+    # Petastorm's test_tf_autograph: iterating the dataset leaves no "AutoGraph could not transform" warning.
+    caplog.clear()
+    with mixed.make_tf_dataset(batch_size=7, num_epochs=1) as dataset:
+        assert len(_ids(dataset)) == 300
+    assert "AutoGraph could not transform" not in " ".join(caplog.messages)
+
+
+def test_a_tf1_program_with_eager_execution_disabled(mixed, tmp_path) -> None:
+    blob = tmp_path / "converter.pkl"
+    blob.write_bytes(pickle.dumps(mixed))
+    seen = run_job("tf1_job.py", str(blob), cwd=tmp_path)
+    assert seen["eager"] is False and seen["v1"] is True
+    assert seen["types"] == ["int64", "float32", "string", "int64", "int32", "bool"]
+    assert seen["first"] == list(range(0, 50, 2)) and seen["ids"] == list(range(300))

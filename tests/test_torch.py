@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import pickle
@@ -112,3 +113,57 @@ def test_ddp_ranks_train_in_lockstep_on_shards_of_unequal_size(spark, tmp_path) 
     first_epoch = [set(o["ids"][:501]) for o in outputs]
     assert sorted(len(ids) for ids in first_epoch) == [500, 501]  # the short shard repeats one of its rows
     assert not first_epoch[0] & first_epoch[1] and len(first_epoch[0] | first_epoch[1]) == 1001
+
+
+@pytest.fixture(scope="module")
+def counted(spark):
+    return make_spark_converter(spark.range(100).withColumn("flag", F.col("id") % 3 == 0))
+
+
+def test_positional_arguments_are_petastorms(counted) -> None:
+    # (batch_size, num_epochs, workers_count, shuffling_queue_capacity, data_loader_fn), as in Petastorm.
+    with counted.make_torch_dataloader(10, 2, 1, 0, None, shuffle_row_groups=False) as loader:
+        batches = list(loader)
+    assert [len(b["id"]) for b in batches] == [10] * 20  # two epochs of ten 10-row batches
+    assert torch.cat([b["id"] for b in batches]).tolist() == list(range(100)) * 2
+    with counted.make_torch_dataloader(None, 1) as loader:  # None: Petastorm's documented 32
+        assert [len(b["id"]) for b in loader] == [32, 32, 32, 4]
+    with counted.make_torch_dataloader(100, 1, None, 100, shuffle_row_groups=False, seed=0) as loader:
+        (batch,) = list(loader)  # the fourth: rows shuffled across a window of all 100
+    assert batch["id"].tolist() != list(range(100)) and sorted(batch["id"].tolist()) == list(range(100))
+
+
+# Petastorm cannot be installed beside sparkfeed (it pins numpy 1 and pyspark 3), and its classes are
+# recognised by where they live and their names, so these stand in for them: same module, same names.
+class DataLoader:
+    __module__ = "petastorm.pytorch"
+
+
+class BatchedDataLoader:
+    __module__ = "petastorm.pytorch"
+
+
+class InMemBatchedDataLoader:
+    __module__ = "petastorm.pytorch"
+
+
+def test_data_loader_fn_means_petastorms_batched_loaders_or_is_refused_with_advice(counted) -> None:
+    for fn in (None, DataLoader, BatchedDataLoader):
+        with counted.make_torch_dataloader(batch_size=25, num_epochs=1, data_loader_fn=fn) as loader:
+            assert [len(b["id"]) for b in loader] == [25] * 4, fn
+    with pytest.raises(ValueError, match=r"InMemBatchedDataLoader.*is not allowed.*make_torch_dataloader\(num_epochs="):
+        counted.make_torch_dataloader(data_loader_fn=InMemBatchedDataLoader)
+    for other in (torch.utils.data.DataLoader, list, functools.partial(BatchedDataLoader)):
+        with pytest.raises(ValueError, match=r"is not allowed: .*already batched.*drop data_loader_fn") as error:
+            counted.make_torch_dataloader(data_loader_fn=other)
+        assert "with converter.make_torch_dataloader(...) as loader: for batch in loader" in str(error.value)
+
+
+def test_bool_columns_are_torch_bool_a_documented_difference_from_petastorm(counted) -> None:
+    with counted.make_torch_dataloader(batch_size=100, num_epochs=1, shuffle_row_groups=False) as loader:
+        (batch,) = list(loader)
+    assert batch["flag"].dtype == torch.bool and batch["flag"].tolist() == [i % 3 == 0 for i in range(100)]
+    petastorms = batch["flag"].to(torch.uint8)  # what the docstring says gives Petastorm's torch.uint8
+    assert petastorms.dtype == torch.uint8 and petastorms.tolist() == [int(i % 3 == 0) for i in range(100)]
+    doc = " ".join(counted.make_torch_dataloader.__doc__.split())
+    assert "``torch.bool`` tensors, a deliberate difference from Petastorm, which gave ``torch.uint8``" in doc

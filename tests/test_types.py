@@ -15,6 +15,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from sparkfeed import NullValueError, UnsupportedTypeError, make_spark_converter
+from sparkfeed.types import array_view, column_specs, framework_view
 
 from helpers import by_id, concat
 
@@ -263,3 +264,64 @@ def test_null_inside_a_fixed_array_is_refused(spark) -> None:
     df = spark.createDataFrame([(1, [1.0, None]), (2, [2.0, 3.0])], "id long, a array<double>")
     with pytest.raises(NullValueError, match="column 'a'"):
         _read(make_spark_converter(df))
+
+
+# --------------------------------------------------------------------------- one policy, one error type
+
+
+def test_the_errors_are_the_builtin_types_existing_code_catches() -> None:
+    assert issubclass(NullValueError, ValueError) and issubclass(UnsupportedTypeError, TypeError)
+
+
+def test_one_view_per_framework_for_every_kind_of_column(all_types) -> None:
+    manifest = make_spark_converter(all_types).manifest
+    specs = column_specs(manifest.schema, manifest.options.get("dtype"), manifest.shapes)
+    for framework in ("torch", "tf", "jax"):  # jax with jax_enable_x64: as the other two
+        for name in ("day", "ts", "ntz"):  # dates and timestamps: int64 counts, in every framework
+            assert (specs[name].view(framework).dtype, specs[name].view(framework).carrier) == (np.int64, "tensor")
+        assert specs["flag"].view(framework).dtype == np.bool_ and specs["i16"].view(framework).dtype == np.int16
+        assert specs["nested"].view(framework).shape == (2, 3) and specs["s"].view(framework).carrier == "strings"
+    assert specs["ragged"].view("torch").carrier == specs["ragged"].view("jax").carrier == "ragged"
+    with pytest.raises(UnsupportedTypeError, match="column 'ragged' holds arrays of varying length"):
+        specs["ragged"].view("tf")
+    # JAX without x64: what fits is narrowed exactly, timestamps stay NumPy (their microseconds never fit).
+    narrow = {name: specs[name].view("jax", x64=False) for name in ("id", "day", "ts", "i32")}
+    assert (narrow["id"].dtype, narrow["id"].narrow) == (np.int32, True)
+    assert (narrow["day"].dtype, narrow["day"].narrow) == (np.int32, True)
+    assert (narrow["ts"].dtype, narrow["ts"].carrier) == (np.dtype("datetime64[us]"), "host")
+    assert (narrow["i32"].dtype, narrow["i32"].narrow) == (np.int32, False)
+
+
+def test_a_view_prepares_values_as_its_framework_takes_them() -> None:
+    days = np.array(["2020-01-01", "1970-01-02"], dtype="datetime64[D]")
+    assert framework_view("day", days.dtype, (), "torch").prepare(days).tolist() == [18262, 1]
+    assert framework_view("day", days.dtype, (), "jax", x64=False).prepare(days).dtype == np.int32
+    with pytest.raises(OverflowError, match=r"column 'big' holds 1099511627776, beyond int32"):
+        framework_view("big", np.dtype(np.int64), (), "jax", x64=False).prepare(np.array([1, 2**40]))
+    strings = np.array(["a", None], dtype=object)
+    assert framework_view("s", strings.dtype, (), "torch").prepare(strings) is strings  # torch: a list of them
+    with pytest.raises(NullValueError, match=r"column 's' holds nulls, which a tf.string tensor cannot"):
+        framework_view("s", strings.dtype, (), "tf").prepare(strings)
+    ragged = np.array([None, np.arange(2)], dtype=object)  # the first non-null value decides
+    assert array_view("r", ragged, "torch").carrier == "ragged"
+
+
+def test_a_numpy_kind_no_framework_holds_is_refused_naming_the_column() -> None:
+    loaders = {"torch": "make_torch_dataloader", "tf": "make_tf_dataset", "jax": "make_jax_iterator"}
+    for framework, loader in loaders.items():
+        with pytest.raises(UnsupportedTypeError, match=rf"column 'raw' has NumPy dtype \|V8, which {loader} cannot"):
+            framework_view("raw", np.dtype("V8"), (), framework)
+
+
+def test_a_null_raises_null_value_error_from_every_loader(spark) -> None:
+    import tensorflow as tf
+
+    converter = make_spark_converter(spark.createDataFrame([(1, 1.0), (2, None)], "id long, x double"))
+    for make in (converter.make_numpy_iterator, converter.make_torch_dataloader, converter.make_jax_iterator):
+        with make(batch_size=2, num_epochs=1) as batches, pytest.raises(NullValueError, match="column 'x'"):
+            list(batches)  # the reader's check, the same for every loader
+    with converter.make_tf_dataset(batch_size=2, num_epochs=1) as dataset:
+        with pytest.raises(NullValueError, match=r"column 'x' \(float\) holds 1 null value\(s\)") as error:
+            list(dataset)
+    assert isinstance(error.value, tf.errors.InvalidArgumentError)  # TensorFlow's own error type as well
+    assert any("sparkfeed: raised in a reader thread" in note for note in error.value.__notes__)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import warnings
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Unpack
 
 from sparkfeed.cache import (
@@ -23,6 +24,9 @@ from sparkfeed.options import MaterializeOptions, ReaderArgs, known_keywords, re
 from sparkfeed.reader import Reader
 from sparkfeed.reader.batch import NUMPY, BatchFormat, Columns
 from sparkfeed.types import column_specs
+
+DEFAULT_BATCH_SIZE = 32
+"""Rows per batch when none is given, or None is (Petastorm's default, and its meaning of None)."""
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
@@ -134,54 +138,118 @@ class SparkDatasetConverter:
         """
         return self._reader(NUMPY, batch_size, num_epochs, workers_count, **kwargs)
 
+    # Petastorm's positional order makes shuffling_queue_capacity a parameter here, so it overlaps
+    # ReaderArgs (mypy's misc): Python refuses it given twice, and known_keywords accepts it once.
     @known_keywords
-    def make_torch_dataloader(
+    def make_torch_dataloader(  # type: ignore[misc]
         self,
-        batch_size: int = 32,
+        batch_size: int | None = DEFAULT_BATCH_SIZE,
         num_epochs: int | None = None,
         workers_count: int | None = None,
+        shuffling_queue_capacity: int | None = 0,
+        data_loader_fn: Callable[..., Any] | None = None,
         **kwargs: Unpack[ReaderArgs],
     ) -> TorchDataLoader:
-        """Batches as dicts of ``torch.Tensor``; arguments as :meth:`make_numpy_iterator`.
+        """Batches as dicts of ``torch.Tensor``; the positional order is Petastorm's.
 
         Strings and bytes, which tensors cannot hold, arrive as Python lists; dates as int64
-        days and timestamps as int64 microseconds since the epoch.
+        days and timestamps as int64 microseconds since the epoch. Bool columns are
+        ``torch.bool`` tensors, a deliberate difference from Petastorm, which gave
+        ``torch.uint8`` (PyTorch had no bool tensors then): masks and indexing work on them
+        as they are; ``batch["flag"].to(torch.uint8)`` gives Petastorm's values.
+
+        Args:
+            batch_size: Rows per batch; the last batch of each epoch may be smaller. None means
+                32, as in Petastorm.
+            num_epochs: Passes over the data; None repeats forever, as in Petastorm.
+            workers_count: Reader threads (default: cores, at most 4).
+            shuffling_queue_capacity: Also shuffle rows across windows of at least this many
+                rows; 0 (Petastorm's default) or None keeps each row group's order.
+            data_loader_fn: Petastorm's loader class. None, ``petastorm.pytorch.DataLoader``
+                and ``petastorm.pytorch.BatchedDataLoader`` all mean sparkfeed's loader, which
+                is already batched; anything else is refused with what to write instead.
+            **kwargs: The reader arguments of :class:`~sparkfeed.options.ReaderArgs`: sharding,
+                shuffling, seed, columns, transform.
+
+        Raises:
+            ValueError: An argument is out of range, or ``data_loader_fn`` is another loader.
         """
-        from sparkfeed.torch import TorchDataLoader, TorchFormat
+        from sparkfeed.torch import TorchDataLoader, TorchFormat, check_data_loader_fn
 
-        return TorchDataLoader(self._reader(TorchFormat(), batch_size, num_epochs, workers_count, **kwargs))
+        check_data_loader_fn(data_loader_fn)
+        batch = DEFAULT_BATCH_SIZE if batch_size is None else batch_size
+        reader = self._reader(
+            TorchFormat(), batch, num_epochs, workers_count, shuffling_queue_capacity=shuffling_queue_capacity, **kwargs
+        )
+        return TorchDataLoader(reader)
 
+    # Petastorm's positional order makes prefetch and shuffling_queue_capacity parameters (see above).
     @known_keywords
-    def make_tf_dataset(
+    def make_tf_dataset(  # type: ignore[misc]
         self,
-        batch_size: int = 32,
+        batch_size: int | None = None,
+        prefetch: int | None = None,
         num_epochs: int | None = None,
         workers_count: int | None = None,
+        shuffling_queue_capacity: int | None = None,
         **kwargs: Unpack[ReaderArgs],
     ) -> TfDatasetContext:
         """A context manager yielding a ``tf.data.Dataset`` of namedtuples named after the columns.
 
+        The positional order is Petastorm's. The dataset is a ``tf.compat.v1.data.Dataset``,
+        as Petastorm's: TF2 code iterates it, maps it and fits Keras on it as any dataset, and
+        TF1 code calls ``make_one_shot_iterator()``, ``make_initializable_iterator()``,
+        ``output_types`` and ``output_shapes`` on it in graph mode (enter the context inside
+        the graph, ``with tf.Graph().as_default():``, as any dataset must be made there).
+
         Its ``output_signature`` is explicit (batch dimension None, inner dimensions fixed), so
         Keras builds without a first pass. Strings and bytes are ``tf.string``; dates int64 days,
-        timestamps int64 microseconds. Leaving the block stops the reader threads.
+        timestamps int64 microseconds. Leaving the block stops the reader threads. A null in a
+        string column raises :class:`~sparkfeed.NullValueError` when iterated eagerly, an error
+        that is also TensorFlow's ``InvalidArgumentError``; in a graph-mode session, a
+        ``tf.function`` or Keras, TensorFlow raises its own ``InvalidArgumentError`` with the
+        same message.
 
         Args:
-            batch_size: Rows per batch; the last batch of each epoch may be smaller.
+            batch_size: Rows per batch; the last batch of each epoch may be smaller. None means
+                32, as in Petastorm.
+            prefetch: The tf.data prefetch buffer, as in Petastorm (None: ``tf.data.AUTOTUNE``);
+                the reader reads ahead by its default.
             num_epochs: Passes over the data per iteration of the dataset; None repeats forever.
             workers_count: Reader threads.
-            **kwargs: The reader arguments of :class:`~sparkfeed.options.ReaderArgs`, except
-                that ``prefetch`` is the tf.data prefetch buffer here, as in Petastorm (None:
-                ``tf.data.AUTOTUNE``); the reader reads ahead by its default.
+            shuffling_queue_capacity: Also shuffle rows across windows of at least this many
+                rows; None (Petastorm's default) or 0 keeps each row group's order.
+            **kwargs: The reader arguments of :class:`~sparkfeed.options.ReaderArgs`.
+
+        Raises:
+            UnsupportedTypeError: A column holds arrays of varying length.
+            ValueError: An argument is out of range.
         """
         from sparkfeed.tf import TfDatasetContext
 
-        prefetch = kwargs.pop("prefetch", None)
+        batch = DEFAULT_BATCH_SIZE if batch_size is None else batch_size
         drop_last = kwargs.pop("drop_last", False)
+        # Every argument checked as the user gave it, before the reader's super-batches are sized from it.
+        reader_options(
+            batch_size=batch,
+            num_epochs=num_epochs,
+            workers_count=workers_count,
+            shuffling_queue_capacity=shuffling_queue_capacity,
+            **kwargs,
+        )
 
         def reader(rows: int, epochs: int | None, drop: bool) -> Reader[Columns]:
-            return self._reader(NUMPY, rows, epochs, workers_count, drop_last=drop, **kwargs)
+            return self._reader(
+                NUMPY,
+                rows,
+                epochs,
+                workers_count,
+                drop_last=drop,
+                shuffling_queue_capacity=shuffling_queue_capacity,
+                **kwargs,
+            )
 
-        return TfDatasetContext(reader, batch_size, num_epochs, prefetch, drop_last)
+        return TfDatasetContext(reader, batch, num_epochs, prefetch, drop_last)
 
     @known_keywords
     def make_jax_iterator(

@@ -24,6 +24,7 @@ import numpy as np
 from sparkfeed.loader import ReaderLoader
 from sparkfeed.reader import Reader
 from sparkfeed.reader.batch import NUMPY, BatchFormat, Columns, Signature, numpy_signature
+from sparkfeed.types import array_view
 
 GROUP = 16
 """Most batches cut per jitted call: each call costs about as much as a few batches' outputs."""
@@ -72,39 +73,16 @@ def _x64_scope(x64: bool) -> contextlib.AbstractContextManager[Any]:
 
 
 def _host(columns: Columns, x64: bool) -> Columns:
-    """The columns in the form that reaches JAX, 64-bit integers only where JAX keeps them.
+    """The columns in the form that reaches JAX, as :class:`~sparkfeed.types.FrameworkView` says.
 
     With ``jax_enable_x64`` on, dates and timestamps become their int64 counts. With it off
     (JAX's default), ``device_put`` would wrap every int64 into int32 without a word (2**40
-    becomes 0), so this does the narrowing instead, where it is exact: int64 columns and dates
+    becomes 0), so the view narrows instead, where it is exact: int64 columns and dates
     (int32 days) whose values all fit become int32, a value that does not fit raises an
     ``OverflowError`` naming the column, and timestamps, whose microseconds never fit, stay
     NumPy ``datetime64`` arrays on the host, like strings.
     """
-    out: Columns = {}
-    for name, array in columns.items():
-        kind = array.dtype.kind
-        if kind in "Mm":
-            if not x64 and np.datetime_data(array.dtype)[0] != "D":
-                out[name] = array  # timestamps and durations: not representable in 32 bits
-                continue
-            array = array.view(np.int64)
-            kind = "i"
-        out[name] = array if x64 or kind not in "iu" or array.dtype.itemsize < 8 else _narrow(name, array)
-    return out
-
-
-def _narrow(name: str, array: np.ndarray) -> np.ndarray:
-    """A 64-bit integer column as 32 bits, exactly, or an OverflowError that says what to do."""
-    narrow = np.dtype(np.int32 if array.dtype.kind == "i" else np.uint32)
-    info = np.iinfo(narrow)
-    if array.size and (array.min() < info.min or array.max() > info.max):
-        outside = array[(array < info.min) | (array > info.max)].flat[0]
-        raise OverflowError(
-            f"column {name!r} holds {outside}, beyond {narrow}: JAX keeps 64-bit integers only with "
-            "jax.config.update('jax_enable_x64', True); turn that on, or leave the column out with schema_fields"
-        )
-    return array.astype(narrow)
+    return {name: array_view(name, array, "jax", x64).prepare(array) for name, array in columns.items()}
 
 
 def _is_numeric(array: np.ndarray) -> bool:

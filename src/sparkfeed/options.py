@@ -72,7 +72,12 @@ class MaterializeOptions:
                 f"compression_codec={codec!r} is not allowed: it must be None or one of {COMPRESSION_CODECS}"
             )
         if self.dtype is not None and self.dtype not in FLOAT_DTYPES:
-            raise ValueError(f"dtype={self.dtype!r} is not allowed: it must be None or one of {FLOAT_DTYPES}")
+            # Petastorm's words inside ours, for code and searches that know its message.
+            raise ValueError(
+                f"dtype={self.dtype!r} is not allowed: it must be None or one of {FLOAT_DTYPES} (dtype {self.dtype} "
+                "is not supported: Spark writes the cache's floats as float32 or float64; cast to another "
+                "precision in a transform_fn or in the training step)"
+            )
 
     @property
     def codec(self) -> str:

@@ -9,6 +9,12 @@ Iterating a dataset eagerly (``for row in dataset``, as a custom training loop d
 most of its time in TensorFlow's Python, rebuilding each element component by component
 (about 5 us a column, more than fetching it); the dataset returned here fetches its elements
 the same way but builds each namedtuple in one call (see :func:`_eager_rows`).
+
+Petastorm handed back ``tf.compat.v1`` datasets, and TF1 graph-mode code calls their methods
+(``dataset.map(f).make_one_shot_iterator()`` in a ``tf.compat.v1.Session``). A dataset made in
+graph mode is one here too; one made eagerly stays a TF2 dataset, since TF1's ``map`` forgets
+the cardinality Keras reads, but it has the TF1 methods and attributes as well (see
+:func:`_row_dataset_type`).
 """
 
 from __future__ import annotations
@@ -21,10 +27,10 @@ from types import ModuleType, TracebackType
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from sparkfeed.reader import Reader
 from sparkfeed.reader.batch import Columns
+from sparkfeed.types import FrameworkView, NullValueError, array_view
 
 SUPER_BATCH_ROWS = 65536
 
@@ -41,38 +47,10 @@ def import_tf() -> ModuleType:
     return module
 
 
-def _tf_array(array: np.ndarray) -> np.ndarray:
-    """What tf.data is given for one column: dates and timestamps as their int64 counts."""
-    return array.view(np.int64) if array.dtype.kind in "Mm" else array
-
-
-def _refuse_nulls(name: str, strings: np.ndarray) -> None:
-    """A null in a string or binary column, which ``tf.string`` cannot hold, as an error that says what to do.
-
-    TensorFlow would fail on it later with "Unsupported object type NoneType", naming nothing.
-    """
-    if pd.isna(strings).any():
-        raise ValueError(
-            f"column {name!r} holds nulls, which a tf.string tensor cannot: fill them before converting "
-            f"(df.fillna('', subset=[{name!r}])), or leave the column out with schema_fields"
-        )
-
-
-def _holds_arrays(array: np.ndarray) -> bool:
-    """Whether an object column holds arrays (of varying length), not strings or bytes."""
-    return len(array) > 0 and isinstance(array[0], np.ndarray)
-
-
-def _spec(tf: ModuleType, name: str, dtype: np.dtype, shape: tuple[int, ...], ragged: bool) -> Any:
-    """The TensorSpec of a column of ``dtype`` whose rows have ``shape``."""
-    if ragged:
-        raise TypeError(
-            f"column {name!r} holds arrays of varying length, which make_tf_dataset cannot batch: "
-            "pad them to one length, or drop the column with schema_fields"
-        )
-    if dtype.kind == "O":
-        return tf.TensorSpec((None,), tf.string, name=name)
-    return tf.TensorSpec((None, *shape), tf.int64 if dtype.kind in "Mm" else tf.as_dtype(dtype), name=name)
+def _spec(tf: ModuleType, view: FrameworkView) -> Any:
+    """The TensorSpec of a column, as its TF view says (strings: ``tf.string``; dates: int64)."""
+    dtype = tf.string if view.carrier == "strings" else tf.as_dtype(view.dtype)
+    return tf.TensorSpec((None, *view.shape), dtype, name=view.name)
 
 
 class TfDatasetContext:
@@ -113,21 +91,19 @@ class TfDatasetContext:
         self._rebatch = per_super > 1
         self._prefetch = prefetch
         self._signature = self._infer_signature(make_reader)
+        self._failure: BaseException | None = None
 
     def _infer_signature(self, make_reader: Callable[[int, int | None, bool], Reader[Columns]]) -> Any:
         """The element spec: from the cache's schema, or after a transform from one read batch."""
         known = self._reader.columns
         if known is not None:
-            specs = [_spec(self._tf, name, c.numpy_dtype, c.shape, c.kind == "ragged") for name, c in known.items()]
+            specs = [_spec(self._tf, column.view("tf")) for column in known.values()]
         else:
             with make_reader(1, 1, False) as probe:
                 first = next(iter(probe), None)
             if first is None:
                 raise ValueError("make_tf_dataset needs at least one row to know the dataset's element spec")
-            specs = [
-                _spec(self._tf, name, a.dtype, a.shape[1:], a.dtype == object and _holds_arrays(a))
-                for name, a in first.items()
-            ]
+            specs = [_spec(self._tf, array_view(name, array, "tf")) for name, array in first.items()]
         names = [spec.name for spec in specs]
         row = collections.namedtuple("Row", names, rename=True)  # type: ignore[misc]
         fields: tuple[str, ...] = row._fields
@@ -141,23 +117,30 @@ class TfDatasetContext:
         return row(*specs)
 
     def _generate(self) -> Iterator[Any]:
+        self._failure = None
         row = type(self._signature)
-        strings = [spec.name for spec in self._signature if spec.dtype == self._tf.string]
-        for batch in self._reader:
-            for name in strings:
-                _refuse_nulls(name, batch[name])
-            yield row(*(_tf_array(array) for array in batch.values()))
+        try:
+            for batch in self._reader:
+                yield row(*(array_view(name, array, "tf").prepare(array) for name, array in batch.items()))
+        except NullValueError as error:
+            self._failure = error  # TensorFlow delivers it as an InvalidArgumentError: see _eager_rows
+            raise
 
     def __enter__(self) -> Any:
         tf = self._tf
-        dataset = tf.data.Dataset.from_generator(self._generate, output_signature=self._signature)
+        # TF1 graph mode (a tf.Graph, or eager execution disabled) gets a tf.compat.v1 dataset, as
+        # Petastorm's, whose transformations keep the TF1 methods; TF2 gets a TF2 one (see the module).
+        graph_mode = not tf.compat.v1.executing_eagerly_outside_functions()
+        api = tf.compat.v1.data if graph_mode else tf.data
+        dataset = api.Dataset.from_generator(self._generate, output_signature=self._signature)
         if self._rebatch:
             size, drop = self._batch_size, self._drop_last
             dataset = dataset.flat_map(lambda row: tf.data.Dataset.from_tensors(row).rebatch(size, drop))
         if self._batches is not None and not self._reader.filters_rows:
             # A known length lets Keras show progress and end epochs without a warning.
             dataset = dataset.apply(tf.data.experimental.assert_cardinality(self._batches))
-        return _eager_rows(dataset.prefetch(tf.data.AUTOTUNE if self._prefetch is None else self._prefetch))
+        prefetched = dataset.prefetch(tf.data.AUTOTUNE if self._prefetch is None else self._prefetch)
+        return prefetched if graph_mode else _eager_rows(prefetched, lambda: self._failure)
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
@@ -165,31 +148,65 @@ class TfDatasetContext:
         self._reader.close()
 
 
-def _eager_rows(dataset: Any) -> Any:
+def _eager_rows(dataset: Any, failure: Callable[[], BaseException | None]) -> Any:
     """``dataset``, made to build each element in one call when iterated eagerly.
 
     TensorFlow's iterator rebuilds an element from its flat list of tensors component by
     component (a shape check and ``set_shape`` each): for 18 columns that is about 100 us a
     batch, more than fetching it. Every component here is a plain tensor whose shape the
     element spec already bounds, so the namedtuple can be made from the list as it comes.
+    A :class:`~sparkfeed.NullValueError` raised in the generator, which TensorFlow delivers as
+    an ``InvalidArgumentError``, comes out of this iterator as an error that is both. The
+    wrapper also has the TF1 methods of Petastorm's datasets (see :func:`_row_dataset_type`).
     This relies on TensorFlow internals (those of 2.21, long unchanged); where they are missing
     the dataset is returned as it is. Only direct eager iteration of this very dataset is
     affected: a transformation of it, or an iterator used inside a ``tf.function``, goes
     TensorFlow's way.
+
+    Args:
+        dataset: The dataset to wrap (the wrapper is the same graph node).
+        failure: The exception the dataset's generator last raised, if any.
     """
     try:
         row_dataset = _row_dataset_type()
     except (ImportError, AttributeError):
         return dataset
-    return row_dataset(dataset)
+    return row_dataset(dataset, failure)
 
 
 @functools.cache
 def _row_dataset_type() -> type:
-    """The ``tf.data.Dataset`` subclass of :func:`_eager_rows` (made once, TF imported lazily)."""
+    """The ``tf.data.Dataset`` subclass of :func:`_eager_rows` (made once, TF imported lazily).
+
+    Besides its iterator, it has what Petastorm's ``tf.compat.v1`` datasets offered TF1-style
+    code: ``make_one_shot_iterator()`` (the same fast iterator, eagerly),
+    ``make_initializable_iterator()`` (which TensorFlow allows in graph mode only, as for any
+    dataset), ``output_types``, ``output_shapes`` and ``output_classes``, through
+    ``tf.compat.v1.data``'s public functions. It stays a TF2 dataset, so its transformations
+    keep TF2's semantics (``map`` keeps the cardinality Keras reads).
+    """
     from tensorflow.python.data.ops import dataset_ops, iterator_ops
     from tensorflow.python.eager import context
+    from tensorflow.python.framework import errors
     from tensorflow.python.ops import gen_dataset_ops
+
+    tf_v1 = import_tf().compat.v1
+
+    class TfNullValueError(NullValueError, errors.InvalidArgumentError):  # type: ignore[misc]
+        """A :class:`~sparkfeed.NullValueError` as TensorFlow delivered it from the dataset's generator.
+
+        Both at once: ``except NullValueError`` (or ``ValueError``) catches it as in the other
+        loaders, and ``except tf.errors.InvalidArgumentError``, what TensorFlow's own iterator
+        raises, still does.
+        """
+
+        __module__ = "sparkfeed.tf"
+        __qualname__ = "TfNullValueError"
+
+        def __init__(self, delivered: Any, failure: BaseException) -> None:
+            errors.InvalidArgumentError.__init__(self, delivered.node_def, delivered.op, str(failure))
+            for note in getattr(failure, "__notes__", ()):
+                self.add_note(note)
 
     class RowIterator(iterator_ops.OwnedIterator):  # type: ignore[misc]
         """TensorFlow's iterator, but for its eager ``next``: one namedtuple made from the list."""
@@ -200,23 +217,31 @@ def _row_dataset_type() -> type:
             # sends the dataset back to TensorFlow's own iterator.
             _ = (self._iterator_resource, self._flat_output_types, self._flat_output_shapes)
             self._make = type(self._element_spec)._make
+            self._failure = dataset._failure
 
         def _next_internal(self) -> Any:
             if not context.executing_eagerly():
                 return super()._next_internal()
-            with context.execution_mode(context.SYNC):  # as TensorFlow's: errors raise here
-                flat = gen_dataset_ops.iterator_get_next(
-                    self._iterator_resource,
-                    output_types=self._flat_output_types,
-                    output_shapes=self._flat_output_shapes,
-                )
+            try:
+                with context.execution_mode(context.SYNC):  # as TensorFlow's: errors raise here
+                    flat = gen_dataset_ops.iterator_get_next(
+                        self._iterator_resource,
+                        output_types=self._flat_output_types,
+                        output_shapes=self._flat_output_shapes,
+                    )
+            except errors.InvalidArgumentError as delivered:
+                failure = self._failure()
+                if isinstance(failure, NullValueError) and str(failure) in delivered.message:
+                    raise TfNullValueError(delivered, failure) from failure
+                raise
             return self._make(flat)
 
     class RowDataset(dataset_ops.UnaryUnchangedStructureDataset):  # type: ignore[misc]
         """The same dataset (the same graph node), iterated eagerly by :class:`RowIterator`."""
 
-        def __init__(self, dataset: Any) -> None:
+        def __init__(self, dataset: Any, failure: Callable[[], BaseException | None]) -> None:
             super().__init__(dataset, dataset._variant_tensor)
+            self._failure = failure
 
         def __iter__(self) -> Any:
             if context.executing_eagerly():
@@ -225,5 +250,35 @@ def _row_dataset_type() -> type:
                 except AttributeError:
                     pass
             return super().__iter__()
+
+        def _make_one_shot_iterator(self) -> Any:
+            # What tf.compat.v1.data.make_one_shot_iterator(dataset) calls first. Eagerly, TF1's
+            # one-shot iterator is TF2's: this dataset's own.
+            if context.executing_eagerly():
+                return iter(self)
+            return dataset_ops.DatasetV1Adapter(self)._make_one_shot_iterator()
+
+        def make_one_shot_iterator(self) -> Any:
+            """TF1's ``Dataset.make_one_shot_iterator()``, as on Petastorm's datasets."""
+            return self._make_one_shot_iterator()
+
+        def make_initializable_iterator(self, shared_name: str | None = None) -> Any:
+            """TF1's ``Dataset.make_initializable_iterator()``: graph mode only, as TensorFlow rules."""
+            return tf_v1.data.make_initializable_iterator(self, shared_name)
+
+        @property
+        def output_types(self) -> Any:
+            """TF1's ``Dataset.output_types``: the element's ``tf.DType`` structure."""
+            return tf_v1.data.get_output_types(self)
+
+        @property
+        def output_shapes(self) -> Any:
+            """TF1's ``Dataset.output_shapes``: the element's ``tf.TensorShape`` structure."""
+            return tf_v1.data.get_output_shapes(self)
+
+        @property
+        def output_classes(self) -> Any:
+            """TF1's ``Dataset.output_classes``: the element's Python classes structure."""
+            return tf_v1.data.get_output_classes(self)
 
     return RowDataset

@@ -3,16 +3,21 @@
 The Spark half (:func:`normalize_dataframe`) runs once, before the cache is written, so that
 the reader never pays for a cast. The Arrow half (:class:`ColumnSpec`, :func:`to_numpy`) runs
 in the reader's threads for every row-group piece and is vectorised: no per-row Python for
-anything a tensor can hold.
+anything a tensor can hold. The framework half (:class:`FrameworkView`) is the one policy every
+adapter follows from NumPy to its tensors, so that a date is the same number in torch, TF and
+JAX, and the same problem raises the same error (:class:`NullValueError`,
+:class:`UnsupportedTypeError`) whichever framework meets it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -28,7 +33,10 @@ length varies (an object array of NumPy arrays); object: strings and bytes."""
 
 
 class UnsupportedTypeError(TypeError):
-    """A column whose type has no tensor representation; the message says what to do."""
+    """A column whose type has no tensor representation; the message says what to do.
+
+    A ``TypeError``, so that code written for the plain errors Petastorm raised keeps catching it.
+    """
 
 
 # --------------------------------------------------------------------------- Spark side
@@ -223,9 +231,16 @@ class ColumnSpec:
             return np.dtype(f"datetime64[{leaf.unit}]")
         return np.dtype(leaf.to_pandas_dtype())  # type: ignore[no-any-return]
 
+    def view(self, framework: Framework, *, x64: bool = True) -> FrameworkView:
+        """How this column reaches ``framework``: see :func:`framework_view`."""
+        return framework_view(self.name, self.numpy_dtype, self.shape, framework, self.kind == "ragged", x64)
+
 
 class NullValueError(ValueError):
-    """A null in a column that must become a tensor."""
+    """A null in a column that must become a tensor; the message names the column and what to do.
+
+    A ``ValueError``, so that ``except ValueError`` keeps catching it.
+    """
 
 
 def to_numpy(spec: ColumnSpec, column: pa.ChunkedArray | pa.Array) -> np.ndarray:
@@ -289,3 +304,140 @@ def column_specs(
         arrow_type = normalize_arrow_type(name, field.type, dtype)
         specs[name] = ColumnSpec.build(name, arrow_type, shapes.get(name))
     return specs
+
+
+# --------------------------------------------------------------------------- framework side
+
+Framework = Literal["torch", "tf", "jax"]
+"""The frameworks with an adapter; NumPy's view is :attr:`ColumnSpec.numpy_dtype` itself."""
+
+Carrier = Literal["tensor", "strings", "ragged", "host"]
+"""How a framework holds a column: see :class:`FrameworkView`."""
+
+_FRAMEWORK_NAMES = {"torch": "make_torch_dataloader", "tf": "make_tf_dataset", "jax": "make_jax_iterator"}
+
+
+@dataclasses.dataclass(frozen=True)
+class FrameworkView:
+    """How one column reaches one framework: the type policy every adapter follows.
+
+    One rule for all: dates and timestamps (and durations) are their int64 counts since the epoch
+    (days; the timestamp's unit, microseconds in a sparkfeed cache), since no framework has a
+    date tensor; numbers and bools keep their NumPy dtype. JAX without ``jax_enable_x64`` is the
+    one exception, because ``device_put`` would wrap a 64-bit value into 32 bits silently.
+
+    Attributes:
+        name: The column name.
+        framework: ``"torch"``, ``"tf"`` or ``"jax"``.
+        dtype: NumPy dtype of the values handed to the framework (``object`` for strings,
+            bytes and ragged arrays).
+        shape: The per-row shape (``()`` for ragged arrays).
+        carrier: ``"tensor"``: a tensor of ``dtype``. ``"strings"``: strings or bytes: a
+            ``tf.string`` tensor in TF, a Python list in torch, a NumPy object array in JAX.
+            ``"ragged"``: arrays of varying length: a list of tensors in torch, a NumPy object
+            array in JAX (TF refuses them). ``"host"``: left in NumPy, as timestamps are in JAX
+            without x64 (their microseconds do not fit in 32 bits).
+        narrow: Whether 64-bit integers (and JAX's int64 days) become 32 bits, exactly: JAX
+            without x64.
+    """
+
+    name: str
+    framework: Framework
+    dtype: np.dtype
+    shape: tuple[int, ...]
+    carrier: Carrier
+    narrow: bool = False
+
+    def prepare(self, array: np.ndarray) -> np.ndarray:
+        """The column's values as the framework takes them: a view, unless a check or cast needs more.
+
+        Raises:
+            NullValueError: A TF string column holds a null, which ``tf.string`` cannot hold.
+            OverflowError: A value does not fit in the 32 bits it is narrowed to.
+        """
+        if self.carrier == "strings":
+            if self.framework == "tf" and pd.isna(array).any():
+                # TensorFlow would fail later with "Unsupported object type NoneType", naming nothing.
+                raise NullValueError(
+                    f"column {self.name!r} holds nulls, which a tf.string tensor cannot: fill them before "
+                    f"converting (df.fillna('', subset=[{self.name!r}])), or leave the column out with schema_fields"
+                )
+            return array
+        if self.carrier != "tensor":
+            return array
+        if array.dtype.kind in "Mm":
+            array = array.view(np.int64)
+        if self.narrow:
+            return _narrow(self.name, array)
+        return array
+
+
+def _narrow(name: str, array: np.ndarray) -> np.ndarray:
+    """A 64-bit integer column as 32 bits, exactly, or an OverflowError that says what to do."""
+    narrow = np.dtype(np.int32 if array.dtype.kind == "i" else np.uint32)
+    info = np.iinfo(narrow)
+    if array.size and (array.min() < info.min or array.max() > info.max):
+        outside = array[(array < info.min) | (array > info.max)].flat[0]
+        raise OverflowError(
+            f"column {name!r} holds {outside}, beyond {narrow}: JAX keeps 64-bit integers only with "
+            "jax.config.update('jax_enable_x64', True); turn that on, or leave the column out with schema_fields"
+        )
+    return array.astype(narrow)
+
+
+@functools.lru_cache(maxsize=4096)
+def framework_view(
+    name: str, dtype: np.dtype, shape: tuple[int, ...], framework: Framework, ragged: bool = False, x64: bool = True
+) -> FrameworkView:
+    """The view of a column of NumPy ``dtype`` whose rows have ``shape``; see :class:`FrameworkView`.
+
+    Cached: the adapters ask for every column of every chunk, from the arrays themselves, since a
+    transform may change what the cache's schema says.
+
+    Args:
+        name: The column name, for messages.
+        dtype: The column's NumPy dtype.
+        shape: Its per-row shape.
+        framework: The framework it goes to.
+        ragged: Whether an object column holds arrays of varying length (else strings or bytes).
+        x64: For JAX: whether ``jax_enable_x64`` is on.
+
+    Raises:
+        UnsupportedTypeError: The framework cannot hold the column (TF and ragged arrays, or a
+            NumPy kind no framework holds); the message says what to do.
+    """
+    if dtype.kind in "OSU":
+        if not ragged:
+            return FrameworkView(name, framework, np.dtype(object), shape, "strings")
+        if framework == "tf":
+            raise UnsupportedTypeError(
+                f"column {name!r} holds arrays of varying length, which make_tf_dataset cannot batch: "
+                "pad them to one length, or drop the column with schema_fields"
+            )
+        return FrameworkView(name, framework, np.dtype(object), (), "ragged")
+    jax32 = framework == "jax" and not x64
+    if dtype.kind in "Mm":
+        if jax32 and np.datetime_data(dtype)[0] != "D":
+            return FrameworkView(name, framework, dtype, shape, "host")
+        dtype = np.dtype(np.int64)
+    elif dtype.kind not in "biufc":
+        raise UnsupportedTypeError(
+            f"column {name!r} has NumPy dtype {dtype}, which {_FRAMEWORK_NAMES[framework]} cannot turn into a "
+            "tensor: return numbers, bools, dates, strings or bytes from the transform_fn, or drop the column"
+        )
+    narrow = jax32 and dtype.kind in "iu" and dtype.itemsize == 8
+    if narrow:
+        dtype = np.dtype(np.int32 if dtype.kind == "i" else np.uint32)
+    return FrameworkView(name, framework, dtype, shape, "tensor", narrow)
+
+
+def array_view(name: str, array: np.ndarray, framework: Framework, x64: bool = True) -> FrameworkView:
+    """The view of a column as it arrives in a batch (after any transform): see :func:`framework_view`.
+
+    An object column holds arrays (ragged) when its first non-null value is an array.
+    """
+    ragged = False
+    if array.dtype.kind == "O":
+        first = next((value for value in array if value is not None), None)
+        ragged = isinstance(first, np.ndarray)
+    return framework_view(name, array.dtype, tuple(array.shape[1:]), framework, ragged, x64)
