@@ -7,7 +7,7 @@ import re
 import numpy as np
 import pytest
 
-from sparkfeed import SparkDatasetConverter, TransformSpec, make_spark_converter
+from sparkfeed import TransformSpec, make_spark_converter
 from sparkfeed.options import MaterializeOptions, ReaderOptions, reader_options
 
 
@@ -95,11 +95,6 @@ def test_bad_values_through_the_public_api(spark) -> None:
         make_spark_converter(spark.range(3), compression_codec="rar")
     with pytest.raises(ValueError, match=r"schema_fields \['nope'\] are not columns of the dataset"):
         converter.make_numpy_iterator(schema_fields=["nope"])
-
-
-def test_converter_exposes_petastorm_conf_names() -> None:
-    assert SparkDatasetConverter.PARENT_CACHE_DIR_URL_CONF == "sparkfeed.cacheDir"
-    assert SparkDatasetConverter.PETASTORM_PARENT_CACHE_DIR_URL_CONF == "petastorm.spark.converter.parentCacheDirUrl"
 
 
 INT_OPTIONS = {
