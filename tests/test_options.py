@@ -8,7 +8,16 @@ import numpy as np
 import pytest
 
 from sparkfeed import TransformSpec, make_spark_converter
+from sparkfeed.distributed import RANK_VARIABLES
 from sparkfeed.options import MaterializeOptions, ReaderOptions, reader_options
+
+
+@pytest.fixture(autouse=True)
+def _no_launcher(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests are about values, not about the rank a launcher may have set around the test run."""
+    for pair in RANK_VARIABLES:
+        for name in pair:
+            monkeypatch.delenv(name, raising=False)
 
 
 @pytest.mark.parametrize(
@@ -31,9 +40,19 @@ from sparkfeed.options import MaterializeOptions, ReaderOptions, reader_options
         ({"schema_fields": []}, "schema_fields=[] is not allowed"),
         ({"transform_spec": len}, "transform_spec=<built-in function len> is not allowed"),
         (
-            {"reader_pool_type": "dummy"},
-            "reader_pool_type='dummy' is not allowed: it must be one of ('thread', 'process')",
+            {"reader_pool_type": "fork"},
+            "reader_pool_type='fork' is not allowed: it must be one of ('thread', 'process', 'dummy')",
         ),
+        ({"shard_seed": -1}, "shard_seed=-1 is not allowed: it must be an integer >= 0 or None"),
+        ({"shuffle_rows": 1}, "shuffle_rows=1 is not allowed: it must be a bool"),
+        ({"filters": "id > 3"}, "filters='id > 3' is not allowed: it must be a pyarrow.compute.Expression, or"),
+        ({"filters": []}, "filters=[] is not allowed"),
+        ({"filters": [("id", "~", 3)]}, "filters=[('id', '~', 3)] is not allowed (\"~\" is not a valid operator"),
+        ({"filters": [("id", ">")]}, "filters=[('id', '>')] is not allowed (not enough values to unpack"),
+        ({"predicate": 3}, "predicate=3 is not allowed: it must be a function of a pandas DataFrame"),
+        ({"storage_options": "key=x"}, "storage_options='key=x' is not allowed: it must be a dict"),
+        ({"cur_shard": "auto", "shard_count": 2}, "'auto' found no rank"),
+        ({"cur_shard": 0, "shard_count": "auto"}, "'auto' found no rank"),
     ],
 )
 def test_bad_reader_option_names_value_and_range(kwargs: dict, message: str) -> None:
@@ -75,14 +94,26 @@ def test_codecs_are_case_insensitive_and_none_means_uncompressed() -> None:
 
 def test_unknown_keyword_lists_the_accepted_ones(spark) -> None:
     with pytest.raises(
-        TypeError, match=r"unexpected keyword argument\(s\) \['compresion'\]; accepted keywords: .*dtype"
+        TypeError,
+        match=r"^make_spark_converter\(\) got an unexpected keyword argument 'compresion'; accepted keywords: .*dtype",
     ):
         make_spark_converter(spark.range(3), compresion="zstd")
     converter = make_spark_converter(spark.range(3))
-    with pytest.raises(TypeError, match=r"\['shuffle'\]; accepted keywords: batch_size, cur_shard"):
+    with pytest.raises(
+        TypeError, match=r"unexpected keyword argument 'shuffle'; accepted keywords: batch_size, cur_shard"
+    ):
         converter.make_numpy_iterator(shuffle=True)
-    with pytest.raises(TypeError, match=r"\['data_loader_fn'\]; data_loader_fn: .*already batched.*drop it"):
-        converter.make_torch_dataloader(data_loader_fn=list)
+    with pytest.raises(TypeError, match=r"argument 'results_queue_size'; results_queue_size: prefetch bounds"):
+        converter.make_torch_dataloader(results_queue_size=10)
+
+
+def test_several_unknown_keywords_each_keep_pythons_phrase(spark) -> None:
+    converter = make_spark_converter(spark.range(3))
+    expected = (
+        "got an unexpected keyword argument 'cache_type' and an unexpected keyword argument 'shufle'; cache_type:"
+    )
+    with pytest.raises(TypeError, match=re.escape(expected)):
+        converter.make_numpy_iterator(shufle=True, cache_type="local-disk")
 
 
 def test_bad_values_through_the_public_api(spark) -> None:
