@@ -72,9 +72,25 @@ def _check_filters(filters: object) -> pc.Expression | None:
     if isinstance(filters, str | bytes) or not isinstance(filters, Sequence) or not filters:
         raise ValueError(f"filters={filters!r} is not allowed: {allowed}")
     try:
-        return pq.filters_to_expression(list(filters))
+        return pq.filters_to_expression([_sorted_sets(item) for item in filters])
     except (ValueError, TypeError, pa.ArrowException) as error:
         raise ValueError(f"filters={filters!r} is not allowed ({error}): {allowed}") from error
+
+
+def _sorted_sets(item: Any) -> Any:
+    """A DNF term with the set of an ``in`` test sorted, a list of terms term by term.
+
+    The expression's text goes into the reader state, and a set of strings iterates in another
+    order in every process (hash randomization): sorted, the same filters read the same.
+    """
+    if isinstance(item, list):
+        return [_sorted_sets(term) for term in item]
+    if isinstance(item, tuple) and len(item) == 3 and isinstance(item[2], set | frozenset):
+        try:
+            return (item[0], item[1], sorted(item[2]))
+        except TypeError:  # values without an order: kept as they are
+            return item
+    return item
 
 
 def is_field_predicate(predicate: object) -> bool:
