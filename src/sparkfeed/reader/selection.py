@@ -100,8 +100,9 @@ def _expression_columns(expression: pc.Expression, specs: Mapping[str, ColumnSpe
     try:
         result = _evaluate(expression, _empty(specs, names))
     except (pa.ArrowException, TypeError) as error:
+        detail = " ".join(str(error).split())  # Arrow lists a schema over several lines
         raise ValueError(
-            f"filters {expression} cannot be evaluated on this dataset ({error}); its columns are "
+            f"filters {expression} cannot be evaluated on this dataset ({detail}); its columns are "
             f"{ {name: str(spec.arrow_type) for name, spec in specs.items()} }"
         ) from error
     if not pa.types.is_boolean(result.type):
