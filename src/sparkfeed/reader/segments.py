@@ -198,26 +198,17 @@ class SegmentReader:
         tables = [self._read_table(p.file, p.row_group, p.start, p.stop) for p in work.segment.pieces]
         masks = [self._filter.mask(table, self._frame) for table in tables]
         mask = np.concatenate(masks) if masks else np.zeros(0, dtype=bool)
-        order = self._rows_of(work, len(mask))
-        indices = (
-            np.arange(len(mask))
-            if order is None
-            else order
-            if isinstance(order, np.ndarray)
-            else np.arange(len(mask))[order]
-        )
+        order = self._rows_of(work, len(mask))  # the segment's rows as without a filter, as indices
+        indices = order if isinstance(order, np.ndarray) else np.arange(len(mask))[order or slice(None)]
         kept = mask[indices]
-        chosen = indices[kept]
+        chosen, positions = indices[kept], kept_positions(kept)
         if self._transform is None:
             if all(t.schema == tables[0].schema for t in tables):
                 table = (tables[0] if len(tables) == 1 else pa.concat_tables(tables)).select(self._outputs)
                 table = table.take(chosen)
-                return {
-                    name: to_numpy(self._specs[name], table.column(name)) for name in self._outputs
-                }, kept_positions(kept)
+                return {name: to_numpy(self._specs[name], table.column(name)) for name in self._outputs}, positions
             parts = [{n: to_numpy(self._specs[n], t.column(n)) for n in self._outputs} for t in tables]
-            columns = NUMPY.concat(parts)
-            return {name: array[chosen] for name, array in columns.items()}, kept_positions(kept)
+            return {name: array[chosen] for name, array in NUMPY.concat(parts).items()}, positions
         outputs = [
             self._dates_as_days(self._transform.apply(self._frame(t.filter(pa.array(m)).select(self._outputs))))
             for t, m in zip(tables, masks, strict=True)
@@ -226,7 +217,7 @@ class SegmentReader:
         columns = NUMPY.concat(outputs) if outputs else {}
         if [NUMPY.rows(part) for part in outputs] == [int(m.sum()) for m in masks if m.any()]:
             rank = np.cumsum(mask) - 1  # a kept row's index among the kept rows, which the transform kept 1:1
-            return {name: array[rank[chosen]] for name, array in columns.items()}, kept_positions(kept)
+            return {name: array[rank[chosen]] for name, array in columns.items()}, positions
         rows = self._rows_of(work, NUMPY.rows(columns))
         if rows is not None:
             columns = {name: array[rows] for name, array in columns.items()}
