@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
 import textwrap
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +19,7 @@ import pytest
 from pyspark.sql import functions as F
 
 import sparkfeed.materialize
-from sparkfeed import SparkDatasetConverter, make_spark_converter
+from sparkfeed import SparkDatasetConverter, make_spark_converter, register_delete_dir_handler
 from sparkfeed.cache import (
     MANIFEST_NAME,
     MARKER_NAME,
@@ -357,3 +359,91 @@ def test_a_sparkfeed_cache_reopened_by_path_reads_as_its_converter(spark) -> Non
     with pytest.warns(UserWarning, match="did not create it"):
         reopened.delete()
     assert _ids(original) == list(range(40))
+
+
+# --------------------------------------------------------------------------- register_delete_dir_handler
+
+
+@pytest.fixture
+def trash(tmp_path: Path) -> Iterator[tuple[Path, list[str]]]:
+    """A handler that moves deleted caches into a trash directory, registered for one test."""
+    bin_, calls = tmp_path / "trash", []
+    bin_.mkdir()
+
+    def to_trash(url: str) -> None:
+        calls.append(url)
+        path = _local(url)
+        shutil.move(path, bin_ / path.name)
+
+    register_delete_dir_handler(to_trash)
+    try:
+        yield bin_, calls
+    finally:
+        register_delete_dir_handler(None)
+
+
+def test_a_registered_handler_deletes_caches_instead_of_sparkfeed(spark, trash) -> None:
+    bin_, calls = trash
+    converter = make_spark_converter(spark.range(9))
+    directory = _local(converter.cache_dir_url)
+    converter.delete()
+    assert calls == [converter.cache_dir_url]
+    assert not directory.exists() and (bin_ / directory.name / MANIFEST_NAME).is_file()  # moved, not removed
+    with pytest.raises(RuntimeError, match="was deleted"):
+        converter.make_numpy_iterator()
+
+
+def test_the_handler_is_never_given_what_is_not_ours(spark, tmp_path, trash) -> None:
+    _, calls = trash
+    user = tmp_path / "user.parquet"
+    pq.write_table(pa.table({"id": [1, 2, 3]}), user)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        make_spark_converter(str(user)).delete()
+    assert "did not create it" in str(caught[0].message) and user.exists()
+    converter = make_spark_converter(spark.range(6), cache_dir=str(tmp_path / "caches"))
+    directory = _local(converter.cache_dir_url)
+    (directory / MARKER_NAME).unlink()
+    with pytest.raises(NotOursError, match="does not hold the marker"):
+        converter.delete()
+    assert calls == [] and directory.is_dir()
+
+
+def test_none_restores_the_default_deletion_and_bad_handlers_are_refused(spark) -> None:
+    register_delete_dir_handler(lambda url: None)  # a handler that deletes nothing...
+    register_delete_dir_handler(None)  # ...replaced by the default again
+    converter = make_spark_converter(spark.range(8))
+    directory = _local(converter.cache_dir_url)
+    converter.delete()
+    assert not directory.exists()
+    with pytest.raises(ValueError, match=re.escape("handler='rm -rf' is not allowed: it must be a function")):
+        register_delete_dir_handler("rm -rf")  # type: ignore[arg-type]
+
+
+HANDLER_AT_EXIT_SCRIPT = textwrap.dedent(
+    """
+    import shutil, sys
+    from urllib.parse import unquote, urlsplit
+    from pyspark.sql import SparkSession
+    from sparkfeed import make_spark_converter, register_delete_dir_handler
+    spark = SparkSession.builder.master("local[1]").config("spark.ui.enabled", "false").getOrCreate()
+    register_delete_dir_handler(lambda url: shutil.move(unquote(urlsplit(url).path), sys.argv[2]))
+    converter = make_spark_converter(spark.range(5), cache_dir=sys.argv[1])
+    print(converter.cache_dir_url, flush=True)
+    """
+)
+
+
+def test_the_handler_also_deletes_at_interpreter_exit(tmp_path) -> None:
+    caches, bin_ = tmp_path / "caches", tmp_path / "trash"
+    bin_.mkdir()
+    done = subprocess.run(
+        [sys.executable, "-c", HANDLER_AT_EXIT_SCRIPT, str(caches), str(bin_)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYSPARK_PYTHON": sys.executable},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    name = _local(done.stdout.strip().splitlines()[-1]).name
+    assert list(caches.iterdir()) == [] and (bin_ / name / MANIFEST_NAME).is_file()

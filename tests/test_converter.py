@@ -174,3 +174,23 @@ def test_float16_is_refused_in_petastorms_words(spark) -> None:
     with pytest.raises(ValueError, match=r"dtype float16 is not supported") as error:
         make_spark_converter(spark.range(3), dtype="float16")
     assert "dtype='float16' is not allowed: it must be None or one of ('float32', 'float64')" in str(error.value)
+
+
+def test_parent_cache_dir_conf_is_petastorms_key_and_sparkfeeds_key_still_wins(spark, tmp_path, cache_root) -> None:
+    assert SparkDatasetConverter.PARENT_CACHE_DIR_URL_CONF == "petastorm.spark.converter.parentCacheDirUrl"
+    assert SparkDatasetConverter.PETASTORM_PARENT_CACHE_DIR_URL_CONF == SparkDatasetConverter.PARENT_CACHE_DIR_URL_CONF
+    assert SparkDatasetConverter.CACHE_DIR_CONF == "sparkfeed.cacheDir"
+    petastorms, ours = tmp_path / "petastorm-parent", spark.conf.get(SparkDatasetConverter.CACHE_DIR_CONF)
+    spark.conf.set(SparkDatasetConverter.PARENT_CACHE_DIR_URL_CONF, petastorms.as_uri())  # Petastorm's idiom
+    try:
+        both = make_spark_converter(spark.range(11))  # sparkfeed.cacheDir is set too, by the fixture: it wins
+        assert Path(both.location.local_path).parent == cache_root
+        spark.conf.unset(SparkDatasetConverter.CACHE_DIR_CONF)
+        only_petastorms = make_spark_converter(spark.range(12))
+        assert Path(only_petastorms.location.local_path).parent == petastorms
+        with only_petastorms.make_numpy_iterator(batch_size=12, num_epochs=1) as batches:
+            assert sorted(concat(batches)["id"].tolist()) == list(range(12))
+        only_petastorms.delete()
+    finally:
+        spark.conf.set(SparkDatasetConverter.CACHE_DIR_CONF, ours)
+        spark.conf.unset(SparkDatasetConverter.PARENT_CACHE_DIR_URL_CONF)

@@ -7,8 +7,19 @@ import re
 import numpy as np
 import pytest
 
-from sparkfeed import SparkDatasetConverter, TransformSpec, make_spark_converter
+from sparkfeed import TransformSpec, make_spark_converter
+from sparkfeed.distributed import RANK_VARIABLES
 from sparkfeed.options import MaterializeOptions, ReaderOptions, reader_options
+
+from helpers import concat
+
+
+@pytest.fixture(autouse=True)
+def _no_launcher(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests are about values, not about the rank a launcher may have set around the test run."""
+    for pair in RANK_VARIABLES:
+        for name in pair:
+            monkeypatch.delenv(name, raising=False)
 
 
 @pytest.mark.parametrize(
@@ -31,9 +42,19 @@ from sparkfeed.options import MaterializeOptions, ReaderOptions, reader_options
         ({"schema_fields": []}, "schema_fields=[] is not allowed"),
         ({"transform_spec": len}, "transform_spec=<built-in function len> is not allowed"),
         (
-            {"reader_pool_type": "dummy"},
-            "reader_pool_type='dummy' is not allowed: it must be one of ('thread', 'process')",
+            {"reader_pool_type": "fork"},
+            "reader_pool_type='fork' is not allowed: it must be one of ('thread', 'process', 'dummy')",
         ),
+        ({"shard_seed": -1}, "shard_seed=-1 is not allowed: it must be an integer >= 0 or None"),
+        ({"shuffle_rows": 1}, "shuffle_rows=1 is not allowed: it must be a bool"),
+        ({"filters": "id > 3"}, "filters='id > 3' is not allowed: it must be a pyarrow.compute.Expression, or"),
+        ({"filters": []}, "filters=[] is not allowed"),
+        ({"filters": [("id", "~", 3)]}, "filters=[('id', '~', 3)] is not allowed (\"~\" is not a valid operator"),
+        ({"filters": [("id", ">")]}, "filters=[('id', '>')] is not allowed (not enough values to unpack"),
+        ({"predicate": 3}, "predicate=3 is not allowed: it must be a function of a pandas DataFrame"),
+        ({"storage_options": "key=x"}, "storage_options='key=x' is not allowed: it must be a dict"),
+        ({"cur_shard": "auto", "shard_count": 2}, "'auto' found no rank"),
+        ({"cur_shard": 0, "shard_count": "auto"}, "'auto' found no rank"),
     ],
 )
 def test_bad_reader_option_names_value_and_range(kwargs: dict, message: str) -> None:
@@ -75,14 +96,28 @@ def test_codecs_are_case_insensitive_and_none_means_uncompressed() -> None:
 
 def test_unknown_keyword_lists_the_accepted_ones(spark) -> None:
     with pytest.raises(
-        TypeError, match=r"unexpected keyword argument\(s\) \['compresion'\]; accepted keywords: .*dtype"
+        TypeError,
+        match=r"^make_spark_converter\(\) got an unexpected keyword argument 'compresion'; accepted keywords: .*dtype",
     ):
         make_spark_converter(spark.range(3), compresion="zstd")
     converter = make_spark_converter(spark.range(3))
-    with pytest.raises(TypeError, match=r"\['shuffle'\]; accepted keywords: batch_size, cur_shard"):
+    with pytest.raises(
+        TypeError, match=r"unexpected keyword argument 'shuffle'; accepted keywords: batch_size, cur_shard"
+    ):
         converter.make_numpy_iterator(shuffle=True)
-    with pytest.raises(TypeError, match=r"\['data_loader_fn'\]; data_loader_fn: .*already batched.*drop it"):
+    with pytest.raises(TypeError, match=r"argument 'data_loader_fn'; data_loader_fn: .*already batched.*drop it"):
         converter.make_numpy_iterator(data_loader_fn=list)
+    with pytest.raises(TypeError, match=r"argument 'results_queue_size'; results_queue_size: prefetch bounds"):
+        converter.make_torch_dataloader(results_queue_size=10)
+
+
+def test_several_unknown_keywords_each_keep_pythons_phrase(spark) -> None:
+    converter = make_spark_converter(spark.range(3))
+    expected = (
+        "got an unexpected keyword argument 'cache_type' and an unexpected keyword argument 'shufle'; cache_type:"
+    )
+    with pytest.raises(TypeError, match=re.escape(expected)):
+        converter.make_numpy_iterator(shufle=True, cache_type="local-disk")
 
 
 def test_bad_values_through_the_public_api(spark) -> None:
@@ -95,11 +130,6 @@ def test_bad_values_through_the_public_api(spark) -> None:
         make_spark_converter(spark.range(3), compression_codec="rar")
     with pytest.raises(ValueError, match=r"schema_fields \['nope'\] are not columns of the dataset"):
         converter.make_numpy_iterator(schema_fields=["nope"])
-
-
-def test_converter_exposes_petastorm_conf_names() -> None:
-    assert SparkDatasetConverter.PARENT_CACHE_DIR_URL_CONF == "sparkfeed.cacheDir"
-    assert SparkDatasetConverter.PETASTORM_PARENT_CACHE_DIR_URL_CONF == "petastorm.spark.converter.parentCacheDirUrl"
 
 
 INT_OPTIONS = {
@@ -176,3 +206,69 @@ def test_numpy_scalars_through_make_tf_dataset(spark) -> None:
     settings = {"batch_size": np.int64(16), "num_epochs": np.int32(1), "drop_last": np.True_, "prefetch": np.int64(2)}
     with converter.make_tf_dataset(**settings) as dataset:
         assert [int(batch.id.shape[0]) for batch in dataset] == [16, 16]
+
+
+def test_shuffle_rows_asks_for_the_smallest_window_and_a_larger_capacity_wins() -> None:
+    assert ReaderOptions().shuffle_window == 0
+    assert ReaderOptions(shuffle_rows=True).shuffle_window == 1
+    assert ReaderOptions(shuffle_rows=True, shuffling_queue_capacity=0).shuffle_window == 1  # Petastorm's torch default
+    assert ReaderOptions(shuffle_rows=True, shuffling_queue_capacity=500).shuffle_window == 500
+    assert ReaderOptions(shuffling_queue_capacity=500).shuffle_window == 500
+
+
+def test_filters_become_one_expression_whatever_the_form_and_sets_are_sorted() -> None:
+    import pyarrow.compute as pc
+
+    dnf = ReaderOptions(filters=[("label", "=", 3), ("weight", ">", 0.5)]).filters
+    assert isinstance(dnf, pc.Expression) and str(dnf) == "((label == 3) and (weight > 0.5))"
+    nested = ReaderOptions(filters=[[("label", "=", 3)], [("label", "=", 4)]]).filters
+    assert str(nested) == "((label == 3) or (label == 4))"
+    expression = pc.field("label") < 2
+    assert ReaderOptions(filters=expression).filters is expression
+    text = str(ReaderOptions(filters=[("name", "in", {"c", "b", "a"})]).filters)
+    assert text.index('"a"') < text.index('"b"') < text.index('"c"')  # the same text in every process
+
+
+def test_predicates_are_functions_or_petastorm_style_objects() -> None:
+    from sparkfeed.predicates import in_set
+
+    assert ReaderOptions(predicate=lambda frame: frame["id"] > 0).filters_rows
+    assert ReaderOptions(predicate=in_set({1}, "id")).filters_rows
+    assert not ReaderOptions().filters_rows
+
+
+def test_auto_is_for_the_loaders_and_dummy_has_one_worker() -> None:
+    with pytest.raises(ValueError, match=re.escape("'auto' is resolved by the make_* loaders")):
+        ReaderOptions(cur_shard="auto", shard_count="auto")  # type: ignore[arg-type]
+    assert ReaderOptions(reader_pool_type="dummy", workers_count=8).workers == 1
+
+
+def test_every_loader_takes_petastorms_reader_keywords(spark) -> None:
+    from sparkfeed.predicates import in_lambda
+
+    converter = make_spark_converter(spark.range(100).selectExpr("id", "id % 10 AS feature_a", "id * 2 AS feature_b"))
+    kwargs = {
+        "num_epochs": 1,
+        "schema_fields": ["id", "feature_.*"],
+        "filters": [("feature_a", "<", 5)],
+        "predicate": in_lambda(["id"], lambda i: i < 50),
+        "reader_pool_type": "dummy",
+        "shuffle_rows": True,
+        "shard_seed": 3,
+        "storage_options": None,
+        "filesystem": None,
+        "seed": 1,
+    }
+    expected = [i for i in range(50) if i % 10 < 5]
+    with converter.make_numpy_iterator(batch_size=8, **kwargs) as batches:
+        got = concat(batches)
+    assert list(got) == ["id", "feature_a", "feature_b"] and sorted(got["id"].tolist()) == expected
+    pytest.importorskip("torch")
+    with converter.make_torch_dataloader(batch_size=8, **kwargs) as loader:
+        assert sorted(i for batch in loader for i in batch["id"].tolist()) == expected
+    pytest.importorskip("jax")
+    with converter.make_jax_iterator(batch_size=8, **kwargs) as batches:
+        assert sorted(i for batch in batches for i in np.asarray(batch["id"]).tolist()) == expected
+    pytest.importorskip("tensorflow")
+    with converter.make_tf_dataset(batch_size=8, **kwargs) as dataset:
+        assert sorted(i for batch in dataset for i in batch.id.numpy().tolist()) == expected

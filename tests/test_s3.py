@@ -320,3 +320,28 @@ def test_files_of_a_dataset_read_in_place_are_not_shared_between_loaders(s3_serv
     pq.write_table(pa.table({"id": np.arange(100, 130)}), key, filesystem=fs)  # the user rewrites it in place
     again = make_spark_converter(f"s3://{s3_bucket}/rewritten", storage_options=s3_server.storage_options)
     assert _ids(again) == list(range(100, 130))
+
+
+def test_filters_on_an_object_store_never_fetch_the_row_groups_they_rule_out(
+    spark, s3_server: S3Server, s3_bucket: str
+) -> None:
+    options = s3_server.storage_options
+    converter = make_spark_converter(
+        spark.range(30_000, numPartitions=1),
+        cache_dir=f"s3://{s3_bucket}/filtered",
+        storage_options=options,
+        parquet_row_group_size_bytes=40_000,
+    )
+    (entry,) = converter.manifest.files
+    assert len(entry.row_groups) >= 4
+    first = entry.row_groups[0]
+    assert _ids(converter) == list(range(30_000))  # the first loader opens the file
+    s3_server.start_recording()
+    kwargs = {"filters": [("id", "<", first // 2)], "storage_options": options}  # Petastorm passed them per reader
+    assert _ids(converter, **kwargs) == list(range(first // 2))
+    seen = s3_server.requests()
+    # One GET for the one row group that may match, and the footer the statistics come from: not the other groups.
+    assert seen.gets <= 1 + 2 and seen.by_method.get("GET", 0) < len(entry.row_groups)
+    with pytest.raises(ValueError, match=r"storage_options with keys \[.*\] differ from those of this converter's"):
+        converter.make_numpy_iterator(storage_options={**options, "region": "elsewhere"})
+    converter.delete()

@@ -13,6 +13,7 @@ from PIL import Image
 from pyspark.sql import functions as F
 
 from sparkfeed import TransformSpec, make_spark_converter
+from sparkfeed.transform import edit_field
 
 from helpers import by_id, concat
 
@@ -54,19 +55,38 @@ def test_transform_spec_edit_removed_and_selected_fields(images) -> None:
         frame["double_id"] = frame["id"] * 2
         return frame
 
-    spec = TransformSpec(
-        add,
-        edit_fields=[("flat", np.float32, (3, 4), False), ("double_id", np.int32, (), False)],
-        removed_fields=["png"],
-        selected_fields=["double_id", "flat", "id"],
-    )
+    edits = [("flat", np.float32, (3, 4), False), ("double_id", np.int32, (), False)]
+    selected = TransformSpec(add, edit_fields=edits, selected_fields=["double_id", "flat", "id"])
+    removed = TransformSpec(add, edit_fields=edits, removed_fields=["png"])
+    for spec, columns in ((selected, ["double_id", "flat", "id"]), (removed, ["id", "flat", "double_id"])):
+        with images.make_numpy_iterator(batch_size=40, num_epochs=1, transform_spec=spec) as batches:
+            (batch,) = list(batches)
+        assert list(batch) == columns
+        assert batch["flat"].shape == (40, 3, 4) and batch["flat"].dtype == np.float32
+        np.testing.assert_array_equal(batch["flat"][0], np.arange(12, dtype=np.float32).reshape(3, 4))
+        assert batch["double_id"].dtype == np.int32
+        np.testing.assert_array_equal(batch["double_id"], batch["id"] * 2)
+
+
+def test_removed_and_selected_fields_together_are_refused_as_in_petastorm() -> None:
+    expected = "TransformSpec removed_fields=['png'] and selected_fields=['id'] are both given: give one of them"
+    with pytest.raises(ValueError, match=re.escape(expected)):
+        TransformSpec(removed_fields=["png"], selected_fields=["id"])
+    with pytest.raises(ValueError, match="are both given"):  # Petastorm refuses an empty list too
+        TransformSpec(removed_fields=[], selected_fields=["id"])
+
+
+def test_edit_field_makes_the_tuple_petastorm_makes_and_it_reshapes(images) -> None:
+    assert edit_field("flat", np.float32, [3, 4]) == ("flat", np.float32, (3, 4), False)
+    assert edit_field("label", np.int64, (), nullable=True) == ("label", np.int64, (), True)
+    spec = TransformSpec(edit_fields=[edit_field("flat", np.float32, (3, 4))], selected_fields=["flat"])
     with images.make_numpy_iterator(batch_size=40, num_epochs=1, transform_spec=spec) as batches:
         (batch,) = list(batches)
-    assert list(batch) == ["double_id", "flat", "id"]
     assert batch["flat"].shape == (40, 3, 4) and batch["flat"].dtype == np.float32
-    np.testing.assert_array_equal(batch["flat"][0], np.arange(12, dtype=np.float32).reshape(3, 4))
-    assert batch["double_id"].dtype == np.int32
-    np.testing.assert_array_equal(batch["double_id"], batch["id"] * 2)
+    with pytest.raises(ValueError, match=re.escape("edit_field shape=28 is not allowed: it must be a tuple of sizes")):
+        edit_field("image", np.uint8, 28)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=re.escape("edit_field name=3 is not allowed")):
+        edit_field(3, np.uint8, ())  # type: ignore[arg-type]
 
 
 def test_schema_fields_apply_before_the_transform(images) -> None:
@@ -203,7 +223,8 @@ def test_transform_spec_field_lists_must_be_lists() -> None:
             TransformSpec(**{name: "id"})
         with pytest.raises(ValueError, match=re.escape(f"TransformSpec {name}=[1] is not allowed")):
             TransformSpec(**{name: [1]})
-    assert TransformSpec(selected_fields=("id",), removed_fields=[]).selected_fields == ("id",)
+    assert TransformSpec(selected_fields=("id",)).selected_fields == ("id",)
+    assert TransformSpec(removed_fields=("id",)).removed_fields == ("id",)
 
 
 def test_edit_fields_must_name_columns_of_the_transform_output(images) -> None:

@@ -6,7 +6,7 @@ A drop-in successor to Petastorm's Spark Dataset Converter: change
 
 __version__ = "0.1.0"
 
-from sparkfeed.converter import SparkDatasetConverter, make_spark_converter
+from sparkfeed.converter import SparkDatasetConverter, make_spark_converter, register_delete_dir_handler
 from sparkfeed.transform import TransformSpec
 from sparkfeed.types import NullValueError, UnsupportedTypeError
 
@@ -17,5 +17,6 @@ __all__ = [
     "UnsupportedTypeError",
     "__version__",
     "make_spark_converter",
+    "register_delete_dir_handler",
 ]
 assert __all__ == sorted(__all__), "keep __all__ sorted"

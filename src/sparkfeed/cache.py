@@ -246,12 +246,45 @@ class NotOursError(ValueError):
     """A directory that sparkfeed was asked to delete but did not create."""
 
 
+DeleteDirHandler = Callable[[str], object]
+"""Deletes the directory at a URL; see :func:`register_delete_dir_handler`."""
+
+_delete_dir_handler: DeleteDirHandler | None = None
+
+
+def register_delete_dir_handler(handler: DeleteDirHandler | None) -> None:
+    """Petastorm's hook: ``handler(url)`` deletes cache directories instead of sparkfeed's own code.
+
+    For storage where a recursive delete through pyarrow is not the way to remove a directory:
+    a store with its own tool or API (a trash, soft delete, a lifecycle rule), or a site that
+    logs every removal. The handler decides only *how* a cache is deleted, never *whether*:
+    sparkfeed calls it only for a directory that passed the checks of :func:`delete_cache`
+    (a cache this process created, still holding its marker and token), so a dataset read in
+    place or anything else that is not sparkfeed's is never handed to it. It serves every
+    deletion: :meth:`SparkDatasetConverter.delete`, the cleanup at interpreter exit (where an
+    exception it raises becomes a warning) and the removal of a failed write.
+
+    Args:
+        handler: Called with the cache's URL, as ``SparkDatasetConverter.cache_dir_url`` shows
+            it (percent-encoded); it must remove the directory and everything in it. None
+            restores sparkfeed's own deletion, as in Petastorm.
+
+    Raises:
+        ValueError: ``handler`` is neither callable nor None.
+    """
+    global _delete_dir_handler
+    if handler is not None and not callable(handler):
+        raise ValueError(f"handler={handler!r} is not allowed: it must be a function of the directory URL, or None")
+    _delete_dir_handler = handler
+
+
 def delete_cache(location: Location, token: str) -> None:
     """Removes a cache directory that this process created; a missing one is not an error.
 
     It must hold the marker written by :func:`create_cache_dir` with this token, and locally
     it must be a real directory, not a symbolic link: the removal never follows a link out of
-    the cache (``shutil.rmtree`` unlinks links inside it and does not descend into them).
+    the cache (``shutil.rmtree`` unlinks links inside it and does not descend into them). A
+    handler given to :func:`register_delete_dir_handler` then removes it instead, if there is one.
 
     Raises:
         NotOursError: The directory is not a sparkfeed cache made with this token; nothing
@@ -274,7 +307,10 @@ def delete_cache(location: Location, token: str) -> None:
             f"not deleting {location}: it does not hold the marker sparkfeed wrote when it created this cache, "
             "so it is not (or no longer) sparkfeed's"
         )
-    if location.is_local:
+    handler = _delete_dir_handler
+    if handler is not None:
+        handler(location.url)
+    elif location.is_local:
         shutil.rmtree(path)
     else:
         with contextlib.suppress(FileNotFoundError):

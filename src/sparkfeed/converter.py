@@ -18,6 +18,9 @@ from sparkfeed.cache import (
     read_manifest,
     resolve_cache_dir,
 )
+from sparkfeed.cache import (
+    register_delete_dir_handler as register_delete_dir_handler,  # Petastorm has it in its converter module
+)
 from sparkfeed.location import Location
 from sparkfeed.materialize import Materialized, describe, identify, materialize, registry
 from sparkfeed.options import MaterializeOptions, ReaderArgs, known_keywords, reader_options
@@ -44,10 +47,14 @@ class SparkDatasetConverter:
     processes, each of which can then read the whole dataset or its own shard.
     """
 
-    PARENT_CACHE_DIR_URL_CONF = CACHE_DIR_CONF
-    """Spark conf key of the parent cache directory (Petastorm's name for this attribute)."""
+    PARENT_CACHE_DIR_URL_CONF = PETASTORM_CACHE_DIR_CONF
+    """Petastorm's Spark conf key of the parent cache directory, under Petastorm's name: code that
+    sets ``spark.conf.set(SparkDatasetConverter.PARENT_CACHE_DIR_URL_CONF, url)`` keeps working.
+    sparkfeed's own key, :attr:`CACHE_DIR_CONF`, wins where both are set."""
+    CACHE_DIR_CONF = CACHE_DIR_CONF
+    """sparkfeed's Spark conf key of the parent cache directory, ``sparkfeed.cacheDir``."""
     PETASTORM_PARENT_CACHE_DIR_URL_CONF = PETASTORM_CACHE_DIR_CONF
-    """Petastorm's conf key, honoured as a fallback so migrating jobs keep their settings."""
+    """The same as :attr:`PARENT_CACHE_DIR_URL_CONF`, kept for code written against sparkfeed 0.1."""
 
     def __init__(self, location: Location | str, manifest: Manifest, token: str | None = None) -> None:
         column_specs(manifest.schema, manifest.options.get("dtype"), manifest.shapes)  # Reject bad types now.

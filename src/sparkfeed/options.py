@@ -12,17 +12,21 @@ import dataclasses
 import functools
 import inspect
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal, TypedDict, TypeVar
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
+from sparkfeed.distributed import AUTO, check_rank_variables, resolve_shards
 from sparkfeed.transform import TransformSpec
 
 ShardPolicy = Literal["pad", "drop", "exact"]
 SHARD_POLICIES: tuple[ShardPolicy, ...] = ("pad", "drop", "exact")
-PoolType = Literal["thread", "process"]
-POOL_TYPES: tuple[PoolType, ...] = ("thread", "process")
+PoolType = Literal["thread", "process", "dummy"]
+POOL_TYPES: tuple[PoolType, ...] = ("thread", "process", "dummy")
 COMPRESSION_CODECS = ("uncompressed", "snappy", "zstd", "lz4", "gzip")
 FLOAT_DTYPES = ("float32", "float64")
 
@@ -49,6 +53,49 @@ def _check_bool(name: str, value: object) -> bool:
     if not isinstance(value, (bool, np.bool_)):
         raise ValueError(f"{name}={value!r} is not allowed: it must be a bool")
     return bool(value)
+
+
+def _check_filters(filters: object) -> pc.Expression | None:
+    """Petastorm's (pyarrow's) ``filters`` as one Arrow expression; None stays None.
+
+    Both of pyarrow's forms are taken: a ``pyarrow.compute.Expression``, or the DNF list of
+    ``(column, op, value)`` tuples that ``pq.read_table(filters=...)`` and Petastorm take (a list
+    of such lists is an OR of ANDs). Whether the columns exist is checked against the dataset
+    by the reader.
+    """
+    if filters is None or isinstance(filters, pc.Expression):
+        return filters
+    allowed = (
+        "it must be a pyarrow.compute.Expression, or pyarrow's list of (column, op, value) tuples "
+        "(a list of such lists for OR), such as [('label', '=', 3), ('weight', '>', 0.5)]"
+    )
+    if isinstance(filters, str | bytes) or not isinstance(filters, Sequence) or not filters:
+        raise ValueError(f"filters={filters!r} is not allowed: {allowed}")
+    try:
+        return pq.filters_to_expression([_sorted_sets(item) for item in filters])
+    except (ValueError, TypeError, pa.ArrowException) as error:
+        raise ValueError(f"filters={filters!r} is not allowed ({error}): {allowed}") from error
+
+
+def _sorted_sets(item: Any) -> Any:
+    """A DNF term with the set of an ``in`` test sorted, a list of terms term by term.
+
+    The expression's text goes into the reader state, and a set of strings iterates in another
+    order in every process (hash randomization): sorted, the same filters read the same.
+    """
+    if isinstance(item, list):
+        return [_sorted_sets(term) for term in item]
+    if isinstance(item, tuple) and len(item) == 3 and isinstance(item[2], set | frozenset):
+        try:
+            return (item[0], item[1], sorted(item[2]))
+        except TypeError:  # values without an order: kept as they are
+            return item
+    return item
+
+
+def is_field_predicate(predicate: object) -> bool:
+    """Whether a predicate is Petastorm-style, with ``get_fields()`` and ``do_include(frame)``."""
+    return callable(getattr(predicate, "get_fields", None)) and callable(getattr(predicate, "do_include", None))
 
 
 def _store(options: object, name: str, value: object) -> None:
@@ -105,6 +152,12 @@ class ReaderOptions:
     drop_last: bool = False
     verify_checksums: bool = True
     read_ahead_bytes: int | None = None
+    shuffle_rows: bool = False
+    shard_seed: int | None = None
+    filters: pc.Expression | None = dataclasses.field(default=None, compare=False)
+    predicate: Any = dataclasses.field(default=None, compare=False)
+    storage_options: Mapping[str, Any] | None = dataclasses.field(default=None, compare=False)
+    filesystem: Any = dataclasses.field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         _store(self, "batch_size", _check_int("batch_size", self.batch_size, 1))
@@ -113,9 +166,16 @@ class ReaderOptions:
             ("workers_count", 1),
             ("prefetch", 1),
             ("seed", 0),
+            ("shard_seed", 0),
             ("read_ahead_bytes", 0),
         ):
             _store(self, name, _check_int(name, getattr(self, name), minimum, optional=True))
+        shards: tuple[object, object] = (self.cur_shard, self.shard_count)
+        if AUTO in shards:
+            raise ValueError(
+                f"cur_shard={self.cur_shard!r}, shard_count={self.shard_count!r}: 'auto' is resolved by the make_* "
+                "loaders (sparkfeed.options.reader_options); ReaderOptions takes the integers"
+            )
         if (self.cur_shard is None) != (self.shard_count is None):
             raise ValueError(f"cur_shard={self.cur_shard!r} and shard_count={self.shard_count!r}: give both or neither")
         if self.shard_count is not None:
@@ -141,8 +201,20 @@ class ReaderOptions:
             raise ValueError(
                 f"reader_pool_type={self.reader_pool_type!r} is not allowed: it must be one of {POOL_TYPES}"
             )
-        for name in ("shuffle_row_groups", "drop_last", "verify_checksums"):
+        for name in ("shuffle_row_groups", "drop_last", "verify_checksums", "shuffle_rows"):
             _store(self, name, _check_bool(name, getattr(self, name)))
+        _store(self, "filters", _check_filters(self.filters))
+        if self.predicate is not None and not (is_field_predicate(self.predicate) or callable(self.predicate)):
+            raise ValueError(
+                f"predicate={self.predicate!r} is not allowed: it must be a function of a pandas DataFrame that "
+                "returns one bool per row, or an object with get_fields() and do_include(frame), such as "
+                "sparkfeed.predicates.in_lambda(['label'], lambda label: label > 3)"
+            )
+        if self.storage_options is not None and not isinstance(self.storage_options, Mapping):
+            raise ValueError(
+                f"storage_options={self.storage_options!r} is not allowed: it must be a dict (or None), and the "
+                "same as make_spark_converter was given"
+            )
         if self.schema_fields is not None:
             if isinstance(self.schema_fields, str) or not all(isinstance(f, str) for f in self.schema_fields):
                 raise ValueError(
@@ -157,8 +229,29 @@ class ReaderOptions:
 
     @property
     def workers(self) -> int:
-        """Reader workers: pyarrow decodes with the GIL released, so one thread per core pays off."""
+        """Reader workers: pyarrow decodes with the GIL released, so one thread per core pays off.
+
+        One for ``dummy``, which reads in the caller's thread.
+        """
+        if self.reader_pool_type == "dummy":
+            return 1
         return self.workers_count or min(4, os.cpu_count() or 1)
+
+    @property
+    def shuffle_window(self) -> int:
+        """Minimum rows of a shuffle window; 0 keeps rows in order.
+
+        ``shuffling_queue_capacity`` sets it; Petastorm's ``shuffle_rows=True`` (shuffle inside
+        each row group) asks for at least 1, the smallest window, which joins two row groups
+        (see :data:`sparkfeed.reader.plan.MIN_WINDOW_PIECES`): every row group's rows come out
+        shuffled, as in Petastorm, and mixed with one other's, for one row group more in memory.
+        """
+        return max(self.shuffling_queue_capacity or 0, 1 if self.shuffle_rows else 0)
+
+    @property
+    def filters_rows(self) -> bool:
+        """Whether ``filters`` or a ``predicate`` select rows at read time."""
+        return self.filters is not None or self.predicate is not None
 
     @property
     def prefetch_pieces(self) -> int:
@@ -179,8 +272,18 @@ class ReaderArgs(TypedDict, total=False):
     Attributes:
         prefetch: Row-group pieces read ahead (default: twice the threads); bounds memory. For
             ``make_tf_dataset``, the tf.data prefetch buffer instead (default AUTOTUNE).
-        cur_shard: This shard's index, with ``shard_count``: shards split the rows.
-        shard_count: Number of shards.
+        cur_shard: This shard's index, with ``shard_count``: shards split the rows. ``"auto"``
+            (with ``shard_count="auto"``): this process's rank, read from an initialized
+            ``torch.distributed`` group, else the Horovod/Open MPI/PMI variables
+            (``HOROVOD_RANK``, ``OMPI_COMM_WORLD_RANK``, ``PMI_RANK``), else Spark's
+            ``BarrierTaskContext`` in a barrier task; unsharded where none is found. As in
+            Petastorm, explicit values that disagree with those variables warn.
+        shard_count: Number of shards, or ``"auto"``: the size of the same job.
+        shard_seed: Petastorm's seed of which row groups go to which shard. With it, row groups
+            are dealt to the shards in an order drawn from it (the same on every rank and every
+            epoch) rather than in file order, so a dataset sorted by a column does not give each
+            rank one range of it; rows are still split evenly, each row in one shard. None
+            (default): contiguous ranges in file order. No effect without ``shard_count``.
         shard_policy: ``pad`` (default): every shard yields the same number of rows, short shards
             repeating one row, so distributed ranks get equal batch counts; ``drop``: equal
             counts by leaving out at most one row per shard; ``exact``: every row in exactly
@@ -189,13 +292,35 @@ class ReaderArgs(TypedDict, total=False):
         shuffle_row_groups: Shuffle the order of row groups every epoch (default True).
         shuffling_queue_capacity: Also shuffle rows across windows of at least this many rows
             (at least one row group). None or 0: rows keep their order in a row group.
-        schema_fields: Column names to read (default: all).
+        shuffle_rows: Petastorm's flag to shuffle the rows inside each row group: the smallest
+            shuffle window, two row groups (see ``ReaderOptions.shuffle_window``); with a larger
+            ``shuffling_queue_capacity`` that one applies.
+        schema_fields: Columns to read (default: all): names, or regular expressions matched
+            against whole names as in Petastorm (``"feature_.*"``). An entry that is a column's
+            name selects that column only, even where it holds regex characters (``"a.b"``);
+            columns come in the order of the entries that select them; an entry that matches
+            nothing is an error naming it.
+        filters: Rows to read, as pyarrow's ``filters``: a ``pyarrow.compute.Expression``
+            (``pc.field("label") == 3``) or the list of ``(column, op, value)`` tuples
+            ``pq.read_table`` takes (a list of lists: OR of ANDs). Row groups whose Parquet
+            statistics rule every row out are never read; the other rows are filtered as they
+            are read, before any transform. Columns may be outside ``schema_fields``.
+        predicate: Rows to read, decided in pandas, after ``filters`` and before the transform:
+            a function of a DataFrame of the selected columns returning one bool per row
+            (a boolean Series or array), or Petastorm's ``PredicateBase`` interface: an object
+            whose ``get_fields()`` names the columns its ``do_include(frame)`` receives (see
+            :mod:`sparkfeed.predicates`). Filters and predicates make ``len()`` an upper bound,
+            as a transform that drops rows does, and the shards' row counts unequal: for equal
+            batch counts across DDP/Horovod ranks, filter the DataFrame before
+            ``make_spark_converter`` instead. Resuming stays exact.
         transform_spec: A :class:`~sparkfeed.TransformSpec` run on each chunk of rows.
         transform_fn: Shorthand for ``TransformSpec(transform_fn)``.
         reader_pool_type: ``"thread"`` (default): workers are threads, best for reading, where
             pyarrow releases the GIL. ``"process"``: forked worker processes (spawned off Linux)
             read and transform, for transforms that hold the GIL, such as decoding many small
             images with Pillow; each chunk is written once to shared memory (``/dev/shm``).
+            ``"dummy"``: no workers, every row group read in the thread that iterates (as in
+            Petastorm), for debugging a transform or where threads are not wanted.
         drop_last: Leave out each epoch's last batch when it is short (as torch's ``drop_last``
             and tf.data's ``drop_remainder``): every batch then has one shape, which jitted
             steps compile once for and a sharding can always split.
@@ -208,22 +333,32 @@ class ReaderArgs(TypedDict, total=False):
             shuffle), and a hard bound on what is held so (default 128 MiB). A span that does not
             fit is cut short, down to one row group. 0: every row group alone, its columns
             pre-buffered by pyarrow. Local files are memory-mapped and ignore it.
+        storage_options: Accepted as in Petastorm when it is what the converter was made with
+            (or None): the converter already knows how to reach its cache. Anything else is
+            refused: pass it to ``make_spark_converter``.
+        filesystem: The same, for the filesystem.
     """
 
     prefetch: int | None
-    cur_shard: int | None
-    shard_count: int | None
+    cur_shard: int | Literal["auto"] | None
+    shard_count: int | Literal["auto"] | None
+    shard_seed: int | None
     shard_policy: ShardPolicy
     seed: int | None
     shuffle_row_groups: bool
     shuffling_queue_capacity: int | None
+    shuffle_rows: bool
     schema_fields: Sequence[str] | None
+    filters: pc.Expression | Sequence[Any] | None
+    predicate: Any
     transform_spec: TransformSpec | None
     transform_fn: Callable[[Any], Any] | None
     reader_pool_type: PoolType
     drop_last: bool
     verify_checksums: bool
     read_ahead_bytes: int | None
+    storage_options: Mapping[str, Any] | None
+    filesystem: Any
 
 
 def reader_options(
@@ -231,9 +366,15 @@ def reader_options(
     transform_fn: Callable[..., Any] | None = None,
     transform_spec: TransformSpec | None = None,
     schema_fields: Sequence[str] | None = None,
+    cur_shard: int | str | None = None,
+    shard_count: int | str | None = None,
     **kwargs: Any,
 ) -> ReaderOptions:
-    """Builds :class:`ReaderOptions`, folding the ``transform_fn`` shorthand into a spec."""
+    """Builds :class:`ReaderOptions`: folds the ``transform_fn`` shorthand into a spec, resolves ``"auto"`` shards.
+
+    This is where a loader learns its shard, so it is also where, as in Petastorm, a shard that
+    disagrees with the Horovod/MPI/PMI rank variables warns (see :mod:`sparkfeed.distributed`).
+    """
     if transform_fn is not None:
         if transform_spec is not None:
             raise ValueError("give transform_fn or transform_spec, not both")
@@ -243,15 +384,32 @@ def reader_options(
     fields = (
         None if schema_fields is None else (schema_fields if isinstance(schema_fields, str) else tuple(schema_fields))
     )
-    return ReaderOptions(transform_spec=transform_spec, schema_fields=fields, **kwargs)  # type: ignore[arg-type]
+    shard, count = resolve_shards(cur_shard, shard_count)
+    options = ReaderOptions(
+        transform_spec=transform_spec,
+        schema_fields=fields,  # type: ignore[arg-type]
+        cur_shard=shard,  # type: ignore[arg-type]
+        shard_count=count,  # type: ignore[arg-type]
+        **kwargs,
+    )
+    check_rank_variables(options.cur_shard, options.shard_count)
+    return options
 
 
 PETASTORM_ONLY = {
     "data_loader_fn": "sparkfeed's loader is already batched (as BatchedDataLoader): drop it",
-    "shard_seed": "shards split rows in order, and seed shuffles within them: drop it",
     "results_queue_size": "prefetch bounds what is read ahead",
-    "cache_type": "the converter's Parquet cache is the only cache",
+    "cache_type": "the converter's Parquet cache is the only cache: drop it",
+    "cache_location": "the converter's Parquet cache is the only cache: drop it",
+    "cache_size_limit": "the converter's Parquet cache is the only cache: drop it",
+    "cache_row_size_estimate": "the converter's Parquet cache is the only cache: drop it",
+    "cache_extra_settings": "the converter's Parquet cache is the only cache: drop it",
     "hdfs_driver": "Arrow's filesystems read the cache URL",
+    "shuffle_row_drop_partitions": "shuffle rows across row groups with shuffling_queue_capacity instead",
+    "rowgroup_selector": "select rows with filters, which skip the row groups their statistics rule out",
+    "zmq_copy_buffers": "process workers hand chunks over through shared memory: drop it",
+    "pyarrow_serialize": "process workers hand chunks over through shared memory: drop it",
+    "convert_early_to_numpy": "the workers already convert to NumPy: drop it",
 }
 """Petastorm arguments without a sparkfeed counterpart, and what to do instead."""
 
@@ -276,11 +434,10 @@ def known_keywords(fn: _F) -> _F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         unknown = sorted(set(kwargs) - set(accepted))
         if unknown:
+            # Python's own phrase, once per name, so that code matching the standard message still matches.
+            got = " and ".join(f"an unexpected keyword argument {name!r}" for name in unknown)
             hints = "".join(f"; {name}: {PETASTORM_ONLY[name]}" for name in unknown if name in PETASTORM_ONLY)
-            raise TypeError(
-                f"{fn.__qualname__}() got unexpected keyword argument(s) {unknown}{hints}; "
-                f"accepted keywords: {', '.join(accepted)}"
-            )
+            raise TypeError(f"{fn.__qualname__}() got {got}{hints}; accepted keywords: {', '.join(accepted)}")
         return fn(*args, **kwargs)
 
     return wrapper  # type: ignore[return-value]

@@ -13,6 +13,29 @@ EditField = tuple[str, Any, tuple[int | None, ...], bool]
 """Petastorm's ``(name, numpy_dtype, shape, is_nullable)``: a column the transform adds or changes."""
 
 
+def edit_field(name: str, numpy_dtype: Any, shape: Sequence[int | None], nullable: bool = False) -> EditField:
+    """One ``edit_fields`` entry, as Petastorm's ``petastorm.transform.edit_field`` makes it.
+
+    Spelling the tuple out by position is easy to get wrong (the shape and the dtype swapped
+    still make a 4-tuple); this names each part, and migrating code keeps its calls.
+
+    Args:
+        name: The column the transform adds or changes.
+        numpy_dtype: What its values are cast to (a NumPy dtype or its name).
+        shape: The shape of one row's value: ``()`` for a scalar, ``None`` for a dimension that
+            varies (the column is then not reshaped).
+        nullable: Petastorm's flag, kept for the tuple's shape; tensors hold no nulls either way.
+
+    Raises:
+        ValueError: ``name`` is not a string or ``shape`` is not a sequence of sizes.
+    """
+    if not isinstance(name, str):
+        raise ValueError(f"edit_field name={name!r} is not allowed: it must be the column's name")
+    if isinstance(shape, str) or not isinstance(shape, Sequence):
+        raise ValueError(f"edit_field shape={shape!r} is not allowed: it must be a tuple of sizes, such as (28, 28)")
+    return name, numpy_dtype, tuple(shape), nullable
+
+
 @dataclasses.dataclass(frozen=True)
 class TransformSpec:
     """Petastorm's ``TransformSpec``: a function on a pandas DataFrame plus the schema it produces.
@@ -24,7 +47,12 @@ class TransformSpec:
             is_nullable)``. Each is cast to its dtype and, when the shape has no ``None``, reshaped
             to ``(rows, *shape)``: this is how a flat array column becomes an image tensor.
         removed_fields: Columns dropped after the function ran.
-        selected_fields: The columns kept after the function ran, in this order.
+        selected_fields: The columns kept after the function ran, in this order. Give either
+            this or ``removed_fields``, not both, as in Petastorm: the two would say the same
+            thing twice, and disagree when a removed column is also selected.
+
+    Raises:
+        ValueError: A field is malformed, or both ``removed_fields`` and ``selected_fields`` are given.
     """
 
     func: Callable[[pd.DataFrame], pd.DataFrame] | None = None
@@ -44,6 +72,12 @@ class TransformSpec:
                 )
             if fields is not None and not all(isinstance(field, str) for field in fields):
                 raise ValueError(f"TransformSpec {name}={fields!r} is not allowed: it must be a list of column names")
+        if self.removed_fields is not None and self.selected_fields is not None:
+            raise ValueError(
+                f"TransformSpec removed_fields={self.removed_fields!r} and selected_fields={self.selected_fields!r} "
+                "are both given: give one of them, as Petastorm requires (selected_fields alone already leaves out "
+                "every column it does not name)"
+            )
         for field in self.edit_fields or ():
             if not (isinstance(field, tuple) and len(field) == 4 and isinstance(field[0], str)):
                 raise ValueError(

@@ -8,6 +8,7 @@ import threading
 import traceback
 
 import numpy as np
+import pyarrow.fs as pafs
 import pytest
 from pyspark.sql import functions as F
 
@@ -263,3 +264,76 @@ def test_batches_are_writable_and_writes_never_reach_the_cache(converter) -> Non
         again = next(iter(batches))
     assert (again["id"] >= 0).all() and len(set(again["id"].tolist())) == rows
     np.testing.assert_array_equal(again["pair"], np.stack([again["id"], again["id"] + 1], axis=1))
+
+
+# ---------------------------------------------------------------------------------- Petastorm's reader keywords
+
+
+def test_the_dummy_pool_reads_in_the_iterating_thread_and_yields_the_thread_pools_batches(converter) -> None:
+    threads: set[str] = set()
+
+    def record(frame):
+        threads.add(threading.current_thread().name)
+        return frame
+
+    kwargs = dict(batch_size=100, num_epochs=2, seed=5, shuffling_queue_capacity=700, transform_fn=record)
+    with converter.make_numpy_iterator(**kwargs) as batches:
+        by_threads = list(batches)
+    threads.clear()
+    with converter.make_numpy_iterator(reader_pool_type="dummy", **kwargs) as batches:
+        inline = list(batches)
+        assert not _reader_threads()
+    assert threads == {threading.current_thread().name}
+    assert len(inline) == len(by_threads)
+    for ours, theirs in zip(by_threads, inline, strict=True):
+        np.testing.assert_array_equal(ours["id"], theirs["id"])
+
+
+def test_shuffle_rows_shuffles_inside_row_groups_with_the_smallest_window(converter) -> None:
+    plain = _ids(converter, batch_size=100, num_epochs=1, shuffle_row_groups=False)
+    shuffled = _ids(converter, batch_size=100, num_epochs=1, shuffle_row_groups=False, seed=3, shuffle_rows=True)
+    assert sorted(shuffled.tolist()) == list(range(ROWS)) and np.mean(np.diff(shuffled) == 1) < 0.05
+    # The smallest window joins two row groups: each stretch of two groups holds the same rows, in another order.
+    offset = 0
+    for entry in converter.manifest.files:
+        sizes = list(entry.row_groups)
+        for pair in range(0, len(sizes) - 1, 2):
+            width = sizes[pair] + sizes[pair + 1]
+            assert set(shuffled[offset : offset + width]) == set(plain[offset : offset + width])
+            offset += width
+        if len(sizes) % 2:
+            break  # a lone last group joins the next file's first: the stretches no longer line up
+    assert offset >= 2 * min(converter.manifest.files[0].row_groups)
+    with converter.make_numpy_iterator(shuffle_rows=True) as batches:
+        assert batches.state_dict()["identity"]["shuffle_rows"] == 1
+    with converter.make_numpy_iterator(shuffle_rows=True, shuffling_queue_capacity=700) as batches:
+        assert batches.state_dict()["identity"]["shuffle_rows"] == 700  # the larger window applies
+
+
+def test_shard_seed_deals_other_rows_to_shards_which_still_partition_them_and_resume(converter) -> None:
+    kwargs = dict(batch_size=50, num_epochs=1, shard_count=3, shard_policy="exact", seed=1)
+    contiguous = [set(_ids(converter, cur_shard=s, **kwargs).tolist()) for s in range(3)]
+    dealt = [set(_ids(converter, cur_shard=s, shard_seed=11, **kwargs).tolist()) for s in range(3)]
+    assert sorted(i for shard in dealt for i in shard) == list(range(ROWS)) and dealt != contiguous
+    assert dealt == [set(_ids(converter, cur_shard=s, shard_seed=11, **kwargs).tolist()) for s in range(3)]
+    with converter.make_numpy_iterator(cur_shard=0, shard_seed=11, **kwargs) as batches:
+        head = [b["id"] for b in itertools.islice(iter(batches), 3)]
+        state = batches.state_dict()
+    assert state["identity"]["shard_seed"] == 11
+    with converter.make_numpy_iterator(cur_shard=0, shard_seed=11, **kwargs) as batches:
+        batches.load_state_dict(state)
+        assert set(np.concatenate(head + [b["id"] for b in batches]).tolist()) == dealt[0]
+    with pytest.raises(ValueError, match="saved with shard_seed=11, this reader has shard_seed=12"):
+        converter.make_numpy_iterator(cur_shard=0, shard_seed=12, **kwargs).load_state_dict(state)
+
+
+def test_loaders_accept_the_converters_own_storage_options_and_filesystem_only(converter) -> None:
+    for same in ({"storage_options": None}, {"storage_options": {}}, {"filesystem": pafs.LocalFileSystem()}):
+        assert len(_ids(converter, batch_size=1000, num_epochs=1, **same)) == ROWS
+    secret = {"access_key": "AKIA-SECRET", "region": "eu-west-1"}
+    with pytest.raises(ValueError, match=r"storage_options with keys \['access_key', 'region'\] differ") as error:
+        converter.make_numpy_iterator(storage_options=secret)
+    assert "AKIA-SECRET" not in str(error.value) and "pass storage_options to make_spark_converter" in str(error.value)
+    other = pafs.SubTreeFileSystem("/", pafs.LocalFileSystem())
+    with pytest.raises(ValueError, match=r"is not the filesystem this converter reaches its cache .* with: pass"):
+        converter.make_torch_dataloader(filesystem=other)

@@ -8,6 +8,8 @@ from collections import Counter
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from sparkfeed.reader.plan import (
     Piece,
@@ -18,6 +20,7 @@ from sparkfeed.reader.plan import (
     merge_adjacent,
     permutation,
     remainder,
+    shard_order,
     shard_pieces,
     split_segments,
 )
@@ -57,6 +60,46 @@ def test_pad_and_drop_give_every_shard_the_same_rows(shard_count: int) -> None:
 def test_fewer_row_groups_than_shards_still_splits_rows() -> None:
     shards = [shard_pieces([(0, 0, 10)], shard, 4, "exact") for shard in range(4)]
     assert [[(p.start, p.stop) for p in pieces] for pieces in shards] == [[(0, 2)], [(2, 5)], [(5, 7)], [(7, 10)]]
+
+
+GROUP_LISTS = st.lists(st.integers(0, 30), min_size=1, max_size=12).map(
+    lambda sizes: [(g // 4, g % 4, rows) for g, rows in enumerate(sizes)]
+)
+
+
+@given(GROUP_LISTS, st.integers(1, 6), st.sampled_from(["exact", "pad", "drop"]), st.integers(0, 2**32), st.data())
+def test_property_shard_seed_shards_still_partition_the_rows_the_same_every_epoch(
+    groups, shard_count: int, policy, shard_seed: int, data
+) -> None:
+    total = sum(rows for _, _, rows in groups)
+    everything = _rows([Piece(f, g, 0, n) for f, g, n in groups])
+    shards = [_rows(shard_pieces(groups, s, shard_count, policy, shard_seed)) for s in range(shard_count)]
+    counts = Counter(row for rows in shards for row in rows)
+    if policy == "exact":
+        assert sorted(counts.elements()) == sorted(everything)
+        assert max(map(len, shards)) - min(map(len, shards)) <= 1
+    elif policy == "drop":
+        assert {len(rows) for rows in shards} == {total // shard_count} and max(counts.values(), default=1) == 1
+    elif total:
+        assert {len(rows) for rows in shards} == {math.ceil(total / shard_count)} and set(counts) == set(everything)
+    spec = PlanSpec(
+        seed=data.draw(st.integers(0, 99)), shard_count=shard_count, shard_policy=policy, shard_seed=shard_seed
+    )
+    for shard in range(shard_count):  # every epoch reads the same rows of a shard, in its own order
+        epochs = [epoch_segments(groups, dataclasses.replace(spec, cur_shard=shard), epoch) for epoch in range(3)]
+        assert all(Counter(_rows([p for seg in e for p in seg.pieces])) == Counter(shards[shard]) for e in epochs)
+
+
+def test_shard_seed_deals_row_groups_in_a_seeded_order_the_same_on_every_rank() -> None:
+    groups = [(0, g, 10) for g in range(20)]
+    assert shard_order(groups, None) == groups
+    dealt = shard_order(groups, 7)
+    assert dealt == shard_order(groups, 7) != groups and sorted(dealt) == groups
+    assert shard_order(groups, 8) != dealt
+    first = shard_pieces(groups, 0, 2, "exact", shard_seed=7)
+    assert [p.row_group for p in first] == [g for _, g, _ in dealt[:10]]  # the first half of the dealt order
+    assert shard_pieces(groups, 0, 2, "exact") == [Piece(0, g, 0, 10) for g in range(10)]  # None: file order
+    assert shard_pieces(groups, 0, 1, "exact", shard_seed=7) == shard_pieces(groups, 0, 1, "exact")  # one shard
 
 
 def test_epoch_order_is_seeded_per_epoch_and_shard() -> None:

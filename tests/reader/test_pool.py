@@ -1,6 +1,6 @@
 """The ordered worker map: order, bounded prefetch, errors with tracebacks, prompt shutdown.
 
-Every behaviour is checked with threads and with worker processes.
+Every behaviour is checked with threads, with worker processes, and without workers ("dummy").
 """
 
 from __future__ import annotations
@@ -16,7 +16,12 @@ import pytest
 
 from sparkfeed.reader.pool import OrderedPool
 
-POOL_TYPES = ["thread", "process"]
+POOL_TYPES = ["thread", "process", "dummy"]
+NOTE_WHERE = {
+    "thread": "a reader thread",
+    "process": "a reader process",
+    "dummy": "the reading thread (reader_pool_type='dummy')",
+}
 
 
 def _reader_threads() -> list[threading.Thread]:
@@ -85,8 +90,8 @@ def test_worker_exception_reaches_consumer_with_traceback_and_note(pool_type) ->
         for _, value in pool.imap(range(10)):
             seen.append(value)
     assert seen == [0, 1, 2, 3, 4]
-    assert error.value.__notes__ == [f"sparkfeed: raised in a reader {pool_type} while reading item #5"]
-    if pool_type == "thread":
+    assert error.value.__notes__ == [f"sparkfeed: raised in {NOTE_WHERE[pool_type]} while reading item #5"]
+    if pool_type != "process":
         frames = [frame.name for frame in traceback.extract_tb(error.value.__traceback__)]
     else:  # the worker's traceback travels as text, attached as the cause
         frames = [str(error.value.__cause__)]
@@ -121,3 +126,33 @@ def test_spawned_workers_receive_closures_by_value(monkeypatch) -> None:
     assert [value for _, (value, _) in results] == [11, 12, 13]
     assert {kind for _, (_, kind) in results} == {"SpawnProcess"}
     assert _no_workers_left()
+
+
+def test_the_dummy_pool_works_in_the_consumers_thread_only_when_asked() -> None:
+    threads, submitted = set(), []
+
+    def work(x: int) -> int:
+        threads.add(threading.current_thread())
+        return -x
+
+    def items():
+        for i in range(10):
+            submitted.append(i)
+            yield i
+
+    results = OrderedPool(work, workers=4, prefetch=8, pool_type="dummy").imap(items())
+    assert submitted == []  # nothing read ahead
+    for consumed, (item, value) in enumerate(results, start=1):
+        assert value == -item and len(submitted) == consumed
+    assert threads == {threading.current_thread()}
+    assert not _reader_threads()
+
+
+def test_shutting_the_dummy_pool_down_from_another_thread_ends_its_iteration() -> None:
+    pool = OrderedPool(lambda x: x, workers=1, prefetch=1, pool_type="dummy")
+    iterator = pool.imap(range(100))
+    assert next(iterator) == (0, 0)
+    stopper = threading.Thread(target=pool.shutdown)
+    stopper.start()
+    stopper.join()
+    assert list(iterator) == []

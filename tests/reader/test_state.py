@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -13,6 +14,7 @@ import pytest
 from pyspark.sql import functions as F
 
 from sparkfeed import make_spark_converter
+from sparkfeed.predicates import in_lambda
 from sparkfeed.reader.plan import Segment, permutation
 from sparkfeed.reader.state import Identity, ReaderState, epoch_of, reshard, resume
 
@@ -32,6 +34,11 @@ def _double(frame: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
+# Rows whose bucket is below 4 and whose id is not a multiple of 5: a filter and a predicate together.
+FILTERED = {"filters": [("bucket", "<", 4)], "predicate": in_lambda(["id"], lambda i: i % 5 != 0)}
+PASSING = [i for i in range(ROWS) if i % 7 < 4 and i % 5 != 0]
+
+
 # Every resumable iterator kind the converter makes (a tf.data pipeline prefetches past any
 # position Python could record, so make_tf_dataset is not among them).
 KINDS: dict[str, Callable] = {
@@ -46,6 +53,8 @@ SETTINGS = {
     "unseeded": {"shuffling_queue_capacity": 300},
     "sharded+transform": {"seed": 1, "cur_shard": 1, "shard_count": 3, "transform_fn": _double},
     "drop_last": {"seed": 2, "shuffling_queue_capacity": 300, "cur_shard": 0, "shard_count": 3, "drop_last": True},
+    "filtered": {"seed": 6, "shuffling_queue_capacity": 300, **FILTERED},
+    "filtered+sharded+transform": {"seed": 8, "cur_shard": 2, "shard_count": 3, "transform_fn": _double, **FILTERED},
 }
 
 
@@ -61,6 +70,7 @@ def _assert_same(left: list[dict], right: list[dict]) -> None:
             np.testing.assert_array_equal(a[name], b[name])
 
 
+@pytest.mark.filterwarnings("ignore:filters or a predicate with shard_count")  # pad with filters: expected
 @pytest.mark.parametrize("kind", sorted(KINDS))
 @pytest.mark.parametrize("setting", sorted(SETTINGS))
 @pytest.mark.parametrize("stop", ["start", "first", "mid-epoch", "epoch-end", "second-epoch", "end"])
@@ -69,6 +79,9 @@ def test_resume_yields_exactly_the_remaining_batches(converter, kind: str, setti
     kwargs = {"batch_size": 100, "num_epochs": 2, **SETTINGS[setting]}
     with make(converter, **kwargs) as loader:
         total = len(loader)
+        if "filters" in kwargs:  # len() is an upper bound: count what a whole run gives
+            with make(converter, **kwargs) as counting:
+                total = sum(1 for _ in counting)
         stop_after = {
             "start": 0,
             "first": 1,
@@ -86,17 +99,20 @@ def test_resume_yields_exactly_the_remaining_batches(converter, kind: str, setti
             _assert_same(head + tail, [_arrays(b) for b in fresh])
     with make(converter, **kwargs) as resumed:
         resumed.load_state_dict(state)
-        assert len(resumed) == len(tail)
+        assert len(resumed) == len(tail) if "filters" not in kwargs else len(resumed) >= len(tail)
         _assert_same([_arrays(b) for b in resumed], tail)
 
 
 @pytest.mark.parametrize("kind", sorted(KINDS))
 @pytest.mark.parametrize(("old", "new"), [(3, 2), (2, 3), (1, 4)])
+@pytest.mark.parametrize("filtered", [False, True], ids=["all-rows", "filtered"])
 def test_resume_onto_a_different_shard_count_loses_and_repeats_nothing(
-    converter, kind: str, old: int, new: int
+    converter, kind: str, old: int, new: int, filtered: bool
 ) -> None:
     make = KINDS[kind]
     kwargs = {"batch_size": 50, "num_epochs": 2, "seed": 9, "shuffling_queue_capacity": 250, "shard_policy": "exact"}
+    if filtered:
+        kwargs.update(FILTERED)
     seen, states = [], []
     for shard in range(old):
         with make(converter, cur_shard=shard, shard_count=old, **kwargs) as loader:
@@ -110,8 +126,9 @@ def test_resume_onto_a_different_shard_count_loses_and_repeats_nothing(
             for batch in loader:  # the rest of epoch 0, then epoch 1 sharded the new way
                 (rest if loader.state_dict()["epoch"] == 0 else second_epoch).extend(int(i) for i in batch["id"])
             assert loader.state_dict()["epoch"] == 2
-    assert sorted(seen + rest) == list(range(ROWS))
-    assert sorted(second_epoch) == list(range(ROWS))
+    expected = PASSING if filtered else list(range(ROWS))
+    assert sorted(seen + rest) == expected
+    assert sorted(second_epoch) == expected
 
 
 def test_state_of_a_resharded_epoch_resumes_again(converter) -> None:
@@ -252,6 +269,26 @@ def test_from_dict_refuses_malformed_data_naming_the_field(change: dict[str, Any
     identity = {**good["identity"], "shard_policy": "some"}
     with pytest.raises(ValueError, match="shard_policy='some' is not allowed"):
         ReaderState.from_dict({**good, "identity": identity})
+
+
+def test_a_state_saved_before_shard_seed_filters_and_predicate_were_recorded_still_loads() -> None:
+    state = _states([1], [(0, 3)])[0]
+    data = json.loads(json.dumps(state.to_dict()))
+    assert {"shard_seed": None, "filters": None, "predicate": False}.items() <= data["identity"].items()
+    for key in ("shard_seed", "filters", "predicate"):
+        del data["identity"][key]  # as sparkfeed 0.1 wrote them
+    assert ReaderState.from_dict(data) == state
+    recorded = dataclasses.replace(state, identity=dataclasses.replace(IDENTITY, shard_seed=4, filters="(v < 3)"))
+    assert ReaderState.from_dict(json.loads(json.dumps(recorded.to_dict()))) == recorded
+    assert recorded.plan().shard_seed == 4
+    bad = recorded.to_dict()
+    for key, value, message in (
+        ("filters", 3, "filters=3 is not allowed: it must be a string or null"),
+        ("shard_seed", -1, "shard_seed=-1 is not allowed"),
+        ("predicate", "yes", "predicate='yes' is not allowed: it must be a bool"),
+    ):
+        with pytest.raises(ValueError, match=re.escape(message)):
+            ReaderState.from_dict({**bad, "identity": {**bad["identity"], key: value}})
 
 
 def test_resume_refuses_states_that_do_not_belong_together() -> None:

@@ -8,22 +8,26 @@ import gc
 import inspect
 import itertools
 import math
+import warnings
 import weakref
 from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Generic, TypeVar
 
 import numpy as np
+import pyarrow.fs as pafs
 
 from sparkfeed.cache import Manifest
+from sparkfeed.distributed import user_stacklevel
 from sparkfeed.location import Location
 from sparkfeed.options import ReaderOptions
-from sparkfeed.reader.batch import NUMPY, Batcher, BatchFormat
+from sparkfeed.reader.batch import NUMPY, Batcher, BatchFormat, Columns
 from sparkfeed.reader.exchange import Exchange
 from sparkfeed.reader.plan import PlanSpec, Segment, epoch_segments, remainder
 from sparkfeed.reader.pool import OrderedPool
 from sparkfeed.reader.readahead import DEFAULT_READ_AHEAD_BYTES, follow_counts
 from sparkfeed.reader.segments import SegmentReader, Work
+from sparkfeed.reader.selection import RowFilter, select_columns
 from sparkfeed.reader.state import Identity, ReaderState, fingerprint, resume
 from sparkfeed.types import ColumnSpec, column_specs
 
@@ -72,21 +76,29 @@ class Reader(Generic[C]):
         self._options = options
         self._fmt = fmt
         self._num_rows = manifest.num_rows
-        self._specs = column_specs(
-            manifest.schema, manifest.options.get("dtype"), manifest.shapes, options.schema_fields
-        )
+        location = Location.parse(root_url)
+        _check_reach(location, options)
+        dtype = manifest.options.get("dtype")
+        names = select_columns(options.schema_fields, manifest.schema.names)
+        self._specs = column_specs(manifest.schema, dtype, manifest.shapes, names)
+        every = column_specs(manifest.schema, dtype, manifest.shapes) if options.filters_rows else self._specs
+        self._row_filter = RowFilter.build(options.filters, options.predicate, every, list(self._specs))
+        extra = {} if self._row_filter is None else {name: every[name] for name in self._row_filter.extra}
         self._segment_reader = SegmentReader(
-            root_url,
+            location,
             manifest.files,
-            self._specs,
+            {**self._specs, **extra},
             options.transform_spec,
             options.verify_checksums,
             immutable=bool(manifest.key),  # a cache sparkfeed wrote: its files are never rewritten
             read_ahead_bytes=DEFAULT_READ_AHEAD_BYTES if options.read_ahead_bytes is None else options.read_ahead_bytes,
+            row_filter=self._row_filter,
         )
         self._groups = [
             (f, g, rows) for f, entry in enumerate(manifest.files) for g, rows in enumerate(entry.row_groups)
         ]
+        if self._row_filter is not None:  # row groups whose statistics rule every row out are never planned
+            self._groups = self._row_filter.prune(self._groups, manifest.files, location, every)
         cur_shard, shard_count = options.shard
         seed = options.seed
         if seed is None:  # Drawn once, and part of the state: a resumed unseeded run stays exact.
@@ -97,14 +109,25 @@ class Reader(Generic[C]):
             shard_count=shard_count,
             shard_policy=options.shard_policy,
             shuffle_row_groups=options.shuffle_row_groups,
-            shuffle_rows=options.shuffling_queue_capacity or 0,
+            shuffle_rows=options.shuffle_window,
+            shard_seed=options.shard_seed,
         )
         self._rows = sum(s.rows for s in epoch_segments(self._groups, self._plan, 0))
         if self._rows == 0 and options.num_epochs is None:
+            pruned = "" if self._row_filter is None else ", of which the filters' statistics rule out all but these"
             raise ValueError(
-                f"shard {cur_shard} of {shard_count} holds no rows ({manifest.num_rows} rows in the dataset, "
+                f"shard {cur_shard} of {shard_count} holds no rows ({manifest.num_rows} rows in the dataset{pruned}, "
                 f"shard_policy={options.shard_policy!r}), so num_epochs=None would wait forever: "
                 "use fewer shards or a finite num_epochs"
+            )
+        if self._row_filter is not None and shard_count > 1 and options.shard_policy != "exact":
+            warnings.warn(
+                f"filters or a predicate with shard_count={shard_count}: shards keep different numbers of rows, so "
+                f"shard_policy={options.shard_policy!r} cannot give every rank the same number of batches, and "
+                "DDP/Horovod ranks may wait on each other at the end of an epoch; for equal counts, filter the "
+                "DataFrame before make_spark_converter (df.filter(...)) instead",
+                UserWarning,
+                stacklevel=user_stacklevel(),
             )
         self._identity = Identity(
             fingerprint=fingerprint(manifest.key, [(entry.path, entry.row_groups) for entry in manifest.files]),
@@ -117,6 +140,9 @@ class Reader(Generic[C]):
             shard_policy=options.shard_policy,
             shuffle_row_groups=options.shuffle_row_groups,
             shuffle_rows=self._plan.shuffle_rows,
+            shard_seed=self._plan.shard_seed,
+            filters=None if self._row_filter is None else self._row_filter.description,
+            predicate=options.predicate is not None,
         )
         self._position = Position(0)
         self._end: int | None = None  # end epoch of the current (or resumed) iteration
@@ -132,7 +158,11 @@ class Reader(Generic[C]):
 
     @property
     def num_rows(self) -> int:
-        """Rows this reader yields per epoch (its shard's share of the dataset)."""
+        """Rows this reader yields per epoch (its shard's share of the dataset).
+
+        With ``filters`` or a ``predicate``, the rows of the row groups their statistics could
+        not rule out: an upper bound of what passes.
+        """
         return self._rows
 
     @property
@@ -142,11 +172,15 @@ class Reader(Generic[C]):
 
     @property
     def filters_rows(self) -> bool:
-        """Whether a transform may change the row count, making lengths an estimate."""
-        return self._options.transform_spec is not None
+        """Whether filters, a predicate or a transform may change the row count, making lengths an estimate."""
+        return self._options.transform_spec is not None or self._row_filter is not None
 
     def __len__(self) -> int:
-        """Batches left in the next iteration, exact when the transform keeps every row."""
+        """Batches left in the next iteration, exact when nothing filters rows (see :attr:`filters_rows`).
+
+        With filters or a predicate it is an upper bound: the batches of every row that the
+        row groups' statistics could not rule out, as if all of them passed.
+        """
         if self._options.num_epochs is None:
             raise TypeError("a loader with num_epochs=None is infinite and has no len(); pass num_epochs")
         start, end = self._iteration_range()
@@ -226,27 +260,42 @@ class Reader(Generic[C]):
     def _stream(self, start: Position, end: int | None, token: object) -> Generator[C, None, None]:
         options = self._options
         segments, convert = self._segment_reader, self._fmt.convert
+        # A filtered read also says where each of its rows leaves the position (None: one row each).
+        read: Callable[[Work], tuple[Columns, np.ndarray | None]] = (
+            segments.read_filtered if self._row_filter is not None else lambda work: (segments.read(work), None)
+        )
         # Worker processes hand NumPy over through shared memory, and the format is made here;
         # worker threads make it themselves.
         exchange = Exchange() if options.reader_pool_type == "process" else None
-        if exchange is not None:
-            export = exchange.export
-            work_fn: Callable[[Work], Any] = lambda work: export(segments.read(work))  # noqa: E731
-        else:
-            work_fn = lambda work: convert(segments.read(work))  # noqa: E731
+        finish = exchange.export if exchange is not None else convert
+
+        def work_fn(work: Work) -> tuple[Any, np.ndarray | None]:
+            columns, ends = read(work)
+            return finish(columns), ends
+
         pool: OrderedPool[Work, Any] = OrderedPool(
             work_fn, options.workers, options.prefetch_pieces, segments.describe, options.reader_pool_type
         )
         self._pool = pool
         raw = pool.imap(self._scheduled(self._work(start, end)))
-        results = raw if exchange is None else ((w, convert(exchange.load(c))) for w, c in raw)
+        results = raw if exchange is None else ((w, (convert(exchange.load(c)), e)) for w, (c, e) in raw)
         batcher = Batcher(self._fmt, options.batch_size, options.drop_last)
         try:
             for epoch, items in itertools.groupby(results, key=lambda item: item[0].epoch):
-                chunks = (((work.index, work.skip), chunk) for work, chunk in items)
-                for batch, (index, skip), consumed in batcher.batches(chunks):
-                    self._move(token, Position(epoch, index, skip + consumed))
+                chunks = (((work.index, work.skip, ends), chunk) for work, (chunk, ends) in items)
+                batches = 0
+                for batch, (index, skip, ends), consumed in batcher.batches(chunks):
+                    offset = consumed if ends is None else int(ends[consumed - 1])
+                    self._move(token, Position(epoch, index, skip + offset))
+                    batches += 1
                     yield batch
+                if not batches and end is None and epoch > start.epoch:
+                    raise ValueError(
+                        f"a whole epoch of shard {self._plan.cur_shard} of {self._plan.shard_count} gave no batch (no "
+                        "row passed the filters or predicate, a transform dropped every row, or drop_last left out "
+                        "the one short batch), so num_epochs=None would wait forever: check the filters, or pass a "
+                        "finite num_epochs"
+                    )
                 self._move(token, Position(epoch + 1))
             if end is not None:
                 self._move(token, Position(end))
@@ -353,3 +402,37 @@ class Reader(Generic[C]):
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+
+def _check_reach(location: Location, options: ReaderOptions) -> None:
+    """``storage_options``/``filesystem`` given to a loader must be how its converter reaches the cache already.
+
+    Petastorm's reader took them for every read; a sparkfeed converter carries them from
+    ``make_spark_converter`` to every process it is pickled to, so a loader has nothing to add.
+    The same values (or None) are accepted so that Petastorm calls keep working; other values
+    would mean another way to the same cache, which this loader would silently not use.
+
+    Raises:
+        ValueError: They differ from the converter's; the message names the keys, not the values,
+            which may be credentials.
+    """
+    given = options.storage_options
+    if given is not None and dict(given) != location.options:
+        raise ValueError(
+            f"storage_options with keys {sorted(given)} differ from those of this converter's cache {location.url} "
+            f"(keys {sorted(location.options)}): a converter reaches its cache with what make_spark_converter "
+            "was given; pass storage_options to make_spark_converter, and leave them out here"
+        )
+    fs = options.filesystem
+    if fs is None or fs is location.given_filesystem:
+        return
+    known = location.given_filesystem
+    if known is not None:
+        same = bool(fs == known)
+    else:
+        same = isinstance(fs, pafs.FileSystem) and fs.equals(location.filesystem)
+    if not same:
+        raise ValueError(
+            f"filesystem={fs!r} is not the filesystem this converter reaches its cache {location.url} with: pass "
+            "filesystem to make_spark_converter, and leave it out here"
+        )

@@ -7,7 +7,9 @@ an epoch is a segment index and a row offset, and the rows after it can be recom
 
 Sharding splits rows, not row groups: a dataset with fewer row groups than shards still gives
 every shard its share. Shards are contiguous in file order and stay the same every epoch (as
-in Petastorm and ``tf.data.Dataset.shard``); the order inside a shard changes every epoch.
+in Petastorm and ``tf.data.Dataset.shard``); the order inside a shard changes every epoch. A
+``shard_seed`` (Petastorm's) deals the row groups out in an order drawn from it instead of file
+order, still split evenly by rows and still the same every epoch.
 """
 
 from __future__ import annotations
@@ -86,6 +88,8 @@ class PlanSpec:
     shuffle_row_groups: bool = True
     shuffle_rows: int = 0
     """Minimum rows of a shuffle window (Petastorm's ``shuffling_queue_capacity``); 0 disables."""
+    shard_seed: int | None = None
+    """Seed of the order row groups are dealt to shards in; None: file order."""
 
 
 def _pieces_in(groups: Sequence[tuple[int, int, int]], low: int, high: int) -> list[Piece]:
@@ -98,8 +102,24 @@ def _pieces_in(groups: Sequence[tuple[int, int, int]], low: int, high: int) -> l
     return pieces
 
 
+def shard_order(row_groups: Sequence[tuple[int, int, int]], shard_seed: int | None) -> list[tuple[int, int, int]]:
+    """The row groups in the order they are dealt to shards: file order, or a permutation drawn from ``shard_seed``.
+
+    It depends on the seed alone, never on the shard or the epoch, so every rank deals the same
+    order and shards stay a partition of the rows.
+    """
+    if shard_seed is None:
+        return list(row_groups)
+    rng = np.random.default_rng(np.random.SeedSequence(shard_seed, spawn_key=(2,)))
+    return [row_groups[i] for i in rng.permutation(len(row_groups))]
+
+
 def shard_pieces(
-    row_groups: Sequence[tuple[int, int, int]], cur_shard: int, shard_count: int, policy: ShardPolicy = "exact"
+    row_groups: Sequence[tuple[int, int, int]],
+    cur_shard: int,
+    shard_count: int,
+    policy: ShardPolicy = "exact",
+    shard_seed: int | None = None,
 ) -> list[Piece]:
     """The pieces of one shard: rows ``[cur·N/n, (cur+1)·N/n)`` of the dataset in file order.
 
@@ -114,7 +134,11 @@ def shard_pieces(
         cur_shard: This shard's index.
         shard_count: How many shards share the dataset.
         policy: ``pad``, ``drop`` or ``exact``.
+        shard_seed: With more than one shard, the rows are those of :func:`shard_order`
+            instead of file order.
     """
+    if shard_count > 1:
+        row_groups = shard_order(row_groups, shard_seed)
     total = sum(rows for _, _, rows in row_groups)
     low, high = cur_shard * total // shard_count, (cur_shard + 1) * total // shard_count
     if policy == "drop":
@@ -143,7 +167,7 @@ def epoch_segments(row_groups: Sequence[tuple[int, int, int]], spec: PlanSpec, e
     come from one place of the dataset; two row groups drawn from anywhere in the shard make a
     batch span far more of it (the benchmark's "batch spread") for one more row group in memory.
     """
-    pieces = shard_pieces(row_groups, spec.cur_shard, spec.shard_count, spec.shard_policy)
+    pieces = shard_pieces(row_groups, spec.cur_shard, spec.shard_count, spec.shard_policy, spec.shard_seed)
     order = epoch_order(pieces, shuffle=spec.shuffle_row_groups, seed=spec.seed, epoch=epoch, shard=spec.cur_shard)
     if not spec.shuffle_rows:
         return [Segment((piece,)) for piece in order]

@@ -8,7 +8,8 @@ and transforms whole pieces and sends back whatever ``fn`` returns, pickled (the
 makes that a small handle to shared memory: see :mod:`sparkfeed.reader.exchange`).
 
 Results come back in submission order, which keeps the output deterministic, and at most
-``prefetch`` items are in flight, which bounds memory.
+``prefetch`` items are in flight, which bounds memory. ``"dummy"``, as in Petastorm, has no
+workers: each item is worked on in the consuming thread when it is asked for, nothing ahead.
 """
 
 from __future__ import annotations
@@ -104,6 +105,7 @@ class OrderedPool(Generic[T, R]):
         self._pool_type = pool_type
         self._executor: Executor | None = None
         self._stopped: list[Any] = []
+        self._shut = False
 
     def shutdown(self) -> None:
         """Stops the workers from any thread: queued items are cancelled, processes terminated.
@@ -111,6 +113,7 @@ class OrderedPool(Generic[T, R]):
         The consumer may be inside :meth:`imap` in another thread (tf.data runs generators in
         its own threads); its iteration then ends at its next step.
         """
+        self._shut = True
         executor = self._executor
         if executor is not None:
             self._stopped += _stop(executor)
@@ -126,6 +129,27 @@ class OrderedPool(Generic[T, R]):
         An exception in a worker is re-raised here, with its own traceback (a process worker's
         is attached as the cause) and a note naming the item it came from.
         """
+        self._shut = False
+        if self._pool_type == "dummy":
+            return self._inline(items)
+        return self._pooled(items)
+
+    def _inline(self, items: Iterable[T]) -> Iterator[tuple[T, R]]:
+        """The ``dummy`` pool: ``fn`` runs in the consumer's thread, one item when it is asked for."""
+        for item in items:
+            if self._shut:
+                return  # shut down from another thread
+            try:
+                result = self._fn(item)
+            except BaseException as error:
+                error.add_note(
+                    f"sparkfeed: raised in the reading thread (reader_pool_type='dummy') while reading "
+                    f"{self._describe(item)}"
+                )
+                raise
+            yield item, result
+
+    def _pooled(self, items: Iterable[T]) -> Iterator[tuple[T, R]]:
         executor, fn = self._start()
         self._executor = executor
         pending: collections.deque[tuple[T, Future[R]]] = collections.deque()

@@ -29,6 +29,7 @@ from sparkfeed.location import Location
 from sparkfeed.reader.batch import NUMPY, Columns
 from sparkfeed.reader.plan import Segment, permutation
 from sparkfeed.reader.readahead import DEFAULT_READ_AHEAD_BYTES, ReadAhead, SpanFile, column_ranges
+from sparkfeed.reader.selection import RowFilter, kept_positions
 from sparkfeed.transform import TransformSpec
 from sparkfeed.types import ColumnSpec, to_numpy
 from sparkfeed.writer import unpack
@@ -115,6 +116,8 @@ class SegmentReader:
             footers may be shared with this process's other readers.
         read_ahead_bytes: Remote files only: bytes of upcoming row groups fetched together and
             held at most; 0 leaves each row group to pyarrow's pre-buffering.
+        row_filter: The rows to keep (see :meth:`read_filtered`); ``specs`` then also holds
+            its extra columns, which are read to filter by and never yielded.
     """
 
     def __init__(
@@ -126,6 +129,7 @@ class SegmentReader:
         verify_checksums: bool = True,
         immutable: bool = False,
         read_ahead_bytes: int = DEFAULT_READ_AHEAD_BYTES,
+        row_filter: RowFilter | None = None,
     ) -> None:
         self._location = Location.parse(root)
         self._read_ahead_bytes = read_ahead_bytes if not self._location.is_local else 0
@@ -144,6 +148,8 @@ class SegmentReader:
         self._ranges: dict[tuple[int, int], list[tuple[int, int]]] = {}
         self._lock = threading.Lock()
         self._footer_locks: dict[int, threading.Lock] = {}
+        self._filter = row_filter
+        self._outputs = [name for name in specs if row_filter is None or name not in row_filter.extra]
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
@@ -196,6 +202,8 @@ class SegmentReader:
         Without a transform, the shuffle is an Arrow ``take`` before conversion (C++, GIL
         released, twice NumPy's fancy indexing here); with one, it permutes the NumPy output.
         """
+        if self._filter is not None:
+            return self.read_filtered(work)[0]
         pieces = work.segment.pieces
         ahead = work.ahead or (0,) * len(pieces)
         tables = [self._read_table(p.file, p.row_group, p.start, p.stop, a) for p, a in zip(pieces, ahead, strict=True)]
@@ -217,6 +225,49 @@ class SegmentReader:
             columns = {name: array[rows] for name, array in columns.items()}
         return columns
 
+    def read_filtered(self, work: Work) -> tuple[Columns, np.ndarray | None]:
+        """One segment read with the row filter applied, and where each of its rows leaves the reader.
+
+        The filter is decided on the rows of the pieces as read (the shuffle window joined, in
+        file order), then the segment's rows are taken as without a filter (permuted, cut,
+        resumed) and those that fail it are dropped, so a segment yields the same rows in the
+        same order however it was cut. The second value gives, for each yielded row, the
+        position in the segment's unfiltered rows just after it (:func:`kept_positions`), which
+        is what the reader's position counts. With a transform the filter runs before it, on
+        each piece; a transform that changes the number of rows makes its output what the
+        position counts, as without a filter, and the second value None.
+        """
+        assert self._filter is not None
+        pieces = work.segment.pieces
+        ahead = work.ahead or (0,) * len(pieces)
+        tables = [self._read_table(p.file, p.row_group, p.start, p.stop, a) for p, a in zip(pieces, ahead, strict=True)]
+        masks = [self._filter.mask(table, self._frame) for table in tables]
+        mask = np.concatenate(masks) if masks else np.zeros(0, dtype=bool)
+        order = self._rows_of(work, len(mask))  # the segment's rows as without a filter, as indices
+        indices = order if isinstance(order, np.ndarray) else np.arange(len(mask))[order or slice(None)]
+        kept = mask[indices]
+        chosen, positions = indices[kept], kept_positions(kept)
+        if self._transform is None:
+            if all(t.schema == tables[0].schema for t in tables):
+                table = (tables[0] if len(tables) == 1 else pa.concat_tables(tables)).select(self._outputs)
+                table = table.take(chosen)
+                return {name: to_numpy(self._specs[name], table.column(name)) for name in self._outputs}, positions
+            parts = [{n: to_numpy(self._specs[n], t.column(n)) for n in self._outputs} for t in tables]
+            return {name: array[chosen] for name, array in NUMPY.concat(parts).items()}, positions
+        outputs = [
+            self._dates_as_days(self._transform.apply(self._frame(t.filter(pa.array(m)).select(self._outputs))))
+            for t, m in zip(tables, masks, strict=True)
+            if m.any()
+        ]
+        columns = NUMPY.concat(outputs) if outputs else {}
+        if [NUMPY.rows(part) for part in outputs] == [int(m.sum()) for m in masks if m.any()]:
+            rank = np.cumsum(mask) - 1  # a kept row's index among the kept rows, which the transform kept 1:1
+            return {name: array[rank[chosen]] for name, array in columns.items()}, positions
+        rows = self._rows_of(work, NUMPY.rows(columns))
+        if rows is not None:
+            columns = {name: array[rows] for name, array in columns.items()}
+        return columns, None
+
     def _frame(self, table: pa.Table) -> pd.DataFrame:
         """A piece as the transform's pandas DataFrame.
 
@@ -224,7 +275,11 @@ class SegmentReader:
         would batch: ``to_pandas`` would make each cell an object array of row arrays, which
         the transform's output could no longer stack into a tensor.
         """
-        nested = [name for name, spec in self._specs.items() if spec.kind == "tensor" and len(spec.shape) > 1]
+        nested = [
+            name
+            for name in table.column_names
+            if self._specs[name].kind == "tensor" and len(self._specs[name].shape) > 1
+        ]
         rest = table.drop_columns(nested)
         frame: pd.DataFrame = rest.to_pandas(date_as_object=False, coerce_temporal_nanoseconds=False)
         for name in nested:

@@ -17,13 +17,17 @@ The dict form (``to_dict``), which goes into checkpoints::
     {"format": "sparkfeed.reader", "version": 2,
      "identity": {"fingerprint": "…", "num_rows": 1000, "batch_size": 32, "drop_last": false,
                   "num_epochs": 2, "columns": ["id", "x"], "transform": false,
-                  "shard_policy": "pad", "shuffle_row_groups": true, "shuffle_rows": 0},
+                  "shard_policy": "pad", "shuffle_row_groups": true, "shuffle_rows": 0,
+                  "shard_seed": null, "filters": null, "predicate": false},
      "seed": 7, "cur_shard": 0, "shard_count": 2,
      "epoch": 0, "segment": 3, "offset": 17, "end_epoch": 2,
      "segments": null}
 
 ``segments`` is null when the epoch's segments follow from the seed and shard; after a reshard
 it lists them, each as ``[[[file, row_group, start, stop], ...], shuffle_key, seed, start, stop]``.
+
+The identity's last three keys came after the first states of this version were saved; a state
+without them was saved without shard seed, filters or predicate, and reads as such.
 """
 
 from __future__ import annotations
@@ -79,6 +83,10 @@ class Identity:
         shard_policy: How rows are split into shards.
         shuffle_row_groups: Whether row groups are shuffled each epoch.
         shuffle_rows: Minimum rows of a shuffle window; 0 for none.
+        shard_seed: The seed of the order row groups are dealt to shards in (None: file order).
+        filters: The row filter's Arrow expression, as text: it decides which row groups the
+            plan skips and which rows a position counts past.
+        predicate: Whether a predicate selects rows (like a transform, it cannot be compared).
     """
 
     fingerprint: str
@@ -91,6 +99,9 @@ class Identity:
     shard_policy: ShardPolicy
     shuffle_row_groups: bool
     shuffle_rows: int
+    shard_seed: int | None = None
+    filters: str | None = None
+    predicate: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,6 +144,7 @@ class ReaderState:
             shard_policy=identity.shard_policy,
             shuffle_row_groups=identity.shuffle_row_groups,
             shuffle_rows=identity.shuffle_rows,
+            shard_seed=identity.shard_seed,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -360,8 +372,8 @@ def _check_segments(state: ReaderState, groups: Groups) -> None:
         )
 
 
-def _check_keys(what: str, data: Mapping[str, Any], expected: set[str]) -> None:
-    missing = sorted(expected - set(data))
+def _check_keys(what: str, data: Mapping[str, Any], expected: set[str], optional: frozenset[str] = frozenset()) -> None:
+    missing = sorted(expected - optional - set(data))
     if missing:
         raise ValueError(f"{what} is missing {', '.join(repr(k) for k in missing)}")
     unknown = sorted(set(data) - expected, key=str)
@@ -396,8 +408,11 @@ def _identity(data: object) -> Identity:
     what = "reader state identity"
     if not isinstance(data, Mapping):
         raise ValueError(f"reader state: identity={data!r:.80} is not allowed: it must be a dict")
-    _check_keys(what, data, {f.name for f in dataclasses.fields(Identity)})
+    _check_keys(what, data, {f.name for f in dataclasses.fields(Identity)}, _LATER_IDENTITY_KEYS)
+    data = {"shard_seed": None, "filters": None, "predicate": False, **data}
     fingerprint, columns, policy = data["fingerprint"], data["columns"], data["shard_policy"]
+    if data["filters"] is not None and not isinstance(data["filters"], str):
+        raise ValueError(f"{what}: filters={data['filters']!r:.80} is not allowed: it must be a string or null")
     if not isinstance(fingerprint, str):
         raise ValueError(f"{what}: fingerprint={fingerprint!r} is not allowed: it must be a string")
     if not isinstance(columns, list | tuple) or not all(isinstance(c, str) for c in columns):
@@ -415,7 +430,14 @@ def _identity(data: object) -> Identity:
         shard_policy=policy,
         shuffle_row_groups=_bool(data, "shuffle_row_groups", what),
         shuffle_rows=_int(data, "shuffle_rows", 0, what),
+        shard_seed=_optional_int(data, "shard_seed", 0, what),
+        filters=data["filters"],
+        predicate=_bool(data, "predicate", what),
     )
+
+
+_LATER_IDENTITY_KEYS = frozenset({"shard_seed", "filters", "predicate"})
+"""Identity keys that version-2 states saved before them lack; they default to "none"."""
 
 
 def _segment_to_list(segment: Segment) -> list[Any]:

@@ -1,0 +1,165 @@
+"""Which shard this process is: ``cur_shard="auto"`` / ``shard_count="auto"``, and the rank check.
+
+Distributed training launchers say each process's rank in one of a few places: an initialized
+``torch.distributed`` process group, the environment variables of Horovod, Open MPI and PMI
+(MPICH, Intel MPI, Slurm's PMI), or Spark's ``BarrierTaskContext`` in a barrier task (as
+``TorchDistributor`` and ``horovod.spark`` start them). ``"auto"`` reads the first of these that
+is there, so one script runs alone (reading everything) and on every rank (reading its shard).
+
+Like Petastorm, a loader whose explicit ``cur_shard``/``shard_count`` disagree with the rank
+variables warns: each rank then reads another shard than its rank, or all of them the whole
+dataset, which is rarely meant and costs an epoch to notice.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+import warnings
+from collections.abc import Mapping
+
+RANK_VARIABLES: tuple[tuple[str, str], ...] = (
+    ("HOROVOD_RANK", "HOROVOD_SIZE"),
+    ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE"),
+    ("PMI_RANK", "PMI_SIZE"),
+)
+"""The (rank, size) environment variables Petastorm checks, in the order it checks them."""
+
+AUTO = "auto"
+
+
+@dataclasses.dataclass(frozen=True)
+class Rank:
+    """A process's place in a distributed job.
+
+    Attributes:
+        rank: Its index, in ``[0, size)``.
+        size: How many processes share the job.
+        source: Where it was read, for messages (``"torch.distributed"``, ``"HOROVOD_RANK/HOROVOD_SIZE"``).
+    """
+
+    rank: int
+    size: int
+    source: str
+
+
+def environment_rank(environ: Mapping[str, str] | None = None) -> Rank | None:
+    """The rank in the first pair of :data:`RANK_VARIABLES` that is set, as Petastorm reads them.
+
+    A pair with only one of its variables set ends the search with None, as in Petastorm: such
+    an environment is not a launcher's, and guessing the other half would be worse. Values that
+    are not a valid rank (not integers, or a rank outside ``[0, size)``) count as none.
+    """
+    env = os.environ if environ is None else environ
+    for rank_name, size_name in RANK_VARIABLES:
+        rank, size = env.get(rank_name), env.get(size_name)
+        if rank is None and size is None:
+            continue
+        if rank is None or size is None:
+            return None
+        try:
+            parsed = int(rank), int(size)
+        except ValueError:
+            return None
+        if not 0 <= parsed[0] < parsed[1]:
+            return None
+        return Rank(parsed[0], parsed[1], f"{rank_name}/{size_name}")
+    return None
+
+
+def torch_rank() -> Rank | None:
+    """The rank of an initialized ``torch.distributed`` default process group, else None.
+
+    torch is not imported for this: a process that has not imported ``torch.distributed`` has
+    no process group.
+    """
+    dist = sys.modules.get("torch.distributed")
+    if dist is None or not dist.is_available() or not dist.is_initialized():
+        return None
+    return Rank(int(dist.get_rank()), int(dist.get_world_size()), "torch.distributed")
+
+
+def barrier_rank() -> Rank | None:
+    """The partition and task count of the Spark barrier task this runs in, else None.
+
+    A Python worker of a barrier stage holds a ``BarrierTaskContext`` (Spark resets it after
+    each task, so a reused worker does not keep a stale one); an ordinary task, the driver and
+    a process that never imported pyspark have none.
+    """
+    module = sys.modules.get("pyspark.taskcontext")
+    if module is None:
+        return None
+    context = module.TaskContext.get()
+    if not isinstance(context, module.BarrierTaskContext):
+        return None
+    return Rank(int(context.partitionId()), len(context.getTaskInfos()), "Spark's BarrierTaskContext")
+
+
+def detect_rank() -> Rank | None:
+    """This process's rank: torch.distributed, then the rank variables, then a Spark barrier task.
+
+    An initialized process group comes first because it is what the training loop's collectives
+    use; the variables are set by launchers before any group exists.
+    """
+    return torch_rank() or environment_rank() or barrier_rank()
+
+
+def resolve_shards(cur_shard: object, shard_count: object) -> tuple[object, object]:
+    """``cur_shard``/``shard_count`` with ``"auto"`` replaced by the detected rank and size.
+
+    Where no rank is found, ``"auto"`` for both means unsharded (None, None): a single process
+    reads everything. Other values pass through unchanged, to be validated by the options.
+
+    Raises:
+        ValueError: Only one of them is ``"auto"`` and no rank was found to fill it in.
+    """
+    if cur_shard != AUTO and shard_count != AUTO:
+        return cur_shard, shard_count
+    found = detect_rank()
+    if found is None:
+        if cur_shard == AUTO and shard_count == AUTO:
+            return None, None
+        raise ValueError(
+            f"cur_shard={cur_shard!r}, shard_count={shard_count!r}: 'auto' found no rank (no initialized "
+            "torch.distributed group, none of the variables "
+            f"{', '.join('/'.join(pair) for pair in RANK_VARIABLES)}, no Spark barrier task); "
+            "pass both as integers, or both as 'auto'"
+        )
+    return (found.rank if cur_shard == AUTO else cur_shard), (found.size if shard_count == AUTO else shard_count)
+
+
+def check_rank_variables(cur_shard: int | None, shard_count: int | None) -> None:
+    """Warns, as Petastorm does, when the shard disagrees with the Horovod/MPI/PMI rank variables.
+
+    An unsharded loader agrees with a job of one process; in a larger job every rank would then
+    read the whole dataset, which the warning says too.
+    """
+    found = environment_rank()
+    if found is None:
+        return
+    given = (0, 1) if shard_count is None else (cur_shard, shard_count)
+    if given == (found.rank, found.size):
+        return
+    warnings.warn(
+        f"cur_shard={cur_shard!r} and shard_count={shard_count!r} disagree with the environment's rank "
+        f"{found.rank} of {found.size} ({found.source}): each process reads "
+        + ("the whole dataset" if shard_count is None else f"shard {cur_shard} of {shard_count}")
+        + f". To train each rank on its own shard, pass cur_shard={found.rank}, shard_count={found.size} "
+        "(hvd.rank(), hvd.size()), or cur_shard='auto', shard_count='auto'",
+        UserWarning,
+        stacklevel=user_stacklevel(),
+    )
+
+
+def user_stacklevel() -> int:
+    """The ``stacklevel`` that makes a warning name the user's line: the first frame outside sparkfeed.
+
+    Loaders reach their checks through a different number of sparkfeed frames each (a
+    decorator, the converter, the options), so a fixed level would point into sparkfeed.
+    """
+    package = os.path.dirname(os.path.abspath(__file__))
+    frame, level = sys._getframe(1), 1  # the frame calling warnings.warn is level 1
+    while frame.f_back is not None and frame.f_code.co_filename.startswith(package):
+        frame, level = frame.f_back, level + 1
+    return level

@@ -1,0 +1,149 @@
+"""``cur_shard``/``shard_count="auto"`` and the rank check, against real launch environments.
+
+The rank variables are set in this process's real environment; torch.distributed runs in two
+gloo processes; Spark's barrier tasks run on the test session's local cluster.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+
+from sparkfeed import make_spark_converter
+from sparkfeed.distributed import RANK_VARIABLES, Rank, detect_rank, environment_rank
+from sparkfeed.options import reader_options
+
+from helpers import free_port
+
+
+@pytest.fixture(autouse=True)
+def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No rank variable from outside the test: each test sets its own."""
+    for pair in RANK_VARIABLES:
+        for name in pair:
+            monkeypatch.delenv(name, raising=False)
+
+
+@pytest.mark.parametrize(("rank_name", "size_name"), RANK_VARIABLES)
+def test_auto_reads_each_launchers_variables(monkeypatch, rank_name: str, size_name: str) -> None:
+    monkeypatch.setenv(rank_name, "2")
+    monkeypatch.setenv(size_name, "3")
+    assert environment_rank() == Rank(2, 3, f"{rank_name}/{size_name}")
+    options = reader_options(cur_shard="auto", shard_count="auto")
+    assert options.shard == (2, 3)
+    with pytest.warns(UserWarning, match="cur_shard=2 and shard_count=6 disagree with the environment's rank 2 of 3"):
+        assert reader_options(cur_shard="auto", shard_count=6).shard == (2, 6)  # an explicit count is kept
+
+
+def test_the_first_pair_that_is_set_wins_and_half_a_pair_ends_the_search(monkeypatch) -> None:
+    monkeypatch.setenv("OMPI_COMM_WORLD_RANK", "1")
+    monkeypatch.setenv("OMPI_COMM_WORLD_SIZE", "4")
+    monkeypatch.setenv("PMI_RANK", "3")
+    monkeypatch.setenv("PMI_SIZE", "5")
+    assert environment_rank() == Rank(1, 4, "OMPI_COMM_WORLD_RANK/OMPI_COMM_WORLD_SIZE")
+    monkeypatch.setenv("HOROVOD_RANK", "0")  # its size missing: not a launcher's environment, as in Petastorm
+    assert environment_rank() is None
+    monkeypatch.setenv("HOROVOD_SIZE", "two")
+    assert environment_rank() is None
+    monkeypatch.setenv("HOROVOD_SIZE", "2")
+    assert environment_rank() == Rank(0, 2, "HOROVOD_RANK/HOROVOD_SIZE")
+
+
+def test_auto_without_any_launcher_reads_everything_and_half_auto_is_refused() -> None:
+    assert detect_rank() is None
+    assert reader_options(cur_shard="auto", shard_count="auto").shard == (0, 1)
+    with pytest.raises(ValueError, match=r"cur_shard='auto', shard_count=4: 'auto' found no rank .*HOROVOD_RANK"):
+        reader_options(cur_shard="auto", shard_count=4)
+
+
+def test_shards_that_disagree_with_the_rank_variables_warn_at_the_users_line(monkeypatch, spark) -> None:
+    monkeypatch.setenv("HOROVOD_RANK", "1")
+    monkeypatch.setenv("HOROVOD_SIZE", "2")
+    converter = make_spark_converter(spark.range(10))
+    with pytest.warns(UserWarning, match=r"cur_shard=0 and shard_count=2 disagree with the environment's rank 1 of 2"):
+        converter.make_numpy_iterator(cur_shard=0, shard_count=2)
+    with pytest.warns(UserWarning, match="each process reads the whole dataset") as caught:
+        converter.make_torch_dataloader()
+    assert caught[0].filename == __file__  # the loader call, not sparkfeed's internals
+    assert "pass cur_shard=1, shard_count=2 (hvd.rank(), hvd.size()), or cur_shard='auto'" in str(caught[0].message)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        converter.make_numpy_iterator(cur_shard=1, shard_count=2)
+        converter.make_numpy_iterator(cur_shard="auto", shard_count="auto")
+    monkeypatch.setenv("HOROVOD_SIZE", "1")
+    monkeypatch.setenv("HOROVOD_RANK", "0")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        converter.make_numpy_iterator()  # one process reading everything agrees with a job of one
+
+
+def _barrier_ranks(converter_blob: bytes):  # runs in the Spark task
+    def task(_):
+        import pickle
+
+        from sparkfeed.distributed import detect_rank
+
+        found = detect_rank()
+        converter = pickle.loads(converter_blob)
+        kwargs = {"batch_size": 7, "num_epochs": 1, "cur_shard": "auto", "shard_count": "auto"}
+        with converter.make_numpy_iterator(shard_policy="exact", **kwargs) as batches:
+            ids = [int(i) for batch in batches for i in batch["id"]]
+        yield None if found is None else (found.rank, found.size, found.source), ids
+
+    return task
+
+
+def test_auto_in_a_spark_barrier_task_reads_the_tasks_shard(spark) -> None:
+    converter = make_spark_converter(spark.range(60))
+    blob = pickle.dumps(converter)
+    rdd = spark.sparkContext.parallelize(range(2), 2)
+    barrier = sorted(rdd.barrier().mapPartitions(_barrier_ranks(blob)).collect())
+    assert [found for found, _ in barrier] == [
+        (0, 2, "Spark's BarrierTaskContext"),
+        (1, 2, "Spark's BarrierTaskContext"),
+    ]
+    assert [len(ids) for _, ids in barrier] == [30, 30] and sorted(i for _, ids in barrier for i in ids) == list(
+        range(60)
+    )
+    ordinary = rdd.mapPartitions(_barrier_ranks(blob)).collect()  # an ordinary task is no rank
+    assert [found for found, _ in ordinary] == [None, None]
+    assert all(sorted(ids) == list(range(60)) for _, ids in ordinary)
+
+
+def test_auto_reads_an_initialized_torch_distributed_group(spark, tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    blob = tmp_path / "converter.pkl"
+    blob.write_bytes(pickle.dumps(make_spark_converter(spark.range(101))))
+    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "WORLD_SIZE": "2"}
+    job = Path(__file__).with_name("auto_shard_job.py")
+    ranks = [
+        subprocess.Popen(
+            [sys.executable, str(job), str(blob)],
+            env={**env, "RANK": str(rank)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for rank in range(2)
+    ]
+    outputs = []
+    try:
+        for process in ranks:
+            out, err = process.communicate(timeout=240)
+            assert process.returncode == 0, err[-3000:]
+            outputs.append(json.loads(out.strip().splitlines()[-1]))
+    finally:
+        for process in ranks:
+            process.kill()
+    assert [o["before"] for o in outputs] == [None, None]
+    assert [o["after"] for o in outputs] == [[0, 2, "torch.distributed"], [1, 2, "torch.distributed"]]
+    assert [o["shard"] for o in outputs] == [[0, 2], [1, 2]]
+    assert sorted(outputs[0]["ids"] + outputs[1]["ids"]) == list(range(101))
+    assert sorted(len(o["ids"]) for o in outputs) == [50, 51]
