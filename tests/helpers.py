@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -47,3 +48,29 @@ def run_job(script: str, *args: str, cwd: Path, timeout: float = 300) -> dict[st
     assert done.returncode == 0, done.stderr[-3000:]
     result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     return result
+
+
+def run_gloo_ranks(script: str, *args: str, world: int = 2, timeout: float = 240) -> list[dict[str, Any]]:
+    """Runs a job script as ``world`` real torch.distributed ranks on 127.0.0.1; their last JSON lines, by rank."""
+    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "WORLD_SIZE": str(world)}
+    job = Path(__file__).with_name(script)
+    ranks = [
+        subprocess.Popen(
+            [sys.executable, str(job), *args],
+            env={**env, "RANK": str(rank)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for rank in range(world)
+    ]
+    outputs = []
+    try:
+        for process in ranks:
+            out, err = process.communicate(timeout=timeout)
+            assert process.returncode == 0, err[-3000:]
+            outputs.append(json.loads(out.strip().splitlines()[-1]))
+    finally:
+        for process in ranks:
+            process.kill()
+    return outputs

@@ -6,11 +6,7 @@ gloo processes; Spark's barrier tasks run on the test session's local cluster.
 
 from __future__ import annotations
 
-import json
-import os
 import pickle
-import subprocess
-import sys
 import warnings
 from pathlib import Path
 
@@ -20,7 +16,7 @@ from sparkfeed import make_spark_converter
 from sparkfeed.distributed import RANK_VARIABLES, Rank, detect_rank, environment_rank
 from sparkfeed.options import reader_options
 
-from helpers import free_port
+from helpers import run_gloo_ranks
 
 
 @pytest.fixture(autouse=True)
@@ -121,27 +117,7 @@ def test_auto_reads_an_initialized_torch_distributed_group(spark, tmp_path: Path
     pytest.importorskip("torch")
     blob = tmp_path / "converter.pkl"
     blob.write_bytes(pickle.dumps(make_spark_converter(spark.range(101))))
-    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "WORLD_SIZE": "2"}
-    job = Path(__file__).with_name("auto_shard_job.py")
-    ranks = [
-        subprocess.Popen(
-            [sys.executable, str(job), str(blob)],
-            env={**env, "RANK": str(rank)},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for rank in range(2)
-    ]
-    outputs = []
-    try:
-        for process in ranks:
-            out, err = process.communicate(timeout=240)
-            assert process.returncode == 0, err[-3000:]
-            outputs.append(json.loads(out.strip().splitlines()[-1]))
-    finally:
-        for process in ranks:
-            process.kill()
+    outputs = run_gloo_ranks("auto_shard_job.py", str(blob))
     assert [o["before"] for o in outputs] == [None, None]
     assert [o["after"] for o in outputs] == [[0, 2, "torch.distributed"], [1, 2, "torch.distributed"]]
     assert [o["shard"] for o in outputs] == [[0, 2], [1, 2]]

@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import functools
-import json
-import os
 import pickle
 import subprocess
 import sys
 import threading
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,7 +16,7 @@ from pyspark.sql import functions as F
 
 from sparkfeed import make_spark_converter
 
-from helpers import free_port
+from helpers import run_gloo_ranks
 
 
 @pytest.fixture(scope="module")
@@ -85,27 +82,7 @@ def test_ddp_ranks_train_in_lockstep_on_shards_of_unequal_size(spark, tmp_path) 
     df = VectorAssembler(inputCols=["x0", "x1", "x2"], outputCol="features").transform(df)
     blob = tmp_path / "converter.pkl"
     blob.write_bytes(pickle.dumps(make_spark_converter(df.select("id", "features", "y"))))
-    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "WORLD_SIZE": "2"}
-    job = Path(__file__).with_name("ddp_job.py")
-    ranks = [
-        subprocess.Popen(
-            [sys.executable, str(job), str(blob)],
-            env={**env, "RANK": str(rank)},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for rank in range(2)
-    ]
-    outputs = []
-    try:
-        for process in ranks:
-            out, err = process.communicate(timeout=240)
-            assert process.returncode == 0, err[-3000:]
-            outputs.append(json.loads(out.strip().splitlines()[-1]))
-    finally:
-        for process in ranks:
-            process.kill()
+    outputs = run_gloo_ranks("ddp_job.py", str(blob))
     assert [o["all_batches"] for o in outputs] == [[33, 33], [33, 33]]  # 3 epochs x ceil(501 / 50)
     assert all(o["batches"] == o["planned"] == 33 for o in outputs)
     for o in outputs:
