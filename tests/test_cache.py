@@ -222,18 +222,24 @@ ATEXIT_SCRIPT = textwrap.dedent(
 )
 
 
-def test_caches_are_deleted_at_interpreter_exit(tmp_path) -> None:
-    user_data = tmp_path / "user.parquet"
-    pq.write_table(pa.table({"id": [1, 2]}), user_data)
-    cache = tmp_path / "#my cache%"  # exit-time cleanup goes through the same location layer
+def _run_to_exit(script: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """Runs a script in a Python process of its own, to its exit (and its exit-time cleanup)."""
     done = subprocess.run(
-        [sys.executable, "-c", ATEXIT_SCRIPT, str(cache), str(user_data)],
+        [sys.executable, "-c", script, *args],
         capture_output=True,
         text=True,
         timeout=300,
         env={**os.environ, "PYSPARK_PYTHON": sys.executable},
     )
     assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def test_caches_are_deleted_at_interpreter_exit(tmp_path) -> None:
+    user_data = tmp_path / "user.parquet"
+    pq.write_table(pa.table({"id": [1, 2]}), user_data)
+    cache = tmp_path / "#my cache%"  # exit-time cleanup goes through the same location layer
+    done = _run_to_exit(ATEXIT_SCRIPT, str(cache), str(user_data))
     url = done.stdout.strip().splitlines()[-1]
     assert url.startswith(to_url(str(cache)))
     assert cache.is_dir() and list(cache.iterdir()) == []
@@ -437,13 +443,6 @@ HANDLER_AT_EXIT_SCRIPT = textwrap.dedent(
 def test_the_handler_also_deletes_at_interpreter_exit(tmp_path) -> None:
     caches, bin_ = tmp_path / "caches", tmp_path / "trash"
     bin_.mkdir()
-    done = subprocess.run(
-        [sys.executable, "-c", HANDLER_AT_EXIT_SCRIPT, str(caches), str(bin_)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "PYSPARK_PYTHON": sys.executable},
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+    done = _run_to_exit(HANDLER_AT_EXIT_SCRIPT, str(caches), str(bin_))
     name = _local(done.stdout.strip().splitlines()[-1]).name
     assert list(caches.iterdir()) == [] and (bin_ / name / MANIFEST_NAME).is_file()
