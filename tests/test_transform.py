@@ -233,3 +233,11 @@ def test_edit_fields_must_name_columns_of_the_transform_output(images) -> None:
     with pytest.raises(ValueError, match=re.escape(expected) + r".*\['id', 'png', 'flat'\]"):
         with images.make_numpy_iterator(num_epochs=1, transform_spec=spec) as batches:
             list(batches)
+
+
+def test_a_removed_field_that_is_not_there_is_warned_about_and_ignored_as_in_petastorm(images) -> None:
+    spec = TransformSpec(removed_fields=["png", "not_a_column"])
+    with pytest.warns(UserWarning, match=r"removed_fields \['not_a_column'\] are not in the transformed columns"):
+        with images.make_numpy_iterator(batch_size=40, num_epochs=1, transform_spec=spec, workers_count=1) as batches:
+            (batch,) = list(batches)
+    assert "png" not in batch and len(batch["id"]) == 40

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -100,7 +101,14 @@ class TransformSpec:
                 f"its columns are {[str(name) for name in frame.columns]}"
             )
         if self.removed_fields:
-            frame = frame.drop(columns=list(self.removed_fields))
+            absent = [name for name in self.removed_fields if name not in frame.columns]
+            if absent:  # nothing to remove is nothing lost: warned and ignored, as Petastorm does
+                warnings.warn(
+                    f"TransformSpec removed_fields {absent} are not in the transformed columns "
+                    f"{[str(name) for name in frame.columns]}: ignored",
+                    stacklevel=2,
+                )
+            frame = frame.drop(columns=[name for name in self.removed_fields if name not in absent])
         if self.selected_fields:
             missing = [name for name in self.selected_fields if name not in frame.columns]
             if missing:
