@@ -410,3 +410,183 @@ def test_df_caching(spark, petastorm_conf, tmp_path) -> None:
         assert converter13.cache_dir_url == converter14.cache_dir_url
     finally:
         spark.conf.set(SparkDatasetConverter.PARENT_CACHE_DIR_URL_CONF, petastorm_conf)
+
+
+# Petastorm's make_batch_reader keywords (petastorm/reader.py) with Petastorm's defaults, which its converter's
+# loaders forward; workers_count and num_epochs are the loaders' own parameters, dataset_url_or_urls theirs.
+ACCEPTED_READER_KEYWORDS: dict[str, Any] = {
+    "schema_fields": None,
+    "reader_pool_type": "thread",
+    "seed": None,
+    "shuffle_rows": False,
+    "shuffle_row_groups": True,
+    "predicate": None,
+    "cur_shard": None,
+    "shard_count": None,
+    "shard_seed": None,
+    "transform_spec": None,
+    "filters": None,
+    "storage_options": None,
+    "filesystem": None,
+}
+REFUSED_READER_KEYWORDS: dict[str, Any] = {
+    "results_queue_size": 50,
+    "shuffle_row_drop_partitions": 1,
+    "rowgroup_selector": None,
+    "cache_type": "null",
+    "cache_location": None,
+    "cache_size_limit": None,
+    "cache_row_size_estimate": None,
+    "cache_extra_settings": None,
+    "hdfs_driver": "libhdfs3",
+    "zmq_copy_buffers": True,
+    "convert_early_to_numpy": False,
+}
+
+
+def test_unexpected_param_and_petastorms_reader_keywords(spark) -> None:
+    """Petastorm's ``test_torch_unexpected_param``, and every keyword its loaders forward to its reader.
+
+    A typo is Python's ``TypeError`` with its standard phrase; Petastorm's reader keywords
+    spelled out with their defaults change nothing; the ones without a sparkfeed meaning are
+    refused with what to do instead, never silently ignored.
+    """
+    conv = make_spark_converter(spark.range(8))
+    with pytest.raises(TypeError, match="unexpected keyword argument 'xyz'"):
+        with conv.make_torch_dataloader(xyz=1) as _:
+            pass
+    with pytest.raises(TypeError, match="unexpected keyword argument 'xyz'"):
+        with conv.make_tf_dataset(xyz=1) as _:
+            pass
+
+    with conv.make_torch_dataloader(num_epochs=1, workers_count=None, **ACCEPTED_READER_KEYWORDS) as loader:
+        assert sorted(i for batch in loader for i in batch["id"].tolist()) == list(range(8))
+    with conv.make_tf_dataset(num_epochs=1, workers_count=None, **ACCEPTED_READER_KEYWORDS) as dataset:
+        assert sorted(i for batch in dataset for i in batch.id.numpy().tolist()) == list(range(8))
+
+    # Deliberate difference (sparkfeed.options.PETASTORM_ONLY): Petastorm's reader-cache, queue, HDFS-driver
+    # and process-pool tuning keywords have no counterpart; each is refused with Python's phrase and advice.
+    for name, default in REFUSED_READER_KEYWORDS.items():
+        for make in (conv.make_torch_dataloader, conv.make_tf_dataset):
+            with pytest.raises(TypeError, match=rf"unexpected keyword argument '{name}'; {name}: \w"):
+                make(**{name: default})
+    with pytest.raises(TypeError, match="dataset_url_or_urls"):  # Petastorm: "excluding dataset_url"
+        conv.make_torch_dataloader(dataset_url_or_urls=conv.cache_dir_url)
+
+
+def test_petastorm_args_reach_the_reader(spark) -> None:
+    """Petastorm's ``test_tf_dataset_petastorm_args`` and ``test_torch_dataloader_advanced_params``.
+
+    Petastorm mocked its reader to see the forwarded arguments; here their effects are read:
+    ``reader_pool_type='dummy'`` with ``cur_shard``/``shard_count`` reads one shard, each row in
+    one of them, endless by default; ``num_epochs=1, workers_count=2`` reads every row once.
+    """
+    df1 = spark.range(100).repartition(4)
+    conv1 = make_spark_converter(df1)
+
+    shards = []
+    for cur_shard in range(4):
+        with conv1.make_torch_dataloader(reader_pool_type="dummy", cur_shard=cur_shard, shard_count=4) as loader:
+            batches = [batch["id"].tolist() for _, batch in zip(range(3), loader, strict=False)]
+        assert len(batches) == 3 and all(set(b) == set(batches[0]) for b in batches)  # endless: the shard again
+        shards.append(set(batches[0]))
+    assert sorted(i for shard in shards for i in shard) == list(range(100))
+    # Deliberate difference (README, cur_shard): shards split the rows evenly; Petastorm's were whole row
+    # groups, here the four files that repartition(4) wrote, whose sizes vary from run to run.
+    assert [len(shard) for shard in shards] == [25] * 4 and len(conv1.file_urls) == 4
+
+    with conv1.make_tf_dataset(reader_pool_type="dummy", cur_shard=1, shard_count=4) as dataset:
+        taken = [set(batch.id.numpy().tolist()) for batch in dataset.take(3)]
+    assert all(ids == shards[1] for ids in taken)  # the same shard, endless
+
+    with conv1.make_torch_dataloader(num_epochs=1, workers_count=2) as loader:
+        assert sorted(i for batch in loader for i in batch["id"].tolist()) == list(range(100))
+    with conv1.make_tf_dataset(num_epochs=1, workers_count=2) as dataset:
+        assert sorted(i for batch in dataset for i in batch.id.numpy().tolist()) == list(range(100))
+
+
+def _scale(frame: pd.DataFrame) -> pd.DataFrame:
+    frame["scaled"] = frame["feature_b"] / 2
+    return frame
+
+
+@pytest.fixture(scope="module")
+def features(spark) -> SparkDatasetConverter:
+    df = spark.range(400, numPartitions=4).selectExpr(
+        "id", "id % 10 AS feature_a", "CAST(id * 2 AS DOUBLE) AS feature_b", "id % 3 AS label"
+    )
+    return make_spark_converter(df, parquet_row_group_size_bytes=1024)  # several row groups a file
+
+
+SPEC = TransformSpec(
+    _scale, edit_fields=[edit_field("scaled", np.float32, (), False)], selected_fields=["id", "scaled", "label"]
+)
+SELECTING = {  # every keyword that selects or changes rows and columns, as a Petastorm user passes them
+    "schema_fields": ["id", "feature_.*", "label"],
+    "filters": [("feature_a", "<", 5)],
+    "predicate": in_lambda(["label"], lambda label: label != 0),
+    "transform_spec": SPEC,
+    "reader_pool_type": "thread",
+    "seed": 3,
+    "shuffle_rows": True,
+    "shuffle_row_groups": True,
+    "storage_options": None,
+    "filesystem": None,
+}
+KEPT = [i for i in range(400) if i % 10 < 5 and i % 3 != 0]
+
+
+def test_torch_dataloader_with_every_keyword_positionally(features) -> None:
+    """``make_torch_dataloader(batch_size, num_epochs, workers_count, shuffling_queue_capacity, data_loader_fn)``.
+
+    Petastorm's positional order, with every reader keyword: the rows ``filters`` and the
+    predicate keep, the columns the TransformSpec selects (its edit_fields dtype), shuffled,
+    every kept row once an epoch; shards by ``cur_shard``/``shard_count``/``shard_seed`` split
+    the rows, each row in one shard.
+    """
+    with features.make_torch_dataloader(16, 2, 2, 64, None, **SELECTING) as loader:
+        batches = list(loader)
+    assert list(batches[0]) == ["id", "scaled", "label"]
+    assert batches[0]["scaled"].dtype == torch.float32 and batches[0]["id"].dtype == torch.int64
+    ids = [i for batch in batches for i in batch["id"].tolist()]
+    half = len(ids) // 2
+    assert sorted(ids[:half]) == sorted(ids[half:]) == KEPT and ids[:half] != KEPT  # two shuffled epochs
+    assert all(len(batch["id"]) <= 16 for batch in batches) and len(batches[0]["id"]) == 16
+    for batch in batches:
+        assert batch["scaled"].tolist() == [float(i) for i in batch["id"].tolist()]
+        assert batch["label"].tolist() == [i % 3 for i in batch["id"].tolist()]
+
+    shards = []
+    for cur_shard in range(4):
+        with features.make_torch_dataloader(
+            10, 1, 1, 0, None, reader_pool_type="dummy", cur_shard=cur_shard, shard_count=4, shard_seed=5
+        ) as loader:
+            shards.append([i for batch in loader for i in batch["id"].tolist()])
+    assert sorted(i for shard in shards for i in shard) == list(range(400)) and {len(s) for s in shards} == {100}
+
+
+def test_tf_dataset_with_every_keyword_positionally(features) -> None:
+    """``make_tf_dataset(batch_size, prefetch, num_epochs, workers_count, shuffling_queue_capacity)``.
+
+    Petastorm's positional order (``make_tf_dataset(16, 2, ...)`` is batch 16, prefetch 2), with
+    every reader keyword, giving what the torch loader gives; ``dataset.map(...)`` over it, as
+    Keras input pipelines do; shards split the rows.
+    """
+    with features.make_tf_dataset(16, 2, 2, 2, 64, **SELECTING) as dataset:
+        assert dataset.element_spec._fields == ("id", "scaled", "label")
+        assert dataset.element_spec.scaled.dtype == tf.float32
+        pairs = list(dataset.map(lambda x: (x.id, x.scaled)))
+    ids = [i for batch_ids, _ in pairs for i in batch_ids.numpy().tolist()]
+    half = len(ids) // 2
+    assert sorted(ids[:half]) == sorted(ids[half:]) == KEPT and ids[:half] != KEPT
+    assert int(pairs[0][0].shape[0]) == 16
+    for batch_ids, scaled in pairs:
+        np.testing.assert_array_equal(scaled.numpy(), batch_ids.numpy().astype(np.float32))
+
+    shards = []
+    for cur_shard in range(4):
+        with features.make_tf_dataset(
+            10, None, 1, 1, None, reader_pool_type="dummy", cur_shard=cur_shard, shard_count=4, shard_seed=5
+        ) as dataset:
+            shards.append([i for batch in dataset for i in batch.id.numpy().tolist()])
+    assert sorted(i for shard in shards for i in shard) == list(range(400)) and {len(s) for s in shards} == {100}
