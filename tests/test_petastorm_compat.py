@@ -15,6 +15,7 @@ unset (see :func:`petastorm_conf`).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import sys
@@ -590,3 +591,311 @@ def test_tf_dataset_with_every_keyword_positionally(features) -> None:
         ) as dataset:
             shards.append([i for batch in dataset for i in batch.id.numpy().tolist()])
     assert sorted(i for shard in shards for i in shard) == list(range(400)) and {len(s) for s in shards} == {100}
+
+
+# --------------------------------------------------------------------------- converters pickled into Spark tasks
+
+
+def test_pickling_remotely(spark, tmp_path) -> None:
+    """Petastorm's ``test_pickling_remotely``, ``test_torch_pickling_remotely`` and ``..._from_saved_df_path``.
+
+    A converter captured by a Spark task's closure reads in the executor: a TF1 graph and
+    Session there, a torch loader there, and a converter of a Parquet path saved with
+    ``df.write.parquet``.
+    """
+    df1 = spark.range(100, 101)
+    converter1 = make_spark_converter(df1)
+
+    @create_tf_graph
+    def map_fn(_: int) -> int:
+        with converter1.make_tf_dataset() as dataset:
+            iterator = dataset.make_one_shot_iterator()
+            tensor = iterator.get_next()
+            with tf_v1.Session() as sess:
+                ts = sess.run(tensor)
+        return int(ts.id[0])
+
+    result = spark.sparkContext.parallelize(range(1), 1).map(map_fn).collect()[0]
+    assert result == 100
+
+    def torch_map_fn(_: int) -> torch.Tensor:
+        with converter1.make_torch_dataloader(num_epochs=1) as dataloader:
+            for batch in dataloader:
+                ret = batch["id"][0]
+        return ret
+
+    result = spark.sparkContext.parallelize(range(1), 1).map(torch_map_fn).collect()[0]
+    assert result == 100
+
+    output_path = os.path.join(tmp_path, "test_make_spark_convert_from_saved_df_path")
+    spark.range(200, 201).write.parquet("file:" + output_path)
+    converter2 = make_spark_converter(output_path)
+
+    def path_map_fn(_: int) -> torch.Tensor:
+        with converter2.make_torch_dataloader(num_epochs=1) as dataloader:
+            for batch in dataloader:
+                ret = batch["id"][0]
+        return ret
+
+    result = spark.sparkContext.parallelize(range(1), 1).map(path_map_fn).collect()[0]
+    assert result == 200
+
+
+def test_inference_over_shards_in_map_in_pandas(spark) -> None:
+    """The inference idiom: a pickled converter and model, one ``cur_shard`` per ``mapInPandas`` task.
+
+    Every row is scored by the model the driver trained. With Petastorm's sharding the shards
+    held each row once; here the default shard policy pads short shards (see the comment).
+    """
+    df = spark.range(1002).selectExpr("id", "CAST(id AS DOUBLE) / 1000 AS x")
+    converter = make_spark_converter(df)
+    torch.manual_seed(0)
+    model = torch.nn.Linear(1, 1)
+
+    def predict(frames: Iterator[pd.DataFrame], **policy: str) -> Iterator[pd.DataFrame]:
+        for frame in frames:
+            for shard in frame["shard"]:
+                with converter.make_torch_dataloader(
+                    batch_size=100, num_epochs=1, cur_shard=int(shard), shard_count=4, **policy
+                ) as loader:
+                    for batch in loader:
+                        with torch.no_grad():
+                            score = model(batch["x"][:, None])[:, 0]
+                        yield pd.DataFrame({"id": batch["id"].numpy(), "score": score.numpy().astype(np.float64)})
+
+    shards = spark.range(4, numPartitions=4).withColumnRenamed("id", "shard")
+    scored = shards.mapInPandas(predict, "id long, score double").toPandas()
+    with torch.no_grad():
+        expected = model(torch.arange(1002, dtype=torch.float32)[:, None] / 1000)[:, 0].numpy()
+    np.testing.assert_allclose(scored["score"], expected[scored["id"]], rtol=1e-5)
+    # Deliberate difference (README, shard_policy): shards of 251, 251, 250 and 250 rows are padded to 251
+    # each, so that DDP ranks get equal batch counts; shard_policy="exact" scores each row once, as Petastorm did.
+    assert len(scored) == 1004 and sorted(set(scored["id"])) == list(range(1002))
+    exact = shards.mapInPandas(functools.partial(predict, shard_policy="exact"), "id long, score double")
+    assert sorted(exact.toPandas()["id"]) == list(range(1002))
+
+
+# --------------------------------------------------------------------------- the example programs, on MNIST's shape
+
+MNIST_ROWS = 600
+
+
+def _mnist_like(rows: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Synthetic MNIST: 28x28 uint8 images, mostly zeros, each class a bright band of its own rows."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 10, rows)
+    images = np.where(rng.random((rows, 28, 28)) < 0.05, rng.integers(1, 120, (rows, 28, 28)), 0).astype(np.uint8)
+    for image, label in zip(images, labels, strict=True):
+        image[2 + 2 * label : 4 + 2 * label, 4:24] = rng.integers(150, 256, (2, 20))
+    return images, labels
+
+
+@pytest.fixture(scope="module")
+def mnist_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """What the examples' ``get_mnist_dir()`` gives: a directory holding ``mnist.bz2``, MNIST in LIBSVM format.
+
+    LIBSVM lines are ``label index:value ...`` with 1-based indices of the non-zero pixels, so
+    Spark's ``libsvm`` source reads each image as a 784-long ``SparseVector``, as for the real file.
+    """
+    import bz2
+
+    images, labels = _mnist_like(MNIST_ROWS, seed=0)
+    lines = []
+    for image, label in zip(images, labels, strict=True):
+        flat = image.ravel()
+        lines.append(f"{label} " + " ".join(f"{j + 1}:{flat[j]}" for j in np.flatnonzero(flat)))
+    directory = tmp_path_factory.mktemp("mnist")
+    (directory / "mnist.bz2").write_bytes(bz2.compress(("\n".join(lines) + "\n").encode()))
+    return str(directory)
+
+
+@pytest.fixture
+def example_cache(spark, petastorm_conf, tmp_path) -> Iterator[str]:
+    """The examples' ``spark.conf.set(SparkDatasetConverter.PARENT_CACHE_DIR_URL_CONF, "file:///tmp/...")``.
+
+    Set to a directory of the test's own and reset to the module's afterwards.
+    """
+    url = "file://" + str(tmp_path / "example-cache")
+    yield url
+    spark.conf.set(SparkDatasetConverter.PARENT_CACHE_DIR_URL_CONF, petastorm_conf)
+
+
+def _load_mnist(spark, data_dir: str) -> Any:
+    """The examples' "Load and preprocess data using Spark" step."""
+    return (
+        spark.read.format("libsvm")
+        .option("numFeatures", "784")
+        .load(data_dir)
+        .select(F.col("features"), F.col("label").cast("long").alias("label"))
+    )
+
+
+class Net(torch.nn.Module):
+    """The PyTorch example's ``Net``, smaller (one narrow convolution), for a test's few seconds."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = torch.nn.Conv2d(1, 8, 3, 2)
+        self.fc1 = torch.nn.Linear(8 * 6 * 6, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.view((-1, 1, 28, 28)) / 255
+        x = torch.nn.functional.relu(self.conv1(x))
+        x = torch.nn.functional.max_pool2d(x, 2)
+        x = torch.flatten(x, 1)
+        return torch.nn.functional.log_softmax(self.fc1(x), dim=1)
+
+
+def train(data_loader: Any, steps: int = 100, lr: float = 0.05, momentum: float = 0.5) -> tuple[Net, list[float]]:
+    """The PyTorch example's ``train`` (its loss history returned too); breaks out of an endless loader."""
+    from torch.autograd import Variable
+
+    torch.manual_seed(0)
+    model = Net()
+    model.train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
+    loss_hist = []
+    with _one_torch_thread():
+        for batch_idx, batch in enumerate(data_loader):
+            if batch_idx > steps:
+                break
+            data, target = Variable(batch["features"]), Variable(batch["label"])
+            optimizer.zero_grad()
+            output = model(data)
+            loss = torch.nn.functional.nll_loss(output, target)
+            loss.backward()
+            optimizer.step()
+            if batch_idx % 10 == 0:
+                loss_hist.append(loss.data.item())
+    return model, loss_hist
+
+
+@contextlib.contextmanager
+def _one_torch_thread() -> Iterator[None]:
+    """Torch on one thread for a tiny model: two threads on two shared cores ran its steps 25x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def evaluate(model: Net, test_loader: Any) -> float:
+    """The PyTorch example's ``test``: accuracy over one epoch of the test loader."""
+    model.eval()
+    correct = 0
+    test_len = 0
+    with torch.no_grad():
+        for batch in test_loader:
+            data, target = batch["features"], batch["label"]
+            output = model(data)
+            pred = output.argmax(dim=1, keepdim=True)
+            correct += pred.eq(target.view_as(pred)).sum().item()
+            test_len += data.shape[0]
+    return correct / test_len
+
+
+def test_pytorch_converter_example(spark, mnist_dir, example_cache) -> None:
+    """``examples/spark_dataset_converter/pytorch_converter_example.py``'s ``run``, on synthetic MNIST.
+
+    LIBSVM through Spark, a random split, two converters, training on an endless loader and
+    evaluating on a one-epoch one, on the driver and then in a Spark task (the example's remote
+    run, "for distributed hyperparameter tuning"), and both caches deleted.
+    """
+    df = _load_mnist(spark, mnist_dir)
+    df_train, df_test = df.randomSplit([0.9, 0.1], seed=12345)
+    spark.conf.set(SparkDatasetConverter.PARENT_CACHE_DIR_URL_CONF, example_cache)
+
+    converter_train = make_spark_converter(df_train)
+    converter_test = make_spark_converter(df_test)
+    assert len(converter_train) + len(converter_test) == MNIST_ROWS and len(converter_test) > 30
+
+    def train_and_evaluate(_: int | None = None) -> tuple[float, list[float]]:
+        with converter_train.make_torch_dataloader() as loader:
+            model, losses = train(loader)
+        with converter_test.make_torch_dataloader(num_epochs=1) as loader:
+            accuracy = evaluate(model, loader)
+        return accuracy, losses
+
+    with converter_train.make_torch_dataloader() as loader:
+        batch = next(iter(loader))
+    assert batch["features"].shape == (32, 784) and batch["features"].dtype == torch.float32  # SparseVector: dense
+    assert batch["label"].dtype == torch.int64  # what nll_loss takes as its target
+
+    accuracy, losses = train_and_evaluate()  # on the local machine
+    assert np.mean(losses[-3:]) < 0.2 * losses[0] and accuracy > 0.9
+    remote, remote_losses = spark.sparkContext.parallelize(range(1), 1).map(train_and_evaluate).collect()[0]
+    assert remote > 0.9 and np.mean(remote_losses[-3:]) < 0.2 * remote_losses[0]  # trained on a Spark worker
+
+    directories = [_local_path(c.cache_dir_url) for c in (converter_train, converter_test)]
+    assert all(d.parent == _local_path(example_cache) for d in directories)
+    converter_train.delete()
+    converter_test.delete()
+    assert not any(d.exists() for d in directories)
+
+
+def get_compiled_model(lr: float = 0.001) -> Any:
+    """The TensorFlow example's model, as it is: the Keras beginner's MNIST classifier."""
+    from tensorflow import keras
+
+    keras.utils.set_random_seed(0)
+    model = keras.models.Sequential(
+        [
+            keras.Input((28, 28)),  # the example: Flatten(input_shape=(28, 28)), which Keras 3 spells so
+            keras.layers.Flatten(),
+            keras.layers.Dense(128, activation="relu"),
+            keras.layers.Dropout(0.2),
+            keras.layers.Dense(10),
+        ]
+    )
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate=lr),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    return model
+
+
+def train_keras(dataset: Any, steps: int = 20, epochs: int = 3, lr: float = 0.001) -> tuple[Any, list[float]]:
+    """The TensorFlow example's ``train``: ``model.fit(dataset, steps_per_epoch=steps)`` (fewer steps, 3 epochs)."""
+    model = get_compiled_model(lr=lr)
+    history = model.fit(dataset, steps_per_epoch=steps, epochs=epochs, verbose=0)
+    return model, history.history["loss"]
+
+
+def test_tensorflow_converter_example(spark, mnist_dir, example_cache) -> None:
+    """``examples/spark_dataset_converter/tensorflow_converter_example.py``'s ``run``, on synthetic MNIST.
+
+    ``dataset.map`` reshapes the vectors into images with ``tf.compat.v1``, Keras fits on the
+    endless dataset for ``steps_per_epoch`` and evaluates on a one-epoch one, on the driver and
+    in a Spark task; both caches are deleted.
+    """
+    df = _load_mnist(spark, mnist_dir)
+    df_train, df_test = df.randomSplit([0.9, 0.1], seed=12345)
+    spark.conf.set(SparkDatasetConverter.PARENT_CACHE_DIR_URL_CONF, example_cache)
+
+    converter_train = make_spark_converter(df_train)
+    converter_test = make_spark_converter(df_test)
+
+    def train_and_evaluate(_: int | None = None) -> tuple[float, list[float]]:
+        import tensorflow.compat.v1 as tf
+
+        with converter_train.make_tf_dataset() as dataset:
+            dataset = dataset.map(lambda x: (tf.reshape(x.features, [-1, 28, 28]), x.label))
+            model, losses = train_keras(dataset)
+
+        with converter_test.make_tf_dataset(num_epochs=1) as dataset:
+            dataset = dataset.map(lambda x: (tf.reshape(x.features, [-1, 28, 28]), x.label))
+            hist = model.evaluate(dataset, verbose=0)
+        return hist[1], losses
+
+    accuracy, losses = train_and_evaluate()  # on the local machine
+    assert losses[-1] < 0.5 * losses[0] and accuracy > 0.9
+    remote, remote_losses = spark.sparkContext.parallelize(range(1), 1).map(train_and_evaluate).collect()[0]
+    assert remote > 0.9 and remote_losses[-1] < 0.5 * remote_losses[0]  # trained on a Spark worker
+
+    directories = [_local_path(c.cache_dir_url) for c in (converter_train, converter_test)]
+    converter_train.delete()
+    converter_test.delete()
+    assert not any(d.exists() for d in directories)
