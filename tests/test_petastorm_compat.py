@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import io
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -899,3 +900,134 @@ def test_tensorflow_converter_example(spark, mnist_dir, example_cache) -> None:
     converter_train.delete()
     converter_test.delete()
     assert not any(d.exists() for d in directories)
+
+
+# --------------------------------------------------------------------------- the same flows as Databricks' notebooks write them
+
+BATCH_SIZE = 32
+NUM_EPOCHS = 3
+
+
+@pytest.fixture(scope="module")
+def mnist_images(spark) -> Any:
+    """MNIST-shaped images as PNG bytes in a ``content`` column, with a ``label``: the notebooks' input."""
+    from PIL import Image
+
+    images, labels = _mnist_like(MNIST_ROWS, seed=1)
+    pngs = []
+    for image in images:
+        out = io.BytesIO()
+        Image.fromarray(image).save(out, format="PNG")
+        pngs.append(out.getvalue())
+    return spark.createDataFrame(pd.DataFrame({"content": pngs, "label": labels}), "content binary, label long")
+
+
+def _decode(content: bytes) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(content)), dtype=np.float32)
+
+
+def tf_transform_row(pd_batch: pd.DataFrame) -> pd.DataFrame:
+    """The notebook's ``transform_row``: decode each image in the reader's workers, drop the bytes."""
+    pd_batch["features"] = pd_batch["content"].map(lambda x: _decode(x) / 255)
+    pd_batch = pd_batch.drop(labels=["content"], axis=1)
+    return pd_batch
+
+
+def torch_transform_row(pd_batch: pd.DataFrame) -> pd.DataFrame:
+    """The same for PyTorch, leaving flat pixels: ``edit_fields`` reshapes them to ``(1, 28, 28)``."""
+    pd_batch["features"] = pd_batch["content"].map(lambda x: _decode(x).ravel())
+    return pd_batch.drop(labels=["content"], axis=1)
+
+
+def test_keras_fit_with_a_transform_spec_and_steps_per_epoch(mnist_images, example_cache, spark) -> None:
+    """The Keras flow of Databricks' "simplify data conversion from Spark to TensorFlow" notebook.
+
+    A ``TransformSpec`` decodes images with ``edit_fields`` and ``selected_fields``;
+    ``steps_per_epoch = len(converter_train) // BATCH_SIZE``; ``model.fit`` on the endless
+    training dataset for several epochs, with an endless validation dataset and
+    ``validation_steps``: the loss falls epoch by epoch and the validation accuracy is high.
+    """
+    spark.conf.set(SparkDatasetConverter.PARENT_CACHE_DIR_URL_CONF, example_cache)
+    df_train, df_val = mnist_images.randomSplit([0.9, 0.1], seed=12345)
+    converter_train = petastorm_spark.make_spark_converter(df_train)
+    converter_val = petastorm_spark.make_spark_converter(df_val)
+    transform_spec_fn = TransformSpec(
+        tf_transform_row,
+        edit_fields=[("features", np.float32, (28, 28), False)],
+        selected_fields=["features", "label"],
+    )
+    model = get_compiled_model()
+    with (
+        converter_train.make_tf_dataset(transform_spec=transform_spec_fn, batch_size=BATCH_SIZE) as train_dataset,
+        converter_val.make_tf_dataset(transform_spec=transform_spec_fn, batch_size=BATCH_SIZE) as val_dataset,
+    ):
+        assert train_dataset.element_spec._fields == ("features", "label")
+        assert train_dataset.element_spec.features.shape.as_list() == [None, 28, 28]
+        assert train_dataset.element_spec.features.dtype == tf.float32
+        assert train_dataset.element_spec.label.dtype == tf.int64
+        train_dataset = train_dataset.map(lambda x: (x.features, x.label))
+        val_dataset = val_dataset.map(lambda x: (x.features, x.label))
+        steps_per_epoch = len(converter_train) // BATCH_SIZE
+        validation_steps = max(1, len(converter_val) // BATCH_SIZE)
+        hist = model.fit(
+            train_dataset,
+            steps_per_epoch=steps_per_epoch,
+            epochs=NUM_EPOCHS,
+            validation_data=val_dataset,
+            validation_steps=validation_steps,
+            verbose=0,
+        )
+    losses = hist.history["loss"]
+    assert len(losses) == NUM_EPOCHS and losses == sorted(losses, reverse=True) and losses[-1] < 0.5 * losses[0]
+    assert hist.history["val_accuracy"][-1] > 0.9
+
+
+def train_one_epoch(model: Net, optimizer: Any, train_dataloader_iter: Iterator[Any], steps_per_epoch: int) -> float:
+    """The PyTorch notebook's ``train_one_epoch``: ``steps_per_epoch`` batches from one endless loader's iterator."""
+    model.train()
+    running_loss = 0.0
+    rows = 0
+    with _one_torch_thread():
+        for _ in range(steps_per_epoch):
+            pd_batch = next(train_dataloader_iter)
+            inputs, labels = pd_batch["features"], pd_batch["label"]
+            optimizer.zero_grad()
+            loss = torch.nn.functional.nll_loss(model(inputs), labels)
+            loss.backward()
+            optimizer.step()
+            running_loss += loss.item() * inputs.size(0)
+            rows += inputs.size(0)
+    return running_loss / rows
+
+
+def test_torch_epochs_from_one_endless_loader_with_a_transform_spec(mnist_images, example_cache, spark) -> None:
+    """The PyTorch flow of Databricks' notebook: epochs of ``len(converter) // BATCH_SIZE`` steps.
+
+    ``edit_fields`` reshapes the transform's flat pixels to ``(1, 28, 28)`` images; one
+    endless loader's iterator feeds every epoch; the epoch loss falls and the model then
+    classifies the validation split.
+    """
+    spark.conf.set(SparkDatasetConverter.PARENT_CACHE_DIR_URL_CONF, example_cache)
+    df_train, df_val = mnist_images.randomSplit([0.9, 0.1], seed=12345)
+    converter_train = make_spark_converter(df_train)
+    converter_val = make_spark_converter(df_val)
+    spec = TransformSpec(
+        torch_transform_row,
+        edit_fields=[edit_field("features", np.float32, (1, 28, 28))],
+        selected_fields=["features", "label"],
+    )
+    torch.manual_seed(0)
+    model = Net()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.5)
+    with converter_train.make_torch_dataloader(transform_spec=spec, batch_size=BATCH_SIZE) as train_dataloader:
+        train_dataloader_iter = iter(train_dataloader)
+        first = next(train_dataloader_iter)
+        assert list(first) == ["features", "label"]
+        assert first["features"].shape == (BATCH_SIZE, 1, 28, 28) and first["features"].dtype == torch.float32
+        steps_per_epoch = len(converter_train) // BATCH_SIZE
+        losses = [train_one_epoch(model, optimizer, train_dataloader_iter, steps_per_epoch) for _ in range(NUM_EPOCHS)]
+    assert losses == sorted(losses, reverse=True) and losses[-1] < 0.5 * losses[0]
+    with converter_val.make_torch_dataloader(transform_spec=spec, batch_size=BATCH_SIZE, num_epochs=1) as loader:
+        assert evaluate(model, loader) > 0.9
