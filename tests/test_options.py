@@ -92,6 +92,9 @@ def test_bad_materialize_option(kwargs: dict, message: str) -> None:
 def test_codecs_are_case_insensitive_and_none_means_uncompressed() -> None:
     assert MaterializeOptions(compression_codec=None).codec == "uncompressed"
     assert MaterializeOptions(compression_codec="ZSTD").codec == "zstd"
+    # The same cache key for the same bytes: Petastorm reused None's cache for 'uncompressed'.
+    assert MaterializeOptions(compression_codec="Uncompressed") == MaterializeOptions(compression_codec=None)
+    assert MaterializeOptions(compression_codec="SNAPPY") == MaterializeOptions(compression_codec="snappy")
 
 
 def test_unknown_keyword_lists_the_accepted_ones(spark) -> None:

@@ -118,6 +118,9 @@ class MaterializeOptions:
             raise ValueError(
                 f"compression_codec={codec!r} is not allowed: it must be None or one of {COMPRESSION_CODECS}"
             )
+        # One spelling per codec, so the cache key compares what is written: None and 'uncompressed' (as
+        # Petastorm, which turns None into 'uncompressed' before comparing caches), 'SNAPPY' and 'snappy'.
+        _store(self, "compression_codec", None if codec is None or codec.lower() == "uncompressed" else codec.lower())
         if self.dtype is not None and self.dtype not in FLOAT_DTYPES:
             # Petastorm's words inside ours, for code and searches that know its message.
             raise ValueError(
