@@ -23,7 +23,7 @@ import sparkfeed
 import sparkfeed.predicates
 from sparkfeed import SparkDatasetConverter, TransformSpec, make_spark_converter
 from sparkfeed.distributed import RANK_VARIABLES
-from sparkfeed.options import PETASTORM_ONLY, ReaderArgs
+from sparkfeed.options import PETASTORM_DEFAULTS, PETASTORM_ONLY, ReaderArgs
 from sparkfeed.torch import check_data_loader_fn
 from sparkfeed.transform import edit_field
 
@@ -358,7 +358,9 @@ def test_every_refused_petastorm_keyword_quotes_the_codes_advice() -> None:
     assert set(PETASTORM_ONLY) <= set(rows), sorted(set(PETASTORM_ONLY) - set(rows))
     for name, advice in PETASTORM_ONLY.items():
         assert f"`{name}: {advice}`" in rows[name][2], name
-        if name != "data_loader_fn":  # which make_torch_dataloader takes; the other loaders refuse it
+        if name in PETASTORM_DEFAULTS:  # spelled out at Petastorm's default, it asks for nothing: ignored
+            assert rows[name][1] == f"ignored at `{PETASTORM_DEFAULTS[name]!r}`, else refused", name
+        elif name != "data_loader_fn":  # which make_torch_dataloader takes; the other loaders refuse it
             assert rows[name][1] == "refused", name
     accepted = set(ReaderArgs.__annotations__) | {"num_epochs", "workers_count"}
     for name in set(MAKE_BATCH_READER) - set(PETASTORM_ONLY) - {"dataset_url_or_urls"}:

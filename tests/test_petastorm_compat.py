@@ -441,18 +441,19 @@ ACCEPTED_READER_KEYWORDS: dict[str, Any] = {
     "storage_options": None,
     "filesystem": None,
 }
-REFUSED_READER_KEYWORDS: dict[str, Any] = {
-    "results_queue_size": 50,
-    "shuffle_row_drop_partitions": 1,
-    "rowgroup_selector": None,
-    "cache_type": "null",
-    "cache_location": None,
-    "cache_size_limit": None,
-    "cache_row_size_estimate": None,
-    "cache_extra_settings": None,
-    "hdfs_driver": "libhdfs3",
-    "zmq_copy_buffers": True,
-    "convert_early_to_numpy": False,
+IGNORED_READER_KEYWORDS: dict[str, tuple[Any, Any]] = {
+    # name: (Petastorm's default, which asks for nothing sparkfeed lacks; another value, which does)
+    "results_queue_size": (50, 10),
+    "shuffle_row_drop_partitions": (1, 2),
+    "rowgroup_selector": (None, "a selector"),
+    "cache_type": ("null", "local-disk"),
+    "cache_location": (None, "/tmp/petastorm-cache"),
+    "cache_size_limit": (None, 10**9),
+    "cache_row_size_estimate": (None, 100),
+    "cache_extra_settings": (None, {}),
+    "hdfs_driver": ("libhdfs3", "libhdfs"),
+    "zmq_copy_buffers": (True, False),
+    "convert_early_to_numpy": (False, True),
 }
 
 
@@ -476,12 +477,20 @@ def test_unexpected_param_and_petastorms_reader_keywords(spark) -> None:
     with conv.make_tf_dataset(num_epochs=1, workers_count=None, **ACCEPTED_READER_KEYWORDS) as dataset:
         assert sorted(i for batch in dataset for i in batch.id.numpy().tolist()) == list(range(8))
 
-    # Deliberate difference (sparkfeed.options.PETASTORM_ONLY): Petastorm's reader-cache, queue, HDFS-driver
-    # and process-pool tuning keywords have no counterpart; each is refused with Python's phrase and advice.
-    for name, default in REFUSED_READER_KEYWORDS.items():
+    # Petastorm's reader-cache, queue, HDFS-driver and process-pool tuning keywords have no counterpart
+    # (sparkfeed.options.PETASTORM_ONLY): at Petastorm's default they ask for nothing and are ignored;
+    # any other value is refused with Python's phrase and advice (a deliberate difference).
+    defaults = {name: default for name, (default, _) in IGNORED_READER_KEYWORDS.items()}
+    with conv.make_torch_dataloader(num_epochs=1, **defaults) as loader:
+        assert sorted(i for batch in loader for i in batch["id"].tolist()) == list(range(8))
+    with conv.make_tf_dataset(num_epochs=1, **defaults) as dataset:
+        assert sorted(i for batch in dataset for i in batch.id.numpy().tolist()) == list(range(8))
+    for name, (_, other) in IGNORED_READER_KEYWORDS.items():
         for make in (conv.make_torch_dataloader, conv.make_tf_dataset):
-            with pytest.raises(TypeError, match=rf"unexpected keyword argument '{name}'; {name}: \w"):
-                make(**{name: default})
+            with pytest.raises(
+                TypeError, match=rf"unexpected keyword argument '{name}'; {name}: \w.*only Petastorm's default"
+            ):
+                make(**{name: other})
     with pytest.raises(TypeError, match="dataset_url_or_urls"):  # Petastorm: "excluding dataset_url"
         conv.make_torch_dataloader(dataset_url_or_urls=conv.cache_dir_url)
 

@@ -416,13 +416,44 @@ PETASTORM_ONLY = {
 }
 """Petastorm arguments without a sparkfeed counterpart, and what to do instead."""
 
+PETASTORM_DEFAULTS: dict[str, object] = {
+    "results_queue_size": 50,
+    "cache_type": "null",
+    "cache_location": None,
+    "cache_size_limit": None,
+    "cache_row_size_estimate": None,
+    "cache_extra_settings": None,
+    "hdfs_driver": "libhdfs3",
+    "shuffle_row_drop_partitions": 1,
+    "rowgroup_selector": None,
+    "zmq_copy_buffers": True,
+    "pyarrow_serialize": False,
+    "convert_early_to_numpy": False,
+}
+"""Petastorm's defaults of those of its reader arguments that sparkfeed has no use for.
+
+Code that spells one out at its default asks for nothing sparkfeed does not do, so the
+argument is accepted and ignored: changing the import is then enough. Any other value asks
+for a behaviour sparkfeed lacks and is refused with the advice of :data:`PETASTORM_ONLY`.
+"""
+
+
+def _petastorm_default(name: str, value: object) -> bool:
+    """Whether ``value`` is Petastorm's default of ``name`` (by type and value: ``True`` is not ``1``)."""
+    if name not in PETASTORM_DEFAULTS:
+        return False
+    default = PETASTORM_DEFAULTS[name]
+    return value is default if default is None else type(value) is type(default) and value == default
+
 
 def known_keywords(fn: _F) -> _F:
     """Turns Python's terse unexpected-keyword error into one that lists what is accepted.
 
     Petastorm users pass reader arguments through ``**kwargs``; a typo there used to vanish.
     Here a wrong name says which names would have worked: the function's own parameters and,
-    for ``**kwargs: Unpack[ReaderArgs]``, the keys of that TypedDict.
+    for ``**kwargs: Unpack[ReaderArgs]``, the keys of that TypedDict. Petastorm's arguments
+    that sparkfeed has no use for are ignored at their Petastorm default (see
+    :data:`PETASTORM_DEFAULTS`) and refused otherwise.
     """
     signature = inspect.signature(fn)
     accepted = sorted(
@@ -435,11 +466,23 @@ def known_keywords(fn: _F) -> _F:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        ignored = [name for name in kwargs if name not in accepted and _petastorm_default(name, kwargs[name])]
+        for name in ignored:
+            del kwargs[name]
         unknown = sorted(set(kwargs) - set(accepted))
         if unknown:
             # Python's own phrase, once per name, so that code matching the standard message still matches.
             got = " and ".join(f"an unexpected keyword argument {name!r}" for name in unknown)
-            hints = "".join(f"; {name}: {PETASTORM_ONLY[name]}" for name in unknown if name in PETASTORM_ONLY)
+            hints = "".join(
+                f"; {name}: {PETASTORM_ONLY[name]}"
+                + (
+                    f" (only Petastorm's default, {PETASTORM_DEFAULTS[name]!r}, is accepted)"
+                    if name in PETASTORM_DEFAULTS
+                    else ""
+                )
+                for name in unknown
+                if name in PETASTORM_ONLY
+            )
             raise TypeError(f"{fn.__qualname__}() got {got}{hints}; accepted keywords: {', '.join(accepted)}")
         return fn(*args, **kwargs)
 
