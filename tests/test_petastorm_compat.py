@@ -638,26 +638,22 @@ def test_pickling_remotely(spark, tmp_path) -> None:
     result = spark.sparkContext.parallelize(range(1), 1).map(map_fn).collect()[0]
     assert result == 100
 
-    def torch_map_fn(_: int) -> torch.Tensor:
-        with converter1.make_torch_dataloader(num_epochs=1) as dataloader:
-            for batch in dataloader:
-                ret = batch["id"][0]
-        return ret
+    def torch_map_fn(converter: Any) -> Callable[[int], torch.Tensor]:
+        def first_id(_: int) -> torch.Tensor:
+            with converter.make_torch_dataloader(num_epochs=1) as dataloader:
+                for batch in dataloader:
+                    ret = batch["id"][0]
+            return ret
 
-    result = spark.sparkContext.parallelize(range(1), 1).map(torch_map_fn).collect()[0]
+        return first_id
+
+    result = spark.sparkContext.parallelize(range(1), 1).map(torch_map_fn(converter1)).collect()[0]
     assert result == 100
 
     output_path = os.path.join(tmp_path, "test_make_spark_convert_from_saved_df_path")
     spark.range(200, 201).write.parquet("file:" + output_path)
     converter2 = make_spark_converter(output_path)
-
-    def path_map_fn(_: int) -> torch.Tensor:
-        with converter2.make_torch_dataloader(num_epochs=1) as dataloader:
-            for batch in dataloader:
-                ret = batch["id"][0]
-        return ret
-
-    result = spark.sparkContext.parallelize(range(1), 1).map(path_map_fn).collect()[0]
+    result = spark.sparkContext.parallelize(range(1), 1).map(torch_map_fn(converter2)).collect()[0]
     assert result == 200
 
 
