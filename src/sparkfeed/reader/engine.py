@@ -248,7 +248,7 @@ class Reader(Generic[C]):
                 segment = segments[index]
                 # The segment's own seed: after a reshard it is the seed of the shard that planned it.
                 seed = self._plan.seed if segment.seed is None else segment.seed
-                ahead = tuple(itertools.islice(follow, len(segment.pieces))) if spans else ()
+                ahead = tuple(itertools.islice(follow, len(segment.pieces)))  # () without spans
                 yield Work(epoch, index, skip, segment, seed, ahead)
 
     def _scheduled(self, works: Iterator[Work]) -> Iterator[Work]:

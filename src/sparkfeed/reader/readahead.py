@@ -254,8 +254,7 @@ class ReadAhead:
     def clear(self) -> None:
         """Stops the I/O threads and drops every span: the iteration ended, its rows will not be read."""
         with self._lock:
-            io_threads, self._io = self._io, None
-            self._wanted.clear()
+            io_threads, self._io = self._io, None  # _pump claims nothing more
         if io_threads is not None:
             io_threads.shutdown(wait=True, cancel_futures=True)
         with self._lock:

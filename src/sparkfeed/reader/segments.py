@@ -179,9 +179,12 @@ class SegmentReader:
     def _prepare(self, file: int) -> tuple[Callable[[int], list[tuple[int, int]]], pa.NativeFile]:
         """A remote file's byte ranges by row group, and its open handle (read ahead on an I/O thread)."""
         footer = self._footer(file)
-        stored = [name for name in self._columns if name not in self._files[file].partition]
         with self._open(file) as handle:
-            return functools.partial(self._column_ranges, file, footer, stored), handle
+            return functools.partial(self._column_ranges, file, footer, self._stored(file)), handle
+
+    def _stored(self, file: int) -> list[str]:
+        """The columns to read from a file: all but the hive partition values its directory holds."""
+        return [name for name in self._columns if name not in self._files[file].partition]
 
     def end_iteration(self) -> None:
         """Drops what was read ahead for an iteration that ended: its rows will not be asked for."""
@@ -204,9 +207,7 @@ class SegmentReader:
         """
         if self._filter is not None:
             return self.read_filtered(work)[0]
-        pieces = work.segment.pieces
-        ahead = work.ahead or (0,) * len(pieces)
-        tables = [self._read_table(p.file, p.row_group, p.start, p.stop, a) for p, a in zip(pieces, ahead, strict=True)]
+        tables = self._read_tables(work)
         if self._transform is None and all(t.schema == tables[0].schema for t in tables):
             table = tables[0] if len(tables) == 1 else pa.concat_tables(tables)
             rows = self._rows_of(work, table.num_rows)
@@ -238,9 +239,7 @@ class SegmentReader:
         position counts, as without a filter, and the second value None.
         """
         assert self._filter is not None
-        pieces = work.segment.pieces
-        ahead = work.ahead or (0,) * len(pieces)
-        tables = [self._read_table(p.file, p.row_group, p.start, p.stop, a) for p, a in zip(pieces, ahead, strict=True)]
+        tables = self._read_tables(work)
         masks = [self._filter.mask(table, self._frame) for table in tables]
         mask = np.concatenate(masks) if masks else np.zeros(0, dtype=bool)
         order = self._rows_of(work, len(mask))  # the segment's rows as without a filter, as indices
@@ -267,6 +266,12 @@ class SegmentReader:
         if rows is not None:
             columns = {name: array[rows] for name, array in columns.items()}
         return columns, None
+
+    def _read_tables(self, work: Work) -> list[pa.Table]:
+        """The segment's pieces as read, in order, each with what the plan reads after it."""
+        pieces = work.segment.pieces
+        ahead = work.ahead or (0,) * len(pieces)
+        return [self._read_table(p.file, p.row_group, p.start, p.stop, a) for p, a in zip(pieces, ahead, strict=True)]
 
     def _frame(self, table: pa.Table) -> pd.DataFrame:
         """A piece as the transform's pandas DataFrame.
@@ -383,7 +388,7 @@ class SegmentReader:
         """
         footer = self._footer(file)
         entry = self._files[file]
-        stored = [name for name in self._columns if name not in entry.partition]
+        stored = self._stored(file)
 
         def decode(source: pa.NativeFile | SpanFile, pre_buffer: bool) -> pa.Table:
             parquet = pq.ParquetFile(
