@@ -7,6 +7,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
 import warnings
 from collections.abc import Iterator
@@ -46,7 +47,7 @@ def to_url(path: str) -> str:
     return Location.parse(path).url
 
 
-def test_cache_dir_resolution_order(monkeypatch) -> None:
+def test_cache_dir_resolution_order(monkeypatch, tmp_path) -> None:
     conf = {"sparkfeed.cacheDir": "/a", "petastorm.spark.converter.parentCacheDirUrl": "file:///b"}
     monkeypatch.setenv("SPARKFEED_CACHE_DIR", "/c")
     assert resolve_cache_dir("s3://bucket/x/", conf.get).url == "s3://bucket/x"
@@ -55,8 +56,8 @@ def test_cache_dir_resolution_order(monkeypatch) -> None:
     assert resolve_cache_dir(None, conf.get).url == "file:///b"
     assert resolve_cache_dir(None, {}.get).url == "file:///c"
     monkeypatch.delenv("SPARKFEED_CACHE_DIR")
-    default = resolve_cache_dir(None, None).url
-    assert default.startswith("file:///") and "sparkfeed-cache" in default
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    assert resolve_cache_dir(None, None).url == (tmp_path / f"sparkfeed-{os.getuid()}").as_uri()
     assert to_url("relative/dir") == "file://" + os.path.abspath("relative/dir")
 
 

@@ -3,32 +3,42 @@
 A cache is a directory of Parquet files plus a manifest, ``_sparkfeed_manifest.json``, that is
 written last. No manifest, no cache: a materialization that crashed or was interrupted leaves at
 most a directory that no later call will read, and the process that made it removes it.
+
+Every cache directory also holds a marker, written first, that names its creator (host, pid and
+start time: :class:`~sparkfeed.owner.Owner`). A process killed with SIGKILL cannot clean up, so
+what it leaves is recognised by its marker: :func:`scan` lists a parent directory's caches with
+their creators' liveness, and :func:`collect` removes those whose creator is gone, never one
+whose creator may still run.
 """
 
 from __future__ import annotations
 
-import atexit
 import base64
 import contextlib
 import dataclasses
 import datetime
 import json
+import logging
 import os
+import re
 import shutil
-import socket
 import stat
 import tempfile
 import threading
 import uuid
 import warnings
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 
+from sparkfeed.lifecycle import at_exit
 from sparkfeed.location import Location
+from sparkfeed.owner import Liveness, Owner
 from sparkfeed.writer import ShapeStats
+
+log = logging.getLogger(__name__)
 
 MANIFEST_NAME = "_sparkfeed_manifest.json"
 MANIFEST_FORMAT = 1
@@ -38,21 +48,66 @@ CACHE_DIR_ENV = "SPARKFEED_CACHE_DIR"
 
 
 def default_cache_dir() -> str:
-    """The last resort: a directory under the system's temporary directory."""
-    return os.path.join(tempfile.gettempdir(), "sparkfeed-cache")
+    """The last resort: this user's own directory under the system's temporary directory.
+
+    Per user (``sparkfeed-<uid>``), since a shared name in ``/tmp`` lets another user create it
+    first, or plant a link there, and read or replace the caches; see :func:`private_dir`.
+    """
+    user = os.getuid() if hasattr(os, "getuid") else _login()
+    return os.path.join(tempfile.gettempdir(), f"sparkfeed-{user}")
+
+
+def _login() -> str:
+    import getpass
+
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", getpass.getuser())
+
+
+def private_dir(path: str) -> str:
+    """Creates ``path`` readable by this user only (0700), or checks that the existing one is safe.
+
+    Raises:
+        PermissionError: It is a symbolic link, not a directory, owned by another user, or
+            writable by other users: someone else could then read, replace or remove the caches.
+    """
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(path, 0o700)
+    info = os.lstat(path)
+    advice = "; pass cache_dir=, or set SPARKFEED_CACHE_DIR or the Spark conf sparkfeed.cacheDir, to use another"
+    if stat.S_ISLNK(info.st_mode):
+        raise PermissionError(
+            f"the default cache directory {path} is a symbolic link, which sparkfeed does not follow{advice}"
+        )
+    if not stat.S_ISDIR(info.st_mode):
+        raise PermissionError(f"the default cache directory {path} is not a directory{advice}")
+    if hasattr(os, "getuid") and info.st_uid != os.getuid():
+        raise PermissionError(
+            f"the default cache directory {path} belongs to user id {info.st_uid}, not to this one "
+            f"({os.getuid()}){advice}"
+        )
+    if info.st_mode & 0o022:
+        raise PermissionError(
+            f"the default cache directory {path} is writable by other users (mode {stat.S_IMODE(info.st_mode):o}): "
+            f"run chmod 700 {path}{advice}"
+        )
+    return path
 
 
 def resolve_cache_dir(explicit: str | None, spark_conf: Callable[[str], str | None] | None) -> Location:
-    """Picks the parent cache location: argument, Spark confs, environment, then the temp dir.
+    """Picks the parent cache location: argument, Spark confs, environment, then this user's temp dir.
 
     Plain paths become absolute local locations, because on a cluster Spark would read a bare
     path against the default filesystem (often HDFS) while the reader would read it locally.
+    The default directory is created private to this user (see :func:`private_dir`).
     """
     candidates = [explicit]
     if spark_conf is not None:
         candidates += [spark_conf(CACHE_DIR_CONF), spark_conf(PETASTORM_CACHE_DIR_CONF)]
-    candidates += [os.environ.get(CACHE_DIR_ENV), default_cache_dir()]
-    chosen = next(c for c in candidates if c)
+    candidates += [os.environ.get(CACHE_DIR_ENV)]
+    chosen = next((c for c in candidates if c), None)
+    if chosen is None:
+        chosen = private_dir(default_cache_dir())
+        log.debug("no cache directory configured: using %s", chosen)
     return Location.parse(chosen)
 
 
@@ -211,16 +266,22 @@ MARKER_NAME = "_sparkfeed_cache.json"
 """Written into every cache directory when it is created, before anything else."""
 
 
+CACHE_NAME = re.compile(r"^sparkfeed-\d{8}T\d{6}-[0-9a-f]{12}$")
+"""The name of every cache directory sparkfeed creates: listings look at these and nothing else."""
+
+
 def create_cache_dir(parent: Location) -> tuple[Location, str]:
     """A fresh, unique directory for one materialization, marked as sparkfeed's.
 
     Returns the directory and the token written into its marker: only a holder of the token
     (the converter this process made, and its pickled copies) may delete it. Locally the
     directory is created exclusively, so it cannot be one that existed before; on object
-    stores, where directories do not exist, the prefix must hold nothing yet.
+    stores, where directories do not exist, the prefix must hold nothing yet. The marker also
+    names this process (host, pid, start time), so that what a killed process leaves can be
+    told from a cache being written right now (:func:`scan`).
     """
-    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%S")
-    location = parent.child(f"sparkfeed-{stamp}-{uuid.uuid4().hex[:12]}")
+    now = datetime.datetime.now(datetime.UTC)
+    location = parent.child(f"sparkfeed-{now:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:12]}")
     token = uuid.uuid4().hex
     fs, path = location.filesystem, location.path
     if location.is_local:
@@ -230,7 +291,12 @@ def create_cache_dir(parent: Location) -> tuple[Location, str]:
         raise FileExistsError(f"{location} already holds objects; sparkfeed writes caches only into new prefixes")
     else:
         fs.create_dir(path, recursive=True)
-    marker = {"sparkfeed": True, "token": token, "pid": os.getpid(), "host": socket.gethostname()}
+    marker = {
+        "sparkfeed": True,
+        "token": token,
+        "owner": Owner.current().to_dict(),
+        "created_at": now.isoformat(timespec="seconds"),
+    }
     try:
         with fs.open_output_stream(f"{path}/{MARKER_NAME}") as stream:
             stream.write(json.dumps(marker).encode())
@@ -311,13 +377,20 @@ def delete_cache(location: Location, token: str) -> None:
     if handler is not None:
         handler(location.url)
     elif location.is_local:
-        shutil.rmtree(path)
+        shutil.rmtree(path, onerror=_gone_is_fine)
     else:
         with contextlib.suppress(FileNotFoundError):
             fs.delete_dir(path)
 
 
-def _marker_token(location: Location) -> str | None:
+def _gone_is_fine(function: Any, path: str, exc_info: Any) -> None:
+    """``rmtree``'s error handler: what another cleaner removed first is removed; anything else is raised."""
+    if not issubclass(exc_info[0], FileNotFoundError):
+        raise exc_info[1]
+
+
+def _read_marker(location: Location) -> dict[str, Any] | None:
+    """The marker's content; None when there is none (or it is not a regular file, or not ours)."""
     fs, path = location.filesystem, location.path
     marker = f"{path}/{MARKER_NAME}"
     try:
@@ -325,23 +398,184 @@ def _marker_token(location: Location) -> str | None:
             return None
         with fs.open_input_stream(marker) as stream:
             data = json.loads(stream.read().decode())
-    except (OSError, ValueError, UnicodeDecodeError):
+    except (OSError, ValueError, UnicodeDecodeError, pa.ArrowException):
         return None
-    token = data.get("token") if isinstance(data, dict) else None
-    return token if isinstance(token, str) else None
+    if not isinstance(data, dict) or data.get("sparkfeed") is not True or not isinstance(data.get("token"), str):
+        return None
+    return data
+
+
+def _marker_token(location: Location) -> str | None:
+    marker = _read_marker(location)
+    return None if marker is None else str(marker["token"])
+
+
+# --------------------------------------------------------------------------- listing and collecting
+
+
+@dataclasses.dataclass(frozen=True)
+class CacheEntry:
+    """One cache directory under a parent, as :func:`scan` found it.
+
+    Attributes:
+        location: The cache directory.
+        owner: The process that created it (None for markers of sparkfeed before 0.2, which
+            recorded no start time and are never collected).
+        liveness: Whether that process still runs, seen from here.
+        state: ``complete`` (its manifest is there), ``partial`` (no manifest: being written,
+            or left by an interrupted write) or ``corrupt`` (a manifest that cannot be read).
+        created_at: ISO time its directory was made, UTC.
+        num_rows: Rows in a complete cache.
+        size_bytes: Bytes of every file in it.
+        token: The marker's token, which deleting it requires.
+    """
+
+    location: Location
+    owner: Owner | None
+    liveness: Liveness
+    state: Literal["complete", "partial", "corrupt"]
+    created_at: str | None
+    num_rows: int | None
+    size_bytes: int
+    token: str
+
+    @property
+    def orphaned(self) -> bool:
+        """Its creator is gone: nobody will delete it but :func:`collect` (or the CLI's ``cache clean``)."""
+        return self.liveness is Liveness.GONE
+
+
+def scan(parent: Location) -> list[CacheEntry]:
+    """The sparkfeed caches directly under ``parent``, oldest first.
+
+    Only directories named as sparkfeed names caches and holding its marker are listed:
+    anything else under the parent is not sparkfeed's and is never looked into further.
+    """
+    fs = parent.filesystem
+    try:
+        children = fs.get_file_info(pafs.FileSelector(parent.path, allow_not_found=True))
+    except (NotADirectoryError, FileNotFoundError):
+        return []
+    entries = []
+    for info in children:
+        if info.type != pafs.FileType.Directory or not CACHE_NAME.match(info.base_name):
+            continue
+        location = parent.child(info.base_name)
+        if location.is_local and not stat.S_ISDIR(os.lstat(location.path).st_mode):
+            continue  # a link named like a cache: not ours
+        entry = _entry(location)
+        if entry is not None:
+            entries.append(entry)
+    return sorted(entries, key=lambda entry: (entry.created_at or "", entry.location.url))
+
+
+def _entry(location: Location) -> CacheEntry | None:
+    marker = _read_marker(location)
+    if marker is None:
+        return None
+    owner = Owner.from_dict(marker.get("owner"))
+    state: Literal["complete", "partial", "corrupt"]
+    num_rows = None
+    try:
+        manifest = read_manifest(location)
+    except CorruptManifestError:
+        state = "corrupt"
+    else:
+        state = "partial" if manifest is None else "complete"
+        num_rows = None if manifest is None else manifest.num_rows
+    try:
+        files = location.filesystem.get_file_info(pafs.FileSelector(location.path, recursive=True))
+    except FileNotFoundError:
+        return None  # removed while we looked
+    created = marker.get("created_at")
+    return CacheEntry(
+        location=location,
+        owner=owner,
+        liveness=Liveness.UNKNOWN if owner is None else owner.liveness(),
+        state=state,
+        created_at=created if isinstance(created, str) else None,
+        num_rows=num_rows,
+        size_bytes=sum(info.size or 0 for info in files if info.type == pafs.FileType.File),
+        token=str(marker["token"]),
+    )
+
+
+def collect(parent: Location, *, partial_only: bool = False, dry_run: bool = False) -> list[CacheEntry]:
+    """Removes the caches under ``parent`` whose creator is gone; returns what it removed (or would).
+
+    A process killed by SIGKILL, or a machine that lost power, runs no cleanup: its caches stay,
+    complete or partial, and are never read again by anyone who did not open them by path.
+    Their creator is known from the marker (host, pid, start time), so they are removed only
+    when that process is certainly gone: on this host, no process with that pid and start time
+    runs. A cache whose creator runs, or runs on another host, or is unknown, is left alone.
+
+    Args:
+        parent: The directory holding the caches.
+        partial_only: Remove only incomplete caches (what a new conversion collects on its way:
+            a complete orphan may still be opened by path by a job that knows its URL).
+        dry_run: Remove nothing; return what would be removed.
+    """
+    removed = []
+    for entry in scan(parent):
+        if not entry.orphaned or (partial_only and entry.state == "complete"):
+            continue
+        if not dry_run:
+            try:
+                delete_cache(entry.location, entry.token)
+            except (NotOursError, OSError) as error:
+                log.warning("could not remove the orphaned cache %s: %s", entry.location, error)
+                continue
+            log.info("removed the %s cache %s of %s, which is gone", entry.state, entry.location, entry.owner)
+        removed.append(entry)
+    return removed
+
+
+def remove(location: Location, *, force: bool = False) -> CacheEntry:
+    """Removes one sparkfeed cache by its URL, as the CLI's ``cache rm`` does.
+
+    Args:
+        location: The cache directory.
+        force: Also when its creator may still run (it would lose its cache mid-read).
+
+    Raises:
+        NotOursError: It is not a sparkfeed cache directory (no marker): nothing was deleted.
+        FileNotFoundError: Nothing is there.
+        PermissionError: Its creator still runs, or cannot be checked from here, and ``force``
+            is not set.
+    """
+    if location.is_local and os.path.islink(location.path):
+        raise NotOursError(f"not deleting {location}: it is a symbolic link, not a sparkfeed cache directory")
+    if location.filesystem.get_file_info(location.path).type == pafs.FileType.NotFound:
+        raise FileNotFoundError(f"no cache at {location}")
+    entry = _entry(location)
+    if entry is None:
+        raise NotOursError(
+            f"not deleting {location}: it holds no sparkfeed marker ({MARKER_NAME}), so it is not a sparkfeed cache"
+        )
+    if entry.liveness is not Liveness.GONE and not force:
+        who = "its creator" if entry.owner is None else f"its creator ({entry.owner})"
+        state = "still runs" if entry.liveness is Liveness.RUNNING else "cannot be checked from this host"
+        raise PermissionError(
+            f"not deleting {location}: {who} {state} and deletes it when it ends; pass force to delete it anyway"
+        )
+    delete_cache(location, entry.token)
+    return entry
 
 
 class _Owned:
-    """Caches this process created, removed at interpreter exit (best effort, never raising)."""
+    """Caches this process created, removed when it ends normally or by SIGTERM (best effort, never raising)."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # re-entrant: the SIGTERM cleanup may run in the thread holding it
         self._caches: dict[Location, tuple[str, int]] = {}
-        atexit.register(self.delete_all)
+        self._registered_in: int | None = None  # the pid whose exit deletes them (a forked child registers anew)
 
     def add(self, location: Location, token: str) -> None:
         with self._lock:
             self._caches[location] = (token, os.getpid())
+            register, self._registered_in = self._registered_in != os.getpid(), os.getpid()
+        if register:
+            at_exit(self.delete_all)
 
     def discard(self, location: Location) -> None:
         with self._lock:
@@ -355,6 +589,7 @@ class _Owned:
             # A forked child inherits this table but must not delete its parent's caches.
             caches = [(loc, token) for loc, (token, pid) in self._caches.items() if pid == os.getpid()]
             self._caches.clear()
+            self._registered_in = None
         for location, token in caches:
             try:
                 delete_cache(location, token)

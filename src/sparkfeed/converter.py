@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import warnings
 from collections.abc import Callable
@@ -23,10 +24,12 @@ from sparkfeed.cache import (
 )
 from sparkfeed.location import Location
 from sparkfeed.materialize import Materialized, describe, identify, materialize, registry
-from sparkfeed.options import MaterializeOptions, ReaderArgs, known_keywords, reader_options
+from sparkfeed.options import ConversionRun, MaterializeOptions, ReaderArgs, known_keywords, reader_options
 from sparkfeed.reader import Reader
 from sparkfeed.reader.batch import NUMPY, BatchFormat, Columns
 from sparkfeed.types import column_specs
+
+log = logging.getLogger(__name__)
 
 DEFAULT_BATCH_SIZE = 32
 """Rows per batch when none is given, or None is (Petastorm's default, and its meaning of None)."""
@@ -299,6 +302,7 @@ def make_spark_converter(
     cache_dir: str | None = None,
     storage_options: dict[str, Any] | None = None,
     filesystem: Any = None,
+    progress: bool = False,
 ) -> SparkDatasetConverter:
     """Materializes a DataFrame once as Parquet and returns a converter to load it.
 
@@ -317,13 +321,16 @@ def make_spark_converter(
             None to keep each column's own (decimals then become float64).
         cache_dir: Parent directory URL of the cache. Defaults to the Spark conf
             ``sparkfeed.cacheDir``, then ``petastorm.spark.converter.parentCacheDirUrl``, then
-            the ``SPARKFEED_CACHE_DIR`` environment variable, then the system temp dir.
+            the ``SPARKFEED_CACHE_DIR`` environment variable, then this user's own directory
+            under the system temp dir (``sparkfeed-<uid>``, mode 0700).
         storage_options: How to reach an object store or HDFS location (the cache directory, or
             ``df`` when it is a URL): keyword arguments of its pyarrow filesystem, e.g. for S3
             ``access_key``, ``secret_key``, ``region``, ``endpoint_override``, ``scheme``. They
             travel with the pickled converter to executors and are never written into the cache;
             leave credentials out to have each process read its own environment instead.
         filesystem: A pyarrow or fsspec filesystem to reach that location with, instead.
+        progress: Show the Spark job's progress while the cache is written (a tqdm bar on
+            stderr: tasks done, rows and files written).
 
     Raises:
         UnsupportedTypeError: A column has no tensor representation; the message names it,
@@ -331,10 +338,12 @@ def make_spark_converter(
         ValueError: A parameter is out of range.
     """
     options = MaterializeOptions(parquet_row_group_size_bytes, compression_codec, dtype)
+    run = ConversionRun(progress)
     if isinstance(df, (str, os.PathLike)):
         location = Location.parse(df, options=storage_options, filesystem=filesystem)
         manifest = read_manifest(location)  # A sparkfeed cache: its manifest says what the files hold.
         if manifest is not None:
+            log.info("opened the sparkfeed cache %s by path: it is read in place and never deleted", location)
             return SparkDatasetConverter(location, manifest)
         done = describe(location, options={"dtype": dtype, "source": "path"})
         return SparkDatasetConverter(done.location, done.manifest)
@@ -344,17 +353,19 @@ def make_spark_converter(
     parent = resolve_cache_dir(cache_dir, lambda key: spark.conf.get(key, None))
     if storage_options is not None or filesystem is not None:
         parent = Location.parse(parent, options=storage_options, filesystem=filesystem)
-    return _convert(df, options, parent)
+    return _convert(df, options, parent, run)
 
 
-def _convert(df: DataFrame, options: MaterializeOptions, parent: Location) -> SparkDatasetConverter:
+def _convert(df: DataFrame, options: MaterializeOptions, parent: Location, run: ConversionRun) -> SparkDatasetConverter:
     identity = identify(df)
     known = registry.find(identity, options, parent)
     if known is not None and _still_complete(known):
+        log.info("reusing cache %s, written earlier in this process for the same DataFrame", known.location)
         return SparkDatasetConverter(known.location, known.manifest, known.token)
     if known is not None:
+        log.info("cache %s of this DataFrame is gone or damaged: writing it again", known.location)
         registry.forget(known.location)  # Deleted or damaged behind our back: write it again.
-    done = materialize(df, parent, options, identity)
+    done = materialize(df, parent, options, identity, run)
     registry.add(identity, options, parent, done)
     return SparkDatasetConverter(done.location, done.manifest, done.token)
 

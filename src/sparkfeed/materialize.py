@@ -15,11 +15,14 @@ import datetime
 import getpass
 import hashlib
 import json
+import logging
 import os
 import posixpath
 import re
 import socket
+import stat
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
@@ -29,18 +32,20 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from sparkfeed import __version__
+from sparkfeed import __version__, sparkjob
 from sparkfeed.cache import (
     MARKER_NAME,
     FileEntry,
     Manifest,
+    collect,
     create_cache_dir,
     delete_cache,
     owned_caches,
+    scan,
     write_manifest,
 )
 from sparkfeed.location import Location
-from sparkfeed.options import MaterializeOptions
+from sparkfeed.options import ConversionRun, MaterializeOptions
 from sparkfeed.types import list_depth, normalize_dataframe
 from sparkfeed.writer import (
     RESULT_SCHEMA,
@@ -55,6 +60,8 @@ from sparkfeed.writer import (
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,7 +165,11 @@ registry = _Registry()
 
 
 def materialize(
-    df: DataFrame, parent: Location, options: MaterializeOptions, identity: DataFrameIdentity
+    df: DataFrame,
+    parent: Location,
+    options: MaterializeOptions,
+    identity: DataFrameIdentity,
+    run: ConversionRun | None = None,
 ) -> Materialized:
     """Writes ``df`` into a new cache directory under ``parent`` and publishes its manifest.
 
@@ -166,28 +177,66 @@ def materialize(
     fixed-shape arrays packed, 2x faster to write than Spark's own writer and 6x faster to read);
     one without is written by Spark's own Parquet writer, which measured faster for plain columns
     than the round trip through Python. Any failure, an interrupt included, removes the directory
-    before the error propagates.
+    before the error propagates; Ctrl-C first cancels the Spark job (:mod:`sparkfeed.sparkjob`).
+    On its way it removes the partial caches that killed processes left under ``parent``.
     """
     parent.filesystem  # noqa: B018 - fail before Spark runs anything if the reader could not read it back
+    run = run or ConversionRun()
     normalized = normalize_dataframe(df, options.dtype)
     spark = df.sparkSession
+    _collect_leftovers(parent)
     location, token = create_cache_dir(parent)
     owned_caches.add(location, token)
+    log.info("writing the DataFrame into a new cache %s", location)
+    started = time.perf_counter()
     try:
         # Spark's own writer measured faster for plain columns on local disk, but reaches object
         # stores only through Hadoop connectors a cluster may lack: elsewhere the tasks write with
         # pyarrow, which reaches whatever the reader reaches.
         if not location.is_local or any(_is_array(field.dataType) for field in normalized.schema.fields):
-            manifest = _write_with_tasks(normalized, location, options, identity, spark)
+            manifest = _write_with_tasks(normalized, location, options, identity, spark, run)
         else:
-            manifest = _write_with_spark(normalized, location, options, identity, spark)
+            manifest = _write_with_spark(normalized, location, options, identity, spark, run)
+        if location.is_local:
+            _apply_umask(location.local_path)
         write_manifest(location, manifest)
     except BaseException:
         with contextlib.suppress(Exception):
             delete_cache(location, token)
         owned_caches.discard(location)
         raise
+    log.info(
+        "cache %s complete: %d rows in %d files, %.1f s",
+        location,
+        manifest.num_rows,
+        len(manifest.files),
+        time.perf_counter() - started,
+    )
     return Materialized(location, manifest, token)
+
+
+def _collect_leftovers(parent: Location) -> None:
+    """Removes partial caches of processes that are gone; points at complete orphans, which stay.
+
+    A complete cache whose creator was killed may still be read by a job that knows its URL,
+    so only ``sparkfeed cache clean`` (or :func:`sparkfeed.cache.collect`) removes those.
+    """
+    try:
+        collect(parent, partial_only=True)
+        orphans = [entry for entry in scan(parent) if entry.orphaned]
+    except (OSError, pa.ArrowException) as error:
+        log.warning("could not look for leftover caches under %s: %s", parent, error)
+        return
+    if orphans:
+        size = sum(entry.size_bytes for entry in orphans) / 2**20
+        log.warning(
+            "%d complete caches (%.0f MiB) under %s were left by processes that are gone; "
+            "`sparkfeed cache clean %s` removes them",
+            len(orphans),
+            size,
+            parent,
+            parent.url,
+        )
 
 
 def _is_array(data_type: Any) -> bool:
@@ -195,35 +244,80 @@ def _is_array(data_type: Any) -> bool:
 
 
 def _write_with_tasks(
-    df: DataFrame, location: Location, options: MaterializeOptions, identity: DataFrameIdentity, spark: SparkSession
+    df: DataFrame,
+    location: Location,
+    options: MaterializeOptions,
+    identity: DataFrameIdentity,
+    spark: SparkSession,
+    run: ConversionRun,
 ) -> Manifest:
     fs, root = location.filesystem, location.path
     ship_by_value()
     codec = "none" if options.codec == "uncompressed" else options.codec
-    writer = partition_writer(fs, root, codec, options.row_group_size_bytes, df.columns)
-    results = df.toDF(*positional_names(len(df.columns))).mapInArrow(writer, RESULT_SCHEMA).collect()
+    counters = sparkjob.Counters.make(spark)
+    writer = partition_writer(
+        fs, root, codec, options.row_group_size_bytes, df.columns, (counters.rows, counters.files)
+    )
+    frame = df.toDF(*positional_names(len(df.columns))).mapInArrow(writer, RESULT_SCHEMA)
+    results = sparkjob.run(
+        spark, frame.collect, "sparkfeed: writing the cache", progress=run.progress, counters=counters
+    )
     manifest = _manifest(results, _logical_schema(df), options, identity, spark)
     _remove_strays(fs, root, {entry.path for entry in manifest.files})
     return manifest
 
 
 def _write_with_spark(
-    df: DataFrame, location: Location, options: MaterializeOptions, identity: DataFrameIdentity, spark: SparkSession
+    df: DataFrame,
+    location: Location,
+    options: MaterializeOptions,
+    identity: DataFrameIdentity,
+    spark: SparkSession,
+    run: ConversionRun,
 ) -> Manifest:
     # INT96, Spark's default, is deprecated and reads back as nanoseconds; write microseconds.
     with _session_conf(spark, {"spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS"}):
-        (
+        writer = (
             df.write.option("parquet.block.size", str(options.row_group_size_bytes))
             .option("compression", options.codec)
             # Append: the directory exists already, holding only the marker that makes it ours.
             .mode("append")
-            # Hadoop's form: Spark does not percent-decode, so it gets the decoded path.
-            .parquet(location.hadoop_path)
+        )
+        # Hadoop's form: Spark does not percent-decode, so it gets the decoded path.
+        sparkjob.run(
+            spark, lambda: writer.parquet(location.hadoop_path), "sparkfeed: writing the cache", progress=run.progress
         )
     # Spark writes at least one file, also for an empty DataFrame, so the footers give the schema.
     return describe(
         location, options=dataclasses.asdict(options), key=identity.digest, created_by=_creator(spark)
     ).manifest
+
+
+def _apply_umask(root: str) -> None:
+    """Gives what Spark wrote the permissions this process's umask asks for.
+
+    Neither writer honours it: Hadoop's local filesystem sets its own (0644 files, 0755
+    directories, from its ``fs.permissions.umask-mask`` of 022, read once per cached
+    filesystem), and the tasks' pyarrow writer runs in Python workers that took the umask the
+    JVM had when it started. While Spark writes, the cache directory itself, made here under
+    this process's umask, keeps others out; links are never followed.
+    """
+    mask = _umask()
+    for directory, subdirectories, files in os.walk(root):
+        for name, default in [(d, 0o777) for d in subdirectories] + [(f, 0o666) for f in files]:
+            path = os.path.join(directory, name)
+            info = os.lstat(path)
+            if not stat.S_ISLNK(info.st_mode):
+                os.chmod(path, default & ~mask)
+
+
+def _umask() -> int:
+    """This process's umask, read without changing it where the system allows (changing it races other threads)."""
+    with contextlib.suppress(OSError, ValueError, StopIteration), open("/proc/self/status") as status:
+        return int(next(line for line in status if line.startswith("Umask:")).split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 @contextlib.contextmanager

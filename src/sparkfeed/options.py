@@ -136,6 +136,16 @@ class MaterializeOptions:
 
 
 @dataclasses.dataclass(frozen=True)
+class ConversionRun:
+    """How one ``make_spark_converter`` call runs, as opposed to what it writes: never part of the cache key."""
+
+    progress: bool = False
+
+    def __post_init__(self) -> None:
+        _store(self, "progress", _check_bool("progress", self.progress))
+
+
+@dataclasses.dataclass(frozen=True)
 class ReaderOptions:
     """What to iterate and how: the arguments shared by every ``make_*`` loader."""
 

@@ -168,7 +168,12 @@ class _File:
 
 
 def partition_writer(
-    fs: pafs.FileSystem, root: str, codec: str, group_bytes: int, names: list[str]
+    fs: pafs.FileSystem,
+    root: str,
+    codec: str,
+    group_bytes: int,
+    names: list[str],
+    counters: tuple[Any, Any] = (None, None),
 ) -> Callable[[Iterable[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
     """The ``mapInArrow`` function that writes one partition into the cache directory.
 
@@ -186,7 +191,10 @@ def partition_writer(
         names: The DataFrame's column names, written to the files. The batches arrive with
             positional stand-ins (see :func:`positional_names`), since pyspark's ``mapInArrow``
             cannot resolve a column whose name holds a dot.
+        counters: Spark accumulators of the rows and the files written (or None), which the
+            driver shows on its progress bar as each task ends.
     """
+    rows_written, files_written = counters
 
     def write(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         from pyspark import TaskContext
@@ -224,6 +232,10 @@ def partition_writer(
                     "packed": json.dumps(packed),
                 }
             )
+        if rows_written is not None:  # each file is closed: its last row group is counted
+            rows_written.add(sum(sum(file.row_groups) for file, _ in files.values()))
+        if files_written is not None:
+            files_written.add(len(files))
         yield pa.RecordBatch.from_pylist(
             rows, schema=pa.schema([(n, pa.string()) for n in ("path", "row_groups", "shapes", "packed")])
         )

@@ -5,21 +5,40 @@ read, unpickle) and about a third of the time of decoding them; here a worker wr
 array once into a file in a RAM-backed directory (``/dev/shm``) and the reader maps it
 copy-on-write: no copy on the reader's side, and the arrays stay writable for the user. The
 reader unlinks each file as soon as it is mapped, and removes the directory, with whatever
-was never collected, when the iteration ends.
+was never collected, when the iteration ends, or when the process ends (normally or by
+SIGTERM, :mod:`sparkfeed.lifecycle`).
+
+A reader killed by SIGKILL removes nothing, so each directory is named after its owner, the
+reader process (pid and start time: ``sparkfeed-exchange-<pid>-<start>-<random>``), and every
+new exchange first sweeps the directories of owners that are gone. RAM given to files in
+``/dev/shm`` is not freed until they are removed.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import mmap
 import os
+import re
 import shutil
+import socket
+import stat
 import tempfile
+import threading
+import weakref
 from typing import Any
 
 import numpy as np
 
+from sparkfeed.lifecycle import at_exit
+from sparkfeed.owner import Liveness, Owner
 from sparkfeed.reader.batch import Columns
+
+log = logging.getLogger(__name__)
+
+PREFIX = "sparkfeed-exchange-"
+_NAME = re.compile(rf"^{PREFIX}(\d+)-(\d+)-")
 
 _ALIGN = 64
 """Arrays start at multiples of a cache line, as Arrow and NumPy prefer."""
@@ -42,16 +61,71 @@ class SharedColumns:
     order: tuple[str, ...]
 
 
-def _shm_root() -> str | None:
+def shm_root() -> str:
+    """Where exchanges live: RAM-backed ``/dev/shm`` where there is one, else the temp directory."""
     root = "/dev/shm"
-    return root if os.path.isdir(root) and os.access(root, os.W_OK) else None
+    return root if os.path.isdir(root) and os.access(root, os.W_OK) else tempfile.gettempdir()
+
+
+def sweep(root: str | None = None, *, dry_run: bool = False) -> list[str]:
+    """Removes the exchange directories whose reader process is gone; returns their paths.
+
+    Only directories named by :class:`Exchange`, owned by this user and not links, are looked
+    at; one whose owner may still run (or whose start time does not match) is left alone.
+    """
+    root = root or shm_root()
+    removed = []
+    try:
+        names = os.listdir(root)
+    except OSError:
+        return []
+    host = socket.gethostname()
+    for name in names:
+        match = _NAME.match(name)
+        if match is None:
+            continue
+        path = os.path.join(root, name)
+        try:
+            info = os.lstat(path)
+        except FileNotFoundError:
+            continue
+        if not stat.S_ISDIR(info.st_mode) or (hasattr(os, "getuid") and info.st_uid != os.getuid()):
+            continue
+        owner = Owner(host, int(match.group(1)), float(match.group(2)))
+        if owner.liveness() is not Liveness.GONE:
+            continue
+        if not dry_run:
+            shutil.rmtree(path, ignore_errors=True)
+            log.info("removed %s, the shared-memory chunks of reader process %d, which is gone", path, owner.pid)
+        removed.append(path)
+    return removed
+
+
+_open: weakref.WeakSet[Exchange] = weakref.WeakSet()
+_open_lock = threading.Lock()
+_cleanup_in: int | None = None  # the pid whose exit removes the open exchanges
+
+
+def _close_open() -> None:
+    for exchange in list(_open):
+        exchange.close()
 
 
 class Exchange:
     """A directory for one iteration's chunks; :meth:`close` removes what is left in it."""
 
     def __init__(self) -> None:
-        self.directory = tempfile.mkdtemp(prefix="sparkfeed-exchange-", dir=_shm_root())
+        global _cleanup_in
+        root = shm_root()
+        sweep(root)
+        me = Owner.current()
+        started = int(me.started) if me.started is not None else 0
+        self.directory = tempfile.mkdtemp(prefix=f"{PREFIX}{me.pid}-{started}-", dir=root)
+        with _open_lock:
+            _open.add(self)
+            register, _cleanup_in = _cleanup_in != os.getpid(), os.getpid()
+        if register:
+            at_exit(_close_open)
 
     def export(self, columns: Columns) -> SharedColumns:
         """Runs in a worker: writes the chunk's arrays to one new file, once each."""

@@ -16,7 +16,10 @@ from __future__ import annotations
 
 import collections
 import multiprocessing
+import os
 import sys
+import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import CancelledError, Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from typing import Any, Generic, TypeVar
@@ -30,13 +33,35 @@ _worker_fn: Callable[[Any], Any] | None = None
 """The work function of this worker process, installed once when it starts."""
 
 
-def _install(fn: Callable[[Any], Any] | bytes) -> None:
+_PARENT_POLL_SECONDS = 0.2
+
+
+def _install(fn: Callable[[Any], Any] | bytes, parent: int) -> None:
     global _worker_fn
+    _die_with(parent)
     if isinstance(fn, bytes):
         from pyspark import cloudpickle
 
         fn = cloudpickle.loads(fn)
     _worker_fn = fn  # type: ignore[assignment]
+
+
+def _die_with(parent: int) -> None:
+    """Ends this worker process as soon as its parent is gone, however the parent ended.
+
+    A reader killed with SIGKILL never stops its pool, and its workers, blocked on a queue that
+    nobody will write to, would wait forever. Linux's ``PR_SET_PDEATHSIG`` is not used: it fires
+    when the *thread* that forked the worker ends, and the reader's pool may be started by a
+    short-lived thread (tf.data's). A watching thread notices the parent's death by the worker
+    being re-parented (to init or a subreaper), within a fifth of a second.
+    """
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(_PARENT_POLL_SECONDS)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="sparkfeed-parent-watch", daemon=True).start()
 
 
 def _call(item: Any) -> Any:
@@ -58,7 +83,7 @@ def _process_executor(fn: Callable[[Any], Any], workers: int) -> ProcessPoolExec
 
         context = multiprocessing.get_context("spawn")
         payload = cloudpickle.dumps(fn)
-    return ProcessPoolExecutor(workers, mp_context=context, initializer=_install, initargs=(payload,))
+    return ProcessPoolExecutor(workers, mp_context=context, initializer=_install, initargs=(payload, os.getpid()))
 
 
 def _stop(executor: Executor) -> list[Any]:
