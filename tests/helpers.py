@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import select
+import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Iterable
+import tempfile
+import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -74,3 +79,80 @@ def run_gloo_ranks(script: str, *args: str, world: int = 2, timeout: float = 240
         for process in ranks:
             process.kill()
     return outputs
+
+
+class JobProcess:
+    """One of the tests' job scripts in a process group of its own, read line by line as it runs.
+
+    For tests that signal or kill a job mid-way: :meth:`line` waits for its next JSON line,
+    :meth:`kill_group` ends it with everything it started (its JVM, Spark's Python workers, its
+    reader processes), as an out-of-memory kill or a lost node would. Leaving the ``with``
+    block kills whatever is left.
+    """
+
+    def __init__(self, script: str, *args: str, umask: int | None = None) -> None:
+        self.stderr = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 - open as long as the job runs
+        self.process = subprocess.Popen(
+            [sys.executable, str(Path(__file__).with_name(script)), *args],
+            stdout=subprocess.PIPE,
+            stderr=self.stderr,
+            text=True,
+            start_new_session=True,
+            env={**os.environ, "PYSPARK_PYTHON": sys.executable},
+            preexec_fn=None if umask is None else (lambda: os.umask(umask)),
+        )
+
+    def line(self, timeout: float = 180) -> dict[str, Any]:
+        """The job's next JSON line (other output is skipped)."""
+        assert self.process.stdout is not None
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            ready, _, _ = select.select([self.process.stdout], [], [], max(left, 0))
+            assert ready, f"no line from the job within {timeout} s:\n{self.errors()}"
+            text = self.process.stdout.readline()
+            assert text, f"the job ended (rc {self.process.wait()}) without the line expected:\n{self.errors()}"
+            if text.startswith("{"):
+                return dict(json.loads(text))
+
+    def errors(self) -> str:
+        self.stderr.seek(0)
+        return self.stderr.read()[-4000:]
+
+    def signal(self, signum: int) -> None:
+        self.process.send_signal(signum)
+
+    def wait(self, timeout: float = 120) -> int:
+        return self.process.wait(timeout)
+
+    def kill_group(self) -> None:
+        """SIGKILL to the job and all it started; returns once the job itself is reaped."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(60)
+
+    def __enter__(self) -> JobProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.process.poll() is None or _group_alive(self.process.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(60)
+        self.stderr.close()
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 60, what: str = "the condition") -> None:
+    """Polls ``condition`` until it holds; fails naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"{what} did not happen within {timeout} s"
+        time.sleep(0.1)

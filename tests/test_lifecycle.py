@@ -1,0 +1,84 @@
+"""Exit cleanup: at a normal exit and on SIGTERM, chained, never in a forked child; real processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from sparkfeed import lifecycle
+from sparkfeed.cache import collect, scan
+from sparkfeed.location import Location
+from sparkfeed.owner import Liveness
+
+from helpers import JobProcess
+
+
+def _cache_dirs(parent: Path) -> list[str]:
+    return sorted(p.name for p in parent.iterdir() if p.name.startswith("sparkfeed-"))
+
+
+@pytest.fixture
+def own_cleanups(monkeypatch) -> None:
+    """A cleanup list of the test's own: running it must not delete the other tests' caches."""
+    monkeypatch.setattr(lifecycle, "_cleanups", [])
+
+
+def test_cleanups_run_once_in_reverse_order(own_cleanups) -> None:
+    ran: list[str] = []
+    lifecycle.at_exit(lambda: ran.append("first"))
+    lifecycle.at_exit(lambda: ran.append("second"))
+    lifecycle.run_cleanups()
+    lifecycle.run_cleanups()
+    assert ran == ["second", "first"]
+
+
+def test_a_forked_child_does_not_run_its_parents_cleanups(own_cleanups, tmp_path) -> None:
+    flag = tmp_path / "parent-cleanup-ran"
+    lifecycle.at_exit(flag.touch)
+    pid = os.fork()
+    if pid == 0:  # the child: its exit must not run what the parent registered
+        try:
+            lifecycle.run_cleanups()
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
+    assert not flag.exists()
+    lifecycle.run_cleanups()
+    assert flag.exists()
+
+
+def test_sigterm_removes_the_caches_and_still_ends_the_process_by_sigterm(tmp_path) -> None:
+    with JobProcess("lifecycle_job.py", "converted", str(tmp_path), "default") as job:
+        job.line()
+        assert len(_cache_dirs(tmp_path)) == 1
+        job.signal(signal.SIGTERM)
+        assert job.wait() == -signal.SIGTERM, job.errors()
+    assert _cache_dirs(tmp_path) == []
+
+
+def test_a_users_sigterm_handler_is_kept_and_the_exit_it_chooses_cleans_up(tmp_path) -> None:
+    with JobProcess("lifecycle_job.py", "converted", str(tmp_path), "user") as job:
+        job.line()
+        job.signal(signal.SIGTERM)
+        assert job.wait() == 3, job.errors()  # the user's handler decided: sys.exit(3)
+    assert (tmp_path / "user-handler-ran").read_text() == "yes"
+    assert _cache_dirs(tmp_path) == []  # its normal exit ran the cleanup
+
+
+def test_an_ignored_sigterm_stays_ignored_and_sigkill_leaves_an_orphan_for_collect(tmp_path) -> None:
+    with JobProcess("lifecycle_job.py", "converted", str(tmp_path), "ignore") as job:
+        job.line()
+        job.signal(signal.SIGTERM)
+        with pytest.raises(subprocess.TimeoutExpired):
+            job.wait(timeout=3)  # still running: SIGTERM stays ignored, as the user set it
+        (left,) = _cache_dirs(tmp_path)
+        job.kill_group()
+    parent = Location.parse(str(tmp_path))
+    (entry,) = scan(parent)
+    assert entry.location.url.endswith(left) and entry.state == "complete" and entry.liveness is Liveness.GONE
+    assert [e.location for e in collect(parent)] == [entry.location]
+    assert _cache_dirs(tmp_path) == []
