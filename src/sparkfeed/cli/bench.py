@@ -319,7 +319,7 @@ def _measure(
 def _measure_epochs(
     converter: Any, framework: str, args: dict[str, Any], epochs: int, repeats: int, counter: _Counter
 ) -> list[Pass]:
-    """A fresh loader per pass, iterated to its end: start-up included, as each training run pays it."""
+    """A fresh loader per pass, iterated to its end: each pass pays the first read's wait, as each epoch loop does."""
     with _loader(converter, framework, args, 1) as loader:  # warm-up: threads, imports, the page cache
         for batch in loader:
             if counter.row_bytes is None:
