@@ -163,7 +163,7 @@ def test_bools_floats_and_strings_are_still_refused_as_integers(name: str, value
         ReaderOptions(**{**kwargs, name: value})
 
 
-@pytest.mark.parametrize("name", ["shuffle_row_groups", "drop_last", "verify_checksums"])
+@pytest.mark.parametrize("name", ["shuffle_row_groups", "drop_last", "verify_checksums", "progress"])
 def test_numpy_bools_are_accepted_and_stored_as_python_bools(name: str) -> None:
     for value in (np.True_, np.False_):
         stored = getattr(ReaderOptions(**{name: value}), name)

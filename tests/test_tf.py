@@ -197,6 +197,17 @@ def test_drop_last_leaves_out_each_epochs_short_batch(mixed) -> None:
         mixed.make_tf_dataset(drop_last=1)
 
 
+def test_progress_counts_the_batches_the_dataset_yields_not_the_readers_larger_ones(mixed, capsys) -> None:
+    # The reader reads super-batches of many batches and TensorFlow cuts them; the bar counts what Keras sees.
+    transform = {"transform_fn": lambda frame: frame}  # a transform: one row is read first for the signature
+    with mixed.make_tf_dataset(batch_size=64, num_epochs=2, drop_last=True, progress=True, **transform) as dataset:
+        assert len(list(dataset)) == 8
+    err = capsys.readouterr().err
+    bars = [line.rsplit("\r", 1)[-1] for line in err.split("\n") if line.strip()]  # a closed bar ends its line
+    assert [bar.split(":")[0] for bar in bars] == ["epoch 0", "epoch 1"]  # none for the signature's one-row look
+    assert all("| 4/4 [" in bar for bar in bars)  # 300 rows: 4 batches of 64, the tail dropped
+
+
 def test_missing_tensorflow_names_the_extra(mixed, monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "tensorflow", None)
     with pytest.raises(ImportError, match=r"pip install 'sparkfeed\[tf\]'"):

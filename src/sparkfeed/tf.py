@@ -84,6 +84,7 @@ class TfDatasetContext:
         # Super-batches hold whole batches, so only an epoch's last one has a short tail: rebatch
         # drops it there; the reader itself drops only when it reads batch by batch.
         self._reader = make_reader(batch_size * per_super, num_epochs, drop_last and per_super == 1)
+        self._reader.show_progress_in(batch_size, drop_last)  # a progress bar counts the batches Keras sees
         per_epoch = self._reader.num_rows // batch_size if drop_last else -(-self._reader.num_rows // batch_size)
         self._batches = None if num_epochs is None else num_epochs * per_epoch
         self._drop_last = drop_last
@@ -100,6 +101,7 @@ class TfDatasetContext:
             specs = [_spec(self._tf, column.view("tf")) for column in known.values()]
         else:
             with make_reader(1, 1, False) as probe:
+                probe.show_progress_in(None)  # a look at one row is no epoch to show
                 first = next(iter(probe), None)
             if first is None:
                 raise ValueError("make_tf_dataset needs at least one row to know the dataset's element spec")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import multiprocessing
+import re
 import threading
 import traceback
 
@@ -337,3 +338,55 @@ def test_loaders_accept_the_converters_own_storage_options_and_filesystem_only(c
     other = pafs.SubTreeFileSystem("/", pafs.LocalFileSystem())
     with pytest.raises(ValueError, match=r"is not the filesystem this converter reaches its cache .* with: pass"):
         converter.make_torch_dataloader(filesystem=other)
+
+
+def _bars(stderr: str) -> dict[str, str]:
+    """Each progress bar's last drawing, by its label ("epoch 0"); tqdm redraws a line after a carriage return."""
+    frames = [frame.strip() for line in stderr.split("\n") for frame in line.split("\r") if frame.strip()]
+    return {frame.split(":", 1)[0]: frame for frame in frames if frame.startswith("epoch ")}
+
+
+def test_progress_draws_one_bar_per_epoch_with_its_batches_and_rows_per_second(converter, capsys) -> None:
+    with converter.make_numpy_iterator(batch_size=128, num_epochs=2, seed=1, progress=True) as batches:
+        assert sum(1 for _ in batches) == 48
+    bars = _bars(capsys.readouterr().err)
+    assert list(bars) == ["epoch 0", "epoch 1"]
+    for bar in bars.values():
+        assert "100%" in bar and "| 24/24 [" in bar and "batch/s" in bar and "rows/s]" in bar
+    with converter.make_numpy_iterator(batch_size=128, num_epochs=1, progress=True) as batches:
+        for _ in itertools.islice(batches, 5):  # a loop left early closes its bar where it stood
+            pass
+    assert "| 5/24 [" in _bars(capsys.readouterr().err)["epoch 0"]
+    with converter.make_torch_dataloader(batch_size=100, num_epochs=1, progress=True, drop_last=True) as loader:
+        assert len(list(loader)) == 30  # torch: the same bar, from the same engine
+    assert "| 30/30 [" in _bars(capsys.readouterr().err)["epoch 0"]
+    with converter.make_numpy_iterator(batch_size=128, num_epochs=1, cur_shard=1, shard_count=2, progress=True) as b:
+        assert len(list(b)) == 12
+    assert "| 12/12 [" in _bars(capsys.readouterr().err)["epoch 0 (shard 1 of 2)"]
+    with converter.make_numpy_iterator(batch_size=500, num_epochs=1, filters=[("id", "<", 1000)], progress=True) as b:
+        assert len(list(b)) == 2
+    assert "epoch 0: 2batch [" in _bars(capsys.readouterr().err)["epoch 0"]  # filters: no total before reading
+
+
+def test_progress_is_off_by_default_and_changes_neither_batches_nor_state(converter, capsys) -> None:
+    kwargs = dict(batch_size=64, num_epochs=2, seed=4, shuffling_queue_capacity=300)
+    with converter.make_numpy_iterator(**kwargs) as batches:
+        quiet = [b["id"] for b in batches]
+        quiet_state = batches.state_dict()
+    assert capsys.readouterr().err == ""
+    with converter.make_numpy_iterator(progress=True, **kwargs) as batches:
+        shown = [b["id"] for b in batches]
+        assert batches.state_dict() == quiet_state  # progress is not part of what a state indexes
+    assert len(shown) == len(quiet) and all(np.array_equal(a, b) for a, b in zip(shown, quiet, strict=True))
+    with converter.make_numpy_iterator(**kwargs) as batches:
+        head = [b["id"] for b in itertools.islice(iter(batches), 10)]
+        state = batches.state_dict()
+    capsys.readouterr()
+    with converter.make_numpy_iterator(progress=True, **kwargs) as batches:
+        batches.load_state_dict(state)  # a state saved without a bar resumes with one, and the bar counts the rest
+        rest = [b["id"] for b in batches]
+    assert all(np.array_equal(a, b) for a, b in zip(head + rest, quiet, strict=True))
+    bars = _bars(capsys.readouterr().err)
+    assert "| 37/37 [" in bars["epoch 0"] and "| 47/47 [" in bars["epoch 1"]
+    with pytest.raises(ValueError, match=re.escape("progress='yes' is not allowed: it must be a bool")):
+        converter.make_numpy_iterator(progress="yes")

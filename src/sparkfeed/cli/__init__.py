@@ -12,6 +12,8 @@ import logging
 import click
 
 from sparkfeed import __version__
+from sparkfeed.cli.bench import bench_command
+from sparkfeed.cli.inspect import inspect_command
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -22,3 +24,7 @@ def main(verbose: int) -> None:
     if verbose:
         logging.basicConfig(format="%(asctime)s %(name)s %(levelname)s: %(message)s")
         logging.getLogger("sparkfeed").setLevel(logging.DEBUG if verbose > 1 else logging.INFO)
+
+
+main.add_command(bench_command)
+main.add_command(inspect_command)

@@ -7,7 +7,6 @@ import dataclasses
 import gc
 import inspect
 import itertools
-import math
 import warnings
 import weakref
 from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
@@ -25,6 +24,7 @@ from sparkfeed.reader.batch import NUMPY, Batcher, BatchFormat, Columns
 from sparkfeed.reader.exchange import Exchange
 from sparkfeed.reader.plan import PlanSpec, Segment, epoch_segments, remainder
 from sparkfeed.reader.pool import OrderedPool
+from sparkfeed.reader.progress import EpochBar
 from sparkfeed.reader.readahead import DEFAULT_READ_AHEAD_BYTES, follow_counts
 from sparkfeed.reader.segments import SegmentReader, Work
 from sparkfeed.reader.selection import RowFilter, select_columns
@@ -153,6 +153,8 @@ class Reader(Generic[C]):
         self._active: weakref.ref[Generator[C, None, None]] | None = None
         self._token: object | None = None  # the active iteration's; only it moves the position
         self._pool: OrderedPool[Work, Any] | None = None
+        # The progress bar's batch size and drop_last (see show_progress_in); None: no bar.
+        self._progress: tuple[int, bool] | None = (options.batch_size, options.drop_last) if options.progress else None
 
     # ------------------------------------------------------------------ iteration
 
@@ -184,14 +186,27 @@ class Reader(Generic[C]):
         if self._options.num_epochs is None:
             raise TypeError("a loader with num_epochs=None is infinite and has no len(); pass num_epochs")
         start, end = self._iteration_range()
-        batches = 0
-        for epoch in range(start.epoch, end):
-            if epoch == start.epoch and (start.segment or start.offset or self._derived):
-                rows = sum(s.rows for s in remainder(self._segments(epoch), start.segment, start.offset))
-            else:
-                rows = self._rows
-            batches += (math.floor if self._options.drop_last else math.ceil)(rows / self._options.batch_size)
-        return batches
+        size, drop_last = self._options.batch_size, self._options.drop_last
+        return sum(_batches(self._epoch_rows(epoch, start), size, drop_last) for epoch in range(start.epoch, end))
+
+    def _epoch_rows(self, epoch: int, start: Position) -> int:
+        """Rows of ``epoch`` in an iteration starting at ``start``: what remains of a resumed first epoch."""
+        if epoch == start.epoch and (start.segment or start.offset or self._derived):
+            return sum(s.rows for s in remainder(self._segments(epoch), start.segment, start.offset))
+        return self._rows
+
+    def show_progress_in(self, batch_size: int | None, drop_last: bool = False) -> None:
+        """Counts the ``progress=True`` bar in batches of ``batch_size`` rows; None: no bar at all.
+
+        The bar counts the user's batches. An adapter that reads larger batches and cuts them
+        itself (the TF dataset's super-batches) gives the batch size and ``drop_last`` of what
+        its user receives; a reader made for a look at the data (the TF element-spec probe)
+        turns its bar off. Without ``progress=True``, a batch size changes nothing.
+        """
+        if batch_size is None or not self._options.progress:
+            self._progress = None
+        else:
+            self._progress = (batch_size, drop_last)
 
     def _iteration_range(self) -> tuple[Position, int]:
         if self._resumed:
@@ -280,15 +295,25 @@ class Reader(Generic[C]):
         raw = pool.imap(self._scheduled(self._work(start, end)))
         results = raw if exchange is None else ((w, (convert(exchange.load(c)), e)) for w, (c, e) in raw)
         batcher = Batcher(self._fmt, options.batch_size, options.drop_last)
+        bar: EpochBar | None = None
         try:
             for epoch, items in itertools.groupby(results, key=lambda item: item[0].epoch):
                 chunks = (((work.index, work.skip, ends), chunk) for work, (chunk, ends) in items)
                 batches = 0
+                progress = self._progress
+                if progress is not None:
+                    bar = self._bar(epoch, start, *progress)
                 for batch, (index, skip, ends), consumed in batcher.batches(chunks):
                     offset = consumed if ends is None else int(ends[consumed - 1])
                     self._move(token, Position(epoch, index, skip + offset))
                     batches += 1
+                    if bar is not None and progress is not None:
+                        rows = self._fmt.rows(batch)
+                        bar.step(1 if progress[0] == options.batch_size else _batches(rows, *progress), rows)
                     yield batch
+                if bar is not None:
+                    bar.close()
+                    bar = None
                 if not batches and end is None and epoch > start.epoch:
                     raise ValueError(
                         f"a whole epoch of shard {self._plan.cur_shard} of {self._plan.shard_count} gave no batch (no "
@@ -300,10 +325,19 @@ class Reader(Generic[C]):
             if end is not None:
                 self._move(token, Position(end))
         finally:
+            if bar is not None:  # the loop stopped inside an epoch: the bar shows how far it got
+                bar.close()
             raw.close()  # type: ignore[attr-defined]
             segments.end_iteration()
             if exchange is not None:
                 exchange.close()
+
+    def _bar(self, epoch: int, start: Position, batch_size: int, drop_last: bool) -> EpochBar:
+        """The bar of one epoch; its total is unknown where filters or a predicate decide the rows."""
+        total = None
+        if self._row_filter is None:
+            total = _batches(self._epoch_rows(epoch, start), batch_size, drop_last)
+        return EpochBar(epoch, total, (self._plan.cur_shard, self._plan.shard_count))
 
     # ------------------------------------------------------------------ state
 
@@ -402,6 +436,11 @@ class Reader(Generic[C]):
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+
+def _batches(rows: int, batch_size: int, drop_last: bool) -> int:
+    """Batches that ``rows`` rows make: the short last one counts unless ``drop_last`` leaves it out."""
+    return rows // batch_size if drop_last else -(-rows // batch_size)
 
 
 def _check_reach(location: Location, options: ReaderOptions) -> None:
