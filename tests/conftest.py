@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -47,3 +48,31 @@ def spark(cache_root: Path) -> Iterator[SparkSession]:
     session.sparkContext.setLogLevel("ERROR")
     yield session
     session.stop()
+
+
+@pytest.fixture(scope="session")
+def killed_caches(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """What SIGKILLed converters leave in a parent directory: one complete cache and one partial one.
+
+    Real processes: one converts and waits, one is killed mid-write; each is killed with all it
+    started (its JVM, Spark's Python workers), as the out-of-memory killer would.
+    """
+    from helpers import JobProcess, wait_until
+
+    parent, probe = tmp_path_factory.mktemp("killed-caches"), tmp_path_factory.mktemp("probe")
+    with JobProcess("lifecycle_job.py", "converted", str(parent), "default") as job:
+        job.line()
+        job.kill_group()
+    with JobProcess("lifecycle_job.py", "convert", str(parent), "1", str(probe)) as job:
+        job.line()
+        wait_until(lambda: any(probe.iterdir()), what="the first task of the write")
+        job.kill_group()
+    return parent
+
+
+@pytest.fixture
+def leftovers(killed_caches: Path, tmp_path: Path) -> Path:
+    """A copy of :func:`killed_caches` of the test's own, to list, collect and remove from."""
+    copy = tmp_path / "caches"
+    shutil.copytree(killed_caches, copy, symlinks=True)
+    return copy

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import re
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -26,10 +29,16 @@ from sparkfeed.cache import (
     MARKER_NAME,
     CorruptManifestError,
     NotOursError,
+    collect,
+    create_cache_dir,
+    private_dir,
     read_manifest,
+    remove,
     resolve_cache_dir,
+    scan,
 )
 from sparkfeed.location import Location
+from sparkfeed.owner import Liveness, Owner
 
 from helpers import by_id, concat
 
@@ -447,3 +456,148 @@ def test_the_handler_also_deletes_at_interpreter_exit(tmp_path) -> None:
     done = _run_to_exit(HANDLER_AT_EXIT_SCRIPT, str(caches), str(bin_))
     name = _local(done.stdout.strip().splitlines()[-1]).name
     assert list(caches.iterdir()) == [] and (bin_ / name / MANIFEST_NAME).is_file()
+
+
+# --------------------------------------------------------------------------- leftovers of killed processes
+
+
+def _marker(cache: Path) -> dict:
+    return json.loads((cache / MARKER_NAME).read_text())
+
+
+def _on_another_host(cache: Path) -> None:
+    marker = _marker(cache)
+    marker["owner"]["host"] = "another-host.invalid"
+    (cache / MARKER_NAME).write_text(json.dumps(marker))
+
+
+@pytest.fixture
+def mixed(spark, leftovers: Path) -> dict[str, Path]:
+    """The killed processes' complete and partial caches, beside this process's, another host's and not ours."""
+    parent = Location.parse(str(leftovers))
+    orphans = {e.state: Path(e.location.local_path) for e in scan(parent)}
+    # Made beside, then copied in: a conversion into the parent would collect the partial orphan now.
+    made = Path(make_spark_converter(spark.range(7), cache_dir=str(leftovers.parent / "beside")).location.local_path)
+    running = leftovers / made.name
+    shutil.copytree(made, running)
+    writing, _ = create_cache_dir(parent)  # being written by this process: no manifest yet
+    other = leftovers / "sparkfeed-20260101T000000-0123456789ab"
+    shutil.copytree(orphans["complete"], other)
+    _on_another_host(other)
+    foreign = leftovers / "sparkfeed-20260101T000000-ffffffffffff"
+    foreign.mkdir()
+    (foreign / "data.parquet").write_text("not sparkfeed's")
+    link = leftovers / "sparkfeed-20260101T000000-aaaaaaaaaaaa"
+    link.symlink_to(orphans["complete"])
+    (leftovers / "notes.txt").write_text("the user's")
+    return {
+        "complete orphan": orphans["complete"],
+        "partial orphan": orphans["partial"],
+        "running": running,
+        "writing": Path(writing.local_path),
+        "other host": other,
+        "foreign": foreign,
+        "link": link,
+    }
+
+
+def test_scan_tells_what_killed_processes_left_from_live_caches_and_lists_nothing_else(mixed, leftovers) -> None:
+    found = {Path(e.location.local_path): e for e in scan(Location.parse(str(leftovers)))}
+    expected = {
+        "complete orphan": ("complete", Liveness.GONE, 100),
+        "partial orphan": ("partial", Liveness.GONE, None),
+        "running": ("complete", Liveness.RUNNING, 7),
+        "writing": ("partial", Liveness.RUNNING, None),
+        "other host": ("complete", Liveness.UNKNOWN, 100),
+    }
+    assert set(found) == {mixed[name] for name in expected}  # not the foreign directory, nor the link
+    for name, (state, liveness, rows) in expected.items():
+        entry = found[mixed[name]]
+        assert (entry.state, entry.liveness, entry.num_rows) == (state, liveness, rows), name
+        assert entry.orphaned == (liveness is Liveness.GONE) and entry.size_bytes > 0
+    assert found[mixed["running"]].owner == Owner.current()
+
+
+def test_a_new_conversion_removes_partial_orphans_and_points_at_complete_ones(spark, mixed, leftovers, caplog) -> None:
+    with caplog.at_level(logging.INFO, logger="sparkfeed"):
+        make_spark_converter(spark.range(3), cache_dir=str(leftovers))
+    assert not mixed["partial orphan"].exists()
+    kept = ["complete orphan", "running", "writing", "other host", "foreign", "link"]
+    assert all(mixed[name].exists() or mixed[name].is_symlink() for name in kept)
+    assert (leftovers / "notes.txt").read_text() == "the user's"
+    messages = " ".join(record.getMessage() for record in caplog.records)
+    assert f"removed the partial cache {Location.parse(str(mixed['partial orphan'])).url}" in messages
+    assert "1 complete caches" in messages and "`sparkfeed cache clean" in messages
+
+
+def test_collect_removes_only_what_processes_that_are_gone_left(mixed, leftovers) -> None:
+    parent = Location.parse(str(leftovers))
+    orphans = {mixed["complete orphan"], mixed["partial orphan"]}
+    assert {Path(e.location.local_path) for e in collect(parent, dry_run=True)} == orphans
+    assert all(path.exists() for path in orphans)  # a dry run removes nothing
+    assert {Path(e.location.local_path) for e in collect(parent)} == orphans
+    assert not any(path.exists() for path in orphans)
+    assert all(mixed[name].exists() for name in ("running", "writing", "other host", "foreign"))
+    assert mixed["link"].is_symlink() and (leftovers / "notes.txt").exists()
+    assert collect(parent) == []
+
+
+def test_remove_takes_orphans_refuses_what_is_not_ours_and_live_caches_without_force(mixed) -> None:
+    with pytest.raises(NotOursError, match="holds no sparkfeed marker"):
+        remove(Location.parse(str(mixed["foreign"])))
+    with pytest.raises(NotOursError, match="symbolic link"):
+        remove(Location.parse(str(mixed["link"])))
+    with pytest.raises(PermissionError, match=r"its creator \(.*pid \d+\) still runs"):
+        remove(Location.parse(str(mixed["running"])))
+    with pytest.raises(PermissionError, match="cannot be checked from this host"):
+        remove(Location.parse(str(mixed["other host"])))
+    with pytest.raises(FileNotFoundError):
+        remove(Location.parse(str(mixed["foreign"].parent / "sparkfeed-20260101T000000-000000000000")))
+    assert remove(Location.parse(str(mixed["complete orphan"]))).state == "complete"
+    assert remove(Location.parse(str(mixed["writing"])), force=True).state == "partial"
+    assert not mixed["complete orphan"].exists() and not mixed["writing"].exists()
+    assert mixed["foreign"].exists() and mixed["running"].exists() and mixed["link"].is_symlink()
+
+
+# --------------------------------------------------------------------------- permissions
+
+
+def test_the_default_cache_dir_is_private_to_its_user(tmp_path) -> None:
+    path = tmp_path / "sparkfeed-me"
+    assert private_dir(str(path)) == str(path)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o700
+    assert private_dir(str(path)) == str(path)  # the same directory again: fine
+    path.chmod(0o770)
+    with pytest.raises(PermissionError, match=r"writable by other users \(mode 770\): run chmod 700"):
+        private_dir(str(path))
+    link = tmp_path / "sparkfeed-link"
+    link.symlink_to(path)
+    with pytest.raises(PermissionError, match="is a symbolic link"):
+        private_dir(str(link))
+
+
+def test_a_default_cache_dir_owned_by_another_user_is_refused(tmp_path) -> None:
+    if os.geteuid() == 0:
+        path = tmp_path / "sparkfeed-other"
+        path.mkdir(mode=0o700)
+        os.chown(path, 65534, -1)  # root can hand it to 'nobody', as another user would have made it
+    else:
+        path = Path("/")  # not root: the root directory belongs to someone else
+    with pytest.raises(PermissionError, match=r"belongs to user id \d+, not to this one"):
+        private_dir(str(path))
+
+
+@pytest.mark.parametrize("arrays", [True, False], ids=["task-writer", "spark-writer"])
+def test_caches_honour_the_umask(spark, tmp_path, arrays) -> None:
+    df = spark.range(100, numPartitions=2)
+    df = df.withColumn("a", F.array("id", "id")) if arrays else df
+    previous = os.umask(0o077)  # after Spark started: its JVM and Python workers keep the old one
+    try:
+        converter = make_spark_converter(df, cache_dir=str(tmp_path / "private"))
+    finally:
+        os.umask(previous)
+    root = Path(converter.location.local_path)
+    modes = {p.relative_to(root).as_posix(): stat.S_IMODE(p.lstat().st_mode) for p in [root, *root.rglob("*")]}
+    assert len(modes) > 3
+    assert {path: mode for path, mode in modes.items() if mode & 0o077} == {}
+    assert all(mode == (0o700 if (root / path).is_dir() else 0o600) for path, mode in modes.items())

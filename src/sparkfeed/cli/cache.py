@@ -1,0 +1,150 @@
+"""``sparkfeed cache ls|clean|rm``: the caches under a parent directory, and the leftovers of killed processes.
+
+A process that ends normally or by SIGTERM removes its caches; one killed by SIGKILL (the
+out-of-memory killer, a preempted node) cannot. Its caches stay, and each one's marker says who
+made it (host, pid, start time), so ``ls`` can tell a cache being used from an orphan, and
+``clean`` removes orphans only: never a cache whose creator runs, or may run on another host.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+from typing import Any
+
+import click
+
+from sparkfeed.cache import CACHE_DIR_ENV, CacheEntry, NotOursError, collect, remove, resolve_cache_dir, scan
+from sparkfeed.location import Location
+from sparkfeed.owner import Liveness
+
+_DIR_HELP = f"DIR is the parent directory of the caches (default: ${CACHE_DIR_ENV}, else this user's temp directory)."
+
+
+@click.group("cache")
+def cache_command() -> None:
+    """List, clean up and remove sparkfeed caches."""
+
+
+def _parent(directory: str | None) -> Location:
+    try:
+        return resolve_cache_dir(directory, None)
+    except (ValueError, PermissionError) as error:
+        raise click.ClickException(str(error)) from error
+
+
+@cache_command.command("ls")
+@click.argument("directory", metavar="[DIR]", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of a table.")
+def ls_command(directory: str | None, as_json: bool) -> None:
+    """List the caches under DIR: size, rows, age, creator, whether it still runs, complete or partial.
+
+    \b
+    STATE     complete, partial (being written, or left by an interrupted write), corrupt
+    CREATOR   running; orphaned (gone: `sparkfeed cache clean` removes it); unknown (another host)
+    """  # noqa: D301 - \b keeps click from rewrapping the legend
+    parent = _parent(directory)
+    entries = scan(parent)
+    if as_json:
+        click.echo(json.dumps({"parent": parent.url, "caches": [_as_dict(e) for e in entries]}, indent=1))
+        return
+    if not entries:
+        click.echo(f"no sparkfeed caches under {parent.url}")
+        return
+    rows = [("NAME", "STATE", "ROWS", "SIZE", "AGE", "CREATOR", "")]
+    rows += [
+        (
+            entry.location.url.rsplit("/", 1)[-1],
+            entry.state,
+            "-" if entry.num_rows is None else f"{entry.num_rows:,}",
+            _size(entry.size_bytes),
+            _age(entry.created_at),
+            str(entry.owner or "-"),
+            _liveness(entry),
+        )
+        for entry in entries
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    click.echo(f"{len(entries)} caches under {parent.url}, {_size(sum(e.size_bytes for e in entries))} in all")
+    for row in rows:
+        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+
+
+@cache_command.command("clean")
+@click.argument("directory", metavar="[DIR]", required=False)
+@click.option("--dry-run", is_flag=True, help="Only list what would be removed.")
+def clean_command(directory: str | None, dry_run: bool) -> None:
+    """Remove the caches under DIR whose creator is gone: orphans and partial writes.
+
+    Caches of running processes, and of processes on other hosts (which cannot be checked from
+    here), are kept. Also removes the shared-memory files (/dev/shm) of reader processes that are gone.
+    """
+    from sparkfeed.reader.exchange import sweep
+
+    parent = _parent(directory)
+    entries = collect(parent, dry_run=dry_run)
+    verb = "would remove" if dry_run else "removed"
+    for entry in entries:
+        click.echo(f"{verb} {entry.location.url} ({entry.state}, {_size(entry.size_bytes)}, {entry.owner})")
+    exchanges = sweep(dry_run=dry_run)
+    for path in exchanges:
+        click.echo(f"{verb} {path} (shared memory of a reader process that is gone)")
+    kept = [entry for entry in scan(parent) if entry.liveness is not Liveness.GONE] if not dry_run else []
+    total = _size(sum(entry.size_bytes for entry in entries))
+    click.echo(f"{verb} {len(entries)} caches ({total}) and {len(exchanges)} shared-memory directories")
+    if kept:
+        click.echo(f"kept {len(kept)} caches whose creator runs or cannot be checked from this host")
+
+
+@cache_command.command("rm")
+@click.argument("url")
+@click.option("--force", is_flag=True, help="Also when its creator may still be running and reading it.")
+def rm_command(url: str, force: bool) -> None:
+    """Remove the sparkfeed cache at URL (a directory holding sparkfeed's marker, nothing else).
+
+    A cache whose creator still runs (or runs on another host) is refused without --force: that
+    process deletes it when it ends, and may be reading it now.
+    """
+    try:
+        entry = remove(Location.parse(url), force=force)
+    except (NotOursError, FileNotFoundError, PermissionError, ValueError) as error:
+        raise click.ClickException(str(error)) from error
+    click.echo(f"removed {entry.location.url} ({entry.state}, {_size(entry.size_bytes)})")
+
+
+def _as_dict(entry: CacheEntry) -> dict[str, Any]:
+    return {
+        "url": entry.location.url,
+        "state": entry.state,
+        "rows": entry.num_rows,
+        "bytes": entry.size_bytes,
+        "created_at": entry.created_at,
+        "creator": None if entry.owner is None else entry.owner.to_dict(),
+        "creator_state": entry.liveness.value,
+        "orphaned": entry.orphaned,
+    }
+
+
+def _liveness(entry: CacheEntry) -> str:
+    return {Liveness.RUNNING: "running", Liveness.GONE: "orphaned", Liveness.UNKNOWN: "unknown"}[entry.liveness]
+
+
+def _size(size: int) -> str:
+    units = ("B", "KiB", "MiB", "GiB", "TiB")
+    scaled, index = float(size), 0
+    while scaled >= 1024 and index < len(units) - 1:
+        scaled, index = scaled / 1024, index + 1
+    return f"{size} B" if index == 0 else f"{scaled:,.1f} {units[index]}"
+
+
+def _age(created_at: str | None) -> str:
+    if created_at is None:
+        return "-"
+    try:
+        seconds = (datetime.datetime.now(datetime.UTC) - datetime.datetime.fromisoformat(created_at)).total_seconds()
+    except ValueError:
+        return "-"
+    for unit, length in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= length:
+            return f"{seconds / length:.0f}{unit}"
+    return f"{max(seconds, 0):.0f}s"

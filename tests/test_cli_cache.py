@@ -1,0 +1,82 @@
+"""``sparkfeed cache ls|clean|rm`` on what real killed processes left, beside a live cache."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from sparkfeed import make_spark_converter
+from sparkfeed.cache import scan
+from sparkfeed.cli import main
+from sparkfeed.location import Location
+
+
+def _run(*args: str, env: dict[str, str] | None = None):
+    result = CliRunner().invoke(main, list(args), env=env)
+    assert "Traceback" not in result.output, result.output
+    return result
+
+
+@pytest.fixture
+def parent(spark, leftovers: Path) -> dict[str, Path]:
+    """The killed processes' complete and partial caches, a cache of this (running) process, a user's file."""
+    orphans = {e.state: Path(e.location.local_path) for e in scan(Location.parse(str(leftovers)))}
+    made = Path(make_spark_converter(spark.range(7), cache_dir=str(leftovers.parent / "beside")).location.local_path)
+    shutil.copytree(made, leftovers / made.name)
+    (leftovers / "notes.txt").write_text("the user's")
+    return {"root": leftovers, "running": leftovers / made.name, **orphans}
+
+
+def test_ls_shows_state_rows_size_age_creator_and_whether_it_runs(parent) -> None:
+    result = _run("cache", "ls", str(parent["root"]))
+    assert result.exit_code == 0
+    lines = {line.split()[0]: line for line in result.output.splitlines()[1:]}
+    assert lines.keys() == {"NAME", parent["complete"].name, parent["partial"].name, parent["running"].name}
+    assert lines["NAME"].split() == ["NAME", "STATE", "ROWS", "SIZE", "AGE", "CREATOR"]
+    complete, partial, running = (lines[parent[k].name].split() for k in ("complete", "partial", "running"))
+    assert complete[1:3] == ["complete", "100"] and complete[-1] == "orphaned"
+    assert partial[1:3] == ["partial", "-"] and partial[-1] == "orphaned"
+    assert running[1:3] == ["complete", "7"] and running[-1] == "running"
+    assert all(any(unit in line for unit in (" B", "KiB")) for line in (" ".join(complete), " ".join(running)))
+    assert result.output.startswith(f"3 caches under {Location.parse(str(parent['root'])).url}, ")
+
+
+def test_ls_json_and_the_default_directory_from_the_environment(parent) -> None:
+    result = _run("cache", "ls", "--json", env={"SPARKFEED_CACHE_DIR": str(parent["root"])})
+    report = json.loads(result.output)
+    assert report["parent"] == Location.parse(str(parent["root"])).url
+    by_name = {c["url"].rsplit("/", 1)[1]: c for c in report["caches"]}
+    assert by_name[parent["running"].name]["creator_state"] == "running"
+    assert by_name[parent["complete"].name]["orphaned"] and by_name[parent["complete"].name]["rows"] == 100
+    assert by_name[parent["partial"].name]["state"] == "partial"
+    assert {"bytes", "created_at", "creator"} <= by_name[parent["partial"].name].keys()
+
+
+def test_clean_removes_orphans_and_partial_writes_only_and_dry_run_removes_nothing(parent) -> None:
+    dry = _run("cache", "clean", "--dry-run", str(parent["root"]))
+    assert dry.exit_code == 0 and dry.output.count("would remove file://") == 2
+    assert parent["complete"].exists() and parent["partial"].exists()
+    done = _run("cache", "clean", str(parent["root"]))
+    assert done.exit_code == 0
+    assert "removed 2 caches" in done.output and "kept 1 caches whose creator runs" in done.output
+    assert not parent["complete"].exists() and not parent["partial"].exists()
+    assert parent["running"].exists() and (parent["root"] / "notes.txt").read_text() == "the user's"
+    assert "removed 0 caches" in _run("cache", "clean", str(parent["root"])).output
+
+
+def test_rm_removes_one_cache_and_refuses_with_one_line_errors(parent) -> None:
+    refused = _run("cache", "rm", str(parent["running"]))
+    assert (
+        refused.exit_code == 1 and refused.output.startswith("Error: not deleting") and "still runs" in refused.output
+    )
+    assert _run("cache", "rm", str(parent["root"] / "notes.txt")).exit_code == 1
+    assert "holds no sparkfeed marker" in _run("cache", "rm", str(parent["root"])).output
+    assert (parent["root"] / "notes.txt").exists() and parent["running"].exists()
+    removed = _run("cache", "rm", str(parent["complete"]))
+    assert removed.exit_code == 0 and removed.output.startswith("removed file://") and not parent["complete"].exists()
+    forced = _run("cache", "rm", "--force", str(parent["running"]))
+    assert forced.exit_code == 0 and not parent["running"].exists()
