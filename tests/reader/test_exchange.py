@@ -1,12 +1,22 @@
-"""Shared-memory hand-over of chunks: every dtype round-trips, files are removed, arrays stay writable."""
+"""Shared-memory hand-over of chunks: every dtype round-trips, files are removed, arrays stay writable,
+and what a killed reader leaves is swept."""
 
 from __future__ import annotations
 
 import os
+import signal
+import socket
+import subprocess
 
 import numpy as np
+import pytest
+from pyspark.sql import functions as F
 
-from sparkfeed.reader.exchange import Exchange
+from sparkfeed import make_spark_converter
+from sparkfeed.owner import Liveness, Owner, start_time
+from sparkfeed.reader.exchange import PREFIX, Exchange, sweep
+
+from helpers import JobProcess, wait_until
 
 
 def test_every_kind_of_column_round_trips_in_order_and_writable() -> None:
@@ -48,3 +58,44 @@ def test_a_chunk_of_objects_only_needs_no_file() -> None:
     assert shared.path is None
     assert exchange.load(shared)["s"].tolist() == ["x"]
     exchange.close()
+
+
+def test_each_directory_names_its_reader_process_and_a_sweep_keeps_live_and_foreign_ones(tmp_path) -> None:
+    exchange = Exchange()
+    try:
+        me = Owner.current()
+        assert os.path.basename(exchange.directory).startswith(f"{PREFIX}{me.pid}-{int(me.started or 0)}-")
+        ended = subprocess.Popen(["true"])
+        ended.wait()
+        dead = tmp_path / f"{PREFIX}{ended.pid}-12345-abc"  # a reader process that is gone
+        reused = tmp_path / f"{PREFIX}{me.pid}-{int(me.started or 0) - 1}-abc"  # this pid, another start: gone too
+        live = tmp_path / os.path.basename(exchange.directory)
+        other = tmp_path / f"{PREFIX}old-style"  # no owner in the name: never touched
+        for path in (dead, reused, live, other):
+            path.mkdir()
+            (path / "chunk").write_bytes(b"x")
+        (tmp_path / f"{PREFIX}{ended.pid}-1-file").write_text("a file, not a directory")
+        assert sorted(sweep(str(tmp_path), dry_run=True)) == sorted([str(dead), str(reused)])
+        assert dead.exists()
+        assert sorted(sweep(str(tmp_path))) == sorted([str(dead), str(reused)])
+        assert not dead.exists() and not reused.exists() and live.exists() and other.exists()
+    finally:
+        exchange.close()
+
+
+@pytest.mark.slow
+def test_workers_die_with_a_killed_reader_and_its_shared_memory_is_swept(spark, tmp_path) -> None:
+    df = spark.range(2000, numPartitions=2).withColumn("a", F.array("id", "id"))
+    cache = make_spark_converter(df, parquet_row_group_size_bytes=1024)
+    with JobProcess("lifecycle_job.py", "pool", cache.cache_dir_url) as job:
+        seen = job.line()
+        host = socket.gethostname()
+        workers = [Owner(host, pid, start_time(pid)) for pid in seen["workers"]]
+        assert len(workers) == 2 and all(w.liveness() is Liveness.RUNNING for w in workers)
+        assert len(seen["exchanges"]) == 1 and os.path.isdir(seen["exchanges"][0])
+        os.kill(job.process.pid, signal.SIGKILL)  # the reader alone, as the out-of-memory killer picks it
+        job.wait()
+        wait_until(lambda: all(w.liveness() is Liveness.GONE for w in workers), timeout=30, what="the workers' exit")
+        assert os.path.isdir(seen["exchanges"][0])  # nobody removed it: the reader was killed
+        assert seen["exchanges"][0] in sweep()
+    assert not os.path.exists(seen["exchanges"][0])
