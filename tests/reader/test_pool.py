@@ -5,6 +5,7 @@ Every behaviour is checked with threads, with worker processes, and without work
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import os
 import random
@@ -156,3 +157,23 @@ def test_shutting_the_dummy_pool_down_from_another_thread_ends_its_iteration() -
     stopper.start()
     stopper.join()
     assert list(iterator) == []
+
+
+def _slow(item: int) -> int:
+    time.sleep(1.1)
+    return item
+
+
+def test_long_waits_for_a_piece_are_logged_as_stalls_after_the_first_and_at_most_every_30_seconds(caplog) -> None:
+    pool: OrderedPool[int, int] = OrderedPool(_slow, workers=1, prefetch=1, describe=lambda i: f"piece {i}")
+    with caplog.at_level(logging.INFO, logger="sparkfeed"):
+        assert [result for _, result in pool.imap(range(3))] == [0, 1, 2]
+    (stall,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("reader stall")]
+    assert "waited 1." in stall and "for piece 1 " in stall  # not piece 0: starting up is no stall
+    assert "more workers_count" in stall and "reader_pool_type='process'" in stall
+
+
+def test_a_fast_pool_logs_no_stall(caplog) -> None:
+    with caplog.at_level(logging.INFO, logger="sparkfeed"):
+        list(OrderedPool(lambda i: i, workers=2, prefetch=4).imap(range(100)))
+    assert not [r for r in caplog.records if "stall" in r.getMessage()]

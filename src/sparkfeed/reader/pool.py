@@ -15,6 +15,7 @@ workers: each item is worked on in the consuming thread when it is asked for, no
 from __future__ import annotations
 
 import collections
+import logging
 import multiprocessing
 import os
 import sys
@@ -28,6 +29,13 @@ from sparkfeed.options import PoolType
 
 T = TypeVar("T")
 R = TypeVar("R")
+
+log = logging.getLogger(__name__)
+
+STALL_SECONDS = 1.0
+"""A wait for one piece this long, after the first, is a stall worth logging."""
+STALL_LOG_INTERVAL = 30.0
+"""Stalls are logged at most this often (with how many there were), so slow storage does not flood the log."""
 
 _worker_fn: Callable[[Any], Any] | None = None
 """The work function of this worker process, installed once when it starts."""
@@ -102,6 +110,39 @@ def _stop(executor: Executor) -> list[Any]:
         stopping = [manager, *processes] if manager is not None else processes
     executor.shutdown(wait=False, cancel_futures=True)
     return stopping
+
+
+class _Stalls:
+    """Logs the consumer's long waits for a piece: the input, not the training step, is then the bottleneck."""
+
+    def __init__(self, describe: Callable[[Any], str], pool_type: str) -> None:
+        self._describe = describe
+        self._pool_type = pool_type
+        self._first = True
+        self._count = 0
+        self._logged_at = -STALL_LOG_INTERVAL
+
+    def note(self, item: Any, waited: float, ahead: int) -> None:
+        first, self._first = self._first, False
+        if waited < STALL_SECONDS or first:  # the first piece is the start-up, not a stall
+            return
+        self._count += 1
+        now = time.monotonic()
+        if now - self._logged_at < STALL_LOG_INTERVAL:
+            return
+        advice = "more workers_count or a larger prefetch"
+        if self._pool_type == "thread":
+            advice += ", or reader_pool_type='process' for a transform that holds the GIL"
+        log.info(
+            "reader stall: the loop waited %.1f s for %s (%d stalls since the last report, %d pieces in flight); "
+            "input is the bottleneck here: %s may help",
+            waited,
+            self._describe(item),
+            self._count,
+            ahead,
+            advice,
+        )
+        self._count, self._logged_at = 0, now
 
 
 class OrderedPool(Generic[T, R]):
@@ -184,10 +225,13 @@ class OrderedPool(Generic[T, R]):
                 pending.append((item, executor.submit(fn, item)))
                 if len(pending) >= self._prefetch:
                     break
+            stalls = _Stalls(self._describe, self._pool_type)
             while pending:
                 item, future = pending.popleft()
+                waited = time.perf_counter()
                 try:
                     result = future.result()
+                    stalls.note(item, time.perf_counter() - waited, len(pending))
                 except CancelledError:
                     return  # shut down from another thread
                 except BaseException as error:
