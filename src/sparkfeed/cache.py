@@ -445,11 +445,16 @@ class CacheEntry:
         return self.liveness is Liveness.GONE
 
 
-def scan(parent: Location) -> list[CacheEntry]:
+def scan(parent: Location, *, orphans_only: bool = False) -> list[CacheEntry]:
     """The sparkfeed caches directly under ``parent``, oldest first.
 
     Only directories named as sparkfeed names caches and holding its marker are listed:
     anything else under the parent is not sparkfeed's and is never looked into further.
+
+    Args:
+        parent: The directory holding the caches.
+        orphans_only: Only the caches whose creator is gone, found from the markers alone: the
+            manifests and sizes of the others are never read (what every conversion does).
     """
     fs = parent.filesystem
     try:
@@ -463,17 +468,21 @@ def scan(parent: Location) -> list[CacheEntry]:
         location = parent.child(info.base_name)
         if location.is_local and not stat.S_ISDIR(os.lstat(location.path).st_mode):
             continue  # a link named like a cache: not ours
-        entry = _entry(location)
+        entry = _entry(location, orphans_only)
         if entry is not None:
             entries.append(entry)
     return sorted(entries, key=lambda entry: (entry.created_at or "", entry.location.url))
 
 
-def _entry(location: Location) -> CacheEntry | None:
+def _entry(location: Location, orphan_only: bool = False) -> CacheEntry | None:
+    """A cache directory's entry; None when it is not one (or not an orphan, with ``orphan_only``)."""
     marker = _read_marker(location)
     if marker is None:
         return None
     owner = Owner.from_dict(marker.get("owner"))
+    liveness = Liveness.UNKNOWN if owner is None else owner.liveness()
+    if orphan_only and liveness is not Liveness.GONE:
+        return None
     state: Literal["complete", "partial", "corrupt"]
     num_rows = None
     try:
@@ -491,7 +500,7 @@ def _entry(location: Location) -> CacheEntry | None:
     return CacheEntry(
         location=location,
         owner=owner,
-        liveness=Liveness.UNKNOWN if owner is None else owner.liveness(),
+        liveness=liveness,
         state=state,
         created_at=created if isinstance(created, str) else None,
         num_rows=num_rows,
@@ -515,19 +524,18 @@ def collect(parent: Location, *, partial_only: bool = False, dry_run: bool = Fal
             a complete orphan may still be opened by path by a job that knows its URL).
         dry_run: Remove nothing; return what would be removed.
     """
-    removed = []
-    for entry in scan(parent):
-        if not entry.orphaned or (partial_only and entry.state == "complete"):
-            continue
-        if not dry_run:
-            try:
-                delete_cache(entry.location, entry.token)
-            except (NotOursError, OSError) as error:
-                log.warning("could not remove the orphaned cache %s: %s", entry.location, error)
-                continue
-            log.info("removed the %s cache %s of %s, which is gone", entry.state, entry.location, entry.owner)
-        removed.append(entry)
-    return removed
+    chosen = [e for e in scan(parent, orphans_only=True) if not (partial_only and e.state == "complete")]
+    return chosen if dry_run else [entry for entry in chosen if _remove_orphan(entry)]
+
+
+def _remove_orphan(entry: CacheEntry) -> bool:
+    try:
+        delete_cache(entry.location, entry.token)
+    except (NotOursError, OSError) as error:
+        log.warning("could not remove the orphaned cache %s: %s", entry.location, error)
+        return False
+    log.info("removed the %s cache %s of %s, which is gone", entry.state, entry.location, entry.owner)
+    return True
 
 
 def remove(location: Location, *, force: bool = False) -> CacheEntry:

@@ -219,21 +219,21 @@ def _collect_leftovers(parent: Location) -> None:
     """Removes partial caches of processes that are gone; points at complete orphans, which stay.
 
     A complete cache whose creator was killed may still be read by a job that knows its URL,
-    so only ``sparkfeed cache clean`` (or :func:`sparkfeed.cache.collect`) removes those.
+    so only ``sparkfeed cache clean`` (or :func:`sparkfeed.cache.collect`) removes those. Only
+    the markers are read, and the manifests and sizes of the orphans alone.
     """
     try:
         collect(parent, partial_only=True)
-        orphans = [entry for entry in scan(parent) if entry.orphaned]
+        orphans = scan(parent, orphans_only=True)
     except (OSError, pa.ArrowException) as error:
         log.warning("could not look for leftover caches under %s: %s", parent, error)
         return
     if orphans:
-        size = sum(entry.size_bytes for entry in orphans) / 2**20
         log.warning(
             "%d complete caches (%.0f MiB) under %s were left by processes that are gone; "
             "`sparkfeed cache clean %s` removes them",
             len(orphans),
-            size,
+            sum(entry.size_bytes for entry in orphans) / 2**20,
             parent,
             parent.url,
         )
