@@ -22,3 +22,8 @@ def main(verbose: int) -> None:
     if verbose:
         logging.basicConfig(format="%(asctime)s %(name)s %(levelname)s: %(message)s")
         logging.getLogger("sparkfeed").setLevel(logging.DEBUG if verbose > 1 else logging.INFO)
+
+
+from sparkfeed.cli.demo import demo  # noqa: E402  # registered after main exists
+
+main.add_command(demo)
