@@ -164,10 +164,13 @@ def make_predict_fn(
         its :meth:`~BatchPredictor.udf`.
 
     Raises:
+        TypeError: The model is not callable.
         ValueError: An input is not a column of the converter, holds arrays of varying length,
             or is given a shape that does not hold its values; ``shapes`` or ``dtypes`` name a
             column that is not an input.
     """
+    if not callable(model):
+        raise TypeError(f"the model must be a torch module, a Keras model or a callable, not {type(model).__name__}")
     names = _input_names(inputs, converter)
     for given, label in ((shapes, "shapes"), (dtypes, "dtypes")):
         unknown = sorted(set(given or {}) - set(names))
@@ -243,8 +246,6 @@ def _runner(model: Any) -> Callable[[list[np.ndarray]], Any]:
     keras = sys.modules.get("keras")
     if keras is not None and isinstance(model, keras.Model):
         return lambda arrays: model.predict_on_batch(arrays[0] if len(arrays) == 1 else arrays)
-    if not callable(model):
-        raise TypeError(f"the model must be a torch module, a Keras model or a callable, not {type(model).__name__}")
     return lambda arrays: model(*arrays)
 
 
