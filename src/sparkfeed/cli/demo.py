@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 
-@click.command()
+@click.command(short_help="Digits from a DataFrame train a small CNN; inference on Spark.")
 @click.option(
     "--framework",
     type=click.Choice(["torch", "tf", "jax"]),
@@ -25,7 +25,8 @@ import click
     "--cache-dir",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
-    help="Parent directory of the caches (deleted at the end either way). Default: a new temporary directory.",
+    help="Parent directory of the caches (default: a new temporary one, removed at the end). The caches are "
+    "deleted at the end either way.",
 )
 @click.option("--json", "as_json", is_flag=True, help="End with one JSON line of the results, for scripts.")
 def demo(framework: str, epochs: int, seed: int, cache_dir: Path | None, as_json: bool) -> None:
