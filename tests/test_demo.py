@@ -51,13 +51,13 @@ def test_demo_trains_pytorch_and_infers_on_spark(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_demo_trains_keras(tmp_path: Path) -> None:
+def test_demo_trains_keras_and_infers_on_spark(tmp_path: Path) -> None:
     result, _ = run_demo(tmp_path, "--framework", "tf", "--epochs", "3")
     check(result, "tf", epochs=3)
 
 
 @pytest.mark.slow
-def test_demo_trains_jax_with_optax(tmp_path: Path) -> None:
+def test_demo_trains_jax_with_optax_and_infers_on_spark(tmp_path: Path) -> None:
     result, _ = run_demo(tmp_path, "--framework", "jax", "--epochs", "3", "--seed", "1")
     check(result, "jax", epochs=3)
 
