@@ -1,5 +1,5 @@
 # Two commands do everything on a fresh machine with Python 3.11 and Java 17:
-#   make demo   builds .venv, converts a DataFrame, trains a tiny PyTorch model
+#   make demo   builds .venv and runs `sparkfeed demo`: scikit-learn digits from a DataFrame train a small CNN, inference on Spark
 #   make test   lint, type-check, the documentation site and the whole test suite
 #   make docs   the documentation site (docs/, mkdocs.yml) into build/site, warnings as errors
 #   make bench  sparkfeed vs Petastorm vs pyarrow: ~8 min on 2 cores (first run +3 min for the datasets), see benchmarks/README.md
@@ -27,7 +27,7 @@ java:
 	@scripts/ensure-java.sh
 
 demo: java venv
-	PYSPARK_PYTHON=$(abspath $(PY)) $(PY) examples/demo.py
+	PYSPARK_PYTHON=$(abspath $(PY)) $(PY) -m sparkfeed demo
 
 lint: venv
 	$(VENV)/bin/ruff check src tests examples benchmarks docs

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, settings
 from pyspark.sql import SparkSession
+
+from helpers import free_port
 
 pytest_plugins = ["s3server"]  # the s3_server and s3_bucket fixtures: moto on 127.0.0.1
 
@@ -76,3 +80,46 @@ def leftovers(killed_caches: Path, tmp_path: Path) -> Path:
     copy = tmp_path / "caches"
     shutil.copytree(killed_caches, copy, symlinks=True)
     return copy
+
+
+@pytest.fixture(scope="session")
+def standalone_master(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A Spark standalone master and one 2-core worker, real JVMs on 127.0.0.1, stopped afterwards.
+
+    Started the first time a test asks for it, and shared by every test that does (each starts
+    its own driver, an application of its own on the cluster).
+    """
+    import pyspark
+
+    home = Path(pyspark.__file__).parent
+    logs = tmp_path_factory.mktemp("standalone")
+    env = {**os.environ, "SPARK_HOME": str(home), "SPARK_LOCAL_IP": "127.0.0.1", "PYSPARK_PYTHON": sys.executable}
+    url = f"spark://127.0.0.1:{free_port()}"
+    port = url.rsplit(":", 1)[1]
+    spark_class = str(home / "bin" / "spark-class")
+    commands = {
+        "master": [spark_class, "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1", "--port", port],
+        "worker": [spark_class, "org.apache.spark.deploy.worker.Worker", "--host", "127.0.0.1", "--cores", "2"],
+    }
+    commands["worker"] += ["--memory", "2g", url]
+    processes = []
+    try:
+        for name, command in commands.items():
+            log = logs / f"{name}.log"
+            with open(log, "w") as out:
+                processes.append(subprocess.Popen([*command, "--webui-port", "0"], env=env, stdout=out, stderr=out))
+            ready = "I have been elected leader" if name == "master" else "Successfully registered with master"
+            deadline = time.monotonic() + 90
+            while ready not in log.read_text():
+                assert time.monotonic() < deadline, f"the standalone {name} did not start:\n{log.read_text()[-3000:]}"
+                assert processes[-1].poll() is None, f"the standalone {name} exited:\n{log.read_text()[-3000:]}"
+                time.sleep(0.5)
+        yield url
+    finally:
+        for process in reversed(processes):
+            process.terminate()
+        for process in processes:
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()

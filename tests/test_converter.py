@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import inspect
-import os
 import pickle
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +14,7 @@ from pyspark.sql import functions as F
 
 from sparkfeed import SparkDatasetConverter, make_spark_converter
 
-from helpers import concat, free_port, run_job
+from helpers import concat, run_job
 
 
 def test_properties(spark) -> None:
@@ -78,45 +75,6 @@ def test_a_spark_connect_session_converts_reuses_and_reads_in_tasks(tmp_path) ->
     assert sum(seen["shard_id_sums"]) == sum(range(1000)) and len(seen["shard_id_sums"]) == 4
     assert seen["shard_id_sums"][0] == sum(range(quarter))  # exact shards: rows [0, 250) is the smallest sum
     assert not any(cache.iterdir())  # delete() removed the cache
-
-
-@pytest.fixture(scope="module")
-def standalone_master(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A Spark standalone master and one 2-core worker, real JVMs on 127.0.0.1, stopped afterwards."""
-    import pyspark
-
-    home = Path(pyspark.__file__).parent
-    logs = tmp_path_factory.mktemp("standalone")
-    env = {**os.environ, "SPARK_HOME": str(home), "SPARK_LOCAL_IP": "127.0.0.1", "PYSPARK_PYTHON": sys.executable}
-    url = f"spark://127.0.0.1:{free_port()}"
-    port = url.rsplit(":", 1)[1]
-    spark_class = str(home / "bin" / "spark-class")
-    commands = {
-        "master": [spark_class, "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1", "--port", port],
-        "worker": [spark_class, "org.apache.spark.deploy.worker.Worker", "--host", "127.0.0.1", "--cores", "2"],
-    }
-    commands["worker"] += ["--memory", "2g", url]
-    processes = []
-    try:
-        for name, command in commands.items():
-            log = logs / f"{name}.log"
-            with open(log, "w") as out:
-                processes.append(subprocess.Popen([*command, "--webui-port", "0"], env=env, stdout=out, stderr=out))
-            ready = "I have been elected leader" if name == "master" else "Successfully registered with master"
-            deadline = time.monotonic() + 90
-            while ready not in log.read_text():
-                assert time.monotonic() < deadline, f"the standalone {name} did not start:\n{log.read_text()[-3000:]}"
-                assert processes[-1].poll() is None, f"the standalone {name} exited:\n{log.read_text()[-3000:]}"
-                time.sleep(0.5)
-        yield url
-    finally:
-        for process in reversed(processes):
-            process.terminate()
-        for process in processes:
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
 
 
 def test_executors_of_a_standalone_cluster_read_exact_shards(standalone_master, tmp_path) -> None:

@@ -7,6 +7,7 @@ A drop-in successor to Petastorm's Spark Dataset Converter: change
 __version__ = "0.1.0"
 
 from sparkfeed.converter import SparkDatasetConverter, make_spark_converter, register_delete_dir_handler
+from sparkfeed.inference import make_predict_fn
 from sparkfeed.transform import TransformSpec
 from sparkfeed.types import NullValueError, UnsupportedTypeError
 
@@ -16,6 +17,7 @@ __all__ = [
     "TransformSpec",
     "UnsupportedTypeError",
     "__version__",
+    "make_predict_fn",
     "make_spark_converter",
     "register_delete_dir_handler",
 ]

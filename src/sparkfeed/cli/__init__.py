@@ -14,6 +14,7 @@ import click
 from sparkfeed import __version__
 from sparkfeed.cli.bench import bench_command
 from sparkfeed.cli.cache import cache_command
+from sparkfeed.cli.demo import demo
 from sparkfeed.cli.inspect import inspect_command
 
 
@@ -29,4 +30,5 @@ def main(verbose: int) -> None:
 
 main.add_command(bench_command)
 main.add_command(cache_command)
+main.add_command(demo)
 main.add_command(inspect_command)

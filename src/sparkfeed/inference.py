@@ -1,0 +1,262 @@
+"""Inference with Spark's ``predict_batch_udf``: its ``make_predict_fn`` built from a trained model.
+
+``pyspark.ml.functions.predict_batch_udf`` hands the model flat NumPy arrays: a tensor column
+arrives as ``(rows, n)``, in the precision Spark stored (often float64), and a scalar column as
+``(rows,)``. A model trained on sparkfeed's batches expects the tensors it was trained on: the
+shapes and dtypes a converter's manifest records (or a transform made). :func:`make_predict_fn`
+returns a small picklable object that Spark ships to the executors: called there, it makes the
+predict function, which reshapes and casts each input, runs the model without gradients and
+returns NumPy.
+
+Example::
+
+    predictor = make_predict_fn(model, converter, inputs=["features"], postprocess=lambda y: y.argmax(1))
+    classify = predictor.udf(return_type="long", batch_size=256)
+    df.withColumn("prediction", classify(vector_to_array("features")))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import keyword
+import math
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from sparkfeed.types import column_specs
+
+if TYPE_CHECKING:
+    from pyspark.sql.types import DataType
+
+    from sparkfeed.converter import SparkDatasetConverter
+
+__all__ = ["BatchPredictor", "ModelInput", "make_predict_fn"]
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelInput:
+    """One input of the model: the column it comes from and the tensor the model takes per row.
+
+    Attributes:
+        name: The column (and the predict function's parameter, where it is an identifier).
+        shape: The shape of one row's value; ``()`` for a scalar. None: passed as Spark gives it.
+        dtype: What the values are cast to; None: left as Spark gives them.
+    """
+
+    name: str
+    shape: tuple[int, ...] | None = None
+    dtype: np.dtype | None = None
+
+    def prepare(self, values: Any) -> np.ndarray:
+        """Spark's array for this input as the model's tensor: reshaped and cast, copied only if needed."""
+        array = np.asarray(values)
+        if self.shape is not None and array.dtype != object:
+            try:
+                array = array.reshape((len(array), *self.shape))
+            except ValueError as error:
+                raise ValueError(
+                    f"input {self.name!r}: a batch of shape {array.shape} cannot be reshaped to rows of "
+                    f"{self.shape}; does the column hold {math.prod(self.shape)} values per row?"
+                ) from error
+        if self.dtype is not None and array.dtype != self.dtype:
+            array = array.astype(self.dtype)
+        return array
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchPredictor:
+    """The ``make_predict_fn`` of ``predict_batch_udf``: picklable, it makes the predict function in each executor.
+
+    Made by :func:`make_predict_fn`. Calling it (Spark does, once per Python worker) returns a
+    function of one NumPy array per input, in :attr:`inputs` order, that returns the model's
+    output as NumPy (after ``postprocess``).
+
+    Attributes:
+        model: A ``torch.nn.Module``, a Keras model, or any callable taking and returning arrays
+            (a jitted JAX function, a NumPy function).
+        inputs: The model's inputs, in the order of the columns given to the UDF.
+        postprocess: Applied to the model's NumPy output, e.g. ``lambda logits: logits.argmax(1)``
+            for a scalar ``return_type``.
+    """
+
+    model: Any
+    inputs: tuple[ModelInput, ...]
+    postprocess: Callable[[Any], Any] | None = None
+
+    @property
+    def input_tensor_shapes(self) -> list[list[int] | None] | None:
+        """``predict_batch_udf``'s ``input_tensor_shapes``: each tensor input's shape, None for scalars.
+
+        None when no input is a tensor, which is what Spark requires then.
+        """
+        shapes = [list(spec.shape) if spec.shape else None for spec in self.inputs]
+        return shapes if any(shape is not None for shape in shapes) else None
+
+    def __call__(self) -> Callable[..., Any]:
+        """The predict function, made where it runs: the model switched to inference, one parameter an input."""
+        run = _runner(self.model)
+        inputs, postprocess = self.inputs, self.postprocess
+
+        def predict(*arrays: np.ndarray) -> Any:
+            output = _to_numpy(run([spec.prepare(array) for spec, array in zip(inputs, arrays, strict=True)]))
+            return postprocess(output) if postprocess is not None else output
+
+        # predict_batch_udf counts the predict function's parameters to decide how to pass the columns.
+        predict.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+            [
+                inspect.Parameter(_parameter_name(spec.name, index), inspect.Parameter.POSITIONAL_ONLY)
+                for index, spec in enumerate(inputs)
+            ]
+        )
+        return predict
+
+    def udf(self, return_type: DataType | str, batch_size: int) -> Any:
+        """``pyspark.ml.functions.predict_batch_udf`` of this predictor, with its ``input_tensor_shapes``.
+
+        Args:
+            return_type: The UDF's Spark type: a scalar type for one value per row, an
+                ``ArrayType`` for a 2-D output, a ``StructType`` for a dict of outputs.
+            batch_size: Rows per call of the model.
+        """
+        from pyspark.ml.functions import predict_batch_udf
+        from pyspark.sql.types import _parse_datatype_string
+
+        if isinstance(return_type, str):
+            return_type = _parse_datatype_string(return_type)
+        return predict_batch_udf(
+            self, return_type=return_type, batch_size=batch_size, input_tensor_shapes=self.input_tensor_shapes
+        )
+
+
+def make_predict_fn(
+    model: Any,
+    converter: SparkDatasetConverter | None = None,
+    *,
+    inputs: Sequence[str] | str | None = None,
+    shapes: Mapping[str, Sequence[int]] | None = None,
+    dtypes: Mapping[str, Any] | None = None,
+    postprocess: Callable[[Any], Any] | None = None,
+) -> BatchPredictor:
+    """A ``make_predict_fn`` for ``predict_batch_udf`` that feeds ``model`` the tensors it was trained on.
+
+    With a converter, each input's shape and dtype are those of the converter's column, as its
+    loaders gave them in training (MLlib vectors as float arrays of the converter's ``dtype``).
+    ``shapes`` and ``dtypes`` set or override them, for what a training transform changed (a
+    flat vector reshaped to an image, say). Frameworks are not imported here: the model is used
+    as it is, in the executors.
+
+    Args:
+        model: A ``torch.nn.Module`` (run in eval mode under ``torch.inference_mode``), a Keras
+            model (``predict_on_batch``), or a callable taking one array per input.
+        converter: The converter the model was trained from, for the inputs' shapes and dtypes.
+        inputs: The columns the model takes, in the order they are given to the UDF. Default:
+            the converter's only column, or one input left as Spark gives it.
+        shapes: Per input, the shape of one row (``()`` for a scalar).
+        dtypes: Per input, the dtype to cast to (a NumPy dtype or its name).
+        postprocess: Applied to the model's output (NumPy) before it goes back to Spark.
+
+    Returns:
+        The predictor: pass it as ``make_predict_fn`` with its ``input_tensor_shapes``, or call
+        its :meth:`~BatchPredictor.udf`.
+
+    Raises:
+        TypeError: The model is not callable.
+        ValueError: An input is not a column of the converter, holds arrays of varying length,
+            or is given a shape that does not hold its values; ``shapes`` or ``dtypes`` name a
+            column that is not an input.
+    """
+    if not callable(model):
+        raise TypeError(f"the model must be a torch module, a Keras model or a callable, not {type(model).__name__}")
+    names = _input_names(inputs, converter)
+    for given, label in ((shapes, "shapes"), (dtypes, "dtypes")):
+        unknown = sorted(set(given or {}) - set(names))
+        if unknown:
+            raise ValueError(f"{label} names {unknown}, which are not among the inputs {names}")
+    specs = (
+        column_specs(
+            converter.manifest.schema, converter.manifest.options.get("dtype"), converter.manifest.shapes, names
+        )
+        if converter is not None
+        else {}
+    )
+    model_inputs = []
+    for name in names:
+        spec = specs.get(name)
+        if spec is not None and spec.kind == "ragged":
+            raise ValueError(
+                f"input {name!r} holds arrays of varying length, which predict_batch_udf cannot pass as a "
+                "tensor: pad them to one length first"
+            )
+        shape = None if spec is None else (() if spec.kind == "object" else spec.shape)
+        dtype = None if spec is None or spec.kind == "object" else spec.numpy_dtype
+        if shapes is not None and name in shapes:
+            wanted = tuple(int(size) for size in shapes[name])
+            if shape is not None and math.prod(wanted) != math.prod(shape):
+                raise ValueError(
+                    f"shapes[{name!r}]={wanted} holds {math.prod(wanted)} values per row, but the converter's "
+                    f"column {name!r} has shape {shape} ({math.prod(shape)} values)"
+                )
+            shape = wanted
+        if dtypes is not None and name in dtypes:
+            dtype = np.dtype(dtypes[name])
+        model_inputs.append(ModelInput(name, shape, dtype))
+    return BatchPredictor(model, tuple(model_inputs), postprocess)
+
+
+def _input_names(inputs: Sequence[str] | str | None, converter: SparkDatasetConverter | None) -> list[str]:
+    columns = None if converter is None else list(converter.manifest.schema.names)
+    if isinstance(inputs, str):
+        inputs = [inputs]
+    if inputs is None:
+        if columns is None:
+            return ["input"]
+        if len(columns) != 1:
+            raise ValueError(f"give inputs=[...]: the converter has the columns {columns}; which does the model take?")
+        return columns
+    names = list(inputs)
+    if not names or not all(isinstance(name, str) for name in names):
+        raise ValueError(f"inputs={inputs!r} is not allowed: it must be one or more column names")
+    if len(set(names)) != len(names):
+        raise ValueError(f"inputs={names!r} names a column twice")
+    missing = [name for name in names if columns is not None and name not in columns]
+    if missing:
+        raise ValueError(f"inputs {missing} are not columns of the converter; its columns are {columns}")
+    return names
+
+
+def _parameter_name(name: str, index: int) -> str:
+    return name if name.isidentifier() and not keyword.iskeyword(name) else f"input_{index}"
+
+
+def _runner(model: Any) -> Callable[[list[np.ndarray]], Any]:
+    """How to call the model on a list of arrays, chosen by its type (frameworks already imported by it)."""
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(model, torch.nn.Module):
+        model.eval()
+
+        def run_torch(arrays: list[np.ndarray]) -> Any:
+            with torch.inference_mode():
+                return model(*(torch.from_numpy(np.ascontiguousarray(array)) for array in arrays))
+
+        return run_torch
+    keras = sys.modules.get("keras")
+    if keras is not None and isinstance(model, keras.Model):
+        return lambda arrays: model.predict_on_batch(arrays[0] if len(arrays) == 1 else arrays)
+    return lambda arrays: model(*arrays)
+
+
+def _to_numpy(output: Any) -> Any:
+    """The model's output as NumPy: tensors and device arrays converted, dicts, lists and tuples kept."""
+    if isinstance(output, Mapping):
+        return {key: _to_numpy(value) for key, value in output.items()}
+    if isinstance(output, list):
+        return [_to_numpy(value) for value in output]
+    if isinstance(output, tuple):
+        return tuple(_to_numpy(value) for value in output)
+    if hasattr(output, "detach"):  # a torch tensor: NumPy needs it off the autograd graph and on the CPU
+        output = output.detach().cpu()
+    return np.asarray(output)

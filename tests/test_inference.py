@@ -1,0 +1,168 @@
+"""make_predict_fn: Spark's predict_batch_udf feeding models the tensors they were trained on."""
+
+from __future__ import annotations
+
+import inspect
+import pickle
+
+import numpy as np
+import pytest
+from pyspark.ml.feature import VectorAssembler
+from pyspark.ml.functions import predict_batch_udf, vector_to_array
+from pyspark.sql import functions as F
+from pyspark.sql.types import FloatType
+
+from sparkfeed import make_predict_fn, make_spark_converter
+from sparkfeed.inference import BatchPredictor, ModelInput
+
+
+@pytest.fixture(scope="module")
+def vectors(spark):
+    """200 rows: an id, a 6-float MLlib vector (id + 0..5, as doubles), a label and a name."""
+    df = spark.range(200, numPartitions=2).select(
+        "id", *[(F.col("id") + i).cast("double").alias(f"x{i}") for i in range(6)], (F.col("id") % 3).alias("label")
+    )
+    df = VectorAssembler(inputCols=[f"x{i}" for i in range(6)], outputCol="features").transform(df)
+    return df.select("id", "features", "label", F.concat(F.lit("row"), "id").alias("name"))
+
+
+@pytest.fixture(scope="module")
+def converter(vectors):
+    converter = make_spark_converter(vectors)
+    yield converter
+    converter.delete()
+
+
+def make_model():
+    """A 'model' that checks it is given (rows, 2, 3) float32 tensors, returning each row's sum.
+
+    Made in a function, so that Spark pickles it by value (the executors cannot import this module).
+    """
+
+    def shape_and_dtype(images: np.ndarray) -> np.ndarray:
+        assert images.shape[1:] == (2, 3), images.shape
+        assert images.dtype == np.float32, images.dtype
+        return images.reshape(len(images), -1).sum(axis=1)
+
+    return shape_and_dtype
+
+
+def test_spark_vectors_arrive_as_the_tensors_the_converter_gave(spark, vectors, converter) -> None:
+    shape_and_dtype = make_model()
+    predictor = make_predict_fn(shape_and_dtype, converter, inputs="features", shapes={"features": (2, 3)})
+    assert predictor.inputs == (ModelInput("features", (2, 3), np.dtype("float32")),)
+    assert predictor.input_tensor_shapes == [[2, 3]]
+    summed = predict_batch_udf(
+        predictor, return_type=FloatType(), batch_size=32, input_tensor_shapes=predictor.input_tensor_shapes
+    )
+    rows = vectors.select("id", summed(vector_to_array("features")).alias("sum")).collect()  # doubles from Spark
+    assert len(rows) == 200
+    assert all(row["sum"] == 6 * row["id"] + 15 for row in rows)
+
+
+def test_the_udf_method_passes_the_shapes_and_parses_a_type_string(spark, vectors, converter) -> None:
+    shape_and_dtype = make_model()
+    predictor = make_predict_fn(shape_and_dtype, converter, inputs=["features"], shapes={"features": [2, 3]})
+    rows = vectors.select(
+        "id", predictor.udf("double", batch_size=50)(vector_to_array("features")).alias("s")
+    ).collect()
+    assert sorted((row["id"], row["s"]) for row in rows) == [(i, 6.0 * i + 15) for i in range(200)]
+
+
+def test_a_torch_module_runs_in_eval_mode_without_gradients(spark, vectors, converter) -> None:
+    import torch
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Dropout(0.5), torch.nn.Linear(8, 3))
+    model.train()  # as it is left after training: the predictor must switch dropout off
+    predictor = make_predict_fn(model, converter, inputs=["features"], postprocess=lambda logits: logits.argmax(1))
+    rows = vectors.select(
+        "id", "features", predictor.udf("long", batch_size=64)(vector_to_array("features")).alias("p")
+    )
+    got = {row["id"]: row["p"] for row in rows.collect()}
+    model.eval()
+    with torch.no_grad():
+        features = torch.arange(200, dtype=torch.float32)[:, None] + torch.arange(6, dtype=torch.float32)
+        expected = model(features).argmax(1).tolist()
+    assert [got[i] for i in range(200)] == expected
+
+
+def test_several_scalar_columns_are_several_parameters(spark, vectors, converter) -> None:
+    predictor = make_predict_fn(lambda ids, labels: ids * 10 + labels, converter, inputs=["id", "label"])
+    assert predictor.input_tensor_shapes is None  # scalars only: what predict_batch_udf requires
+    predict = predictor()
+    assert [p.name for p in inspect.signature(predict).parameters.values()] == ["id", "label"]
+    rows = vectors.select("id", "label", predictor.udf("long", batch_size=40)("id", "label").alias("p")).collect()
+    assert all(row["p"] == row["id"] * 10 + row["label"] for row in rows)
+
+
+def test_dict_outputs_become_struct_fields(spark, vectors, converter) -> None:
+    def stats(features: np.ndarray) -> dict[str, np.ndarray]:
+        return {"low": features.min(axis=1), "high": features.max(axis=1)}
+
+    predictor = make_predict_fn(stats, converter, inputs="features")
+    out = vectors.select(
+        "id", predictor.udf("low float, high float", batch_size=64)(vector_to_array("features")).alias("s")
+    )
+    assert all(row["s"]["low"] == row["id"] and row["s"]["high"] == row["id"] + 5 for row in out.collect())
+
+
+def test_a_keras_model_predicts_on_batches(spark, vectors, converter) -> None:
+    import keras
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(1)])
+    predictor = make_predict_fn(model, converter, inputs="features")
+    local = predictor()(np.arange(12, dtype=np.float64).reshape(2, 6))  # doubles, as Spark gives them
+    np.testing.assert_allclose(local, model.predict_on_batch(np.arange(12, dtype=np.float32).reshape(2, 6)))
+    assert pickle.loads(pickle.dumps(predictor)).inputs == predictor.inputs
+
+
+def test_without_a_converter_inputs_pass_through_unless_given_a_shape_or_dtype() -> None:
+    plain = make_predict_fn(lambda x: x * 2)
+    assert plain.inputs == (ModelInput("input"),) and plain.input_tensor_shapes is None
+    np.testing.assert_array_equal(plain()(np.array([1, 2])), [2, 4])
+    shaped = make_predict_fn(lambda x: x, inputs="image", shapes={"image": (1, 2, 2)}, dtypes={"image": "float16"})
+    out = shaped()(np.arange(8.0).reshape(2, 4))
+    assert out.shape == (2, 1, 2, 2) and out.dtype == np.float16
+
+
+def test_a_predictor_pickles_with_its_model_and_postprocess() -> None:
+    import torch
+
+    predictor = make_predict_fn(
+        torch.nn.Linear(3, 2), inputs="x", shapes={"x": (3,)}, dtypes={"x": "float32"}, postprocess=np.argmax
+    )
+    clone = pickle.loads(pickle.dumps(predictor))
+    assert isinstance(clone, BatchPredictor) and clone.inputs == predictor.inputs
+    assert clone()(np.ones((1, 3))) == predictor()(np.ones((1, 3)))
+
+
+def test_wrong_inputs_are_refused_naming_the_columns(converter) -> None:
+    with pytest.raises(ValueError, match=r"give inputs=\[...\].*'features'"):
+        make_predict_fn(abs, converter)
+    with pytest.raises(ValueError, match=r"inputs \['pixels'\] are not columns of the converter"):
+        make_predict_fn(abs, converter, inputs=["pixels"])
+    with pytest.raises(ValueError, match=r"shapes names \['label'\], which are not among the inputs \['features'\]"):
+        make_predict_fn(abs, converter, inputs="features", shapes={"label": ()})
+    with pytest.raises(ValueError, match=r"shapes\['features'\]=\(4, 2\) holds 8 values per row.*shape \(6,\)"):
+        make_predict_fn(abs, converter, inputs="features", shapes={"features": (4, 2)})
+    with pytest.raises(ValueError, match="names a column twice"):
+        make_predict_fn(abs, converter, inputs=["id", "id"])
+    with pytest.raises(TypeError, match="must be a torch module, a Keras model or a callable"):
+        make_predict_fn(42, inputs="x")
+
+
+def test_ragged_arrays_are_refused(spark) -> None:
+    ragged = make_spark_converter(spark.range(4).select(F.sequence(F.lit(0), "id").alias("seq")))
+    try:
+        with pytest.raises(ValueError, match="'seq' holds arrays of varying length"):
+            make_predict_fn(abs, ragged)
+    finally:
+        ragged.delete()
+
+
+def test_a_batch_that_does_not_fit_the_shape_names_the_input() -> None:
+    predict = make_predict_fn(lambda x: x, inputs="image", shapes={"image": (2, 2)})()
+    with pytest.raises(ValueError, match=r"input 'image': a batch of shape \(3, 5\) cannot be reshaped to rows of"):
+        predict(np.zeros((3, 5)))
