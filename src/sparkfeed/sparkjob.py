@@ -152,6 +152,7 @@ class _Watch:
         self._stages: set[int] = set()
         self._connect_tasks: tuple[int, int] = (0, 0)
         self._handler: Callable[..., None] | None = None
+        self._shown: tuple[Any, ...] | None = None
 
     def enter(self) -> None:
         """In the action's thread: tag its jobs, make them interruptible, note what ran before."""
@@ -226,6 +227,9 @@ class _Watch:
             counts = {**self.written(), **(counters.read() if counters is not None else {})}
         except Exception:  # noqa: BLE001 - a progress bar never fails a conversion
             return
+        if self._shown == (done, total, counts):
+            return  # redrawn only when something moved: a log file gets one line per change
+        self._shown = (done, total, counts)
         if total:
             bar.total = total
         bar.n = done
