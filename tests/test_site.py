@@ -31,7 +31,13 @@ import pytest
 
 import sparkfeed
 import sparkfeed.predicates
-from sparkfeed import SparkDatasetConverter, TransformSpec, make_spark_converter, register_delete_dir_handler
+from sparkfeed import (
+    SparkDatasetConverter,
+    TransformSpec,
+    make_predict_fn,
+    make_spark_converter,
+    register_delete_dir_handler,
+)
 from sparkfeed.distributed import RANK_VARIABLES
 from sparkfeed.jax import JaxIterator
 from sparkfeed.loader import ReaderLoader
@@ -190,6 +196,7 @@ FUNCTIONS: dict[str, Callable[..., Any]] = {
     "TransformSpec": TransformSpec,
     "edit_field": edit_field,
     "register_delete_dir_handler": register_delete_dir_handler,
+    "make_predict_fn": make_predict_fn,
     **{name: getattr(sparkfeed.predicates, name) for name in sparkfeed.predicates.__all__ if name != "PredicateBase"},
 }
 """Each table of parameters in api.md (by its heading's name) and the callable it documents."""

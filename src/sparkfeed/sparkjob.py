@@ -106,9 +106,11 @@ def run(
                 watch.show(bar, counters)  # once more after the end: the final counts
     except BaseException:
         log.info("interrupted: cancelling the Spark jobs of %s", description)
-        watch.cancel()
-        thread.join(_CANCEL_WAIT_SECONDS)
-        watch.wait_for_tasks()
+        deadline = time.monotonic() + _CANCEL_WAIT_SECONDS
+        while thread.is_alive() and time.monotonic() < deadline:
+            watch.cancel()  # again each second: a job submitted after the first cancel carries the tag too
+            thread.join(1.0)
+        watch.wait_for_jobs()
         raise
     finally:
         if bar is not None:
@@ -149,6 +151,7 @@ class _Watch:
         self._classic = is_classic(spark)
         self._group: str | None = None
         self._jobs_before: set[int] = set()
+        self._jobs: set[int] = set()
         self._stages: set[int] = set()
         self._connect_tasks: tuple[int, int] = (0, 0)
         self._handler: Callable[..., None] | None = None
@@ -193,7 +196,8 @@ class _Watch:
         if self._group is None:
             return 0, 0
         tracker = self._spark.sparkContext.statusTracker()
-        for job in set(tracker.getJobIdsForGroup(self._group)) - self._jobs_before:
+        self._jobs.update(set(tracker.getJobIdsForGroup(self._group)) - self._jobs_before)
+        for job in self._jobs:
             info = tracker.getJobInfo(job)
             if info is not None:
                 self._stages.update(info.stageIds)
@@ -237,18 +241,24 @@ class _Watch:
             bar.set_postfix(_postfix(counts), refresh=False)
         bar.refresh()
 
-    def wait_for_tasks(self) -> None:
-        """After a cancel, waits (a bounded time) until the jobs' tasks stopped, so nothing writes after cleanup."""
+    def wait_for_jobs(self) -> None:
+        """After a cancel, waits (a bounded time) until Spark shows none of the jobs running, nor their tasks.
+
+        The action returns as soon as its job is failed, while the tasks are still being killed,
+        and the status tracker learns both from Spark's listener bus, a little later: so the
+        caller removes the partial cache only once nothing of the job can still write into it,
+        and the user's session shows no job of it left.
+        """
         deadline = time.monotonic() + _CANCEL_WAIT_SECONDS
         while self._classic and time.monotonic() < deadline:
             try:
-                tracker = self._spark.sparkContext.statusTracker()
                 self.tasks()
-                active = sum(
-                    info.numActiveTasks for info in map(tracker.getStageInfo, self._stages) if info is not None
-                )
+                tracker = self._spark.sparkContext.statusTracker()
+                jobs = [tracker.getJobInfo(job) for job in self._jobs]
+                stages = [tracker.getStageInfo(stage) for stage in self._stages]
             except Exception:  # noqa: BLE001 - the session may be going down with the interrupt
                 return
-            if not active:
+            running = any(job is not None and job.status == "RUNNING" for job in jobs)
+            if not running and not any(stage is not None and stage.numActiveTasks for stage in stages):
                 return
             time.sleep(_POLL_SECONDS)
