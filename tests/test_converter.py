@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import inspect
+import logging
 import pickle
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from pyspark.sql import functions as F
 
@@ -152,3 +155,17 @@ def test_parent_cache_dir_conf_is_petastorms_key_and_sparkfeeds_key_still_wins(s
     finally:
         spark.conf.set(SparkDatasetConverter.CACHE_DIR_CONF, ours)
         spark.conf.unset(SparkDatasetConverter.PARENT_CACHE_DIR_URL_CONF)
+
+
+def test_a_dataset_read_in_place_says_which_float64_columns_it_narrows(tmp_path, caplog) -> None:
+    pq.write_table(
+        pa.table({"x": [1.5], "v": [[1.0, 2.0]], "n": [1], "f": pa.array([1.0], pa.float32())}), tmp_path / "a.parquet"
+    )
+    with caplog.at_level(logging.INFO, logger="sparkfeed"):
+        make_spark_converter(str(tmp_path))
+        make_spark_converter(str(tmp_path), dtype=None)
+        make_spark_converter(str(tmp_path), dtype="float64")
+    notes = [r.getMessage() for r in caplog.records if "float64 columns" in r.getMessage()]
+    assert notes == [
+        "reading the float64 columns ['x', 'v'] as float32 (dtype='float32'); pass dtype=None to keep them"
+    ]

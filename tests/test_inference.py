@@ -87,6 +87,20 @@ def test_a_torch_module_runs_in_eval_mode_without_gradients(spark, vectors, conv
     assert [got[i] for i in range(200)] == expected
 
 
+def test_a_torch_module_takes_sparks_float64_in_its_weights_precision_without_dtypes() -> None:
+    import torch
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(6, 2)  # float32 weights; Spark gives float64, and no converter says otherwise
+    predict = make_predict_fn(model, shapes={"input": (6,)})()
+    rows = np.arange(24, dtype=np.float64).reshape(4, 6)
+    with torch.no_grad():
+        expected = model(torch.from_numpy(rows).float()).numpy()
+    np.testing.assert_allclose(predict(rows), expected)
+    doubled = make_predict_fn(torch.nn.Linear(6, 2).double(), shapes={"input": (6,)})()
+    assert doubled(rows).dtype == np.float64  # a float64 model keeps float64
+
+
 def test_several_scalar_columns_are_several_parameters(spark, vectors, converter) -> None:
     predictor = make_predict_fn(lambda ids, labels: ids * 10 + labels, converter, inputs=["id", "label"])
     assert predictor.input_tensor_shapes is None  # scalars only: what predict_batch_udf requires

@@ -9,6 +9,8 @@ import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Unpack
 
+import pyarrow as pa
+
 from sparkfeed.cache import (
     CACHE_DIR_CONF,
     PETASTORM_CACHE_DIR_CONF,
@@ -346,6 +348,7 @@ def make_spark_converter(
             log.info("opened the sparkfeed cache %s by path: it is read in place and never deleted", location)
             return SparkDatasetConverter(location, manifest)
         done = describe(location, options={"dtype": dtype, "source": "path"})
+        _note_narrowed_floats(done.manifest, dtype)
         return SparkDatasetConverter(done.location, done.manifest)
     if not (hasattr(df, "sparkSession") and hasattr(df, "write")):
         raise TypeError(f"make_spark_converter takes a Spark DataFrame or a Parquet path, not {type(df).__name__}")
@@ -368,6 +371,26 @@ def _convert(df: DataFrame, options: MaterializeOptions, parent: Location, run: 
     done = materialize(df, parent, options, identity, run)
     registry.add(identity, options, parent, done)
     return SparkDatasetConverter(done.location, done.manifest, done.token)
+
+
+def _note_narrowed_floats(manifest: Manifest, dtype: str | None) -> None:
+    """Logs the float64 columns of a dataset read in place that ``dtype='float32'`` (the default) narrows.
+
+    Petastorm's default, kept for code that relies on it; but a user pointing at their own
+    Parquet may not expect their doubles to arrive as float32, so the log says which and how
+    to keep them.
+    """
+    if dtype != "float32":
+        return
+    narrowed = []
+    for field in manifest.schema:
+        leaf = field.type
+        while pa.types.is_list(leaf) or pa.types.is_large_list(leaf) or pa.types.is_fixed_size_list(leaf):
+            leaf = leaf.value_type
+        if pa.types.is_float64(leaf):
+            narrowed.append(field.name)
+    if narrowed:
+        log.info("reading the float64 columns %s as float32 (dtype='float32'); pass dtype=None to keep them", narrowed)
 
 
 def _still_complete(known: Materialized) -> bool:

@@ -237,10 +237,16 @@ def _runner(model: Any) -> Callable[[list[np.ndarray]], Any]:
     torch = sys.modules.get("torch")
     if torch is not None and isinstance(model, torch.nn.Module):
         model.eval()
+        # Spark passes floats as float64; a module's float inputs take its weights' precision.
+        weights = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
+
+        def tensor(array: np.ndarray) -> Any:
+            value = torch.from_numpy(np.ascontiguousarray(array))
+            return value.to(weights) if weights is not None and value.is_floating_point() else value
 
         def run_torch(arrays: list[np.ndarray]) -> Any:
             with torch.inference_mode():
-                return model(*(torch.from_numpy(np.ascontiguousarray(array)) for array in arrays))
+                return model(*(tensor(array) for array in arrays))
 
         return run_torch
     keras = sys.modules.get("keras")
