@@ -251,7 +251,7 @@ def test_struct_and_map_columns_are_refused_with_column_type_and_advice(spark) -
 def test_null_in_numeric_column_names_the_column(spark) -> None:
     df = spark.createDataFrame([(1, 1.0, "a"), (2, None, None)], "id long, x double, s string")
     converter = make_spark_converter(df)
-    with pytest.raises(NullValueError, match=r"column 'x' \(float\) holds 1 null value\(s\).*fillna") as error:
+    with pytest.raises(NullValueError, match=r"column 'x' \(float in the cache\) holds 1 null value\(s\).*fillna") as error:
         _read(converter)
     assert any("sparkfeed: raised in a reader thread while reading" in note for note in error.value.__notes__)
     strings = _read(converter, schema_fields=["id", "s"])
@@ -321,7 +321,7 @@ def test_a_null_raises_null_value_error_from_every_loader(spark) -> None:
         with make(batch_size=2, num_epochs=1) as batches, pytest.raises(NullValueError, match="column 'x'"):
             list(batches)  # the reader's check, the same for every loader
     with converter.make_tf_dataset(batch_size=2, num_epochs=1) as dataset:
-        with pytest.raises(NullValueError, match=r"column 'x' \(float\) holds 1 null value\(s\)") as error:
+        with pytest.raises(NullValueError, match=r"column 'x' \(float in the cache\) holds 1 null value\(s\)") as error:
             list(dataset)
     assert isinstance(error.value, tf.errors.InvalidArgumentError)  # TensorFlow's own error type as well
     assert any("sparkfeed: raised in a reader thread" in note for note in error.value.__notes__)

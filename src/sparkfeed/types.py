@@ -284,7 +284,7 @@ def _values(array: pa.Array) -> np.ndarray:
 def _check_nulls(spec: ColumnSpec, array: pa.Array) -> None:
     if array.null_count:
         raise NullValueError(
-            f"column {spec.name!r} ({spec.arrow_type}) holds {array.null_count} null value(s), which a "
+            f"column {spec.name!r} ({spec.arrow_type} in the cache) holds {array.null_count} null value(s), which a "
             "tensor cannot represent: fill or drop them before converting (df.fillna / df.dropna), "
             "or replace them in a transform_fn"
         )
