@@ -160,14 +160,14 @@ def tf_ceiling_batches(converter: Any, args: argparse.Namespace) -> Iterator[Ite
     """
     import tensorflow as tf
 
-    from sparkfeed.tf import _eager_rows, _tf_array
+    from sparkfeed.tf import _eager_rows
 
     with converter.make_numpy_iterator(batch_size=args.batch_size, num_epochs=1, shuffle_row_groups=False) as it:
         first = next(iter(it))
     row = collections.namedtuple("Row", list(first))  # type: ignore[misc]
-    element = row(*(_tf_array(array) for array in first.values()))
+    element = row(*(tf.convert_to_tensor(array) for array in first.values()))
     batches = -(-len(converter) // args.batch_size)
-    dataset = _eager_rows(tf.data.Dataset.from_tensors(element).repeat(batches))
+    dataset = _eager_rows(tf.data.Dataset.from_tensors(element).repeat(batches), lambda: None)
     yield (dict(zip(r._fields, r, strict=True)) for r in dataset)
 
 

@@ -7,6 +7,8 @@ Arguments: the cache directory URL, and optionally the storage options (JSON) to
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import sys
@@ -32,7 +34,9 @@ def main(cache_dir: str, storage_options: dict | None = None) -> None:
     df = spark.range(1000, numPartitions=4).select(
         "id", (F.col("id") / 4).alias("x"), F.array(F.col("id"), -F.col("id")).alias("pair")
     )
-    converter = make_spark_converter(df, storage_options=storage_options)
+    shown = io.StringIO()
+    with contextlib.redirect_stderr(shown):  # the progress bar, drawn from Connect's progress messages
+        converter = make_spark_converter(df, storage_options=storage_options, progress=True)
     with converter.make_numpy_iterator(batch_size=100, num_epochs=1, shuffle_row_groups=False) as batches:
         read = list(batches)
     ids = np.concatenate([b["id"] for b in read])
@@ -56,6 +60,7 @@ def main(cache_dir: str, storage_options: dict | None = None) -> None:
         "pairs_match": bool((pairs[:, 0] == ids).all() and (pairs[:, 1] == -ids).all()),
         "shard_id_sums": sorted(int(row.ids) for row in per_shard),
         "reused": again.cache_dir_url == converter.cache_dir_url,
+        "progress": shown.getvalue().replace("\r", "\n").strip().splitlines()[-1:],
     }
     converter.delete()
     spark.stop()

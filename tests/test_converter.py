@@ -74,6 +74,8 @@ def test_a_spark_connect_session_converts_reuses_and_reads_in_tasks(tmp_path) ->
     seen = run_job("spark_connect_job.py", cache.as_uri(), cwd=tmp_path)
     assert seen["rows"] == 1000 and seen["ids_sorted"] and seen["pairs_match"] and seen["reused"]
     assert seen["cache_dir_url"].startswith(cache.as_uri() + "/")  # the cacheDir conf, read through Connect
+    (last,) = seen["progress"]  # progress=True: the bar follows the server's progress messages
+    assert last.startswith("sparkfeed: writing the cache: 100%") and "4/4" in last
     quarter = 250
     assert sum(seen["shard_id_sums"]) == sum(range(1000)) and len(seen["shard_id_sums"]) == 4
     assert seen["shard_id_sums"][0] == sum(range(quarter))  # exact shards: rows [0, 250) is the smallest sum
