@@ -7,7 +7,8 @@ Modes (first argument):
   KeyboardInterrupt it prints what it saw: the exception, Spark's active jobs, what is left.
 - ``converted PARENT HANDLER``: converts a small DataFrame into PARENT, prints the cache URL,
   then waits to be signalled. HANDLER: ``default`` (SIGTERM as it comes), ``user`` (a handler
-  installed before sparkfeed, that writes a file and exits with 3), ``ignore`` (SIGTERM ignored).
+  installed before sparkfeed, that writes a file and exits with 3), ``ignore`` (SIGTERM ignored),
+  ``thread`` (a first cache converted in another thread, where no handler can be installed).
 - ``pool CACHE``: iterates a loader on CACHE with worker processes, prints their pids and its
   shared-memory directory, then waits to be killed.
 
@@ -87,6 +88,12 @@ def converted(parent: str, handler: str) -> None:
     from sparkfeed import make_spark_converter
 
     spark = session()
+    if handler == "thread":
+        import threading
+
+        first = threading.Thread(target=lambda: make_spark_converter(spark.range(50), cache_dir=parent))
+        first.start()
+        first.join()
     converter = make_spark_converter(spark.range(100), cache_dir=parent)
     say(cache=converter.cache_dir_url, pid=os.getpid())
     time.sleep(300)

@@ -51,10 +51,11 @@ def test_a_forked_child_does_not_run_its_parents_cleanups(own_cleanups, tmp_path
     assert flag.exists()
 
 
-def test_sigterm_removes_the_caches_and_still_ends_the_process_by_sigterm(tmp_path) -> None:
-    with JobProcess("lifecycle_job.py", "converted", str(tmp_path), "default") as job:
+@pytest.mark.parametrize("first", ["default", "thread"], ids=["main-thread", "first-cache-from-a-thread"])
+def test_sigterm_removes_the_caches_and_still_ends_the_process_by_sigterm(tmp_path, first) -> None:
+    with JobProcess("lifecycle_job.py", "converted", str(tmp_path), first) as job:
         job.line()
-        assert len(_cache_dirs(tmp_path)) == 1
+        assert len(_cache_dirs(tmp_path)) == (2 if first == "thread" else 1)
         job.signal(signal.SIGTERM)
         assert job.wait() == -signal.SIGTERM, job.errors()
     assert _cache_dirs(tmp_path) == []

@@ -251,7 +251,9 @@ def test_struct_and_map_columns_are_refused_with_column_type_and_advice(spark) -
 def test_null_in_numeric_column_names_the_column(spark) -> None:
     df = spark.createDataFrame([(1, 1.0, "a"), (2, None, None)], "id long, x double, s string")
     converter = make_spark_converter(df)
-    with pytest.raises(NullValueError, match=r"column 'x' \(float in the cache\) holds 1 null value\(s\).*fillna") as error:
+    with pytest.raises(
+        NullValueError, match=r"column 'x' \(float in the cache\) holds 1 null value\(s\).*fillna"
+    ) as error:
         _read(converter)
     assert any("sparkfeed: raised in a reader thread while reading" in note for note in error.value.__notes__)
     strings = _read(converter, schema_fields=["id", "s"])

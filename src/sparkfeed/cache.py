@@ -33,7 +33,7 @@ from typing import Any, Literal
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from sparkfeed.lifecycle import at_exit
+from sparkfeed.lifecycle import at_exit, cover_sigterm
 from sparkfeed.location import Location
 from sparkfeed.owner import Liveness, Owner
 from sparkfeed.writer import ShapeStats
@@ -584,6 +584,8 @@ class _Owned:
             register, self._registered_in = self._registered_in != os.getpid(), os.getpid()
         if register:
             at_exit(self.delete_all)
+        else:
+            cover_sigterm()  # the first cache may have come from a thread that could not install it
 
     def discard(self, location: Location) -> None:
         with self._lock:

@@ -48,7 +48,7 @@ def at_exit(cleanup: Callable[[], None]) -> None:
         if not _atexit_registered:
             atexit.register(run_cleanups)
             _atexit_registered = True
-    _install_sigterm()
+    cover_sigterm()
 
 
 def run_cleanups() -> None:
@@ -63,10 +63,15 @@ def run_cleanups() -> None:
             warnings.warn(f"sparkfeed's cleanup {cleanup!r} failed: {error}", stacklevel=1)
 
 
-def _install_sigterm() -> None:
+def cover_sigterm() -> None:
+    """Installs the SIGTERM handler if it is not yet and may be: from the main thread, over the default action.
+
+    Cheap to call again: callers whose first registration may come from another thread (a
+    conversion started in a worker thread) call it on every use, so the main thread installs it.
+    """
     global _sigterm_installed
     if _sigterm_installed or threading.current_thread() is not threading.main_thread():
-        return  # only the main thread may set handlers; a later registration from it will
+        return  # only the main thread may set handlers
     with _lock:
         if _sigterm_installed:
             return

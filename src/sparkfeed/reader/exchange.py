@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from sparkfeed.lifecycle import at_exit
+from sparkfeed.lifecycle import at_exit, cover_sigterm
 from sparkfeed.owner import Liveness, Owner
 from sparkfeed.reader.batch import Columns
 
@@ -126,6 +126,8 @@ class Exchange:
             register, _cleanup_in = _cleanup_in != os.getpid(), os.getpid()
         if register:
             at_exit(_close_open)
+        else:
+            cover_sigterm()
 
     def export(self, columns: Columns) -> SharedColumns:
         """Runs in a worker: writes the chunk's arrays to one new file, once each."""
