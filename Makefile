@@ -2,7 +2,7 @@
 #   make demo   builds .venv and runs `sparkfeed demo`: scikit-learn digits from a DataFrame train a small CNN, inference on Spark
 #   make test   lint, type-check, the documentation site and the whole test suite
 #   make docs   the documentation site (docs/, mkdocs.yml) into build/site, warnings as errors
-#   make bench  sparkfeed vs Petastorm vs pyarrow: ~8 min on 2 cores (first run +3 min for the datasets), see benchmarks/README.md
+#   make bench  sparkfeed vs Petastorm vs pyarrow: ~14 min on 2 cores with the s3 group (first run +3 min for the datasets), see benchmarks/README.md
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 PY     := $(VENV)/bin/python

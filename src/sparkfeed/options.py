@@ -305,7 +305,7 @@ class ReaderArgs(TypedDict, total=False):
         seed: Seed of every shuffle; the same seed gives the same batches.
         shuffle_row_groups: Shuffle the order of row groups every epoch (default True).
         shuffling_queue_capacity: Also shuffle rows across windows of at least this many rows
-            (at least one row group). None or 0: rows keep their order in a row group.
+            (and at least two row groups). None or 0: rows keep their order in a row group.
         shuffle_rows: Petastorm's flag to shuffle the rows inside each row group: the smallest
             shuffle window, two row groups (see ``ReaderOptions.shuffle_window``); with a larger
             ``shuffling_queue_capacity`` that one applies.
