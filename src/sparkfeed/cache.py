@@ -525,7 +525,12 @@ def collect(parent: Location, *, partial_only: bool = False, dry_run: bool = Fal
         dry_run: Remove nothing; return what would be removed.
     """
     chosen = [e for e in scan(parent, orphans_only=True) if not (partial_only and e.state == "complete")]
-    return chosen if dry_run else [entry for entry in chosen if _remove_orphan(entry)]
+    return chosen if dry_run else remove_orphans(chosen)
+
+
+def remove_orphans(entries: list[CacheEntry]) -> list[CacheEntry]:
+    """Removes these entries of :func:`scan`; returns those removed (a failure is logged and skipped)."""
+    return [entry for entry in entries if _remove_orphan(entry)]
 
 
 def _remove_orphan(entry: CacheEntry) -> bool:

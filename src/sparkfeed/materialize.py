@@ -37,10 +37,10 @@ from sparkfeed.cache import (
     MARKER_NAME,
     FileEntry,
     Manifest,
-    collect,
     create_cache_dir,
     delete_cache,
     owned_caches,
+    remove_orphans,
     scan,
     write_manifest,
 )
@@ -219,15 +219,16 @@ def _collect_leftovers(parent: Location) -> None:
     """Removes partial caches of processes that are gone; points at complete orphans, which stay.
 
     A complete cache whose creator was killed may still be read by a job that knows its URL,
-    so only ``sparkfeed cache clean`` (or :func:`sparkfeed.cache.collect`) removes those. Only
-    the markers are read, and the manifests and sizes of the orphans alone.
+    so only ``sparkfeed cache clean`` (or :func:`sparkfeed.cache.collect`) removes those. The
+    markers are read once, and the manifests and sizes of the orphans alone.
     """
     try:
-        collect(parent, partial_only=True)
-        orphans = scan(parent, orphans_only=True)
+        orphans = scan(parent, orphans_only=True)  # one look at the markers serves both steps
+        remove_orphans([entry for entry in orphans if entry.state != "complete"])
     except (OSError, pa.ArrowException) as error:
         log.warning("could not look for leftover caches under %s: %s", parent, error)
         return
+    orphans = [entry for entry in orphans if entry.state == "complete"]
     if orphans:
         log.warning(
             "%d complete caches (%.0f MiB) under %s were left by processes that are gone; "
