@@ -279,6 +279,7 @@ LOADER_MEMBERS = {
     "len(loader)": "__len__",
     "state_dict()": "state_dict",
     "load_state_dict(state)": "load_state_dict",
+    "stats()": "stats",
     "close()": "close",
     "with loader:": "__enter__",
 }

@@ -35,6 +35,10 @@ class ReaderLoader:
         """
         self._reader.load_state_dict(state)
 
+    def stats(self) -> dict[str, Any]:
+        """Whether the input is the bottleneck; see :meth:`sparkfeed.reader.Reader.stats`."""
+        return self._reader.stats()
+
     def close(self) -> None:
         """Stops the reader threads."""
         self._reader.close()

@@ -149,6 +149,14 @@ class TfDatasetContext:
     ) -> None:
         self._reader.close()
 
+    def stats(self) -> dict[str, Any]:
+        """Whether the input is the bottleneck; see :meth:`sparkfeed.reader.Reader.stats`.
+
+        tf.data pulls batches ahead of the model into its prefetch buffer, so waiting here means
+        that buffer ran dry: the time tf.data waited on the reader, the pipeline's input-bound share.
+        """
+        return self._reader.stats()
+
 
 def _eager_rows(dataset: Any, failure: Callable[[], BaseException | None]) -> Any:
     """``dataset``, made to build each element in one call when iterated eagerly.

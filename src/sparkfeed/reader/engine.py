@@ -7,6 +7,8 @@ import dataclasses
 import gc
 import inspect
 import itertools
+import logging
+import time
 import warnings
 import weakref
 from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
@@ -29,9 +31,12 @@ from sparkfeed.reader.readahead import DEFAULT_READ_AHEAD_BYTES, follow_counts
 from sparkfeed.reader.segments import SegmentReader, Work
 from sparkfeed.reader.selection import RowFilter, select_columns
 from sparkfeed.reader.state import Identity, ReaderState, fingerprint, resume
+from sparkfeed.reader.stats import Counters, bytes_per_row, verdict
 from sparkfeed.types import ColumnSpec, column_specs
 
 C = TypeVar("C")
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -153,8 +158,11 @@ class Reader(Generic[C]):
         self._active: weakref.ref[Generator[C, None, None]] | None = None
         self._token: object | None = None  # the active iteration's; only it moves the position
         self._pool: OrderedPool[Work, Any] | None = None
-        # The progress bar's batch size and drop_last (see show_progress_in); None: no bar.
-        self._progress: tuple[int, bool] | None = (options.batch_size, options.drop_last) if options.progress else None
+        self._counters = Counters()  # every finished epoch's, and the current one's once it ends
+        self._current = Counters()  # the epoch being iterated
+        # The user's batches (rows, drop_last), which the bar and stats() count: see show_progress_in.
+        self._unit = (options.batch_size, options.drop_last)
+        self._progress = options.progress
 
     # ------------------------------------------------------------------ iteration
 
@@ -196,17 +204,17 @@ class Reader(Generic[C]):
         return self._rows
 
     def show_progress_in(self, batch_size: int | None, drop_last: bool = False) -> None:
-        """Counts the ``progress=True`` bar in batches of ``batch_size`` rows; None: no bar at all.
+        """Counts the ``progress=True`` bar and :meth:`stats` in batches of ``batch_size`` rows; None: no bar at all.
 
-        The bar counts the user's batches. An adapter that reads larger batches and cuts them
+        They count the user's batches. An adapter that reads larger batches and cuts them
         itself (the TF dataset's super-batches) gives the batch size and ``drop_last`` of what
         its user receives; a reader made for a look at the data (the TF element-spec probe)
-        turns its bar off. Without ``progress=True``, a batch size changes nothing.
+        turns its bar off. Without ``progress=True``, a batch size changes only the counts.
         """
-        if batch_size is None or not self._options.progress:
-            self._progress = None
+        if batch_size is None:
+            self._progress = False
         else:
-            self._progress = (batch_size, drop_last)
+            self._unit = (batch_size, drop_last)
 
     def _iteration_range(self) -> tuple[Position, int]:
         if self._resumed:
@@ -284,37 +292,51 @@ class Reader(Generic[C]):
         exchange = Exchange() if options.reader_pool_type == "process" else None
         finish = exchange.export if exchange is not None else convert
 
-        def work_fn(work: Work) -> tuple[Any, np.ndarray | None]:
+        def work_fn(work: Work) -> tuple[Any, np.ndarray | None, float]:
+            started = time.perf_counter()
             columns, ends = read(work)
-            return finish(columns), ends
+            return finish(columns), ends, time.perf_counter() - started
 
         pool: OrderedPool[Work, Any] = OrderedPool(
             work_fn, options.workers, options.prefetch_pieces, segments.describe, options.reader_pool_type
         )
         self._pool = pool
         raw = pool.imap(self._scheduled(self._work(start, end)))
-        results = raw if exchange is None else ((w, (convert(exchange.load(c)), e)) for w, (c, e) in raw)
+        results = raw if exchange is None else ((w, (convert(exchange.load(c)), e, b)) for w, (c, e, b) in raw)
         batcher = Batcher(self._fmt, options.batch_size, options.drop_last)
         bar: EpochBar | None = None
+        clock = time.perf_counter
+        # The epoch's counts, kept in locals (a batch costs two clock reads and an addition) and
+        # published to self._current every 64 batches and at the end: see _tally.
+        n, wait, step, last = 0, 0.0, 0.0, None
+        asked = clock()  # when the consumer asked for the next batch
         try:
             for epoch, items in itertools.groupby(results, key=lambda item: item[0].epoch):
-                chunks = (((work.index, work.skip, ends), chunk) for work, (chunk, ends) in items)
-                batches = 0
-                progress = self._progress
-                if progress is not None:
-                    bar = self._bar(epoch, start, *progress)
+                counts = self._current = Counters()
+                chunks = self._counted(items, counts)
+                if self._progress:
+                    bar = self._bar(epoch, start, *self._unit)
                 for batch, (index, skip, ends), consumed in batcher.batches(chunks):
                     offset = consumed if ends is None else int(ends[consumed - 1])
                     self._move(token, Position(epoch, index, skip + offset))
-                    batches += 1
-                    if bar is not None and progress is not None:
+                    if bar is not None:
                         rows = self._fmt.rows(batch)
-                        bar.step(1 if progress[0] == options.batch_size else _batches(rows, *progress), rows)
+                        bar.step(self._user_batches(rows), rows)
+                    n, last = n + 1, batch
+                    if not n & 63:
+                        self._tally(counts, n, wait, step, batch)
+                    ready = clock()
+                    wait += ready - asked
                     yield batch
+                    asked = clock()
+                    step += asked - ready
                 if bar is not None:
                     bar.close()
                     bar = None
-                if not batches and end is None and epoch > start.epoch:
+                self._tally(counts, n, wait, step, last)
+                n, wait, step, last = 0, 0.0, 0.0, None
+                self._end_epoch(epoch, counts)
+                if not counts.batches and end is None and epoch > start.epoch:
                     raise ValueError(
                         f"a whole epoch of shard {self._plan.cur_shard} of {self._plan.shard_count} gave no batch (no "
                         "row passed the filters or predicate, a transform dropped every row, or drop_last left out "
@@ -327,10 +349,71 @@ class Reader(Generic[C]):
         finally:
             if bar is not None:  # the loop stopped inside an epoch: the bar shows how far it got
                 bar.close()
+            if n:  # an epoch left early still counts in stats()
+                self._tally(self._current, n, wait, step, last)
+            self._counters.add(self._current)
+            self._current = Counters()
             raw.close()  # type: ignore[attr-defined]
             segments.end_iteration()
             if exchange is not None:
                 exchange.close()
+
+    @staticmethod
+    def _counted(items: Iterator[tuple[Work, tuple[Any, np.ndarray | None, float]]], counts: Counters) -> Iterator[Any]:
+        """The batcher's chunks, keyed by position; each piece's worker time counted as it arrives."""
+        for work, (chunk, ends, busy) in items:
+            counts.busy_seconds += busy
+            yield (work.index, work.skip, ends), chunk
+
+    def _user_batches(self, rows: int) -> int:
+        """The user's batches in a batch of ``rows`` rows (more than one where an adapter cuts it further)."""
+        size, drop_last = self._unit
+        return 1 if size == self._options.batch_size else _batches(rows, size, drop_last)
+
+    def _tally(self, counts: Counters, n: int, wait: float, step: float, batch: Any) -> None:
+        """Publishes an epoch's running counts: ``n`` batches so far, ``batch`` the latest.
+
+        Every batch but an epoch's last has ``batch_size`` rows, so the rows follow from the
+        count and the latest batch's size.
+        """
+        size = self._options.batch_size
+        rows = (n - 1) * size + self._fmt.rows(batch) if batch is not None else n * size
+        counts.rows, counts.wait_seconds, counts.step_seconds = rows, wait, step
+        unit, drop_last = self._unit
+        counts.batches = n if unit == size else _batches(rows, unit, drop_last)
+        counts.bytes = rows * bytes_per_row(batch, self._fmt.rows(batch)) if batch is not None else 0
+
+    def _end_epoch(self, epoch: int, counts: Counters) -> None:
+        """Adds the epoch's counts to the loader's and logs whether the loop waited on its input."""
+        self._counters.add(counts)
+        self._current = Counters()
+        if counts.batches and log.isEnabledFor(logging.INFO):
+            options = self._options
+            report = counts.report(options.workers)
+            shard = (
+                "" if self._plan.shard_count == 1 else f" (shard {self._plan.cur_shard} of {self._plan.shard_count})"
+            )
+            log.info(
+                "epoch %d%s: %d batches, %s",
+                epoch,
+                shard,
+                counts.batches,
+                verdict(report, options.workers, options.reader_pool_type),
+            )
+
+    def stats(self) -> dict[str, Any]:
+        """Whether the input is the bottleneck: counters since this loader was made, with rates and shares.
+
+        ``input_bound`` is the share of the loop's time spent waiting inside ``next()`` (0: the
+        reader is always ahead; 1: the step never waits on anything else); ``worker_utilization``
+        the share of the workers' time spent reading, decoding and transforming. Also logged at
+        INFO after every epoch, with advice (see :mod:`sparkfeed.reader.stats`). The epoch in
+        progress is included.
+        """
+        counts = Counters()
+        counts.add(self._counters)
+        counts.add(self._current)
+        return counts.report(self._options.workers)
 
     def _bar(self, epoch: int, start: Position, batch_size: int, drop_last: bool) -> EpochBar:
         """The bar of one epoch; its total is unknown where filters or a predicate decide the rows."""
