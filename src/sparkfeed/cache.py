@@ -264,13 +264,15 @@ def read_manifest(location: Location) -> Manifest | None:
 
 MARKER_NAME = "_sparkfeed_cache.json"
 """Written into every cache directory when it is created, before anything else."""
+USED_NAME = "_sparkfeed_used.json"
+"""When a kept cache was last reused by a later process: what ``cache clean --older-than`` measures."""
 
 
 CACHE_NAME = re.compile(r"^sparkfeed-\d{8}T\d{6}-[0-9a-f]{12}$")
 """The name of every cache directory sparkfeed creates: listings look at these and nothing else."""
 
 
-def create_cache_dir(parent: Location) -> tuple[Location, str]:
+def create_cache_dir(parent: Location, *, key: str | None = None, keep: bool = False) -> tuple[Location, str]:
     """A fresh, unique directory for one materialization, marked as sparkfeed's.
 
     Returns the directory and the token written into its marker: only a holder of the token
@@ -279,6 +281,12 @@ def create_cache_dir(parent: Location) -> tuple[Location, str]:
     stores, where directories do not exist, the prefix must hold nothing yet. The marker also
     names this process (host, pid, start time), so that what a killed process leaves can be
     told from a cache being written right now (:func:`scan`).
+
+    Args:
+        parent: Where the directory goes.
+        key: The DataFrame's cross-process reuse key (see :func:`find_kept`), if it has one.
+        keep: The cache outlives its process: not deleted at exit, found by later processes'
+            ``reuse="auto"``, collected only by ``sparkfeed cache clean --older-than``.
     """
     now = datetime.datetime.now(datetime.UTC)
     location = parent.child(f"sparkfeed-{now:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:12]}")
@@ -296,6 +304,8 @@ def create_cache_dir(parent: Location) -> tuple[Location, str]:
         "token": token,
         "owner": Owner.current().to_dict(),
         "created_at": now.isoformat(timespec="seconds"),
+        "key": key,
+        "keep": keep,
     }
     try:
         with fs.open_output_stream(f"{path}/{MARKER_NAME}") as stream:
@@ -389,17 +399,21 @@ def _gone_is_fine(function: Any, path: str, exc_info: Any) -> None:
         raise exc_info[1]
 
 
-def _read_marker(location: Location) -> dict[str, Any] | None:
-    """The marker's content; None when there is none (or it is not a regular file, or not ours)."""
-    fs, path = location.filesystem, location.path
-    marker = f"{path}/{MARKER_NAME}"
+def _read_json(location: Location, name: str) -> Any:
+    """A small JSON file of a cache directory; None when it is missing, not a regular file or not JSON."""
+    fs, path = location.filesystem, f"{location.path}/{name}"
     try:
-        if location.is_local and not stat.S_ISREG(os.lstat(marker).st_mode):
+        if location.is_local and not stat.S_ISREG(os.lstat(path).st_mode):
             return None
-        with fs.open_input_stream(marker) as stream:
-            data = json.loads(stream.read().decode())
+        with fs.open_input_stream(path) as stream:
+            return json.loads(stream.read().decode())
     except (OSError, ValueError, UnicodeDecodeError, pa.ArrowException):
         return None
+
+
+def _read_marker(location: Location) -> dict[str, Any] | None:
+    """The marker's content; None when there is none (or it is not a regular file, or not ours)."""
+    data = _read_json(location, MARKER_NAME)
     if not isinstance(data, dict) or data.get("sparkfeed") is not True or not isinstance(data.get("token"), str):
         return None
     return data
@@ -428,6 +442,8 @@ class CacheEntry:
         num_rows: Rows in a complete cache.
         size_bytes: Bytes of every file in it.
         token: The marker's token, which deleting it requires.
+        kept: Made with ``keep=True``: it outlives its creator on purpose.
+        last_used: ISO time it was last reused by a later process (None: never), UTC.
     """
 
     location: Location
@@ -438,11 +454,18 @@ class CacheEntry:
     num_rows: int | None
     size_bytes: int
     token: str
+    kept: bool = False
+    last_used: str | None = None
 
     @property
     def orphaned(self) -> bool:
-        """Its creator is gone: nobody will delete it but :func:`collect` (or the CLI's ``cache clean``)."""
-        return self.liveness is Liveness.GONE
+        """Its creator is gone and did not keep it (or it is incomplete): only :func:`collect` removes it."""
+        return self.liveness is Liveness.GONE and not (self.kept and self.state == "complete")
+
+    def idle_since(self) -> datetime.datetime | None:
+        """When it was made or last reused, whichever is later (None when neither is recorded)."""
+        times = [datetime.datetime.fromisoformat(t) for t in (self.created_at, self.last_used) if t is not None]
+        return max(times) if times else None
 
 
 def scan(parent: Location, *, orphans_only: bool = False) -> list[CacheEntry]:
@@ -469,7 +492,7 @@ def scan(parent: Location, *, orphans_only: bool = False) -> list[CacheEntry]:
         if location.is_local and not stat.S_ISDIR(os.lstat(location.path).st_mode):
             continue  # a link named like a cache: not ours
         entry = _entry(location, orphans_only)
-        if entry is not None:
+        if entry is not None and (entry.orphaned or not orphans_only):
             entries.append(entry)
     return sorted(entries, key=lambda entry: (entry.created_at or "", entry.location.url))
 
@@ -482,7 +505,7 @@ def _entry(location: Location, orphan_only: bool = False) -> CacheEntry | None:
     owner = Owner.from_dict(marker.get("owner"))
     liveness = Liveness.UNKNOWN if owner is None else owner.liveness()
     if orphan_only and liveness is not Liveness.GONE:
-        return None
+        return None  # only the markers of the others are read
     state: Literal["complete", "partial", "corrupt"]
     num_rows = None
     try:
@@ -497,6 +520,7 @@ def _entry(location: Location, orphan_only: bool = False) -> CacheEntry | None:
     except FileNotFoundError:
         return None  # removed while we looked
     created = marker.get("created_at")
+    used = _read_json(location, USED_NAME)
     return CacheEntry(
         location=location,
         owner=owner,
@@ -506,26 +530,87 @@ def _entry(location: Location, orphan_only: bool = False) -> CacheEntry | None:
         num_rows=num_rows,
         size_bytes=sum(info.size or 0 for info in files if info.type == pafs.FileType.File),
         token=str(marker["token"]),
+        kept=marker.get("keep") is True,
+        last_used=used.get("at") if isinstance(used, dict) and isinstance(used.get("at"), str) else None,
     )
 
 
-def collect(parent: Location, *, partial_only: bool = False, dry_run: bool = False) -> list[CacheEntry]:
+def collect(
+    parent: Location,
+    *,
+    partial_only: bool = False,
+    dry_run: bool = False,
+    older_than: datetime.timedelta | None = None,
+) -> list[CacheEntry]:
     """Removes the caches under ``parent`` whose creator is gone; returns what it removed (or would).
 
     A process killed by SIGKILL, or a machine that lost power, runs no cleanup: its caches stay,
     complete or partial, and are never read again by anyone who did not open them by path.
     Their creator is known from the marker (host, pid, start time), so they are removed only
     when that process is certainly gone: on this host, no process with that pid and start time
-    runs. A cache whose creator runs, or runs on another host, or is unknown, is left alone.
+    runs. A cache whose creator runs, or runs on another host, or is unknown, is left alone, and
+    so is a kept one (``keep=True``), unless ``older_than`` says otherwise.
 
     Args:
         parent: The directory holding the caches.
         partial_only: Remove only incomplete caches (what a new conversion collects on its way:
             a complete orphan may still be opened by path by a job that knows its URL).
         dry_run: Remove nothing; return what would be removed.
+        older_than: Also remove the kept caches neither made nor reused for this long, whose
+            creator is gone (a kept cache of a running process is its own to delete).
     """
-    chosen = [e for e in scan(parent, orphans_only=True) if not (partial_only and e.state == "complete")]
+    if older_than is None:
+        chosen = [e for e in scan(parent, orphans_only=True) if not (partial_only and e.state == "complete")]
+    else:
+        limit = datetime.datetime.now(datetime.UTC) - older_than
+        chosen = [
+            entry
+            for entry in scan(parent)
+            if entry.orphaned
+            or (entry.kept and entry.liveness is Liveness.GONE and (entry.idle_since() or limit) < limit)
+        ]
     return chosen if dry_run else remove_orphans(chosen)
+
+
+def find_kept(parent: Location, key: str) -> tuple[CacheEntry, Manifest] | None:
+    """The newest complete kept cache under ``parent`` made for ``key``, and its manifest; None when there is none.
+
+    ``key`` is :func:`sparkfeed.materialize.reuse_key`: the same DataFrame plan, source files and
+    options. Only the markers are read, and the manifest of a match. A kept cache that is not
+    complete (its creator died while writing it) is not one.
+    """
+    try:
+        children = parent.filesystem.get_file_info(pafs.FileSelector(parent.path, allow_not_found=True))
+    except (NotADirectoryError, FileNotFoundError):
+        return None
+    for info in sorted(children, key=lambda info: info.base_name, reverse=True):  # names start with the time
+        if info.type != pafs.FileType.Directory or not CACHE_NAME.match(info.base_name):
+            continue
+        location = parent.child(info.base_name)
+        if location.is_local and not stat.S_ISDIR(os.lstat(location.path).st_mode):
+            continue
+        marker = _read_marker(location)
+        if marker is None or marker.get("keep") is not True or marker.get("key") != key:
+            continue
+        try:
+            manifest = read_manifest(location)
+        except CorruptManifestError as error:
+            log.warning("not reusing the kept cache %s: %s", location, error)
+            continue
+        entry = _entry(location)
+        if manifest is not None and entry is not None:
+            return entry, manifest
+    return None
+
+
+def mark_used(location: Location) -> None:
+    """Records that a later process reused a kept cache now (best effort: a read-only store stays as it is)."""
+    now = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+    try:
+        with location.filesystem.open_output_stream(f"{location.path}/{USED_NAME}") as stream:
+            stream.write(json.dumps({"at": now, "by": Owner.current().to_dict()}).encode())
+    except (OSError, pa.ArrowException) as error:
+        log.debug("could not record the reuse of %s: %s", location, error)
 
 
 def remove_orphans(entries: list[CacheEntry]) -> list[CacheEntry]:

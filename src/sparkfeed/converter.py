@@ -17,6 +17,8 @@ from sparkfeed.cache import (
     CorruptManifestError,
     Manifest,
     delete_cache,
+    find_kept,
+    mark_used,
     owned_caches,
     read_manifest,
     resolve_cache_dir,
@@ -25,8 +27,16 @@ from sparkfeed.cache import (
     register_delete_dir_handler as register_delete_dir_handler,  # Petastorm has it in its converter module
 )
 from sparkfeed.location import Location
-from sparkfeed.materialize import Materialized, describe, identify, materialize, registry
-from sparkfeed.options import ConversionRun, MaterializeOptions, ReaderArgs, known_keywords, reader_options
+from sparkfeed.materialize import (
+    DataFrameIdentity,
+    Materialized,
+    describe,
+    identify,
+    materialize,
+    registry,
+    reuse_key,
+)
+from sparkfeed.options import ConversionRun, MaterializeOptions, ReaderArgs, Reuse, known_keywords, reader_options
 from sparkfeed.reader import Reader
 from sparkfeed.reader.batch import NUMPY, BatchFormat, Columns
 from sparkfeed.types import column_specs
@@ -305,6 +315,8 @@ def make_spark_converter(
     storage_options: dict[str, Any] | None = None,
     filesystem: Any = None,
     progress: bool = False,
+    reuse: Reuse = "process",
+    keep: bool = False,
 ) -> SparkDatasetConverter:
     """Materializes a DataFrame once as Parquet and returns a converter to load it.
 
@@ -333,6 +345,15 @@ def make_spark_converter(
         filesystem: A pyarrow or fsspec filesystem to reach that location with, instead.
         progress: Show the Spark job's progress while the cache is written (a tqdm bar on
             stderr: tasks done, rows and files written).
+        reuse: ``"process"`` (default): the same DataFrame converted again in this process gets
+            its cache back. ``"auto"``: also a cache kept by an earlier process (``keep=True``)
+            under the same parent, for the same plan, source files (by name, size and
+            modification time) and options; DataFrames whose rows the plan does not determine
+            (local data, RDDs, user functions, non-deterministic expressions, streams, Spark
+            Connect) are never reused across processes (the log says why).
+        keep: Keep the cache when this process ends, for later processes' ``reuse="auto"`` (or
+            to open by its URL); ``delete()`` still removes it, and ``sparkfeed cache clean
+            --older-than`` collects it once its creator is gone and it was not used for that long.
 
     Raises:
         UnsupportedTypeError: A column has no tensor representation; the message names it,
@@ -340,7 +361,7 @@ def make_spark_converter(
         ValueError: A parameter is out of range.
     """
     options = MaterializeOptions(parquet_row_group_size_bytes, compression_codec, dtype)
-    run = ConversionRun(progress)
+    run = ConversionRun(progress, reuse, keep)
     if isinstance(df, (str, os.PathLike)):
         location = Location.parse(df, options=storage_options, filesystem=filesystem)
         manifest = read_manifest(location)  # A sparkfeed cache: its manifest says what the files hold.
@@ -360,7 +381,7 @@ def make_spark_converter(
 
 
 def _convert(df: DataFrame, options: MaterializeOptions, parent: Location, run: ConversionRun) -> SparkDatasetConverter:
-    identity = identify(df)
+    identity = identify(df, stable=run.reuse == "auto" or run.keep)
     known = registry.find(identity, options, parent)
     if known is not None and _still_complete(known):
         log.info("reusing cache %s, written earlier in this process for the same DataFrame", known.location)
@@ -368,9 +389,37 @@ def _convert(df: DataFrame, options: MaterializeOptions, parent: Location, run: 
     if known is not None:
         log.info("cache %s of this DataFrame is gone or damaged: writing it again", known.location)
         registry.forget(known.location)  # Deleted or damaged behind our back: write it again.
+    if run.reuse == "auto":
+        kept = _find_kept(identity, options, parent)
+        if kept is not None:
+            registry.add(identity, options, parent, kept)
+            return SparkDatasetConverter(kept.location, kept.manifest)
+    elif run.keep and identity.stable is None:
+        log.warning("keep=True: the cache is kept, but no later process will reuse it: %s", identity.unstable)
     done = materialize(df, parent, options, identity, run)
     registry.add(identity, options, parent, done)
     return SparkDatasetConverter(done.location, done.manifest, done.token)
+
+
+def _find_kept(identity: DataFrameIdentity, options: MaterializeOptions, parent: Location) -> Materialized | None:
+    """A cache an earlier process kept for this DataFrame (plan, sources, options), marked as used now."""
+    key = reuse_key(identity, options)
+    if key is None:
+        log.info("reuse='auto': not looking for a kept cache, since %s; converting in this process", identity.unstable)
+        return None
+    found = find_kept(parent, key)
+    if found is None:
+        log.info("reuse='auto': no kept cache of this DataFrame under %s; converting", parent)
+        return None
+    entry, manifest = found
+    mark_used(entry.location)
+    log.info(
+        "reuse='auto': reusing the cache %s kept by %s (made %s); it is not this process's to delete",
+        entry.location,
+        entry.owner,
+        entry.created_at,
+    )
+    return Materialized(entry.location, manifest)
 
 
 def _note_narrowed_floats(manifest: Manifest, dtype: str | None) -> None:

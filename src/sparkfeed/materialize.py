@@ -34,6 +34,7 @@ import pyarrow.parquet as pq
 
 from sparkfeed import __version__, sparkjob
 from sparkfeed.cache import (
+    MANIFEST_FORMAT,
     MARKER_NAME,
     FileEntry,
     Manifest,
@@ -87,6 +88,11 @@ class DataFrameIdentity:
     """Spark's analyzed plan (a JVM object) in classic Spark, else a plan hash string."""
     sources: tuple[tuple[str, int | None, int | None], ...]
     """(file, size, mtime) of every input file; empty for in-memory DataFrames."""
+    stable: str | None = None
+    """A digest of the plan that another process computes alike (see :func:`identify`); None when
+    the DataFrame must never be reused by another process, for the reason in :attr:`unstable`."""
+    unstable: str = ""
+    """Why there is no :attr:`stable` digest."""
 
     def same_as(self, other: DataFrameIdentity) -> bool:
         """Plans compared with Spark's own ``sameResult``, which also compares local data."""
@@ -103,14 +109,72 @@ class DataFrameIdentity:
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def identify(df: DataFrame) -> DataFrameIdentity:
-    """The plan and the source-file fingerprint of a DataFrame."""
+def identify(df: DataFrame, *, stable: bool = False) -> DataFrameIdentity:
+    """The plan and the source-file fingerprint of a DataFrame.
+
+    Args:
+        df: The DataFrame.
+        stable: Also compute the digest that another process would compute for the same
+            DataFrame (for ``reuse="auto"`` and ``keep=True``): Spark's canonicalized plan
+            (expression ids normalized), its leaves' classes and schemas, the output schema and
+            the source files by name, size and modification time. DataFrames whose rows the plan
+            does not determine get none: local data and RDDs (their rows are not in the plan),
+            user functions (their code is not in the plan), non-deterministic expressions
+            (``rand``, ``uuid``, ...: other rows every time), streams, sources whose size or
+            modification time cannot be read, and any DataFrame under Spark Connect, whose plan
+            cannot be inspected from the client.
+    """
     jdf = getattr(df, "_jdf", None)
-    if jdf is not None:
-        plan: Any = jdf.queryExecution().analyzed()
-    else:  # Spark Connect: no JVM handle in this process.
+    sources = _fingerprint(df.inputFiles())
+    if jdf is None:  # Spark Connect: no JVM handle in this process.
         plan = f"{df.semanticHash()}:{df.schema.json()}"
-    return DataFrameIdentity(plan=plan, sources=_fingerprint(df.inputFiles()))
+        unstable = "under Spark Connect the plan cannot be inspected from the client" if stable else ""
+        return DataFrameIdentity(plan=plan, sources=sources, unstable=unstable)
+    analyzed = jdf.queryExecution().analyzed()
+    if not stable:
+        return DataFrameIdentity(plan=analyzed, sources=sources)
+    key, unstable = _stable_digest(analyzed, df, sources)
+    return DataFrameIdentity(plan=analyzed, sources=sources, stable=key, unstable=unstable)
+
+
+_NOT_IN_THE_PLAN = ("LocalRelation", "RDD", "UDF", "UDTF", "Python", "InPandas", "InArrow", "Streaming")
+"""Plan node and expression classes whose rows or code the plan's text does not hold."""
+
+
+def _stable_digest(analyzed: Any, df: DataFrame, sources: tuple[Any, ...]) -> tuple[str | None, str]:
+    """The cross-process digest of a classic DataFrame, or None and why it must not be reused."""
+    if analyzed.isStreaming():
+        return None, "it is a streaming DataFrame"
+    if not analyzed.deterministic():
+        return None, "it holds non-deterministic expressions (rand, uuid, monotonically_increasing_id, ...)"
+    try:
+        classes = {name.rsplit(".", 1)[-1] for name in re.findall(r'"class":"([\w.$]+)"', analyzed.toJSON())}
+    except Exception as error:  # noqa: BLE001 - a Py4J error: a plan Spark cannot describe is not reused
+        return None, f"Spark cannot describe its plan ({type(error).__name__})"
+    opaque = sorted(c for c in classes if any(word in c for word in _NOT_IN_THE_PLAN))
+    if opaque:
+        return (
+            None,
+            f"its plan holds {', '.join(opaque)}: local data, an RDD or user code, which the plan does not describe",
+        )
+    unknown = [url for url, size, mtime in sources if size is None or mtime is None]
+    if unknown:
+        return None, f"the size or modification time of its source {unknown[0]} cannot be read"
+    leaves = []
+    iterator = analyzed.collectLeaves().iterator()
+    while iterator.hasNext():
+        leaf = iterator.next()
+        leaves.append((leaf.getClass().getName(), leaf.schema().json()))
+    text = json.dumps([analyzed.canonicalized().toString(), leaves, df.schema.json(), sources])
+    return hashlib.sha256(text.encode()).hexdigest(), ""
+
+
+def reuse_key(identity: DataFrameIdentity, options: MaterializeOptions) -> str | None:
+    """What a kept cache's marker records and a later process looks for: plan, sources and options together."""
+    if identity.stable is None:
+        return None
+    text = json.dumps([MANIFEST_FORMAT, identity.stable, dataclasses.asdict(options)])
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
 def _fingerprint(urls: list[str]) -> tuple[tuple[str, int | None, int | None], ...]:
@@ -178,16 +242,19 @@ def materialize(
     one without is written by Spark's own Parquet writer, which measured faster for plain columns
     than the round trip through Python. Any failure, an interrupt included, removes the directory
     before the error propagates; Ctrl-C first cancels the Spark job (:mod:`sparkfeed.sparkjob`).
-    On its way it removes the partial caches that killed processes left under ``parent``.
+    On its way it removes the partial caches that killed processes left under ``parent``. A
+    kept cache (``run.keep``) is not deleted when this process ends: its marker records the
+    DataFrame's reuse key, for later processes (:func:`sparkfeed.cache.find_kept`).
     """
     parent.filesystem  # noqa: B018 - fail before Spark runs anything if the reader could not read it back
     run = run or ConversionRun()
     normalized = normalize_dataframe(df, options.dtype)
     spark = df.sparkSession
     _collect_leftovers(parent)
-    location, token = create_cache_dir(parent)
-    owned_caches.add(location, token)
-    log.info("writing the DataFrame into a new cache %s", location)
+    location, token = create_cache_dir(parent, key=reuse_key(identity, options), keep=run.keep)
+    if not run.keep:
+        owned_caches.add(location, token)  # deleted when this process ends
+    log.info("writing the DataFrame into a new cache %s%s", location, " (kept after this process)" if run.keep else "")
     started = time.perf_counter()
     try:
         # Spark's own writer measured faster for plain columns on local disk, but reaches object

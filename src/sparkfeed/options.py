@@ -25,6 +25,8 @@ from sparkfeed.transform import TransformSpec
 
 ShardPolicy = Literal["pad", "drop", "exact"]
 SHARD_POLICIES: tuple[ShardPolicy, ...] = ("pad", "drop", "exact")
+Reuse = Literal["process", "auto"]
+REUSE: tuple[Reuse, ...] = ("process", "auto")
 PoolType = Literal["thread", "process", "dummy"]
 POOL_TYPES: tuple[PoolType, ...] = ("thread", "process", "dummy")
 COMPRESSION_CODECS = ("uncompressed", "snappy", "zstd", "lz4", "gzip")
@@ -140,9 +142,14 @@ class ConversionRun:
     """How one ``make_spark_converter`` call runs, as opposed to what it writes: never part of the cache key."""
 
     progress: bool = False
+    reuse: Reuse = "process"
+    keep: bool = False
 
     def __post_init__(self) -> None:
         _store(self, "progress", _check_bool("progress", self.progress))
+        _store(self, "keep", _check_bool("keep", self.keep))
+        if self.reuse not in REUSE:
+            raise ValueError(f"reuse={self.reuse!r} is not allowed: it must be one of {REUSE}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import re
 from typing import Any
 
 import click
@@ -41,7 +42,8 @@ def ls_command(directory: str | None, as_json: bool) -> None:
 
     \b
     STATE     complete, partial (being written, or left by an interrupted write), corrupt
-    CREATOR   running; orphaned (gone: `sparkfeed cache clean` removes it); unknown (another host)
+    CREATOR   running; orphaned (gone: `sparkfeed cache clean` removes it); unknown (another host);
+              kept (made with keep=True, for later processes: `cache clean --older-than` removes it)
     """  # noqa: D301 - \b keeps click from rewrapping the legend
     parent = _parent(directory)
     entries = scan(parent)
@@ -73,27 +75,51 @@ def ls_command(directory: str | None, as_json: bool) -> None:
 @cache_command.command("clean")
 @click.argument("directory", metavar="[DIR]", required=False)
 @click.option("--dry-run", is_flag=True, help="Only list what would be removed.")
-def clean_command(directory: str | None, dry_run: bool) -> None:
+@click.option(
+    "--older-than",
+    "older_than",
+    metavar="AGE",
+    default=None,
+    help="Also remove kept caches (keep=True) not made or reused for AGE (e.g. 90m, 12h, 7d, 2w), "
+    "whose creator is gone.",
+)
+def clean_command(directory: str | None, dry_run: bool, older_than: str | None) -> None:
     """Remove the caches under DIR whose creator is gone: orphans and partial writes.
 
     Caches of running processes, and of processes on other hosts (which cannot be checked from
-    here), are kept. Also removes the shared-memory files (/dev/shm) of reader processes that are gone.
+    here), are kept; so are kept caches (keep=True), unless --older-than says otherwise. Also
+    removes the shared-memory files (/dev/shm) of reader processes that are gone.
     """
     from sparkfeed.reader.exchange import sweep
 
     parent = _parent(directory)
-    entries = collect(parent, dry_run=dry_run)
+    entries = collect(parent, dry_run=dry_run, older_than=None if older_than is None else _duration(older_than))
     verb = "would remove" if dry_run else "removed"
     for entry in entries:
         click.echo(f"{verb} {entry.location.url} ({entry.state}, {_size(entry.size_bytes)}, {entry.owner})")
     exchanges = sweep(dry_run=dry_run)
     for path in exchanges:
         click.echo(f"{verb} {path} (shared memory of a reader process that is gone)")
-    kept = [entry for entry in scan(parent) if entry.liveness is not Liveness.GONE] if not dry_run else []
+    left = [] if dry_run else scan(parent)
     total = _size(sum(entry.size_bytes for entry in entries))
     click.echo(f"{verb} {len(entries)} caches ({total}) and {len(exchanges)} shared-memory directories")
+    live = [entry for entry in left if entry.liveness is not Liveness.GONE]
+    if live:
+        click.echo(f"left {len(live)} caches whose creator runs or cannot be checked from this host")
+    kept = [entry for entry in left if entry.kept and entry.liveness is Liveness.GONE]
     if kept:
-        click.echo(f"kept {len(kept)} caches whose creator runs or cannot be checked from this host")
+        click.echo(f"left {len(kept)} kept caches (keep=True); --older-than AGE removes those unused for AGE")
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def _duration(text: str) -> datetime.timedelta:
+    """``90m``, ``12h``, ``7d``, ``2w`` or seconds as a number."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*", text)
+    if match is None:
+        raise click.BadParameter(f"{text!r} is not an age: give a number and a unit, such as 90m, 12h, 7d or 2w")
+    return datetime.timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2) or "s"])
 
 
 @cache_command.command("rm")
@@ -122,10 +148,14 @@ def _as_dict(entry: CacheEntry) -> dict[str, Any]:
         "creator": None if entry.owner is None else entry.owner.to_dict(),
         "creator_state": entry.liveness.value,
         "orphaned": entry.orphaned,
+        "kept": entry.kept,
+        "last_used": entry.last_used,
     }
 
 
 def _liveness(entry: CacheEntry) -> str:
+    if entry.kept and entry.state == "complete":
+        return "running, kept" if entry.liveness is Liveness.RUNNING else "kept"
     return {Liveness.RUNNING: "running", Liveness.GONE: "orphaned", Liveness.UNKNOWN: "unknown"}[entry.liveness]
 
 
