@@ -1,0 +1,34 @@
+"""Run by test_reuse.py in a process of its own: converts a Parquet source with reuse="auto".
+
+Arguments: the source directory, the caches' parent, and ``keep`` or ``no-keep``. Prints one
+JSON line: the cache's URL, its rows and their id sum, and the seconds make_spark_converter took.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
+
+from sparkfeed import make_spark_converter
+
+
+def main(source: str, parent: str, keep: str) -> None:
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    spark = SparkSession.builder.master("local[2]").config("spark.ui.enabled", "false").getOrCreate()
+    spark.sparkContext.setLogLevel("OFF")
+    df = spark.read.parquet(source).filter("id % 2 = 0").withColumn("twice", F.col("id") * 2)
+    started = time.perf_counter()
+    converter = make_spark_converter(df, cache_dir=parent, reuse="auto", keep=keep == "keep")
+    seconds = time.perf_counter() - started
+    with converter.make_numpy_iterator(batch_size=1000, num_epochs=1) as batches:
+        ids = [int(i) for batch in batches for i in batch["id"]]
+    print(json.dumps({"url": converter.cache_dir_url, "rows": len(ids), "id_sum": sum(ids), "seconds": seconds}))
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])

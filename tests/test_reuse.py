@@ -1,0 +1,143 @@
+"""reuse="auto" and keep=True: caches that outlive their process, found again by later processes, never stale."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+from pyspark.sql import functions as F
+
+from sparkfeed import make_spark_converter
+from sparkfeed.cache import MARKER_NAME, USED_NAME, collect, owned_caches, scan
+from sparkfeed.cli import main
+from sparkfeed.location import Location
+from sparkfeed.materialize import identify, reuse_key
+from sparkfeed.options import MaterializeOptions
+
+from helpers import run_job
+
+
+def _write_source(path: Path, rows: int) -> None:
+    path.mkdir(exist_ok=True)
+    pq.write_table(pa.table({"id": list(range(rows))}), path / "part-0.parquet")
+
+
+@pytest.fixture(scope="module")
+def kept(tmp_path_factory) -> tuple[Path, Path, dict]:
+    """A cache kept by a process that has ended: (its source, its parent, what that process saw)."""
+    root = tmp_path_factory.mktemp("kept")
+    source, parent = root / "source", root / "caches"
+    _write_source(source, 1000)
+    seen = run_job("reuse_job.py", str(source), str(parent), "keep", cwd=root)
+    return source, parent, seen
+
+
+def _copy(kept, tmp_path) -> tuple[Path, Path, dict]:
+    """The kept cache, its source and parent copied for a test that changes them."""
+    source, parent, seen = kept
+    shutil.copytree(source, tmp_path / "source")
+    shutil.copytree(parent, tmp_path / "caches")
+    name = seen["url"].rsplit("/", 1)[1]
+    return tmp_path / "source", tmp_path / "caches", {**seen, "url": (tmp_path / "caches" / name).as_uri()}
+
+
+@pytest.mark.slow
+def test_a_kept_cache_outlives_its_process_and_a_later_process_reuses_it(kept, tmp_path) -> None:
+    source, parent, first = kept
+    assert (first["rows"], first["id_sum"]) == (500, sum(range(0, 1000, 2)))
+    (cache,) = [p for p in parent.iterdir() if p.name.startswith("sparkfeed-")]  # still there after its exit
+    marker = json.loads((cache / MARKER_NAME).read_text())
+    assert marker["keep"] is True and isinstance(marker["key"], str)
+    again = run_job("reuse_job.py", str(source), str(parent), "no-keep", cwd=tmp_path)
+    assert again["url"] == first["url"] and (again["rows"], again["id_sum"]) == (first["rows"], first["id_sum"])
+    assert cache.exists() and json.loads((cache / USED_NAME).read_text())["at"]  # its reuse is recorded
+
+
+@pytest.mark.slow
+def test_a_changed_source_is_never_served_from_a_kept_cache(kept, tmp_path) -> None:
+    source, parent, first = _copy(kept, tmp_path)
+    _write_source(source, 1200)  # rewritten in place: other rows, same path
+    seen = run_job("reuse_job.py", str(source), str(parent), "no-keep", cwd=tmp_path)
+    assert seen["url"] != first["url"] and (seen["rows"], seen["id_sum"]) == (600, sum(range(0, 1200, 2)))
+    assert [p.name for p in parent.iterdir()] == [first["url"].rsplit("/", 1)[1]]  # the new one was not kept
+
+
+def test_kept_caches_are_not_orphans_and_clean_older_than_removes_them(kept, tmp_path) -> None:
+    _, parent, _ = _copy(kept, tmp_path)
+    location = Location.parse(str(parent))
+    (entry,) = scan(location)
+    assert entry.kept and entry.state == "complete" and entry.liveness.value == "gone" and not entry.orphaned
+    assert collect(location) == [] and collect(location, older_than=datetime.timedelta(days=1)) == []
+    listed = CliRunner().invoke(main, ["cache", "ls", str(parent)])
+    assert listed.output.splitlines()[-1].endswith("  kept")
+    kept_note = CliRunner().invoke(main, ["cache", "clean", str(parent)])
+    assert (
+        "left 1 kept caches (keep=True)" in kept_note.output
+        and (parent / entry.location.url.rsplit("/", 1)[1]).exists()
+    )
+    removed = CliRunner().invoke(main, ["cache", "clean", "--older-than", "0s", str(parent)])
+    assert removed.exit_code == 0 and "removed 1 caches" in removed.output and not any(parent.iterdir())
+    assert CliRunner().invoke(main, ["cache", "clean", "--older-than", "soon", str(parent)]).exit_code == 2
+
+
+def test_the_stable_key_is_the_same_for_the_same_dataframe_and_differs_for_any_change(spark, tmp_path) -> None:
+    _write_source(tmp_path / "s", 100)
+
+    def df(limit: int = 10):
+        return spark.read.parquet(str(tmp_path / "s")).filter(F.col("id") < limit)
+
+    options = MaterializeOptions()
+    key = reuse_key(identify(df(), stable=True), options)
+    assert key is not None and key == reuse_key(identify(df(), stable=True), options)
+    assert reuse_key(identify(df(20), stable=True), options) != key
+    assert reuse_key(identify(df(), stable=True), MaterializeOptions(dtype="float64")) != key
+    assert reuse_key(identify(df().select(F.col("id").cast("int")), stable=True), options) != key
+    _write_source(tmp_path / "s", 101)  # the same path, rewritten
+    assert reuse_key(identify(df(), stable=True), options) != key
+
+
+@pytest.mark.parametrize(
+    ("make", "why"),
+    [
+        (lambda spark: spark.createDataFrame([(1, 2)], "a int, b int"), "LogicalRDD"),
+        (lambda spark: spark.createDataFrame(pd.DataFrame({"a": [1]})), "LogicalRDD"),
+        (lambda spark: spark.range(5).withColumn("r", F.rand(1)), "non-deterministic"),
+        (lambda spark: spark.range(5).withColumn("u", F.udf(lambda x: x + 1, "long")("id")), "PythonUDF"),
+        (lambda spark: spark.range(5).mapInPandas(lambda frames: frames, "id long"), "MapInPandas"),
+    ],
+    ids=["local-rows", "pandas", "rand", "python-udf", "map-in-pandas"],
+)
+def test_dataframes_whose_rows_the_plan_does_not_determine_are_never_reused_across_processes(spark, make, why) -> None:
+    identity = identify(make(spark), stable=True)
+    assert identity.stable is None and why in identity.unstable
+
+
+def test_keep_keeps_the_cache_past_the_process_and_warns_when_no_process_could_reuse_it(
+    spark, tmp_path, caplog
+) -> None:
+    converter = make_spark_converter(
+        spark.range(50).withColumn("x", F.col("id") + 1), cache_dir=str(tmp_path), keep=True
+    )
+    assert converter.location not in owned_caches  # not deleted at exit
+    assert json.loads(Path(converter.location.local_path, MARKER_NAME).read_text())["keep"] is True
+    converter.delete()  # its creator may still delete it
+    assert not Path(converter.location.local_path).exists()
+    with caplog.at_level(logging.WARNING, logger="sparkfeed"):
+        local = make_spark_converter(spark.createDataFrame([(1,)], "a int"), cache_dir=str(tmp_path), keep=True)
+    assert any("no later process will reuse it: its plan holds LogicalRDD" in r.getMessage() for r in caplog.records)
+    local.delete()
+
+
+def test_reuse_and_keep_are_validated(spark) -> None:
+    with pytest.raises(ValueError, match=r"reuse='always' is not allowed: it must be one of \('process', 'auto'\)"):
+        make_spark_converter(spark.range(3), reuse="always")
+    with pytest.raises(ValueError, match=r"keep='yes' is not allowed: it must be a bool"):
+        make_spark_converter(spark.range(3), keep="yes")
