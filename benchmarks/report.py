@@ -205,6 +205,16 @@ def targets(r: Results) -> list[dict[str, Any]]:
             times,
             at_most=True,
         )
+    reused = r.result("reuse.sparkfeed.tabular")
+    if reused is not None:
+        add(
+            "reuse.sparkfeed.tabular",
+            "a cache kept by one process, reused by a new one (reuse='auto') ≤ 1 s",
+            reused["reuse_s"] if reused.get("same_cache") else None,
+            1.0,
+            "{:.2f} s".format,
+            at_most=True,
+        )
     for dataset in ("tabular", "vectors"):
         for case, window in (("numpy_p16", "default 128 MiB"), ("numpy_p16_ra256", "256 MiB")):
             if f"s3.sparkfeed.{dataset}.{case}" in r.by_id:
@@ -509,6 +519,31 @@ def markdown(data: dict[str, Any]) -> str:
             rows,
         )
         lines += [""]
+
+    reused = r.result("reuse.sparkfeed.tabular")
+    if reused is not None:
+        lines += [
+            "## Reuse across processes",
+            "",
+            "The tabular source converted with `keep=True` in one process; then, each in a new Python process with "
+            'its own Spark session, `make_spark_converter(df, reuse="auto")` of the same DataFrame, timed from the '
+            "call to the converter (the session's start-up not counted). Median of the fresh processes.",
+            "",
+            *table(
+                ["dataset", "conversion (keep=True)", "reuse by a new process", "runs", "same cache", "target"],
+                [
+                    [
+                        "tabular",
+                        f"{reused['convert_s']:.2f} s",
+                        f"{reused['reuse_s']:.2f} s",
+                        ", ".join(f"{t:.2f}" for t in reused["reuse_times_s"]),
+                        "yes" if reused["same_cache"] else "**no**",
+                        "; ".join(marks.get("reuse.sparkfeed.tabular", [])),
+                    ]
+                ],
+            ),
+            "",
+        ]
 
     lines += s3_section(r, marks)
 

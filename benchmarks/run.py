@@ -42,7 +42,7 @@ ANCHOR_PYTHON = ANCHOR_DIR / "bin" / "python"
 ANCHOR_SCRIPT = ROOT.parent / "shared" / "anchors" / "petastorm-venv.sh"
 LOG_DIR = DATA_DIR / "logs"
 
-GROUPS = ("tabular", "vectors", "images", "first_batch", "batching", "materialize", "memory", "s3")
+GROUPS = ("tabular", "vectors", "images", "first_batch", "batching", "materialize", "reuse", "memory", "s3")
 DEFAULT_LOADER_ROWS = 300_000
 """Petastorm's row-by-row loader reads the 2M-row tabular set at 30-70k rows/s: over 60 s a run.
 Its tabular cases time the first 300,000 rows instead (rows/s is steady after the first batches)."""
@@ -168,6 +168,7 @@ def build_cases() -> list[Case]:
     for side in ("sparkfeed", "petastorm"):
         for dataset in ("tabular", "vectors"):
             add(f"materialize.{side}.{dataset}", dataset, f"materialize --dataset {dataset}", None)
+    add("reuse.sparkfeed.tabular", "tabular", "reuse --dataset tabular", None)
     add("memory.sparkfeed", "sparkfeed make_numpy_iterator, big dataset read in place", "memory", None)
 
     # The same caches uploaded to a local S3 server (moto on 127.0.0.1, started by this harness):
@@ -592,7 +593,7 @@ def main() -> None:
                 server.stop_recording()
             record(case, result, time.perf_counter() - begun, load)
             return
-        if case.args[0] == "materialize":
+        if case.args[0] in ("materialize", "reuse"):
             result = run_side(case.side, [*case.args, "--repeats", str(repeats)], case.id)
         elif case.args[0] == "memory":
             result = run_side(case.side, list(case.args), case.id)

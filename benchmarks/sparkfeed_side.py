@@ -569,6 +569,51 @@ def materialize(args: argparse.Namespace) -> None:
     )
 
 
+def reuse(args: argparse.Namespace) -> None:
+    """A cache kept by this process (keep=True), found by fresh processes with reuse="auto".
+
+    Each probe is a new Python process with its own Spark session: what it times is the call a
+    restarted job makes, ``make_spark_converter(df, reuse="auto")``, in a JVM that has analyzed
+    nothing yet (its session's start-up is not counted: the job pays it with or without sparkfeed).
+    """
+    import subprocess
+
+    from sparkfeed import make_spark_converter
+
+    spark = spark_session(f"sparkfeed-bench-reuse-{args.dataset}")
+    parent = TMP_DIR / f"sparkfeed-reuse-{args.dataset}"
+    shutil.rmtree(parent, ignore_errors=True)
+    started = time.perf_counter()
+    converter = make_spark_converter(
+        spark.read.parquet(str(source_path(args.dataset))), cache_dir=str(parent), keep=True
+    )
+    convert_s = time.perf_counter() - started
+    times, same = [], True
+    for _ in range(args.repeats):
+        probe = [sys.executable, __file__, "reuse-probe", "--dataset", args.dataset, "--parent", str(parent)]
+        done = subprocess.run(probe, capture_output=True, text=True, check=True)
+        seen = json.loads(done.stdout.strip().splitlines()[-1])
+        times.append(seen["seconds"])
+        same = same and seen["url"] == converter.cache_dir_url
+    converter.delete()
+    stop_spark(spark)
+    shutil.rmtree(parent, ignore_errors=True)
+    emit({"convert_s": convert_s, "reuse_s": statistics.median(times), "reuse_times_s": times, "same_cache": same})
+
+
+def reuse_probe(args: argparse.Namespace) -> None:
+    """One fresh process of :func:`reuse`: prints the cache it got and the seconds the call took."""
+    from sparkfeed import make_spark_converter
+
+    spark = spark_session(f"sparkfeed-bench-reuse-probe-{args.dataset}")
+    df = spark.read.parquet(str(source_path(args.dataset)))
+    started = time.perf_counter()
+    converter = make_spark_converter(df, cache_dir=args.parent, reuse="auto")
+    seconds = time.perf_counter() - started
+    stop_spark(spark)
+    print(json.dumps({"url": converter.cache_dir_url, "seconds": seconds}))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -606,6 +651,12 @@ def main() -> None:
     p = commands.add_parser("materialize")
     p.add_argument("--dataset", required=True)
     p.add_argument("--repeats", type=int, default=3)
+    p = commands.add_parser("reuse")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--repeats", type=int, default=3)
+    p = commands.add_parser("reuse-probe")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--parent", required=True)
     args = parser.parse_args()
     commands_by_name = {
         "serve": serve,
@@ -613,6 +664,8 @@ def main() -> None:
         "memory": memory,
         "batching": batching,
         "materialize": materialize,
+        "reuse": reuse,
+        "reuse-probe": reuse_probe,
     }
     commands_by_name[args.command](args)
 
