@@ -62,7 +62,7 @@ def test_clean_removes_orphans_and_partial_writes_only_and_dry_run_removes_nothi
     assert parent["complete"].exists() and parent["partial"].exists()
     done = _run("cache", "clean", str(parent["root"]))
     assert done.exit_code == 0
-    assert "removed 2 caches" in done.output and "kept 1 caches whose creator runs" in done.output
+    assert "removed 2 caches" in done.output and "left 1 caches whose creator runs" in done.output
     assert not parent["complete"].exists() and not parent["partial"].exists()
     assert parent["running"].exists() and (parent["root"] / "notes.txt").read_text() == "the user's"
     assert "removed 0 caches" in _run("cache", "clean", str(parent["root"])).output
