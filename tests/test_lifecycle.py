@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -83,3 +85,22 @@ def test_an_ignored_sigterm_stays_ignored_and_sigkill_leaves_an_orphan_for_colle
     assert entry.location.url.endswith(left) and entry.state == "complete" and entry.liveness is Liveness.GONE
     assert [e.location for e in collect(parent)] == [entry.location]
     assert _cache_dirs(tmp_path) == []
+
+
+def test_a_forked_child_does_not_keep_the_sigterm_handler() -> None:
+    script = textwrap.dedent(
+        """
+        import os, signal
+        from sparkfeed import lifecycle
+        lifecycle.at_exit(lambda: None)  # from the main thread, over the default action: installed
+        assert signal.getsignal(signal.SIGTERM) is lifecycle._on_sigterm
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0 if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL else 1)
+        _, status = os.waitpid(pid, 0)
+        print(os.waitstatus_to_exitcode(status))
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "0"  # the child dies of SIGTERM at once, even blocked in C

@@ -11,6 +11,10 @@ then runs the cleanup through ``atexit``), and an ignored SIGTERM stays ignored.
 
 SIGKILL cannot be caught: what a killed process leaves behind, the next conversion into the
 same parent directory and ``sparkfeed cache clean`` remove (see :mod:`sparkfeed.cache`).
+
+A forked child does not keep the handler: it has no caches of its own to clean, and a Python
+handler runs only when the child's main thread returns to Python, so a child blocked in C (a
+reader worker waiting on its queue) would not die of the SIGTERM its pool sends to stop it.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ _lock = threading.RLock()  # re-entrant: the signal handler may interrupt the ma
 _cleanups: list[tuple[int, Callable[[], None]]] = []
 _atexit_registered = False
 _sigterm_installed = False
+_fork_hook_registered = False
 
 
 def at_exit(cleanup: Callable[[], None]) -> None:
@@ -81,7 +86,20 @@ def cover_sigterm() -> None:
             # The user's handler, an ignored SIGTERM, or one set outside Python: theirs to keep.
             log.debug("SIGTERM already has a handler (%r): sparkfeed's cleanup runs at exit only", current)
             return
+        global _fork_hook_registered
+        if not _fork_hook_registered and hasattr(os, "register_at_fork"):
+            os.register_at_fork(after_in_child=_forget_in_child)
+            _fork_hook_registered = True
         signal.signal(signal.SIGTERM, _on_sigterm)
+
+
+def _forget_in_child() -> None:
+    """In a forked child: SIGTERM's default action back, and a lock of its own (see the module)."""
+    global _lock, _sigterm_installed
+    _lock = threading.RLock()  # the parent's may have been held by another thread at the fork
+    if signal.getsignal(signal.SIGTERM) is _on_sigterm:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        _sigterm_installed = False
 
 
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:

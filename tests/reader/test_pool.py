@@ -177,3 +177,20 @@ def test_a_fast_pool_logs_no_stall(caplog) -> None:
     with caplog.at_level(logging.INFO, logger="sparkfeed"):
         list(OrderedPool(lambda i: i, workers=2, prefetch=4).imap(range(100)))
     assert not [r for r in caplog.records if "stall" in r.getMessage()]
+
+
+def _sigterm_is_default(_: int) -> bool:
+    import signal
+
+    return signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_process_workers_die_of_sigterm_whatever_handler_their_parent_has() -> None:
+    import signal
+
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: None)  # a user's handler that does not exit
+    try:
+        pool: OrderedPool[int, bool] = OrderedPool(_sigterm_is_default, workers=2, prefetch=4, pool_type="process")
+        assert all(result for _, result in pool.imap(range(8)))  # so the pool's terminate() stops them at once
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -18,6 +18,7 @@ import collections
 import logging
 import multiprocessing
 import os
+import signal
 import sys
 import threading
 import time
@@ -46,6 +47,9 @@ _PARENT_POLL_SECONDS = 0.2
 
 def _install(fn: Callable[[Any], Any] | bytes, parent: int) -> None:
     global _worker_fn
+    # The pool stops a worker with SIGTERM: whatever handler the parent had (the user's, or one a
+    # spawned interpreter set up), a worker must die of it at once, even when blocked in C.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     _die_with(parent)
     if isinstance(fn, bytes):
         from pyspark import cloudpickle
