@@ -92,7 +92,8 @@ def test_the_same_seed_gives_the_same_batches(sources) -> None:
     mixture = mix(sources, seed=9)
     first = _numpy(mixture, batch_size=50, num_epochs=1)
     second = _numpy(pickle.loads(pickle.dumps(mixture)), batch_size=50, num_epochs=1)  # travels to other processes
-    assert len(first) == len(second) and all(np.array_equal(a["id"], b["id"]) for a, b in zip(first, second))
+    assert len(first) == len(second)
+    assert all(np.array_equal(a["id"], b["id"]) for a, b in zip(first, second, strict=True))
 
 
 def test_every_rank_gets_the_same_batches_sizes_and_its_own_rows(sources) -> None:
@@ -136,7 +137,8 @@ def test_a_state_resumes_on_its_own_shard_only(sources) -> None:
 
 
 def test_sources_must_agree_on_columns_and_schema_fields_selects_the_common_ones(spark, sources) -> None:
-    wide = make_spark_converter(_frame(spark, 500_000, 50, 1).selectExpr("id", "CAST(x AS DOUBLE) AS x", "v"), dtype=None)
+    doubles = _frame(spark, 500_000, 50, 1).selectExpr("id", "CAST(x AS DOUBLE) AS x", "v")
+    wide = make_spark_converter(doubles, dtype=None)
     with pytest.raises(ValueError, match=r"column 'x' is float32 .* source 'wiki' but float64 .* source 'wide'"):
         mix({"wiki": sources["wiki"], "wide": wide}).make_numpy_iterator()
     batches = _numpy(mix({"wiki": sources["wiki"], "wide": wide}), batch_size=20, num_epochs=1, schema_fields=["id"])
