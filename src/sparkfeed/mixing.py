@@ -46,7 +46,8 @@ def mix(
     Every batch of ``batch_size`` rows takes from each source a number of rows drawn from the
     multinomial distribution of the weights (so a 0.7/0.3 mix gives 0.7 of the rows from the
     first on average, and every batch varies around it); inside a batch the rows come source
-    after source, in the order of ``converters``, each source's in its own order.
+    after source (in the order of ``converters``, reversed in odd batches), each source's in its own
+    order.
 
     Args:
         converters: The sources, by name: ``{"wiki": conv_a, "code": conv_b}``. They must agree

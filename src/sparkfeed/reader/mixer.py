@@ -3,8 +3,8 @@
 Each source is a NumPy :class:`~sparkfeed.reader.Reader` of its own, reading ahead in its own
 threads. Batch ``b`` of epoch ``e`` takes from each source the number of rows that
 :class:`~sparkfeed.reader.draws.Draws` gives it, a seeded draw that depends on ``(seed, e, b)``
-only; inside the batch, the rows come source after source, in the mixture's order, each source's
-in its own stream order.
+only; inside the batch, the rows come source after source (in the mixture's order, reversed in
+odd batches: see :meth:`Mixer._assemble`), each source's in its own stream order.
 
 Batches are assembled a group at a time: the rows of up to :data:`MAX_GROUP` batches are copied
 into one block, one ``np.concatenate`` per column, which the batch format converts once and cuts
@@ -562,7 +562,7 @@ class Mixer(Generic[C]):
         for source in sources:
             if not source.first_seen:
                 self._check_first(source, pieces)
-        block = self._assemble(counts, pieces)
+        block = self._assemble(first, counts, pieces)
         chunk = self._fmt.convert(block)
         if self._chunk_batches > 1:
             return group, [chunk]
@@ -574,14 +574,31 @@ class Mixer(Generic[C]):
             parts += self._fmt.split(chunk, full * size, int(sizes[-1]), 1)
         return group, parts
 
-    def _assemble(self, counts: np.ndarray, pieces: list[list[list[Piece]]]) -> Columns:
-        """One block of the group's rows: batch after batch, source after source in each; one copy per column."""
-        plan = [piece for i in range(len(counts)) for per_source in pieces for piece in per_source[i]]
+    def _assemble(self, first: int, counts: np.ndarray, pieces: list[list[list[Piece]]]) -> Columns:
+        """One block of the group's rows, batch after batch; one copy per column.
+
+        Inside a batch the rows come source after source: in the mixture's order in even batches,
+        in reverse in odd ones. So the last source of a batch is the first of the next, and its
+        rows of the two batches, consecutive in its stream, are one piece to copy: a group of
+        two sources is about one piece per batch rather than two, and a piece costs each column a
+        slice and a step of ``np.concatenate``, more than its bytes.
+        """
+        sources = len(self._sources)
+        forward, backward = list(range(sources)), list(range(sources - 1, -1, -1))
+        plan: list[Piece] = []
+        for i in range(len(counts)):
+            for k in forward if (first + i) % 2 == 0 else backward:
+                for piece in pieces[k][i]:
+                    last = plan[-1] if plan else None
+                    if last is not None and last[0] is piece[0] and last[2] == piece[1]:
+                        plan[-1] = (last[0], last[1], piece[2])
+                    else:
+                        plan.append(piece)
         names = self._names or []
         block = {name: np.concatenate([columns[name][a:b] for columns, a, b in plan]) for name in names}
         if self._source_column is not None:
-            order = np.tile(np.arange(len(self._sources), dtype=np.int32), len(counts))
-            block[self._source_column] = np.repeat(order, counts.ravel())
+            order = np.array([forward if (first + i) % 2 == 0 else backward for i in range(len(counts))], np.int32)
+            block[self._source_column] = np.repeat(order.ravel(), np.take_along_axis(counts, order, axis=1).ravel())
         if self._chunk_batches == 1 and self._group_size == 1 and plan:
             rows = len(next(iter(block.values())))
             self._group_size = _group_size_of(sum(a.nbytes for a in block.values()) / max(rows, 1), self._batch_size)
