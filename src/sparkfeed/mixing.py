@@ -66,8 +66,8 @@ def mix(
             are not read in that epoch (the next starts every source's next epoch). ``"never"``
             (sampling with replacement): each source repeats its own epochs as long as the mixture
             runs, reshuffled each time, and an epoch of the mixture is ``rows_per_epoch`` rows.
-        rows_per_epoch: With ``stop="never"``, the rows of one epoch of the mixture. None: the sum
-            of the sources' rows (of this shard).
+        rows_per_epoch: With ``stop="never"``, the rows of one epoch of the mixture, on each shard
+            (every rank yields as many). None: the sum of the sources' rows (their shard's).
         source_column: Also give every batch an int32 column of this name: the index of each
             row's source in ``converters`` (for a loss per source). None: no such column.
 
