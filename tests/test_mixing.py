@@ -262,6 +262,13 @@ def test_tf_dataset_gives_the_numpy_batches_as_namedtuples_with_an_element_spec(
     assert all(np.array_equal(a.id.numpy(), b["id"]) for a, b in zip(got, expected, strict=True))
     with mixture.make_tf_dataset(batch_size=24, num_epochs=1, drop_last=True) as dataset:
         assert int(dataset.cardinality()) == len(expected) - 1 == len(list(dataset))
+    # Sampling with replacement and drop_last: the short batch is not drawn, in tf.data as elsewhere.
+    forever = mix(sources, seed=8, stop="never", rows_per_epoch=500)
+    expected = _numpy(forever, batch_size=24, num_epochs=3, drop_last=True)
+    with forever.make_tf_dataset(batch_size=24, num_epochs=3, drop_last=True) as dataset:
+        got = list(dataset)
+    assert len(got) == len(expected) == 3 * (500 // 24)
+    assert all(np.array_equal(a.id.numpy(), b["id"]) for a, b in zip(got, expected, strict=True))
 
 
 def test_jax_batches_are_the_numpy_batches_on_the_device(sources) -> None:

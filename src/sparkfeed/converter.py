@@ -135,6 +135,8 @@ class SparkDatasetConverter:
     ) -> Reader[Any]:
         """The loaders' batch source (see :class:`~sparkfeed.loader.BatchesFactory`)."""
         self._check_alive()
+        if chunk_batches > 1:  # an epoch's short last batch stays in its chunk: see BatchesFactory
+            kwargs["drop_last"] = False
         options = reader_options(
             batch_size=batch_size * chunk_batches, num_epochs=num_epochs, workers_count=workers_count, **kwargs
         )

@@ -114,7 +114,10 @@ class BatchesFactory(Protocol):
     ``chunk_batches`` asks for chunks of that many whole batches of ``batch_size`` rows (only an
     epoch's last may be shorter), which the TF dataset cuts into batches itself: for a reader that
     is one batch of ``batch_size * chunk_batches`` rows; a mixer draws each batch's rows per batch
-    of ``batch_size`` all the same, so that every adapter yields the same batches.
+    of ``batch_size`` all the same, so that every adapter yields the same batches. With
+    ``drop_last``, a mixer leaves out the short batch itself, as in its other loaders (with
+    ``stop="never"`` its rows are then not drawn); a reader keeps it in its last chunk, since it
+    would drop the whole chunk's tail, and tf.data's ``rebatch`` drops it.
     """
 
     def __call__(
@@ -174,13 +177,15 @@ def tf_dataset(
 
     def reader(rows: int, epochs: int | None, drop: bool) -> Batches[Columns]:
         size = min(batch, rows)  # the element-spec probe asks for one row
+        chunks = rows // size
         return make(
             NUMPY,
             size,
             epochs,
             workers_count,
-            chunk_batches=rows // size,
-            drop_last=drop,
+            chunk_batches=chunks,
+            # The user's drop_last, which a factory applies batch by batch where it can (see BatchesFactory).
+            drop_last=drop or (drop_last and chunks > 1),
             shuffling_queue_capacity=shuffling_queue_capacity,
             **kwargs,
         )

@@ -400,7 +400,12 @@ class Mixer(Generic[C]):
         return any(source.reader.filters_rows for source in self._sources)
 
     def __len__(self) -> int:
-        """Batches left in the next iteration; exact unless :attr:`filters_rows`, then an upper bound."""
+        """Batches left in the next iteration: exact unless :attr:`filters_rows`.
+
+        Where a source filters rows, it is the count as if each source gave all its
+        :attr:`Reader.num_rows <sparkfeed.reader.Reader.num_rows>`: with ``"first_exhausted"``
+        an upper bound for filters and predicates, which only make a source run out sooner.
+        """
         count = self.batch_count(self._batch_size, self._drop_last)
         if count is None:
             raise TypeError("a loader with num_epochs=None is infinite and has no len(); pass num_epochs")
@@ -410,8 +415,7 @@ class Mixer(Generic[C]):
         """Batches of ``batch_size`` rows that the next iteration's epochs make; None when it has no end.
 
         With ``stop="first_exhausted"`` each epoch's end follows from the draws and the sources'
-        rows per epoch (:attr:`Reader.num_rows <sparkfeed.reader.Reader.num_rows>`, an upper
-        bound where a source filters rows).
+        rows per epoch (see :meth:`__len__`).
         """
         if self._num_epochs is None:
             return None
