@@ -248,3 +248,28 @@ def test_iterating_again_continues_with_the_next_epochs(tmp_path: Path) -> None:
         with pytest.raises(RuntimeError, match="already being iterated"):
             iter(loader)
     assert all(np.array_equal(x, y) for x, y in zip(first + second, both, strict=True))
+
+
+def _drop_thirds(frame: Any) -> Any:
+    return frame[frame["id"] % 3 != 0]
+
+
+@pytest.mark.parametrize("stop", ["first_exhausted", "never"])
+def test_a_transform_that_drops_rows_resumes_exactly_and_len_is_an_upper_bound(tmp_path: Path, stop: str) -> None:
+    a, b = _write(tmp_path / "a", 240, 0, 25), _write(tmp_path / "b", 90, 1, 20, files=2)
+    mixture = mix({"a": a, "b": b}, {"a": 0.6, "b": 0.4}, seed=3, stop=stop)  # type: ignore[arg-type]
+    kwargs = {"batch_size": 9, "num_epochs": 2, "workers_count": 1, "transform_fn": _drop_thirds, "seed": 1}
+    with mixture.make_numpy_iterator(**kwargs) as loader:
+        bound = len(loader)
+        full = [x["id"].copy() for x in loader]
+    assert len(full) <= bound and all(i % 3 for batch in full for i in batch.tolist())
+    for cut in (1, len(full) // 2, len(full) - 1):
+        with mixture.make_numpy_iterator(**kwargs) as loader:
+            iterator = iter(loader)
+            head = [next(iterator)["id"].copy() for _ in range(cut)]
+            state = json.loads(json.dumps(loader.state_dict()))
+        with mixture.make_numpy_iterator(**kwargs) as loader:
+            loader.load_state_dict(state)
+            rest = [x["id"] for x in loader]
+        assert len(head) + len(rest) == len(full)
+        assert all(np.array_equal(x, y) for x, y in zip(head + rest, full, strict=True))
