@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -226,6 +226,16 @@ def targets(r: Results) -> list[dict[str, Any]]:
                     0.8,
                     pct,
                 )
+    for reader in ("numpy", "torch"):
+        slower = min_rate(r.rate(f"mixing.sparkfeed.{source}.{reader}") for source in ("plain", "zstd"))
+        for tag, shares in (("mix50", "0.5/0.5"), ("mix90", "0.9/0.1")):
+            add(
+                f"mixing.sparkfeed.{tag}.{reader}",
+                f"mixing {reader}: plain + zstd caches at {shares} ≥ 90% of the slower cache alone (issue 13)",
+                ratio(r.rate(f"mixing.sparkfeed.{tag}.{reader}"), slower),
+                0.9,
+                pct,
+            )
     mem = r.result("memory.sparkfeed")
     add(
         "memory.sparkfeed",
@@ -236,6 +246,14 @@ def targets(r: Results) -> list[dict[str, Any]]:
         at_most=True,
     )
     return out
+
+
+def min_rate(rates: Iterable[float | None]) -> float | None:
+    """The slowest of some rates; None when any is missing."""
+    known = list(rates)
+    if any(rate is None for rate in known):
+        return None
+    return min(rate for rate in known if rate is not None)
 
 
 def comparisons(r: Results) -> list[tuple[str, str]]:
@@ -546,6 +564,7 @@ def markdown(data: dict[str, Any]) -> str:
         ]
 
     lines += s3_section(r, marks)
+    lines += mixing_section(r, marks)
 
     mem = [c for c in r.cases if c["group"] == "memory"]
     if mem:
@@ -618,6 +637,45 @@ def markdown(data: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def mixing_section(r: Results, marks: dict[str, list[str]]) -> list[str]:
+    """The mixing group: two caches of the tabular set read alone and mixed with sparkfeed.mix."""
+    cases = [c for c in r.cases if c["group"] == "mixing"]
+    if not cases:
+        return []
+    lines = [
+        "## Mixing: two caches of the tabular set, alone and mixed (`sparkfeed.mix`)",
+        "",
+        "The tabular source converted twice and held at once: uncompressed (plain) and zstd. Each case reads "
+        "one loader, batch 1024, no shuffle, `num_epochs=None` (mixtures: `stop='never'`, `seed=0`); a timed "
+        "run is the next 2,000,000 rows of that same loader, so no run pays for starting threads or for row "
+        "groups read ahead and left unused when a loop stops. The target compares each mixture with the "
+        "slower of its two caches read alone, in the same loader.",
+        "",
+    ]
+    rows = []
+    for case in cases:
+        res = r.result(case["id"])
+        if res is None:
+            rows.append([case["label"], "error (below)", "", "", "", "", ""])
+            continue
+        reader = case["id"].rsplit(".", 1)[1]
+        slower = min_rate(r.rate(f"mixing.sparkfeed.{source}.{reader}") for source in ("plain", "zstd"))
+        rows.append(
+            [
+                case["label"],
+                n(res["rows_per_s"]),
+                spread(res),
+                n(res["mb_per_s"]),
+                rss(res),
+                percent(ratio(res["rows_per_s"], slower)),
+                "; ".join(marks.get(case["id"], [])),
+            ]
+        )
+    header = ["reader", "rows/s", "runs: slowest-fastest", "MB/s", "peak RSS MiB (+over baseline)"]
+    lines += [*table([*header, "vs the slower cache alone", "target"], rows), ""]
+    return lines
 
 
 def s3_section(r: Results, marks: dict[str, list[str]]) -> list[str]:

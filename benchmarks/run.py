@@ -42,13 +42,22 @@ ANCHOR_PYTHON = ANCHOR_DIR / "bin" / "python"
 ANCHOR_SCRIPT = ROOT.parent / "shared" / "anchors" / "petastorm-venv.sh"
 LOG_DIR = DATA_DIR / "logs"
 
-GROUPS = ("tabular", "vectors", "images", "first_batch", "batching", "materialize", "reuse", "memory", "s3")
+GROUPS = ("tabular", "vectors", "images", "first_batch", "batching", "materialize", "reuse", "memory", "s3", "mixing")
 DEFAULT_LOADER_ROWS = 300_000
 """Petastorm's row-by-row loader reads the 2M-row tabular set at 30-70k rows/s: over 60 s a run.
 Its tabular cases time the first 300,000 rows instead (rows/s is steady after the first batches)."""
 CASE_TIMEOUT_S = 900
 BATCHING_ONE_ROWS = 200_000
 """Rows the batch-size-1 batching cases time: 200,000 batches, a second or two when batching is linear."""
+MIXING_ROWS = 2_000_000
+"""Rows per timed run of the mixing group (the tabular set's size), from one loader that lives across runs."""
+MIXES = (
+    ("plain", "plain", "the plain cache alone"),
+    ("zstd", "zstd", "the zstd cache alone"),
+    ("mix50", "plain:0.5,zstd:0.5", "mix(plain 0.5, zstd 0.5), stop='never'"),
+    ("mix90", "plain:0.9,zstd:0.1", "mix(plain 0.9, zstd 0.1), stop='never'"),
+)
+"""The mixing group's cases: (tag, --mix, label). The targets compare each mixture with the slower source alone."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -196,6 +205,14 @@ def build_cases() -> list[Case]:
         for reader, name in (("numpy", "make_numpy_iterator"), ("torch", "make_torch_dataloader")):
             add(f"s3.sparkfeed.{dataset}.local_{reader}", f"sparkfeed {name} from the local cache",
                 f"--reader {reader} --file-mb", holder, peer=dataset)
+
+    # Two caches of the tabular set, uncompressed and zstd, held at once, read alone and mixed: in
+    # steady state (one loader, runs of MIXING_ROWS rows each), since a mixture runs long by design.
+    sf_mix = ("sparkfeed", "tabular", "plain+zstd")
+    for reader, name in (("numpy", "make_numpy_iterator"), ("torch", "make_torch_dataloader")):
+        for tag, spec, label in MIXES:
+            add(f"mixing.sparkfeed.{tag}.{reader}", f"sparkfeed {name}, {label}",
+                f"--reader {reader} --mix {spec} --steady-rows {MIXING_ROWS}", sf_mix, peer=reader)
     return cases
 # fmt: on
 

@@ -5,8 +5,14 @@ a fresh process and its peak RSS is its own:
 
     serve --dataset tabular [--codec zstd] --handle F   convert once, pickle the converter to F, then
                                                          hold the cache until stdin closes (the cache
-                                                         lives as long as the process that made it)
+                                                         lives as long as the process that made it);
+                                                         --codec plain+zstd: one converter per codec,
+                                                         pickled as a dict by codec
     case --handle F --reader torch [...]                 one measured case on that cache
+    case --handle F --reader torch --mix plain:0.9,zstd:0.1 --steady-rows N
+                                                         a mixture of a plain+zstd holder's converters
+                                                         (or one alone: --mix zstd), N rows per timed
+                                                         run of one long-lived loader
     memory                                               stream the big dataset once, peak RSS
     batching --reader numpy --batch-size 1               batches/s cutting one 3M-row row group
     materialize --dataset tabular                        make_spark_converter vs df.write.parquet
@@ -77,29 +83,37 @@ def serve(args: argparse.Namespace) -> None:
 
     spark = spark_session(f"sparkfeed-bench-serve-{args.dataset}")
     started = time.perf_counter()
-    converter = make_spark_converter(
-        spark.read.parquet(str(source_path(args.dataset))),
-        compression_codec=args.codec,
-        cache_dir=str(CACHE_DIR / "sparkfeed"),
-    )
+    # "plain+zstd" (the mixing group): the same source converted once per codec, both held at once.
+    codecs = args.codec.split("+") if args.codec and "+" in args.codec else [args.codec]
+    converters = {
+        codec: make_spark_converter(
+            spark.read.parquet(str(source_path(args.dataset))),
+            compression_codec=None if codec == "plain" else codec,
+            cache_dir=str(CACHE_DIR / "sparkfeed"),
+        )
+        for codec in codecs
+    }
     convert_s = time.perf_counter() - started
     stop_spark(spark)  # Reading needs no Spark; an idle JVM would only add noise.
-    Path(args.handle).write_bytes(pickle.dumps(converter))
-    files = [url.removeprefix("file://") for url in converter.file_urls]
+    held = converters if len(codecs) > 1 else converters[codecs[0]]
+    Path(args.handle).write_bytes(pickle.dumps(held))
+    files = [url.removeprefix("file://") for converter in converters.values() for url in converter.file_urls]
+    first = next(iter(converters.values()))
     emit(
         {
             "ready": True,
             "convert_s": convert_s,
-            "cache_url": converter.cache_dir_url,
-            "rows": len(converter),
+            "cache_url": first.cache_dir_url,
+            "rows": len(first),
             "files": len(files),
-            "row_groups": sum(len(entry.row_groups) for entry in converter.manifest.files),
+            "row_groups": sum(len(entry.row_groups) for c in converters.values() for entry in c.manifest.files),
             "cache_bytes": sum(Path(f).stat().st_size for f in files),
             "versions": versions(),
         }
     )
     sys.stdin.read()  # The orchestrator closes our stdin when the dataset's cases are done.
-    converter.delete()
+    for converter in converters.values():
+        converter.delete()
 
 
 # --------------------------------------------------------------------------- loaders
@@ -140,6 +154,8 @@ def loader_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         kwargs["prefetch"] = args.prefetch
     if getattr(args, "read_ahead_mb", None) is not None:
         kwargs["read_ahead_bytes"] = args.read_ahead_mb * 1024 * 1024
+    if getattr(args, "steady_rows", None):
+        kwargs["num_epochs"] = None  # one loader for every run: see steady()
     return kwargs
 
 
@@ -386,10 +402,39 @@ def open_reader(converter: Any, args: argparse.Namespace) -> Any:
 # --------------------------------------------------------------------------- cases
 
 
+def mixed(held: dict[str, Any], spec: str) -> Any:
+    """What a mixing case reads: one of the holder's converters alone (``zstd``), or a mixture of them
+    (``plain:0.9,zstd:0.1``) that samples with replacement, so that it runs as long as asked."""
+    import sparkfeed
+
+    parts = [part.split(":") for part in spec.split(",")]
+    if len(parts) == 1:
+        return held[parts[0][0]]
+    return sparkfeed.mix({name: held[name] for name, _ in parts}, {n: float(w) for n, w in parts}, seed=0, stop="never")
+
+
+def steady(loader: Any, rows: int) -> Any:
+    """A timed run of ``rows`` rows from a loader that lives across runs: throughput in steady state.
+
+    The loader repeats forever (``num_epochs=None``), and each run continues where the previous one
+    stopped, so no run pays for starting the reader threads, nor for row groups read ahead and left
+    unused by a loop that stops: a mixture's sources each read ahead, and a short run would charge
+    it for that more than a single reader.
+    """
+    batches = iter(loader)
+
+    def run() -> tuple[int, int]:
+        return consume(batches, rows)
+
+    return run
+
+
 def case(args: argparse.Namespace) -> None:
     import sparkfeed
 
     converter = pickle.loads(Path(args.handle).read_bytes())
+    if args.mix:
+        converter = mixed(converter, args.mix)
     local = converter
     if args.s3_url and args.reader not in PLAIN_READS:
         # The uploaded cache read in place, as a user would point at an existing dataset.
@@ -400,7 +445,9 @@ def case(args: argparse.Namespace) -> None:
         import tensorflow  # noqa: F401
     elif args.reader in ("jax", "jax_ceiling"):
         import jax  # noqa: F401
-    result: dict[str, Any] = {"sparkfeed": sparkfeed.__version__, "rows_total": len(converter)}
+    result: dict[str, Any] = {"sparkfeed": sparkfeed.__version__}
+    if not args.mix:
+        result["rows_total"] = len(converter)
     baseline = rss_bytes()
     if args.reader == "first_batch":
 
@@ -433,7 +480,11 @@ def case(args: argparse.Namespace) -> None:
             with open_reader(converter, args) as batches:
                 return consume(batches, args.max_rows)
 
-        result.update(measure(run, args.repeats, args.min_time))
+        if args.steady_rows:
+            with sparkfeed_loader(converter, args) as loader:
+                result.update(measure(steady(loader, args.steady_rows), args.repeats, args.min_time))
+        else:
+            result.update(measure(run, args.repeats, args.min_time))
         if args.s3_url or files or args.file_mb:
             # The cache's size on disk per second of the same median run: comparable across the
             # download anchors (whose bytes are files) and the loaders (whose MB/s are decoded arrays).
@@ -640,6 +691,8 @@ def main() -> None:
     p.add_argument("--s3-url", default=None, help="read the cache uploaded here (s3://bucket/name) instead")
     p.add_argument("--storage-options", default="{}", help="JSON: pyarrow S3FileSystem keyword arguments")
     p.add_argument("--file-mb", action="store_true", help="also report the cache's file bytes per second")
+    p.add_argument("--mix", default=None, help="with a plain+zstd holder: 'zstd', or weights 'plain:0.9,zstd:0.1'")
+    p.add_argument("--steady-rows", type=int, default=None, help="rows per timed run of one long-lived loader")
     p = commands.add_parser("memory")
     p.add_argument("--batch-size", type=int, default=1024)
     p = commands.add_parser("batching")

@@ -36,6 +36,7 @@ from sparkfeed import (
     TransformSpec,
     make_predict_fn,
     make_spark_converter,
+    mix,
     register_delete_dir_handler,
 )
 from sparkfeed.distributed import RANK_VARIABLES
@@ -197,6 +198,7 @@ FUNCTIONS: dict[str, Callable[..., Any]] = {
     "edit_field": edit_field,
     "register_delete_dir_handler": register_delete_dir_handler,
     "make_predict_fn": make_predict_fn,
+    "mix": mix,
     **{name: getattr(sparkfeed.predicates, name) for name in sparkfeed.predicates.__all__ if name != "PredicateBase"},
 }
 """Each table of parameters in api.md (by its heading's name) and the callable it documents."""

@@ -8,6 +8,7 @@ __version__ = "0.1.0"
 
 from sparkfeed.converter import SparkDatasetConverter, make_spark_converter, register_delete_dir_handler
 from sparkfeed.inference import make_predict_fn
+from sparkfeed.mixing import mix
 from sparkfeed.transform import TransformSpec
 from sparkfeed.types import NullValueError, UnsupportedTypeError
 
@@ -19,6 +20,7 @@ __all__ = [
     "__version__",
     "make_predict_fn",
     "make_spark_converter",
+    "mix",
     "register_delete_dir_handler",
 ]
 assert __all__ == sorted(__all__), "keep __all__ sorted"

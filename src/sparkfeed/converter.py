@@ -26,6 +26,7 @@ from sparkfeed.cache import (
 from sparkfeed.cache import (
     register_delete_dir_handler as register_delete_dir_handler,  # Petastorm has it in its converter module
 )
+from sparkfeed.loader import DEFAULT_BATCH_SIZE, jax_iterator, tf_dataset, torch_dataloader
 from sparkfeed.location import Location
 from sparkfeed.materialize import (
     DataFrameIdentity,
@@ -42,9 +43,6 @@ from sparkfeed.reader.batch import NUMPY, BatchFormat, Columns
 from sparkfeed.types import column_specs
 
 log = logging.getLogger(__name__)
-
-DEFAULT_BATCH_SIZE = 32
-"""Rows per batch when none is given, or None is (Petastorm's default, and its meaning of None)."""
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
@@ -130,12 +128,28 @@ class SparkDatasetConverter:
         registry.forget(self._location)
         self._deleted = True
 
-    def _reader(
-        self, fmt: BatchFormat[Any], batch_size: int, num_epochs: int | None, workers_count: int | None, **kwargs: Any
-    ) -> Reader[Any]:
+    def _check_alive(self) -> None:
+        """Raises a ``RuntimeError`` if :meth:`delete` removed the cache: no loader can read it any more."""
         if self._deleted:
             raise RuntimeError(f"this converter's cache {self.cache_dir_url} was deleted; convert the DataFrame again")
-        options = reader_options(batch_size=batch_size, num_epochs=num_epochs, workers_count=workers_count, **kwargs)
+
+    def _reader(
+        self,
+        fmt: BatchFormat[Any],
+        batch_size: int,
+        num_epochs: int | None,
+        workers_count: int | None,
+        *,
+        chunk_batches: int = 1,
+        **kwargs: Any,
+    ) -> Reader[Any]:
+        """The loaders' batch source (see :class:`~sparkfeed.loader.BatchesFactory`)."""
+        self._check_alive()
+        if chunk_batches > 1:  # an epoch's short last batch stays in its chunk: see BatchesFactory
+            kwargs["drop_last"] = False
+        options = reader_options(
+            batch_size=batch_size * chunk_batches, num_epochs=num_epochs, workers_count=workers_count, **kwargs
+        )
         return Reader(self._location, self._manifest, options, fmt)
 
     @known_keywords
@@ -196,14 +210,9 @@ class SparkDatasetConverter:
         Raises:
             ValueError: An argument is out of range, or ``data_loader_fn`` is another loader.
         """
-        from sparkfeed.torch import TorchDataLoader, TorchFormat, check_data_loader_fn
-
-        check_data_loader_fn(data_loader_fn)
-        batch = DEFAULT_BATCH_SIZE if batch_size is None else batch_size
-        reader = self._reader(
-            TorchFormat(), batch, num_epochs, workers_count, shuffling_queue_capacity=shuffling_queue_capacity, **kwargs
+        return torch_dataloader(
+            self._reader, batch_size, num_epochs, workers_count, shuffling_queue_capacity, data_loader_fn, dict(kwargs)
         )
-        return TorchDataLoader(reader)
 
     # Petastorm's positional order makes prefetch and shuffling_queue_capacity parameters (see above).
     @known_keywords
@@ -247,31 +256,9 @@ class SparkDatasetConverter:
             UnsupportedTypeError: A column holds arrays of varying length.
             ValueError: An argument is out of range.
         """
-        from sparkfeed.tf import TfDatasetContext
-
-        batch = DEFAULT_BATCH_SIZE if batch_size is None else batch_size
-        drop_last = kwargs.pop("drop_last", False)
-        # Every argument checked as the user gave it, before the reader's super-batches are sized from it.
-        reader_options(
-            batch_size=batch,
-            num_epochs=num_epochs,
-            workers_count=workers_count,
-            shuffling_queue_capacity=shuffling_queue_capacity,
-            **kwargs,
+        return tf_dataset(
+            self._reader, batch_size, prefetch, num_epochs, workers_count, shuffling_queue_capacity, dict(kwargs)
         )
-
-        def reader(rows: int, epochs: int | None, drop: bool) -> Reader[Columns]:
-            return self._reader(
-                NUMPY,
-                rows,
-                epochs,
-                workers_count,
-                drop_last=drop,
-                shuffling_queue_capacity=shuffling_queue_capacity,
-                **kwargs,
-            )
-
-        return TfDatasetContext(reader, batch, num_epochs, prefetch, drop_last)
 
     @known_keywords
     def make_jax_iterator(
@@ -298,10 +285,7 @@ class SparkDatasetConverter:
             sharding: A ``jax.sharding.Sharding`` to place each batch with, instead of a device.
             **kwargs: The reader arguments of :class:`~sparkfeed.options.ReaderArgs`.
         """
-        from sparkfeed.jax import JaxIterator, jax_format
-
-        fmt = jax_format(batch_size, device, sharding)
-        return JaxIterator(self._reader(fmt, batch_size, num_epochs, workers_count, **kwargs), device, sharding)
+        return jax_iterator(self._reader, batch_size, num_epochs, workers_count, device, sharding, dict(kwargs))
 
 
 @known_keywords

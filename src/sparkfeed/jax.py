@@ -21,8 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from sparkfeed.loader import ReaderLoader
-from sparkfeed.reader import Reader
+from sparkfeed.loader import Batches, ReaderLoader
 from sparkfeed.reader.batch import NUMPY, BatchFormat, Columns, Signature, numpy_signature
 from sparkfeed.types import array_view
 
@@ -293,11 +292,11 @@ class JaxIterator(ReaderLoader):
         sharding: A ``jax.sharding.Sharding`` to place each batch with, instead of a device.
     """
 
-    def __init__(self, reader: Reader[JaxChunk] | Reader[Columns], device: Any = None, sharding: Any = None) -> None:
+    def __init__(self, reader: Batches[JaxChunk] | Batches[Columns], device: Any = None, sharding: Any = None) -> None:
         target = _target(device, sharding)
         import_jax()
         super().__init__(reader)
-        self._batches: Reader[Any] = reader
+        self._batches: Batches[Any] = reader
         self._target = target
         self._x64 = x64_enabled()
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
+import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal, TypedDict, TypeVar
@@ -510,3 +511,69 @@ def known_keywords(fn: _F) -> _F:
         return fn(*args, **kwargs)
 
     return wrapper  # type: ignore[return-value]
+
+
+MixStop = Literal["first_exhausted", "never"]
+MIX_STOPS: tuple[MixStop, ...] = ("first_exhausted", "never")
+
+
+@dataclasses.dataclass(frozen=True)
+class MixOptions:
+    """How :func:`sparkfeed.mix` mixes its sources, validated once; the loaders' arguments are :class:`ReaderOptions`.
+
+    Attributes:
+        names: The sources' names, in order.
+        weights: Each source's weight, in the same order: positive and finite; normalised to
+            :attr:`probabilities`.
+        seed: The seed of the per-batch draws; None: the loader's ``seed``, else one drawn.
+        stop: ``"first_exhausted"`` or ``"never"`` (see :func:`sparkfeed.mix`).
+        rows_per_epoch: With ``stop="never"``, rows per epoch of the mixture; None: the sum of the
+            sources' rows (their shard's).
+        source_column: Name of a column added to every batch: the index in :attr:`names` of each
+            row's source. None: no such column.
+    """
+
+    names: tuple[str, ...]
+    weights: tuple[float, ...]
+    seed: int | None = None
+    stop: MixStop = "first_exhausted"
+    rows_per_epoch: int | None = None
+    source_column: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.names:
+            raise ValueError("mix needs at least one converter: pass {'name': converter, ...}")
+        for name in self.names:
+            if not isinstance(name, str) or not name:
+                raise ValueError(f"mix: the source name {name!r} is not allowed: names are non-empty strings")
+        if len(self.weights) != len(self.names):
+            raise ValueError(f"mix: {len(self.weights)} weights for {len(self.names)} sources")
+        weights = []
+        for name, weight in zip(self.names, self.weights, strict=True):
+            real = isinstance(weight, (int, float, np.integer, np.floating)) and not isinstance(
+                weight, (bool, np.bool_)
+            )
+            if not real or not np.isfinite(weight) or weight <= 0:
+                raise ValueError(
+                    f"mix: weights[{name!r}]={weight!r} is not allowed: every weight must be a finite number > 0 "
+                    "(leave a source out of the mix rather than give it weight 0)"
+                )
+            weights.append(float(weight))
+        _store(self, "weights", tuple(weights))
+        _store(self, "seed", _check_int("seed", self.seed, 0, optional=True))
+        if self.stop not in MIX_STOPS:
+            raise ValueError(f"stop={self.stop!r} is not allowed: it must be one of {MIX_STOPS}")
+        _store(self, "rows_per_epoch", _check_int("rows_per_epoch", self.rows_per_epoch, 1, optional=True))
+        if self.rows_per_epoch is not None and self.stop != "never":
+            raise ValueError(
+                f"rows_per_epoch={self.rows_per_epoch} is not allowed with stop={self.stop!r}: an epoch that stops at "
+                "its first exhausted source has the length the draws give it; pass stop='never' for a fixed length"
+            )
+        if self.source_column is not None and (not isinstance(self.source_column, str) or not self.source_column):
+            raise ValueError(f"source_column={self.source_column!r} is not allowed: it must be a column name or None")
+
+    @property
+    def probabilities(self) -> tuple[float, ...]:
+        """The weights normalised to sum to 1: each source's expected share of a batch's rows."""
+        total = math.fsum(self.weights)
+        return tuple(weight / total for weight in self.weights)

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from sparkfeed.reader import Reader
+from sparkfeed.loader import Batches
 from sparkfeed.reader.batch import Columns
 from sparkfeed.types import FrameworkView, NullValueError, array_view
 
@@ -57,7 +57,9 @@ class TfDatasetContext:
     """What ``make_tf_dataset`` returns: entering gives the dataset, leaving stops the reader.
 
     Args:
-        make_reader: ``(rows per batch, num_epochs, drop_last) -> Reader`` with the user's reader arguments.
+        make_reader: ``(rows per batch, num_epochs, drop_last) -> Batches`` with the user's reader
+            arguments: a reader, or a mixer, whose batches of ``rows`` rows are whole batches of
+            ``batch_size`` rows but at the end of an epoch.
         batch_size: Rows per batch.
         num_epochs: Epochs per iteration of the dataset (None: forever).
         prefetch: tf.data prefetch buffer (None: AUTOTUNE).
@@ -66,7 +68,7 @@ class TfDatasetContext:
 
     def __init__(
         self,
-        make_reader: Callable[[int, int | None, bool], Reader[Columns]],
+        make_reader: Callable[[int, int | None, bool], Batches[Columns]],
         batch_size: int,
         num_epochs: int | None,
         prefetch: int | None,
@@ -85,8 +87,7 @@ class TfDatasetContext:
         # drops it there; the reader itself drops only when it reads batch by batch.
         self._reader = make_reader(batch_size * per_super, num_epochs, drop_last and per_super == 1)
         self._reader.show_progress_in(batch_size, drop_last)  # a progress bar counts the batches Keras sees
-        per_epoch = self._reader.num_rows // batch_size if drop_last else -(-self._reader.num_rows // batch_size)
-        self._batches = None if num_epochs is None else num_epochs * per_epoch
+        self._batches = self._reader.batch_count(batch_size, drop_last)
         self._drop_last = drop_last
         self._batch_size = batch_size
         self._rebatch = per_super > 1
@@ -94,7 +95,7 @@ class TfDatasetContext:
         self._signature = self._infer_signature(make_reader)
         self._failure: BaseException | None = None
 
-    def _infer_signature(self, make_reader: Callable[[int, int | None, bool], Reader[Columns]]) -> Any:
+    def _infer_signature(self, make_reader: Callable[[int, int | None, bool], Batches[Columns]]) -> Any:
         """The element spec: from the cache's schema, or after a transform from one read batch."""
         known = self._reader.columns
         if known is not None:

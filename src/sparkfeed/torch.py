@@ -8,8 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from sparkfeed.loader import ReaderLoader
-from sparkfeed.reader import Reader
+from sparkfeed.loader import Batches, ReaderLoader
 from sparkfeed.reader.batch import Columns, Signature
 from sparkfeed.types import FrameworkView, array_view, framework_view
 
@@ -153,7 +152,7 @@ class TorchDataLoader(ReaderLoader):
     ``state_dict()`` / ``load_state_dict()`` save and restore the position mid-epoch.
     """
 
-    def __init__(self, reader: Reader[TorchBatch]) -> None:
+    def __init__(self, reader: Batches[TorchBatch]) -> None:
         super().__init__(reader)
         self._torch_reader = reader
 

@@ -191,11 +191,23 @@ class Reader(Generic[C]):
         With filters or a predicate it is an upper bound: the batches of every row that the
         row groups' statistics could not rule out, as if all of them passed.
         """
-        if self._options.num_epochs is None:
+        count = self.batch_count(self._options.batch_size, self._options.drop_last)
+        if count is None:
             raise TypeError("a loader with num_epochs=None is infinite and has no len(); pass num_epochs")
+        return count
+
+    def batch_count(self, batch_size: int, drop_last: bool) -> int | None:
+        """Batches of ``batch_size`` rows that the next iteration's epochs make, each epoch cut on its own.
+
+        ``len()`` in this reader's own batch size; an adapter that reads larger batches and cuts
+        them itself (the TF dataset's super-batches) counts the batches its user receives.
+        None when ``num_epochs=None``: the iteration has no end. An upper bound where
+        :attr:`filters_rows`, as ``len()``.
+        """
+        if self._options.num_epochs is None:
+            return None
         start, end = self._iteration_range()
-        size, drop_last = self._options.batch_size, self._options.drop_last
-        return sum(_batches(self._epoch_rows(epoch, start), size, drop_last) for epoch in range(start.epoch, end))
+        return sum(_batches(self._epoch_rows(epoch, start), batch_size, drop_last) for epoch in range(start.epoch, end))
 
     def _epoch_rows(self, epoch: int, start: Position) -> int:
         """Rows of ``epoch`` in an iteration starting at ``start``: what remains of a resumed first epoch."""

@@ -1,0 +1,275 @@
+"""The mixer on real readers, without Spark: Parquet written with pyarrow, manifests made by hand.
+
+Small datasets of any size are cheap this way, so the properties (exact resume, rows used at most
+once per epoch, the exhausted source's exactly once) are checked by Hypothesis over sizes,
+weights, batch sizes and both ways of ending an epoch.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import tempfile
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from sparkfeed import SparkDatasetConverter, mix
+from sparkfeed.cache import FileEntry, Manifest
+from sparkfeed.reader.draws import BLOCK, Draws
+
+OFFSET = 1_000_000
+"""Source k's ids start at k * OFFSET, so that an id names its source and its row."""
+
+
+def _write(root: Path, rows: int, number: int, row_group: int, files: int = 1) -> SparkDatasetConverter:
+    """A converter of ``rows`` rows (id, x) in ``files`` Parquet files of ``row_group``-row groups."""
+    root.mkdir(parents=True, exist_ok=True)
+    bounds = np.linspace(0, rows, files + 1).astype(int)
+    entries = []
+    for part, (low, high) in enumerate(itertools.pairwise(bounds)):
+        name = f"part-{part}.parquet"
+        ids = np.arange(low, high) + number * OFFSET
+        table = pa.table({"id": pa.array(ids, pa.int64()), "x": pa.array(ids * 0.5, pa.float32())})
+        pq.write_table(table, root / name, row_group_size=row_group)
+        meta = pq.ParquetFile(root / name).metadata
+        entries.append(FileEntry(name, tuple(meta.row_group(g).num_rows for g in range(meta.num_row_groups))))
+    schema = pa.schema([("id", pa.int64()), ("x", pa.float32())])
+    manifest = Manifest(files=tuple(entries), schema=schema, shapes={}, options={}, key=f"mix-{number}-{rows}")
+    return SparkDatasetConverter(root.as_uri(), manifest)
+
+
+def _stream(loader: Any) -> list[tuple[int, np.ndarray, np.ndarray]]:
+    """Every batch as (its epoch, ids, sources), the epoch read from the state after it."""
+    out = []
+    for batch in loader:
+        state = loader.state_dict()
+        epoch = state["epoch"] if state["batch"] else state["epoch"] - 1
+        out.append((epoch, batch["id"].copy(), batch["src"].copy()))
+    return out
+
+
+def _same(a: list[tuple[int, np.ndarray, np.ndarray]], b: list[tuple[int, np.ndarray, np.ndarray]]) -> bool:
+    return len(a) == len(b) and all(
+        x[0] == y[0] and np.array_equal(x[1], y[1]) and np.array_equal(x[2], y[2]) for x, y in zip(a, b, strict=True)
+    )
+
+
+@given(
+    sizes=st.lists(st.integers(1, 150), min_size=1, max_size=3),
+    groups=st.lists(st.integers(1, 60), min_size=3, max_size=3),
+    weights=st.lists(st.floats(0.05, 1.0), min_size=3, max_size=3),
+    batch_size=st.integers(1, 40),
+    stop=st.sampled_from(["first_exhausted", "never"]),
+    rows_per_epoch=st.integers(1, 400),
+    num_epochs=st.integers(1, 3),
+    drop_last=st.booleans(),
+    shuffle=st.booleans(),
+    seed=st.integers(0, 2**32),
+    cut=st.integers(0, 10_000),
+)
+def test_resuming_after_any_batch_continues_the_stream_and_every_row_is_used_once_an_epoch(
+    sizes: list[int],
+    groups: list[int],
+    weights: list[float],
+    batch_size: int,
+    stop: str,
+    rows_per_epoch: int,
+    num_epochs: int,
+    drop_last: bool,
+    shuffle: bool,
+    seed: int,
+    cut: int,
+) -> None:
+    if stop == "never" and drop_last and rows_per_epoch < batch_size:
+        rows_per_epoch = batch_size  # refused otherwise (an empty epoch): tested on its own
+    with tempfile.TemporaryDirectory() as tmp:
+        converters = {
+            f"s{k}": _write(Path(tmp) / f"s{k}", rows, k, groups[k], files=1 + k % 2) for k, rows in enumerate(sizes)
+        }
+        mixture = mix(
+            converters,
+            {name: weights[k] for k, name in enumerate(converters)},
+            seed=seed,
+            stop=stop,  # type: ignore[arg-type]
+            rows_per_epoch=rows_per_epoch if stop == "never" else None,
+            source_column="src",
+        )
+        kwargs: dict[str, Any] = {
+            "batch_size": batch_size,
+            "num_epochs": num_epochs,
+            "drop_last": drop_last,
+            "workers_count": 1,
+            "shuffle_row_groups": shuffle,
+            "shuffling_queue_capacity": 25 if shuffle else 0,
+            "seed": 11,
+        }
+        with mixture.make_numpy_iterator(**kwargs) as loader:
+            expected_len = len(loader)
+            full = _stream(loader)
+        assert len(full) == expected_len
+
+        # Stopped after any batch (or before the first), saved through JSON, resumed by a new loader.
+        stop_at = cut % (len(full) + 1)
+        with mixture.make_numpy_iterator(**kwargs) as loader:
+            iterator = iter(loader)
+            head = []
+            for _ in range(stop_at):
+                batch = next(iterator)
+                state = loader.state_dict()
+                epoch = state["epoch"] if state["batch"] else state["epoch"] - 1
+                head.append((epoch, batch["id"].copy(), batch["src"].copy()))
+            saved = json.loads(json.dumps(loader.state_dict()))
+        with mixture.make_numpy_iterator(**kwargs) as loader:
+            loader.load_state_dict(saved)
+            assert len(loader) == len(full) - stop_at
+            rest = _stream(loader)
+        assert _same(head + rest, full)
+
+    # Rows follow their sources, and each batch's source column says where each came from.
+    for number, (_, ids, src) in enumerate(full):
+        assert np.array_equal(ids // OFFSET, src)
+        # Source after source inside a batch: in the mixture's order, reversed in odd batches (of an epoch).
+        steps = np.diff(src)
+        assert np.all(steps >= 0) or np.all(steps <= 0), number
+    sizes_of = dict(enumerate(sizes))
+    if stop == "first_exhausted":
+        for epoch in range(num_epochs):
+            batches = [(ids, src) for e, ids, src in full if e == epoch]
+            ids = np.concatenate([b[0] for b in batches]) if batches else np.zeros(0, np.int64)
+            assert len(set(ids.tolist())) == len(ids)  # at most once per epoch
+            counts = Counter((ids // OFFSET).tolist())
+            if not drop_last:  # the source that ran out gave every row it has
+                assert any(counts[k] == sizes_of[k] for k in sizes_of)
+            assert all(len(b[0]) == batch_size for b in batches[:-1])
+    else:
+        rows = [len(ids) for _, ids, _ in full]
+        per_epoch = (rows_per_epoch // batch_size) * batch_size if drop_last else rows_per_epoch
+        assert sum(rows) == num_epochs * per_epoch
+        # Each source goes through its own epochs one after another, whatever the mixture's epochs.
+        every = np.concatenate([ids for _, ids, _ in full])
+        for k, size in sizes_of.items():
+            used = every[every // OFFSET == k]
+            for start in range(0, len(used), size):
+                window = used[start : start + size].tolist()
+                assert len(set(window)) == len(window)
+                if len(window) == size:
+                    assert set(window) == set(range(k * OFFSET, k * OFFSET + size))
+
+
+def test_the_draws_depend_on_seed_epoch_and_batch_only() -> None:
+    draws = Draws(5, [0.25, 0.75], 64, "first_exhausted")
+    again = Draws(5, [0.25, 0.75], 64, "first_exhausted")
+    across = draws.counts(0, BLOCK - 3, 6)  # across a block boundary
+    assert np.array_equal(across, np.concatenate([again.counts(0, BLOCK - 3, 3), again.counts(0, BLOCK, 3)]))
+    assert (across.sum(axis=1) == 64).all()
+    assert not np.array_equal(draws.counts(0, 0, 50), draws.counts(1, 0, 50))
+    assert not np.array_equal(draws.counts(0, 0, 50), Draws(6, [0.25, 0.75], 64, "first_exhausted").counts(0, 0, 50))
+    shares = draws.counts(3, 0, 2000).sum(axis=0) / (2000 * 64)
+    assert abs(shares[0] - 0.25) < 0.01
+
+
+def test_a_never_epoch_is_rows_per_epoch_rows_with_a_short_last_batch() -> None:
+    draws = Draws(1, [0.5, 0.5], 100, "never", rows_per_epoch=2_550)
+    counts = draws.counts(0, 0, 10_000)
+    assert len(counts) == 26 and counts.sum() == 2_550 and counts[-1].sum() == 50
+    dropped = Draws(1, [0.5, 0.5], 100, "never", rows_per_epoch=2_550, drop_last=True)
+    assert dropped.counts(0, 0, 10_000).sum() == 2_500
+
+
+def test_the_epoch_end_computed_from_the_draws_is_where_the_mixer_ends(tmp_path: Path) -> None:
+    a, b = _write(tmp_path / "a", 300, 0, 40), _write(tmp_path / "b", 120, 1, 25, files=2)
+    mixture = mix({"a": a, "b": b}, {"a": 0.5, "b": 0.5}, seed=4)
+    with mixture.make_numpy_iterator(batch_size=16, num_epochs=1, workers_count=1) as loader:
+        batches = list(loader)
+    end = Draws(4, [0.5, 0.5], 16, "first_exhausted").exhausted(0, [300, 120])
+    assert len(batches) == end.last + 1 and len(batches[-1]["id"]) == end.last_rows
+    assert sum(len(x["id"]) for x in batches) == end.last * 16 + end.last_rows
+    used_b = [i for x in batches for i in x["id"].tolist() if i >= OFFSET]
+    assert sorted(used_b) == list(range(OFFSET, OFFSET + 120))
+
+
+def test_a_mixer_state_is_refused_by_another_mixture_naming_the_field(tmp_path: Path) -> None:
+    a, b = _write(tmp_path / "a", 100, 0, 30), _write(tmp_path / "b", 80, 1, 30)
+    with mix({"a": a, "b": b}, {"a": 1, "b": 1}, seed=2).make_numpy_iterator(batch_size=8, num_epochs=1) as loader:
+        next(iter(loader))
+        state = loader.state_dict()
+    with (
+        mix({"a": a, "b": b}, {"a": 2, "b": 1}, seed=2).make_numpy_iterator(batch_size=8, num_epochs=1) as other,
+        pytest.raises(ValueError, match="probabilities"),
+    ):
+        other.load_state_dict(state)
+    with (
+        mix({"a": a, "b": b}, {"a": 1, "b": 1}, seed=3).make_numpy_iterator(batch_size=8, num_epochs=1) as other,
+        pytest.raises(ValueError, match="seed=2"),
+    ):
+        other.load_state_dict(state)
+    with a.make_numpy_iterator(batch_size=8, num_epochs=1) as single:
+        next(iter(single))
+        with (
+            mix({"a": a, "b": b}, {"a": 1, "b": 1}, seed=2).make_numpy_iterator(batch_size=8, num_epochs=1) as other,
+            pytest.raises(ValueError, match="single converter's loader"),
+        ):
+            other.load_state_dict(single.state_dict())
+
+
+def test_an_unseeded_mixture_resumes_exactly_with_the_seeds_it_drew(tmp_path: Path) -> None:
+    a, b = _write(tmp_path / "a", 200, 0, 30), _write(tmp_path / "b", 150, 1, 20)
+    mixture = mix({"a": a, "b": b})
+    kwargs = {"batch_size": 10, "num_epochs": 2, "shuffling_queue_capacity": 40, "workers_count": 1}
+    with mixture.make_numpy_iterator(**kwargs) as loader:
+        iterator = iter(loader)
+        for _ in range(7):
+            next(iterator)
+        state = json.loads(json.dumps(loader.state_dict()))
+        rest = [x["id"].copy() for x in iterator]
+    with mixture.make_numpy_iterator(**kwargs) as resumed:  # draws its own seeds, then takes the saved ones
+        resumed.load_state_dict(state)
+        again = [x["id"] for x in resumed]
+    assert len(rest) == len(again) and all(np.array_equal(x, y) for x, y in zip(rest, again, strict=True))
+
+
+def test_iterating_again_continues_with_the_next_epochs(tmp_path: Path) -> None:
+    a, b = _write(tmp_path / "a", 60, 0, 30), _write(tmp_path / "b", 60, 1, 30)
+    mixture = mix({"a": a, "b": b}, seed=1)
+    with mixture.make_numpy_iterator(batch_size=7, num_epochs=2, workers_count=1) as loader:
+        both = [x["id"] for x in loader]
+    with mixture.make_numpy_iterator(batch_size=7, num_epochs=1, workers_count=1) as loader:
+        first, second = [x["id"] for x in loader], [x["id"] for x in loader]
+        iterator = iter(loader)
+        next(iterator)
+        with pytest.raises(RuntimeError, match="already being iterated"):
+            iter(loader)
+    assert all(np.array_equal(x, y) for x, y in zip(first + second, both, strict=True))
+
+
+def _drop_thirds(frame: Any) -> Any:
+    return frame[frame["id"] % 3 != 0]
+
+
+@pytest.mark.parametrize("stop", ["first_exhausted", "never"])
+def test_a_transform_that_drops_rows_resumes_exactly_and_len_is_an_upper_bound(tmp_path: Path, stop: str) -> None:
+    a, b = _write(tmp_path / "a", 240, 0, 25), _write(tmp_path / "b", 90, 1, 20, files=2)
+    mixture = mix({"a": a, "b": b}, {"a": 0.6, "b": 0.4}, seed=3, stop=stop)  # type: ignore[arg-type]
+    kwargs = {"batch_size": 9, "num_epochs": 2, "workers_count": 1, "transform_fn": _drop_thirds, "seed": 1}
+    with mixture.make_numpy_iterator(**kwargs) as loader:
+        bound = len(loader)
+        full = [x["id"].copy() for x in loader]
+    assert len(full) <= bound and all(i % 3 for batch in full for i in batch.tolist())
+    for cut in (1, len(full) // 2, len(full) - 1):
+        with mixture.make_numpy_iterator(**kwargs) as loader:
+            iterator = iter(loader)
+            head = [next(iterator)["id"].copy() for _ in range(cut)]
+            state = json.loads(json.dumps(loader.state_dict()))
+        with mixture.make_numpy_iterator(**kwargs) as loader:
+            loader.load_state_dict(state)
+            rest = [x["id"] for x in loader]
+        assert len(head) + len(rest) == len(full)
+        assert all(np.array_equal(x, y) for x, y in zip(head + rest, full, strict=True))

@@ -1,0 +1,299 @@
+"""sparkfeed.mix on caches the real Spark session wrote: weights, epochs, shards, columns, every adapter."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import pickle
+from typing import Any
+
+import numpy as np
+import pytest
+
+import sparkfeed
+from sparkfeed import SparkDatasetConverter, make_spark_converter, mix
+from sparkfeed.mixing import Mixture
+
+WIKI, CODE = 400, 150
+CODE_START = 100_000
+
+
+def _frame(spark: Any, start: int, rows: int, partitions: int) -> Any:
+    return spark.range(start, start + rows, numPartitions=partitions).selectExpr(
+        "id", "CAST(id AS FLOAT) * 0.5 AS x", "array(CAST(id AS FLOAT), CAST(-id AS FLOAT)) AS v"
+    )
+
+
+@pytest.fixture(scope="module")
+def sources(spark) -> dict[str, SparkDatasetConverter]:
+    """Two caches with the same columns, ids that say which one a row is from, several row groups each."""
+    return {
+        "wiki": make_spark_converter(_frame(spark, 0, WIKI, 4)),
+        "code": make_spark_converter(_frame(spark, CODE_START, CODE, 3)),
+    }
+
+
+def _ids(batches: list[dict[str, Any]]) -> np.ndarray:
+    return np.concatenate([np.asarray(batch["id"]) for batch in batches])
+
+
+def _numpy(mixture: Mixture, **kwargs: Any) -> list[dict[str, np.ndarray]]:
+    with mixture.make_numpy_iterator(**kwargs) as loader:
+        return [{name: array.copy() for name, array in batch.items()} for batch in loader]
+
+
+def test_rows_follow_the_weights_and_the_source_column_names_each_rows_source(sources) -> None:
+    mixture = mix(sources, {"wiki": 0.7, "code": 0.3}, seed=1, stop="never", rows_per_epoch=4000, source_column="src")
+    batches = _numpy(mixture, batch_size=100, num_epochs=1)
+    assert [len(b["id"]) for b in batches] == [100] * 40
+    src = np.concatenate([b["src"] for b in batches])
+    assert src.dtype == np.int32 and abs((src == 0).mean() - 0.7) < 0.03
+    ids = _ids(batches)
+    assert np.array_equal(src, (ids >= CODE_START).astype(np.int32))  # index into mixture.names
+    assert mixture.names == ("wiki", "code")
+    first = batches[0]
+    assert first["v"].shape == (100, 2) and np.array_equal(first["v"][:, 0], first["id"].astype(np.float32))
+
+
+def test_an_epoch_ends_at_the_first_exhausted_source_having_used_each_of_its_rows_once(sources) -> None:
+    mixture = mix(sources, {"wiki": 0.5, "code": 0.5}, seed=2)
+    with mixture.make_numpy_iterator(batch_size=32, num_epochs=2) as loader:
+        expected = len(loader)
+        epochs: list[list[np.ndarray]] = [[], []]
+        for batch in loader:
+            state = loader.state_dict()
+            epochs[state["epoch"] - 1 if state["batch"] == 0 else state["epoch"]].append(batch["id"].copy())
+    assert sum(len(e) for e in epochs) == expected
+    for batches in epochs:
+        ids = np.concatenate(batches)
+        assert len(set(ids.tolist())) == len(ids)  # no row twice in an epoch
+        assert sorted(ids[ids >= CODE_START].tolist()) == list(range(CODE_START, CODE_START + CODE))
+        assert 0 < (ids < CODE_START).sum() < WIKI  # the rest of wiki is not read this epoch
+        assert all(len(b) == 32 for b in batches[:-1]) and len(batches[-1]) < 32
+
+
+def test_stop_never_repeats_each_source_through_its_own_epochs(sources) -> None:
+    mixture = mix(sources, {"wiki": 0.5, "code": 0.5}, seed=3, stop="never", rows_per_epoch=1000)
+    batches = _numpy(mixture, batch_size=64, num_epochs=2)
+    assert sum(len(b["id"]) for b in batches) == 2000 and len(batches[-1]["id"]) == 1000 - 15 * 64
+    code = [i for i in _ids(batches).tolist() if i >= CODE_START]
+    assert len(code) > 3 * CODE  # the small source went round several times
+    for start in range(0, len(code) - CODE + 1, CODE):  # each of its own epochs: every row once
+        assert sorted(code[start : start + CODE]) == list(range(CODE_START, CODE_START + CODE))
+
+
+def test_weights_none_follow_the_sources_sizes(sources) -> None:
+    mixture = mix(sources)
+    assert mixture.weights == pytest.approx({"wiki": WIKI / (WIKI + CODE), "code": CODE / (WIKI + CODE)})
+    assert "wiki" in repr(mixture)
+
+
+def test_the_same_seed_gives_the_same_batches(sources) -> None:
+    mixture = mix(sources, seed=9)
+    first = _numpy(mixture, batch_size=50, num_epochs=1)
+    second = _numpy(pickle.loads(pickle.dumps(mixture)), batch_size=50, num_epochs=1)  # travels to other processes
+    assert len(first) == len(second)
+    assert all(np.array_equal(a["id"], b["id"]) for a, b in zip(first, second, strict=True))
+
+
+def test_every_rank_gets_the_same_batches_sizes_and_its_own_rows(sources) -> None:
+    mixture = mix(sources, {"wiki": 0.6, "code": 0.4}, seed=4, source_column="src")
+    ranks = []
+    for rank in range(2):  # both sources' sizes are even: no shard is padded with another's row
+        with mixture.make_numpy_iterator(batch_size=16, num_epochs=1, cur_shard=rank, shard_count=2) as loader:
+            expected = len(loader)
+            batches = [{name: array.copy() for name, array in b.items()} for b in loader]
+        assert len(batches) == expected
+        ranks.append(batches)
+    assert len({len(batches) for batches in ranks}) == 1
+    for step in zip(*ranks, strict=True):  # the same draw on every rank: the same rows from each source
+        assert len({tuple(np.bincount(b["src"], minlength=2)) for b in step}) == 1
+    rows = [_ids(batches) for batches in ranks]
+    assert not set(rows[0].tolist()) & set(rows[1].tolist())
+    assert sorted(i for r in rows for i in r.tolist() if i >= CODE_START) == list(range(CODE_START, CODE_START + CODE))
+
+
+def test_sharded_mixtures_need_a_seed_and_shards_of_equal_size(sources) -> None:
+    with pytest.raises(ValueError, match="seed="):
+        mix(sources).make_numpy_iterator(cur_shard=0, shard_count=2)
+    with pytest.raises(ValueError, match="shard_policy='exact'"):
+        mix(sources, seed=1).make_numpy_iterator(cur_shard=0, shard_count=2, shard_policy="exact")
+    mix(sources).make_numpy_iterator(cur_shard=0, shard_count=2, seed=1).close()  # the loader's seed will do
+
+
+def test_a_state_resumes_on_its_own_shard_only(sources) -> None:
+    mixture = mix(sources, seed=5)
+    states = []
+    for rank in range(2):
+        with mixture.make_numpy_iterator(batch_size=8, num_epochs=1, cur_shard=rank, shard_count=2) as loader:
+            next(iter(loader))
+            states.append(loader.state_dict())
+    with mixture.make_numpy_iterator(batch_size=8, num_epochs=1, cur_shard=1, shard_count=2) as loader:
+        with pytest.raises(ValueError, match="shard it was saved on"):
+            loader.load_state_dict(states)
+        with pytest.raises(ValueError, match="saved by shard 0 of 2"):
+            loader.load_state_dict(states[0])
+        loader.load_state_dict(states[1])
+
+
+def test_sources_must_agree_on_columns_and_schema_fields_selects_the_common_ones(spark, sources) -> None:
+    doubles = _frame(spark, 500_000, 50, 1).selectExpr("id", "CAST(x AS DOUBLE) AS x", "v")
+    wide = make_spark_converter(doubles, dtype=None)
+    with pytest.raises(ValueError, match=r"column 'x' is float32 .* source 'wiki' but float64 .* source 'wide'"):
+        mix({"wiki": sources["wiki"], "wide": wide}).make_numpy_iterator()
+    batches = _numpy(mix({"wiki": sources["wiki"], "wide": wide}), batch_size=20, num_epochs=1, schema_fields=["id"])
+    assert all(set(batch) == {"id"} for batch in batches) and 0 < (_ids(batches) >= 500_000).sum() <= 50
+    with pytest.raises(ValueError, match="also a column"):
+        mix(sources, source_column="x").make_numpy_iterator()
+
+
+def test_a_transform_runs_on_every_source_and_its_outputs_must_agree(spark, sources) -> None:
+    def double(frame: Any) -> Any:
+        frame["x"] = frame["x"] * 2
+        return frame[["id", "x"]]
+
+    batches = _numpy(mix(sources, seed=6), batch_size=25, num_epochs=1, transform_fn=double)
+    assert all(set(b) == {"id", "x"} for b in batches)
+    ids = _ids(batches)
+    assert np.allclose(np.concatenate([b["x"] for b in batches]), ids.astype(np.float32))
+
+    def as_float64_for_code(frame: Any) -> Any:
+        if len(frame) and frame["id"].iloc[0] >= CODE_START:
+            frame["x"] = frame["x"].astype("float64")
+        return frame[["id", "x"]]
+
+    with pytest.raises(ValueError, match=r"column 'x' is float(32|64) .* source '(wiki|code)' .*after the transform"):
+        _numpy(mix(sources, seed=6), batch_size=25, num_epochs=1, transform_fn=as_float64_for_code)
+
+
+@pytest.mark.parametrize(
+    ("weights", "message"),
+    [
+        ({"wiki": 1.0, "code": 0.0}, "finite number > 0"),
+        ({"wiki": 1.0, "code": -2}, "finite number > 0"),
+        ({"wiki": 1.0, "code": float("nan")}, "finite number > 0"),
+        ({"wiki": 1.0, "code": float("inf")}, "finite number > 0"),
+        ({"wiki": 1.0, "code": True}, "finite number > 0"),
+        ({"wiki": 1.0, "code": "0.5"}, "finite number > 0"),
+        ({"wiki": 1.0}, "map each source"),
+        ({"wiki": 1.0, "code": 1.0, "web": 1.0}, "map each source"),
+    ],
+)
+def test_weights_are_validated(sources, weights: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        mix(sources, weights)
+
+
+def test_other_arguments_are_validated_where_mix_is_called(sources) -> None:
+    with pytest.raises(TypeError, match="not a converter"):
+        mix({"a": sources["wiki"], "b": "s3://bucket/data"})  # type: ignore[dict-item]
+    with pytest.raises(TypeError, match="mapping of names"):
+        mix([sources["wiki"]])  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="at least one"):
+        mix({})
+    with pytest.raises(ValueError, match="stop="):
+        mix(sources, stop="all_exhausted")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="rows_per_epoch=10 is not allowed with stop='first_exhausted'"):
+        mix(sources, rows_per_epoch=10)
+    with pytest.raises(ValueError, match="seed=-1"):
+        mix(sources, seed=-1)
+    with pytest.raises(ValueError, match="every epoch would be empty"):
+        mix(sources, stop="never", rows_per_epoch=10).make_numpy_iterator(batch_size=32, drop_last=True)
+    with pytest.raises(TypeError, match="accepted keywords"):
+        mix(sources).make_numpy_iterator(shuffle=True)  # type: ignore[call-arg]
+
+
+def test_the_mixtures_loaders_take_the_converters_arguments() -> None:
+    assert "mix" in sparkfeed.__all__
+    for name in ("make_numpy_iterator", "make_torch_dataloader", "make_tf_dataset", "make_jax_iterator"):
+        ours, theirs = getattr(Mixture, name), getattr(SparkDatasetConverter, name)
+        assert inspect.signature(ours).parameters == inspect.signature(theirs).parameters, name
+
+
+def test_a_mixture_of_a_deleted_converter_is_refused(spark) -> None:
+    gone = make_spark_converter(spark.range(7).selectExpr("id", "CAST(id AS FLOAT) AS x"))
+    mixture = mix({"a": gone, "b": gone})
+    gone.delete()
+    with pytest.raises(RuntimeError, match="was deleted"):
+        mixture.make_numpy_iterator()
+
+
+def test_progress_shows_one_bar_per_epoch_of_the_mixture(sources, capsys) -> None:
+    _numpy(mix(sources, seed=1), batch_size=50, num_epochs=2, progress=True)
+    err = capsys.readouterr().err
+    assert "epoch 0" in err and "epoch 1" in err
+
+
+# ---------------------------------------------------------------------------------- adapters
+
+
+def test_torch_batches_are_the_numpy_batches_as_tensors_and_resume_exactly(sources) -> None:
+    import torch
+
+    mixture = mix(sources, {"wiki": 0.3, "code": 0.7}, seed=7, source_column="src")
+    expected = _numpy(mixture, batch_size=20, num_epochs=2)
+    with mixture.make_torch_dataloader(batch_size=20, num_epochs=2) as loader:
+        assert len(loader) == len(expected)
+        iterator = iter(loader)
+        head = [next(iterator) for _ in range(9)]
+        state = json.loads(json.dumps(loader.state_dict()))
+    assert isinstance(head[0]["id"], torch.Tensor) and head[0]["v"].shape == (20, 2)
+    assert head[0]["src"].dtype == torch.int32
+    with mixture.make_torch_dataloader(batch_size=20, num_epochs=2) as loader:
+        loader.load_state_dict(state)
+        rest = list(loader)
+    got = head + rest
+    assert len(got) == len(expected)
+    assert all(np.array_equal(a["id"].numpy(), b["id"]) for a, b in zip(got, expected, strict=True))
+
+
+def test_tf_dataset_gives_the_numpy_batches_as_namedtuples_with_an_element_spec(sources) -> None:
+    import tensorflow as tf
+
+    mixture = mix(sources, {"wiki": 0.5, "code": 0.5}, seed=8, source_column="src")
+    expected = _numpy(mixture, batch_size=24, num_epochs=1)
+    with mixture.make_tf_dataset(batch_size=24, num_epochs=1) as dataset:
+        spec = dataset.element_spec
+        assert spec._fields == ("id", "x", "v", "src")
+        assert spec.v.shape.as_list() == [None, 2] and spec.src.dtype == tf.int32
+        assert int(dataset.cardinality()) == len(expected)
+        got = list(dataset)
+    assert len(got) == len(expected)
+    assert all(np.array_equal(a.id.numpy(), b["id"]) for a, b in zip(got, expected, strict=True))
+    with mixture.make_tf_dataset(batch_size=24, num_epochs=1, drop_last=True) as dataset:
+        assert int(dataset.cardinality()) == len(expected) - 1 == len(list(dataset))
+    # Sampling with replacement and drop_last: the short batch is not drawn, in tf.data as elsewhere.
+    forever = mix(sources, seed=8, stop="never", rows_per_epoch=500)
+    expected = _numpy(forever, batch_size=24, num_epochs=3, drop_last=True)
+    with forever.make_tf_dataset(batch_size=24, num_epochs=3, drop_last=True) as dataset:
+        got = list(dataset)
+    assert len(got) == len(expected) == 3 * (500 // 24)
+    assert all(np.array_equal(a.id.numpy(), b["id"]) for a, b in zip(got, expected, strict=True))
+
+
+def test_jax_batches_are_the_numpy_batches_on_the_device(sources) -> None:
+    import jax
+
+    mixture = mix(sources, seed=10)
+    expected = _numpy(mixture, batch_size=16, num_epochs=1)
+    with mixture.make_jax_iterator(batch_size=16, num_epochs=1) as loader:
+        got = list(loader)
+    assert isinstance(got[0]["x"], jax.Array) and got[0]["v"].shape == (16, 2)
+    assert len(got) == len(expected)
+    assert all(np.array_equal(np.asarray(a["id"]), b["id"]) for a, b in zip(got, expected, strict=True))
+
+
+def test_stats_count_the_mixtures_batches_and_the_sources_workers(sources, caplog) -> None:
+    import logging
+
+    mixture = mix(sources, {"wiki": 0.5, "code": 0.5}, seed=5, stop="never", rows_per_epoch=320)
+    with (
+        caplog.at_level(logging.INFO, logger="sparkfeed"),
+        mixture.make_torch_dataloader(batch_size=32, num_epochs=2) as loader,
+    ):
+        assert sum(len(batch["id"]) for batch in loader) == 640
+        stats = loader.stats()
+    assert (stats["batches"], stats["rows"]) == (20, 640) and stats["bytes"] == 640 * (8 + 4 + 8)
+    assert stats["workers"] >= 2 and stats["busy_seconds"] > 0 and 0 <= stats["input_bound"] <= 1
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("mixture epoch ")]
+    assert len(lines) == 2 and all(": 10 batches, " in line and "input-bound" in line for line in lines)
