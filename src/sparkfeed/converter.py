@@ -261,7 +261,7 @@ class SparkDatasetConverter:
                 **kwargs,
             )
 
-        return TfDatasetContext(reader, batch, num_epochs, prefetch, drop_last)
+        return TfDatasetContext(reader, batch, num_epochs, prefetch, drop_last, sequence=bool(kwargs.get("sequence")))
 
     @known_keywords
     def make_jax_iterator(
@@ -290,7 +290,7 @@ class SparkDatasetConverter:
         """
         from sparkfeed.jax import JaxIterator, jax_format
 
-        fmt = jax_format(batch_size, device, sharding)
+        fmt = jax_format(batch_size, device, sharding, sequence=bool(kwargs.get("sequence")))
         return JaxIterator(self._reader(fmt, batch_size, num_epochs, workers_count, **kwargs), device, sharding)
 
 

@@ -20,7 +20,7 @@ from sparkfeed.cache import Manifest
 from sparkfeed.distributed import user_stacklevel
 from sparkfeed.location import Location
 from sparkfeed.options import ReaderOptions
-from sparkfeed.reader.batch import NUMPY, Batcher, BatchFormat, Columns
+from sparkfeed.reader.batch import NUMPY, Batcher, BatchFormat, Signature, check_signature, numpy_signature
 from sparkfeed.reader.exchange import Exchange
 from sparkfeed.reader.plan import PlanSpec, Segment, epoch_segments, remainder
 from sparkfeed.reader.pool import OrderedPool
@@ -28,6 +28,7 @@ from sparkfeed.reader.progress import EpochBar
 from sparkfeed.reader.readahead import DEFAULT_READ_AHEAD_BYTES, follow_counts
 from sparkfeed.reader.segments import SegmentReader, Work
 from sparkfeed.reader.selection import RowFilter, select_columns
+from sparkfeed.reader.sequence import SequencePlan
 from sparkfeed.reader.state import Identity, ReaderState, fingerprint, resume
 from sparkfeed.types import ColumnSpec, column_specs
 
@@ -84,6 +85,16 @@ class Reader(Generic[C]):
         every = column_specs(manifest.schema, dtype, manifest.shapes) if options.filters_rows else self._specs
         self._row_filter = RowFilter.build(options.filters, options.predicate, every, list(self._specs))
         extra = {} if self._row_filter is None else {name: every[name] for name in self._row_filter.extra}
+        self._sequence = None
+        if options.sequence:
+            self._sequence = SequencePlan.build(
+                options.sequence,
+                self._specs,
+                manifest.shapes,
+                options.batch_size,
+                options.drop_last,
+                transform=options.transform_spec is not None,
+            )
         self._segment_reader = SegmentReader(
             location,
             manifest.files,
@@ -93,6 +104,7 @@ class Reader(Generic[C]):
             immutable=bool(manifest.key),  # a cache sparkfeed wrote: its files are never rewritten
             read_ahead_bytes=DEFAULT_READ_AHEAD_BYTES if options.read_ahead_bytes is None else options.read_ahead_bytes,
             row_filter=self._row_filter,
+            sequence=self._sequence,
         )
         self._groups = [
             (f, g, rows) for f, entry in enumerate(manifest.files) for g, rows in enumerate(entry.row_groups)
@@ -143,6 +155,7 @@ class Reader(Generic[C]):
             shard_seed=self._plan.shard_seed,
             filters=None if self._row_filter is None else self._row_filter.description,
             predicate=options.predicate is not None,
+            sequence=None if self._sequence is None else self._sequence.describe(),
         )
         self._position = Position(0)
         self._end: int | None = None  # end epoch of the current (or resumed) iteration
@@ -173,6 +186,16 @@ class Reader(Generic[C]):
         return None if self._options.transform_spec is not None else dict(self._specs)
 
     @property
+    def sequence(self) -> SequencePlan | None:
+        """The ``sequence`` columns and how they are batched; None without ``sequence``."""
+        return self._sequence
+
+    @property
+    def counts_batches(self) -> bool:
+        """Whether ``len()`` is known before reading: not when bucketing or packing decide the batches."""
+        return self._sequence is None or not self._sequence.whole_batches
+
+    @property
     def filters_rows(self) -> bool:
         """Whether filters, a predicate or a transform may change the row count, making lengths an estimate."""
         return self._options.transform_spec is not None or self._row_filter is not None
@@ -185,6 +208,11 @@ class Reader(Generic[C]):
         """
         if self._options.num_epochs is None:
             raise TypeError("a loader with num_epochs=None is infinite and has no len(); pass num_epochs")
+        if not self.counts_batches:
+            raise TypeError(
+                "a loader with sequence 'bucket' or 'pack' has no len(): how many batches its rows make depends on "
+                "their lengths, known only as they are read"
+            )
         start, end = self._iteration_range()
         size, drop_last = self._options.batch_size, self._options.drop_last
         return sum(_batches(self._epoch_rows(epoch, start), size, drop_last) for epoch in range(start.epoch, end))
@@ -274,41 +302,32 @@ class Reader(Generic[C]):
 
     def _stream(self, start: Position, end: int | None, token: object) -> Generator[C, None, None]:
         options = self._options
-        segments, convert = self._segment_reader, self._fmt.convert
-        # A filtered read also says where each of its rows leaves the position (None: one row each).
-        read: Callable[[Work], tuple[Columns, np.ndarray | None]] = (
-            segments.read_filtered if self._row_filter is not None else lambda work: (segments.read(work), None)
-        )
+        segments = self._segment_reader
         # Worker processes hand NumPy over through shared memory, and the format is made here;
         # worker threads make it themselves.
         exchange = Exchange() if options.reader_pool_type == "process" else None
-        finish = exchange.export if exchange is not None else convert
-
-        def work_fn(work: Work) -> tuple[Any, np.ndarray | None]:
-            columns, ends = read(work)
-            return finish(columns), ends
-
+        sequence = self._sequence
+        if sequence is not None and sequence.whole_batches:
+            work_fn, receive, cut = self._whole_batches(sequence, exchange)
+        else:
+            work_fn, receive, cut = self._cut_chunks(exchange)
         pool: OrderedPool[Work, Any] = OrderedPool(
             work_fn, options.workers, options.prefetch_pieces, segments.describe, options.reader_pool_type
         )
         self._pool = pool
         raw = pool.imap(self._scheduled(self._work(start, end)))
-        results = raw if exchange is None else ((w, (convert(exchange.load(c)), e)) for w, (c, e) in raw)
-        batcher = Batcher(self._fmt, options.batch_size, options.drop_last)
+        results = receive(raw)
         bar: EpochBar | None = None
         try:
             for epoch, items in itertools.groupby(results, key=lambda item: item[0].epoch):
-                chunks = (((work.index, work.skip, ends), chunk) for work, (chunk, ends) in items)
                 batches = 0
                 progress = self._progress
                 if progress is not None:
                     bar = self._bar(epoch, start, *progress)
-                for batch, (index, skip, ends), consumed in batcher.batches(chunks):
-                    offset = consumed if ends is None else int(ends[consumed - 1])
-                    self._move(token, Position(epoch, index, skip + offset))
+                for batch, index, offset, rows in cut(items):
+                    self._move(token, Position(epoch, index, offset))
                     batches += 1
                     if bar is not None and progress is not None:
-                        rows = self._fmt.rows(batch)
                         bar.step(1 if progress[0] == options.batch_size else _batches(rows, *progress), rows)
                     yield batch
                 if bar is not None:
@@ -332,10 +351,87 @@ class Reader(Generic[C]):
             if exchange is not None:
                 exchange.close()
 
+    def _cut_chunks(self, exchange: Exchange | None) -> tuple[Callable[[Work], Any], Any, Any]:
+        """How chunks are read and cut into batches by the batcher (every mode but bucket and pack).
+
+        Returns the workers' function, what turns the pool's results into ``(work, (chunk,
+        ends))`` here, and what turns an epoch's items into ``(batch, segment, offset, rows)``.
+        """
+        segments, fmt, sequence = self._segment_reader, self._fmt, self._sequence
+        # Sequence columns stay Ragged until a batch is cut, so their chunks stay NumPy (which
+        # slices and joins them) and the batch is finished, then converted, as it leaves.
+        chunk_fmt: BatchFormat[Any] = fmt if sequence is None else NUMPY
+        convert = chunk_fmt.convert
+        finish = exchange.export if exchange is not None else convert
+
+        def work_fn(work: Work) -> tuple[Any, np.ndarray | None]:
+            # A filtered read also says where each of its rows leaves the position (None: one row each).
+            columns, ends, _ = segments.read_rows(work)
+            return finish(columns), ends
+
+        def receive(raw: Iterator[tuple[Work, Any]]) -> Iterator[tuple[Work, Any]]:
+            if exchange is None:
+                return raw
+            return ((w, (convert(exchange.load(c)), e)) for w, (c, e) in raw)
+
+        batcher = Batcher(chunk_fmt, self._options.batch_size, self._options.drop_last)
+
+        def cut(items: Iterator[tuple[Work, Any]]) -> Iterator[tuple[Any, int, int, int]]:
+            chunks = (((work.index, work.skip, ends), chunk) for work, (chunk, ends) in items)
+            for batch, (index, skip, ends), consumed in batcher.batches(chunks):
+                offset = consumed if ends is None else int(ends[consumed - 1])
+                rows = chunk_fmt.rows(batch)
+                if sequence is not None:
+                    batch = fmt.convert(sequence.finish(batch))
+                yield batch, index, skip + offset, rows
+
+        return work_fn, receive, cut
+
+    def _whole_batches(
+        self, sequence: SequencePlan, exchange: Exchange | None
+    ) -> tuple[Callable[[Work], Any], Any, Any]:
+        """How bucketed or packed batches are made: whole, by the worker that read their segment.
+
+        A worker thread reads the segment and makes its batches; a worker process reads it and
+        hands the rows over, and the batches are made here. Each batch comes with the segment
+        position after its last row, so a saved position says exactly which rows were yielded.
+        """
+        segments, fmt = self._segment_reader, self._fmt
+        signature: list[Signature] = []
+
+        def work_fn(work: Work) -> Any:
+            columns, positions, numbers = segments.read_rows(work)
+            if exchange is not None:
+                return exchange.export(columns), positions, numbers
+            return sequence.batches(columns, positions, numbers)
+
+        def receive(raw: Iterator[tuple[Work, Any]]) -> Iterator[tuple[Work, Any]]:
+            if exchange is None:
+                return raw
+            return ((w, sequence.batches(exchange.load(c), p, n)) for w, (c, p, n) in raw)
+
+        # Sequence arrays change length from batch to batch; their values' dtype may not.
+        varying = {output for plan in sequence.columns for output in plan.outputs()}
+
+        def cut(items: Iterator[tuple[Work, Any]]) -> Iterator[tuple[Any, int, int, int]]:
+            for work, (batches, ends) in items:
+                for batch, end in zip(batches, ends, strict=True):
+                    now = {
+                        name: (dtype, () if name in varying else shape)
+                        for name, (dtype, shape) in numpy_signature(batch).items()
+                    }
+                    if not signature:
+                        signature.append(now)
+                    else:
+                        check_signature(signature[0], now)
+                    yield fmt.convert(batch), work.index, work.skip + int(end), NUMPY.rows(batch)
+
+        return work_fn, receive, cut
+
     def _bar(self, epoch: int, start: Position, batch_size: int, drop_last: bool) -> EpochBar:
         """The bar of one epoch; its total is unknown where filters or a predicate decide the rows."""
         total = None
-        if self._row_filter is None:
+        if self._row_filter is None and self.counts_batches:
             total = _batches(self._epoch_rows(epoch, start), batch_size, drop_last)
         return EpochBar(epoch, total, (self._plan.cur_shard, self._plan.shard_count))
 
