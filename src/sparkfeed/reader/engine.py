@@ -415,15 +415,16 @@ class Reader(Generic[C]):
 
         def cut(items: Iterator[tuple[Work, Any]]) -> Iterator[tuple[Any, int, int, int]]:
             for work, (batches, ends) in items:
-                for batch, end in zip(batches, ends, strict=True):
+                if batches:  # a segment's batches are made alike: checking its first one is enough
                     now = {
                         name: (dtype, () if name in varying else shape)
-                        for name, (dtype, shape) in numpy_signature(batch).items()
+                        for name, (dtype, shape) in numpy_signature(batches[0]).items()
                     }
                     if not signature:
                         signature.append(now)
                     else:
                         check_signature(signature[0], now)
+                for batch, end in zip(batches, ends, strict=True):
                     yield fmt.convert(batch), work.index, work.skip + int(end), NUMPY.rows(batch)
 
         return work_fn, receive, cut

@@ -34,7 +34,7 @@ from sparkfeed.reader.selection import RowFilter, kept_positions
 from sparkfeed.reader.sequence import SequencePlan
 from sparkfeed.transform import TransformSpec
 from sparkfeed.types import ColumnSpec, to_numpy
-from sparkfeed.writer import unpack
+from sparkfeed.writer import RAGGED, unpack, unpack_ragged
 
 
 class _SharedRemoteFiles:
@@ -318,8 +318,8 @@ class SegmentReader:
     def _convert(self, name: str, column: pa.ChunkedArray) -> Any:
         """A column as NumPy, or as a :class:`Ragged` when it is a sequence."""
         plan = self._sequence_columns.get(name)
-        if plan is not None and plan.inner is not None:
-            return Ragged.from_arrow(name, column, plan.inner)
+        if plan is not None and plan.inner is not None and plan.dtype is not None:
+            return Ragged.from_arrow(name, column, plan.inner, plan.dtype)
         return to_numpy(self._specs[name], column)
 
     def _transformed(self, table: pa.Table) -> Columns:
@@ -512,8 +512,17 @@ class SegmentReader:
         return pa.repeat(pa.scalar(value, self._specs[name].arrow_type), rows)
 
     def _logical(self, name: str, column: pa.ChunkedArray, packed: dict[str, tuple[int, ...]]) -> pa.ChunkedArray:
-        """A column in its logical type: packed tensors unpacked (no copy), other types cast."""
+        """A column in its logical type: packed tensors unpacked (no copy), other types cast.
+
+        A sequence column packed as ``binary`` stays so when nothing but the reader looks at it
+        (no transform, no filter): a shuffle then moves each row's bytes in one copy, and
+        :meth:`Ragged.from_arrow` reads the values in place.
+        """
         target = self._specs[name].arrow_type
+        if name in packed and packed[name][0] == RAGGED:
+            if name in self._sequence_columns and self._transform is None and self._filter is None:
+                return column
+            return pa.chunked_array([unpack_ragged(chunk, target, packed[name]) for chunk in column.chunks])
         if name in packed:
             return pa.chunked_array([unpack(chunk, target, packed[name]) for chunk in column.chunks])
         return column if column.type == target else column.cast(target)

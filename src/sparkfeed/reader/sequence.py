@@ -59,12 +59,14 @@ class ColumnPlan:
         inner: The shape of each value (``()`` for ``array<number>``); None when a transform
             makes the column.
         bounds: ``bucket``: the padded length of each bucket, increasing.
+        dtype: The values' dtype; None when a transform makes the column.
     """
 
     name: str
     spec: Sequence
     inner: tuple[int, ...] | None = ()
     bounds: tuple[int, ...] = ()
+    dtype: np.dtype | None = None
 
     @property
     def mode(self) -> str:
@@ -130,10 +132,11 @@ class SequencePlan:
         """
         plans = []
         for name, spec in sequence.items():
-            longest, inner = None, None
+            longest, inner, dtype = None, None, None
             if not transform:
                 longest = _longest(name, spec, specs, shapes)
                 inner = _inner(specs[name], shapes)
+                dtype = _leaf_dtype(specs[name].arrow_type)
             bounds: tuple[int, ...] = ()
             if spec.mode == "bucket":
                 bounds = _bucket_bounds(name, spec, longest, transform)
@@ -146,7 +149,7 @@ class SequencePlan:
                         f"(batch_size {batch_size} x seq_len {spec.seq_len} = {grid}); a row is never split between "
                         "two batches: raise seq_len or batch_size, or truncate rows with max_length"
                     )
-            plans.append(ColumnPlan(name, spec, inner, bounds))
+            plans.append(ColumnPlan(name, spec, inner, bounds, dtype))
         plan = cls(tuple(plans), batch_size, drop_last, checked=not transform)
         if not transform:
             plan.check_columns(list(specs))
@@ -243,11 +246,10 @@ class SequencePlan:
     # ---------------------------------------------------------------- worker side
 
     def arrow_lengths(self, column: pa.ChunkedArray | pa.Array) -> np.ndarray:
-        """The key column's row lengths from Arrow's offsets (a null row counts 0: reading it fails later)."""
-        lengths = pc.fill_null(pc.list_value_length(column), 0)
-        if isinstance(lengths, pa.ChunkedArray):
-            lengths = lengths.combine_chunks()
-        return self._kept(np.asarray(lengths, dtype=np.int64))
+        """The key column's row lengths, from its Arrow offsets, once cut to ``max_length``."""
+        key = self.key
+        assert key is not None and key.inner is not None and key.dtype is not None
+        return self._kept(Ragged.from_arrow(key.name, column, key.inner, key.dtype).lengths)
 
     def ragged_lengths(self, column: Ragged) -> np.ndarray:
         """The key column's row lengths, once cut to ``max_length``."""
@@ -406,31 +408,17 @@ class SequencePlan:
             cuts.append(int(np.searchsorted(cum, cum[cuts[-1]] + grid, side="right")) - 1)
         bounds = np.asarray(cuts, dtype=np.int64)
         count = len(bounds) - 1
-        batch_of_row = np.repeat(np.arange(count, dtype=np.int64), np.diff(bounds))
-        total = int(cum[-1])
-        shift = batch_of_row * grid - cum[bounds[:-1]][batch_of_row]
-        cell = np.arange(total, dtype=np.int64) + np.repeat(shift, lengths)
-        row_of_token = np.repeat(np.arange(rows, dtype=np.int64), lengths)
-        packed_row = cell // seq_len
-        run_start = np.ones(total, dtype=bool)
-        run_start[1:] = packed_row[1:] != packed_row[:-1]
-        new_row = run_start.copy()
-        new_row[1:] |= row_of_token[1:] != row_of_token[:-1]
-        numbering = np.cumsum(new_row)
-        run_first = np.flatnonzero(run_start)
-        run_of_token = np.cumsum(run_start) - 1
-        segment = (numbering - numbering[run_first][run_of_token] + 1).astype(INDEX_DTYPE)
-        position = (np.arange(total, dtype=np.int64) - np.repeat(cum[:-1], lengths)).astype(INDEX_DTYPE)
+        segment_ids, position_ids = _pack_ids(lengths, cum, bounds, seq_len, grid)
         shape = (count * size, seq_len)
-        segment_ids = np.zeros(count * grid, dtype=INDEX_DTYPE)
-        segment_ids[cell] = segment
-        position_ids = np.zeros(count * grid, dtype=INDEX_DTYPE)
-        position_ids[cell] = position
         arrays: dict[str, np.ndarray] = {}
         for plan in plans:
             ragged = packed[plan.name]
-            values = np.full((count * grid, *ragged.inner), plan.spec.pad_value, dtype=ragged.dtype)
-            values[cell] = ragged.flat()
+            flat = ragged.flat()
+            values = np.empty((count * grid, *ragged.inner), dtype=ragged.dtype)
+            for number in range(count):  # a batch's values are one run of the rows' values: one copy
+                low, high = int(cum[bounds[number]]), int(cum[bounds[number + 1]])
+                values[number * grid : number * grid + high - low] = flat[low:high]
+                values[number * grid + high - low : (number + 1) * grid] = plan.spec.pad_value
             arrays[plan.name] = values.reshape((*shape, *ragged.inner))
         segment_ids, position_ids = segment_ids.reshape(shape), position_ids.reshape(shape)
         mask = segment_ids > 0 if any(plan.spec.mask for plan in plans) else None
@@ -487,6 +475,45 @@ class SequencePlan:
         return out
 
 
+def _pack_ids(
+    lengths: np.ndarray, cum: np.ndarray, bounds: np.ndarray, seq_len: int, grid: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Segment ids and position ids of packed batches, flat: ``len(bounds) - 1`` grids of ``grid`` cells.
+
+    Worked out per run of cells: a piece (the part of a row inside one packed row: a row
+    crossing the end of a packed row makes two) or the padding that ends a batch. There are
+    about as many runs as rows, and each output is then one ``np.repeat`` over them, which
+    writes every cell once: no zeroed array, no copy per batch.
+    """
+    rows, count = len(lengths), len(bounds) - 1
+    batch_of_row = np.repeat(np.arange(count, dtype=np.int64), np.diff(bounds))
+    cell = batch_of_row * grid + cum[:-1] - cum[bounds[:-1]][batch_of_row]  # each row's first cell
+    first_row = cell // seq_len
+    pieces = np.where(lengths > 0, (cell + lengths - 1) // seq_len - first_row + 1, 0)
+    piece_row = np.repeat(np.arange(rows, dtype=np.int64), pieces)
+    index = np.arange(len(piece_row), dtype=np.int64) - np.repeat(np.cumsum(pieces) - pieces, pieces)
+    packed_row = first_row[piece_row] + index
+    start = np.maximum(cell[piece_row], packed_row * seq_len)
+    stop = np.minimum(cell[piece_row] + lengths[piece_row], (packed_row + 1) * seq_len)
+    run_start = np.ones(len(packed_row), dtype=bool)
+    run_start[1:] = packed_row[1:] != packed_row[:-1]
+    segment = np.arange(len(packed_row), dtype=np.int64) - np.flatnonzero(run_start)[np.cumsum(run_start) - 1] + 1
+    # The padding that ends each batch is one more run, of segment id 0, after the batch's last piece.
+    used = cum[bounds[1:]] - cum[bounds[:-1]]
+    pad_at = np.searchsorted(start, np.arange(1, count + 1, dtype=np.int64) * grid)  # where each batch's pieces end
+    run_segment = np.insert(segment, pad_at, 0).astype(INDEX_DTYPE)
+    run_width = np.insert(stop - start, pad_at, grid - used)
+    segment_ids = np.repeat(run_segment, run_width)
+    # A value's position in its row is its cell less the cell its row starts at (in the previous
+    # packed row, for a continued row); the padding's is set to 0 batch by batch.
+    run_base = np.insert(cell[piece_row], pad_at, np.arange(count, dtype=np.int64) * grid)
+    position_ids = np.arange(count * grid, dtype=INDEX_DTYPE)
+    position_ids -= np.repeat(run_base.astype(INDEX_DTYPE), run_width)
+    for number in range(count):
+        position_ids[number * grid + int(used[number]) : (number + 1) * grid] = 0
+    return segment_ids, position_ids
+
+
 def _check_numbers(name: str, dtype: np.dtype) -> None:
     if dtype.kind not in "biuf":
         raise ValueError(
@@ -527,6 +554,12 @@ def _longest(name: str, spec: Sequence, specs: Mapping[str, ColumnSpec], shapes:
             f"{varying}); only the outer length of a sequence may vary"
         )
     return int(stats[0][1] or 0) if stats else 0
+
+
+def _leaf_dtype(data_type: pa.DataType) -> np.dtype:
+    while is_list_type(data_type):
+        data_type = data_type.value_type
+    return np.dtype(data_type.to_pandas_dtype())
 
 
 def _inner(column: ColumnSpec, shapes: Mapping[str, ShapeStats]) -> tuple[int, ...]:
