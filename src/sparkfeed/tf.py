@@ -128,8 +128,9 @@ class TfDatasetContext:
         if known is not None:
             for name, column in known.items():
                 if name in sequences:
-                    inner = sequences[name].inner or ()
-                    specs += _sequence_specs(self._tf, plan, name, column.numpy_dtype, inner)  # type: ignore[arg-type]
+                    column_plan = sequences[name]
+                    inner, dtype = column_plan.inner or (), column_plan.dtype or column.numpy_dtype
+                    specs += _sequence_specs(self._tf, plan, name, dtype, inner)  # type: ignore[arg-type]
                 else:
                     specs.append((name, _spec(self._tf, column.view("tf"))))
         else:

@@ -8,8 +8,9 @@ is written packed; the manifest keeps its logical type (the list) and shape, and
 unpacks it. Arrays of numbers whose length varies (token ids) are packed the same way into
 ``binary`` cells, one per row (shape ``(-1, *inner)`` in the manifest): they decode about 2.8x
 as fast as the list (125 vs 354 million int32 values/s here), and a shuffle moves each row's
-bytes in one copy instead of value by value. Each task also measures its rows' array shapes and returns them with its files'
-row-group sizes, so the manifest needs no second pass over the data.
+bytes in one copy instead of value by value. Each task also measures its rows' array shapes
+and returns them with its files' row-group sizes, so the manifest needs no second pass over
+the data.
 
 This module is shipped to executors by value (see :func:`ship_by_value`): it imports nothing
 from sparkfeed, so executors need only pyarrow and NumPy, which Spark's Arrow path needs anyway.
@@ -130,7 +131,9 @@ def binary_buffers(array: pa.Array) -> tuple[np.ndarray, pa.Buffer]:
     """A binary array's byte offsets (``int64``, into the data buffer, one more than the rows) and its data buffer."""
     offset_type = np.int64 if pa.types.is_large_binary(array.type) else np.int32
     _, offsets, data = array.buffers()
-    positions = np.frombuffer(offsets, dtype=offset_type, count=len(array) + 1, offset=array.offset * np.dtype(offset_type).itemsize)
+    positions = np.frombuffer(
+        offsets, dtype=offset_type, count=len(array) + 1, offset=array.offset * np.dtype(offset_type).itemsize
+    )
     return positions.astype(np.int64), data if data is not None else pa.py_buffer(b"")
 
 

@@ -32,7 +32,6 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from sparkfeed.reader.ragged import Ragged
 from sparkfeed.sequence import Sequence
@@ -559,7 +558,8 @@ def _longest(name: str, spec: Sequence, specs: Mapping[str, ColumnSpec], shapes:
 def _leaf_dtype(data_type: pa.DataType) -> np.dtype:
     while is_list_type(data_type):
         data_type = data_type.value_type
-    return np.dtype(data_type.to_pandas_dtype())
+    dtype: np.dtype = np.dtype(data_type.to_pandas_dtype())
+    return dtype
 
 
 def _inner(column: ColumnSpec, shapes: Mapping[str, ShapeStats]) -> tuple[int, ...]:
