@@ -322,6 +322,45 @@ def test_filters_and_a_process_pool_stay_exact(dataset) -> None:
             assert _same(head + list(resumed), whole)
 
 
+def test_nested_values_pack_and_bucket_with_their_inner_shape(tmp_path: Path) -> None:
+    manifest = _write(tmp_path, "list", nested=True)
+    kwargs = {"num_epochs": 1, "seed": 1, "shuffling_queue_capacity": 50, "schema_fields": ["tok"]}
+    with _reader(tmp_path, manifest, batch_size=4, sequence={"tok": Sequence("pack", seq_len=16)}, **kwargs) as r:
+        packed = list(r)
+    assert {b["tok"].shape for b in packed} == {(4, 16, 2)}
+    for batch in packed:
+        holds = batch["tok_segment_ids"] > 0
+        assert (batch["tok"][..., 1][holds] == -batch["tok"][..., 0][holds]).all()
+        _packed_rows({**batch, "tok": batch["tok"][..., 0]})
+    tokens = sorted(int(t) for b in packed for t in b["tok"][..., 0][b["tok_segment_ids"] > 0])
+    assert tokens == sorted(t for row in EXPECTED.values() for t in row)
+    with _reader(tmp_path, manifest, batch_size=8, sequence={"tok": "bucket"}, **kwargs) as r:
+        widths = {b["tok"].shape[1:] for b in r}
+    assert all(inner == 2 and width in r.sequence.columns[0].bounds for width, inner in widths)
+
+
+def test_pack_with_filters_resumes_exactly(dataset) -> None:
+    root, manifest = dataset
+    kwargs = {
+        "batch_size": 4,
+        "num_epochs": 1,
+        "seed": 7,
+        "shuffling_queue_capacity": 40,
+        "schema_fields": ["tok"],
+        "filters": [("id", "<", 200)],
+        "sequence": MODES["pack"],
+    }
+    with _reader(root, manifest, **kwargs) as reader:
+        whole = list(reader)
+    _check_rows(_epoch_rows(whole, "pack"), list(range(200)), "pack")
+    with _reader(root, manifest, **kwargs) as first:
+        head = list(itertools.islice(iter(first), 6))
+        state = first.state_dict()
+    with _reader(root, manifest, **kwargs) as resumed:
+        resumed.load_state_dict(state)
+        assert _same(head + list(resumed), whole)
+
+
 def _tokenize(frame: Any) -> Any:
     """A transform that makes the sequence: each row's tokens from its id, as a tokenizer would from text."""
     frame["tok"] = [np.array(EXPECTED[int(i)], dtype=np.int64) for i in frame["id"]]
