@@ -5,13 +5,18 @@ are plain Parquet written by Spark; vectors keep Spark's VectorUDT metadata so b
 read the column back as a vector. A dataset is regenerated only when missing, incomplete or
 its spec changed. Content is deterministic (seeded), so reruns compare the same bytes.
 
-    .venv/bin/python benchmarks/datasets.py tabular vectors images onegroup big
+    .venv/bin/python benchmarks/datasets.py tabular vectors images onegroup big sequences sequences_fixed
+
+``BENCH_SEQUENCE_ROWS`` sets the rows of the two sequence datasets (default 200,000), for a
+quick check of the group on a small one.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import shutil
 import sys
 import time
@@ -24,6 +29,10 @@ from common import IMAGE_SHAPE, source_path, spark_session
 
 FLOAT_COLUMNS = 16
 VECTOR_SIZE = 512
+SEQUENCE_ROWS = int(os.environ.get("BENCH_SEQUENCE_ROWS", "200000"))
+SEQUENCE_MEAN = 200
+SEQUENCE_SIGMA = 1.0
+SEQUENCE_MAX = 4096
 
 SPECS: dict[str, dict[str, Any]] = {
     "tabular": {"rows": 2_000_000, "partitions": 4, "schema": "id long, f0..f15 float, label int", "version": 1},
@@ -38,6 +47,19 @@ SPECS: dict[str, dict[str, Any]] = {
         "rows": 3_000_000,
         "partitions": 1,
         "schema": "id long, f0..f3 float, label int; uncompressed, no dictionary, one row group",
+        "version": 1,
+    },
+    "sequences": {
+        "rows": SEQUENCE_ROWS,
+        "partitions": 4,
+        "schema": f"tokens array<int>: lengths log-normal (mean {SEQUENCE_MEAN}, sigma {SEQUENCE_SIGMA}) rounded, "
+        f"clipped to [1, {SEQUENCE_MAX}]; token ids hashed in [0, 50000)",
+        "version": 1,
+    },
+    "sequences_fixed": {
+        "rows": SEQUENCE_ROWS,
+        "partitions": 4,
+        "schema": f"tokens array<int> of {SEQUENCE_MEAN}: the same number of tokens, every row one length",
         "version": 1,
     },
     "big": {
@@ -83,6 +105,23 @@ def _vectors(spark: Any, rows: int, partitions: int) -> Any:
         f"transform(sequence(0, {VECTOR_SIZE - 1}), i -> cast(pmod(xxhash64(id, i), 1000003) AS double) / 1000003.0)"
     )
     return spark.range(0, rows, numPartitions=partitions).select("id", array_to_vector(values).alias("features"))
+
+
+def _sequences(spark: Any, rows: int, partitions: int, fixed: bool = False) -> Any:
+    """Token ids of heavy-tailed lengths, deterministic: a log-normal length per row by Box-Muller
+    on two hashed uniforms, no Python UDF. ``fixed``: every row ``SEQUENCE_MEAN`` long instead."""
+    from pyspark.sql import functions as F
+
+    mu = math.log(SEQUENCE_MEAN) - SEQUENCE_SIGMA**2 / 2  # the log-normal's mean is SEQUENCE_MEAN
+    uniform = "(pmod(xxhash64(id, {k}), 1000003) + 0.5) / 1000003.0"
+    normal = f"sqrt(-2 * ln({uniform.format(k=1)})) * cos(2 * pi() * {uniform.format(k=2)})"
+    length = (
+        str(SEQUENCE_MEAN)
+        if fixed
+        else f"least({SEQUENCE_MAX}, greatest(1, cast(round(exp({mu} + {SEQUENCE_SIGMA} * {normal})) AS int)))"
+    )
+    tokens = F.expr(f"transform(sequence(1, {length}), i -> cast(pmod(xxhash64(id, i), 50000) AS int))")
+    return spark.range(0, rows, numPartitions=partitions).select(tokens.alias("tokens"))
 
 
 def _png_batches(frames: Any) -> Any:
@@ -140,7 +179,13 @@ def generate(spark: Any, name: str) -> dict[str, Any]:
             .option("parquet.block.size", str(1024 * 1024 * 1024))
         )
     else:
-        build = {"tabular": _tabular, "vectors": _vectors, "images": _images}[name]
+        build = {
+            "tabular": _tabular,
+            "vectors": _vectors,
+            "images": _images,
+            "sequences": _sequences,
+            "sequences_fixed": lambda s, rows, parts: _sequences(s, rows, parts, fixed=True),
+        }[name]
         writer = build(spark, spec["rows"], spec["partitions"]).write
     writer.parquet(str(path))
     files = sorted(path.glob("*.parquet"))

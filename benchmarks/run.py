@@ -42,7 +42,19 @@ ANCHOR_PYTHON = ANCHOR_DIR / "bin" / "python"
 ANCHOR_SCRIPT = ROOT.parent / "shared" / "anchors" / "petastorm-venv.sh"
 LOG_DIR = DATA_DIR / "logs"
 
-GROUPS = ("tabular", "vectors", "images", "first_batch", "batching", "materialize", "reuse", "memory", "s3", "mixing")
+GROUPS = (
+    "tabular",
+    "vectors",
+    "images",
+    "first_batch",
+    "batching",
+    "materialize",
+    "reuse",
+    "memory",
+    "s3",
+    "mixing",
+    "sequences",
+)
 DEFAULT_LOADER_ROWS = 300_000
 """Petastorm's row-by-row loader reads the 2M-row tabular set at 30-70k rows/s: over 60 s a run.
 Its tabular cases time the first 300,000 rows instead (rows/s is steady after the first batches)."""
@@ -173,6 +185,30 @@ def build_cases() -> list[Case]:
             add(f"batching.sparkfeed.{reader}.b{size}", f"sparkfeed {name}, batch {size}",
                 f"batching --reader {reader} --batch-size {size}{bounded}", None,
                 note=f"first {BATCHING_ONE_ROWS:,} rows" if size == 1 else "")
+
+    # Token ids of heavy-tailed lengths (mean 200, up to 4,096) against the same number of tokens as
+    # fixed-length rows of 200, and against today's object arrays; tokens/s counts values, not padding.
+    sf_seq, sf_fixed = ("sparkfeed", "sequences", None), ("sparkfeed", "sequences_fixed", None)
+    rows256 = "--batch-size 256 --tokens"
+    for reader, name in (("numpy", "make_numpy_iterator"), ("torch", "make_torch_dataloader")):
+        add(f"sequences.sparkfeed.fixed_{reader}", f"{name}, fixed-length rows of 200 (the anchor)",
+            f"--reader {reader} {rows256}", sf_fixed, peer=reader)
+        add(f"sequences.sparkfeed.object_{reader}", f"{name}, no sequence= (object arrays / lists of tensors)",
+            f"--reader {reader} {rows256}", sf_seq, peer=reader)
+        add(f"sequences.sparkfeed.pad_{reader}", f"{name}, sequence pad", f"--reader {reader} --sequence pad {rows256}",
+            sf_seq, peer=reader)
+        add(f"sequences.sparkfeed.bucket_{reader}", f"{name}, sequence bucket (default bounds 8..4096)",
+            f"--reader {reader} --sequence bucket {rows256}", sf_seq, peer=reader)
+        add(f"sequences.sparkfeed.pack_{reader}", f"{name}, sequence pack, 16 x 4096 per batch",
+            f"--reader {reader} --sequence pack --batch-size 16 --seq-len 4096 --tokens", sf_seq, peer=reader)
+    add("sequences.sparkfeed.pad_tf", "make_tf_dataset, sequence pad (eager iteration)",
+        f"--reader tf --sequence pad {rows256}", sf_seq, peer="tf")
+    add("sequences.sparkfeed.bucket_jax", "make_jax_iterator, sequence bucket",
+        f"--reader jax --sequence bucket {rows256}", sf_seq, peer="jax")
+    add("sequences.petastorm.batched", "Petastorm BatchedDataLoader on the same DataFrame",
+        "--reader batched --batch-size 256", ("petastorm", "sequences", None), peer="torch")
+    add("sequences.petastorm.batched_fixed", "Petastorm BatchedDataLoader, fixed-length rows of 200",
+        "--reader batched --batch-size 256", ("petastorm", "sequences_fixed", None), peer="torch")
 
     for side in ("sparkfeed", "petastorm"):
         for dataset in ("tabular", "vectors"):
@@ -547,7 +583,8 @@ def main() -> None:
         f"(anything above a few % is another process); {len(cases)} cases, repeats={repeats}"
     )
 
-    needed = sorted({"tabular", "vectors", "images"} & {c.holder[1] for c in cases if c.holder})
+    sources = {"tabular", "vectors", "images", "sequences", "sequences_fixed"}
+    needed = sorted(sources & {c.holder[1] for c in cases if c.holder})
     needed += [c.args[c.args.index("--dataset") + 1] for c in cases if "--dataset" in c.args]
     needed += ["big"] if any(c.group == "memory" for c in cases) else []
     needed += ["onegroup"] if any(c.group == "batching" for c in cases) else []
@@ -587,6 +624,8 @@ def main() -> None:
                 if rate
                 else ", ".join(f"{k}={v:.3g}" for k, v in result.items() if k.endswith("_s") and isinstance(v, float))
             )
+            if "tokens_per_s" in result:
+                summary += f", {result['tokens_per_s']:,.0f} tokens/s"
             log(f"  {case.id}: {summary} ({seconds:.0f} s)")
 
     def run_case(case: Case, handle: str | None, s3: dict[str, Any] | None = None) -> None:

@@ -156,6 +156,11 @@ def loader_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         kwargs["read_ahead_bytes"] = args.read_ahead_mb * 1024 * 1024
     if getattr(args, "steady_rows", None):
         kwargs["num_epochs"] = None  # one loader for every run: see steady()
+    mode = getattr(args, "sequence", None)
+    if mode:
+        from sparkfeed import Sequence
+
+        kwargs["sequence"] = {"tokens": Sequence("pack", seq_len=args.seq_len) if mode == "pack" else mode}
     return kwargs
 
 
@@ -335,6 +340,40 @@ def arrow_reader(
     yield {"arrow_iter_batches": iter_batches, "arrow_limit": limit, "arrow_read_table": read_table}[kind]()
 
 
+def batch_tokens(batch: dict[str, Any]) -> tuple[int, int]:
+    """(tokens, cells) of a batch of the sequences group: the values it carries, and its arrays' size.
+
+    Padded and bucketed batches say their lengths; packed ones hold a value where the segment id
+    is not 0; object arrays (no ``sequence=``) and lists of tensors hold one array per row; a
+    fixed-length batch is all values.
+    """
+    tokens = batch["tokens"]
+    if "tokens_lengths" in batch:
+        count = int(np.asarray(batch["tokens_lengths"]).sum())
+    elif "tokens_segment_ids" in batch:
+        count = int((np.asarray(batch["tokens_segment_ids"]) > 0).sum())
+    elif isinstance(tokens, list) or (isinstance(tokens, np.ndarray) and tokens.dtype == object):
+        count = sum(map(len, tokens))
+        return count, count
+    else:
+        count = int(np.asarray(tokens).size)
+    return count, int(np.asarray(tokens).size)
+
+
+def sequence_totals(converter: Any, args: argparse.Namespace) -> dict[str, Any]:
+    """One pass of the case's own loader, untimed: the rows, tokens and padded cells of an epoch.
+
+    Timed passes then only iterate; an epoch always yields every row once (tested), so its
+    tokens are these.
+    """
+    tokens = cells = batches = 0
+    with open_reader(converter, args) as loader:
+        for batch in loader:
+            counted, size = batch_tokens(batch)
+            tokens, cells, batches = tokens + counted, cells + size, batches + 1
+    return {"rows": len(converter), "tokens": tokens, "cells": cells, "batches": batches}
+
+
 def cache_files(args: argparse.Namespace, converter: Any) -> tuple[Any, list[str]]:
     """The filesystem and every file of the cache (its manifest included), local or on S3."""
     import pyarrow.fs as pafs
@@ -470,7 +509,14 @@ def case(args: argparse.Namespace) -> None:
         if args.reader == "s3_row_groups":
             spans = row_group_spans(local, args.s3_url.removeprefix("s3://"))
 
+        totals = sequence_totals(converter, args) if args.tokens else None
+
         def run() -> tuple[int, int]:
+            if totals is not None:  # the sequences group: rows and tokens of an epoch, iterated as a loop would
+                with open_reader(converter, args) as batches:
+                    for _ in batches:
+                        pass
+                return totals["rows"], totals["tokens"]
             if spans:
                 return read_spans(fs, spans, len(local))
             if files:
@@ -485,6 +531,11 @@ def case(args: argparse.Namespace) -> None:
                 result.update(measure(steady(loader, args.steady_rows), args.repeats, args.min_time))
         else:
             result.update(measure(run, args.repeats, args.min_time))
+        if totals is not None:
+            # measure() counts the second number as bytes: here it is tokens
+            result["tokens"] = result.pop("bytes")
+            result["tokens_per_s"] = result.pop("mb_per_s") * 1e6
+            result.update(batches=totals["batches"], cells_per_token=totals["cells"] / max(totals["tokens"], 1))
         if args.s3_url or files or args.file_mb:
             # The cache's size on disk per second of the same median run: comparable across the
             # download anchors (whose bytes are files) and the loaders (whose MB/s are decoded arrays).
@@ -693,6 +744,9 @@ def main() -> None:
     p.add_argument("--file-mb", action="store_true", help="also report the cache's file bytes per second")
     p.add_argument("--mix", default=None, help="with a plain+zstd holder: 'zstd', or weights 'plain:0.9,zstd:0.1'")
     p.add_argument("--steady-rows", type=int, default=None, help="rows per timed run of one long-lived loader")
+    p.add_argument("--sequence", choices=("pad", "bucket", "pack", "ragged"), default=None, help="sequence= mode")
+    p.add_argument("--seq-len", type=int, default=4096, help="packed rows' length (--sequence pack)")
+    p.add_argument("--tokens", action="store_true", help="the sequences group: report tokens/s and padding")
     p = commands.add_parser("memory")
     p.add_argument("--batch-size", type=int, default=1024)
     p = commands.add_parser("batching")

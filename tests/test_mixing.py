@@ -201,6 +201,8 @@ def test_other_arguments_are_validated_where_mix_is_called(sources) -> None:
         mix(sources, stop="never", rows_per_epoch=10).make_numpy_iterator(batch_size=32, drop_last=True)
     with pytest.raises(TypeError, match="accepted keywords"):
         mix(sources).make_numpy_iterator(shuffle=True)  # type: ignore[call-arg]
+    with pytest.raises(ValueError, match="sequence= is not supported for a mixture"):
+        mix(sources).make_numpy_iterator(sequence={"text": "pad"})
 
 
 def test_the_mixtures_loaders_take_the_converters_arguments() -> None:

@@ -32,6 +32,7 @@ import pytest
 import sparkfeed
 import sparkfeed.predicates
 from sparkfeed import (
+    Sequence,
     SparkDatasetConverter,
     TransformSpec,
     make_predict_fn,
@@ -195,6 +196,7 @@ FUNCTIONS: dict[str, Callable[..., Any]] = {
     "make_tf_dataset": SparkDatasetConverter.make_tf_dataset,
     "make_jax_iterator": SparkDatasetConverter.make_jax_iterator,
     "TransformSpec": TransformSpec,
+    "Sequence": Sequence,
     "edit_field": edit_field,
     "register_delete_dir_handler": register_delete_dir_handler,
     "make_predict_fn": make_predict_fn,

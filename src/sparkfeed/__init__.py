@@ -9,11 +9,13 @@ __version__ = "0.1.0"
 from sparkfeed.converter import SparkDatasetConverter, make_spark_converter, register_delete_dir_handler
 from sparkfeed.inference import make_predict_fn
 from sparkfeed.mixing import mix
+from sparkfeed.sequence import Sequence
 from sparkfeed.transform import TransformSpec
 from sparkfeed.types import NullValueError, UnsupportedTypeError
 
 __all__ = [
     "NullValueError",
+    "Sequence",
     "SparkDatasetConverter",
     "TransformSpec",
     "UnsupportedTypeError",

@@ -42,6 +42,10 @@ log = logging.getLogger(__name__)
 
 MANIFEST_NAME = "_sparkfeed_manifest.json"
 MANIFEST_FORMAT = 1
+RAGGED_MANIFEST_FORMAT = 2
+"""The format of a manifest whose files pack arrays of varying length as ``binary`` (a packed
+shape starting with ``-1``, see :mod:`sparkfeed.writer`): written only then, so that an older
+sparkfeed, which would not know how to unpack them, refuses the cache instead of misreading it."""
 CACHE_DIR_CONF = "sparkfeed.cacheDir"
 PETASTORM_CACHE_DIR_CONF = "petastorm.spark.converter.parentCacheDirUrl"
 CACHE_DIR_ENV = "SPARKFEED_CACHE_DIR"
@@ -116,7 +120,8 @@ class FileEntry:
     """One Parquet file of a cache: its path relative to the cache root and its row groups' sizes.
 
     ``packed`` names the list columns this file stores as ``fixed_size_binary``, with their
-    per-row shape (see :mod:`sparkfeed.writer`). ``partition`` holds the values of a
+    per-row shape, or as ``binary`` (arrays of varying length), whose shape starts with ``-1``
+    (see :mod:`sparkfeed.writer`). ``partition`` holds the values of a
     hive-partitioned dataset's partition columns (``year=2024/``), which the file itself lacks.
     """
 
@@ -158,11 +163,17 @@ class Manifest:
         """Rows in the whole dataset."""
         return sum(entry.num_rows for entry in self.files)
 
+    @property
+    def format(self) -> int:
+        """The manifest's format: :data:`RAGGED_MANIFEST_FORMAT` when a file packs varying lengths."""
+        ragged = any(shape and shape[0] < 0 for entry in self.files for shape in entry.packed.values())
+        return RAGGED_MANIFEST_FORMAT if ragged else MANIFEST_FORMAT
+
     def to_json(self) -> str:
         """The manifest file's content."""
         return json.dumps(
             {
-                "format": MANIFEST_FORMAT,
+                "format": self.format,
                 "key": self.key,
                 "created_at": self.created_at,
                 "created_by": self.created_by,
@@ -192,9 +203,12 @@ class Manifest:
                 :func:`read_manifest`, which reports them as one error).
         """
         data = json.loads(text)
-        if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT:
+        if not isinstance(data, dict) or data.get("format") not in (MANIFEST_FORMAT, RAGGED_MANIFEST_FORMAT):
             found = data.get("format") if isinstance(data, dict) else type(data).__name__
-            raise ValueError(f"cache manifest format {found!r} is not supported (expected {MANIFEST_FORMAT})")
+            raise ValueError(
+                f"cache manifest format {found!r} is not supported (expected {MANIFEST_FORMAT} or "
+                f"{RAGGED_MANIFEST_FORMAT})"
+            )
         schema = pa.ipc.read_schema(pa.py_buffer(base64.b64decode(data["schema"])))
         files = tuple(
             FileEntry(

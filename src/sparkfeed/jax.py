@@ -263,14 +263,16 @@ def _cut_function(jax: ModuleType) -> Callable[..., list[tuple[Any, ...]]]:
     return cut  # type: ignore[no-any-return]
 
 
-def jax_format(batch_size: int, device: Any = None, sharding: Any = None) -> BatchFormat[Any]:
+def jax_format(batch_size: int, device: Any = None, sharding: Any = None, sequence: bool = False) -> BatchFormat[Any]:
     """The format a JAX iterator's reader should make its chunks in.
 
     Batches are cut on the device for a device; with a sharding they are placed one by one
-    from NumPy, since a cut of a sharded block would not keep the sharding asked for.
+    from NumPy, since a cut of a sharded block would not keep the sharding asked for. So are
+    batches of sequences (``sequence=``), which are padded batch by batch and whose arrays
+    need not share their first dimension (a ``ragged`` column's values).
     """
     _target(device, sharding)
-    if sharding is not None:
+    if sharding is not None or sequence:
         import_jax()
         return NUMPY
     return JaxFormat(batch_size, device)

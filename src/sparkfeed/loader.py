@@ -17,6 +17,7 @@ from sparkfeed.types import ColumnSpec
 
 if TYPE_CHECKING:
     from sparkfeed.jax import JaxIterator
+    from sparkfeed.reader.sequence import SequencePlan
     from sparkfeed.tf import TfDatasetContext
     from sparkfeed.torch import TorchDataLoader
 
@@ -58,6 +59,10 @@ class Batches(Protocol[C_co]):
     @property
     def filters_rows(self) -> bool:
         """Whether filters, a predicate or a transform may change the row count, making lengths an estimate."""
+
+    @property
+    def sequence(self) -> SequencePlan | None:
+        """How ``sequence=`` columns are batched; None without them."""
 
     def batch_count(self, batch_size: int, drop_last: bool) -> int | None:
         """Batches of ``batch_size`` rows the next iteration's epochs make; None when it has no end."""
@@ -197,7 +202,7 @@ def tf_dataset(
             **kwargs,
         )
 
-    return TfDatasetContext(reader, batch, num_epochs, prefetch, drop_last)
+    return TfDatasetContext(reader, batch, num_epochs, prefetch, drop_last, sequence=bool(kwargs.get("sequence")))
 
 
 def jax_iterator(
@@ -212,5 +217,5 @@ def jax_iterator(
     """What ``make_jax_iterator`` returns; see :meth:`sparkfeed.SparkDatasetConverter.make_jax_iterator`."""
     from sparkfeed.jax import JaxIterator, jax_format
 
-    fmt = jax_format(batch_size, device, sharding)
+    fmt = jax_format(batch_size, device, sharding, sequence=bool(kwargs.get("sequence")))
     return JaxIterator(make(fmt, batch_size, num_epochs, workers_count, **kwargs), device, sharding)

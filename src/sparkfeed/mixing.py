@@ -153,6 +153,11 @@ class Mixture:
         for converter in self._converters.values():
             converter._check_alive()  # the converter's own check (one package)
         options = reader_options(batch_size=batch_size, num_epochs=num_epochs, workers_count=workers_count, **kwargs)
+        if options.sequence:
+            raise ValueError(
+                "mix: sequence= is not supported for a mixture yet (its batches join rows of several sources, which "
+                "would be padded separately): batch the sequences of one converter, or pad them in a transform_spec"
+            )
         mixing = self._options
         cur_shard, shard_count = options.shard
         if shard_count > 1 and options.shard_policy == "exact":

@@ -22,6 +22,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from sparkfeed.distributed import AUTO, check_rank_variables, resolve_shards
+from sparkfeed.sequence import Sequence as SequenceSpec
+from sparkfeed.sequence import check_sequence
 from sparkfeed.transform import TransformSpec
 
 ShardPolicy = Literal["pad", "drop", "exact"]
@@ -176,6 +178,7 @@ class ReaderOptions:
     shuffle_rows: bool = False
     shard_seed: int | None = None
     progress: bool = False
+    sequence: Mapping[str, SequenceSpec] | None = dataclasses.field(default=None, compare=False)
     filters: pc.Expression | None = dataclasses.field(default=None, compare=False)
     predicate: Any = dataclasses.field(default=None, compare=False)
     storage_options: Mapping[str, Any] | None = dataclasses.field(default=None, compare=False)
@@ -226,6 +229,7 @@ class ReaderOptions:
         for name in ("shuffle_row_groups", "drop_last", "verify_checksums", "shuffle_rows", "progress"):
             _store(self, name, _check_bool(name, getattr(self, name)))
         _store(self, "filters", _check_filters(self.filters))
+        _store(self, "sequence", check_sequence(self.sequence))
         if self.predicate is not None and not (is_field_predicate(self.predicate) or callable(self.predicate)):
             raise ValueError(
                 f"predicate={self.predicate!r} is not allowed: it must be a function of a pandas DataFrame that "
@@ -363,6 +367,18 @@ class ReaderArgs(TypedDict, total=False):
             epoch's total (unknown with ``filters`` or a ``predicate``), and rows/s. Redrawn at
             most every 0.1 s, so it costs the loop nothing measurable; it changes neither the
             batches nor the resume state.
+        sequence: Columns of arrays of varying length to batch as sequences, and how: a dict of
+            column name -> ``"pad"``, ``"bucket"``, ``"ragged"``, or a :class:`sparkfeed.Sequence`
+            (or a dict of its fields) for the options: ``max_length`` (truncate),
+            ``pad_to_multiple_of``, ``pad_value``, ``mask``, ``buckets``, and ``"pack"`` with
+            ``seq_len``. ``pad``: ``(batch, longest row of the batch)`` arrays with
+            ``<column>_lengths``; ``bucket``: batches of one length bucket each, padded to its
+            bound; ``pack``: rows end to end in ``(batch, seq_len)`` rows with
+            ``<column>_segment_ids`` and ``<column>_position_ids``; ``ragged``: a
+            ``tf.RaggedTensor`` in TF, values and lengths elsewhere. Made from Arrow's offsets,
+            with no Python step per row; resuming, sharding and shuffling stay exact (see
+            docs/sequences.md). None (default): such columns arrive as object arrays of
+            arrays (lists of tensors in torch) and TF refuses them.
     """
 
     prefetch: int | None
@@ -386,6 +402,7 @@ class ReaderArgs(TypedDict, total=False):
     storage_options: Mapping[str, Any] | None
     filesystem: Any
     progress: bool
+    sequence: Mapping[str, str | SequenceSpec | Mapping[str, Any]] | None
 
 
 def reader_options(

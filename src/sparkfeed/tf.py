@@ -30,7 +30,8 @@ import numpy as np
 
 from sparkfeed.loader import Batches
 from sparkfeed.reader.batch import Columns
-from sparkfeed.types import FrameworkView, NullValueError, array_view
+from sparkfeed.reader.sequence import LENGTHS, SequencePlan
+from sparkfeed.types import FrameworkView, NullValueError, array_view, framework_view
 
 SUPER_BATCH_ROWS = 65536
 
@@ -53,6 +54,25 @@ def _spec(tf: ModuleType, view: FrameworkView) -> Any:
     return tf.TensorSpec((None, *view.shape), dtype, name=view.name)
 
 
+def _sequence_specs(
+    tf: ModuleType, plan: SequencePlan, name: str, dtype: np.dtype, inner: tuple[int, ...]
+) -> list[tuple[str, Any]]:
+    """``(name, spec)`` of what a sequence column becomes (see :meth:`SequencePlan.output_shapes`).
+
+    A length that varies between batches is None; a ``ragged`` column is one
+    ``tf.RaggedTensorSpec`` (its lengths are its row lengths, not a column of their own).
+    """
+    specs = []
+    ragged = any(p.name == name and p.mode == "ragged" for p in plan.columns)
+    for output, out_dtype, shape, kind in plan.output_shapes(name, dtype, inner):
+        tf_dtype = tf.as_dtype(framework_view(output, np.dtype(out_dtype), (), "tf").dtype)
+        if kind == "ragged":
+            specs.append((output, tf.RaggedTensorSpec((None, *shape), tf_dtype, 1, tf.int64)))
+        elif not (ragged and output == name + LENGTHS):
+            specs.append((output, tf.TensorSpec((None, *shape), tf_dtype, name=output)))
+    return specs
+
+
 class TfDatasetContext:
     """What ``make_tf_dataset`` returns: entering gives the dataset, leaving stops the reader.
 
@@ -64,6 +84,8 @@ class TfDatasetContext:
         num_epochs: Epochs per iteration of the dataset (None: forever).
         prefetch: tf.data prefetch buffer (None: AUTOTUNE).
         drop_last: Leave out each epoch's short last batch.
+        sequence: Whether the reader batches sequences (``sequence=``): it then reads each batch
+            as it is yielded, padded to its own longest row, instead of larger ones to cut.
     """
 
     def __init__(
@@ -73,6 +95,7 @@ class TfDatasetContext:
         num_epochs: int | None,
         prefetch: int | None,
         drop_last: bool = False,
+        sequence: bool = False,
     ) -> None:
         self._tf = import_tf()
         if prefetch is not None:
@@ -82,7 +105,10 @@ class TfDatasetContext:
         if not isinstance(drop_last, (bool, np.bool_)):
             raise ValueError(f"drop_last={drop_last!r} is not allowed: it must be a bool")
         drop_last = bool(drop_last)
-        per_super = max(1, SUPER_BATCH_ROWS // batch_size)
+        self._sequence = sequence
+        # Sequences are padded batch by batch (to each batch's longest row), so tf.data cannot
+        # cut them out of a larger one: the reader reads the batches themselves.
+        per_super = 1 if sequence else max(1, SUPER_BATCH_ROWS // batch_size)
         # Super-batches hold whole batches, so only an epoch's last one has a short tail: rebatch
         # drops it there; the reader itself drops only when it reads batch by batch.
         self._reader = make_reader(batch_size * per_super, num_epochs, drop_last and per_super == 1)
@@ -97,17 +123,32 @@ class TfDatasetContext:
 
     def _infer_signature(self, make_reader: Callable[[int, int | None, bool], Batches[Columns]]) -> Any:
         """The element spec: from the cache's schema, or after a transform from one read batch."""
-        known = self._reader.columns
+        known, plan = self._reader.columns, self._reader.sequence
+        sequences = {} if plan is None else {p.name: p for p in plan.columns}
+        specs: list[tuple[str, Any]] = []
         if known is not None:
-            specs = [_spec(self._tf, column.view("tf")) for column in known.values()]
+            for name, column in known.items():
+                if name in sequences:
+                    column_plan = sequences[name]
+                    inner, dtype = column_plan.inner or (), column_plan.dtype or column.numpy_dtype
+                    specs += _sequence_specs(self._tf, plan, name, dtype, inner)  # type: ignore[arg-type]
+                else:
+                    specs.append((name, _spec(self._tf, column.view("tf"))))
         else:
-            with make_reader(1, 1, False) as probe:
-                probe.show_progress_in(None)  # a look at one row is no epoch to show
+            with make_reader(1 if plan is None else self._batch_size, 1, False) as probe:
+                probe.show_progress_in(None)  # a look at one batch is no epoch to show
                 first = next(iter(probe), None)
             if first is None:
                 raise ValueError("make_tf_dataset needs at least one row to know the dataset's element spec")
-            specs = [_spec(self._tf, array_view(name, array, "tf")) for name, array in first.items()]
-        names = [spec.name for spec in specs]
+            outputs = {o for p in sequences.values() for o in p.outputs()[1:]}
+            for name, array in first.items():
+                if name in sequences:
+                    inner = tuple(array.shape[1 if sequences[name].mode == "ragged" else 2 :])
+                    specs += _sequence_specs(self._tf, plan, name, array.dtype, inner)  # type: ignore[arg-type]
+                elif name not in outputs:
+                    specs.append((name, _spec(self._tf, array_view(name, array, "tf"))))
+        names = [name for name, _ in specs]
+        self._ragged = [name for name, spec in specs if isinstance(spec, self._tf.RaggedTensorSpec)]
         row = collections.namedtuple("Row", names, rename=True)  # type: ignore[misc]
         fields: tuple[str, ...] = row._fields
         renamed = {name: field for name, field in zip(names, fields, strict=True) if name != field}
@@ -117,14 +158,26 @@ class TfDatasetContext:
                 "rename them in Spark to keep their names",
                 stacklevel=4,
             )
-        return row(*specs)
+        self._names = names
+        return row(*(spec for _, spec in specs))
 
     def _generate(self) -> Iterator[Any]:
         self._failure = None
         row = type(self._signature)
+        tf, names, ragged = self._tf, self._names, self._ragged
         try:
             for batch in self._reader:
-                yield row(*(array_view(name, array, "tf").prepare(array) for name, array in batch.items()))
+                if not ragged:
+                    yield row(*(array_view(name, array, "tf").prepare(array) for name, array in batch.items()))
+                    continue
+                values = []
+                for name in names:
+                    array = array_view(name, batch[name], "tf").prepare(batch[name])
+                    if name in ragged:  # the values end to end and their row lengths: one RaggedTensor
+                        lengths = batch[name + LENGTHS].astype(np.int64)
+                        array = tf.RaggedTensor.from_row_lengths(array, lengths, validate=False)
+                    values.append(array)
+                yield row(*values)
         except NullValueError as error:
             self._failure = error  # TensorFlow delivers it as an InvalidArgumentError: see _eager_rows
             raise
@@ -198,7 +251,7 @@ def _row_dataset_type() -> type:
     """
     from tensorflow.python.data.ops import dataset_ops, iterator_ops
     from tensorflow.python.eager import context
-    from tensorflow.python.framework import errors
+    from tensorflow.python.framework import errors, tensor_spec
     from tensorflow.python.ops import gen_dataset_ops
 
     tf_v1 = import_tf().compat.v1
@@ -227,6 +280,9 @@ def _row_dataset_type() -> type:
             # What _next_internal reads: an AttributeError now, in a TensorFlow without it,
             # sends the dataset back to TensorFlow's own iterator.
             _ = (self._iterator_resource, self._flat_output_types, self._flat_output_shapes)
+            if not all(isinstance(spec, tensor_spec.TensorSpec) for spec in self._element_spec):
+                # a RaggedTensor's components travel encoded: TensorFlow's own iterator decodes them
+                raise AttributeError("an element of tensors only is made from its flat list")
             self._make = type(self._element_spec)._make
             self._failure = dataset._failure
 

@@ -411,8 +411,9 @@ def framework_view(
             return FrameworkView(name, framework, np.dtype(object), shape, "strings")
         if framework == "tf":
             raise UnsupportedTypeError(
-                f"column {name!r} holds arrays of varying length, which make_tf_dataset cannot batch: "
-                "pad them to one length, or drop the column with schema_fields"
+                f"column {name!r} holds arrays of varying length, which make_tf_dataset cannot batch as they are: "
+                f"batch them as sequences, sequence={{{name!r}: 'pad'}} (or 'ragged' for a tf.RaggedTensor), "
+                "or drop the column with schema_fields"
             )
         return FrameworkView(name, framework, np.dtype(object), (), "ragged")
     jax32 = framework == "jax" and not x64

@@ -5,8 +5,12 @@ levels: about 157,000 rows/s for 512 floats a row here. The same values as one
 ``fixed_size_binary`` cell per row decode at about 913,000 rows/s and become a NumPy array
 without a copy. So every list column whose rows all have one shape, no nulls and a numeric leaf
 is written packed; the manifest keeps its logical type (the list) and shape, and the reader
-unpacks it. Each task also measures its rows' array shapes and returns them with its files'
-row-group sizes, so the manifest needs no second pass over the data.
+unpacks it. Arrays of numbers whose length varies (token ids) are packed the same way into
+``binary`` cells, one per row (shape ``(-1, *inner)`` in the manifest): they decode about 2.8x
+as fast as the list (125 vs 354 million int32 values/s here), and a shuffle moves each row's
+bytes in one copy instead of value by value. Each task also measures its rows' array shapes
+and returns them with its files' row-group sizes, so the manifest needs no second pass over
+the data.
 
 This module is shipped to executors by value (see :func:`ship_by_value`): it imports nothing
 from sparkfeed, so executors need only pyarrow and NumPy, which Spark's Arrow path needs anyway.
@@ -71,6 +75,66 @@ def packed_shape(array: pa.Array, stats: ShapeStats) -> tuple[int, ...] | None:
     if nulls or not (pa.types.is_integer(leaf.type) or pa.types.is_floating(leaf.type)):
         return None
     return tuple(int(low) for low, _ in stats)  # type: ignore[arg-type]
+
+
+RAGGED = -1
+"""The first dimension of a packed shape whose rows vary in length (see :func:`pack_ragged`)."""
+
+
+def ragged_shape(array: pa.Array, stats: ShapeStats) -> tuple[int, ...] | None:
+    """``(-1, *inner)`` if this list column can be packed as ``binary``: lengths vary, no nulls, numeric leaf.
+
+    Only the outer length may vary: each value is a number, or an array of one shape
+    (``array<array<float>>`` whose inner arrays all hold the same count).
+    """
+    if not stats or stats[0][0] == stats[0][1] or stats[0][1] is None:
+        return None
+    inner = stats[1:]
+    if any(low != high or low is None or low == 0 for low, high in inner):
+        return None
+    leaf, nulls = _leaf(array)
+    if nulls or not (pa.types.is_integer(leaf.type) or pa.types.is_floating(leaf.type)):
+        return None
+    return (RAGGED, *(int(low) for low, _ in inner))  # type: ignore[arg-type]
+
+
+def pack_ragged(array: pa.Array, shape: tuple[int, ...]) -> pa.Array:
+    """A list column of varying length as ``binary``, one cell of raw values per row (``large_binary`` past 2 GiB)."""
+    leaf, _ = _leaf(array)
+    itemsize = leaf.type.bit_width // 8
+    width = int(np.prod(shape[1:], dtype=np.int64)) * itemsize
+    offsets = np.asarray(array.offsets, dtype=np.int64)
+    offsets = (offsets - offsets[0]) * width
+    data = leaf.buffers()[1].slice(leaf.offset * itemsize, len(leaf) * itemsize)
+    large = offsets[-1] >= 2**31
+    kind = pa.large_binary() if large else pa.binary()
+    offsets_buffer = pa.py_buffer(offsets if large else offsets.astype(np.int32))
+    return pa.Array.from_buffers(kind, len(array), [None, offsets_buffer, data])
+
+
+def unpack_ragged(array: pa.Array, logical: pa.DataType, shape: tuple[int, ...]) -> pa.Array:
+    """The inverse of :func:`pack_ragged`: the logical list type over the same value bytes (offsets recomputed)."""
+    leaf_type = logical
+    while is_list_type(leaf_type):
+        leaf_type = leaf_type.value_type
+    itemsize = leaf_type.bit_width // 8
+    width = int(np.prod(shape[1:], dtype=np.int64)) * itemsize
+    offsets, data = binary_buffers(array)
+    values: pa.Array = pa.Array.from_buffers(leaf_type, data.size // itemsize, [None, data])
+    for size in reversed(shape[1:]):
+        values = pa.FixedSizeListArray.from_arrays(values, size)
+    unpacked = pa.ListArray.from_arrays(pa.array(offsets // width, pa.int32()), values)
+    return unpacked if unpacked.type == logical else unpacked.cast(logical)
+
+
+def binary_buffers(array: pa.Array) -> tuple[np.ndarray, pa.Buffer]:
+    """A binary array's byte offsets (``int64``, into the data buffer, one more than the rows) and its data buffer."""
+    offset_type = np.int64 if pa.types.is_large_binary(array.type) else np.int32
+    _, offsets, data = array.buffers()
+    positions = np.frombuffer(
+        offsets, dtype=offset_type, count=len(array) + 1, offset=array.offset * np.dtype(offset_type).itemsize
+    )
+    return positions.astype(np.int64), data if data is not None else pa.py_buffer(b"")
 
 
 def pack(array: pa.Array, shape: tuple[int, ...]) -> pa.Array:
@@ -214,6 +278,9 @@ def partition_writer(
                     shape = packed_shape(column, stats)
                     if shape is not None:
                         column = pack(column, shape)
+                        packed[name] = list(shape)
+                    elif (shape := ragged_shape(column, stats)) is not None:
+                        column = pack_ragged(column, shape)
                         packed[name] = list(shape)
                 columns.append(column)
             encoded = pa.RecordBatch.from_arrays(columns, names=names)

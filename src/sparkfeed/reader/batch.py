@@ -14,8 +14,13 @@ from typing import Any, Generic, Protocol, TypeVar
 
 import numpy as np
 
+from sparkfeed.reader.ragged import Ragged
+
 Columns = dict[str, np.ndarray]
-"""A chunk or a batch in NumPy: column name → array whose first dimension is the row."""
+"""A chunk or a batch in NumPy: column name → array whose first dimension is the row.
+
+A column named in ``sequence=`` is a :class:`~sparkfeed.reader.ragged.Ragged` instead until its
+batch is finished; it slices, measures and joins like an array here."""
 
 Signature = dict[str, tuple[str, tuple[int, ...]]]
 """Column name → (dtype, shape of one row): what must stay the same from chunk to chunk."""
@@ -51,6 +56,9 @@ def numpy_signature(columns: Columns) -> Signature:
     """The NumPy chunk's signature; strings' widths may differ between chunks, so only their kind counts."""
     out: Signature = {}
     for name, array in columns.items():
+        if isinstance(array, Ragged):  # a sequence: its length varies, its values' shape may not
+            out[name] = (str(array.dtype), (-1, *array.inner))
+            continue
         kind = array.dtype.kind
         dtype = "str" if kind == "U" else "bytes" if kind == "S" else str(array.dtype)
         out[name] = (dtype, array.shape[1:])
@@ -84,7 +92,12 @@ class NumpyFormat:
         first = numpy_signature(parts[0])
         for part in parts[1:]:
             check_signature(first, numpy_signature(part))
-        return {n: np.concatenate([p[n] for p in parts]) for n in parts[0]}
+        return {
+            n: Ragged.concat([p[n] for p in parts])
+            if isinstance(column, Ragged)
+            else np.concatenate([p[n] for p in parts])
+            for n, column in parts[0].items()
+        }
 
     def signature(self, chunk: Columns) -> Signature:
         """Each column's dtype and per-row shape."""

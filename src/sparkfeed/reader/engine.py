@@ -22,7 +22,7 @@ from sparkfeed.cache import Manifest
 from sparkfeed.distributed import user_stacklevel
 from sparkfeed.location import Location
 from sparkfeed.options import ReaderOptions
-from sparkfeed.reader.batch import NUMPY, Batcher, BatchFormat, Columns
+from sparkfeed.reader.batch import NUMPY, Batcher, BatchFormat, Signature, check_signature, numpy_signature
 from sparkfeed.reader.exchange import Exchange
 from sparkfeed.reader.plan import PlanSpec, Segment, epoch_segments, remainder
 from sparkfeed.reader.pool import OrderedPool
@@ -30,11 +30,21 @@ from sparkfeed.reader.progress import EpochBar
 from sparkfeed.reader.readahead import DEFAULT_READ_AHEAD_BYTES, follow_counts
 from sparkfeed.reader.segments import SegmentReader, Work
 from sparkfeed.reader.selection import RowFilter, select_columns
+from sparkfeed.reader.sequence import SequencePlan
 from sparkfeed.reader.state import Identity, ReaderState, fingerprint, resume
 from sparkfeed.reader.stats import Counters, bytes_per_row, verdict
 from sparkfeed.types import ColumnSpec, column_specs
 
 C = TypeVar("C")
+
+Steps = tuple[
+    Callable[[Work], Any],
+    Callable[[Any], Any] | None,
+    Callable[[Iterator[tuple[Work, Any]]], Iterator[tuple[Any, int, int, int]]],
+]
+"""How a stream makes batches: the workers' function; what turns a worker process's result into
+a worker thread's (None with threads); and what cuts an epoch's ``(work, result)`` items into
+``(batch, segment, offset after its last row, rows)``."""
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +99,16 @@ class Reader(Generic[C]):
         every = column_specs(manifest.schema, dtype, manifest.shapes) if options.filters_rows else self._specs
         self._row_filter = RowFilter.build(options.filters, options.predicate, every, list(self._specs))
         extra = {} if self._row_filter is None else {name: every[name] for name in self._row_filter.extra}
+        self._sequence = None
+        if options.sequence:
+            self._sequence = SequencePlan.build(
+                options.sequence,
+                self._specs,
+                manifest.shapes,
+                options.batch_size,
+                options.drop_last,
+                transform=options.transform_spec is not None,
+            )
         self._segment_reader = SegmentReader(
             location,
             manifest.files,
@@ -98,6 +118,7 @@ class Reader(Generic[C]):
             immutable=bool(manifest.key),  # a cache sparkfeed wrote: its files are never rewritten
             read_ahead_bytes=DEFAULT_READ_AHEAD_BYTES if options.read_ahead_bytes is None else options.read_ahead_bytes,
             row_filter=self._row_filter,
+            sequence=self._sequence,
         )
         self._groups = [
             (f, g, rows) for f, entry in enumerate(manifest.files) for g, rows in enumerate(entry.row_groups)
@@ -148,6 +169,7 @@ class Reader(Generic[C]):
             shard_seed=self._plan.shard_seed,
             filters=None if self._row_filter is None else self._row_filter.description,
             predicate=options.predicate is not None,
+            sequence=None if self._sequence is None else self._sequence.describe(),
         )
         self._position = Position(0)
         self._end: int | None = None  # end epoch of the current (or resumed) iteration
@@ -181,6 +203,16 @@ class Reader(Generic[C]):
         return None if self._options.transform_spec is not None else dict(self._specs)
 
     @property
+    def sequence(self) -> SequencePlan | None:
+        """The ``sequence`` columns and how they are batched; None without ``sequence``."""
+        return self._sequence
+
+    @property
+    def counts_batches(self) -> bool:
+        """Whether ``len()`` is known before reading: not when bucketing or packing decide the batches."""
+        return self._sequence is None or not self._sequence.whole_batches
+
+    @property
     def filters_rows(self) -> bool:
         """Whether filters, a predicate or a transform may change the row count, making lengths an estimate."""
         return self._options.transform_spec is not None or self._row_filter is not None
@@ -191,21 +223,29 @@ class Reader(Generic[C]):
         With filters or a predicate it is an upper bound: the batches of every row that the
         row groups' statistics could not rule out, as if all of them passed.
         """
-        count = self.batch_count(self._options.batch_size, self._options.drop_last)
-        if count is None:
+        if self._options.num_epochs is None:
             raise TypeError("a loader with num_epochs=None is infinite and has no len(); pass num_epochs")
-        return count
+        if not self.counts_batches:
+            raise TypeError(
+                "a loader with sequence 'bucket' or 'pack' has no len(): how many batches its rows make depends on "
+                "their lengths, known only as they are read"
+            )
+        return self._count(self._options.batch_size, self._options.drop_last)
 
     def batch_count(self, batch_size: int, drop_last: bool) -> int | None:
         """Batches of ``batch_size`` rows that the next iteration's epochs make, each epoch cut on its own.
 
         ``len()`` in this reader's own batch size; an adapter that reads larger batches and cuts
         them itself (the TF dataset's super-batches) counts the batches its user receives.
-        None when ``num_epochs=None``: the iteration has no end. An upper bound where
+        None when ``num_epochs=None`` (the iteration has no end) or when sequences are bucketed
+        or packed (the rows' lengths decide, see :attr:`counts_batches`). An upper bound where
         :attr:`filters_rows`, as ``len()``.
         """
-        if self._options.num_epochs is None:
+        if self._options.num_epochs is None or not self.counts_batches:
             return None
+        return self._count(batch_size, drop_last)
+
+    def _count(self, batch_size: int, drop_last: bool) -> int:
         start, end = self._iteration_range()
         return sum(_batches(self._epoch_rows(epoch, start), batch_size, drop_last) for epoch in range(start.epoch, end))
 
@@ -294,49 +334,44 @@ class Reader(Generic[C]):
 
     def _stream(self, start: Position, end: int | None, token: object) -> Generator[C, None, None]:
         options = self._options
-        segments, convert = self._segment_reader, self._fmt.convert
-        # A filtered read also says where each of its rows leaves the position (None: one row each).
-        read: Callable[[Work], tuple[Columns, np.ndarray | None]] = (
-            segments.read_filtered if self._row_filter is not None else lambda work: (segments.read(work), None)
-        )
+        segments = self._segment_reader
         # Worker processes hand NumPy over through shared memory, and the format is made here;
         # worker threads make it themselves.
         exchange = Exchange() if options.reader_pool_type == "process" else None
-        finish = exchange.export if exchange is not None else convert
+        sequence = self._sequence
+        if sequence is not None and sequence.whole_batches:
+            work_fn, receive, cut = self._whole_batches(sequence, exchange)
+        else:
+            work_fn, receive, cut = self._cut_chunks(exchange)
+        clock = time.perf_counter
 
-        def work_fn(work: Work) -> tuple[Any, np.ndarray | None, float]:
-            started = time.perf_counter()
-            columns, ends = read(work)
-            return finish(columns), ends, time.perf_counter() - started
+        def timed(work: Work) -> tuple[Any, float]:  # what a worker returns, and its busy seconds
+            started = clock()
+            return work_fn(work), clock() - started
 
         pool: OrderedPool[Work, Any] = OrderedPool(
-            work_fn, options.workers, options.prefetch_pieces, segments.describe, options.reader_pool_type
+            timed, options.workers, options.prefetch_pieces, segments.describe, options.reader_pool_type
         )
         self._pool = pool
         raw = pool.imap(self._scheduled(self._work(start, end)))
-        results = raw if exchange is None else ((w, (convert(exchange.load(c)), e, b)) for w, (c, e, b) in raw)
-        batcher = Batcher(self._fmt, options.batch_size, options.drop_last)
+        results = raw if receive is None else ((w, (receive(out), busy)) for w, (out, busy) in raw)
         bar: EpochBar | None = None
-        clock = time.perf_counter
-        # The epoch's counts, kept in locals (a batch costs two clock reads and an addition) and
-        # published to self._current every 64 batches and at the end: see _tally.
-        n, wait, step, last = 0, 0.0, 0.0, None
+        # The epoch's counts, kept in locals (a batch costs two clock reads and two additions)
+        # and published to self._current every 64 batches and at the end: see _tally.
+        n, total, wait, step, last = 0, 0, 0.0, 0.0, None
         asked = clock()  # when the consumer asked for the next batch
         try:
             for epoch, items in itertools.groupby(results, key=lambda item: item[0].epoch):
                 counts = self._current = Counters()
-                chunks = self._counted(items, counts)
                 if self._progress:
                     bar = self._bar(epoch, start, *self._unit)
-                for batch, (index, skip, ends), consumed in batcher.batches(chunks):
-                    offset = consumed if ends is None else int(ends[consumed - 1])
-                    self._move(token, Position(epoch, index, skip + offset))
+                for batch, index, offset, rows in cut(self._counted(items, counts)):
+                    self._move(token, Position(epoch, index, offset))
                     if bar is not None:
-                        rows = self._fmt.rows(batch)
                         bar.step(self._user_batches(rows), rows)
-                    n, last = n + 1, batch
+                    n, total, last = n + 1, total + rows, batch
                     if not n & 63:
-                        self._tally(counts, n, wait, step, batch)
+                        self._tally(counts, n, total, wait, step, batch)
                     ready = clock()
                     wait += ready - asked
                     yield batch
@@ -345,8 +380,8 @@ class Reader(Generic[C]):
                 if bar is not None:
                     bar.close()
                     bar = None
-                self._tally(counts, n, wait, step, last)
-                n, wait, step, last = 0, 0.0, 0.0, None
+                self._tally(counts, n, total, wait, step, last)
+                n, total, wait, step, last = 0, 0, 0.0, 0.0, None
                 self._end_epoch(epoch, counts)
                 if not counts.batches and end is None and epoch > start.epoch:
                     raise ValueError(
@@ -362,7 +397,7 @@ class Reader(Generic[C]):
             if bar is not None:  # the loop stopped inside an epoch: the bar shows how far it got
                 bar.close()
             if n:  # an epoch left early still counts in stats()
-                self._tally(self._current, n, wait, step, last)
+                self._tally(self._current, n, total, wait, step, last)
             self._counters.add(self._current)
             self._current = Counters()
             raw.close()  # type: ignore[attr-defined]
@@ -371,25 +406,24 @@ class Reader(Generic[C]):
                 exchange.close()
 
     @staticmethod
-    def _counted(items: Iterator[tuple[Work, tuple[Any, np.ndarray | None, float]]], counts: Counters) -> Iterator[Any]:
-        """The batcher's chunks, keyed by position; each piece's worker time counted as it arrives."""
-        for work, (chunk, ends, busy) in items:
+    def _counted(items: Iterator[tuple[Work, tuple[Any, float]]], counts: Counters) -> Iterator[tuple[Work, Any]]:
+        """The pool's results without their busy seconds, which are counted as each piece arrives."""
+        for work, (out, busy) in items:
             counts.busy_seconds += busy
-            yield (work.index, work.skip, ends), chunk
+            yield work, out
 
     def _user_batches(self, rows: int) -> int:
         """The user's batches in a batch of ``rows`` rows (more than one where an adapter cuts it further)."""
         size, drop_last = self._unit
         return 1 if size == self._options.batch_size else _batches(rows, size, drop_last)
 
-    def _tally(self, counts: Counters, n: int, wait: float, step: float, batch: Any) -> None:
-        """Publishes an epoch's running counts: ``n`` batches so far, ``batch`` the latest.
+    def _tally(self, counts: Counters, n: int, rows: int, wait: float, step: float, batch: Any) -> None:
+        """Publishes an epoch's running counts: ``n`` batches and ``rows`` rows so far, ``batch`` the latest.
 
-        Every batch but an epoch's last has ``batch_size`` rows, so the rows follow from the
-        count and the latest batch's size.
+        Bytes are estimated from the latest batch's bytes per row (batches of one loader hold
+        the same columns; only sequences' widths vary).
         """
         size = self._options.batch_size
-        rows = (n - 1) * size + self._fmt.rows(batch) if batch is not None else n * size
         counts.rows, counts.wait_seconds, counts.step_seconds = rows, wait, step
         unit, drop_last = self._unit
         counts.batches = n if unit == size else _batches(rows, unit, drop_last)
@@ -427,10 +461,85 @@ class Reader(Generic[C]):
         counts.add(self._current)
         return counts.report(self._options.workers)
 
+    def _cut_chunks(self, exchange: Exchange | None) -> Steps:
+        """How chunks are read and cut into batches by the batcher (every mode but bucket and pack).
+
+        Returns the workers' function, what turns a worker process's result into ``(chunk,
+        ends)`` here (None with worker threads, whose results are ready), and what turns an
+        epoch's ``(work, result)`` items into ``(batch, segment, offset, rows)``.
+        """
+        segments, fmt, sequence = self._segment_reader, self._fmt, self._sequence
+        # Sequence columns stay Ragged until a batch is cut, so their chunks stay NumPy (which
+        # slices and joins them) and the batch is finished, then converted, as it leaves.
+        chunk_fmt: BatchFormat[Any] = fmt if sequence is None else NUMPY
+        convert = chunk_fmt.convert
+        finish = exchange.export if exchange is not None else convert
+
+        def work_fn(work: Work) -> tuple[Any, np.ndarray | None]:
+            # A filtered read also says where each of its rows leaves the position (None: one row each).
+            columns, ends, _ = segments.read_rows(work)
+            return finish(columns), ends
+
+        def receive(payload: tuple[Any, np.ndarray | None]) -> tuple[Any, np.ndarray | None]:
+            exported, ends = payload
+            return convert(exchange.load(exported)), ends  # type: ignore[union-attr]
+
+        batcher = Batcher(chunk_fmt, self._options.batch_size, self._options.drop_last)
+
+        def cut(items: Iterator[tuple[Work, Any]]) -> Iterator[tuple[Any, int, int, int]]:
+            chunks = (((work.index, work.skip, ends), chunk) for work, (chunk, ends) in items)
+            for batch, (index, skip, ends), consumed in batcher.batches(chunks):
+                offset = consumed if ends is None else int(ends[consumed - 1])
+                rows = chunk_fmt.rows(batch)
+                if sequence is not None:
+                    batch = fmt.convert(sequence.finish(batch))
+                yield batch, index, skip + offset, rows
+
+        return work_fn, None if exchange is None else receive, cut
+
+    def _whole_batches(self, sequence: SequencePlan, exchange: Exchange | None) -> Steps:
+        """How bucketed or packed batches are made: whole, by the worker that read their segment.
+
+        A worker thread reads the segment and makes its batches; a worker process reads it and
+        hands the rows over, and the batches are made here. Each batch comes with the segment
+        position after its last row, so a saved position says exactly which rows were yielded.
+        """
+        segments, fmt = self._segment_reader, self._fmt
+        signature: list[Signature] = []
+
+        def work_fn(work: Work) -> Any:
+            columns, positions, numbers = segments.read_rows(work)
+            if exchange is not None:
+                return exchange.export(columns), positions, numbers
+            return sequence.batches(columns, positions, numbers)
+
+        def receive(payload: tuple[Any, np.ndarray, np.ndarray]) -> Any:
+            exported, positions, numbers = payload
+            return sequence.batches(exchange.load(exported), positions, numbers)  # type: ignore[union-attr]
+
+        # Sequence arrays change length from batch to batch; their values' dtype may not.
+        varying = {output for plan in sequence.columns for output in plan.outputs()}
+
+        def cut(items: Iterator[tuple[Work, Any]]) -> Iterator[tuple[Any, int, int, int]]:
+            for work, (batches, ends) in items:
+                if batches:  # a segment's batches are made alike: checking its first one is enough
+                    now = {
+                        name: (dtype, () if name in varying else shape)
+                        for name, (dtype, shape) in numpy_signature(batches[0]).items()
+                    }
+                    if not signature:
+                        signature.append(now)
+                    else:
+                        check_signature(signature[0], now)
+                for batch, end in zip(batches, ends, strict=True):
+                    yield fmt.convert(batch), work.index, work.skip + int(end), NUMPY.rows(batch)
+
+        return work_fn, None if exchange is None else receive, cut
+
     def _bar(self, epoch: int, start: Position, batch_size: int, drop_last: bool) -> EpochBar:
         """The bar of one epoch; its total is unknown where filters or a predicate decide the rows."""
         total = None
-        if self._row_filter is None:
+        if self._row_filter is None and self.counts_batches:
             total = _batches(self._epoch_rows(epoch, start), batch_size, drop_last)
         return EpochBar(epoch, total, (self._plan.cur_shard, self._plan.shard_count))
 

@@ -34,6 +34,7 @@ import numpy as np
 from sparkfeed.lifecycle import at_exit, cover_sigterm
 from sparkfeed.owner import Liveness, Owner
 from sparkfeed.reader.batch import Columns
+from sparkfeed.reader.ragged import Ragged
 
 log = logging.getLogger(__name__)
 
@@ -50,13 +51,15 @@ class SharedColumns:
 
     Attributes:
         path: The file holding the arrays' bytes (None when it holds none).
-        layout: ``(name, dtype, shape, offset)`` of each mapped array, in column order.
-        inline: Object arrays (strings, ragged arrays), pickled as they are.
+        layout: ``(name, part, dtype, shape, offset)`` of each mapped array, in column order;
+            ``part`` is ``""`` for a plain array, ``"values"`` and ``"offsets"`` for the two
+            arrays of a sequence column (:class:`~sparkfeed.reader.ragged.Ragged`).
+        inline: Object arrays (strings, arrays of varying length), pickled as they are.
         order: The column names in order.
     """
 
     path: str | None
-    layout: tuple[tuple[str, str, tuple[int, ...], int], ...]
+    layout: tuple[tuple[str, str, str, tuple[int, ...], int], ...]
     inline: dict[str, np.ndarray]
     order: tuple[str, ...]
 
@@ -133,15 +136,20 @@ class Exchange:
         """Runs in a worker: writes the chunk's arrays to one new file, once each."""
         layout, inline, offset = [], {}, 0
         mapped = []
-        for name, array in columns.items():
-            if array.dtype == object or array.dtype.hasobject:
-                inline[name] = array
+        for name, column in columns.items():
+            if isinstance(column, Ragged):  # its values and offsets, rebased to start at 0
+                parts = [("values", column.flat()), ("offsets", column.offsets - column.offsets[0])]
+            elif column.dtype == object or column.dtype.hasobject:
+                inline[name] = column
                 continue
-            array = np.ascontiguousarray(array)
-            offset = -(-offset // _ALIGN) * _ALIGN
-            layout.append((name, array.dtype.str, tuple(array.shape), offset))
-            mapped.append((offset, array))
-            offset += array.nbytes
+            else:
+                parts = [("", column)]
+            for part, array in parts:
+                array = np.ascontiguousarray(array)
+                offset = -(-offset // _ALIGN) * _ALIGN
+                layout.append((name, part, array.dtype.str, tuple(array.shape), offset))
+                mapped.append((offset, array))
+                offset += array.nbytes
         path = None
         if mapped:
             fd, path = tempfile.mkstemp(dir=self.directory)
@@ -160,9 +168,16 @@ class Exchange:
             with open(shared.path, "rb") as handle:
                 buffer = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_COPY)
             os.unlink(shared.path)
-            for name, dtype, shape, offset in shared.layout:
+            parts: dict[str, np.ndarray] = {}
+            for name, part, dtype, shape, offset in shared.layout:
                 count = int(np.prod(shape, dtype=np.int64))
-                arrays[name] = np.frombuffer(buffer, dtype=np.dtype(dtype), count=count, offset=offset).reshape(shape)
+                array = np.frombuffer(buffer, dtype=np.dtype(dtype), count=count, offset=offset).reshape(shape)
+                if part == "values":
+                    parts[name] = array
+                elif part == "offsets":
+                    arrays[name] = Ragged(parts.pop(name), array)
+                else:
+                    arrays[name] = array
         return {name: arrays[name] for name in shared.order}
 
     def close(self) -> None:

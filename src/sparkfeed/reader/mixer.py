@@ -40,6 +40,7 @@ from sparkfeed.reader.batch import BatchFormat, Columns, Signature, numpy_signat
 from sparkfeed.reader.draws import STOPS, Draws, Stop
 from sparkfeed.reader.engine import Reader
 from sparkfeed.reader.progress import EpochBar
+from sparkfeed.reader.sequence import SequencePlan
 from sparkfeed.reader.state import Identity, ReaderState
 from sparkfeed.reader.stats import Counters, bytes_per_row, verdict
 from sparkfeed.types import ColumnSpec
@@ -399,6 +400,11 @@ class Mixer(Generic[C]):
     def columns(self) -> dict[str, ColumnSpec] | None:
         """What each column of a batch will be, known without reading; None when a transform decides."""
         return None if self._specs is None else dict(self._specs)
+
+    @property
+    def sequence(self) -> SequencePlan | None:
+        """None: a mixture does not batch sequences (``mix`` refuses ``sequence=``)."""
+        return None
 
     @property
     def filters_rows(self) -> bool:

@@ -47,8 +47,12 @@ _PARENT_POLL_SECONDS = 0.2
 
 def _install(fn: Callable[[Any], Any] | bytes, parent: int) -> None:
     global _worker_fn
-    # The pool stops a worker with SIGTERM: whatever handler the parent had (the user's, or one a
-    # spawned interpreter set up), a worker must die of it at once, even when blocked in C.
+    # A forked worker inherits its parent's Python SIGTERM handler (sparkfeed's cleanup, see
+    # sparkfeed.lifecycle), which has nothing to clean here and runs only when the main thread
+    # reaches the interpreter: if the kernel hands the pool's terminate() to the watching thread
+    # while the main thread waits on a queue lock that a terminated sibling held, it never does,
+    # and the reader's shutdown waits forever (seen as a rare hang). The default action ends the
+    # worker at once, whichever thread receives it.
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     _die_with(parent)
     if isinstance(fn, bytes):

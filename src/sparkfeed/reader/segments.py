@@ -28,11 +28,13 @@ from sparkfeed.cache import FileEntry
 from sparkfeed.location import Location
 from sparkfeed.reader.batch import NUMPY, Columns
 from sparkfeed.reader.plan import Segment, permutation
+from sparkfeed.reader.ragged import Ragged
 from sparkfeed.reader.readahead import DEFAULT_READ_AHEAD_BYTES, ReadAhead, SpanFile, column_ranges
 from sparkfeed.reader.selection import RowFilter, kept_positions
+from sparkfeed.reader.sequence import SequencePlan
 from sparkfeed.transform import TransformSpec
 from sparkfeed.types import ColumnSpec, to_numpy
-from sparkfeed.writer import unpack
+from sparkfeed.writer import RAGGED, unpack, unpack_ragged
 
 
 class _SharedRemoteFiles:
@@ -118,6 +120,9 @@ class SegmentReader:
             held at most; 0 leaves each row group to pyarrow's pre-buffering.
         row_filter: The rows to keep (see :meth:`read_filtered`); ``specs`` then also holds
             its extra columns, which are read to filter by and never yielded.
+        sequence: The ``sequence`` columns, read as :class:`~sparkfeed.reader.ragged.Ragged`
+            (values and offsets, never an object per row), and when bucketing, how a window's
+            rows are regrouped.
     """
 
     def __init__(
@@ -130,8 +135,11 @@ class SegmentReader:
         immutable: bool = False,
         read_ahead_bytes: int = DEFAULT_READ_AHEAD_BYTES,
         row_filter: RowFilter | None = None,
+        sequence: SequencePlan | None = None,
     ) -> None:
         self._location = Location.parse(root)
+        self._sequence = sequence
+        self._sequence_columns = {plan.name: plan for plan in sequence.columns} if sequence is not None else {}
         self._read_ahead_bytes = read_ahead_bytes if not self._location.is_local else 0
         self._read_ahead = ReadAhead(self._read_ahead_bytes) if self._read_ahead_bytes else None
         self._verify = verify_checksums
@@ -205,26 +213,7 @@ class SegmentReader:
         Without a transform, the shuffle is an Arrow ``take`` before conversion (C++, GIL
         released, twice NumPy's fancy indexing here); with one, it permutes the NumPy output.
         """
-        if self._filter is not None:
-            return self.read_filtered(work)[0]
-        tables = self._read_tables(work)
-        if self._transform is None and all(t.schema == tables[0].schema for t in tables):
-            table = tables[0] if len(tables) == 1 else pa.concat_tables(tables)
-            rows = self._rows_of(work, table.num_rows)
-            if isinstance(rows, np.ndarray):
-                table = table.take(rows)
-            elif rows is not None:
-                table = table.slice(rows.start, rows.stop - rows.start)
-            return {name: to_numpy(spec, table.column(name)) for name, spec in self._specs.items()}
-        if self._transform is not None:
-            parts = [self._dates_as_days(self._transform.apply(self._frame(t))) for t in tables]
-        else:  # files of one window that store a column differently
-            parts = [{n: to_numpy(spec, t.column(n)) for n, spec in self._specs.items()} for t in tables]
-        columns = NUMPY.concat(parts)
-        rows = self._rows_of(work, NUMPY.rows(columns))
-        if rows is not None:
-            columns = {name: array[rows] for name, array in columns.items()}
-        return columns
+        return self.read_rows(work)[0]
 
     def read_filtered(self, work: Work) -> tuple[Columns, np.ndarray | None]:
         """One segment read with the row filter applied, and where each of its rows leaves the reader.
@@ -238,34 +227,123 @@ class SegmentReader:
         each piece; a transform that changes the number of rows makes its output what the
         position counts, as without a filter, and the second value None.
         """
+        columns, positions, _ = self.read_rows(work)
+        return columns, positions
+
+    def read_rows(self, work: Work) -> tuple[Columns, np.ndarray | None, np.ndarray | None]:
+        """One segment's rows, where each leaves the reader, and, when bucketing, each one's batch.
+
+        Returns:
+            The columns (sequence columns as :class:`~sparkfeed.reader.ragged.Ragged`); for
+            each row the segment position after it, or None where that is its index + 1 (no
+            filter, see :meth:`read_filtered`); and with ``sequence`` bucketing, each row's
+            batch number (see :meth:`sparkfeed.reader.sequence.SequencePlan.bucket_order`).
+        """
+        if self._filter is not None:
+            return self._read_filtered(work)
+        tables = self._read_tables(work)
+        if self._transform is None and all(t.schema == tables[0].schema for t in tables):
+            table = tables[0] if len(tables) == 1 else pa.concat_tables(tables)
+            lengths = self._arrow_lengths(table)
+            rows, numbers = self._rows_of(work, table.num_rows, lengths)
+            if isinstance(rows, np.ndarray):
+                table = table.take(rows)
+            elif rows is not None:
+                table = table.slice(rows.start, rows.stop - rows.start)
+            return {name: self._convert(name, table.column(name)) for name in self._specs}, None, numbers
+        if self._transform is not None:
+            parts = [self._transformed(t) for t in tables]
+        else:  # files of one window that store a column differently
+            parts = [{n: self._convert(n, t.column(n)) for n in self._specs} for t in tables]
+        columns = NUMPY.concat(parts)
+        rows, numbers = self._rows_of(work, NUMPY.rows(columns), self._ragged_lengths(columns))
+        if rows is not None:
+            columns = {name: array[rows] for name, array in columns.items()}
+        return columns, None, numbers
+
+    def _read_filtered(self, work: Work) -> tuple[Columns, np.ndarray | None, np.ndarray | None]:
         assert self._filter is not None
         tables = self._read_tables(work)
         masks = [self._filter.mask(table, self._frame) for table in tables]
         mask = np.concatenate(masks) if masks else np.zeros(0, dtype=bool)
-        order = self._rows_of(work, len(mask))  # the segment's rows as without a filter, as indices
-        indices = order if isinstance(order, np.ndarray) else np.arange(len(mask))[order or slice(None)]
-        kept = mask[indices]
-        chosen, positions = indices[kept], kept_positions(kept)
+        same = all(t.schema == tables[0].schema for t in tables)
         if self._transform is None:
-            if all(t.schema == tables[0].schema for t in tables):
+            if same:
                 table = (tables[0] if len(tables) == 1 else pa.concat_tables(tables)).select(self._outputs)
+                lengths = self._arrow_lengths(table)
+            else:
+                parts = [{n: self._convert(n, t.column(n)) for n in self._outputs} for t in tables]
+                joined = NUMPY.concat(parts)
+                lengths = self._ragged_lengths(joined)
+            # the segment's rows as without a filter, as indices
+            order, numbers = self._rows_of(work, len(mask), lengths, mask)
+            indices = order if isinstance(order, np.ndarray) else np.arange(len(mask))[order or slice(None)]
+            kept = mask[indices]
+            chosen, positions = indices[kept], kept_positions(kept)
+            numbers = None if numbers is None else numbers[kept]
+            if same:
                 table = table.take(chosen)
-                return {name: to_numpy(self._specs[name], table.column(name)) for name in self._outputs}, positions
-            parts = [{n: to_numpy(self._specs[n], t.column(n)) for n in self._outputs} for t in tables]
-            return {name: array[chosen] for name, array in NUMPY.concat(parts).items()}, positions
+                return {name: self._convert(name, table.column(name)) for name in self._outputs}, positions, numbers
+            return {name: array[chosen] for name, array in joined.items()}, positions, numbers
         outputs = [
-            self._dates_as_days(self._transform.apply(self._frame(t.filter(pa.array(m)).select(self._outputs))))
+            self._transformed(t.filter(pa.array(m)).select(self._outputs))
             for t, m in zip(tables, masks, strict=True)
             if m.any()
         ]
         columns = NUMPY.concat(outputs) if outputs else {}
         if [NUMPY.rows(part) for part in outputs] == [int(m.sum()) for m in masks if m.any()]:
+            lengths = None
+            if self._bucketing:
+                lengths = np.zeros(len(mask), dtype=np.int64)
+                if columns:
+                    lengths[mask] = self._ragged_lengths(columns)
+            order, numbers = self._rows_of(work, len(mask), lengths, mask)
+            indices = order if isinstance(order, np.ndarray) else np.arange(len(mask))[order or slice(None)]
+            kept = mask[indices]
+            chosen, positions = indices[kept], kept_positions(kept)
+            numbers = None if numbers is None else numbers[kept]
             rank = np.cumsum(mask) - 1  # a kept row's index among the kept rows, which the transform kept 1:1
-            return {name: array[rank[chosen]] for name, array in columns.items()}, positions
-        rows = self._rows_of(work, NUMPY.rows(columns))
+            return {name: array[rank[chosen]] for name, array in columns.items()}, positions, numbers
+        rows, numbers = self._rows_of(work, NUMPY.rows(columns), self._ragged_lengths(columns))
         if rows is not None:
             columns = {name: array[rows] for name, array in columns.items()}
-        return columns, None
+        return columns, None, numbers
+
+    # ---------------------------------------------------------------- sequences
+
+    @property
+    def _bucketing(self) -> bool:
+        return self._sequence is not None and self._sequence.mode == "bucket"
+
+    def _convert(self, name: str, column: pa.ChunkedArray) -> Any:
+        """A column as NumPy, or as a :class:`Ragged` when it is a sequence."""
+        plan = self._sequence_columns.get(name)
+        if plan is not None and plan.inner is not None and plan.dtype is not None:
+            return Ragged.from_arrow(name, column, plan.inner, plan.dtype)
+        return to_numpy(self._specs[name], column)
+
+    def _transformed(self, table: pa.Table) -> Columns:
+        """A piece through the user's transform, its sequence columns as :class:`Ragged`."""
+        assert self._transform is not None
+        columns = self._dates_as_days(self._transform.apply(self._frame(table)))
+        if self._sequence is not None and columns:
+            columns = self._sequence.to_ragged(columns, self._specs)
+        return columns
+
+    def _arrow_lengths(self, table: pa.Table) -> np.ndarray | None:
+        """The bucketed column's row lengths, from its Arrow offsets; None when not bucketing."""
+        if not self._bucketing:
+            return None
+        assert self._sequence is not None and self._sequence.key is not None
+        return self._sequence.arrow_lengths(table.column(self._sequence.key.name))
+
+    def _ragged_lengths(self, columns: Columns) -> np.ndarray | None:
+        if not self._bucketing or not columns:
+            return None
+        assert self._sequence is not None and self._sequence.key is not None
+        value = columns[self._sequence.key.name]
+        assert isinstance(value, Ragged)
+        return self._sequence.ragged_lengths(value)
 
     def _read_tables(self, work: Work) -> list[pa.Table]:
         """The segment's pieces as read, in order, each with what the plan reads after it."""
@@ -434,23 +512,43 @@ class SegmentReader:
         return pa.repeat(pa.scalar(value, self._specs[name].arrow_type), rows)
 
     def _logical(self, name: str, column: pa.ChunkedArray, packed: dict[str, tuple[int, ...]]) -> pa.ChunkedArray:
-        """A column in its logical type: packed tensors unpacked (no copy), other types cast."""
+        """A column in its logical type: packed tensors unpacked (no copy), other types cast.
+
+        A sequence column packed as ``binary`` stays so when nothing but the reader looks at it
+        (no transform, no filter): a shuffle then moves each row's bytes in one copy, and
+        :meth:`Ragged.from_arrow` reads the values in place.
+        """
         target = self._specs[name].arrow_type
+        if name in packed and packed[name][0] == RAGGED:
+            if name in self._sequence_columns and self._transform is None and self._filter is None:
+                return column
+            return pa.chunked_array([unpack_ragged(chunk, target, packed[name]) for chunk in column.chunks])
         if name in packed:
             return pa.chunked_array([unpack(chunk, target, packed[name]) for chunk in column.chunks])
         return column if column.type == target else column.cast(target)
 
-    @staticmethod
-    def _rows_of(work: Work, rows: int) -> np.ndarray | slice | None:
-        """Which of a segment's ``rows`` it yields, in order.
+    def _rows_of(
+        self, work: Work, rows: int, lengths: np.ndarray | None = None, kept: np.ndarray | None = None
+    ) -> tuple[np.ndarray | slice | None, np.ndarray | None]:
+        """Which of a segment's ``rows`` it yields, in order, and when bucketing each one's batch.
 
         A shuffle window's permutation cut to ``[start, stop)``, a plain slice, or None for all
-        of them as they are.
+        of them as they are. When bucketing, the window's whole order (permuted or not) is
+        first regrouped by bucket (:meth:`~sparkfeed.reader.sequence.SequencePlan.bucket_order`,
+        given every row's ``lengths`` and which rows the filter ``kept``), and the cut applies
+        to that order: so positions, cuts and remainders mean the same rows in any run.
         """
         segment = work.segment
         low = segment.start + work.skip
         high = rows if segment.stop is None else min(segment.stop, rows)
+        order: np.ndarray | None = None
         if segment.shuffle_key is not None:
-            order: np.ndarray = permutation(work.seed, segment.shuffle_key, rows)[low:high]
-            return order
-        return slice(low, high) if low or high < rows else None
+            order = permutation(work.seed, segment.shuffle_key, rows)
+        if self._bucketing:
+            assert self._sequence is not None and lengths is not None
+            window = order if order is not None else np.arange(rows)
+            bucketed, numbers = self._sequence.bucket_order(window, lengths, kept)
+            return bucketed[low:high], numbers[low:high]
+        if order is not None:
+            return order[low:high], None
+        return (slice(low, high) if low or high < rows else None), None

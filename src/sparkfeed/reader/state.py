@@ -18,7 +18,7 @@ The dict form (``to_dict``), which goes into checkpoints::
      "identity": {"fingerprint": "…", "num_rows": 1000, "batch_size": 32, "drop_last": false,
                   "num_epochs": 2, "columns": ["id", "x"], "transform": false,
                   "shard_policy": "pad", "shuffle_row_groups": true, "shuffle_rows": 0,
-                  "shard_seed": null, "filters": null, "predicate": false},
+                  "shard_seed": null, "filters": null, "predicate": false, "sequence": null},
      "seed": 7, "cur_shard": 0, "shard_count": 2,
      "epoch": 0, "segment": 3, "offset": 17, "end_epoch": 2,
      "segments": null}
@@ -26,8 +26,8 @@ The dict form (``to_dict``), which goes into checkpoints::
 ``segments`` is null when the epoch's segments follow from the seed and shard; after a reshard
 it lists them, each as ``[[[file, row_group, start, stop], ...], shuffle_key, seed, start, stop]``.
 
-The identity's last three keys came after the first states of this version were saved; a state
-without them was saved without shard seed, filters or predicate, and reads as such.
+The identity's last four keys came after the first states of this version were saved; a state
+without them was saved without shard seed, filters, predicate or sequence, and reads as such.
 """
 
 from __future__ import annotations
@@ -87,6 +87,9 @@ class Identity:
         filters: The row filter's Arrow expression, as text: it decides which row groups the
             plan skips and which rows a position counts past.
         predicate: Whether a predicate selects rows (like a transform, it cannot be compared).
+        sequence: The ``sequence`` argument as canonical text: bucketing reorders a segment's
+            rows and bucketing and packing decide where batches end, so a position means other
+            rows under another one.
     """
 
     fingerprint: str
@@ -102,6 +105,7 @@ class Identity:
     shard_seed: int | None = None
     filters: str | None = None
     predicate: bool = False
+    sequence: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -409,10 +413,11 @@ def _identity(data: object) -> Identity:
     if not isinstance(data, Mapping):
         raise ValueError(f"reader state: identity={data!r:.80} is not allowed: it must be a dict")
     _check_keys(what, data, {f.name for f in dataclasses.fields(Identity)}, _LATER_IDENTITY_KEYS)
-    data = {"shard_seed": None, "filters": None, "predicate": False, **data}
+    data = {"shard_seed": None, "filters": None, "predicate": False, "sequence": None, **data}
     fingerprint, columns, policy = data["fingerprint"], data["columns"], data["shard_policy"]
-    if data["filters"] is not None and not isinstance(data["filters"], str):
-        raise ValueError(f"{what}: filters={data['filters']!r:.80} is not allowed: it must be a string or null")
+    for name in ("filters", "sequence"):
+        if data[name] is not None and not isinstance(data[name], str):
+            raise ValueError(f"{what}: {name}={data[name]!r:.80} is not allowed: it must be a string or null")
     if not isinstance(fingerprint, str):
         raise ValueError(f"{what}: fingerprint={fingerprint!r} is not allowed: it must be a string")
     if not isinstance(columns, list | tuple) or not all(isinstance(c, str) for c in columns):
@@ -433,10 +438,11 @@ def _identity(data: object) -> Identity:
         shard_seed=_optional_int(data, "shard_seed", 0, what),
         filters=data["filters"],
         predicate=_bool(data, "predicate", what),
+        sequence=data["sequence"],
     )
 
 
-_LATER_IDENTITY_KEYS = frozenset({"shard_seed", "filters", "predicate"})
+_LATER_IDENTITY_KEYS = frozenset({"shard_seed", "filters", "predicate", "sequence"})
 """Identity keys that version-2 states saved before them lack; they default to "none"."""
 
 

@@ -1,0 +1,283 @@
+"""Arrays of varying length carried through the reader as two arrays, never one object per row.
+
+A :class:`Ragged` column is Arrow's list layout in NumPy: every row's values laid end to end
+in one array and the offsets where each row starts. It comes from a Parquet list column
+without a copy of the values (:meth:`Ragged.from_arrow` keeps Arrow's buffers), and supports
+what the reader does to a column between reading and batching (``len``, slices, a gather by an
+index array for the shuffle, concatenation where a batch spans two chunks), each with a few
+whole-array NumPy calls whatever the number of rows: the row structure lives in the offsets,
+and a gather expands them to token positions with ``np.repeat``/``cumsum``. Only at the end is
+a batch turned into what a model takes (:meth:`Ragged.padded`, :meth:`Ragged.mask`).
+
+NumPy's object arrays of per-row arrays (what a ragged column was before, and still is for
+columns not named in ``sequence``) cost a Python object per row to make, to gather and to turn
+into tensors; this costs a few array operations per chunk.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from sparkfeed.types import NullValueError, _values
+from sparkfeed.writer import binary_buffers, is_list_type
+
+MASK_RATIO = 4
+"""Up to this many output cells per value, :meth:`Ragged.padded` fills by mask; beyond, by index
+(measured: the mask 1.7x as fast at 1.04 cells per value, the index 2.5x as fast at 15)."""
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Ragged:
+    """Rows of varying length: row ``i`` is ``values[offsets[i]:offsets[i + 1]]``.
+
+    ``offsets`` need not start at 0: a slice is a view of the same values with fewer offsets,
+    which is what lets the batcher cut a chunk into batches without copying. Each value may
+    itself be a fixed-shape array (``values.shape[1:]``, the rows' inner shape), as for
+    ``array<array<float>>`` whose inner arrays all have one length.
+
+    Attributes:
+        values: The rows' values end to end, shape ``(n, *inner)``; may hold values outside
+            the rows (before the first offset, after the last).
+        offsets: ``int64``, one more than the rows, non-decreasing, indices into ``values``.
+    """
+
+    values: np.ndarray
+    offsets: np.ndarray
+
+    # ---------------------------------------------------------------- building
+
+    @classmethod
+    def from_lengths(cls, values: np.ndarray, lengths: np.ndarray) -> Ragged:
+        """Rows of the given lengths, taken from ``values`` in order."""
+        offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        return cls(values, offsets)
+
+    @classmethod
+    def from_fixed(cls, array: np.ndarray) -> Ragged:
+        """An array of shape ``(rows, n, *inner)``: every row of length ``n`` (a view of it when contiguous)."""
+        rows, length = array.shape[0], array.shape[1]
+        return cls(array.reshape((rows * length, *array.shape[2:])), np.arange(rows + 1, dtype=np.int64) * length)
+
+    @classmethod
+    def from_arrow(
+        cls, name: str, array: pa.Array | pa.ChunkedArray, inner: tuple[int, ...], dtype: np.dtype
+    ) -> Ragged:
+        """A list column (``list``, ``large_list`` or ``fixed_size_list``) without a copy of its values.
+
+        Also the cache's packed form of arrays of varying length, one ``binary`` cell of raw
+        values per row (:func:`sparkfeed.writer.pack_ragged`): its data buffer is the values,
+        and its byte offsets divided by a row's item size are the offsets.
+
+        Args:
+            name: The column, for messages.
+            array: The column of one chunk.
+            inner: The shape of each value: ``()`` for ``list<number>``, ``(3,)`` for a
+                ``list<list<number>>`` whose inner lists all hold 3 values.
+            dtype: The values' dtype (what a packed column's bytes hold).
+
+        Raises:
+            NullValueError: A row or a value is null.
+            ValueError: An inner list does not have the length ``inner`` says.
+        """
+        if isinstance(array, pa.ChunkedArray):
+            array = array.chunk(0) if array.num_chunks == 1 else array.combine_chunks()
+        if pa.types.is_binary(array.type) or pa.types.is_large_binary(array.type):
+            _no_nulls(name, array)
+            positions, data = binary_buffers(array)
+            width = dtype.itemsize * int(np.prod(inner, dtype=np.int64))
+            values = np.frombuffer(data, dtype=dtype, count=data.size // dtype.itemsize)
+            return cls(values.reshape((-1, *inner)), positions // width)
+        if not is_list_type(array.type):
+            raise TypeError(f"column {name!r} is {array.type}, not a list column")
+        _no_nulls(name, array)
+        if pa.types.is_fixed_size_list(array.type):
+            size = array.type.list_size
+            offsets = (np.arange(len(array) + 1, dtype=np.int64) + array.offset) * size
+        else:
+            offsets = np.asarray(array.offsets, dtype=np.int64)  # of this slice, into the whole child
+        # Only the rows' own values: a piece is a slice of its row group, whose other rows are not ours to check.
+        first = int(offsets[0])
+        child = array.values.slice(first, int(offsets[-1]) - first)
+        offsets = offsets - first
+        leaf = child
+        for level, size in enumerate(inner):
+            if not is_list_type(leaf.type):
+                raise ValueError(f"column {name!r} nests {level + 1} list level(s), its shape says {len(inner) + 1}")
+            _no_nulls(name, leaf)
+            if not pa.types.is_fixed_size_list(leaf.type) or leaf.type.list_size != size:
+                bounds = pc.min_max(pc.list_value_length(leaf)).as_py()
+                if len(leaf) and (bounds["min"] != size or bounds["max"] != size):
+                    raise ValueError(
+                        f"column {name!r} holds inner arrays of {bounds['min']} to {bounds['max']} values where every "
+                        f"one should hold {size}: only the outer length of a sequence may vary"
+                    )
+            leaf = pc.list_flatten(leaf)
+        _no_nulls(name, leaf)
+        values = _values(leaf)
+        if inner:
+            values = values.reshape((len(child), *inner))
+        return cls(values, offsets)
+
+    @classmethod
+    def from_objects(cls, name: str, objects: np.ndarray) -> Ragged:
+        """A transform's output column: an object array of arrays (or an N-d array of equal rows).
+
+        This one costs a Python step per row, as the transform that made the objects did.
+
+        Raises:
+            NullValueError: A row is None.
+            ValueError: The rows' inner shapes or kinds differ.
+        """
+        if objects.dtype != object:
+            if objects.ndim < 2:
+                raise ValueError(f"column {name!r} holds one {objects.dtype} value per row, not an array")
+            return cls.from_fixed(objects)
+        rows = [np.asarray(value) if value is not None else None for value in objects]
+        if any(row is None for row in rows):
+            raise NullValueError(
+                f"column {name!r} holds a null where a sequence was expected: fill or drop it, or replace it in the "
+                "transform_fn"
+            )
+        arrays: list[np.ndarray] = rows  # type: ignore[assignment]
+        if not arrays:
+            return cls(np.zeros(0), np.zeros(1, dtype=np.int64))
+        inner = {a.shape[1:] for a in arrays if a.ndim}
+        if any(a.ndim == 0 for a in arrays) or len(inner) > 1:
+            raise ValueError(
+                f"column {name!r} holds rows of shapes {sorted({a.shape for a in arrays})[:4]}: a sequence's rows must "
+                "be arrays whose values share one shape"
+            )
+        lengths = np.fromiter((len(a) for a in arrays), dtype=np.int64, count=len(arrays))
+        return cls.from_lengths(np.concatenate(arrays), lengths)
+
+    # ---------------------------------------------------------------- measuring
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    @property
+    def lengths(self) -> np.ndarray:
+        """Each row's length (``int64``)."""
+        return np.diff(self.offsets)
+
+    @property
+    def dtype(self) -> np.dtype:
+        """The values' dtype."""
+        return self.values.dtype
+
+    @property
+    def inner(self) -> tuple[int, ...]:
+        """The shape of each value (``()`` for rows of numbers)."""
+        return tuple(self.values.shape[1:])
+
+    @property
+    def tokens(self) -> int:
+        """Values in all rows together."""
+        return int(self.offsets[-1] - self.offsets[0]) if len(self.offsets) else 0
+
+    def flat(self) -> np.ndarray:
+        """The rows' values end to end, a view."""
+        return self.values[self.offsets[0] : self.offsets[-1]]
+
+    # ---------------------------------------------------------------- reshaping
+
+    def __getitem__(self, key: slice | np.ndarray) -> Ragged:
+        """A slice of rows (a view) or the rows at an index array (a gather), as NumPy indexes."""
+        if isinstance(key, slice):
+            start, stop, step = key.indices(len(self))
+            if step != 1:
+                return self.take(np.arange(start, stop, step))
+            return Ragged(self.values, self.offsets[start : max(start, stop) + 1])
+        return self.take(np.asarray(key))
+
+    def take(self, indices: np.ndarray) -> Ragged:
+        """The rows at ``indices``, in that order: one gather of their values.
+
+        Each row's values move by ``new start - old start``; ``np.repeat`` spreads that shift
+        over the row's values, so the gather indices take three array operations, not a loop.
+        """
+        indices = np.asarray(indices, dtype=np.int64)
+        starts = self.offsets[indices]
+        lengths = self.offsets[indices + 1] - starts
+        out = np.zeros(len(indices) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=out[1:])
+        total = int(out[-1])
+        gather = np.arange(total, dtype=np.int64)
+        gather += np.repeat(starts - out[:-1], lengths)
+        return Ragged(self.values[gather], out)
+
+    @staticmethod
+    def concat(parts: Sequence[Ragged]) -> Ragged:
+        """Rows of the parts in order, their values copied once into one array."""
+        if len(parts) == 1:
+            return parts[0]
+        inner = {part.inner for part in parts}
+        if len(inner) > 1:
+            raise ValueError(f"cannot join sequences whose values have different shapes {sorted(inner)}")
+        values = np.concatenate([part.flat() for part in parts])
+        lengths = np.concatenate([part.lengths for part in parts])
+        return Ragged.from_lengths(values, lengths)
+
+    def truncate(self, max_length: int | None) -> Ragged:
+        """Each row cut to its first ``max_length`` values (a gather, or itself when none is longer)."""
+        lengths = self.lengths
+        if max_length is None or not len(lengths) or int(lengths.max()) <= max_length:
+            return self
+        kept = np.minimum(lengths, max_length)
+        out = np.zeros(len(kept) + 1, dtype=np.int64)
+        np.cumsum(kept, out=out[1:])
+        gather = np.arange(int(out[-1]), dtype=np.int64)
+        gather += np.repeat(self.offsets[:-1] - out[:-1], kept)
+        return Ragged(self.values[gather], out)
+
+    def padded(self, length: int, pad_value: Any = 0) -> np.ndarray:
+        """The rows as one ``(rows, length, *inner)`` array, each row's values first, then ``pad_value``.
+
+        Every row must be at most ``length`` long (see :meth:`truncate`). Two ways, both one
+        pass over the output: where padding is a small part of it (bucketed batches), a mask of
+        the cells that hold values takes the values in order, which costs a bool per cell;
+        where it dominates (a long row among short ones), the values are scattered by index,
+        which costs an index per value instead: row ``i``'s value ``j`` lands at
+        ``i * length + j``, a running count shifted per row, as in :meth:`take`.
+        """
+        rows, lengths = len(self), self.lengths
+        total = self.tokens
+        if total and int(lengths.max()) > length:
+            raise ValueError(f"a row of {int(lengths.max())} values does not fit a padded length of {length}")
+        if total and rows * length <= MASK_RATIO * total:
+            out = _filled((rows, length, *self.inner), pad_value, self.dtype)
+            out[self.mask(length)] = self.flat()
+            return out
+        flat = _filled((rows * length, *self.inner), pad_value, self.dtype)
+        if total:
+            scatter = np.arange(total, dtype=np.int64)
+            scatter += np.repeat(
+                np.arange(rows, dtype=np.int64) * length - (self.offsets[:-1] - self.offsets[0]), lengths
+            )
+            flat[scatter] = self.flat()
+        return flat.reshape((rows, length, *self.inner))
+
+    def mask(self, length: int) -> np.ndarray:
+        """``(rows, length)`` bools: True where a row has a value, False over its padding."""
+        return np.arange(length) < self.lengths[:, None]
+
+
+def _filled(shape: tuple[int, ...], value: Any, dtype: np.dtype) -> np.ndarray:
+    """A new array of ``value``: zeros come from ``np.zeros``, whose fresh pages are zero already (no fill pass)."""
+    return np.zeros(shape, dtype) if value == 0 else np.full(shape, value, dtype)
+
+
+def _no_nulls(name: str, array: pa.Array) -> None:
+    if array.null_count:
+        raise NullValueError(
+            f"column {name!r} ({array.type}) holds {array.null_count} null value(s), which a sequence cannot "
+            "represent: fill or drop them before converting (df.fillna / df.dropna, or "
+            "F.coalesce(col, F.array()) for a null array), or replace them in a transform_fn"
+        )

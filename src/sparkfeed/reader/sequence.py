@@ -1,0 +1,603 @@
+"""Sequences in the reader: arrays of varying length batched padded, bucketed or packed.
+
+A column named in ``sequence=`` travels from Arrow to the batch as a :class:`~sparkfeed.reader.ragged.Ragged`
+(values and offsets), never as one object per row; :class:`SequencePlan` decides what each batch
+becomes. Two ways of cutting batches, chosen so that a saved position stays what it always was,
+"rows consumed of segment ``s`` in its output order" (see :mod:`sparkfeed.reader.plan`), and
+resume, sharding and shuffling stay exact:
+
+- ``pad`` and ``ragged`` change what a batch holds, not which rows: the batcher cuts batches
+  exactly as for any other column (only an epoch's last batch is short, so DDP ranks keep equal
+  batch counts), and each batch is padded when it leaves the batcher (:meth:`SequencePlan.finish`).
+- ``bucket`` and ``pack`` decide which rows make a batch from the rows' lengths, so their
+  batches are made inside one segment, by the worker that read it, and never span two: the
+  position after a batch is the segment row its last row came from. ``bucket`` reorders a
+  segment's rows, a stable, deterministic function of the whole window's rows like the shuffle
+  permutation (:meth:`SequencePlan.bucket_order`), so a cut, a remainder or a reshard of a
+  segment means the same rows in the same order; ``pack`` keeps the order and fills each batch
+  greedily from where the segment (or the resumed position) starts, never splitting a row
+  between two batches, so every batch ends on a row boundary.
+
+Rows whose lengths decide batches are known only when read, so a bucketed or packed loader's
+number of batches is too: it has no ``len()``, and DDP ranks may get different batch counts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from sparkfeed.reader.ragged import Ragged
+from sparkfeed.sequence import Sequence
+from sparkfeed.types import ColumnSpec
+from sparkfeed.writer import ShapeStats, is_list_type
+
+Columns = dict[str, Any]
+"""A chunk or batch whose sequence columns may be :class:`Ragged`."""
+
+LENGTHS, MASK, SEGMENT_IDS, POSITION_IDS = "_lengths", "_mask", "_segment_ids", "_position_ids"
+INDEX_DTYPE = np.dtype(np.int32)
+"""Lengths, segment ids and position ids: int32, what JAX holds without x64 and embeddings take."""
+
+SMALLEST_BUCKET = 8
+
+
+@dataclasses.dataclass(frozen=True)
+class ColumnPlan:
+    """One sequence column: its options and what the dataset says of it.
+
+    Attributes:
+        name: The column.
+        spec: Its :class:`~sparkfeed.Sequence`.
+        inner: The shape of each value (``()`` for ``array<number>``); None when a transform
+            makes the column.
+        bounds: ``bucket``: the padded length of each bucket, increasing.
+        dtype: The values' dtype; None when a transform makes the column.
+    """
+
+    name: str
+    spec: Sequence
+    inner: tuple[int, ...] | None = ()
+    bounds: tuple[int, ...] = ()
+    dtype: np.dtype | None = None
+
+    @property
+    def mode(self) -> str:
+        """The column's mode."""
+        return self.spec.mode
+
+    def outputs(self) -> list[str]:
+        """The batch entries this column becomes, in order."""
+        name, spec = self.name, self.spec
+        extra = [name + SEGMENT_IDS, name + POSITION_IDS] if spec.mode == "pack" else [name + LENGTHS]
+        if spec.mask:
+            extra.append(name + MASK)
+        return [name, *extra]
+
+
+@dataclasses.dataclass(frozen=True)
+class SequencePlan:
+    """The sequence columns of one reader and how its batches are made of them.
+
+    Made by :meth:`build` when the loader is made, from the ``sequence`` argument, the columns
+    and the lengths the cache's manifest measured; it pickles into worker processes.
+
+    Attributes:
+        columns: The sequence columns, in ``sequence`` order.
+        batch_size: Rows per batch (``pack``: packed rows per batch).
+        drop_last: ``bucket``: leave out the batches with fewer rows; else the batcher's rule.
+        checked: Whether the dataset's columns were checked already (not when a transform
+            makes them: then each chunk is checked as it comes).
+    """
+
+    columns: tuple[ColumnPlan, ...]
+    batch_size: int
+    drop_last: bool = False
+    checked: bool = True
+
+    # ---------------------------------------------------------------- building
+
+    @classmethod
+    def build(
+        cls,
+        sequence: Mapping[str, Sequence],
+        specs: Mapping[str, ColumnSpec],
+        shapes: Mapping[str, ShapeStats],
+        batch_size: int,
+        drop_last: bool,
+        transform: bool,
+    ) -> SequencePlan:
+        """Checks ``sequence`` against the dataset and works out the bucket bounds.
+
+        Args:
+            sequence: The validated ``sequence`` argument.
+            specs: The selected columns (what the cache holds; a transform may change it).
+            shapes: The manifest's length statistics per list column.
+            batch_size: Rows per batch.
+            drop_last: The loader's ``drop_last``.
+            transform: Whether a transform makes the batches' columns: the cache's columns
+                then say nothing certain, and checks wait for the first chunk.
+
+        Raises:
+            ValueError: A column is missing or not an array of numbers, its inner arrays vary
+                in length, a bucket or a packed batch cannot hold its longest row, other columns
+                would not line up with packed rows, or an output name is taken.
+        """
+        plans = []
+        for name, spec in sequence.items():
+            longest, inner, dtype = None, None, None
+            if not transform:
+                longest = _longest(name, spec, specs, shapes)
+                inner = _inner(specs[name], shapes)
+                dtype = _leaf_dtype(specs[name].arrow_type)
+            bounds: tuple[int, ...] = ()
+            if spec.mode == "bucket":
+                bounds = _bucket_bounds(name, spec, longest, transform)
+            if spec.mode == "pack" and longest is not None:
+                limit = min(longest, spec.max_length or longest)
+                grid = batch_size * (spec.seq_len or 0)
+                if limit > grid:
+                    raise ValueError(
+                        f"sequence: column {name!r} has rows of up to {limit} values, more than one packed batch holds "
+                        f"(batch_size {batch_size} x seq_len {spec.seq_len} = {grid}); a row is never split between "
+                        "two batches: raise seq_len or batch_size, or truncate rows with max_length"
+                    )
+            plans.append(ColumnPlan(name, spec, inner, bounds, dtype))
+        plan = cls(tuple(plans), batch_size, drop_last, checked=not transform)
+        if not transform:
+            plan.check_columns(list(specs))
+        return plan
+
+    def check_columns(self, names: list[str]) -> None:
+        """Checks a batch's column names: pack lines up with nothing else, and no output name is taken.
+
+        Raises:
+            ValueError: What is wrong, and what to do.
+        """
+        if self.mode == "pack":
+            others = [name for name in names if name not in self.names]
+            if others:
+                raise ValueError(
+                    f"sequence: packed rows mix several source rows, so columns {others} would not line up with them; "
+                    "leave them out with schema_fields (or pack them too: every packed column needs the same lengths)"
+                )
+            modes = {plan.mode for plan in self.columns}
+            if modes != {"pack"}:
+                raise ValueError(
+                    "sequence: with 'pack', every sequence column is packed: the same rows, the same packed layout"
+                )
+        taken = set(names)
+        for plan in self.columns:
+            for output in plan.outputs()[1:]:
+                if output in taken:
+                    raise ValueError(
+                        f"sequence: column {plan.name!r} yields {output!r}, which is already a column of the batch: "
+                        "rename that column in Spark, or leave it out with schema_fields"
+                    )
+                taken.add(output)
+
+    # ---------------------------------------------------------------- describing
+
+    @property
+    def names(self) -> frozenset[str]:
+        """The sequence columns."""
+        return frozenset(plan.name for plan in self.columns)
+
+    @property
+    def mode(self) -> str | None:
+        """``bucket`` or ``pack`` when one of them cuts the batches; None when the batcher does."""
+        for plan in self.columns:
+            if plan.mode in ("bucket", "pack"):
+                return plan.mode
+        return None
+
+    @property
+    def whole_batches(self) -> bool:
+        """Whether batches are made inside each segment by its worker (``bucket``, ``pack``)."""
+        return self.mode is not None
+
+    @property
+    def key(self) -> ColumnPlan | None:
+        """The column whose lengths cut the batches (the bucketed one, the first packed one)."""
+        return next((plan for plan in self.columns if plan.mode in ("bucket", "pack")), None)
+
+    def describe(self) -> str:
+        """The plan as canonical text, for the reader state's identity: it decides the batches."""
+        return json.dumps({plan.name: plan.spec.describe() for plan in self.columns}, sort_keys=True)
+
+    def outputs(self, names: list[str]) -> list[str]:
+        """The names of a finished batch made from columns ``names``, in order."""
+        plans = {plan.name: plan for plan in self.columns}
+        return [out for name in names for out in (plans[name].outputs() if name in plans else [name])]
+
+    def output_shapes(
+        self, name: str, dtype: np.dtype, row_shape: tuple[int, ...]
+    ) -> list[tuple[str, np.dtype, tuple[int | None, ...], str]]:
+        """What a column becomes in a finished batch: ``(name, dtype, per-row shape, kind)`` per output.
+
+        ``None`` in a shape is a length that varies from batch to batch; ``kind`` is
+        ``"tensor"``, or ``"ragged"`` for a ``ragged``-mode column's values (a
+        ``tf.RaggedTensor`` in TF). ``row_shape`` is the column's inner shape (each value's).
+        """
+        plans = {plan.name: plan for plan in self.columns}
+        plan = plans.get(name)
+        if plan is None:
+            return [(name, dtype, row_shape, "tensor")]
+        index, spec = INDEX_DTYPE, plan.spec
+        if spec.mode == "ragged":
+            return [(name, dtype, (None, *row_shape), "ragged"), (name + LENGTHS, index, (), "tensor")]
+        length: int | None = spec.seq_len if spec.mode == "pack" else None
+        out = [(name, dtype, (length, *row_shape), "tensor")]
+        if spec.mode == "pack":
+            out += [(name + SEGMENT_IDS, index, (length,), "tensor"), (name + POSITION_IDS, index, (length,), "tensor")]
+        else:
+            out.append((name + LENGTHS, index, (), "tensor"))
+        if spec.mask:
+            out.append((name + MASK, np.dtype(bool), (length,), "tensor"))
+        return out
+
+    # ---------------------------------------------------------------- worker side
+
+    def arrow_lengths(self, column: pa.ChunkedArray | pa.Array) -> np.ndarray:
+        """The key column's row lengths, from its Arrow offsets, once cut to ``max_length``."""
+        key = self.key
+        assert key is not None and key.inner is not None and key.dtype is not None
+        return self._kept(Ragged.from_arrow(key.name, column, key.inner, key.dtype).lengths)
+
+    def ragged_lengths(self, column: Ragged) -> np.ndarray:
+        """The key column's row lengths, once cut to ``max_length``."""
+        return self._kept(column.lengths)
+
+    def _kept(self, lengths: np.ndarray) -> np.ndarray:
+        key = self.key
+        limit = None if key is None else key.spec.max_length
+        return lengths if limit is None else np.minimum(lengths, limit)
+
+    def bucket_order(
+        self, order: np.ndarray, lengths: np.ndarray, kept: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """A window's output order when bucketing, and each output row's batch number.
+
+        The window's rows, in the order the shuffle (or the file) gives them, are grouped by
+        bucket: each bucket's rows, in that order, make batches of ``batch_size``. Batches come
+        out in the order they fill up (a full batch when its last row arrives, as a streaming
+        bucketer would emit it); each bucket's short last batch comes after all full ones, in
+        bucket order. Rows a filter drops come last, in their order, with batch number -1.
+
+        Everything here depends only on the window's rows, never on where the segment was cut
+        or resumed, so positions into this order mean the same rows in any run.
+
+        Args:
+            order: The window's rows in their (shuffled) order, as indices.
+            lengths: Every window row's length (indexed by row, not by ``order``).
+            kept: Which window rows a filter keeps (indexed by row); None for all.
+
+        Raises:
+            ValueError: A row is longer than the last bucket's bound.
+        """
+        key = self.key
+        assert key is not None and key.bounds
+        size, bounds = self.batch_size, np.asarray(key.bounds)
+        keep = np.ones(len(order), dtype=bool) if kept is None else kept[order]
+        rows = order[keep]
+        bucket = np.searchsorted(bounds, lengths[rows], side="left")
+        if len(bucket) and int(bucket.max()) >= len(bounds):
+            longest = int(lengths[rows].max())
+            raise ValueError(
+                f"sequence: column {key.name!r} has a row of {longest} values, longer than its last bucket "
+                f"({int(bounds[-1])}): add a bucket of at least {longest}, or truncate rows with max_length"
+            )
+        count = len(rows)
+        grouped = np.argsort(bucket, kind="stable")  # positions among the kept rows, bucket by bucket
+        sizes = np.bincount(bucket, minlength=len(bounds))
+        starts = np.cumsum(sizes) - sizes
+        in_bucket = bucket[grouped]
+        rank = np.arange(count) - starts[in_bucket]
+        full = rank < (sizes // size * size)[in_bucket]
+        last = starts[in_bucket] + np.minimum((rank // size + 1) * size, sizes[in_bucket]) - 1
+        # A full batch is keyed by the position of its last row, a short one after every full one.
+        batch_key = np.where(full, grouped[last], count + in_bucket)
+        ranked = np.lexsort((grouped, batch_key))
+        output = grouped[ranked]
+        keys = batch_key[ranked]
+        number = np.zeros(count, dtype=np.int64)
+        if count:
+            number[1:] = np.cumsum(keys[1:] != keys[:-1])
+        dropped = order[~keep]
+        return (
+            np.concatenate([rows[output], dropped]),
+            np.concatenate([number, np.full(len(dropped), -1, dtype=np.int64)]),
+        )
+
+    def to_ragged(self, columns: Columns, specs: Mapping[str, ColumnSpec]) -> Columns:
+        """A transform's output with its sequence columns as :class:`Ragged` (a Python step per row)."""
+        out = dict(columns)
+        for plan in self.columns:
+            if plan.name not in out:
+                raise ValueError(
+                    f"sequence names {plan.name!r}, which the transform's output does not have: its columns are "
+                    f"{list(out)}"
+                )
+            value = out[plan.name]
+            if not isinstance(value, Ragged):
+                out[plan.name] = Ragged.from_objects(plan.name, value)
+            _check_numbers(plan.name, out[plan.name].dtype)
+        if not self.checked:
+            self.check_columns(list(out))
+        return out
+
+    def batches(
+        self, columns: Columns, positions: np.ndarray | None, numbers: np.ndarray | None
+    ) -> tuple[list[Columns], np.ndarray]:
+        """A segment's rows, in output order, made into finished batches (``bucket``, ``pack``).
+
+        Args:
+            columns: The rows, sequence columns as :class:`Ragged`.
+            positions: For each row, the segment position after it (filters); None: its index + 1.
+            numbers: ``bucket``: each row's batch number (:meth:`bucket_order`).
+
+        Returns:
+            The batches, and for each the position after its last row, relative to the rows'
+            first (what the reader adds to the segment's skipped rows).
+        """
+        rows = len(next(iter(columns.values()))) if columns else 0
+        if not rows:
+            return [], np.zeros(0, dtype=np.int64)
+        if self.mode == "pack":
+            batches, cuts = self._pack(columns)
+        else:
+            assert numbers is not None
+            cuts = np.concatenate([[0], np.flatnonzero(numbers[1:] != numbers[:-1]) + 1, [rows]])
+            batches = []
+            keep = []
+            for start, stop in itertools.pairwise(cuts):
+                short = stop - start < self.batch_size
+                keep.append(not (short and self.drop_last))
+                if keep[-1]:
+                    batches.append(self._finish_slice(columns, int(start), int(stop)))
+            cuts = np.concatenate([[0], cuts[1:][np.asarray(keep, dtype=bool)]])
+        ends = cuts[1:]
+        if positions is not None:
+            ends = positions[ends - 1]
+        return batches, np.asarray(ends, dtype=np.int64)
+
+    def _finish_slice(self, columns: Columns, start: int, stop: int) -> Columns:
+        return self.finish({name: value[start:stop] for name, value in columns.items()})
+
+    def _pack(self, columns: Columns) -> tuple[list[Columns], np.ndarray]:
+        """Packs rows end to end into batches of ``batch_size`` rows of ``seq_len`` values.
+
+        Each batch takes the rows that fit whole in its ``batch_size x seq_len`` values, from
+        where the previous one stopped; a row continues from the end of one packed row into the
+        next (its segment id there restarts at 1 with the next row's numbering, its position
+        ids go on counting), and what a batch cannot fill is padding (segment id 0). Every
+        batch has ``batch_size`` packed rows, the segment's last one padded with empty ones.
+        """
+        plans = [plan for plan in self.columns if plan.mode == "pack"]
+        first = plans[0]
+        seq_len = first.spec.seq_len
+        assert seq_len is not None
+        size = self.batch_size
+        grid = size * seq_len
+        packed = {plan.name: columns[plan.name].truncate(plan.spec.max_length) for plan in plans}
+        lengths = packed[first.name].lengths
+        for plan in plans[1:]:
+            if not np.array_equal(packed[plan.name].lengths, lengths):
+                raise ValueError(
+                    f"sequence: packed columns {first.name!r} and {plan.name!r} differ in length on some rows; "
+                    "columns packed together need the same length on every row"
+                )
+        rows = len(lengths)
+        cum = np.zeros(rows + 1, dtype=np.int64)
+        np.cumsum(lengths, out=cum[1:])
+        if rows and int(lengths.max()) > grid:
+            raise ValueError(
+                f"sequence: column {first.name!r} has a row of {int(lengths.max())} values, more than one packed batch "
+                f"holds (batch_size {size} x seq_len {seq_len} = {grid}); a row is never split between two batches: "
+                "raise seq_len or batch_size, or truncate rows with max_length"
+            )
+        cuts = [0]
+        while cuts[-1] < rows:  # one step per batch, not per row
+            cuts.append(int(np.searchsorted(cum, cum[cuts[-1]] + grid, side="right")) - 1)
+        bounds = np.asarray(cuts, dtype=np.int64)
+        count = len(bounds) - 1
+        segment_ids, position_ids = _pack_ids(lengths, cum, bounds, seq_len, grid)
+        shape = (count * size, seq_len)
+        arrays: dict[str, np.ndarray] = {}
+        for plan in plans:
+            ragged = packed[plan.name]
+            flat = ragged.flat()
+            values = np.empty((count * grid, *ragged.inner), dtype=ragged.dtype)
+            for number in range(count):  # a batch's values are one run of the rows' values: one copy
+                low, high = int(cum[bounds[number]]), int(cum[bounds[number + 1]])
+                values[number * grid : number * grid + high - low] = flat[low:high]
+                values[number * grid + high - low : (number + 1) * grid] = plan.spec.pad_value
+            arrays[plan.name] = values.reshape((*shape, *ragged.inner))
+        segment_ids, position_ids = segment_ids.reshape(shape), position_ids.reshape(shape)
+        mask = segment_ids > 0 if any(plan.spec.mask for plan in plans) else None
+        batches = []
+        for number in range(count):
+            rows_of = slice(number * size, (number + 1) * size)
+            batch: Columns = {}
+            for plan in plans:
+                batch[plan.name] = arrays[plan.name][rows_of]
+                batch[plan.name + SEGMENT_IDS] = segment_ids[rows_of]
+                batch[plan.name + POSITION_IDS] = position_ids[rows_of]
+                if plan.spec.mask and mask is not None:
+                    batch[plan.name + MASK] = mask[rows_of]
+            batches.append(batch)
+        return batches, bounds
+
+    # ---------------------------------------------------------------- finishing a batch
+
+    def finish(self, batch: Columns) -> Columns:
+        """A batch whose sequence columns are :class:`Ragged` as its user receives it: padded, bucketed or flat.
+
+        ``pad``: ``(rows, L, *inner)`` with L the longest row, rounded up to
+        ``pad_to_multiple_of``, at most ``max_length``; ``bucket``: L the bound of the rows'
+        bucket; ``ragged``: the values end to end. Each with ``<name>_lengths`` (the lengths
+        kept) and, if asked, ``<name>_mask``.
+        """
+        plans = {plan.name: plan for plan in self.columns}
+        out: Columns = {}
+        for name, value in batch.items():
+            plan = plans.get(name)
+            if plan is None or not isinstance(value, Ragged):
+                out[name] = value
+                continue
+            spec = plan.spec
+            ragged = value.truncate(spec.max_length)
+            lengths = ragged.lengths
+            if spec.mode == "ragged":
+                out[name] = ragged.flat()
+                out[name + LENGTHS] = lengths.astype(INDEX_DTYPE)
+                continue
+            longest = int(lengths.max()) if len(lengths) else 0
+            if spec.mode == "bucket":
+                length = plan.bounds[int(np.searchsorted(plan.bounds, longest, side="left"))]
+            else:
+                length = longest
+                if spec.pad_to_multiple_of:
+                    length = -(-length // spec.pad_to_multiple_of) * spec.pad_to_multiple_of
+                if spec.max_length is not None:
+                    length = min(length, spec.max_length)
+            out[name] = ragged.padded(length, spec.pad_value)
+            out[name + LENGTHS] = lengths.astype(INDEX_DTYPE)
+            if spec.mask:
+                out[name + MASK] = ragged.mask(length)
+        return out
+
+
+def _pack_ids(
+    lengths: np.ndarray, cum: np.ndarray, bounds: np.ndarray, seq_len: int, grid: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Segment ids and position ids of packed batches, flat: ``len(bounds) - 1`` grids of ``grid`` cells.
+
+    Worked out per run of cells: a piece (the part of a row inside one packed row: a row
+    crossing the end of a packed row makes two) or the padding that ends a batch. There are
+    about as many runs as rows, and each output is then one ``np.repeat`` over them, which
+    writes every cell once: no zeroed array, no copy per batch.
+    """
+    rows, count = len(lengths), len(bounds) - 1
+    batch_of_row = np.repeat(np.arange(count, dtype=np.int64), np.diff(bounds))
+    cell = batch_of_row * grid + cum[:-1] - cum[bounds[:-1]][batch_of_row]  # each row's first cell
+    first_row = cell // seq_len
+    pieces = np.where(lengths > 0, (cell + lengths - 1) // seq_len - first_row + 1, 0)
+    piece_row = np.repeat(np.arange(rows, dtype=np.int64), pieces)
+    index = np.arange(len(piece_row), dtype=np.int64) - np.repeat(np.cumsum(pieces) - pieces, pieces)
+    packed_row = first_row[piece_row] + index
+    start = np.maximum(cell[piece_row], packed_row * seq_len)
+    stop = np.minimum(cell[piece_row] + lengths[piece_row], (packed_row + 1) * seq_len)
+    run_start = np.ones(len(packed_row), dtype=bool)
+    run_start[1:] = packed_row[1:] != packed_row[:-1]
+    segment = np.arange(len(packed_row), dtype=np.int64) - np.flatnonzero(run_start)[np.cumsum(run_start) - 1] + 1
+    # The padding that ends each batch is one more run, of segment id 0, after the batch's last piece.
+    used = cum[bounds[1:]] - cum[bounds[:-1]]
+    pad_at = np.searchsorted(start, np.arange(1, count + 1, dtype=np.int64) * grid)  # where each batch's pieces end
+    run_segment = np.insert(segment, pad_at, 0).astype(INDEX_DTYPE)
+    run_width = np.insert(stop - start, pad_at, grid - used)
+    segment_ids = np.repeat(run_segment, run_width)
+    # A value's position in its row is its cell less the cell its row starts at (in the previous
+    # packed row, for a continued row); the padding's is set to 0 batch by batch.
+    run_base = np.insert(cell[piece_row], pad_at, np.arange(count, dtype=np.int64) * grid)
+    position_ids = np.arange(count * grid, dtype=INDEX_DTYPE)
+    position_ids -= np.repeat(run_base.astype(INDEX_DTYPE), run_width)
+    for number in range(count):
+        position_ids[number * grid + int(used[number]) : (number + 1) * grid] = 0
+    return segment_ids, position_ids
+
+
+def _check_numbers(name: str, dtype: np.dtype) -> None:
+    if dtype.kind not in "biuf":
+        raise ValueError(
+            f"sequence: column {name!r} holds arrays of {dtype}, not of numbers: sequence= batches arrays of numbers "
+            "(or of fixed-shape arrays of numbers)"
+        )
+
+
+def _longest(name: str, spec: Sequence, specs: Mapping[str, ColumnSpec], shapes: Mapping[str, ShapeStats]) -> int:
+    """The column's longest row, from the manifest; checks that it is a sequence of numbers.
+
+    Raises:
+        ValueError: It is not a selected column, not an array of numbers, or its inner arrays vary.
+    """
+    column = specs.get(name)
+    if column is None:
+        raise ValueError(f"sequence names {name!r}, which is not among the selected columns {list(specs)}")
+    if column.kind not in ("ragged", "tensor") or not is_list_type(column.arrow_type):
+        raise ValueError(
+            f"sequence: column {name!r} is {column.arrow_type}, not an array: sequence= batches array columns "
+            "(array<number>, or arrays of fixed-shape arrays of numbers)"
+        )
+    leaf = column.arrow_type
+    while is_list_type(leaf):
+        leaf = leaf.value_type
+    if not (pa.types.is_integer(leaf) or pa.types.is_floating(leaf) or pa.types.is_boolean(leaf)):
+        raise ValueError(
+            f"sequence: column {name!r} is {column.arrow_type}, not an array of numbers: sequence= batches arrays of "
+            "numbers (or of fixed-shape arrays of numbers)"
+        )
+    if column.kind == "tensor":
+        return column.shape[0]
+    stats = shapes.get(name) or []
+    if any(low != high for low, high in stats[1:]):
+        varying = [(low, high) for low, high in stats[1:]]
+        raise ValueError(
+            f"sequence: column {name!r} has inner arrays of varying length (min, max per level below the first: "
+            f"{varying}); only the outer length of a sequence may vary"
+        )
+    return int(stats[0][1] or 0) if stats else 0
+
+
+def _leaf_dtype(data_type: pa.DataType) -> np.dtype:
+    while is_list_type(data_type):
+        data_type = data_type.value_type
+    dtype: np.dtype = np.dtype(data_type.to_pandas_dtype())
+    return dtype
+
+
+def _inner(column: ColumnSpec, shapes: Mapping[str, ShapeStats]) -> tuple[int, ...]:
+    """The shape of each value of a sequence column (``()`` for ``array<number>``)."""
+    if column.kind == "tensor":
+        return tuple(column.shape[1:])
+    return tuple(int(low or 0) for low, _ in (shapes.get(column.name) or [])[1:])
+
+
+def _bucket_bounds(name: str, spec: Sequence, longest: int | None, transform: bool) -> tuple[int, ...]:
+    """The bucket bounds: given, or powers of two from 8 up to the longest row (or ``max_length``).
+
+    Raises:
+        ValueError: Given bounds that cannot hold the longest row, or none to go by.
+    """
+    limit = (
+        longest if spec.max_length is None else (spec.max_length if longest is None else min(longest, spec.max_length))
+    )
+    if spec.buckets is not None:
+        bounds = list(spec.buckets)
+        if limit is not None and limit > bounds[-1]:
+            raise ValueError(
+                f"sequence: column {name!r} has rows of up to {limit} values, more than its last bucket "
+                f"({bounds[-1]}): add a bucket of at least {limit}, or truncate rows with max_length"
+            )
+    else:
+        if limit is None:
+            raise ValueError(
+                f"sequence: column {name!r} is made by the transform, so its longest row is unknown: give the "
+                "bucket bounds (Sequence('bucket', buckets=(64, 128, 256))) or max_length"
+            )
+        bounds = []
+        bound = SMALLEST_BUCKET
+        while bound < limit:
+            bounds.append(bound)
+            bound *= 2
+        bounds.append(max(limit, 1))
+    if spec.pad_to_multiple_of:
+        multiple = spec.pad_to_multiple_of
+        bounds = [-(-bound // multiple) * multiple for bound in bounds]
+    return tuple(sorted(set(bounds)))

@@ -1,0 +1,132 @@
+"""Ragged columns: every operation the reader applies equals the same on a list of per-row arrays."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from sparkfeed import NullValueError
+from sparkfeed.reader.ragged import Ragged
+from sparkfeed.writer import list_shape_stats, pack_ragged, ragged_shape, unpack_ragged
+
+rows_strategy = st.lists(st.lists(st.integers(-1000, 1000), max_size=12), max_size=30)
+
+
+def _ragged(rows: list[list[int]]) -> Ragged:
+    lengths = np.array([len(row) for row in rows], dtype=np.int64)
+    values = np.array([v for row in rows for v in row], dtype=np.int64)
+    return Ragged.from_lengths(values, lengths)
+
+
+def _rows(ragged: Ragged) -> list[list[int]]:
+    return [ragged.values[a:b].tolist() for a, b in zip(ragged.offsets[:-1], ragged.offsets[1:], strict=True)]
+
+
+@given(rows=rows_strategy, data=st.data())
+def test_slices_gathers_and_joins_are_those_of_the_rows(rows: list[list[int]], data: st.DataObject) -> None:
+    ragged = _ragged(rows)
+    assert len(ragged) == len(rows) and ragged.lengths.tolist() == [len(r) for r in rows]
+    start = data.draw(st.integers(0, len(rows)))
+    stop = data.draw(st.integers(start, len(rows)))
+    part = ragged[start:stop]
+    assert _rows(part) == rows[start:stop] and part.values is ragged.values  # a view
+    assert part.flat().tolist() == [v for row in rows[start:stop] for v in row]
+    indices = data.draw(st.lists(st.integers(0, max(len(rows) - 1, 0)), max_size=40)) if rows else []
+    assert _rows(ragged.take(np.array(indices, dtype=np.int64))) == [rows[i] for i in indices]
+    assert _rows(ragged[np.array(indices, dtype=np.int64)]) == [rows[i] for i in indices]
+    joined = Ragged.concat([ragged[:start], part, ragged[stop:]])
+    assert _rows(joined) == rows
+
+
+@given(rows=rows_strategy, limit=st.integers(0, 14), extra=st.integers(0, 3), pad=st.integers(-5, 5))
+def test_truncate_pad_and_mask(rows: list[list[int]], limit: int, extra: int, pad: int) -> None:
+    cut = _ragged(rows)[1:].truncate(limit)  # a slice: offsets that do not start at 0
+    expected = [row[:limit] for row in rows[1:]]
+    assert _rows(cut) == expected
+    length = max([len(r) for r in expected], default=0) + extra
+    padded = cut.padded(length, pad)
+    assert padded.shape == (len(expected), length)
+    assert padded.tolist() == [row + [pad] * (length - len(row)) for row in expected]
+    assert cut.mask(length).tolist() == [[j < len(row) for j in range(length)] for row in expected]
+
+
+def test_padding_by_mask_and_by_index_agree() -> None:
+    rng = np.random.default_rng(0)
+    lengths = np.r_[rng.integers(1, 5, 200), 400]  # one long row among short ones: scattered by index
+    ragged = Ragged.from_lengths(rng.integers(0, 9, int(lengths.sum())).astype(np.int32), lengths)
+    wide = ragged.padded(400, -1)
+    narrow = ragged[:200].padded(4, -1)  # little padding: by mask
+    assert wide.dtype == narrow.dtype == np.int32
+    np.testing.assert_array_equal(wide[:200, :4], narrow)
+    assert (wide[:200, 4:] == -1).all() and wide[200].tolist() == ragged[200:].flat().tolist()
+
+
+def test_a_row_longer_than_the_padding_is_refused() -> None:
+    with pytest.raises(ValueError, match="a row of 3 values does not fit a padded length of 2"):
+        _ragged([[1, 2, 3]]).padded(2)
+
+
+def test_values_may_be_fixed_shape_arrays() -> None:
+    values = np.arange(30, dtype=np.float32).reshape(10, 3)
+    ragged = Ragged.from_lengths(values, np.array([2, 0, 5, 3]))
+    assert ragged.inner == (3,)
+    padded = ragged.padded(5)
+    assert padded.shape == (4, 5, 3)
+    np.testing.assert_array_equal(padded[2], values[2:7])
+    assert (padded[1] == 0).all() and (padded[0, 2:] == 0).all()
+    np.testing.assert_array_equal(ragged.take(np.array([3, 0])).flat(), np.concatenate([values[7:], values[:2]]))
+
+
+@pytest.mark.parametrize("offset_type", [pa.list_, pa.large_list])
+def test_from_arrow_reads_the_slice_without_copying_its_values(offset_type) -> None:
+    array = pa.array([[1, 2], None, [3], [4, 5, 6], []], offset_type(pa.int32()))
+    ragged = Ragged.from_arrow("x", array.slice(2, 3), (), np.dtype(np.int32))  # the null row is outside
+    assert _rows(ragged) == [[3], [4, 5, 6], []] and ragged.dtype == np.int32
+    assert np.shares_memory(ragged.values, np.frombuffer(array.values.buffers()[1], dtype=np.int32))
+    with pytest.raises(NullValueError, match=r"column 'x' \(list<item: int32>\) holds 1 null value"):
+        Ragged.from_arrow("x", pa.array([[1], None], pa.list_(pa.int32())), (), np.dtype(np.int32))
+    with pytest.raises(NullValueError, match="holds 1 null value"):
+        Ragged.from_arrow("x", pa.array([[1, None]], pa.list_(pa.int32())), (), np.dtype(np.int32))
+
+
+def test_from_arrow_reads_nested_and_fixed_size_lists() -> None:
+    nested = pa.array([[[1.0, 2.0, 3.0]], [], [[4.0, 5.0, 6.0], [7.0, 8.0, 9.0]]], pa.list_(pa.list_(pa.float32())))
+    ragged = Ragged.from_arrow("m", nested.slice(1), (3,), np.dtype(np.float32))
+    assert ragged.lengths.tolist() == [0, 2] and ragged.flat().tolist() == [[4, 5, 6], [7, 8, 9]]
+    with pytest.raises(
+        ValueError, match="column 'm' holds inner arrays of 3 to 3 values where every one should hold 2"
+    ):
+        Ragged.from_arrow("m", nested, (2,), np.dtype(np.float32))
+    fixed = pa.FixedSizeListArray.from_arrays(pa.array(np.arange(12, dtype=np.int64)), 4)
+    assert _rows(Ragged.from_arrow("f", fixed.slice(1), (), np.dtype(np.int64))) == [[4, 5, 6, 7], [8, 9, 10, 11]]
+
+
+@pytest.mark.parametrize("inner", [(), (2,)])
+def test_the_caches_binary_cells_read_back_as_the_lists(inner: tuple[int, ...]) -> None:
+    rows = [[[i, -i]] * (i % 4) if inner else list(range(i % 5)) for i in range(9)]
+    logical = pa.list_(pa.list_(pa.int64())) if inner else pa.list_(pa.int64())
+    array = pa.array(rows, logical).slice(2)
+    shape = ragged_shape(array, list_shape_stats(array))
+    assert shape == (-1, *inner)
+    packed = pack_ragged(array, shape)
+    assert packed.type == pa.binary() and len(packed) == 7
+    assert unpack_ragged(packed, logical, shape).to_pylist() == rows[2:]
+    ragged = Ragged.from_arrow("x", packed.slice(1, 4), inner, np.dtype(np.int64))
+    assert [r.tolist() for r in np.split(ragged.flat(), np.cumsum(ragged.lengths)[:-1])] == [
+        np.array(row, dtype=np.int64).reshape(-1, *inner).tolist() for row in rows[3:7]
+    ]
+
+
+def test_from_objects_takes_a_transforms_output() -> None:
+    objects = np.empty(3, dtype=object)
+    objects[:] = [np.arange(2), np.arange(0), np.arange(4)]
+    assert _rows(Ragged.from_objects("t", objects)) == [[0, 1], [], [0, 1, 2, 3]]
+    assert _rows(Ragged.from_objects("t", np.arange(6).reshape(2, 3))) == [[0, 1, 2], [3, 4, 5]]
+    objects[1] = None
+    with pytest.raises(NullValueError, match="column 't' holds a null where a sequence was expected"):
+        Ragged.from_objects("t", objects)
+    with pytest.raises(ValueError, match="column 't' holds one int64 value per row, not an array"):
+        Ragged.from_objects("t", np.arange(3))

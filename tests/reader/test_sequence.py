@@ -1,0 +1,450 @@
+"""Sequences on the real reader, without Spark: Parquet written with pyarrow, a manifest made by hand.
+
+Every token is ``row id * 10000 + its index in the row``, so any batch, padded, bucketed or
+packed, says which rows and tokens it holds, and the properties are checked on that: every
+token of every row once per epoch, under any batch size, shard count and shuffle window, and a
+resume from any saved state gives exactly the batches that remained.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sparkfeed import Sequence, TransformSpec
+from sparkfeed.cache import FileEntry, Manifest
+from sparkfeed.options import reader_options
+from sparkfeed.reader import Reader
+from sparkfeed.writer import list_shape_stats, pack_ragged
+
+ROWS = 300
+SCALE = 10_000
+
+
+def _lengths(rows: int, seed: int = 0) -> np.ndarray:
+    """Heavy-tailed lengths, some rows empty, the longest 60."""
+    rng = np.random.default_rng(seed)
+    return np.clip(np.round(rng.lognormal(np.log(8), 1.0, rows)), 0, 60).astype(np.int64) * (rng.random(rows) > 0.05)
+
+
+def _write(root: Path, storage: str, files: int = 2, row_group: int = 23, nested: bool = False) -> Manifest:
+    """``ROWS`` rows (id, tok) in Parquet files: tok as a list column, or packed as the cache writer packs it."""
+    root.mkdir(parents=True, exist_ok=True)
+    lengths = _lengths(ROWS)
+    ids = np.arange(ROWS)
+    values = np.concatenate([i * SCALE + np.arange(n) for i, n in zip(ids, lengths, strict=True)]).astype(np.int64)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+    if nested:  # each value a pair: (token, -token)
+        inner = pa.FixedSizeListArray.from_arrays(pa.array(np.stack([values, -values], 1).reshape(-1)), 2)
+        logical = pa.ListArray.from_arrays(pa.array(offsets), inner.cast(pa.list_(pa.int64())))
+    else:
+        logical = pa.ListArray.from_arrays(pa.array(offsets), pa.array(values))
+    schema = pa.schema([("id", pa.int64()), ("tok", logical.type)])
+    entries = []
+    for number, (low, high) in enumerate(itertools.pairwise(np.linspace(0, ROWS, files + 1).astype(int))):
+        column = logical.slice(low, high - low)
+        packed = {}
+        if storage == "binary":
+            shape = (-1, 2) if nested else (-1,)
+            column, packed = pack_ragged(column, shape), {"tok": shape}
+        name = f"part-{number}.parquet"
+        pq.write_table(pa.table({"id": pa.array(ids[low:high]), "tok": column}), root / name, row_group_size=row_group)
+        metadata = pq.ParquetFile(root / name).metadata
+        groups = tuple(metadata.row_group(g).num_rows for g in range(metadata.num_row_groups))
+        entries.append(FileEntry(name, groups, packed))
+    return Manifest(tuple(entries), schema, {"tok": list_shape_stats(logical)}, {}, key=f"k-{storage}-{nested}")
+
+
+@pytest.fixture(scope="module", params=["list", "binary"])
+def dataset(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Manifest]:
+    root = tmp_path_factory.mktemp(f"sequences-{request.param}")
+    return root, _write(root, request.param)
+
+
+def _reader(root: Path, manifest: Manifest, **options: Any) -> Reader[Any]:
+    options.setdefault("workers_count", 2)
+    return Reader(root.as_uri(), manifest, reader_options(**options))
+
+
+EXPECTED = {i: [i * SCALE + j for j in range(n)] for i, n in enumerate(_lengths(ROWS))}
+
+
+def _rows_of(batch: dict[str, np.ndarray], mode: str) -> Iterator[tuple[int, list[int]]]:
+    """``(row id, its tokens)`` of each row in a batch, whatever the mode (pack: see :func:`_packed_rows`)."""
+    tokens, lengths = batch["tok"], batch["tok_lengths"]
+    if mode == "ragged":
+        rows = np.split(tokens, np.cumsum(lengths)[:-1]) if len(lengths) else []
+    else:
+        assert tokens.shape[1] >= lengths.max(initial=0)
+        rows = [row[:n] for row, n in zip(tokens, lengths, strict=True)]
+    for row_id, row in zip(batch["id"], rows, strict=True):
+        yield int(row_id), row.tolist()
+
+
+def _packed_rows(batch: dict[str, np.ndarray]) -> dict[int, list[int]]:
+    """The rows of a packed batch, put together again from its tokens, checking ids and positions on the way."""
+    tokens, segments, positions = batch["tok"], batch["tok_segment_ids"], batch["tok_position_ids"]
+    assert tokens.shape == segments.shape == positions.shape
+    rows: dict[int, list[int]] = {}
+    for packed, segment, position in zip(tokens, segments, positions, strict=True):
+        holds = segment > 0
+        assert (packed[~holds] == 0).all() and (position[~holds] == 0).all()
+        assert np.array_equal(position[holds], packed[holds] % SCALE)  # a token's index in its row
+        owners = packed[holds] // SCALE
+        assert (np.diff(segment[holds]) >= 0).all()
+        # a segment id per source row of the packed row, 1, 2, ...: rows change exactly where ids do
+        assert np.array_equal(np.diff(owners) != 0, np.diff(segment[holds]) != 0)
+        assert segment[holds][:1].tolist() in ([], [1])
+        for owner, token in zip(owners.tolist(), packed[holds].tolist(), strict=True):
+            rows.setdefault(owner, []).append(token)
+    return rows
+
+
+def _epoch_rows(batches: list[dict[str, np.ndarray]], mode: str) -> list[tuple[int, list[int]]]:
+    if mode == "pack":
+        out = []
+        for batch in batches:  # a row is never split between two batches
+            out += list(_packed_rows(batch).items())
+        return out
+    return [row for batch in batches for row in _rows_of(batch, mode)]
+
+
+def _check_rows(rows: list[tuple[int, list[int]]], expected_ids: list[int], mode: str) -> None:
+    ids = [row_id for row_id, _ in rows]
+    if mode == "pack":  # empty rows leave no token to see
+        expected_ids = [i for i in expected_ids if EXPECTED[i]]
+    assert sorted(ids) == sorted(expected_ids)
+    assert all(tokens == EXPECTED[row_id] for row_id, tokens in rows)
+
+
+def _same(a: list[dict[str, np.ndarray]], b: list[dict[str, np.ndarray]]) -> bool:
+    return len(a) == len(b) and all(
+        x.keys() == y.keys() and all(np.array_equal(x[k], y[k]) for k in x) for x, y in zip(a, b, strict=True)
+    )
+
+
+MODES = {
+    "pad": {"tok": "pad"},
+    "bucket": {"tok": Sequence("bucket", buckets=(4, 16, 64))},
+    "pack": {"tok": Sequence("pack", seq_len=16)},
+    "ragged": {"tok": "ragged"},
+}
+
+
+@settings(max_examples=25)
+@given(
+    mode=st.sampled_from(sorted(MODES)),
+    batch_size=st.integers(1, 40),
+    shard_count=st.integers(1, 3),
+    window=st.sampled_from([0, 1, 60]),
+    stop=st.integers(0, 12),
+)
+def test_every_token_once_per_shard_and_resume_gives_the_rest(
+    dataset, mode: str, batch_size: int, shard_count: int, window: int, stop: int
+) -> None:
+    root, manifest = dataset
+    if mode == "pack":
+        batch_size = max(batch_size // 4, 4)  # a packed batch must hold the longest row: 4 x 16 values
+    kwargs: dict[str, Any] = {
+        "batch_size": batch_size,
+        "num_epochs": 1,
+        "seed": 3,
+        "sequence": MODES[mode],
+        "shuffling_queue_capacity": window,
+        "shard_policy": "exact",
+    }
+    if mode == "pack":
+        kwargs["schema_fields"] = ["tok"]
+    seen: list[tuple[int, list[int]]] = []
+    for shard in range(shard_count):
+        shards = {"cur_shard": shard, "shard_count": shard_count} if shard_count > 1 else {}
+        with _reader(root, manifest, **kwargs, **shards) as reader:
+            whole = list(reader)
+        seen += _epoch_rows(whole, mode)
+        with _reader(root, manifest, **kwargs, **shards) as first:
+            head = list(itertools.islice(iter(first), stop))
+            state = json.loads(json.dumps(first.state_dict()))
+        with _reader(root, manifest, **kwargs, **shards) as resumed:
+            resumed.load_state_dict(state)
+            rest = list(resumed)
+        assert _same(head + rest, whole)
+    _check_rows(seen, list(range(ROWS)), mode)
+
+
+@pytest.mark.parametrize("mode", ["pad", "bucket", "pack"])
+def test_a_reshard_mid_epoch_keeps_every_row_once(dataset, mode: str) -> None:
+    root, manifest = dataset
+    kwargs: dict[str, Any] = {
+        "batch_size": 8,
+        "num_epochs": 1,
+        "sequence": MODES[mode],
+        "shuffling_queue_capacity": 50,
+        "shard_policy": "exact",
+    }
+    if mode == "pack":
+        kwargs["schema_fields"] = ["tok"]
+    seen, states = [], []
+    for shard in range(2):
+        with _reader(root, manifest, cur_shard=shard, shard_count=2, **kwargs) as reader:
+            seen += _epoch_rows(list(itertools.islice(iter(reader), 3 + shard)), mode)
+            states.append(reader.state_dict())
+    for shard in range(3):
+        with _reader(root, manifest, cur_shard=shard, shard_count=3, **kwargs) as reader:
+            reader.load_state_dict(states)
+            seen += _epoch_rows(list(reader), mode)
+    _check_rows(seen, list(range(ROWS)), mode)
+
+
+def test_pad_pads_each_batch_to_its_longest_row_rounded_and_capped(dataset) -> None:
+    root, manifest = dataset
+    spec = Sequence("pad", pad_to_multiple_of=8, max_length=30, pad_value=-1, mask=True)
+    with _reader(root, manifest, batch_size=16, num_epochs=1, shuffle_row_groups=False, sequence={"tok": spec}) as r:
+        batches = list(r)
+    assert [len(b["id"]) for b in batches] == [16] * (ROWS // 16) + [ROWS % 16]  # as without sequence
+    for batch in batches:
+        lengths = [len(EXPECTED[int(i)]) for i in batch["id"]]
+        kept = np.minimum(lengths, 30)
+        assert batch["tok_lengths"].tolist() == kept.tolist() and batch["tok_lengths"].dtype == np.int32
+        assert batch["tok"].shape[1] == min(-(-max(lengths) // 8) * 8, 30)
+        assert np.array_equal(batch["tok_mask"], np.arange(batch["tok"].shape[1]) < kept[:, None])
+        assert (batch["tok"][~batch["tok_mask"]] == -1).all()
+        for row_id, row, n in zip(batch["id"], batch["tok"], kept, strict=True):
+            assert row[:n].tolist() == EXPECTED[int(row_id)][:n]  # truncated: the first max_length values
+
+
+def test_nested_values_of_one_shape_pad_to_three_dimensions(tmp_path: Path) -> None:
+    manifest = _write(tmp_path, "binary", nested=True)
+    with _reader(
+        tmp_path, manifest, batch_size=10, num_epochs=1, shuffle_row_groups=False, sequence={"tok": "pad"}
+    ) as r:
+        batch = next(iter(r))
+    assert batch["tok"].ndim == 3 and batch["tok"].shape[2] == 2
+    for row_id, row, n in zip(batch["id"], batch["tok"], batch["tok_lengths"], strict=True):
+        assert row[:n, 0].tolist() == EXPECTED[int(row_id)] and (row[:n, 1] == -row[:n, 0]).all()
+        assert (row[n:] == 0).all()
+
+
+@pytest.mark.parametrize("drop_last", [False, True])
+def test_bucket_batches_never_mix_buckets_and_have_one_shape_per_bucket(dataset, drop_last: bool) -> None:
+    root, manifest = dataset
+    bounds = (4, 16, 64)
+    with _reader(
+        root,
+        manifest,
+        batch_size=8,
+        num_epochs=1,
+        seed=1,
+        shuffling_queue_capacity=100,
+        drop_last=drop_last,
+        sequence={"tok": Sequence("bucket", buckets=bounds)},
+    ) as reader:
+        batches = list(reader)
+        with pytest.raises(TypeError, match="sequence 'bucket' or 'pack' has no len"):
+            len(reader)
+    shapes = set()
+    for batch in batches:
+        width = batch["tok"].shape[1]
+        assert width in bounds
+        lower = (0, *bounds)[bounds.index(width)]
+        assert all(lower < n <= width or (n == 0 and width == bounds[0]) for n in batch["tok_lengths"])
+        shapes.add(batch["tok"].shape)
+    if drop_last:
+        assert {shape[0] for shape in shapes} == {8} and len(shapes) <= len(bounds)
+    else:
+        _check_rows(_epoch_rows(batches, "bucket"), list(range(ROWS)), "bucket")
+    # stats() counts the rows each batch holds: buckets leave short batches in every segment
+    stats = reader.stats()
+    assert stats["batches"] == len(batches) and stats["rows"] == sum(len(b["tok_lengths"]) for b in batches)
+
+
+def test_default_buckets_are_powers_of_two_up_to_the_longest_row(dataset) -> None:
+    root, manifest = dataset
+    with _reader(root, manifest, batch_size=4, num_epochs=1, sequence={"tok": "bucket"}) as reader:
+        widths = {batch["tok"].shape[1] for batch in reader}
+        (plan,) = reader.sequence.columns
+    assert plan.bounds == (8, 16, 32, 60) and widths <= set(plan.bounds)
+
+
+def test_pack_fills_fixed_rows_and_continues_a_row_in_the_next_packed_row(dataset) -> None:
+    root, manifest = dataset
+    spec = Sequence("pack", seq_len=16, mask=True)
+    with _reader(
+        root,
+        manifest,
+        batch_size=4,
+        num_epochs=1,
+        shuffle_row_groups=False,
+        schema_fields=["tok"],
+        sequence={"tok": spec},
+    ) as reader:
+        batches = list(reader)
+    assert {b["tok"].shape for b in batches} == {(4, 16)}
+    assert all(np.array_equal(b["tok_mask"], b["tok_segment_ids"] > 0) for b in batches)
+    continued = 0
+    for batch in batches:
+        _packed_rows(batch)
+        starts = batch["tok_position_ids"][1:, 0]  # a packed row that starts mid-row continues its positions
+        continued += int(((starts > 0) & (batch["tok_segment_ids"][1:, 0] == 1)).sum())
+    assert continued
+    _check_rows(_epoch_rows(batches, "pack"), list(range(ROWS)), "pack")
+    tokens = sum(len(v) for v in EXPECTED.values())
+    filled = sum(int((b["tok_segment_ids"] > 0).sum()) for b in batches)
+    # dense: a batch ends only where the next row would not fit, or its segment ends (23-row row groups here)
+    assert filled == tokens and filled / (len(batches) * 64) > 0.7
+
+
+def test_filters_and_a_process_pool_stay_exact(dataset) -> None:
+    root, manifest = dataset
+    for mode in ("pad", "bucket"):
+        kwargs = {
+            "batch_size": 7,
+            "num_epochs": 1,
+            "seed": 2,
+            "shuffling_queue_capacity": 40,
+            "filters": [("id", ">=", 100)],
+            "sequence": MODES[mode],
+        }
+        with _reader(root, manifest, reader_pool_type="process", **kwargs) as reader:
+            whole = list(reader)
+        _check_rows(_epoch_rows(whole, mode), list(range(100, ROWS)), mode)
+        with _reader(root, manifest, **kwargs) as first:
+            head = list(itertools.islice(iter(first), 5))
+            state = first.state_dict()
+        with _reader(root, manifest, **kwargs) as resumed:
+            resumed.load_state_dict(state)
+            assert _same(head + list(resumed), whole)
+
+
+def test_nested_values_pack_and_bucket_with_their_inner_shape(tmp_path: Path) -> None:
+    manifest = _write(tmp_path, "list", nested=True)
+    kwargs = {"num_epochs": 1, "seed": 1, "shuffling_queue_capacity": 50, "schema_fields": ["tok"]}
+    with _reader(tmp_path, manifest, batch_size=4, sequence={"tok": Sequence("pack", seq_len=16)}, **kwargs) as r:
+        packed = list(r)
+    assert {b["tok"].shape for b in packed} == {(4, 16, 2)}
+    for batch in packed:
+        holds = batch["tok_segment_ids"] > 0
+        assert (batch["tok"][..., 1][holds] == -batch["tok"][..., 0][holds]).all()
+        _packed_rows({**batch, "tok": batch["tok"][..., 0]})
+    tokens = sorted(int(t) for b in packed for t in b["tok"][..., 0][b["tok_segment_ids"] > 0])
+    assert tokens == sorted(t for row in EXPECTED.values() for t in row)
+    with _reader(tmp_path, manifest, batch_size=8, sequence={"tok": "bucket"}, **kwargs) as r:
+        widths = {b["tok"].shape[1:] for b in r}
+    assert all(inner == 2 and width in r.sequence.columns[0].bounds for width, inner in widths)
+
+
+def test_pack_with_filters_resumes_exactly(dataset) -> None:
+    root, manifest = dataset
+    kwargs = {
+        "batch_size": 4,
+        "num_epochs": 1,
+        "seed": 7,
+        "shuffling_queue_capacity": 40,
+        "schema_fields": ["tok"],
+        "filters": [("id", "<", 200)],
+        "sequence": MODES["pack"],
+    }
+    with _reader(root, manifest, **kwargs) as reader:
+        whole = list(reader)
+    _check_rows(_epoch_rows(whole, "pack"), list(range(200)), "pack")
+    with _reader(root, manifest, **kwargs) as first:
+        head = list(itertools.islice(iter(first), 6))
+        state = first.state_dict()
+    with _reader(root, manifest, **kwargs) as resumed:
+        resumed.load_state_dict(state)
+        assert _same(head + list(resumed), whole)
+
+
+def _tokenize(frame: Any) -> Any:
+    """A transform that makes the sequence: each row's tokens from its id, as a tokenizer would from text."""
+    frame["tok"] = [np.array(EXPECTED[int(i)], dtype=np.int64) for i in frame["id"]]
+    return frame
+
+
+@pytest.mark.parametrize("mode", ["pad", "bucket"])
+def test_a_transform_may_make_the_sequence(dataset, mode: str) -> None:
+    root, manifest = dataset
+    sequence = {"tok": Sequence("bucket", buckets=(4, 16, 64))} if mode == "bucket" else {"tok": "pad"}
+    kwargs = {"batch_size": 9, "num_epochs": 1, "seed": 5, "shuffling_queue_capacity": 30, "sequence": sequence}
+    spec = TransformSpec(_tokenize, selected_fields=["id", "tok"])
+    with _reader(root, manifest, schema_fields=["id"], transform_spec=spec, **kwargs) as reader:
+        whole = list(reader)
+    _check_rows(_epoch_rows(whole, mode), list(range(ROWS)), mode)
+    with _reader(root, manifest, schema_fields=["id"], transform_spec=spec, **kwargs) as first:
+        head = list(itertools.islice(iter(first), 4))
+        state = first.state_dict()
+    with _reader(root, manifest, schema_fields=["id"], transform_spec=spec, **kwargs) as resumed:
+        resumed.load_state_dict(state)
+        assert _same(head + list(resumed), whole)
+
+
+# ---------------------------------------------------------------------------------- errors
+
+
+@pytest.mark.parametrize(
+    ("sequence", "message"),
+    [
+        ({"tok": "zip"}, r"the mode must be one of \('pad', 'bucket', 'pack', 'ragged'\)"),
+        ({"tok": "pack"}, r"needs the packed rows' length: \{'tok': sparkfeed.Sequence\('pack', seq_len=512\)\}"),
+        (["tok"], "it must be a dict of column name -> mode or Sequence"),
+        ({"tok": {"mode": "pad", "width": 3}}, r"has unknown keys \['width'\]"),
+        ({"tok": {"mode": "pad", "max_length": 0}}, "max_length=0 is not allowed: it must be an integer >= 1"),
+        ({"tok": {"mode": "pad", "seq_len": 8}}, "seq_len=8 does nothing with mode='pad'"),
+        ({"tok": {"mode": "bucket", "buckets": (8, 4)}}, "buckets=.* is not allowed: it must be increasing"),
+        ({"tok": {"mode": "pad", "pad_value": "x"}}, "pad_value='x' is not allowed: it must be a number"),
+        ({"a": "bucket", "b": "bucket"}, "batches are bucketed by one column's lengths"),
+    ],
+)
+def test_bad_sequence_arguments_say_what_is_allowed(sequence: object, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        reader_options(sequence=sequence)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"sequence": {"id": "pad"}}, "column 'id' is int64, not an array"),
+        (
+            {"sequence": {"nope": "pad"}},
+            r"sequence names 'nope', which is not among the selected columns \['id', 'tok'\]",
+        ),
+        ({"sequence": {"tok": Sequence("pack", seq_len=8)}}, r"columns \['id'\] would not line up"),
+        (
+            {"sequence": {"tok": Sequence("pack", seq_len=8)}, "schema_fields": ["tok"], "batch_size": 2},
+            r"rows of up to 60 values, more than one packed batch holds \(batch_size 2 x seq_len 8 = 16\)",
+        ),
+        ({"sequence": {"tok": Sequence("bucket", buckets=(8, 16))}}, "more than its last bucket \\(16\\)"),
+    ],
+)
+def test_what_the_dataset_cannot_do_is_refused_when_the_loader_is_made(dataset, options: dict, message: str) -> None:
+    root, manifest = dataset
+    with pytest.raises(ValueError, match=message):
+        _reader(root, manifest, num_epochs=1, **options)
+
+
+def test_an_output_name_already_taken_is_refused(tmp_path: Path) -> None:
+    table = pa.table({"tok": pa.array([[1], [2, 3]]), "tok_lengths": pa.array([1, 2])})
+    pq.write_table(table, tmp_path / "p.parquet")
+    stats = {"tok": list_shape_stats(table.column("tok"))}
+    manifest = Manifest((FileEntry("p.parquet", (2,)),), table.schema, stats, {}, key="taken")
+    with pytest.raises(ValueError, match="column 'tok' yields 'tok_lengths', which is already a column of the batch"):
+        _reader(tmp_path, manifest, sequence={"tok": "pad"})
+
+
+def test_a_state_saved_with_another_sequence_is_refused(dataset) -> None:
+    root, manifest = dataset
+    with _reader(root, manifest, batch_size=8, num_epochs=1, seed=1, sequence={"tok": "pad"}) as reader:
+        next(iter(reader))
+        state = reader.state_dict()
+    assert json.loads(state["identity"]["sequence"]) == {"tok": {"mode": "pad"}}
+    with pytest.raises(ValueError, match="this state was saved with sequence="):
+        _reader(root, manifest, batch_size=8, num_epochs=1, seed=1, sequence={"tok": "bucket"}).load_state_dict(state)
