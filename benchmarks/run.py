@@ -68,8 +68,10 @@ MIXES = (
     ("zstd", "zstd", "the zstd cache alone"),
     ("mix50", "plain:0.5,zstd:0.5", "mix(plain 0.5, zstd 0.5), stop='never'"),
     ("mix90", "plain:0.9,zstd:0.1", "mix(plain 0.9, zstd 0.1), stop='never'"),
+    ("self50", "plain:0.5,plain:0.5", "mix(plain 0.5, plain 0.5): the plain cache twice, stop='never'"),
 )
-"""The mixing group's cases: (tag, --mix, label). The targets compare each mixture with the slower source alone."""
+"""The mixing group's cases: (tag, --mix, label). The targets compare each mixture with the slower source alone
+(``self50``: two sources as fast as each other, where the mixer's copy of every row shows most)."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -449,7 +449,11 @@ def mixed(held: dict[str, Any], spec: str) -> Any:
     parts = [part.split(":") for part in spec.split(",")]
     if len(parts) == 1:
         return held[parts[0][0]]
-    return sparkfeed.mix({name: held[name] for name, _ in parts}, {n: float(w) for n, w in parts}, seed=0, stop="never")
+    # A cache named twice (``plain:0.5,plain:0.5``) is two sources of one cache, each its own reader.
+    names = [name if [n for n, _ in parts].count(name) == 1 else f"{name}{i}" for i, (name, _) in enumerate(parts)]
+    sources = {key: held[name] for key, (name, _) in zip(names, parts, strict=True)}
+    weights = {key: float(weight) for key, (_, weight) in zip(names, parts, strict=True)}
+    return sparkfeed.mix(sources, weights, seed=0, stop="never")
 
 
 def steady(loader: Any, rows: int) -> Any:

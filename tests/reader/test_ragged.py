@@ -120,6 +120,13 @@ def test_the_caches_binary_cells_read_back_as_the_lists(inner: tuple[int, ...]) 
     ]
 
 
+def test_cells_that_the_shape_does_not_divide_are_refused_not_misread() -> None:
+    packed = pa.array([b"\x01\x00\x00\x00\x02\x00\x00\x00", b"\x03\x00\x00\x00"], pa.binary())
+    assert Ragged.from_arrow("x", packed, (), np.dtype(np.int32)).lengths.tolist() == [2, 1]
+    with pytest.raises(ValueError, match="column 'x': a packed cell's size is not a whole number of int32 values"):
+        Ragged.from_arrow("x", packed, (2,), np.dtype(np.int32))
+
+
 def test_from_objects_takes_a_transforms_output() -> None:
     objects = np.empty(3, dtype=object)
     objects[:] = [np.arange(2), np.arange(0), np.arange(4)]

@@ -92,6 +92,11 @@ class Ragged:
             _no_nulls(name, array)
             positions, data = binary_buffers(array)
             width = dtype.itemsize * int(np.prod(inner, dtype=np.int64))
+            if width > 1 and (positions % width).any():  # one step per row: a wrong shape is never misread
+                raise ValueError(
+                    f"column {name!r}: a packed cell's size is not a whole number of {dtype} values of shape "
+                    f"{inner}: the cache's manifest does not describe this file; convert the DataFrame again"
+                )
             values = np.frombuffer(data, dtype=dtype, count=data.size // dtype.itemsize)
             return cls(values.reshape((-1, *inner)), positions // width)
         if not is_list_type(array.type):
