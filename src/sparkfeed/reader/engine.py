@@ -247,7 +247,8 @@ class Reader(Generic[C]):
 
     def _count(self, batch_size: int, drop_last: bool) -> int:
         start, end = self._iteration_range()
-        return sum(_batches(self._epoch_rows(epoch, start), batch_size, drop_last) for epoch in range(start.epoch, end))
+        epochs = range(start.epoch, end)
+        return sum(batches_of(self._epoch_rows(epoch, start), batch_size, drop_last) for epoch in epochs)
 
     def _epoch_rows(self, epoch: int, start: Position) -> int:
         """Rows of ``epoch`` in an iteration starting at ``start``: what remains of a resumed first epoch."""
@@ -415,7 +416,7 @@ class Reader(Generic[C]):
     def _user_batches(self, rows: int) -> int:
         """The user's batches in a batch of ``rows`` rows (more than one where an adapter cuts it further)."""
         size, drop_last = self._unit
-        return 1 if size == self._options.batch_size else _batches(rows, size, drop_last)
+        return 1 if size == self._options.batch_size else batches_of(rows, size, drop_last)
 
     def _tally(self, counts: Counters, n: int, rows: int, wait: float, step: float, batch: Any) -> None:
         """Publishes an epoch's running counts: ``n`` batches and ``rows`` rows so far, ``batch`` the latest.
@@ -426,7 +427,7 @@ class Reader(Generic[C]):
         size = self._options.batch_size
         counts.rows, counts.wait_seconds, counts.step_seconds = rows, wait, step
         unit, drop_last = self._unit
-        counts.batches = n if unit == size else _batches(rows, unit, drop_last)
+        counts.batches = n if unit == size else batches_of(rows, unit, drop_last)
         counts.bytes = rows * bytes_per_row(batch, self._fmt.rows(batch)) if batch is not None else 0
 
     def _end_epoch(self, epoch: int, counts: Counters) -> None:
@@ -540,7 +541,7 @@ class Reader(Generic[C]):
         """The bar of one epoch; its total is unknown where filters or a predicate decide the rows."""
         total = None
         if self._row_filter is None and self.counts_batches:
-            total = _batches(self._epoch_rows(epoch, start), batch_size, drop_last)
+            total = batches_of(self._epoch_rows(epoch, start), batch_size, drop_last)
         return EpochBar(epoch, total, (self._plan.cur_shard, self._plan.shard_count))
 
     # ------------------------------------------------------------------ state
@@ -642,7 +643,7 @@ class Reader(Generic[C]):
         self.close()
 
 
-def _batches(rows: int, batch_size: int, drop_last: bool) -> int:
+def batches_of(rows: int, batch_size: int, drop_last: bool) -> int:
     """Batches that ``rows`` rows make: the short last one counts unless ``drop_last`` leaves it out."""
     return rows // batch_size if drop_last else -(-rows // batch_size)
 

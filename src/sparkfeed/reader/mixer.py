@@ -26,7 +26,6 @@ import inspect
 import itertools
 import logging
 import math
-import numbers
 import time
 import weakref
 from collections.abc import Generator, Iterator, Mapping, Sequence
@@ -38,10 +37,10 @@ import pyarrow as pa
 
 from sparkfeed.reader.batch import BatchFormat, Columns, Signature, numpy_signature
 from sparkfeed.reader.draws import STOPS, Draws, Stop
-from sparkfeed.reader.engine import Reader
+from sparkfeed.reader.engine import Reader, batches_of
 from sparkfeed.reader.progress import EpochBar
 from sparkfeed.reader.sequence import SequencePlan
-from sparkfeed.reader.state import Identity, ReaderState
+from sparkfeed.reader.state import Identity, ReaderState, check_keys, int_field, optional_int_field
 from sparkfeed.reader.stats import Counters, bytes_per_row, verdict
 from sparkfeed.types import ColumnSpec
 
@@ -262,13 +261,14 @@ class MixerState:
             raise ValueError(
                 f"mixture state version {data.get('version')!r} is unknown: this sparkfeed reads version {VERSION}"
             )
-        _keys("mixture state", data, {f.name for f in dataclasses.fields(cls)} | {"format", "version"})
+        what = "mixture state"
+        check_keys(what, data, {f.name for f in dataclasses.fields(cls)} | {"format", "version"})
         identity = _identity(data["identity"])
-        shard_count = _int(data, "shard_count", 1)
-        cur_shard = _int(data, "cur_shard", 0)
+        shard_count = int_field(data, "shard_count", 1, what)
+        cur_shard = int_field(data, "cur_shard", 0, what)
         if cur_shard >= shard_count:
             raise ValueError(f"mixture state: cur_shard={cur_shard} is out of range for shard_count={shard_count}")
-        epoch, end_epoch = _int(data, "epoch", 0), _optional_int(data, "end_epoch", 0)
+        epoch, end_epoch = int_field(data, "epoch", 0, what), optional_int_field(data, "end_epoch", 0, what)
         if end_epoch is not None and (identity.num_epochs is None or epoch > end_epoch):
             raise ValueError(f"mixture state: epoch={epoch} with end_epoch={end_epoch} is not a position of a mixer")
         sources = data["sources"]
@@ -279,11 +279,11 @@ class MixerState:
             )
         return cls(
             identity=identity,
-            seed=_int(data, "seed", 0),
+            seed=int_field(data, "seed", 0, what),
             cur_shard=cur_shard,
             shard_count=shard_count,
             epoch=epoch,
-            batch=_int(data, "batch", 0),
+            batch=int_field(data, "batch", 0, what),
             end_epoch=end_epoch,
             sources={name: _source_position(name, entry) for name, entry in sources.items()},
         )
@@ -432,9 +432,8 @@ class Mixer(Generic[C]):
         if self._num_epochs is None:
             return None
         (start, first), end = self._iteration_range()
-        return sum(
-            _batches(self._epoch_rows(e, first if e == start else 0), batch_size, drop_last) for e in range(start, end)
-        )
+        epochs = range(start, end)
+        return sum(batches_of(self._epoch_rows(e, first if e == start else 0), batch_size, drop_last) for e in epochs)
 
     def _epoch_rows(self, epoch: int, first: int) -> int:
         """Rows the mixer yields in ``epoch`` from its batch ``first`` on."""
@@ -522,7 +521,7 @@ class Mixer(Generic[C]):
                     total = (
                         None
                         if self.filters_rows
-                        else _batches(self._epoch_rows(epoch, batch), self._batch_size, self._drop_last)
+                        else batches_of(self._epoch_rows(epoch, batch), self._batch_size, self._drop_last)
                     )
                     bar = EpochBar(epoch, total, self._shard)
                 yielded = 0
@@ -794,10 +793,6 @@ class Mixer(Generic[C]):
 # ---------------------------------------------------------------------------------- helpers
 
 
-def _batches(rows: int, batch_size: int, drop_last: bool) -> int:
-    return rows // batch_size if drop_last else -(-rows // batch_size)
-
-
 def _truncate(counts: np.ndarray, available: np.ndarray, drop_last: bool) -> np.ndarray:
     """The group's counts cut at the first batch that asks a source for more rows than it has.
 
@@ -901,35 +896,11 @@ def _same(prefix: str, saved: MixIdentity | Identity, current: MixIdentity | Ide
             )
 
 
-def _keys(what: str, data: Mapping[str, Any], expected: set[str]) -> None:
-    missing = sorted(expected - set(data))
-    if missing:
-        raise ValueError(f"{what} is missing {', '.join(repr(k) for k in missing)}")
-    unknown = sorted(set(data) - expected, key=str)
-    if unknown:
-        raise ValueError(f"{what} has unknown keys {unknown}")
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def _int(data: Mapping[str, Any], name: str, minimum: int, what: str = "mixture state") -> int:
-    value = data[name]
-    if not _is_int(value) or value < minimum:
-        raise ValueError(f"{what}: {name}={value!r} is not allowed: it must be an integer >= {minimum}")
-    return int(value)
-
-
-def _optional_int(data: Mapping[str, Any], name: str, minimum: int, what: str = "mixture state") -> int | None:
-    return None if data[name] is None else _int(data, name, minimum, what)
-
-
 def _identity(data: object) -> MixIdentity:
     what = "mixture state identity"
     if not isinstance(data, Mapping):
         raise ValueError(f"mixture state: identity={data!r:.80} is not allowed: it must be a dict")
-    _keys(what, data, {f.name for f in dataclasses.fields(MixIdentity)})
+    check_keys(what, data, {f.name for f in dataclasses.fields(MixIdentity)})
     sources, probabilities, stop = data["sources"], data["probabilities"], data["stop"]
     if not isinstance(sources, list | tuple) or not sources or not all(isinstance(s, str) for s in sources):
         raise ValueError(f"{what}: sources={sources!r:.80} is not allowed: it must be a list of names")
@@ -951,10 +922,10 @@ def _identity(data: object) -> MixIdentity:
         sources=tuple(sources),
         probabilities=tuple(float(p) for p in probabilities),
         stop=stop,
-        batch_size=_int(data, "batch_size", 1, what),
+        batch_size=int_field(data, "batch_size", 1, what),
         drop_last=drop_last,
-        num_epochs=_optional_int(data, "num_epochs", 1, what),
-        rows_per_epoch=_optional_int(data, "rows_per_epoch", 1, what),
+        num_epochs=optional_int_field(data, "num_epochs", 1, what),
+        rows_per_epoch=optional_int_field(data, "rows_per_epoch", 1, what),
         source_column=column,
     )
 
@@ -962,4 +933,4 @@ def _identity(data: object) -> MixIdentity:
 def _source_position(name: str, entry: object) -> tuple[ReaderState, int]:
     if not isinstance(entry, Mapping) or set(entry) != {"reader", "skip"}:
         raise ValueError(f"mixture state: source {name!r} is {entry!r:.80}, not {{'reader': ..., 'skip': ...}}")
-    return ReaderState.from_dict(entry["reader"]), _int(entry, "skip", 0, f"mixture state, source {name!r}")
+    return ReaderState.from_dict(entry["reader"]), int_field(entry, "skip", 0, f"mixture state, source {name!r}")

@@ -191,14 +191,14 @@ class ReaderState:
             raise ValueError(
                 f"reader state version {data.get('version')!r} is unknown: this sparkfeed reads version {VERSION}"
             )
-        _check_keys("reader state", data, {f.name for f in dataclasses.fields(cls)} | {"format"})
+        check_keys("reader state", data, {f.name for f in dataclasses.fields(cls)} | {"format"})
         identity = _identity(data["identity"])
-        shard_count = _int(data, "shard_count", 1)
-        cur_shard = _int(data, "cur_shard", 0)
+        shard_count = int_field(data, "shard_count", 1)
+        cur_shard = int_field(data, "cur_shard", 0)
         if cur_shard >= shard_count:
             raise ValueError(f"reader state: cur_shard={cur_shard} is out of range for shard_count={shard_count}")
-        epoch = _int(data, "epoch", 0)
-        end_epoch = _optional_int(data, "end_epoch", 0)
+        epoch = int_field(data, "epoch", 0)
+        end_epoch = optional_int_field(data, "end_epoch", 0)
         if end_epoch is not None and (identity.num_epochs is None or epoch > end_epoch):
             raise ValueError(
                 f"reader state: epoch={epoch} with end_epoch={end_epoch} and num_epochs={identity.num_epochs} "
@@ -209,12 +209,12 @@ class ReaderState:
             raise ValueError(f"reader state: segments={segments!r:.80} is not allowed: it must be a list or null")
         return cls(
             identity=identity,
-            seed=_int(data, "seed", 0),
+            seed=int_field(data, "seed", 0),
             cur_shard=cur_shard,
             shard_count=shard_count,
             epoch=epoch,
-            segment=_int(data, "segment", 0),
-            offset=_int(data, "offset", 0),
+            segment=int_field(data, "segment", 0),
+            offset=int_field(data, "offset", 0),
             end_epoch=end_epoch,
             segments=None if segments is None else tuple(_segment_from_list(item) for item in segments),
         )
@@ -376,7 +376,8 @@ def _check_segments(state: ReaderState, groups: Groups) -> None:
         )
 
 
-def _check_keys(what: str, data: Mapping[str, Any], expected: set[str], optional: frozenset[str] = frozenset()) -> None:
+def check_keys(what: str, data: Mapping[str, Any], expected: set[str], optional: frozenset[str] = frozenset()) -> None:
+    """Refuses saved data with a key missing (but ``optional``) or unknown, naming them (also the mixer's states)."""
     missing = sorted(expected - optional - set(data))
     if missing:
         raise ValueError(f"{what} is missing {', '.join(repr(k) for k in missing)}")
@@ -385,20 +386,22 @@ def _check_keys(what: str, data: Mapping[str, Any], expected: set[str], optional
         raise ValueError(f"{what} has unknown keys {unknown}")
 
 
-def _is_int(value: object) -> bool:
+def is_int(value: object) -> bool:
     """An integer, NumPy's included (a checkpoint may hand them back), but not a bool."""
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
-def _int(data: Mapping[str, Any], name: str, minimum: int, what: str = "reader state") -> int:
+def int_field(data: Mapping[str, Any], name: str, minimum: int, what: str = "reader state") -> int:
+    """``data[name]`` as an int of at least ``minimum``, or a ValueError naming ``what``, the field and the value."""
     value = data[name]
-    if not _is_int(value) or value < minimum:
+    if not is_int(value) or value < minimum:
         raise ValueError(f"{what}: {name}={value!r} is not allowed: it must be an integer >= {minimum}")
     return int(value)
 
 
-def _optional_int(data: Mapping[str, Any], name: str, minimum: int, what: str = "reader state") -> int | None:
-    return None if data[name] is None else _int(data, name, minimum, what)
+def optional_int_field(data: Mapping[str, Any], name: str, minimum: int, what: str = "reader state") -> int | None:
+    """As :func:`int_field`, None allowed."""
+    return None if data[name] is None else int_field(data, name, minimum, what)
 
 
 def _bool(data: Mapping[str, Any], name: str, what: str) -> bool:
@@ -412,7 +415,7 @@ def _identity(data: object) -> Identity:
     what = "reader state identity"
     if not isinstance(data, Mapping):
         raise ValueError(f"reader state: identity={data!r:.80} is not allowed: it must be a dict")
-    _check_keys(what, data, {f.name for f in dataclasses.fields(Identity)}, _LATER_IDENTITY_KEYS)
+    check_keys(what, data, {f.name for f in dataclasses.fields(Identity)}, _LATER_IDENTITY_KEYS)
     data = {"shard_seed": None, "filters": None, "predicate": False, "sequence": None, **data}
     fingerprint, columns, policy = data["fingerprint"], data["columns"], data["shard_policy"]
     for name in ("filters", "sequence"):
@@ -426,16 +429,16 @@ def _identity(data: object) -> Identity:
         raise ValueError(f"{what}: shard_policy={policy!r} is not allowed: it must be one of {SHARD_POLICIES}")
     return Identity(
         fingerprint=fingerprint,
-        num_rows=_int(data, "num_rows", 0, what),
-        batch_size=_int(data, "batch_size", 1, what),
+        num_rows=int_field(data, "num_rows", 0, what),
+        batch_size=int_field(data, "batch_size", 1, what),
         drop_last=_bool(data, "drop_last", what),
-        num_epochs=_optional_int(data, "num_epochs", 1, what),
+        num_epochs=optional_int_field(data, "num_epochs", 1, what),
         columns=tuple(columns),
         transform=_bool(data, "transform", what),
         shard_policy=policy,
         shuffle_row_groups=_bool(data, "shuffle_row_groups", what),
-        shuffle_rows=_int(data, "shuffle_rows", 0, what),
-        shard_seed=_optional_int(data, "shard_seed", 0, what),
+        shuffle_rows=int_field(data, "shuffle_rows", 0, what),
+        shard_seed=optional_int_field(data, "shard_seed", 0, what),
         filters=data["filters"],
         predicate=_bool(data, "predicate", what),
         sequence=data["sequence"],
@@ -464,16 +467,16 @@ def _segment_from_list(item: object) -> Segment:
         raise bad
     parsed = []
     for piece in pieces:
-        if not isinstance(piece, list) or len(piece) != 4 or not all(_is_int(v) and v >= 0 for v in piece):
+        if not isinstance(piece, list) or len(piece) != 4 or not all(is_int(v) and v >= 0 for v in piece):
             raise bad
         if piece[2] > piece[3]:
             raise bad
         parsed.append(Piece(*(int(v) for v in piece)))
-    if key is not None and (not isinstance(key, list) or not all(_is_int(k) and k >= 0 for k in key)):
+    if key is not None and (not isinstance(key, list) or not all(is_int(k) and k >= 0 for k in key)):
         raise bad
-    if (seed is None) != (key is None) or (seed is not None and not (_is_int(seed) and seed >= 0)):
+    if (seed is None) != (key is None) or (seed is not None and not (is_int(seed) and seed >= 0)):
         raise bad
-    if not (_is_int(start) and start >= 0) or (stop is not None and not (_is_int(stop) and stop >= start)):
+    if not (is_int(start) and start >= 0) or (stop is not None and not (is_int(stop) and stop >= start)):
         raise bad
     return Segment(
         tuple(parsed),
