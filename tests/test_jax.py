@@ -103,7 +103,7 @@ def _batches(fmt: JaxFormat, chunk_sizes: list[int], batch_size: int) -> list[di
         }
         chunks.append((key, fmt.convert(columns)))
         start += size
-    parts = [batch for batch, _, _ in Batcher(fmt, batch_size).batches(chunks)]
+    parts = [batch for batch, *_ in Batcher(fmt, batch_size).batches(chunks)]
     if max(chunk_sizes) >= 4 * batch_size:  # a chunk with two groups of batches (GROUP = 2 below)
         assert any(part.placed is not None for part in parts)
     return [{name: np.asarray(value) for name, value in place(part).items()} for part in parts]

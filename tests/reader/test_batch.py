@@ -33,31 +33,32 @@ def test_batches_are_full_except_the_last_and_keep_order(fmt, sizes: list[int], 
     out = list(Batcher(fmt, batch_size).batches(chunks))
     total = sum(sizes)
     expected = [batch_size] * (total // batch_size) + ([total % batch_size] if total % batch_size else [])
-    assert [fmt.rows(batch) for batch, _, _ in out] == expected
+    assert [fmt.rows(batch) for batch, *_ in out] == expected
+    assert [rows for *_, rows in out] == expected  # the rows it says are the rows it holds
     if not out:
         return
-    ids = np.concatenate([np.asarray(batch["id"]) for batch, _, _ in out])
+    ids = np.concatenate([np.asarray(batch["id"]) for batch, *_ in out])
     np.testing.assert_array_equal(ids, np.arange(total))
-    img = np.concatenate([np.asarray(batch["img"]) for batch, _, _ in out])
+    img = np.concatenate([np.asarray(batch["img"]) for batch, *_ in out])
     np.testing.assert_array_equal(img[:, 1, 2], ids)
-    assert [str(s) for batch, _, _ in out for s in batch["s"]] == [str(i) for i in range(total)]
+    assert [str(s) for batch, *_ in out for s in batch["s"]] == [str(i) for i in range(total)]
 
 
 @pytest.mark.parametrize("batch_size", [1, 3, 4, 7])
 def test_positions_say_where_the_next_row_is(batch_size: int) -> None:
     chunks = _chunks([5, 0, 3, 6])
     starts = {key: int(columns["id"][0]) if len(columns["id"]) else None for key, columns in chunks}
-    for batch, key, consumed in Batcher(NUMPY, batch_size).batches(chunks):
+    for batch, key, consumed, _ in Batcher(NUMPY, batch_size).batches(chunks):
         assert batch["id"][-1] == starts[key] + consumed - 1  # the last row handed out
 
 
 def test_batches_inside_one_chunk_are_views() -> None:
     chunk = _chunks([12])
-    parts = [batch for batch, _, _ in Batcher(NUMPY, 4).batches(chunk)]
+    parts = [batch for batch, *_ in Batcher(NUMPY, 4).batches(chunk)]
     assert all(np.shares_memory(b["id"], chunk[0][1]["id"]) for b in parts)
     torch_format = TorchFormat()
     converted = torch_format.convert(chunk[0][1])
-    views = [batch for batch, _, _ in Batcher(torch_format, 4).batches([(0, converted)])]
+    views = [batch for batch, *_ in Batcher(torch_format, 4).batches([(0, converted)])]
     assert all(v["img"].data_ptr() != 0 and v["img"]._base is converted["img"] for v in views)
     assert isinstance(views[0]["img"], torch.Tensor) and isinstance(views[0]["s"], list)
 
@@ -81,7 +82,7 @@ def test_batches_and_positions_equal_a_plain_recut(fmt, sizes: list[int], batch_
     chunks = [(key, fmt.convert(columns)) for key, columns in _chunks(sizes)]
     got = [
         (np.asarray(batch["id"]).tolist(), key, consumed)
-        for batch, key, consumed in Batcher(fmt, batch_size, drop_last).batches(chunks)
+        for batch, key, consumed, _ in Batcher(fmt, batch_size, drop_last).batches(chunks)
     ]
     assert got == _reference(sizes, batch_size, drop_last)
 
@@ -96,15 +97,19 @@ def test_any_chunking_gives_the_batches_and_positions_of_a_plain_recut(
 ) -> None:
     got = [
         (batch["id"].tolist(), key, consumed)
-        for batch, key, consumed in Batcher(NUMPY, batch_size, drop_last).batches(_chunks(sizes))
+        for batch, key, consumed, _ in Batcher(NUMPY, batch_size, drop_last).batches(_chunks(sizes))
     ]
     assert got == _reference(sizes, batch_size, drop_last)
 
 
 def test_positions_name_the_chunk_of_the_last_row_and_rows_consumed_of_it() -> None:
-    out = [(b["id"].tolist(), key, consumed) for b, key, consumed in Batcher(NUMPY, 4).batches(_chunks([5, 0, 3, 6]))]
+    out = [
+        (b["id"].tolist(), key, consumed) for b, key, consumed, _ in Batcher(NUMPY, 4).batches(_chunks([5, 0, 3, 6]))
+    ]
     assert out == [([0, 1, 2, 3], 0, 4), ([4, 5, 6, 7], 2, 3), ([8, 9, 10, 11], 3, 4), ([12, 13], 3, 6)]
-    dropped = [(key, consumed) for _, key, consumed in Batcher(NUMPY, 4, drop_last=True).batches(_chunks([5, 0, 3, 6]))]
+    dropped = [
+        (key, consumed) for _, key, consumed, _ in Batcher(NUMPY, 4, drop_last=True).batches(_chunks([5, 0, 3, 6]))
+    ]
     assert dropped == [(0, 4), (2, 3), (3, 4)]
 
 
@@ -129,7 +134,7 @@ def test_batches_of_a_huge_chunk_cost_only_their_own_views() -> None:
     chunk = {"x": np.broadcast_to(np.float32(1.5), (HUGE,)), "v": np.broadcast_to(np.arange(3), (HUGE, 3))}
     batches = Batcher(fmt, 1).batches([("only", chunk)])
     first = list(itertools.islice(batches, 200))
-    assert [(len(b["x"]), key, consumed) for b, key, consumed in first] == [(1, "only", n) for n in range(1, 201)]
+    assert [(len(b["x"]), key, consumed) for b, key, consumed, _ in first] == [(1, "only", n) for n in range(1, 201)]
     assert first[0][0]["v"].tolist() == [[0, 1, 2]]
     assert fmt.views <= 200 + SPLIT_GROUP  # a split per SPLIT_GROUP batches, nothing per row of the chunk
 
@@ -138,7 +143,7 @@ def test_torch_batches_of_a_huge_chunk_cost_only_their_own_views() -> None:
     chunk = {"x": torch.ones(1).expand(HUGE), "m": torch.arange(6).reshape(1, 2, 3).expand(HUGE, 2, 3)}
     batches = Batcher(TorchFormat(), 3).batches([(7, chunk)])
     first = list(itertools.islice(batches, 100))
-    assert [(b["x"].shape, b["m"].shape, key, consumed) for b, key, consumed in first] == [
+    assert [(b["x"].shape, b["m"].shape, key, consumed) for b, key, consumed, _ in first] == [
         (torch.Size([3]), torch.Size([3, 2, 3]), 7, 3 * n) for n in range(1, 101)
     ]
 
@@ -164,7 +169,7 @@ def test_string_columns_are_copied_once_per_batch_not_once_per_split() -> None:
     batches = Batcher(fmt, 1).batches([(0, chunk)])
     assert next(batches)[0]["s"] == ["0"]
     assert _CountingList.copied <= SPLIT_GROUP  # not the 99,936 rows that follow the first split
-    assert sum(len(batch["s"]) for batch, _, _ in batches) == rows - 1
+    assert sum(len(batch["s"]) for batch, *_ in batches) == rows - 1
     assert _CountingList.copied == rows
 
 
@@ -179,7 +184,7 @@ def test_a_consumer_that_stops_early_does_not_pay_for_the_whole_chunk() -> None:
 def test_chunks_must_keep_the_first_chunks_dtypes_and_row_shapes(fmt) -> None:
     def run(*chunks: dict[str, np.ndarray]) -> int:
         converted = [(key, fmt.convert(columns)) for key, columns in enumerate(chunks)]
-        return sum(fmt.rows(batch) for batch, _, _ in Batcher(fmt, 2).batches(converted))
+        return sum(fmt.rows(batch) for batch, *_ in Batcher(fmt, 2).batches(converted))
 
     first = {"x": np.zeros(3, np.float32), "s": np.array(["a", "b", "c"], dtype=object), "m": np.zeros((3, 2))}
     widths = {"x": np.ones(2, np.float32), "s": np.array(["long", 7, None], dtype=object)[:2], "m": np.ones((2, 2))}

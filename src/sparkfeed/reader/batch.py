@@ -156,11 +156,12 @@ class Batcher(Generic[C]):
         else:
             check_signature(self._signature, signature)
 
-    def batches(self, chunks: Iterable[tuple[K, C]]) -> Iterator[tuple[C, K, int]]:
-        """Yields ``(batch, key, rows)``, a resumable position after each batch.
+    def batches(self, chunks: Iterable[tuple[K, C]]) -> Iterator[tuple[C, K, int, int]]:
+        """Yields ``(batch, key, consumed, rows)``: a batch, a resumable position after it, and its rows.
 
-        ``key`` names the chunk the batch's last row came from, ``rows`` how many of that
-        chunk's rows have been consumed.
+        ``key`` names the chunk the batch's last row came from, ``consumed`` how many of that
+        chunk's rows have been consumed; ``rows`` is ``batch_size`` but for the short last batch
+        (counted here, where it is known, rather than measured from each batch).
         """
         size, split, concat = self._batch_size, self._fmt.split, self._fmt.concat
         pending: list[C] = []
@@ -180,17 +181,17 @@ class Batcher(Generic[C]):
                 pending_rows += consumed
                 if pending_rows < size:
                     continue
-                yield concat(pending), key, consumed
+                yield concat(pending), key, consumed, size
                 pending, pending_rows = [], 0
             full = (rows - consumed) // size
             while full:
                 count = min(full, SPLIT_GROUP)
                 for part in split(chunk, consumed, size, count):
                     consumed += size
-                    yield part, key, consumed
+                    yield part, key, consumed, size
                 full -= count
             if consumed < rows:
                 pending, pending_rows = split(chunk, consumed, rows - consumed, 1), rows - consumed
                 consumed = rows
         if pending_rows and not self._drop_last:
-            yield concat(pending), key, consumed
+            yield concat(pending), key, consumed, pending_rows

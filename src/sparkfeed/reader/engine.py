@@ -489,12 +489,13 @@ class Reader(Generic[C]):
 
         def cut(items: Iterator[tuple[Work, Any]]) -> Iterator[tuple[Any, int, int, int]]:
             chunks = (((work.index, work.skip, ends), chunk) for work, (chunk, ends) in items)
-            for batch, (index, skip, ends), consumed in batcher.batches(chunks):
+            if sequence is None:
+                for batch, (index, skip, ends), consumed, rows in batcher.batches(chunks):
+                    yield batch, index, skip + (consumed if ends is None else int(ends[consumed - 1])), rows
+                return
+            for batch, (index, skip, ends), consumed, rows in batcher.batches(chunks):
                 offset = consumed if ends is None else int(ends[consumed - 1])
-                rows = chunk_fmt.rows(batch)
-                if sequence is not None:
-                    batch = fmt.convert(sequence.finish(batch))
-                yield batch, index, skip + offset, rows
+                yield fmt.convert(sequence.finish(batch)), index, skip + offset, rows
 
         return work_fn, None if exchange is None else receive, cut
 
