@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -149,6 +150,7 @@ MODES = {
     window=st.sampled_from([0, 1, 60]),
     stop=st.integers(0, 12),
 )
+@pytest.mark.filterwarnings("ignore:sequence .* with shard_count")
 def test_every_token_once_per_shard_and_resume_gives_the_rest(
     dataset, mode: str, batch_size: int, shard_count: int, window: int, stop: int
 ) -> None:
@@ -182,6 +184,7 @@ def test_every_token_once_per_shard_and_resume_gives_the_rest(
 
 
 @pytest.mark.parametrize("mode", ["pad", "bucket", "pack"])
+@pytest.mark.filterwarnings("ignore:sequence .* with shard_count")
 def test_a_reshard_mid_epoch_keeps_every_row_once(dataset, mode: str) -> None:
     root, manifest = dataset
     kwargs: dict[str, Any] = {
@@ -203,6 +206,20 @@ def test_a_reshard_mid_epoch_keeps_every_row_once(dataset, mode: str) -> None:
             reader.load_state_dict(states)
             seen += _epoch_rows(list(reader), mode)
     _check_rows(seen, list(range(ROWS)), mode)
+
+
+@pytest.mark.parametrize("mode", ["bucket", "pack"])
+def test_sharded_bucketing_or_packing_warns_that_ranks_may_get_different_batch_counts(dataset, mode: str) -> None:
+    root, manifest = dataset
+    kwargs: dict[str, Any] = {"batch_size": 8, "sequence": MODES[mode], "cur_shard": 0, "shard_count": 2}
+    if mode == "pack":
+        kwargs["schema_fields"] = ["tok"]
+    with pytest.warns(UserWarning, match=f"sequence '{mode}' with shard_count=2: .* DDP/Horovod ranks may wait"):
+        _reader(root, manifest, num_epochs=1, **kwargs).close()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the user runs a fixed number of steps: nothing to warn about
+        _reader(root, manifest, num_epochs=None, **kwargs).close()
+        _reader(root, manifest, num_epochs=1, **{**kwargs, "sequence": MODES["pad"], "schema_fields": None}).close()
 
 
 def test_pad_pads_each_batch_to_its_longest_row_rounded_and_capped(dataset) -> None:

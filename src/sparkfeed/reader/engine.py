@@ -155,6 +155,16 @@ class Reader(Generic[C]):
                 UserWarning,
                 stacklevel=user_stacklevel(),
             )
+        grouping = None if self._sequence is None else self._sequence.key  # the bucketed or packed column
+        if grouping is not None and shard_count > 1 and options.num_epochs:
+            warnings.warn(
+                f"sequence {grouping.spec.mode!r} with shard_count={shard_count}: how many batches a shard "
+                "makes depends on its rows' lengths, so ranks may get different numbers of batches and DDP/Horovod "
+                "ranks may wait on each other at the end of an epoch; with num_epochs=None, run the same number "
+                "of steps on every rank instead",
+                UserWarning,
+                stacklevel=user_stacklevel(),
+            )
         self._identity = Identity(
             fingerprint=fingerprint(manifest.key, [(entry.path, entry.row_groups) for entry in manifest.files]),
             num_rows=manifest.num_rows,
