@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from sparkfeed import make_spark_converter
-from sparkfeed.writer import list_shape_stats, pack, packed_shape, unpack
+from sparkfeed.writer import VIEWS, list_shape_stats, pack, packed_shape, unpack
 
 from helpers import by_id, concat
 
@@ -67,6 +67,22 @@ def test_a_partition_with_ragged_rows_makes_the_column_ragged_everywhere(spark) 
         got = by_id(concat(batches))
     assert got["v"].dtype == object
     assert [list(v) for v in got["v"]] == [r[1] for r in rows]
+
+
+def test_rows_of_varying_length_are_stored_as_views_of_raw_bytes(spark) -> None:
+    """One BYTE_ARRAY cell per row, declared binary_view in the file's Arrow schema (pyarrow >= 21), read in place."""
+    rows = [(i, [i] * (i % 5)) for i in range(30)]
+    converter = make_spark_converter(spark.createDataFrame(rows, "id long, t array<int>"))
+    (entry,) = {entry.packed["t"]: entry for entry in converter.manifest.files}.values()
+    path = converter.file_urls[0].removeprefix("file://")
+    stored = pq.ParquetFile(path).schema_arrow.field("t").type
+    assert stored == (pa.binary_view() if VIEWS else pa.binary()) and entry.packed["t"] == (-1,)
+    assert pq.ParquetFile(path).schema.column(1).physical_type == "BYTE_ARRAY"
+    with converter.make_numpy_iterator(
+        batch_size=30, num_epochs=1, shuffle_row_groups=False, sequence={"t": "pad"}
+    ) as batches:
+        got = by_id(concat(batches))
+    assert got["t"].tolist() == [[i] * (i % 5) + [0] * (4 - i % 5) for i in range(30)]
 
 
 def test_empty_dataframe(spark) -> None:

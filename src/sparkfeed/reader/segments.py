@@ -34,7 +34,7 @@ from sparkfeed.reader.selection import RowFilter, kept_positions
 from sparkfeed.reader.sequence import SequencePlan
 from sparkfeed.transform import TransformSpec
 from sparkfeed.types import ColumnSpec, to_numpy
-from sparkfeed.writer import RAGGED, unpack, unpack_ragged
+from sparkfeed.writer import RAGGED, take_views, unpack, unpack_ragged
 
 
 class _SharedRemoteFiles:
@@ -247,7 +247,7 @@ class SegmentReader:
             lengths = self._arrow_lengths(table)
             rows, numbers = self._rows_of(work, table.num_rows, lengths)
             if isinstance(rows, np.ndarray):
-                table = table.take(rows)
+                table = take_rows(table, rows)
             elif rows is not None:
                 table = table.slice(rows.start, rows.stop - rows.start)
             return {name: self._convert(name, table.column(name)) for name in self._specs}, None, numbers
@@ -552,3 +552,14 @@ class SegmentReader:
         if order is not None:
             return order[low:high], None
         return (slice(low, high) if low or high < rows else None), None
+
+
+def take_rows(table: pa.Table, indices: np.ndarray) -> pa.Table:
+    """``table.take(indices)``, also where a column is ``binary_view`` (a packed sequence), which Arrow cannot take."""
+    if not any(pa.types.is_binary_view(field.type) for field in table.schema):
+        return table.take(indices)
+    columns = [
+        take_views(column.combine_chunks(), indices) if pa.types.is_binary_view(column.type) else column.take(indices)
+        for column in table.columns
+    ]
+    return pa.table(columns, schema=table.schema)

@@ -248,7 +248,7 @@ class SequencePlan:
         """The key column's row lengths, from its Arrow offsets, once cut to ``max_length``."""
         key = self.key
         assert key is not None and key.inner is not None and key.dtype is not None
-        return self._kept(Ragged.from_arrow(key.name, column, key.inner, key.dtype).lengths)
+        return self._kept(Ragged.arrow_lengths(key.name, column, key.inner, key.dtype))
 
     def ragged_lengths(self, column: Ragged) -> np.ndarray:
         """The key column's row lengths, once cut to ``max_length``."""
