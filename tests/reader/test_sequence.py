@@ -282,6 +282,8 @@ def test_bucket_batches_never_mix_buckets_and_have_one_shape_per_bucket(dataset,
     # stats() counts the rows each batch holds: buckets leave short batches in every segment
     stats = reader.stats()
     assert stats["batches"] == len(batches) and stats["rows"] == sum(len(b["tok_lengths"]) for b in batches)
+    # and the bytes each one holds (widths vary: added up, not estimated from one batch)
+    assert stats["bytes"] == sum(sum(array.nbytes for array in b.values()) for b in batches)
 
 
 def test_default_buckets_are_powers_of_two_up_to_the_longest_row(dataset) -> None:

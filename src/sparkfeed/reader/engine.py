@@ -32,7 +32,7 @@ from sparkfeed.reader.segments import SegmentReader, Work
 from sparkfeed.reader.selection import RowFilter, select_columns
 from sparkfeed.reader.sequence import SequencePlan
 from sparkfeed.reader.state import Identity, ReaderState, fingerprint, resume
-from sparkfeed.reader.stats import Counters, bytes_per_row, verdict
+from sparkfeed.reader.stats import Counters, batch_bytes, bytes_per_row, verdict
 from sparkfeed.types import ColumnSpec, column_specs
 
 C = TypeVar("C")
@@ -370,6 +370,8 @@ class Reader(Generic[C]):
         # The epoch's counts, kept in locals (a batch costs two clock reads and two additions)
         # and published to self._current every 64 batches and at the end: see _tally.
         n, total, wait, step, last = 0, 0, 0.0, 0.0, None
+        # Sequences' batches vary in width: their bytes are added up batch by batch, not estimated.
+        varying, nbytes = sequence is not None, 0
         asked = clock()  # when the consumer asked for the next batch
         try:
             for epoch, items in itertools.groupby(results, key=lambda item: item[0].epoch):
@@ -381,8 +383,10 @@ class Reader(Generic[C]):
                     if bar is not None:
                         bar.step(self._user_batches(rows), rows)
                     n, total, last = n + 1, total + rows, batch
+                    if varying:
+                        nbytes += batch_bytes(batch)
                     if not n & 63:
-                        self._tally(counts, n, total, wait, step, batch)
+                        self._tally(counts, n, total, wait, step, batch, nbytes if varying else None)
                     ready = clock()
                     wait += ready - asked
                     yield batch
@@ -391,8 +395,8 @@ class Reader(Generic[C]):
                 if bar is not None:
                     bar.close()
                     bar = None
-                self._tally(counts, n, total, wait, step, last)
-                n, total, wait, step, last = 0, 0, 0.0, 0.0, None
+                self._tally(counts, n, total, wait, step, last, nbytes if varying else None)
+                n, total, wait, step, last, nbytes = 0, 0, 0.0, 0.0, None, 0
                 self._end_epoch(epoch, counts)
                 if not counts.batches and end is None and epoch > start.epoch:
                     raise ValueError(
@@ -408,7 +412,7 @@ class Reader(Generic[C]):
             if bar is not None:  # the loop stopped inside an epoch: the bar shows how far it got
                 bar.close()
             if n:  # an epoch left early still counts in stats()
-                self._tally(self._current, n, total, wait, step, last)
+                self._tally(self._current, n, total, wait, step, last, nbytes if varying else None)
             self._counters.add(self._current)
             self._current = Counters()
             raw.close()  # type: ignore[attr-defined]
@@ -428,17 +432,23 @@ class Reader(Generic[C]):
         size, drop_last = self._unit
         return 1 if size == self._options.batch_size else batches_of(rows, size, drop_last)
 
-    def _tally(self, counts: Counters, n: int, rows: int, wait: float, step: float, batch: Any) -> None:
+    def _tally(
+        self, counts: Counters, n: int, rows: int, wait: float, step: float, batch: Any, nbytes: int | None = None
+    ) -> None:
         """Publishes an epoch's running counts: ``n`` batches and ``rows`` rows so far, ``batch`` the latest.
 
-        Bytes are estimated from the latest batch's bytes per row (batches of one loader hold
-        the same columns; only sequences' widths vary).
+        Bytes are ``nbytes`` where the batches were added up (sequences, whose widths vary),
+        else estimated from the latest batch's bytes per row (batches of one loader hold the
+        same columns and shapes).
         """
         size = self._options.batch_size
         counts.rows, counts.wait_seconds, counts.step_seconds = rows, wait, step
         unit, drop_last = self._unit
         counts.batches = n if unit == size else batches_of(rows, unit, drop_last)
-        counts.bytes = rows * bytes_per_row(batch, self._fmt.rows(batch)) if batch is not None else 0
+        if nbytes is not None:
+            counts.bytes = nbytes
+        else:
+            counts.bytes = rows * bytes_per_row(batch, self._fmt.rows(batch)) if batch is not None else 0
 
     def _end_epoch(self, epoch: int, counts: Counters) -> None:
         """Adds the epoch's counts to the loader's and logs whether the loop waited on its input."""

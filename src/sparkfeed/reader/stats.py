@@ -85,7 +85,12 @@ def verdict(report: dict[str, Any], workers: int, pool_type: str) -> str:
 
 def bytes_per_row(batch: Any, rows: int) -> int:
     """The bytes a row adds to a batch's fixed-size arrays (NumPy, torch and JAX arrays have ``nbytes``)."""
-    if not rows or not isinstance(batch, dict):
+    return batch_bytes(batch) // rows if rows else 0
+
+
+def batch_bytes(batch: Any) -> int:
+    """The bytes of a batch's fixed-size arrays: what the loader handed over, padding included."""
+    if not isinstance(batch, dict):
         return 0
     total = 0
     for array in batch.values():
@@ -93,4 +98,4 @@ def bytes_per_row(batch: Any, rows: int) -> int:
         if dtype is None or getattr(dtype, "hasobject", False):
             continue  # strings, bytes and ragged arrays: their size is not the array's
         total += int(getattr(array, "nbytes", 0))
-    return total // rows
+    return total
