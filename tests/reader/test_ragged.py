@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sparkfeed import NullValueError
-from sparkfeed.reader.ragged import Ragged
+from sparkfeed.reader.ragged import Ragged, Views
 from sparkfeed.writer import VIEWS, list_shape_stats, pack_ragged, ragged_shape, take_views, unpack_ragged
 
 rows_strategy = st.lists(st.lists(st.integers(-1000, 1000), max_size=12), max_size=30)
@@ -162,6 +162,47 @@ def test_taking_views_is_taking_the_rows(lengths: list[int], data: st.DataObject
     indices = data.draw(st.lists(st.integers(0, len(rows) - 2), max_size=40)) if len(rows) > 1 else []
     taken = take_views(views, np.array(indices, dtype=np.int64))
     assert taken.type == pa.binary_view() and taken.to_pylist() == [rows[1:][i] for i in indices]
+
+
+@given(
+    lengths=st.lists(st.integers(0, 9), min_size=1, max_size=40),
+    dtype=st.sampled_from(["int8", "int32", "int64", "float32"]),
+    inner=st.sampled_from([(), (3,)]),
+    data=st.data(),
+)
+def test_views_pad_join_and_cut_as_the_rows_they_view(
+    lengths: list[int], dtype: str, inner: tuple[int, ...], data: st.DataObject
+) -> None:
+    """Rows viewed where they lie (inline up to 12 bytes, else in a data buffer) pad and join as the rows."""
+    size = int(np.prod(inner, dtype=np.int64))
+    values = np.arange(sum(lengths) * size).astype(dtype).reshape((-1, *inner))
+    ragged = Ragged.from_lengths(values, np.array(lengths))
+    rows = [ragged.values[a:b] for a, b in zip(ragged.offsets[:-1], ragged.offsets[1:], strict=True)]
+    cells = pa.array([row.tobytes() for row in rows], pa.binary()).cast(pa.binary_view())
+    views = Views.from_arrow("x", cells, inner, np.dtype(dtype))
+    assert len(views) == len(rows) and views.lengths.tolist() == lengths and views.tokens == sum(lengths)
+    start = data.draw(st.integers(0, len(rows)))
+    part = views[start:]
+    if len(part):
+        split = np.split(part.flat(), np.cumsum(part.lengths)[:-1])
+        assert [r.tolist() for r in split] == [r.tolist() for r in rows[start:]]
+    length = max(lengths) + data.draw(st.integers(0, 5))
+    pad = data.draw(st.sampled_from([0, 3]))
+    np.testing.assert_array_equal(views.padded(length, pad), ragged.padded(length, pad))
+    np.testing.assert_array_equal(views.mask(length), ragged.mask(length))
+    gaps = np.array(data.draw(st.lists(st.integers(0, 40), min_size=len(rows), max_size=len(rows)))) * values.itemsize
+    gaps *= size
+    joined = views.joined(gaps)
+    expected = np.concatenate(
+        [
+            np.concatenate([row.reshape(-1), np.zeros(gap // values.itemsize, dtype)])
+            for row, gap in zip(rows, gaps, strict=True)
+        ]
+    )
+    np.testing.assert_array_equal(joined, expected)
+    limit = data.draw(st.integers(0, 9))
+    cut = views.truncate(limit)
+    assert cut.lengths.tolist() == np.minimum(lengths, limit).tolist()
 
 
 def test_taking_views_keeps_a_null_for_the_reader_to_refuse() -> None:

@@ -39,7 +39,11 @@ def _lengths(rows: int, seed: int = 0) -> np.ndarray:
 
 
 def _write(root: Path, storage: str, files: int = 2, row_group: int = 23, nested: bool = False) -> Manifest:
-    """``ROWS`` rows (id, tok) in Parquet files: tok as a list column, or packed as the cache writer packs it."""
+    """``ROWS`` rows (id, tok) in Parquet files: tok as a list column, or packed as the cache writer packs it.
+
+    ``views`` is what the writer packs now (``binary_view``: bucketed and packed batches are
+    made from the decoded pages), ``binary`` what it packed before.
+    """
     root.mkdir(parents=True, exist_ok=True)
     lengths = _lengths(ROWS)
     ids = np.arange(ROWS)
@@ -55,9 +59,11 @@ def _write(root: Path, storage: str, files: int = 2, row_group: int = 23, nested
     for number, (low, high) in enumerate(itertools.pairwise(np.linspace(0, ROWS, files + 1).astype(int))):
         column = logical.slice(low, high - low)
         packed = {}
-        if storage == "binary":
+        if storage in ("binary", "views"):
             shape = (-1, 2) if nested else (-1,)
             column, packed = pack_ragged(column, shape), {"tok": shape}
+            if storage == "binary":  # what pyarrow before 21, and sparkfeed before views, wrote
+                column = column.cast(pa.binary())
         name = f"part-{number}.parquet"
         pq.write_table(pa.table({"id": pa.array(ids[low:high]), "tok": column}), root / name, row_group_size=row_group)
         metadata = pq.ParquetFile(root / name).metadata
@@ -66,7 +72,7 @@ def _write(root: Path, storage: str, files: int = 2, row_group: int = 23, nested
     return Manifest(tuple(entries), schema, {"tok": list_shape_stats(logical)}, {}, key=f"k-{storage}-{nested}")
 
 
-@pytest.fixture(scope="module", params=["list", "binary"])
+@pytest.fixture(scope="module", params=["list", "binary", "views"])
 def dataset(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Manifest]:
     root = tmp_path_factory.mktemp(f"sequences-{request.param}")
     return root, _write(root, request.param)
@@ -239,10 +245,12 @@ def test_pad_pads_each_batch_to_its_longest_row_rounded_and_capped(dataset) -> N
             assert row[:n].tolist() == EXPECTED[int(row_id)][:n]  # truncated: the first max_length values
 
 
-def test_nested_values_of_one_shape_pad_to_three_dimensions(tmp_path: Path) -> None:
-    manifest = _write(tmp_path, "binary", nested=True)
+@pytest.mark.parametrize("storage", ["binary", "views"])
+@pytest.mark.parametrize("mode", ["pad", "bucket"])
+def test_nested_values_of_one_shape_pad_to_three_dimensions(tmp_path: Path, storage: str, mode: str) -> None:
+    manifest = _write(tmp_path, storage, nested=True)
     with _reader(
-        tmp_path, manifest, batch_size=10, num_epochs=1, shuffle_row_groups=False, sequence={"tok": "pad"}
+        tmp_path, manifest, batch_size=10, num_epochs=1, shuffle_row_groups=False, sequence={"tok": mode}
     ) as r:
         batch = next(iter(r))
     assert batch["tok"].ndim == 3 and batch["tok"].shape[2] == 2

@@ -34,7 +34,7 @@ import numpy as np
 from sparkfeed.lifecycle import at_exit, cover_sigterm
 from sparkfeed.owner import Liveness, Owner
 from sparkfeed.reader.batch import Columns
-from sparkfeed.reader.ragged import Ragged
+from sparkfeed.reader.ragged import Ragged, Views
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +137,8 @@ class Exchange:
         layout, inline, offset = [], {}, 0
         mapped = []
         for name, column in columns.items():
+            if isinstance(column, Views):  # rows left in decoded pages: copied end to end to cross processes
+                column = column.to_ragged()
             if isinstance(column, Ragged):  # its values and offsets, rebased to start at 0
                 parts = [("values", column.flat()), ("offsets", column.offsets - column.offsets[0])]
             elif column.dtype == object or column.dtype.hasobject:

@@ -322,6 +322,131 @@ class Ragged:
         return np.arange(length, dtype=np.int32) < self.lengths.astype(np.int32)[:, None]
 
 
+@dataclasses.dataclass(frozen=True, eq=False)
+class Views:
+    """Rows of varying length left where Parquet decoded them: ``binary_view`` views of raw values.
+
+    What a bucketed or packed loader's sequence column is between reading and batching (the
+    cache stores rows of varying length as ``binary_view``, :func:`sparkfeed.writer.pack_ragged`):
+    each row a 16-byte view of its bytes in a decoded block. A :class:`Ragged` would copy every
+    row end to end once for the segment, then again into each padded batch; here a segment's
+    batches are made by one copy (:meth:`joined`): Arrow's cast to ``binary`` of the rows'
+    views, each followed by a view of zeros as long as its padding, writes every padded batch
+    of the segment in one pass, one call. Anything else asked of it goes through :meth:`to_ragged`.
+
+    The views are kept as NumPy and the data buffers as a tuple, taken from Arrow once per
+    segment: an Arrow slice lists all of a row group's data buffers (a thousand here), and
+    every ``buffers()`` call or cast of one pays for each of them.
+
+    Attributes:
+        raw: The rows' views, ``(rows, 4)`` int32: the length, then the bytes inline (up to
+            12) or a prefix, the data buffer and the offset in it.
+        data: The data buffers the views point into.
+        inner: The shape of each value.
+        dtype: The values' dtype.
+    """
+
+    raw: np.ndarray
+    data: tuple[pa.Buffer, ...]
+    inner: tuple[int, ...]
+    dtype: np.dtype
+
+    @classmethod
+    def from_arrow(cls, name: str, array: pa.Array | pa.ChunkedArray, inner: tuple[int, ...], dtype: np.dtype) -> Views:
+        """A packed ``binary_view`` column, its cells checked to hold whole values of ``inner``.
+
+        Raises:
+            NullValueError: A row is null.
+            ValueError: A cell is not a whole number of values.
+        """
+        if isinstance(array, pa.ChunkedArray):
+            array = array.chunk(0) if array.num_chunks == 1 else array.combine_chunks()
+        Ragged.arrow_lengths(name, array, inner, dtype)  # nulls and cell sizes, from the views alone
+        buffers = array.buffers()
+        raw = np.frombuffer(buffers[1], dtype=np.int32, count=4 * len(array), offset=16 * array.offset)
+        return cls(raw.reshape(-1, 4), tuple(buffers[2:]), inner, dtype)
+
+    @property
+    def width(self) -> int:
+        """Bytes per value."""
+        return self.dtype.itemsize * int(np.prod(self.inner, dtype=np.int64))
+
+    def __len__(self) -> int:
+        return len(self.raw)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        """Each row's length (``int64``)."""
+        return self.raw[:, 0].astype(np.int64) // self.width
+
+    @property
+    def tokens(self) -> int:
+        """Values in all rows together."""
+        return int(self.raw[:, 0].sum(dtype=np.int64)) // self.width
+
+    def __getitem__(self, key: slice) -> Views:
+        """A slice of rows, sharing the views."""
+        return Views(self.raw[key], self.data, self.inner, self.dtype)
+
+    def to_ragged(self) -> Ragged:
+        """The rows as a :class:`Ragged`: their values copied end to end."""
+        values = self.joined(np.zeros(len(self), dtype=np.int64)).reshape((-1, *self.inner))
+        return Ragged.from_lengths(values, self.lengths)
+
+    def flat(self) -> np.ndarray:
+        """The rows' values end to end (a copy)."""
+        return self.to_ragged().flat()
+
+    def truncate(self, max_length: int | None) -> Views | Ragged:
+        """Each row cut to ``max_length`` values: itself when none is longer, else a :class:`Ragged`."""
+        lengths = self.lengths
+        if max_length is None or not len(lengths) or int(lengths.max()) <= max_length:
+            return self
+        return self.to_ragged().truncate(max_length)
+
+    def mask(self, length: int) -> np.ndarray:
+        """``(rows, length)`` bools: True where a row has a value."""
+        return np.arange(length, dtype=np.int32) < self.lengths.astype(np.int32)[:, None]
+
+    def padded(self, length: int, pad_value: Any = 0) -> np.ndarray:
+        """The rows as one ``(rows, length, *inner)`` array, each row's values first, then ``pad_value``."""
+        lengths = self.lengths
+        if len(lengths) and int(lengths.max()) > length:
+            raise ValueError(f"a row of {int(lengths.max())} values does not fit a padded length of {length}")
+        if not zero_pad(pad_value, self.dtype) or not len(self) or not length:
+            return self.to_ragged().padded(length, pad_value)
+        return self.joined((length - lengths) * self.width).reshape((len(self), length, *self.inner))
+
+    def joined(self, gaps: np.ndarray) -> np.ndarray:
+        """The rows' values end to end, row ``i`` followed by ``gaps[i]`` zero bytes: one copy, by Arrow's cast.
+
+        Args:
+            gaps: Zero bytes after each row (``int64``, one per row).
+        """
+        rows = len(self)
+        total = int(self.raw[:, 0].sum(dtype=np.int64)) + int(gaps.sum())
+        if not total:
+            return np.zeros(0, dtype=self.dtype)
+        widest = int(gaps.max())
+        zeros = pa.py_buffer(np.zeros(max(widest, 1), dtype=np.uint8))
+        both = np.zeros((2 * rows, 4), dtype=np.int32)
+        both[0::2] = self.raw
+        both[1::2, 0] = gaps
+        both[1::2, 2] = np.where(gaps > INLINE, len(self.data), 0)  # too long to hold inline: in the zero buffer
+        interleaved = pa.Array.from_buffers(pa.binary_view(), 2 * rows, [None, pa.py_buffer(both), *self.data, zeros])
+        joined = interleaved.cast(pa.large_binary() if total >= 2**31 else pa.binary())
+        return np.frombuffer(joined.buffers()[2], dtype=self.dtype, count=total // self.dtype.itemsize)
+
+
+INLINE = 12
+"""Bytes a ``binary_view`` view holds inline; a longer value's view points into a data buffer."""
+
+
+def zero_pad(pad_value: Any, dtype: np.dtype) -> bool:
+    """Whether ``pad_value`` as ``dtype`` is all zero bytes (what :meth:`Views.joined` pads with)."""
+    return _pad_byte(pad_value, dtype) == "\x00"
+
+
 def _pad_byte(pad_value: Any, dtype: np.dtype) -> str | None:
     """The one ASCII byte every byte of ``pad_value`` is as ``dtype`` (0 for zeros), or None."""
     try:

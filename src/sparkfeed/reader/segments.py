@@ -28,7 +28,7 @@ from sparkfeed.cache import FileEntry
 from sparkfeed.location import Location
 from sparkfeed.reader.batch import NUMPY, Columns
 from sparkfeed.reader.plan import Segment, permutation
-from sparkfeed.reader.ragged import Ragged
+from sparkfeed.reader.ragged import Ragged, Views
 from sparkfeed.reader.readahead import DEFAULT_READ_AHEAD_BYTES, ReadAhead, SpanFile, column_ranges
 from sparkfeed.reader.selection import RowFilter, kept_positions
 from sparkfeed.reader.sequence import SequencePlan
@@ -319,6 +319,8 @@ class SegmentReader:
         """A column as NumPy, or as a :class:`Ragged` when it is a sequence."""
         plan = self._sequence_columns.get(name)
         if plan is not None and plan.inner is not None and plan.dtype is not None:
+            if pa.types.is_binary_view(column.type) and self._sequence is not None and self._sequence.whole_batches:
+                return Views.from_arrow(name, column, plan.inner, plan.dtype)  # padded or packed in one copy
             return Ragged.from_arrow(name, column, plan.inner, plan.dtype)
         return to_numpy(self._specs[name], column)
 
