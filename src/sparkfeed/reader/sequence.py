@@ -294,7 +294,9 @@ class SequencePlan:
                 f"({int(bounds[-1])}): add a bucket of at least {longest}, or truncate rows with max_length"
             )
         count = len(rows)
-        grouped = np.argsort(bucket, kind="stable")  # positions among the kept rows, bucket by bucket
+        # positions among the kept rows, bucket by bucket (16-bit keys sort by radix: one pass)
+        narrow = bucket.astype(np.int16) if len(bounds) < 2**15 else bucket
+        grouped = np.argsort(narrow, kind="stable")
         sizes = np.bincount(bucket, minlength=len(bounds))
         starts = np.cumsum(sizes) - sizes
         in_bucket = bucket[grouped]
@@ -303,7 +305,8 @@ class SequencePlan:
         last = starts[in_bucket] + np.minimum((rank // size + 1) * size, sizes[in_bucket]) - 1
         # A full batch is keyed by the position of its last row, a short one after every full one.
         batch_key = np.where(full, grouped[last], count + in_bucket)
-        ranked = np.lexsort((grouped, batch_key))
+        # A batch's rows are consecutive and in position order already: a stable sort by key keeps them so.
+        ranked = np.argsort(batch_key, kind="stable")
         output = grouped[ranked]
         keys = batch_key[ranked]
         number = np.zeros(count, dtype=np.int64)
