@@ -12,6 +12,10 @@ a batch turned into what a model takes (:meth:`Ragged.padded`, :meth:`Ragged.mas
 NumPy's object arrays of per-row arrays (what a ragged column was before, and still is for
 columns not named in ``sequence``) cost a Python object per row to make, to gather and to turn
 into tensors; this costs a few array operations per chunk.
+
+:class:`Views` is the other form, for bucketed and packed batches made in the worker: the rows
+left in the pages Parquet decoded them into (``binary_view``), so that the padded batches are
+written from there in one copy instead of two.
 """
 
 from __future__ import annotations
@@ -270,9 +274,9 @@ class Ragged:
         Every row must be at most ``length`` long (see :meth:`truncate`). Where the pad value
         is one repeated ASCII byte (0, the usual one), Arrow pads: the rows' bytes as strings
         through ``ascii_rpad``, one ``memcpy`` and one fill per row in C++, out of the GIL,
-        into Arrow's pool (whose freed pages come back without faulting), measured 2x as fast
-        as the NumPy ways below. ``ascii_rpad`` counts and pads bytes and never decodes them,
-        so any values' bytes come out as they went in (tested over random bytes).
+        measured 2x as fast as the NumPy ways below (1.1 vs 2.2 ns a token, bucketed batches).
+        ``ascii_rpad`` counts and pads bytes and never decodes them, so any values' bytes come
+        out as they went in (tested over random bytes).
 
         Otherwise two NumPy ways, both one pass over the output: where padding is a small part
         of it (bucketed batches), a mask of the cells that hold values takes the values in

@@ -1,10 +1,12 @@
 """Sequences in the reader: arrays of varying length batched padded, bucketed or packed.
 
 A column named in ``sequence=`` travels from Arrow to the batch as a :class:`~sparkfeed.reader.ragged.Ragged`
-(values and offsets), never as one object per row; :class:`SequencePlan` decides what each batch
-becomes. Two ways of cutting batches, chosen so that a saved position stays what it always was,
-"rows consumed of segment ``s`` in its output order" (see :mod:`sparkfeed.reader.plan`), and
-resume, sharding and shuffling stay exact:
+(values and offsets) or, bucketed or packed from a cache of ``binary_view`` cells, as
+:class:`~sparkfeed.reader.ragged.Views` (each row where Parquet decoded it), never as one object
+per row; :class:`SequencePlan` decides what each batch becomes. Two ways of cutting batches,
+chosen so that a saved position stays what it always was, "rows consumed of segment ``s`` in
+its output order" (see :mod:`sparkfeed.reader.plan`), and resume, sharding and shuffling stay
+exact:
 
 - ``pad`` and ``ragged`` change what a batch holds, not which rows: the batcher cuts batches
   exactly as for any other column (only an epoch's last batch is short, so DDP ranks keep equal
