@@ -316,7 +316,7 @@ class SegmentReader:
         return self._sequence is not None and self._sequence.mode == "bucket"
 
     def _convert(self, name: str, column: pa.ChunkedArray) -> Any:
-        """A column as NumPy, or as a :class:`Ragged` when it is a sequence."""
+        """A column as NumPy, or as a :class:`Ragged` when it is a sequence (:class:`Views` when bucketed or packed)."""
         plan = self._sequence_columns.get(name)
         if plan is not None and plan.inner is not None and plan.dtype is not None:
             if pa.types.is_binary_view(column.type) and self._sequence is not None and self._sequence.whole_batches:
