@@ -294,6 +294,21 @@ def test_bucket_batches_never_mix_buckets_and_have_one_shape_per_bucket(dataset,
     assert stats["bytes"] == sum(sum(array.nbytes for array in b.values()) for b in batches)
 
 
+def test_bucketed_batches_with_a_mask_hold_every_row_once_padded_with_zeros(dataset) -> None:
+    """The mask, lengths and zero padding of bucketed batches (made a segment at a time from a views cache)."""
+    root, manifest = dataset
+    with _reader(
+        root, manifest, batch_size=8, num_epochs=1, seed=3, sequence={"tok": Sequence("bucket", mask=True)}
+    ) as reader:
+        batches = list(reader)
+    for batch in batches:
+        lengths = batch["tok_lengths"]
+        assert batch["tok_mask"].dtype == bool and batch["tok_mask"].shape == batch["tok"].shape
+        assert np.array_equal(batch["tok_mask"], np.arange(batch["tok"].shape[1]) < lengths[:, None])
+        assert (batch["tok"][~batch["tok_mask"]] == 0).all()
+    _check_rows(_epoch_rows(batches, "bucket"), list(range(ROWS)), "bucket")
+
+
 def test_default_buckets_are_powers_of_two_up_to_the_longest_row(dataset) -> None:
     root, manifest = dataset
     with _reader(root, manifest, batch_size=4, num_epochs=1, sequence={"tok": "bucket"}) as reader:

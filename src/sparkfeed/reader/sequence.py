@@ -366,15 +366,16 @@ class SequencePlan:
                 short = stop - start < self.batch_size
                 keep.append(not (short and self.drop_last))
                 if keep[-1]:
-                    done = {name: arrays[number] for name, arrays in ready.items()}
-                    batches.append(self.finish({name: value[start:stop] for name, value in columns.items()}, done))
+                    # A column padded already needs no slice of its rows: its batch is in ``ready``.
+                    part = {name: None if name in ready else value[start:stop] for name, value in columns.items()}
+                    batches.append(self.finish(part, {name: padded[number] for name, padded in ready.items()}))
             cuts = np.concatenate([[0], cuts[1:][np.asarray(keep, dtype=bool)]])
         ends = cuts[1:]
         if positions is not None:
             ends = positions[ends - 1]
         return batches, np.asarray(ends, dtype=np.int64)
 
-    def _padded_segment(self, columns: Columns, cuts: np.ndarray) -> dict[str, list[np.ndarray]]:
+    def _padded_segment(self, columns: Columns, cuts: np.ndarray) -> dict[str, list[tuple[np.ndarray, np.ndarray]]]:
         """Every batch of a segment padded at once, for the columns still in decoded pages (:class:`Views`).
 
         One copy of the segment's rows, each followed by its padding (:meth:`Views.joined`),
@@ -383,9 +384,10 @@ class SequencePlan:
         longer than ``max_length``; other columns are padded batch by batch by :meth:`finish`.
 
         Returns:
-            For each such column, its padded array per batch (between consecutive ``cuts``).
+            For each such column, per batch (between consecutive ``cuts``): its padded array
+            and its rows' lengths (``INDEX_DTYPE``), both views of arrays made once a segment.
         """
-        ready: dict[str, list[np.ndarray]] = {}
+        ready: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
         for plan in self.columns:
             value = columns.get(plan.name)
             if plan.mode not in ("pad", "bucket") or not isinstance(value, Views) or len(cuts) < 2:
@@ -397,10 +399,12 @@ class SequencePlan:
             rows = np.diff(cuts)
             widths = np.array([_padded_length_of(plan, int(n)) for n in np.maximum.reduceat(lengths, cuts[:-1])])
             flat = value.joined((np.repeat(widths, rows) - lengths) * value.width)
-            ends = np.cumsum(rows * widths * int(np.prod(value.inner, dtype=np.int64)))
+            size = int(np.prod(value.inner, dtype=np.int64))
+            ends = np.cumsum(rows * widths * size).tolist()
+            kept = lengths.astype(INDEX_DTYPE)
             ready[plan.name] = [
-                part.reshape((int(n), int(width), *value.inner))
-                for part, n, width in zip(np.split(flat, ends[:-1]), rows, widths, strict=True)
+                (flat[end - n * width * size : end].reshape((n, width, *value.inner)), kept[start : start + n])
+                for end, n, width, start in zip(ends, rows.tolist(), widths.tolist(), cuts[:-1].tolist(), strict=True)
             ]
         return ready
 
@@ -476,7 +480,7 @@ class SequencePlan:
 
     # ---------------------------------------------------------------- finishing a batch
 
-    def finish(self, batch: Columns, ready: Mapping[str, np.ndarray] | None = None) -> Columns:
+    def finish(self, batch: Columns, ready: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None) -> Columns:
         """A batch whose sequence columns are :class:`Ragged` as its user receives it: padded, bucketed or flat.
 
         ``pad``: ``(rows, L, *inner)`` with L the longest row, rounded up to
@@ -485,21 +489,21 @@ class SequencePlan:
         kept) and, if asked, ``<name>_mask``.
 
         Args:
-            batch: The batch's rows.
-            ready: Columns padded already (:meth:`_padded_segment`), by name.
+            batch: The batch's rows (None for a column in ``ready``).
+            ready: Columns padded already, with their lengths (:meth:`_padded_segment`), by name.
         """
         plans = {plan.name: plan for plan in self.columns}
         out: Columns = {}
         for name, value in batch.items():
             plan = plans.get(name)
+            if plan is not None and ready is not None and name in ready:
+                padded, lengths = ready[name]
+                out[name], out[name + LENGTHS] = padded, lengths
+                if plan.spec.mask:
+                    out[name + MASK] = np.arange(padded.shape[1], dtype=INDEX_DTYPE) < lengths[:, None]
+                continue
             if plan is None or not isinstance(value, Ragged | Views):
                 out[name] = value
-                continue
-            if ready is not None and name in ready:
-                out[name] = padded = ready[name]
-                out[name + LENGTHS] = value.lengths.astype(INDEX_DTYPE)
-                if plan.spec.mask:
-                    out[name + MASK] = value.mask(padded.shape[1])
                 continue
             spec = plan.spec
             ragged = value.truncate(spec.max_length)
