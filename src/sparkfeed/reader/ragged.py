@@ -100,7 +100,7 @@ class Ragged:
         if _is_packed(array.type):
             _no_nulls(name, array)
             positions, data = binary_buffers(array)
-            width = dtype.itemsize * int(np.prod(inner, dtype=np.int64))
+            width = cell_width(dtype, inner)
             if width > 1 and (positions % width).any():  # one step per row: a wrong shape is never misread
                 raise ValueError(_NOT_WHOLE.format(name=name, dtype=dtype, inner=inner))
             values = np.frombuffer(data, dtype=dtype, count=data.size // dtype.itemsize)
@@ -150,7 +150,7 @@ class Ragged:
         if not pa.types.is_binary_view(array.type):
             return Ragged.from_arrow(name, array, inner, dtype).lengths
         _no_nulls(name, array)
-        width = dtype.itemsize * int(np.prod(inner, dtype=np.int64))
+        width = cell_width(dtype, inner)
         sizes = view_lengths(array)
         if width > 1 and (sizes % width).any():
             raise ValueError(_NOT_WHOLE.format(name=name, dtype=dtype, inner=inner))
@@ -308,7 +308,7 @@ class Ragged:
     def _padded_by_arrow(self, length: int, fill: str) -> np.ndarray:
         """:meth:`padded` by Arrow's ``ascii_rpad``: each row's bytes, then ``fill`` up to ``length`` values."""
         rows, inner, dtype = len(self), self.inner, self.dtype
-        width = dtype.itemsize * int(np.prod(inner, dtype=np.int64))
+        width = cell_width(dtype, inner)
         values = np.ascontiguousarray(self.flat())
         positions = (self.offsets - self.offsets[0]) * width
         large = int(positions[-1]) >= 2**31 or rows * length * width >= 2**31
@@ -322,8 +322,7 @@ class Ragged:
 
     def mask(self, length: int) -> np.ndarray:
         """``(rows, length)`` bools: True where a row has a value, False over its padding."""
-        # int32 on both sides: twice as fast as NumPy's default int64 (a row's length fits int32)
-        return np.arange(length, dtype=np.int32) < self.lengths.astype(np.int32)[:, None]
+        return length_mask(self.lengths, length)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -373,7 +372,7 @@ class Views:
     @property
     def width(self) -> int:
         """Bytes per value."""
-        return self.dtype.itemsize * int(np.prod(self.inner, dtype=np.int64))
+        return cell_width(self.dtype, self.inner)
 
     def __len__(self) -> int:
         return len(self.raw)
@@ -410,7 +409,7 @@ class Views:
 
     def mask(self, length: int) -> np.ndarray:
         """``(rows, length)`` bools: True where a row has a value."""
-        return np.arange(length, dtype=np.int32) < self.lengths.astype(np.int32)[:, None]
+        return length_mask(self.lengths, length)
 
     def padded(self, length: int, pad_value: Any = 0) -> np.ndarray:
         """The rows as one ``(rows, length, *inner)`` array, each row's values first, then ``pad_value``."""
@@ -444,6 +443,17 @@ class Views:
 
 INLINE = 12
 """Bytes a ``binary_view`` view holds inline; a longer value's view points into a data buffer."""
+
+
+def cell_width(dtype: np.dtype, inner: tuple[int, ...]) -> int:
+    """Bytes of one value of shape ``inner``: what a packed row's byte size is a multiple of."""
+    return dtype.itemsize * int(np.prod(inner, dtype=np.int64))
+
+
+def length_mask(lengths: np.ndarray, length: int) -> np.ndarray:
+    """``(rows, length)`` bools: True where a row of ``lengths`` has a value, False over its padding."""
+    # int32 on both sides: twice as fast as NumPy's default int64 (a row's length fits int32)
+    return np.arange(length, dtype=np.int32) < lengths.astype(np.int32, copy=False)[:, None]
 
 
 def zero_pad(pad_value: Any, dtype: np.dtype) -> bool:

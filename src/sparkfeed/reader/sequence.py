@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from sparkfeed.reader.ragged import Ragged, Views, zero_pad
+from sparkfeed.reader.ragged import Ragged, Views, length_mask, zero_pad
 from sparkfeed.sequence import Sequence
 from sparkfeed.types import ColumnSpec
 from sparkfeed.writer import ShapeStats, is_list_type
@@ -399,7 +399,7 @@ class SequencePlan:
             rows = np.diff(cuts)
             widths = np.array([_padded_length_of(plan, int(n)) for n in np.maximum.reduceat(lengths, cuts[:-1])])
             flat = value.joined((np.repeat(widths, rows) - lengths) * value.width)
-            size = int(np.prod(value.inner, dtype=np.int64))
+            size = value.width // value.dtype.itemsize
             ends = np.cumsum(rows * widths * size).tolist()
             kept = lengths.astype(INDEX_DTYPE)
             ready[plan.name] = [
@@ -500,7 +500,7 @@ class SequencePlan:
                 padded, lengths = ready[name]
                 out[name], out[name + LENGTHS] = padded, lengths
                 if plan.spec.mask:
-                    out[name + MASK] = np.arange(padded.shape[1], dtype=INDEX_DTYPE) < lengths[:, None]
+                    out[name + MASK] = length_mask(lengths, padded.shape[1])
                 continue
             if plan is None or not isinstance(value, Ragged | Views):
                 out[name] = value
