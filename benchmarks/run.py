@@ -69,9 +69,12 @@ MIXES = (
     ("mix50", "plain:0.5,zstd:0.5", "mix(plain 0.5, zstd 0.5), stop='never'"),
     ("mix90", "plain:0.9,zstd:0.1", "mix(plain 0.9, zstd 0.1), stop='never'"),
     ("self50", "plain:0.5,plain:0.5", "mix(plain 0.5, plain 0.5): the plain cache twice, stop='never'"),
+    ("mix50b", "plain:0.5,zstd:0.5@batch", "mix(plain 0.5, zstd 0.5, granularity='batch'), stop='never'"),
+    ("self50b", "plain:0.5,plain:0.5@batch", "mix(plain 0.5, plain 0.5, granularity='batch'): the plain cache twice"),
 )
 """The mixing group's cases: (tag, --mix, label). The targets compare each mixture with the slower source alone
-(``self50``: two sources as fast as each other, where the mixer's copy of every row shows most)."""
+(``self50``: two sources as fast as each other, where the mixer's copy of every row shows most; ``@batch``: whole
+batches from one source each, views of the sources' batches)."""
 
 
 @dataclasses.dataclass(frozen=True)

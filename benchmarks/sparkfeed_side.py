@@ -443,9 +443,11 @@ def open_reader(converter: Any, args: argparse.Namespace) -> Any:
 
 def mixed(held: dict[str, Any], spec: str) -> Any:
     """What a mixing case reads: one of the holder's converters alone (``zstd``), or a mixture of them
-    (``plain:0.9,zstd:0.1``) that samples with replacement, so that it runs as long as asked."""
+    (``plain:0.9,zstd:0.1``, ``...@batch`` for ``granularity="batch"``) that samples with replacement, so
+    that it runs as long as asked."""
     import sparkfeed
 
+    spec, _, granularity = spec.partition("@")
     parts = [part.split(":") for part in spec.split(",")]
     if len(parts) == 1:
         return held[parts[0][0]]
@@ -453,7 +455,7 @@ def mixed(held: dict[str, Any], spec: str) -> Any:
     names = [name if [n for n, _ in parts].count(name) == 1 else f"{name}{i}" for i, (name, _) in enumerate(parts)]
     sources = {key: held[name] for key, (name, _) in zip(names, parts, strict=True)}
     weights = {key: float(weight) for key, (_, weight) in zip(names, parts, strict=True)}
-    return sparkfeed.mix(sources, weights, seed=0, stop="never")
+    return sparkfeed.mix(sources, weights, seed=0, stop="never", granularity=granularity or "row")
 
 
 def steady(loader: Any, rows: int) -> Any:

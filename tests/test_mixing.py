@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import itertools
 import json
 import pickle
 from typing import Any
@@ -53,6 +54,70 @@ def test_rows_follow_the_weights_and_the_source_column_names_each_rows_source(so
     assert mixture.names == ("wiki", "code")
     first = batches[0]
     assert first["v"].shape == (100, 2) and np.array_equal(first["v"][:, 0], first["id"].astype(np.float32))
+
+
+def test_granularity_batch_gives_whole_batches_of_one_source_in_the_weights_proportions(sources) -> None:
+    mixture = mix(
+        sources,
+        {"wiki": 0.7, "code": 0.3},
+        seed=3,
+        stop="never",
+        rows_per_epoch=20_000,
+        source_column="src",
+        granularity="batch",
+    )
+    batches = _numpy(mixture, batch_size=40, num_epochs=1)
+    assert [len(b["id"]) for b in batches] == [40] * 500
+    firsts = np.array([b["src"][0] for b in batches])
+    assert all((b["src"] == b["src"][0]).all() for b in batches)  # one source a batch
+    assert abs((firsts == 0).mean() - 0.7) < 0.06  # 500 draws of a 0.7 share: 5 sigma is 0.10
+    ids = _ids(batches)
+    assert np.array_equal(np.concatenate([b["src"] for b in batches]), (ids >= CODE_START).astype(np.int32))
+    # Each source goes through its own epochs, one after another, whichever batches its rows fill.
+    for start, size in ((0, WIKI), (CODE_START, CODE)):
+        used = ids[(ids >= start) & (ids < start + size)]
+        for window in range(0, len(used) - size + 1, size):
+            assert sorted(used[window : window + size].tolist()) == list(range(start, start + size))
+
+
+def test_granularity_batch_hands_out_views_of_the_sources_batches(sources) -> None:
+    """Batches of one source that lie in one of its reader's batches share that batch's memory: no copy.
+
+    (A row mixture copies its batches into blocks that hold both sources' rows.)
+    """
+    mixture = mix(sources, {"wiki": 0.5, "code": 0.5}, seed=4, stop="never", granularity="batch")
+    with mixture.make_numpy_iterator(batch_size=8, num_epochs=1) as loader:
+        batches = [batch for batch in loader]
+    wiki = [batch["x"] for batch in batches if batch["id"][0] < CODE_START]
+    code = {id(_owner(batch["x"])) for batch in batches if batch["id"][0] >= CODE_START}
+    assert not any(batch.flags.owndata for batch in wiki)
+    assert not any(id(_owner(batch)) in code for batch in wiki)
+    shared = sum(_owner(a) is _owner(b) for a, b in itertools.pairwise(wiki))
+    assert shared >= len(wiki) // 2
+
+
+def _owner(array: np.ndarray) -> Any:
+    """What holds an array's memory: the same object for every view of one buffer."""
+    while isinstance(array.base, np.ndarray):
+        array = array.base
+    return array if array.base is None else array.base
+
+
+@pytest.mark.parametrize("pool", ["thread", "process"])
+def test_granularity_batch_with_a_transform_and_a_source_column(sources, pool: str) -> None:
+    """The sources' readers convert and add the source column in their own workers, threads or processes."""
+    spec = sparkfeed.TransformSpec(lambda frame: frame.assign(x=frame["x"] * 2))
+    mixture = mix(sources, seed=6, source_column="src", granularity="batch")
+    batches = _numpy(mixture, batch_size=16, num_epochs=1, transform_spec=spec, reader_pool_type=pool, workers_count=2)
+    assert sum(len(b["id"]) for b in batches) >= 16 * (len(batches) - 1)
+    for batch in batches:
+        assert list(batch) == ["id", "x", "v", "src"]
+        assert np.array_equal(batch["x"], batch["id"].astype(np.float32))  # 2 * (id * 0.5)
+        assert np.array_equal(batch["src"], (batch["id"] >= CODE_START).astype(np.int32))
+        assert len(set(batch["src"].tolist())) == 1
+    clash = sparkfeed.TransformSpec(lambda frame: frame.assign(src=1))
+    with pytest.raises(ValueError, match="source_column='src' is also a column of source"):
+        _numpy(mixture, batch_size=16, num_epochs=1, transform_spec=clash)
 
 
 def test_an_epoch_ends_at_the_first_exhausted_source_having_used_each_of_its_rows_once(sources) -> None:
@@ -193,6 +258,8 @@ def test_other_arguments_are_validated_where_mix_is_called(sources) -> None:
         mix({})
     with pytest.raises(ValueError, match="stop="):
         mix(sources, stop="all_exhausted")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"granularity='rows' is not allowed: it must be one of \('row', 'batch'\)"):
+        mix(sources, granularity="rows")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="rows_per_epoch=10 is not allowed with stop='first_exhausted'"):
         mix(sources, rows_per_epoch=10)
     with pytest.raises(ValueError, match="seed=-1"):
@@ -229,10 +296,11 @@ def test_progress_shows_one_bar_per_epoch_of_the_mixture(sources, capsys) -> Non
 # ---------------------------------------------------------------------------------- adapters
 
 
-def test_torch_batches_are_the_numpy_batches_as_tensors_and_resume_exactly(sources) -> None:
+@pytest.mark.parametrize("granularity", ["row", "batch"])
+def test_torch_batches_are_the_numpy_batches_as_tensors_and_resume_exactly(sources, granularity: Any) -> None:
     import torch
 
-    mixture = mix(sources, {"wiki": 0.3, "code": 0.7}, seed=7, source_column="src")
+    mixture = mix(sources, {"wiki": 0.3, "code": 0.7}, seed=7, source_column="src", granularity=granularity)
     expected = _numpy(mixture, batch_size=20, num_epochs=2)
     with mixture.make_torch_dataloader(batch_size=20, num_epochs=2) as loader:
         assert len(loader) == len(expected)
@@ -247,12 +315,14 @@ def test_torch_batches_are_the_numpy_batches_as_tensors_and_resume_exactly(sourc
     got = head + rest
     assert len(got) == len(expected)
     assert all(np.array_equal(a["id"].numpy(), b["id"]) for a, b in zip(got, expected, strict=True))
+    assert all(np.array_equal(a["src"].numpy(), b["src"]) for a, b in zip(got, expected, strict=True))
 
 
-def test_tf_dataset_gives_the_numpy_batches_as_namedtuples_with_an_element_spec(sources) -> None:
+@pytest.mark.parametrize("granularity", ["row", "batch"])
+def test_tf_dataset_gives_the_numpy_batches_as_namedtuples_with_an_element_spec(sources, granularity: Any) -> None:
     import tensorflow as tf
 
-    mixture = mix(sources, {"wiki": 0.5, "code": 0.5}, seed=8, source_column="src")
+    mixture = mix(sources, {"wiki": 0.5, "code": 0.5}, seed=8, source_column="src", granularity=granularity)
     expected = _numpy(mixture, batch_size=24, num_epochs=1)
     with mixture.make_tf_dataset(batch_size=24, num_epochs=1) as dataset:
         spec = dataset.element_spec
@@ -265,7 +335,7 @@ def test_tf_dataset_gives_the_numpy_batches_as_namedtuples_with_an_element_spec(
     with mixture.make_tf_dataset(batch_size=24, num_epochs=1, drop_last=True) as dataset:
         assert int(dataset.cardinality()) == len(expected) - 1 == len(list(dataset))
     # Sampling with replacement and drop_last: the short batch is not drawn, in tf.data as elsewhere.
-    forever = mix(sources, seed=8, stop="never", rows_per_epoch=500)
+    forever = mix(sources, seed=8, stop="never", rows_per_epoch=500, granularity=granularity)
     expected = _numpy(forever, batch_size=24, num_epochs=3, drop_last=True)
     with forever.make_tf_dataset(batch_size=24, num_epochs=3, drop_last=True) as dataset:
         got = list(dataset)
@@ -273,10 +343,11 @@ def test_tf_dataset_gives_the_numpy_batches_as_namedtuples_with_an_element_spec(
     assert all(np.array_equal(a.id.numpy(), b["id"]) for a, b in zip(got, expected, strict=True))
 
 
-def test_jax_batches_are_the_numpy_batches_on_the_device(sources) -> None:
+@pytest.mark.parametrize("granularity", ["row", "batch"])
+def test_jax_batches_are_the_numpy_batches_on_the_device(sources, granularity: Any) -> None:
     import jax
 
-    mixture = mix(sources, seed=10)
+    mixture = mix(sources, seed=10, granularity=granularity)
     expected = _numpy(mixture, batch_size=16, num_epochs=1)
     with mixture.make_jax_iterator(batch_size=16, num_epochs=1) as loader:
         got = list(loader)

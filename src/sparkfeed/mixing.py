@@ -19,10 +19,10 @@ import numpy as np
 
 from sparkfeed.converter import SparkDatasetConverter
 from sparkfeed.loader import DEFAULT_BATCH_SIZE, jax_iterator, tf_dataset, torch_dataloader
-from sparkfeed.options import MixOptions, MixStop, ReaderArgs, known_keywords, reader_options
+from sparkfeed.options import MixGranularity, MixOptions, MixStop, ReaderArgs, known_keywords, reader_options
 from sparkfeed.reader import Reader
 from sparkfeed.reader.batch import NUMPY, BatchFormat, Columns
-from sparkfeed.reader.mixer import Mixer
+from sparkfeed.reader.mixer import Mixer, source_format
 
 if TYPE_CHECKING:
     from sparkfeed.jax import JaxIterator
@@ -40,6 +40,7 @@ def mix(
     stop: MixStop = "first_exhausted",
     rows_per_epoch: int | None = None,
     source_column: str | None = None,
+    granularity: MixGranularity = "row",
 ) -> Mixture:
     """Mixes several converters into one stream whose batches' rows follow the weights.
 
@@ -70,6 +71,12 @@ def mix(
             (every rank yields as many). None: the sum of the sources' rows (their shard's).
         source_column: Also give every batch an int32 column of this name: the index of each
             row's source in ``converters`` (for a loss per source). None: no such column.
+        granularity: What the weights draw a source for. ``"row"`` (the default): every row, as
+            above, so each batch mixes the sources; joining them costs a copy of every row.
+            ``"batch"``: every batch, which comes whole from one source (Mosaic Streaming's
+            ``per_stream``: one task or language per step, a loss per batch); the rows still
+            follow the weights over many batches, the epochs end as above, and a batch is a view
+            of its source's data like a single converter's, with no copy.
 
     Raises:
         TypeError: A source is not a :class:`~sparkfeed.SparkDatasetConverter`.
@@ -101,7 +108,7 @@ def mix(
                 f"mix: weights={have!r} is not allowed: it must map each source, {sorted(names)}, to its weight"
             )
         given = tuple(weights[name] for name in names)
-    options = MixOptions(names, given, seed, stop, rows_per_epoch, source_column)
+    options = MixOptions(names, given, seed, stop, rows_per_epoch, source_column, granularity)
     return Mixture({name: converters[name] for name in names}, options)
 
 
@@ -174,11 +181,14 @@ class Mixture:
                 )
             seed = int(np.random.SeedSequence().generate_state(1, np.uint64)[0] >> 1)
         never = mixing.stop == "never"
-        readers: dict[str, Reader[Columns]] = {}
-        for (name, converter), share in zip(self._converters.items(), mixing.probabilities, strict=True):
+        readers: dict[str, Reader[Any]] = {}
+        formats: dict[str, BatchFormat[Any]] = {}
+        for index, ((name, converter), share) in enumerate(
+            zip(self._converters.items(), mixing.probabilities, strict=True)
+        ):
             source_options = dataclasses.replace(
                 options,
-                batch_size=_source_batch_size(options.batch_size, converter),
+                batch_size=_source_batch_size(options.batch_size, converter, mixing.granularity),
                 num_epochs=None if never else 1,
                 drop_last=False,
                 progress=False,
@@ -187,7 +197,8 @@ class Mixture:
                 seed=options.seed if options.seed is not None else mixing.seed,
             )
             try:
-                readers[name] = Reader(converter.location, converter.manifest, source_options, NUMPY)
+                formats[name] = source_format(fmt, mixing.granularity, chunk_batches, mixing.source_column, index)
+                readers[name] = Reader(converter.location, converter.manifest, source_options, formats[name])
             except ValueError as error:
                 error.add_note(f"(in the mix's source {name!r}, {converter.cache_dir_url})")
                 raise
@@ -212,6 +223,8 @@ class Mixture:
             seeded=mixing.seed is not None or options.seed is not None,
             source_column=mixing.source_column,
             chunk_batches=chunk_batches,
+            granularity=mixing.granularity,
+            source_formats=formats,
             progress=options.progress,
             shard=options.shard,
         )
@@ -289,16 +302,25 @@ SOURCE_BATCH_ROWS = 8192
 """Rows a source's reader cuts its chunks into, at most: the mixer takes each batch's rows from these."""
 
 
-def _source_batch_size(batch_size: int, converter: SparkDatasetConverter) -> int:
+def _source_batch_size(batch_size: int, converter: SparkDatasetConverter, granularity: MixGranularity) -> int:
     """Rows per batch of a source's reader: larger than the mixture's, but a small part of a row group.
 
     The mixer cuts its batches out of the source's batches, and each source batch costs a step of
     the reader and a piece more to join: a few large ones are cheaper than many small ones. But a
     reader's batch that spans two row groups is a copy, so they stay an eighth of a row group.
-    It depends on the cache's row groups only, so that a saved state resumes with the same.
+
+    With ``granularity="batch"`` the mixer copies nothing but the batch that straddles two source
+    batches (one per source batch, where the source's position is not a whole number of
+    batches into it), and the reader copies the source batch that straddles two row groups (one
+    per row group): the two copy as many rows at the geometric mean of a batch and a row group,
+    rounded down to whole batches. It depends on the cache's row groups only, so that a saved
+    state resumes with the same.
     """
     groups = sorted(rows for entry in converter.manifest.files for rows in entry.row_groups)
     median = groups[len(groups) // 2] if groups else 0
+    if granularity == "batch":
+        rows = max(batch_size, math.isqrt(batch_size * median))
+        return rows - rows % batch_size
     return max(batch_size, min(SOURCE_BATCH_ROWS, median // 8))
 
 

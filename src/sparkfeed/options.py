@@ -532,6 +532,8 @@ def known_keywords(fn: _F) -> _F:
 
 MixStop = Literal["first_exhausted", "never"]
 MIX_STOPS: tuple[MixStop, ...] = ("first_exhausted", "never")
+MixGranularity = Literal["row", "batch"]
+MIX_GRANULARITIES: tuple[MixGranularity, ...] = ("row", "batch")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -548,6 +550,8 @@ class MixOptions:
             sources' rows (their shard's).
         source_column: Name of a column added to every batch: the index in :attr:`names` of each
             row's source. None: no such column.
+        granularity: What the weights draw a source for: ``"row"`` (each batch mixes the sources)
+            or ``"batch"`` (each batch comes whole from one source).
     """
 
     names: tuple[str, ...]
@@ -556,6 +560,7 @@ class MixOptions:
     stop: MixStop = "first_exhausted"
     rows_per_epoch: int | None = None
     source_column: str | None = None
+    granularity: MixGranularity = "row"
 
     def __post_init__(self) -> None:
         if not self.names:
@@ -588,6 +593,11 @@ class MixOptions:
             )
         if self.source_column is not None and (not isinstance(self.source_column, str) or not self.source_column):
             raise ValueError(f"source_column={self.source_column!r} is not allowed: it must be a column name or None")
+        if self.granularity not in MIX_GRANULARITIES:
+            raise ValueError(
+                f"granularity={self.granularity!r} is not allowed: it must be one of {MIX_GRANULARITIES} (what the "
+                "weights draw a source for: each row, or each whole batch)"
+            )
 
     @property
     def probabilities(self) -> tuple[float, ...]:

@@ -74,6 +74,7 @@ def _same(a: list[tuple[int, np.ndarray, np.ndarray]], b: list[tuple[int, np.nda
     shuffle=st.booleans(),
     seed=st.integers(0, 2**32),
     cut=st.integers(0, 10_000),
+    granularity=st.sampled_from(["row", "batch"]),
 )
 def test_resuming_after_any_batch_continues_the_stream_and_every_row_is_used_once_an_epoch(
     sizes: list[int],
@@ -87,6 +88,7 @@ def test_resuming_after_any_batch_continues_the_stream_and_every_row_is_used_onc
     shuffle: bool,
     seed: int,
     cut: int,
+    granularity: str,
 ) -> None:
     if stop == "never" and drop_last and rows_per_epoch < batch_size:
         rows_per_epoch = batch_size  # refused otherwise (an empty epoch): tested on its own
@@ -101,6 +103,7 @@ def test_resuming_after_any_batch_continues_the_stream_and_every_row_is_used_onc
             stop=stop,  # type: ignore[arg-type]
             rows_per_epoch=rows_per_epoch if stop == "never" else None,
             source_column="src",
+            granularity=granularity,  # type: ignore[arg-type]
         )
         kwargs: dict[str, Any] = {
             "batch_size": batch_size,
@@ -139,6 +142,8 @@ def test_resuming_after_any_batch_continues_the_stream_and_every_row_is_used_onc
         # Source after source inside a batch: in the mixture's order, reversed in odd batches (of an epoch).
         steps = np.diff(src)
         assert np.all(steps >= 0) or np.all(steps <= 0), number
+        if granularity == "batch":
+            assert len(set(src.tolist())) == 1, number  # a whole batch from one source
     sizes_of = dict(enumerate(sizes))
     if stop == "first_exhausted":
         for epoch in range(num_epochs):
@@ -176,6 +181,18 @@ def test_the_draws_depend_on_seed_epoch_and_batch_only() -> None:
     assert abs(shares[0] - 0.25) < 0.01
 
 
+def test_granularity_batch_draws_one_source_a_batch_with_the_weights() -> None:
+    draws = Draws(5, [0.25, 0.75], 64, "first_exhausted", granularity="batch")
+    counts = draws.counts(2, BLOCK - 500, 1000)  # across a block boundary
+    assert ((counts == 0) | (counts == 64)).all() and (counts.sum(axis=1) == 64).all()
+    assert abs((counts[:, 0] == 64).mean() - 0.25) < 0.07  # 1000 draws: 5 sigma is 0.07
+    assert np.array_equal(
+        counts, Draws(5, [0.25, 0.75], 64, "first_exhausted", granularity="batch").counts(2, BLOCK - 500, 1000)
+    )
+    with pytest.raises(ValueError, match="granularity='rows' is not allowed"):
+        Draws(5, [0.5, 0.5], 8, "never", rows_per_epoch=80, granularity="rows")  # type: ignore[arg-type]
+
+
 def test_a_never_epoch_is_rows_per_epoch_rows_with_a_short_last_batch() -> None:
     draws = Draws(1, [0.5, 0.5], 100, "never", rows_per_epoch=2_550)
     counts = draws.counts(0, 0, 10_000)
@@ -184,12 +201,13 @@ def test_a_never_epoch_is_rows_per_epoch_rows_with_a_short_last_batch() -> None:
     assert dropped.counts(0, 0, 10_000).sum() == 2_500
 
 
-def test_the_epoch_end_computed_from_the_draws_is_where_the_mixer_ends(tmp_path: Path) -> None:
+@pytest.mark.parametrize("granularity", ["row", "batch"])
+def test_the_epoch_end_computed_from_the_draws_is_where_the_mixer_ends(tmp_path: Path, granularity: Any) -> None:
     a, b = _write(tmp_path / "a", 300, 0, 40), _write(tmp_path / "b", 120, 1, 25, files=2)
-    mixture = mix({"a": a, "b": b}, {"a": 0.5, "b": 0.5}, seed=4)
+    mixture = mix({"a": a, "b": b}, {"a": 0.5, "b": 0.5}, seed=4, granularity=granularity)
     with mixture.make_numpy_iterator(batch_size=16, num_epochs=1, workers_count=1) as loader:
         batches = list(loader)
-    end = Draws(4, [0.5, 0.5], 16, "first_exhausted").exhausted(0, [300, 120])
+    end = Draws(4, [0.5, 0.5], 16, "first_exhausted", granularity=granularity).exhausted(0, [300, 120])
     assert len(batches) == end.last + 1 and len(batches[-1]["id"]) == end.last_rows
     assert sum(len(x["id"]) for x in batches) == end.last * 16 + end.last_rows
     used_b = [i for x in batches for i in x["id"].tolist() if i >= OFFSET]
@@ -211,6 +229,15 @@ def test_a_mixer_state_is_refused_by_another_mixture_naming_the_field(tmp_path: 
         pytest.raises(ValueError, match="seed=2"),
     ):
         other.load_state_dict(state)
+    whole = mix({"a": a, "b": b}, {"a": 1, "b": 1}, seed=2, granularity="batch")
+    with whole.make_numpy_iterator(batch_size=8, num_epochs=1) as other, pytest.raises(ValueError, match="granularity"):
+        other.load_state_dict(state)
+    # A state saved before granularity existed is a row mixture's.
+    older = json.loads(json.dumps(state))
+    del older["identity"]["granularity"]
+    with mix({"a": a, "b": b}, {"a": 1, "b": 1}, seed=2).make_numpy_iterator(batch_size=8, num_epochs=1) as same:
+        same.load_state_dict(older)
+        assert same.state_dict() == state
     with a.make_numpy_iterator(batch_size=8, num_epochs=1) as single:
         next(iter(single))
         with (

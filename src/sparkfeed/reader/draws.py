@@ -1,7 +1,8 @@
 """How many rows each source gives each batch of a mixture: seeded draws, the same on every rank.
 
-Batch ``b`` of epoch ``e`` takes ``counts[b]`` rows from the sources, a multinomial draw of the
-batch's size over the sources' probabilities. The draws of a block of :data:`BLOCK` batches come
+Batch ``b`` of epoch ``e`` takes ``counts[b]`` rows from the sources: with ``granularity="row"`` a
+multinomial draw of the batch's size over the sources' probabilities, with ``"batch"`` the whole
+batch from one source drawn with those probabilities. The draws of a block of :data:`BLOCK` batches come
 from one ``np.random.Generator`` seeded with ``(seed, e, b // BLOCK)`` and nothing else, so any
 rank, any process and any resumed run draws the same counts for the same batch, and a block's
 draws cost one vectorized call (about 40 us for 1,024 batches) instead of a generator per batch.
@@ -14,10 +15,12 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from sparkfeed.options import MIX_GRANULARITIES as GRANULARITIES
 from sparkfeed.options import MIX_STOPS as STOPS
+from sparkfeed.options import MixGranularity as Granularity
 from sparkfeed.options import MixStop as Stop
 
-__all__ = ["BLOCK", "STOPS", "Draws", "EpochEnd", "Stop"]
+__all__ = ["BLOCK", "GRANULARITIES", "STOPS", "Draws", "EpochEnd", "Granularity", "Stop"]
 
 BLOCK = 1024
 """Batches drawn per generator."""
@@ -49,6 +52,8 @@ class Draws:
             :meth:`exhausted`). ``"never"``: an epoch is ``rows_per_epoch`` rows.
         rows_per_epoch: Rows per epoch with ``stop="never"``; the last batch holds the rest.
         drop_last: With ``stop="never"``, an epoch has only full batches, the rest is not drawn.
+        granularity: ``"row"``: each row's source is drawn (a multinomial count per batch).
+            ``"batch"``: each batch's source is drawn, and it gives all of the batch's rows.
     """
 
     def __init__(
@@ -59,8 +64,12 @@ class Draws:
         stop: Stop,
         rows_per_epoch: int | None = None,
         drop_last: bool = False,
+        granularity: Granularity = "row",
     ) -> None:
+        if granularity not in GRANULARITIES:
+            raise ValueError(f"granularity={granularity!r} is not allowed: it must be one of {GRANULARITIES}")
         self.seed = seed
+        self.granularity = granularity
         self.probabilities = np.asarray(probabilities, dtype=np.float64)
         self.batch_size = batch_size
         self.stop = stop
@@ -89,12 +98,23 @@ class Draws:
         sizes = np.full(count, self.batch_size, dtype=np.int64)
         if self.batches is not None and count and first + count == self.batches:
             sizes[-1] = self.last_size
-        rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([self.seed, epoch, block, _DOMAIN])))
-        counts = rng.multinomial(sizes, self.probabilities) if count else np.zeros((0, len(self.probabilities)))
-        counts = counts.astype(np.int64, copy=False)
+        counts = self._draw(epoch, block, sizes)
         if len(self._cache) >= 4:  # the blocks an iteration is in; len() walks others without keeping them
             self._cache.pop(next(iter(self._cache)))
         self._cache[key] = counts
+        return counts
+
+    def _draw(self, epoch: int, block: int, sizes: np.ndarray) -> np.ndarray:
+        """The counts of a block's batches of ``sizes`` rows, ``(len(sizes), sources)``, from its own generator."""
+        sources = len(self.probabilities)
+        if not len(sizes):
+            return np.zeros((0, sources), dtype=np.int64)
+        rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([self.seed, epoch, block, _DOMAIN])))
+        if self.granularity == "row":
+            return rng.multinomial(sizes, self.probabilities).astype(np.int64, copy=False)
+        chosen = rng.choice(sources, size=len(sizes), p=self.probabilities)
+        counts = np.zeros((len(sizes), sources), dtype=np.int64)
+        counts[np.arange(len(sizes)), chosen] = sizes
         return counts
 
     def counts(self, epoch: int, first: int, count: int) -> np.ndarray:
@@ -128,8 +148,7 @@ class Draws:
         used = np.zeros_like(supply)
         block = 0
         while True:
-            rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([self.seed, epoch, block, _DOMAIN])))
-            counts = rng.multinomial(np.full(BLOCK, self.batch_size), self.probabilities)
+            counts = self._draw(epoch, block, np.full(BLOCK, self.batch_size, dtype=np.int64))
             total = used + counts.cumsum(axis=0)
             over = (total > supply).any(axis=1)
             if over.any():

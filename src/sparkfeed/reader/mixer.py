@@ -35,8 +35,8 @@ from typing import Any, Generic, TypeVar
 import numpy as np
 import pyarrow as pa
 
-from sparkfeed.reader.batch import BatchFormat, Columns, Signature, numpy_signature
-from sparkfeed.reader.draws import STOPS, Draws, Stop
+from sparkfeed.reader.batch import NUMPY, BatchFormat, Columns, Signature, numpy_signature
+from sparkfeed.reader.draws import GRANULARITIES, STOPS, Draws, Granularity, Stop
 from sparkfeed.reader.engine import Reader, batches_of
 from sparkfeed.reader.progress import EpochBar
 from sparkfeed.reader.sequence import SequencePlan
@@ -57,8 +57,8 @@ MAX_GROUP = 64
 GROUP_BYTES = 4 << 20
 """Fewer batches per group when they are big, so that a group's block stays about this size."""
 
-Piece = tuple[Columns, int, int]
-"""Rows ``[start, stop)`` of a buffered source batch."""
+Piece = tuple[Any, int, int]
+"""Rows ``[start, stop)`` of a buffered source batch: NumPy, or the mixture's format (see :class:`SourceFormat`)."""
 
 SourcePosition = tuple[ReaderState, int] | None
 """A source's reader state from before the batch it is read from, and the rows of its stream already
@@ -67,12 +67,78 @@ own epoch with ``"first_exhausted"``, where its reader stands with ``"never"``; 
 always spells the position out, with the seed the reader shuffles with."""
 
 
+class SourceFormat(Generic[C]):
+    """The format of a source's reader with ``granularity="batch"``: the mixture's, made in its threads.
+
+    A batch of such a mixture is cut from one source's batch, so that batch can be in the
+    mixture's format already, converted by the source's reader threads as a single converter's
+    are; the mixer then cuts views of it and converts nothing. This format also puts the
+    columns in the mixture's one order, and adds the source column.
+
+    Args:
+        fmt: The mixture's batch format.
+        source_column: The column of the source's index to add; None for none.
+        index: The source's index in the mixture.
+    """
+
+    def __init__(self, fmt: BatchFormat[C], source_column: str | None, index: int) -> None:
+        self.fmt = fmt
+        self.source_column = source_column
+        self.index = index
+        self.names: list[str] | None = None  # the mixture's column order, set by the mixer; None: the source's
+
+    def convert(self, columns: Columns) -> C:
+        """The source's NumPy chunk in the mixture's columns and format; runs in the source's reader threads."""
+        picked = columns if self.names is None else {name: columns[name] for name in self.names}
+        column = self.source_column
+        if column is not None:
+            if column in columns:
+                raise ValueError(
+                    f"mix: source_column={column!r} is also a column of source {self.index} of the mixture: "
+                    "choose another name for the column of sources"
+                )
+            rows = len(next(iter(columns.values()))) if columns else 0
+            picked = {**picked, column: np.full(rows, self.index, dtype=np.int32)}
+        return self.fmt.convert(picked)
+
+    def rows(self, chunk: C) -> int:
+        """Rows in a chunk."""
+        return self.fmt.rows(chunk)
+
+    def split(self, chunk: C, start: int, size: int, count: int) -> list[C]:
+        """The mixture format's split."""
+        return self.fmt.split(chunk, start, size, count)
+
+    def concat(self, parts: list[C]) -> C:
+        """The mixture format's concat."""
+        return self.fmt.concat(parts)
+
+    def signature(self, chunk: C) -> Signature:
+        """The mixture format's signature."""
+        return self.fmt.signature(chunk)
+
+
+def source_format(
+    fmt: BatchFormat[C], granularity: Granularity, chunk_batches: int, source_column: str | None, index: int
+) -> BatchFormat[Any]:
+    """The format of source ``index``'s reader: NumPy, whose rows the mixer joins, or the mixture's own.
+
+    Only a mixture of whole batches (``granularity="batch"``) handed out one batch at a time
+    (``chunk_batches=1``) takes its batches as views of its sources' batches (see
+    :class:`SourceFormat`); the others copy rows into blocks, which NumPy joins.
+    """
+    if granularity == "batch" and chunk_batches == 1:
+        return SourceFormat(fmt, source_column, index)
+    return NUMPY
+
+
 class _Source:
     """One source's stream of rows: its reader's batches, buffered, taken from the front."""
 
-    def __init__(self, name: str, reader: Reader[Columns]) -> None:
+    def __init__(self, name: str, reader: Reader[Any], fmt: BatchFormat[Any]) -> None:
         self.name = name
         self.reader = reader
+        self.fmt = fmt  # the reader's
         self.iterator: Iterator[Columns] | None = None
         self.buffers: collections.deque[tuple[ReaderState, Columns, int]] = collections.deque()
         self.head = 0  # rows of buffers[0] already taken
@@ -107,7 +173,7 @@ class _Source:
             if batch is None:
                 self.ended = True
                 break
-            count = len(next(iter(batch.values())))
+            count = self.fmt.rows(batch)
             buffers.append((before, batch, count))
             self.available += count
         return self.available
@@ -156,6 +222,7 @@ class _Group:
         ends_epoch: Whether the epoch ends after them.
         anchors: Each source's position before the group.
         cumsum: Rows each source gave, cumulated batch by batch: ``(count, sources)``.
+        rows: Rows of what the group yields, in order: each batch's, or the chunk's.
         done: Batches of the group yielded so far.
     """
 
@@ -165,6 +232,7 @@ class _Group:
     ends_epoch: bool
     anchors: list[tuple[ReaderState, int]]
     cumsum: np.ndarray
+    rows: list[int]
     done: int = 0
 
 
@@ -181,6 +249,7 @@ class MixIdentity:
         num_epochs: Epochs per iteration (None: forever).
         rows_per_epoch: Rows per epoch with ``stop="never"``; None otherwise.
         source_column: The column naming each row's source; None for none.
+        granularity: ``"row"`` or ``"batch"``: what the draws pick a source for.
     """
 
     sources: tuple[str, ...]
@@ -191,6 +260,7 @@ class MixIdentity:
     num_epochs: int | None
     rows_per_epoch: int | None
     source_column: str | None
+    granularity: Granularity = "row"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -202,7 +272,7 @@ class MixerState:
         {"format": "sparkfeed.mixture", "version": 1,
          "identity": {"sources": ["a", "b"], "probabilities": [0.7, 0.3], "stop": "first_exhausted",
                       "batch_size": 32, "drop_last": false, "num_epochs": 2, "rows_per_epoch": null,
-                      "source_column": null},
+                      "source_column": null, "granularity": "row"},
          "seed": 7, "cur_shard": 0, "shard_count": 1, "epoch": 0, "batch": 12, "end_epoch": 2,
          "sources": {"a": {"reader": {...a reader state...}, "skip": 100},
                      "b": {"reader": {...}, "skip": 0}}}
@@ -317,13 +387,18 @@ class Mixer(Generic[C]):
         seeded: Whether the user chose ``seed`` (a state of another seed is then refused).
         source_column: Also give each batch this int32 column: the index of each row's source.
         chunk_batches: Yield chunks of this many whole batches (the TF dataset cuts them itself).
+        granularity: ``"row"``: each batch's rows are drawn from the sources and copied together.
+            ``"batch"``: each batch is drawn from one source, and is a view of that source's
+            batch where it lies inside one (no copy).
+        source_formats: Each source reader's format, by name, from :func:`source_format`; None:
+            NumPy for all (only right where that function says so).
         progress: Show a bar per epoch.
         shard: ``(cur_shard, shard_count)`` of the sources' readers.
     """
 
     def __init__(
         self,
-        sources: Mapping[str, Reader[Columns]],
+        sources: Mapping[str, Reader[Any]],
         probabilities: Sequence[float],
         fmt: BatchFormat[C],
         *,
@@ -336,12 +411,20 @@ class Mixer(Generic[C]):
         seeded: bool,
         source_column: str | None = None,
         chunk_batches: int = 1,
+        granularity: Granularity = "row",
+        source_formats: Mapping[str, BatchFormat[Any]] | None = None,
         progress: bool = False,
         shard: tuple[int, int] = (0, 1),
     ) -> None:
         if stop not in STOPS:
             raise ValueError(f"stop={stop!r} is not allowed: it must be one of {STOPS}")
-        self._sources = [_Source(name, reader) for name, reader in sources.items()]
+        formats = dict(source_formats or {})
+        self._sources = [_Source(name, reader, formats.get(name, NUMPY)) for name, reader in sources.items()]
+        # Sources that hand out batches in this mixer's format: cut into views, never joined in NumPy.
+        self._converted = granularity == "batch" and chunk_batches == 1
+        for source in self._sources:
+            if isinstance(source.fmt, SourceFormat) != self._converted:
+                raise ValueError(f"mix source {source.name!r}: its reader's format is not source_format()'s")
         self._fmt = fmt
         self._batch_size = batch_size
         self._num_epochs = num_epochs
@@ -363,12 +446,16 @@ class Mixer(Generic[C]):
             num_epochs=num_epochs,
             rows_per_epoch=self._rows_per_epoch,
             source_column=source_column,
+            granularity=granularity,
         )
         self._draws = self._make_draws(seed)
         self._specs = _common_columns(self._sources, source_column)
         self._signature: tuple[str, Signature] | None = None  # the first source batch's, with a transform
         # The sources' columns in one order, whichever source a block starts with.
         self._names = None if self._specs is None else [name for name in self._specs if name != source_column]
+        for source in self._sources:
+            if isinstance(source.fmt, SourceFormat):
+                source.fmt.names = self._names
         self._group_size = chunk_batches if chunk_batches > 1 else _group_size(self._specs, batch_size)
         # The position between iterations; during one, the live group says it (see _where).
         self._epoch, self._batch = 0, 0
@@ -378,6 +465,8 @@ class Mixer(Generic[C]):
         self._resumed = False
         self._active: weakref.ref[Generator[C, None, None]] | None = None
         self._token: object | None = None
+        # granularity="batch": the views cut from each buffered source batch, by phase (see _view).
+        self._views: dict[int, tuple[C, dict[int, list[C]]]] = {}
 
     def _make_draws(self, seed: int) -> Draws:
         return Draws(
@@ -387,6 +476,7 @@ class Mixer(Generic[C]):
             self._stop,
             self._rows_per_epoch,
             self._drop_last,
+            self._identity.granularity,
         )
 
     # ------------------------------------------------------------------ what it yields
@@ -534,9 +624,8 @@ class Mixer(Generic[C]):
                         return  # closed from another thread while reading: what was read may be cut short
                     self._group = group
                     step = group.count if self._chunk_batches > 1 else 1
-                    for part in parts:
+                    for part, rows in zip(parts, group.rows, strict=True):
                         group.done += step
-                        rows = self._fmt.rows(part)
                         if bar is not None:
                             bar.step(step, rows)
                         ready = time.perf_counter()
@@ -605,18 +694,21 @@ class Mixer(Generic[C]):
                 counts = _truncate(counts, available, self._drop_last)
                 ends = True
         anchors = [source.anchor() for source in sources]
-        group = _Group(epoch, first, len(counts), ends, anchors, counts.cumsum(axis=0))
+        sizes = counts.sum(axis=1)
+        rows = [int(sizes.sum())] if self._chunk_batches > 1 and len(counts) else sizes.tolist()
+        group = _Group(epoch, first, len(counts), ends, anchors, counts.cumsum(axis=0), rows)
         if not len(counts):
             return group, []
         pieces = [source.cut(counts[:, k].tolist()) for k, source in enumerate(sources)]
         for source in sources:
             if not source.first_seen:
                 self._check_first(source, pieces)
+        if self._converted:
+            return group, self._whole_batches(counts, pieces)
         block = self._assemble(first, counts, pieces)
         chunk = self._fmt.convert(block)
         if self._chunk_batches > 1:
             return group, [chunk]
-        sizes = counts.sum(axis=1)
         size = self._batch_size
         full = len(sizes) if sizes[-1] == size else len(sizes) - 1
         parts = self._fmt.split(chunk, 0, size, full) if full else []
@@ -654,6 +746,51 @@ class Mixer(Generic[C]):
             self._group_size = _group_size_of(sum(a.nbytes for a in block.values()) / max(rows, 1), self._batch_size)
         return block
 
+    def _whole_batches(self, counts: np.ndarray, pieces: list[list[list[Piece]]]) -> list[C]:
+        """The batches of a group whose batches each come from one source, without a copy where possible.
+
+        The sources' batches are in this mixer's format already (see :class:`SourceFormat`). A
+        full batch that lies inside one of them (all but those that straddle two) is a view of
+        it, as a single converter's batches are views of its chunks (see :meth:`_view`). A
+        batch that straddles two is joined alone; the short last one is a view too.
+        """
+        fmt, size, parts = self._fmt, self._batch_size, []
+        for i, source in enumerate(counts.argmax(axis=1).tolist()):
+            batch = pieces[source][i]
+            if len(batch) == 1 and batch[0][2] - batch[0][1] == size:
+                parts.append(self._view(batch[0][0], batch[0][1]))
+            else:
+                parts.append(fmt.concat([fmt.split(chunk, a, b - a, 1)[0] for chunk, a, b in batch]))
+        if self._group_size == 1 and parts:
+            first = pieces[int(counts[0].argmax())][0][0][0]
+            self._group_size = _group_size_of(bytes_per_row(first, fmt.rows(first)), size)
+        # The views of source batches no longer buffered are all handed out (or never will be).
+        live = {id(chunk) for source in self._sources for _, chunk, _ in source.buffers}
+        self._views = {key: entry for key, entry in self._views.items() if key in live}
+        return parts
+
+    def _view(self, chunk: C, start: int) -> C:
+        """The batch of ``chunk`` (a batch of a source's reader) starting at row ``start``, as a view.
+
+        The source batch is cut at once into every batch that starts where this one does modulo
+        the batch size: a source's next batches start there too until a short batch or the end
+        of its reader's epoch shifts them, so one ``split`` per source batch usually makes all
+        the views it gives (a torch split costs a few microseconds per column, however many
+        views it makes). An entry lives while its source batch is buffered, and to the end of
+        the group that takes its last rows (see :meth:`_whole_batches`); it holds the batch, so
+        ``id(chunk)`` cannot name another one meanwhile.
+        """
+        fmt, size = self._fmt, self._batch_size
+        entry = self._views.get(id(chunk))
+        if entry is None:
+            entry = self._views[id(chunk)] = (chunk, {})
+        by_phase = entry[1]
+        phase = start % size
+        views = by_phase.get(phase)
+        if views is None:
+            views = by_phase[phase] = fmt.split(chunk, phase, size, (fmt.rows(chunk) - phase) // size)
+        return views[start // size]
+
     def _check_first(self, source: _Source, pieces: list[list[list[Piece]]]) -> None:
         """With a transform, the sources' columns are known when read: each source's first batch is compared."""
         source.first_seen = True
@@ -663,15 +800,19 @@ class Mixer(Generic[C]):
         if first is None:
             source.first_seen = False
             return
-        signature = numpy_signature(first[0])
-        if self._source_column is not None and self._source_column in signature:
-            raise ValueError(
-                f"mix: source_column={self._source_column!r} is also a column of source {source.name!r}: "
-                "choose another name for the column of sources"
-            )
+        column = self._source_column
+        if self._converted:  # its format added the source column, where the source had none of that name
+            signature = source.fmt.signature(first[0])
+        else:
+            signature = numpy_signature(first[0])
+            if column is not None and column in signature:
+                raise ValueError(
+                    f"mix: source_column={column!r} is also a column of source {source.name!r}: "
+                    "choose another name for the column of sources"
+                )
         if self._signature is None:
             self._signature = (source.name, signature)
-            self._names = list(signature)
+            self._names = [name for name in signature if name != column]
             return
         _compare(self._signature[0], self._signature[1], source.name, signature)
 
@@ -900,7 +1041,8 @@ def _identity(data: object) -> MixIdentity:
     what = "mixture state identity"
     if not isinstance(data, Mapping):
         raise ValueError(f"mixture state: identity={data!r:.80} is not allowed: it must be a dict")
-    check_keys(what, data, {f.name for f in dataclasses.fields(MixIdentity)})
+    # States saved before granularity existed were all of row mixtures.
+    check_keys(what, data, {f.name for f in dataclasses.fields(MixIdentity)}, optional=frozenset({"granularity"}))
     sources, probabilities, stop = data["sources"], data["probabilities"], data["stop"]
     if not isinstance(sources, list | tuple) or not sources or not all(isinstance(s, str) for s in sources):
         raise ValueError(f"{what}: sources={sources!r:.80} is not allowed: it must be a list of names")
@@ -918,6 +1060,9 @@ def _identity(data: object) -> MixIdentity:
     column = data["source_column"]
     if column is not None and not isinstance(column, str):
         raise ValueError(f"{what}: source_column={column!r} is not allowed: it must be a string or null")
+    granularity = data.get("granularity", "row")
+    if granularity not in GRANULARITIES:
+        raise ValueError(f"{what}: granularity={granularity!r} is not allowed: it must be one of {GRANULARITIES}")
     return MixIdentity(
         sources=tuple(sources),
         probabilities=tuple(float(p) for p in probabilities),
@@ -927,6 +1072,7 @@ def _identity(data: object) -> MixIdentity:
         num_epochs=optional_int_field(data, "num_epochs", 1, what),
         rows_per_epoch=optional_int_field(data, "rows_per_epoch", 1, what),
         source_column=column,
+        granularity=granularity,
     )
 
 
