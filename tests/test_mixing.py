@@ -81,7 +81,7 @@ def test_granularity_batch_gives_whole_batches_of_one_source_in_the_weights_prop
 
 
 def test_granularity_batch_hands_out_views_of_the_sources_batches(sources) -> None:
-    """Batches of one source that lie in one of its reader's batches share that batch's memory: no copy.
+    """Batches of one source are views of the chunks its reader decoded: only one that straddles two is a copy.
 
     (A row mixture copies its batches into blocks that hold both sources' rows.)
     """
@@ -90,7 +90,8 @@ def test_granularity_batch_hands_out_views_of_the_sources_batches(sources) -> No
         batches = [batch for batch in loader]
     wiki = [batch["x"] for batch in batches if batch["id"][0] < CODE_START]
     code = {id(_owner(batch["x"])) for batch in batches if batch["id"][0] >= CODE_START}
-    assert not any(batch.flags.owndata for batch in wiki)
+    # The wiki cache's row groups hold about 100 rows: a copy at most where a batch crosses into the next.
+    assert sum(batch.flags.owndata for batch in wiki) <= len(wiki) * 8 // 100 + 1
     assert not any(id(_owner(batch)) in code for batch in wiki)
     shared = sum(_owner(a) is _owner(b) for a, b in itertools.pairwise(wiki))
     assert shared >= len(wiki) // 2

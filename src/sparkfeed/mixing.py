@@ -22,7 +22,7 @@ from sparkfeed.loader import DEFAULT_BATCH_SIZE, jax_iterator, tf_dataset, torch
 from sparkfeed.options import MixGranularity, MixOptions, MixStop, ReaderArgs, known_keywords, reader_options
 from sparkfeed.reader import Reader
 from sparkfeed.reader.batch import NUMPY, BatchFormat, Columns
-from sparkfeed.reader.mixer import Mixer, source_format
+from sparkfeed.reader.mixer import Mixer, SourceFormat, source_format
 
 if TYPE_CHECKING:
     from sparkfeed.jax import JaxIterator
@@ -188,7 +188,7 @@ class Mixture:
         ):
             source_options = dataclasses.replace(
                 options,
-                batch_size=_source_batch_size(options.batch_size, converter, mixing.granularity),
+                batch_size=_source_batch_size(options.batch_size, converter),
                 num_epochs=None if never else 1,
                 drop_last=False,
                 progress=False,
@@ -198,7 +198,13 @@ class Mixture:
             )
             try:
                 formats[name] = source_format(fmt, mixing.granularity, chunk_batches, mixing.source_column, index)
-                readers[name] = Reader(converter.location, converter.manifest, source_options, formats[name])
+                readers[name] = Reader(
+                    converter.location,
+                    converter.manifest,
+                    source_options,
+                    formats[name],
+                    whole_chunks=isinstance(formats[name], SourceFormat),
+                )
             except ValueError as error:
                 error.add_note(f"(in the mix's source {name!r}, {converter.cache_dir_url})")
                 raise
@@ -302,25 +308,17 @@ SOURCE_BATCH_ROWS = 8192
 """Rows a source's reader cuts its chunks into, at most: the mixer takes each batch's rows from these."""
 
 
-def _source_batch_size(batch_size: int, converter: SparkDatasetConverter, granularity: MixGranularity) -> int:
+def _source_batch_size(batch_size: int, converter: SparkDatasetConverter) -> int:
     """Rows per batch of a source's reader: larger than the mixture's, but a small part of a row group.
 
     The mixer cuts its batches out of the source's batches, and each source batch costs a step of
     the reader and a piece more to join: a few large ones are cheaper than many small ones. But a
     reader's batch that spans two row groups is a copy, so they stay an eighth of a row group.
-
-    With ``granularity="batch"`` the mixer copies nothing but the batch that straddles two source
-    batches (one per source batch, where the source's position is not a whole number of
-    batches into it), and the reader copies the source batch that straddles two row groups (one
-    per row group): the two copy as many rows at the geometric mean of a batch and a row group,
-    rounded down to whole batches. It depends on the cache's row groups only, so that a saved
-    state resumes with the same.
+    It depends on the cache's row groups only, so that a saved state resumes with the same.
+    (A mixture of whole batches reads whole chunks instead: see :class:`SourceFormat`.)
     """
     groups = sorted(rows for entry in converter.manifest.files for rows in entry.row_groups)
     median = groups[len(groups) // 2] if groups else 0
-    if granularity == "batch":
-        rows = max(batch_size, math.isqrt(batch_size * median))
-        return rows - rows % batch_size
     return max(batch_size, min(SOURCE_BATCH_ROWS, median // 8))
 
 

@@ -9,6 +9,7 @@ whatever its size: no list of sizes, no rest of the chunk sliced off after each 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Iterator
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -59,10 +60,15 @@ def numpy_signature(columns: Columns) -> Signature:
         if isinstance(array, Ragged):  # a sequence: its length varies, its values' shape may not
             out[name] = (str(array.dtype), (-1, *array.inner))
             continue
-        kind = array.dtype.kind
-        dtype = "str" if kind == "U" else "bytes" if kind == "S" else str(array.dtype)
-        out[name] = (dtype, array.shape[1:])
+        out[name] = (_dtype_name(array.dtype), array.shape[1:])
     return out
+
+
+@functools.lru_cache(maxsize=512)
+def _dtype_name(dtype: np.dtype[Any]) -> str:
+    """A dtype's name in a signature: ``str(dtype)`` costs microseconds, and a chunk has a column per dtype."""
+    kind = dtype.kind
+    return "str" if kind == "U" else "bytes" if kind == "S" else str(dtype)
 
 
 class NumpyFormat:
@@ -141,12 +147,17 @@ class Batcher(Generic[C]):
         fmt: The chunks' format.
         batch_size: Rows per batch.
         drop_last: Leave the last batch out when it is smaller.
+        whole: Yield each chunk whole instead, as a batch of its rows (``batch_size`` and
+            ``drop_last`` unused): for a consumer that cuts them itself, as a mixture of whole
+            batches does, and would otherwise pay for this cut, and for a copy where a batch
+            spans two chunks.
     """
 
-    def __init__(self, fmt: BatchFormat[C], batch_size: int, drop_last: bool = False) -> None:
+    def __init__(self, fmt: BatchFormat[C], batch_size: int, drop_last: bool = False, whole: bool = False) -> None:
         self._fmt = fmt
         self._batch_size = batch_size
         self._drop_last = drop_last
+        self._whole = whole
         self._signature: Signature | None = None
 
     def _check(self, chunk: C) -> None:
@@ -163,6 +174,13 @@ class Batcher(Generic[C]):
         chunk's rows have been consumed; ``rows`` is ``batch_size`` but for the short last batch
         (counted here, where it is known, rather than measured from each batch).
         """
+        if self._whole:
+            for whole_key, whole in chunks:
+                rows = self._fmt.rows(whole)
+                if rows:  # an empty chunk moves no position
+                    self._check(whole)
+                    yield whole, whole_key, rows, rows
+            return
         size, split, concat = self._batch_size, self._fmt.split, self._fmt.concat
         pending: list[C] = []
         pending_rows = 0

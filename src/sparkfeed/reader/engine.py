@@ -79,6 +79,9 @@ class Reader(Generic[C]):
         manifest: Its manifest.
         options: Validated reader options.
         fmt: The batches' array type (NumPy unless an adapter asks for another).
+        whole_chunks: Yield the chunks as they are read, whole, rather than batches of
+            ``options.batch_size`` rows: for a mixture of whole batches, which cuts its batches
+            out of them (see :class:`~sparkfeed.reader.batch.Batcher`). Not with ``sequence``.
     """
 
     def __init__(
@@ -87,9 +90,14 @@ class Reader(Generic[C]):
         manifest: Manifest,
         options: ReaderOptions,
         fmt: BatchFormat[C] = NUMPY,  # type: ignore[assignment]
+        *,
+        whole_chunks: bool = False,
     ) -> None:
+        if whole_chunks and options.sequence:
+            raise ValueError("a reader of whole chunks does not batch sequences (sequence= is for batches)")
         self._options = options
         self._fmt = fmt
+        self._whole_chunks = whole_chunks
         self._num_rows = manifest.num_rows
         location = Location.parse(root_url)
         _check_reach(location, options)
@@ -505,7 +513,7 @@ class Reader(Generic[C]):
             exported, ends = payload
             return convert(exchange.load(exported)), ends  # type: ignore[union-attr]
 
-        batcher = Batcher(chunk_fmt, self._options.batch_size, self._options.drop_last)
+        batcher = Batcher(chunk_fmt, self._options.batch_size, self._options.drop_last, self._whole_chunks)
 
         def cut(items: Iterator[tuple[Work, Any]]) -> Iterator[tuple[Any, int, int, int]]:
             chunks = (((work.index, work.skip, ends), chunk) for work, (chunk, ends) in items)

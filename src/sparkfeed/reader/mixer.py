@@ -465,8 +465,6 @@ class Mixer(Generic[C]):
         self._resumed = False
         self._active: weakref.ref[Generator[C, None, None]] | None = None
         self._token: object | None = None
-        # granularity="batch": the views cut from each buffered source batch, by phase (see _view).
-        self._views: dict[int, tuple[C, dict[int, list[C]]]] = {}
 
     def _make_draws(self, seed: int) -> Draws:
         return Draws(
@@ -749,47 +747,42 @@ class Mixer(Generic[C]):
     def _whole_batches(self, counts: np.ndarray, pieces: list[list[list[Piece]]]) -> list[C]:
         """The batches of a group whose batches each come from one source, without a copy where possible.
 
-        The sources' batches are in this mixer's format already (see :class:`SourceFormat`). A
-        full batch that lies inside one of them (all but those that straddle two) is a view of
-        it, as a single converter's batches are views of its chunks (see :meth:`_view`). A
-        batch that straddles two is joined alone; the short last one is a view too.
-        """
-        fmt, size, parts = self._fmt, self._batch_size, []
-        for i, source in enumerate(counts.argmax(axis=1).tolist()):
-            batch = pieces[source][i]
-            if len(batch) == 1 and batch[0][2] - batch[0][1] == size:
-                parts.append(self._view(batch[0][0], batch[0][1]))
-            else:
-                parts.append(fmt.concat([fmt.split(chunk, a, b - a, 1)[0] for chunk, a, b in batch]))
-        if self._group_size == 1 and parts:
-            first = pieces[int(counts[0].argmax())][0][0][0]
-            self._group_size = _group_size_of(bytes_per_row(first, fmt.rows(first)), size)
-        # The views of source batches no longer buffered are all handed out (or never will be).
-        live = {id(chunk) for source in self._sources for _, chunk, _ in source.buffers}
-        self._views = {key: entry for key, entry in self._views.items() if key in live}
-        return parts
-
-    def _view(self, chunk: C, start: int) -> C:
-        """The batch of ``chunk`` (a batch of a source's reader) starting at row ``start``, as a view.
-
-        The source batch is cut at once into every batch that starts where this one does modulo
-        the batch size: a source's next batches start there too until a short batch or the end
-        of its reader's epoch shifts them, so one ``split`` per source batch usually makes all
-        the views it gives (a torch split costs a few microseconds per column, however many
-        views it makes). An entry lives while its source batch is buffered, and to the end of
-        the group that takes its last rows (see :meth:`_whole_batches`); it holds the batch, so
-        ``id(chunk)`` cannot name another one meanwhile.
+        The sources' chunks are in this mixer's format already (see :class:`SourceFormat`). A
+        full batch that lies inside one chunk is a view of it, as a single converter's batches are
+        views of its chunks: a source's batches in the group are consecutive rows of its stream,
+        so each run of them inside one chunk is cut by one ``split`` (a torch split costs a few
+        microseconds per column, however many views it makes). Only a batch that straddles two
+        chunks is copied. Views are cut for this group only: kept for later groups, thousands of
+        tensors would outlive their batches and Python's garbage collector would scan them again
+        and again (measured: it doubled the loop's time in torch).
         """
         fmt, size = self._fmt, self._batch_size
-        entry = self._views.get(id(chunk))
-        if entry is None:
-            entry = self._views[id(chunk)] = (chunk, {})
-        by_phase = entry[1]
-        phase = start % size
-        views = by_phase.get(phase)
-        if views is None:
-            views = by_phase[phase] = fmt.split(chunk, phase, size, (fmt.rows(chunk) - phase) // size)
-        return views[start // size]
+        which = counts.argmax(axis=1).tolist()
+        parts: list[Any] = [None] * len(which)
+        for source, mine in enumerate(pieces):
+            run: tuple[Any, int] | None = None  # the run's chunk and first row
+            slots: list[int] = []  # the run's batches' places in the group
+            for i, batch in enumerate(mine):
+                if which[i] != source:
+                    continue
+                if len(batch) == 1 and batch[0][2] - batch[0][1] == size:
+                    chunk, start, _ = batch[0]
+                    if run is not None and run[0] is chunk and start == run[1] + size * len(slots):
+                        slots.append(i)
+                        continue
+                    if run is not None:
+                        for slot, view in zip(slots, fmt.split(run[0], run[1], size, len(slots)), strict=True):
+                            parts[slot] = view
+                    run, slots = (chunk, start), [i]
+                    continue
+                parts[i] = fmt.concat([fmt.split(chunk, a, b - a, 1)[0] for chunk, a, b in batch])
+            if run is not None:
+                for slot, view in zip(slots, fmt.split(run[0], run[1], size, len(slots)), strict=True):
+                    parts[slot] = view
+        if self._group_size == 1 and parts:
+            first = pieces[which[0]][0][0][0]
+            self._group_size = _group_size_of(bytes_per_row(first, fmt.rows(first)), size)
+        return parts
 
     def _check_first(self, source: _Source, pieces: list[list[list[Piece]]]) -> None:
         """With a transform, the sources' columns are known when read: each source's first batch is compared."""
