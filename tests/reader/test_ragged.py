@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sparkfeed import NullValueError
-from sparkfeed.reader.ragged import Ragged, Views
+from sparkfeed.reader.ragged import Ragged, Views, ranges, repeated
 from sparkfeed.writer import VIEWS, list_shape_stats, pack_ragged, ragged_shape, take_views, unpack_ragged
 
 rows_strategy = st.lists(st.lists(st.integers(-1000, 1000), max_size=12), max_size=30)
@@ -233,3 +233,34 @@ def test_from_objects_takes_a_transforms_output() -> None:
         Ragged.from_objects("t", objects)
     with pytest.raises(ValueError, match="column 't' holds one int64 value per row, not an array"):
         Ragged.from_objects("t", np.arange(3))
+
+
+@given(
+    runs=st.lists(
+        st.tuples(st.integers(0, 5000), st.integers(0, 40), st.booleans()),
+        max_size=60,
+    )
+)
+def test_ranges_writes_each_run_as_numpy_would(runs: list[tuple[int, int, bool]]) -> None:
+    """Runs of counting values and of zeros, short ones (held inside a view) and long ones alike."""
+    starts = np.array([start for start, _, _ in runs], dtype=np.int64)
+    widths = np.array([width for _, width, _ in runs], dtype=np.int64)
+    zeros = np.array([zero for _, _, zero in runs], dtype=bool)
+    expected = [
+        np.zeros(width, np.int32) if zero else np.arange(start, start + width, dtype=np.int32)
+        for start, width, zero in runs
+    ]
+    got = ranges(starts, widths, zeros)
+    assert got.dtype == np.int32
+    assert np.array_equal(got, np.concatenate(expected) if expected else np.zeros(0, np.int32))
+    assert got.flags.writeable or not len(got)
+
+
+@given(runs=st.lists(st.tuples(st.integers(0, 300), st.integers(0, 3000)), max_size=60), distinct=st.integers(1, 301))
+def test_repeated_is_numpys_repeat(runs: list[tuple[int, int]], distinct: int) -> None:
+    """Short runs (held inside a view), long ones, few values (a table) and many (NumPy's repeat then)."""
+    values = np.array([value % distinct for value, _ in runs], dtype=np.int64)
+    widths = np.array([width for _, width in runs], dtype=np.int64)
+    got = repeated(values, widths)
+    assert got.dtype == np.int32
+    assert np.array_equal(got, np.repeat(values, widths).astype(np.int32))

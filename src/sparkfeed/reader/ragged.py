@@ -445,6 +445,82 @@ INLINE = 12
 """Bytes a ``binary_view`` view holds inline; a longer value's view points into a data buffer."""
 
 
+def ranges(starts: np.ndarray, widths: np.ndarray, zeros: np.ndarray) -> np.ndarray:
+    """Runs end to end, int32: ``starts[i], starts[i] + 1, ...`` (``widths[i]`` of them), or zeros where ``zeros[i]``.
+
+    Packed rows' position ids are such runs, one per piece of a row (and zeros over the padding).
+    NumPy writes them in four passes over the cells (a counter, the runs' bases repeated, their
+    difference, the padding); here one Arrow cast of ``binary_view`` views into one counting
+    buffer (``0, 1, 2, ...``, as long as the longest run reaches: it stays in the CPU's cache)
+    and one buffer of zeros writes each cell once, as :meth:`Views.joined` writes values.
+
+    Args:
+        starts: Each run's first value (``int64``, ``>= 0``; unused where ``zeros``).
+        widths: Each run's length in values (``int64``, ``>= 0``).
+        zeros: Where a run is zeros instead (``bool``).
+    """
+    counted = ~zeros
+    reach = int((starts + widths)[counted].max()) if counted.any() else 0
+    padding = int(widths[zeros].max()) if zeros.any() else 0
+    # The counting buffer, then the zeros: a run's first value is its offset there.
+    first = np.where(zeros, reach, starts)
+    table = np.concatenate([np.arange(reach, dtype=np.int32), np.zeros(padding, dtype=np.int32)])
+    return _runs(table, first, widths, np.where(zeros, 0, starts), np.where(zeros, 0, 1))
+
+
+def repeated(values: np.ndarray, widths: np.ndarray) -> np.ndarray:
+    """``values[i]`` repeated ``widths[i]`` times, end to end, int32: ``np.repeat``, written by one Arrow cast.
+
+    Packed rows' segment ids are such runs. ``np.repeat`` copies each output value on its own
+    (about 2 ns a cell); here each run is a view into a table holding every value as many times
+    as its longest run, which the cast copies from in blocks. A table more than a quarter of the
+    output (few runs a value: the table costs what it saves) is not built: ``np.repeat`` then.
+
+    Args:
+        values: Each run's value (``>= 0``, int32 range).
+        widths: Each run's length (``int64``, ``>= 0``).
+    """
+    total = int(widths.sum())
+    if not total:
+        return np.zeros(0, dtype=np.int32)
+    top = int(values.max())
+    longest = np.zeros(top + 1, dtype=np.int64)
+    np.maximum.at(longest, values, widths)
+    if int(longest.sum()) > total // 4:
+        return np.repeat(values.astype(np.int32), widths)
+    base = np.cumsum(longest) - longest  # where each value's copies start in the table
+    table = np.repeat(np.arange(top + 1, dtype=np.int32), longest)
+    return _runs(table, base[values], widths, values, np.zeros(len(values), dtype=np.int64))
+
+
+def _runs(
+    table: np.ndarray, offsets: np.ndarray, widths: np.ndarray, first: np.ndarray, step: np.ndarray
+) -> np.ndarray:
+    """``table[offsets[i] : offsets[i] + widths[i]]`` end to end: one Arrow cast of views into ``table`` (int32).
+
+    A run of at most three values is held inside its view, which must then spell them out:
+    ``first[i] + k * step[i]`` for its ``k``-th value (the table's own values there).
+    """
+    nbytes = widths.astype(np.int64) * 4
+    total = int(nbytes.sum())
+    if not total:
+        return np.zeros(0, dtype=np.int32)
+    views = np.zeros((len(widths), 4), dtype=np.int32)
+    views[:, 0] = nbytes
+    long = nbytes > INLINE
+    views[long, 1] = first[long]  # the prefix: the run's first value; the buffer is 0
+    views[long, 3] = offsets[long] * 4
+    short = ~long
+    start, width, stride = first[short], widths[short], step[short]
+    for k in range(INLINE // 4):
+        views[short, 1 + k] = np.where(width > k, start + k * stride, 0)
+    buffers = [None, pa.py_buffer(views), pa.py_buffer(table if len(table) else np.zeros(1, np.int32))]
+    joined = pa.Array.from_buffers(pa.binary_view(), len(widths), buffers).cast(
+        pa.large_binary() if total >= 2**31 else pa.binary()
+    )
+    return np.frombuffer(joined.buffers()[2], dtype=np.int32, count=total // 4)
+
+
 def cell_width(dtype: np.dtype, inner: tuple[int, ...]) -> int:
     """Bytes of one value of shape ``inner``: what a packed row's byte size is a multiple of."""
     return dtype.itemsize * int(np.prod(inner, dtype=np.int64))

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from sparkfeed.reader.ragged import Ragged, Views, length_mask, zero_pad
+from sparkfeed.reader.ragged import Ragged, Views, length_mask, ranges, repeated, zero_pad
 from sparkfeed.sequence import Sequence
 from sparkfeed.types import ColumnSpec
 from sparkfeed.writer import ShapeStats, is_list_type
@@ -559,16 +559,14 @@ def _pack_ids(
     # The padding that ends each batch is one more run, of segment id 0, after the batch's last piece.
     used = cum[bounds[1:]] - cum[bounds[:-1]]
     pad_at = np.searchsorted(start, np.arange(1, count + 1, dtype=np.int64) * grid)  # where each batch's pieces end
-    run_segment = np.insert(segment, pad_at, 0).astype(INDEX_DTYPE)
+    run_segment = np.insert(segment, pad_at, 0)
     run_width = np.insert(stop - start, pad_at, grid - used)
-    segment_ids = np.repeat(run_segment, run_width)
-    # A value's position in its row is its cell less the cell its row starts at (in the previous
-    # packed row, for a continued row); the padding's is set to 0 batch by batch.
-    run_base = np.insert(cell[piece_row], pad_at, np.arange(count, dtype=np.int64) * grid)
-    position_ids = np.arange(count * grid, dtype=INDEX_DTYPE)
-    position_ids -= np.repeat(run_base.astype(INDEX_DTYPE), run_width)
-    for number in range(count):
-        position_ids[number * grid + int(used[number]) : (number + 1) * grid] = 0
+    segment_ids = repeated(run_segment, run_width)
+    # A piece's positions count on from where it starts in its row (past 0 for a continued row);
+    # the padding's are 0.
+    run_first = np.insert(start - cell[piece_row], pad_at, 0)
+    padding = np.insert(np.zeros(len(start), dtype=bool), pad_at, True)
+    position_ids = ranges(run_first, run_width, padding)
     return segment_ids, position_ids
 
 
