@@ -210,3 +210,14 @@ def test_numpy_concat_names_the_column_whose_parts_differ() -> None:
         NUMPY.concat(parts)  # the reader joins a shuffle window's pieces with it, before any batch
     strings = [{"s": np.array(["a"])}, {"s": np.array(["bcd"])}]
     assert NUMPY.concat(strings)["s"].tolist() == ["a", "bcd"]
+
+
+def test_whole_batcher_yields_each_chunk_as_it_is_and_checks_its_columns() -> None:
+    """``whole=True`` (a mixture of whole batches cuts the chunks itself): no cut, no join, no empty chunk."""
+    chunks = [np.arange(5), np.arange(0), np.arange(5, 12)]
+    batcher = Batcher(NUMPY, 4, whole=True)
+    out = list(batcher.batches((k, {"x": c}) for k, c in enumerate(chunks)))
+    assert [(key, consumed, rows) for _, key, consumed, rows in out] == [(0, 5, 5), (2, 7, 7)]
+    assert out[0][0]["x"] is chunks[0] and out[1][0]["x"] is chunks[2]
+    with pytest.raises(ValueError, match="column 'x' was int64"):
+        list(Batcher(NUMPY, 4, whole=True).batches([(0, {"x": np.arange(3)}), (1, {"x": np.zeros(3)})]))

@@ -390,3 +390,22 @@ def test_progress_is_off_by_default_and_changes_neither_batches_nor_state(conver
     assert "| 37/37 [" in bars["epoch 0"] and "| 47/47 [" in bars["epoch 1"]
     with pytest.raises(ValueError, match=re.escape("progress='yes' is not allowed: it must be a bool")):
         converter.make_numpy_iterator(progress="yes")
+
+
+def test_a_reader_of_whole_chunks_yields_every_row_once_as_read_and_refuses_sequences(converter) -> None:
+    from sparkfeed.options import reader_options
+    from sparkfeed.reader import Reader
+
+    options = reader_options(batch_size=7, num_epochs=1, workers_count=2)
+    reader = Reader(converter.location, converter.manifest, options, whole_chunks=True)
+    chunks = [batch["id"] for batch in reader]
+    groups = [rows for entry in converter.manifest.files for rows in entry.row_groups]
+    assert sorted(len(chunk) for chunk in chunks) == sorted(groups)  # a row group each, not cut in 7s
+    assert sorted(np.concatenate(chunks).tolist()) == list(range(ROWS))
+    with pytest.raises(ValueError, match="whole chunks does not batch sequences"):
+        Reader(
+            converter.location,
+            converter.manifest,
+            reader_options(batch_size=7, sequence={"pair": "pad"}),
+            whole_chunks=True,
+        )
