@@ -1,6 +1,6 @@
 """Batches mixed from several readers with weights: deterministic, resumable, equal across ranks.
 
-Each source is a NumPy :class:`~sparkfeed.reader.Reader` of its own, reading ahead in its own
+Each source is a :class:`~sparkfeed.reader.Reader` of its own (NumPy, but see below), reading ahead in its own
 threads. Batch ``b`` of epoch ``e`` takes from each source the number of rows that
 :class:`~sparkfeed.reader.draws.Draws` gives it, a seeded draw that depends on ``(seed, e, b)``
 only; inside the batch, the rows come source after source (in the mixture's order, reversed in
@@ -10,6 +10,9 @@ Batches are assembled a group at a time: the rows of up to :data:`MAX_GROUP` bat
 into one block, one ``np.concatenate`` per column, which the batch format converts once and cuts
 into batches the way the reader cuts its chunks (views in NumPy, one ``split_with_sizes`` per
 column in torch, device cuts in JAX). A copy per batch and column would cost more than reading.
+A mixture of whole batches (``granularity="batch"``) copies nothing: its sources' readers hand
+over whole chunks already in the batches' format, and each batch is a view of one of them (see
+:meth:`Mixer._whole_batches`).
 
 Resuming is exact: a source's position is the state of its reader from *before* the batch it is
 being read from, plus the rows of that stream already used (see :class:`MixerState`); the reader
@@ -70,7 +73,7 @@ always spells the position out, with the seed the reader shuffles with."""
 class SourceFormat(Generic[C]):
     """The format of a source's reader with ``granularity="batch"``: the mixture's, made in its threads.
 
-    A batch of such a mixture is cut from one source's batch, so that batch can be in the
+    A batch of such a mixture is cut from one source's chunk, so that chunk can be in the
     mixture's format already, converted by the source's reader threads as a single converter's
     are; the mixer then cuts views of it and converts nothing. This format also puts the
     columns in the mixture's one order, and adds the source column.
@@ -124,8 +127,9 @@ def source_format(
     """The format of source ``index``'s reader: NumPy, whose rows the mixer joins, or the mixture's own.
 
     Only a mixture of whole batches (``granularity="batch"``) handed out one batch at a time
-    (``chunk_batches=1``) takes its batches as views of its sources' batches (see
-    :class:`SourceFormat`); the others copy rows into blocks, which NumPy joins.
+    (``chunk_batches=1``) takes its batches as views of its sources' chunks (see
+    :class:`SourceFormat`; their readers then read whole chunks); the others copy rows into
+    blocks, which NumPy joins.
     """
     if granularity == "batch" and chunk_batches == 1:
         return SourceFormat(fmt, source_column, index)
@@ -389,7 +393,7 @@ class Mixer(Generic[C]):
         chunk_batches: Yield chunks of this many whole batches (the TF dataset cuts them itself).
         granularity: ``"row"``: each batch's rows are drawn from the sources and copied together.
             ``"batch"``: each batch is drawn from one source, and is a view of that source's
-            batch where it lies inside one (no copy).
+            chunk where it lies inside one (no copy).
         source_formats: Each source reader's format, by name, from :func:`source_format`; None:
             NumPy for all (only right where that function says so).
         progress: Show a bar per epoch.
