@@ -213,6 +213,17 @@ def test_sources_must_agree_on_columns_and_schema_fields_selects_the_common_ones
         mix(sources, source_column="x").make_numpy_iterator()
 
 
+@pytest.mark.parametrize("granularity", ["row", "batch"])
+def test_batches_have_the_first_sources_column_order_whichever_source_they_come_from(
+    spark, sources, granularity: Any
+) -> None:
+    reordered = make_spark_converter(_frame(spark, 700_000, 60, 1).select("v", "x", "id"))
+    mixture = mix({"wiki": sources["wiki"], "other": reordered}, seed=1, granularity=granularity, source_column="s")
+    batches = _numpy(mixture, batch_size=16, num_epochs=1)
+    assert {tuple(batch) for batch in batches} == {("id", "x", "v", "s")}
+    assert {int(batch["s"][0]) for batch in batches} == {0, 1}  # both sources gave batches
+
+
 def test_a_transform_runs_on_every_source_and_its_outputs_must_agree(spark, sources) -> None:
     def double(frame: Any) -> Any:
         frame["x"] = frame["x"] * 2
