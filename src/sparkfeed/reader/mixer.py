@@ -763,26 +763,23 @@ class Mixer(Generic[C]):
         fmt, size = self._fmt, self._batch_size
         which = counts.argmax(axis=1).tolist()
         parts: list[Any] = [None] * len(which)
+        runs: list[tuple[Any, int, list[int]]] = []  # a chunk, the run's first row, its batches' places
         for source, mine in enumerate(pieces):
-            run: tuple[Any, int] | None = None  # the run's chunk and first row
-            slots: list[int] = []  # the run's batches' places in the group
             for i, batch in enumerate(mine):
                 if which[i] != source:
                     continue
                 if len(batch) == 1 and batch[0][2] - batch[0][1] == size:
                     chunk, start, _ = batch[0]
-                    if run is not None and run[0] is chunk and start == run[1] + size * len(slots):
-                        slots.append(i)
-                        continue
-                    if run is not None:
-                        for slot, view in zip(slots, fmt.split(run[0], run[1], size, len(slots)), strict=True):
-                            parts[slot] = view
-                    run, slots = (chunk, start), [i]
-                    continue
-                parts[i] = fmt.concat([fmt.split(chunk, a, b - a, 1)[0] for chunk, a, b in batch])
-            if run is not None:
-                for slot, view in zip(slots, fmt.split(run[0], run[1], size, len(slots)), strict=True):
-                    parts[slot] = view
+                    last = runs[-1] if runs else None
+                    if last is not None and last[0] is chunk and start == last[1] + size * len(last[2]):
+                        last[2].append(i)
+                    else:
+                        runs.append((chunk, start, [i]))
+                else:
+                    parts[i] = fmt.concat([fmt.split(chunk, a, b - a, 1)[0] for chunk, a, b in batch])
+        for chunk, start, slots in runs:
+            for slot, view in zip(slots, fmt.split(chunk, start, size, len(slots)), strict=True):
+                parts[slot] = view
         if self._group_size == 1 and parts:
             first = pieces[which[0]][0][0][0]
             self._group_size = _group_size_of(bytes_per_row(first, fmt.rows(first)), size)

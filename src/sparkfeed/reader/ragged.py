@@ -436,9 +436,7 @@ class Views:
         both[0::2] = self.raw
         both[1::2, 0] = gaps
         both[1::2, 2] = np.where(gaps > INLINE, len(self.data), 0)  # too long to hold inline: in the zero buffer
-        interleaved = pa.Array.from_buffers(pa.binary_view(), 2 * rows, [None, pa.py_buffer(both), *self.data, zeros])
-        joined = interleaved.cast(pa.large_binary() if total >= 2**31 else pa.binary())
-        return np.frombuffer(joined.buffers()[2], dtype=self.dtype, count=total // self.dtype.itemsize)
+        return _cast_views(both, [*self.data, zeros], total, self.dtype)
 
 
 INLINE = 12
@@ -514,11 +512,18 @@ def _runs(
     start, width, stride = first[short], widths[short], step[short]
     for k in range(INLINE // 4):
         views[short, 1 + k] = np.where(width > k, start + k * stride, 0)
-    buffers = [None, pa.py_buffer(views), pa.py_buffer(table if len(table) else np.zeros(1, np.int32))]
-    joined = pa.Array.from_buffers(pa.binary_view(), len(widths), buffers).cast(
-        pa.large_binary() if total >= 2**31 else pa.binary()
-    )
-    return np.frombuffer(joined.buffers()[2], dtype=np.int32, count=total // 4)
+    return _cast_views(views, [pa.py_buffer(table if len(table) else np.zeros(1, np.int32))], total, np.dtype(np.int32))
+
+
+def _cast_views(views: np.ndarray, data: list[pa.Buffer], total: int, dtype: np.dtype) -> np.ndarray:
+    """The bytes ``views`` (``(n, 4)`` int32 ``binary_view`` views into ``data``) name, end to end, as ``dtype``.
+
+    Arrow's cast of the views to ``binary`` is the one copy: its output buffer is fresh and
+    writable, so the arrays handed out from it are too.
+    """
+    array = pa.Array.from_buffers(pa.binary_view(), len(views), [None, pa.py_buffer(views), *data])
+    joined = array.cast(pa.large_binary() if total >= 2**31 else pa.binary())
+    return np.frombuffer(joined.buffers()[2], dtype=dtype, count=total // dtype.itemsize)
 
 
 def cell_width(dtype: np.dtype, inner: tuple[int, ...]) -> int:
