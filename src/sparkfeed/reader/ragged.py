@@ -448,9 +448,10 @@ def ranges(starts: np.ndarray, widths: np.ndarray, zeros: np.ndarray) -> np.ndar
 
     Packed rows' position ids are such runs, one per piece of a row (and zeros over the padding).
     NumPy writes them in four passes over the cells (a counter, the runs' bases repeated, their
-    difference, the padding); here one Arrow cast of ``binary_view`` views into one counting
-    buffer (``0, 1, 2, ...``, as long as the longest run reaches: it stays in the CPU's cache)
-    and one buffer of zeros writes each cell once, as :meth:`Views.joined` writes values.
+    difference, the padding); here one Arrow cast of ``binary_view`` views into one small table
+    (``0, 1, 2, ...`` as far as the longest run reaches, then zeros as many as the longest
+    padding: it stays in the CPU's cache) writes each cell once, as :meth:`Views.joined` writes
+    values (see :func:`_runs`).
 
     Args:
         starts: Each run's first value (``int64``, ``>= 0``; unused where ``zeros``).
@@ -460,10 +461,10 @@ def ranges(starts: np.ndarray, widths: np.ndarray, zeros: np.ndarray) -> np.ndar
     counted = ~zeros
     reach = int((starts + widths)[counted].max()) if counted.any() else 0
     padding = int(widths[zeros].max()) if zeros.any() else 0
-    # The counting buffer, then the zeros: a run's first value is its offset there.
-    first = np.where(zeros, reach, starts)
+    # The counting values, then the zeros: a counted run starts at its first value, a zero run at the zeros.
+    offsets = np.where(zeros, reach, starts)
     table = np.concatenate([np.arange(reach, dtype=np.int32), np.zeros(padding, dtype=np.int32)])
-    return _runs(table, first, widths, np.where(zeros, 0, starts), np.where(zeros, 0, 1))
+    return _runs(table, offsets, widths, np.where(zeros, 0, starts), np.where(zeros, 0, 1))
 
 
 def repeated(values: np.ndarray, widths: np.ndarray) -> np.ndarray:
