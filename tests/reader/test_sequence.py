@@ -26,6 +26,7 @@ from sparkfeed import Sequence, TransformSpec
 from sparkfeed.cache import FileEntry, Manifest
 from sparkfeed.options import reader_options
 from sparkfeed.reader import Reader
+from sparkfeed.reader import sequence as sequence_module
 from sparkfeed.writer import list_shape_stats, pack_ragged
 
 ROWS = 300
@@ -343,6 +344,32 @@ def test_pack_fills_fixed_rows_and_continues_a_row_in_the_next_packed_row(datase
     filled = sum(int((b["tok_segment_ids"] > 0).sum()) for b in batches)
     # dense: a batch ends only where the next row would not fit, or its segment ends (23-row row groups here)
     assert filled == tokens and filled / (len(batches) * 64) > 0.7
+
+
+@pytest.mark.parametrize("group_bytes", [1, 2 * 64 * 8])
+def test_a_segment_batched_a_few_batches_at_a_time_gives_the_same_batches(
+    dataset, monkeypatch: pytest.MonkeyPatch, group_bytes: int
+) -> None:
+    """Packed and bucketed batches are made a few at a time (``GROUP_BYTES``): in groups of one or two, the same."""
+    root, manifest = dataset
+    kwargs = {"batch_size": 4, "num_epochs": 1, "seed": 5, "shuffling_queue_capacity": 30}
+    cases = [  # packed from the views, packed by a copy (not zero padded), bucketed from the views
+        ("pack", MODES["pack"]),
+        ("pack", {"tok": Sequence("pack", seq_len=16, pad_value=-1, mask=True)}),
+        ("bucket", MODES["bucket"]),
+    ]
+    for mode, sequence in cases:
+        fields = {"schema_fields": ["tok"]} if mode == "pack" else {}
+        with _reader(root, manifest, sequence=sequence, **fields, **kwargs) as reader:
+            whole = list(reader)
+        monkeypatch.setattr(sequence_module, "GROUP_BYTES", group_bytes)
+        with _reader(root, manifest, sequence=sequence, **fields, **kwargs) as reader:
+            grouped = list(reader)
+        monkeypatch.undo()
+        assert len(whole) > 20
+        assert _same(grouped, whole)
+        if sequence is MODES[mode]:
+            _check_rows(_epoch_rows(grouped, mode), list(range(ROWS)), mode)
 
 
 def test_filters_and_a_process_pool_stay_exact(dataset) -> None:
