@@ -280,8 +280,10 @@ def test_other_arguments_are_validated_where_mix_is_called(sources) -> None:
         mix(sources, stop="never", rows_per_epoch=10).make_numpy_iterator(batch_size=32, drop_last=True)
     with pytest.raises(TypeError, match="accepted keywords"):
         mix(sources).make_numpy_iterator(shuffle=True)  # type: ignore[call-arg]
-    with pytest.raises(ValueError, match="sequence= is not supported for a mixture"):
-        mix(sources).make_numpy_iterator(sequence={"text": "pad"})
+    with pytest.raises(ValueError, match=r"sequence= needs mix\(\.\.\., granularity='batch'\)"):
+        mix(sources).make_numpy_iterator(sequence={"v": "pad"})
+    with pytest.raises(ValueError, match="sequence= with stop='never' needs rows_per_epoch"):
+        mix(sources, stop="never", granularity="batch").make_numpy_iterator(sequence={"v": "pad"})
 
 
 def test_the_mixtures_loaders_take_the_converters_arguments() -> None:
@@ -382,3 +384,101 @@ def test_stats_count_the_mixtures_batches_and_the_sources_workers(sources, caplo
     assert stats["workers"] >= 2 and stats["busy_seconds"] > 0 and 0 <= stats["input_bound"] <= 1
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("mixture epoch ")]
     assert len(lines) == 2 and all(": 10 batches, " in line and "input-bound" in line for line in lines)
+
+
+# ---------------------------------------------------------------------------------- sequences
+
+
+@pytest.fixture(scope="module")
+def token_sources(spark) -> dict[str, SparkDatasetConverter]:
+    """Two caches of token rows of varying length: token j of row i is i * 1000 + j."""
+
+    def tokens(start: int, rows: int, longest: int) -> Any:
+        return spark.range(start, start + rows, numPartitions=2).selectExpr(
+            "id", f"transform(sequence(0, CAST(id * 7 % {longest} AS INT)), j -> CAST(id * 1000 + j AS INT)) AS tok"
+        )
+
+    return {"short": make_spark_converter(tokens(0, 300, 9)), "long": make_spark_converter(tokens(CODE_START, 200, 40))}
+
+
+def _rows(batch: dict[str, Any]) -> dict[int, list[int]]:
+    """Each row's tokens in a padded batch, by id."""
+    lengths = np.asarray(batch["tok_lengths"])
+    return {int(i): np.asarray(row)[:n].tolist() for i, row, n in zip(batch["id"], batch["tok"], lengths, strict=True)}
+
+
+@pytest.mark.parametrize("mode", ["pad", "bucket", "pack"])
+def test_a_mixture_of_sequences_gives_each_sources_own_batches_in_every_adapter(token_sources, mode: str) -> None:
+    import jax
+    import tensorflow as tf
+    import torch
+
+    mixture = mix(token_sources, {"short": 0.6, "long": 0.4}, seed=4, source_column="src", granularity="batch")
+    spec = {
+        "pad": "pad",
+        "bucket": sparkfeed.Sequence("bucket", buckets=(8, 16, 64)),
+        "pack": sparkfeed.Sequence("pack", seq_len=64),
+    }[mode]
+    kwargs: dict[str, Any] = {"batch_size": 8, "num_epochs": 1, "seed": 3, "sequence": {"tok": spec}}
+    if mode == "pack":
+        kwargs["schema_fields"] = ["tok"]
+    expected = _numpy(mixture, **kwargs)
+    assert {int(np.asarray(b["src"])[0]) for b in expected} == {0, 1}
+    seen: dict[int, list[int]] = {}
+    for batch in expected:
+        assert len(set(np.asarray(batch["src"]).tolist())) == 1  # whole from one source
+        if mode == "pack":
+            ids = np.asarray(batch["tok"])[np.asarray(batch["tok_segment_ids"]) > 0] // 1000
+            assert len(set((ids >= CODE_START).tolist())) == 1
+            continue
+        for row_id, tokens in _rows(batch).items():
+            assert tokens == [row_id * 1000 + j for j in range(row_id * 7 % (40 if row_id >= CODE_START else 9) + 1)]
+            assert row_id not in seen
+            seen[row_id] = tokens
+    if mode == "bucket":
+        assert {np.asarray(b["tok"]).shape[1] for b in expected} <= {8, 16, 64}
+    # one source ran out: the epoch used each of its rows once
+    if mode != "pack":
+        assert len([i for i in seen if i < CODE_START]) == 300 or len([i for i in seen if i >= CODE_START]) == 200
+
+    with mixture.make_torch_dataloader(**kwargs) as loader:
+        got = list(loader)
+    assert len(got) == len(expected) and isinstance(got[0]["tok"], torch.Tensor)
+    for a, b in zip(got, expected, strict=True):
+        assert a.keys() == b.keys() and all(np.array_equal(a[name].numpy(), b[name]) for name in b)
+
+    with mixture.make_jax_iterator(**kwargs) as loader:
+        got = list(loader)
+    assert len(got) == len(expected) and isinstance(got[0]["tok"], jax.Array)
+    for a, b in zip(got, expected, strict=True):
+        assert all(np.array_equal(np.asarray(a[name]), b[name]) for name in b)
+
+    with mixture.make_tf_dataset(**kwargs) as dataset:
+        element = dataset.element_spec
+        assert element.tok.dtype == tf.int32 and element.src.dtype == tf.int32
+        assert element.tok.shape.as_list() == [None, 64 if mode == "pack" else None]
+        tf_got = list(dataset)
+    assert len(tf_got) == len(expected)
+    for a, b in zip(tf_got, expected, strict=True):
+        assert all(np.array_equal(getattr(a, name).numpy(), b[name]) for name in b)
+
+
+def test_a_sequence_mixture_resumes_exactly_and_its_state_is_refused_without_sequences(token_sources) -> None:
+    mixture = mix(token_sources, seed=5, granularity="batch", stop="never", rows_per_epoch=120)
+    kwargs: dict[str, Any] = {"batch_size": 10, "num_epochs": 2, "sequence": {"tok": "bucket"}}
+    expected = _numpy(mixture, **kwargs)
+    assert len(expected) == 2 * 12  # an epoch of rows_per_epoch / batch_size batches
+    with mixture.make_numpy_iterator(**kwargs) as loader:
+        head = [{name: array.copy() for name, array in batch.items()} for batch in itertools.islice(loader, 7)]
+        state = json.loads(json.dumps(loader.state_dict()))
+    assert state["identity"]["sequence"] == '{"tok": {"mode": "bucket"}}'
+    with mixture.make_numpy_iterator(**kwargs) as loader:
+        loader.load_state_dict(state)
+        rest = [{name: array.copy() for name, array in batch.items()} for batch in loader]
+    assert len(head + rest) == len(expected)
+    for a, b in zip(head + rest, expected, strict=True):
+        assert all(np.array_equal(a[name], b[name]) for name in b)
+    plain = mix(token_sources, seed=5, granularity="batch", stop="never", rows_per_epoch=120)
+    with plain.make_numpy_iterator(batch_size=10, num_epochs=2) as loader:
+        with pytest.raises(ValueError, match="sequence="):
+            loader.load_state_dict(state)

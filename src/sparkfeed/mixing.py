@@ -68,7 +68,8 @@ def mix(
             (sampling with replacement): each source repeats its own epochs as long as the mixture
             runs, reshuffled each time, and an epoch of the mixture is ``rows_per_epoch`` rows.
         rows_per_epoch: With ``stop="never"``, the rows of one epoch of the mixture, on each shard
-            (every rank yields as many). None: the sum of the sources' rows (their shard's).
+            (every rank yields as many). None: the sum of the sources' rows (their shard's). With
+            ``sequence=``, required: an epoch is ``ceil(rows_per_epoch / batch_size)`` batches.
         source_column: Also give every batch an int32 column of this name: the index of each
             row's source in ``converters`` (for a loss per source). None: no such column.
         granularity: What the weights draw a source for. ``"row"`` (the default): every row, as
@@ -76,7 +77,9 @@ def mix(
             ``"batch"``: every batch, which comes whole from one source (Mosaic Streaming's
             ``per_stream``: one task or language per step, a loss per batch); the rows still
             follow the weights over many batches, the epochs end as above, and a batch is a view
-            of its source's data like a single converter's, with no copy.
+            of its source's data like a single converter's, with no copy. The loaders'
+            ``sequence=`` needs it: each source pads, buckets or packs its own batches, and the
+            draws count batches (see the mixing guide's "Sequences").
 
     Raises:
         TypeError: A source is not a :class:`~sparkfeed.SparkDatasetConverter`.
@@ -160,12 +163,8 @@ class Mixture:
         for converter in self._converters.values():
             converter._check_alive()  # the converter's own check (one package)
         options = reader_options(batch_size=batch_size, num_epochs=num_epochs, workers_count=workers_count, **kwargs)
-        if options.sequence:
-            raise ValueError(
-                "mix: sequence= is not supported for a mixture yet (its batches join rows of several sources, which "
-                "would be padded separately): batch the sequences of one converter, or pad them in a transform_spec"
-            )
         mixing = self._options
+        sequence = bool(options.sequence)
         cur_shard, shard_count = options.shard
         if shard_count > 1 and options.shard_policy == "exact":
             raise ValueError(
@@ -181,6 +180,12 @@ class Mixture:
                 )
             seed = int(np.random.SeedSequence().generate_state(1, np.uint64)[0] >> 1)
         never = mixing.stop == "never"
+        if sequence and never and mixing.rows_per_epoch is None:
+            raise ValueError(
+                "mix: sequence= with stop='never' needs rows_per_epoch: each batch comes whole from one source, "
+                "so an epoch is rows_per_epoch / batch_size batches (packed rows, for 'pack'), and the sources' rows "
+                "do not say how many batches they make"
+            )
         readers: dict[str, Reader[Any]] = {}
         formats: dict[str, BatchFormat[Any]] = {}
         for index, ((name, converter), share) in enumerate(
@@ -188,22 +193,25 @@ class Mixture:
         ):
             source_options = dataclasses.replace(
                 options,
-                batch_size=_source_batch_size(options.batch_size, converter),
+                # With sequences, each source makes the mixture's batches itself, short last ones included.
+                batch_size=options.batch_size if sequence else _source_batch_size(options.batch_size, converter),
                 num_epochs=None if never else 1,
-                drop_last=False,
+                drop_last=options.drop_last if sequence else False,
                 progress=False,
                 prefetch=options.prefetch or _source_prefetch(options.prefetch_pieces, share, len(self._converters)),
                 # mix(seed=...) alone makes the whole stream reproducible, the sources' shuffles included.
                 seed=options.seed if options.seed is not None else mixing.seed,
             )
             try:
-                formats[name] = source_format(fmt, mixing.granularity, chunk_batches, mixing.source_column, index)
+                formats[name] = source_format(
+                    fmt, mixing.granularity, chunk_batches, mixing.source_column, index, sequence
+                )
                 readers[name] = Reader(
                     converter.location,
                     converter.manifest,
                     source_options,
                     formats[name],
-                    whole_chunks=isinstance(formats[name], SourceFormat),
+                    whole_chunks=isinstance(formats[name], SourceFormat) and not sequence,
                 )
             except ValueError as error:
                 error.add_note(f"(in the mix's source {name!r}, {converter.cache_dir_url})")
@@ -211,7 +219,13 @@ class Mixture:
         rows_per_epoch = mixing.rows_per_epoch
         if never and rows_per_epoch is None:
             rows_per_epoch = sum(reader.num_rows for reader in readers.values())
-        if never and options.drop_last and rows_per_epoch is not None and rows_per_epoch < options.batch_size:
+        if (
+            never
+            and not sequence
+            and options.drop_last
+            and rows_per_epoch is not None
+            and rows_per_epoch < options.batch_size
+        ):
             raise ValueError(
                 f"mix: rows_per_epoch={rows_per_epoch} is less than batch_size={options.batch_size}, so with "
                 "drop_last=True every epoch would be empty"
@@ -233,6 +247,7 @@ class Mixture:
             source_formats=formats,
             progress=options.progress,
             shard=options.shard,
+            sequence=next(iter(readers.values())).sequence if sequence else None,
         )
 
     @known_keywords

@@ -18,12 +18,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from hypothesis import given
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from sparkfeed import SparkDatasetConverter, mix
+from sparkfeed import Sequence, SparkDatasetConverter, mix
 from sparkfeed.cache import FileEntry, Manifest
 from sparkfeed.reader.draws import BLOCK, Draws
+from sparkfeed.writer import list_shape_stats, pack_ragged
 
 OFFSET = 1_000_000
 """Source k's ids start at k * OFFSET, so that an id names its source and its row."""
@@ -300,3 +301,184 @@ def test_a_transform_that_drops_rows_resumes_exactly_and_len_is_an_upper_bound(t
             rest = [x["id"] for x in loader]
         assert len(head) + len(rest) == len(full)
         assert all(np.array_equal(x, y) for x, y in zip(head + rest, full, strict=True))
+
+
+# ---------------------------------------------------------------- sequences: each batch whole from one source
+
+TOKEN_SCALE = 100
+"""Token ``j`` of the row with id ``i`` is ``i * TOKEN_SCALE + j``: any batch says which rows and tokens it holds."""
+
+SEQUENCE_MODES: dict[str, Any] = {
+    "pad": {"tok": Sequence("pad", mask=True)},
+    "bucket": {"tok": Sequence("bucket", buckets=(4, 16, 64))},
+    "pack": {"tok": Sequence("pack", seq_len=16)},
+}
+
+
+def _write_sequences(root: Path, rows: int, number: int, row_group: int) -> SparkDatasetConverter:
+    """A converter of ``rows`` rows (id, tok), tok of 0-40 tokens, stored as the cache stores them (views)."""
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(number * 7 + rows)
+    lengths = np.minimum(np.round(rng.lognormal(np.log(6), 1.0, rows)), 40).astype(np.int64) * (rng.random(rows) > 0.1)
+    ids = np.arange(rows, dtype=np.int64) + number * OFFSET
+    values = np.concatenate([[0], *(i * TOKEN_SCALE + np.arange(n) for i, n in zip(ids, lengths, strict=True))])[1:]
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+    logical = pa.ListArray.from_arrays(pa.array(offsets), pa.array(values.astype(np.int64)))
+    table = pa.table({"id": pa.array(ids), "tok": pack_ragged(logical, (-1,))})
+    pq.write_table(table, root / "part-0.parquet", row_group_size=row_group)
+    meta = pq.ParquetFile(root / "part-0.parquet").metadata
+    groups = tuple(meta.row_group(g).num_rows for g in range(meta.num_row_groups))
+    schema = pa.schema([("id", pa.int64()), ("tok", logical.type)])
+    manifest = Manifest(
+        files=(FileEntry("part-0.parquet", groups, {"tok": (-1,)}),),
+        schema=schema,
+        shapes={"tok": list_shape_stats(logical)},
+        options={},
+        key=f"seq-{number}-{rows}",
+    )
+    return SparkDatasetConverter(root.as_uri(), manifest)
+
+
+def _sequence_rows(batch: dict[str, np.ndarray], mode: str) -> dict[int, list[int]]:
+    """Each row's tokens in a padded, bucketed or packed batch, by row id (a packed row's from its tokens)."""
+    tokens = batch["tok"]
+    if mode == "pack":
+        rows: dict[int, list[int]] = {}
+        for token in tokens[batch["tok_segment_ids"] > 0].tolist():
+            rows.setdefault(token // TOKEN_SCALE, []).append(token)
+        return rows
+    return {int(i): row[:n].tolist() for i, row, n in zip(batch["id"], tokens, batch["tok_lengths"], strict=True)}
+
+
+def _own_batches(converter: SparkDatasetConverter, count: int, options: dict[str, Any]) -> list[dict[str, np.ndarray]]:
+    """The first ``count`` batches of a converter's own endless loader."""
+    with converter.make_numpy_iterator(num_epochs=None, **options) as loader:
+        return [
+            {name: np.array(value, copy=True) for name, value in batch.items()}
+            for batch in itertools.islice(loader, count)
+        ]
+
+
+def _own_epoch(converter: SparkDatasetConverter, epoch: int, options: dict[str, Any]) -> list[dict[str, np.ndarray]]:
+    """The batches of a converter's own loader in its epoch ``epoch``."""
+    with converter.make_numpy_iterator(num_epochs=epoch + 1, **options) as loader:
+        out = []
+        for batch in loader:
+            state = loader.state_dict()
+            if (state["epoch"] if state["segment"] or state["offset"] else state["epoch"] - 1) == epoch:
+                out.append({name: np.array(value, copy=True) for name, value in batch.items()})
+        return out
+
+
+@settings(deadline=None)
+@given(
+    mode=st.sampled_from(sorted(SEQUENCE_MODES)),
+    sizes=st.lists(st.integers(1, 120), min_size=1, max_size=3),
+    weights=st.lists(st.floats(0.05, 1.0), min_size=3, max_size=3),
+    batch_size=st.integers(1, 12),
+    stop=st.sampled_from(["first_exhausted", "never"]),
+    rows_per_epoch=st.integers(1, 300),
+    num_epochs=st.integers(1, 3),
+    drop_last=st.booleans(),
+    shuffle=st.booleans(),
+    seed=st.integers(0, 2**32),
+    cut=st.integers(0, 10_000),
+)
+def test_a_sequence_mixture_hands_on_its_sources_own_batches_and_resumes_exactly(
+    mode: str,
+    sizes: list[int],
+    weights: list[float],
+    batch_size: int,
+    stop: str,
+    rows_per_epoch: int,
+    num_epochs: int,
+    drop_last: bool,
+    shuffle: bool,
+    seed: int,
+    cut: int,
+) -> None:
+    if mode == "pack":
+        batch_size = max(batch_size // 3, 3)  # a packed batch must hold the longest row: 3 x 16 values
+    assume(not (stop == "never" and drop_last))  # a source whose epochs give no batch is refused: tested on its own
+    with tempfile.TemporaryDirectory() as tmp:
+        converters = {f"s{k}": _write_sequences(Path(tmp) / f"s{k}", rows, k, 17) for k, rows in enumerate(sizes)}
+        mixture = mix(
+            converters,
+            {name: weights[k] for k, name in enumerate(converters)},
+            seed=seed,
+            stop=stop,  # type: ignore[arg-type]
+            rows_per_epoch=rows_per_epoch if stop == "never" else None,
+            source_column="src",
+            granularity="batch",
+        )
+        kwargs: dict[str, Any] = {
+            "batch_size": batch_size,
+            "drop_last": drop_last,
+            "workers_count": 1,
+            "shuffle_row_groups": shuffle,
+            "shuffling_queue_capacity": 25 if shuffle else 0,
+            "seed": 11,
+            "sequence": SEQUENCE_MODES[mode],
+        }
+        if mode == "pack":
+            kwargs["schema_fields"] = ["tok"]
+
+        def stream(loader: Any) -> list[tuple[int, dict[str, np.ndarray]]]:
+            out = []
+            for batch in loader:
+                state = loader.state_dict()
+                epoch = state["epoch"] if state["batch"] else state["epoch"] - 1
+                out.append((epoch, {name: np.array(value, copy=True) for name, value in batch.items()}))
+            return out
+
+        with mixture.make_numpy_iterator(num_epochs=num_epochs, **kwargs) as loader:
+            if mode == "pad":
+                expected_len = len(loader)
+            else:
+                with pytest.raises(TypeError, match="no len"):
+                    len(loader)
+            full = stream(loader)
+        if mode == "pad":
+            assert len(full) == expected_len
+
+        # Stopped after any batch (or before the first), saved through JSON, resumed by a new loader.
+        stop_at = cut % (len(full) + 1)
+        with mixture.make_numpy_iterator(num_epochs=num_epochs, **kwargs) as loader:
+            iterator = iter(loader)
+            head = [(0, next(iterator)) for _ in range(stop_at)]
+            saved = json.loads(json.dumps(loader.state_dict()))
+        with mixture.make_numpy_iterator(num_epochs=num_epochs, **kwargs) as loader:
+            loader.load_state_dict(saved)
+            rest = stream(loader)
+        resumed = [batch for _, batch in head] + [batch for _, batch in rest]
+        assert len(resumed) == len(full)
+        for mine, theirs in zip(resumed, full, strict=True):
+            assert mine.keys() == theirs[1].keys()
+            assert all(np.array_equal(mine[name], theirs[1][name]) for name in mine)
+
+        # Each batch is whole from one source, and source k's batches are its own loader's, in order:
+        # with "first_exhausted" a prefix of its epoch e in the mixture's epoch e, all of it for the
+        # source that ran out; with "never" a prefix of its endless stream.
+        options = {**kwargs, "sequence": SEQUENCE_MODES[mode]}
+        for epoch in range(num_epochs if stop == "first_exhausted" else 1):
+            given = [batch for e, batch in full if e == epoch or stop == "never"]
+            whole_epoch = []
+            for k in range(len(sizes)):
+                mine = [batch for batch in given if set(batch["src"].tolist()) == {k}]
+                assert all(len(set(batch["src"].tolist())) == 1 for batch in given)
+                if stop == "first_exhausted":
+                    own = _own_epoch(converters[f"s{k}"], epoch, options)
+                else:
+                    own = _own_batches(converters[f"s{k}"], len(mine), options)
+                assert len(mine) <= len(own)
+                whole_epoch.append(len(mine) == len(own))
+                for batch, theirs in zip(mine, own, strict=False):
+                    assert set(batch) == {*theirs, "src"}
+                    assert all(np.array_equal(batch[name], theirs[name]) for name in theirs)
+                    rows = _sequence_rows(batch, mode)
+                    assert all(
+                        tokens == list(range(i * TOKEN_SCALE, i * TOKEN_SCALE + len(tokens)))
+                        for i, tokens in rows.items()
+                    )
+            if stop == "first_exhausted":
+                assert any(whole_epoch)

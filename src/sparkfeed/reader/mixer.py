@@ -12,7 +12,9 @@ into batches the way the reader cuts its chunks (views in NumPy, one ``split_wit
 column in torch, device cuts in JAX). A copy per batch and column would cost more than reading.
 A mixture of whole batches (``granularity="batch"``) copies nothing: its sources' readers hand
 over whole chunks already in the batches' format, and each batch is a view of one of them (see
-:meth:`Mixer._whole_batches`).
+:meth:`Mixer._whole_batches`). With ``sequence=`` the sources' readers make the batches
+themselves (padded, bucketed or packed), and each draw hands on one whole (see
+:class:`SourceBatches`).
 
 Resuming is exact: a source's position is the state of its reader from *before* the batch it is
 being read from, plus the rows of that stream already used (see :class:`MixerState`); the reader
@@ -44,7 +46,7 @@ from sparkfeed.reader.engine import Reader, batches_of
 from sparkfeed.reader.progress import EpochBar
 from sparkfeed.reader.sequence import SequencePlan
 from sparkfeed.reader.state import Identity, ReaderState, check_keys, int_field, optional_int_field
-from sparkfeed.reader.stats import Counters, bytes_per_row, verdict
+from sparkfeed.reader.stats import Counters, batch_bytes, bytes_per_row, verdict
 from sparkfeed.types import ColumnSpec
 
 log = logging.getLogger(__name__)
@@ -121,16 +123,58 @@ class SourceFormat(Generic[C]):
         return self.fmt.signature(chunk)
 
 
+class SourceBatches(SourceFormat[C]):
+    """The format of a source's reader in a mixture of sequences: each of its batches is one unit.
+
+    With ``sequence=``, a source's reader pads, buckets or packs its batches itself, and the mixer
+    hands each on whole (a batch never joins rows padded or packed apart). The draws then count
+    batches, so to the mixer a batch is one "row", which it cuts and joins as it is.
+    """
+
+    def rows(self, chunk: C) -> int:
+        """One: the batch is the unit the draws count."""
+        return 1
+
+    def split(self, chunk: C, start: int, size: int, count: int) -> list[C]:
+        """The batch itself: it is never cut."""
+        if (start, size, count) != (0, 1, 1):
+            raise AssertionError(f"a source's sequence batch is taken whole, not cut at {(start, size, count)}")
+        return [chunk]
+
+    def concat(self, parts: list[C]) -> C:
+        """The one batch: batches are never joined."""
+        if len(parts) != 1:
+            raise AssertionError(f"a source's sequence batches are never joined ({len(parts)} given)")
+        return parts[0]
+
+
 def source_format(
-    fmt: BatchFormat[C], granularity: Granularity, chunk_batches: int, source_column: str | None, index: int
+    fmt: BatchFormat[C],
+    granularity: Granularity,
+    chunk_batches: int,
+    source_column: str | None,
+    index: int,
+    sequence: bool = False,
 ) -> BatchFormat[Any]:
     """The format of source ``index``'s reader: NumPy, whose rows the mixer joins, or the mixture's own.
 
     Only a mixture of whole batches (``granularity="batch"``) handed out one batch at a time
     (``chunk_batches=1``) takes its batches as views of its sources' chunks (see
-    :class:`SourceFormat`; their readers then read whole chunks); the others copy rows into
-    blocks, which NumPy joins.
+    :class:`SourceFormat`; their readers then read whole chunks), or with ``sequence``, as the
+    sources' own batches (:class:`SourceBatches`); the others copy rows into blocks, which NumPy
+    joins.
+
+    Raises:
+        ValueError: ``sequence`` in a mixture that is not one of whole batches, one at a time.
     """
+    if sequence:
+        if granularity != "batch" or chunk_batches != 1:
+            raise ValueError(
+                "mix: sequence= needs mix(..., granularity='batch'): each batch then comes whole from one source, "
+                "whose reader pads, buckets or packs it; with granularity='row' a batch would join rows of "
+                "several sources, padded or packed apart"
+            )
+        return SourceBatches(fmt, source_column, index)
     if granularity == "batch" and chunk_batches == 1:
         return SourceFormat(fmt, source_column, index)
     return NUMPY
@@ -254,6 +298,8 @@ class MixIdentity:
         rows_per_epoch: Rows per epoch with ``stop="never"``; None otherwise.
         source_column: The column naming each row's source; None for none.
         granularity: ``"row"`` or ``"batch"``: what the draws pick a source for.
+        sequence: How the sources batch ``sequence=`` columns (:meth:`SequencePlan.describe`);
+            None without them. With them, a source's ``skip`` counts its batches, not rows.
     """
 
     sources: tuple[str, ...]
@@ -265,6 +311,7 @@ class MixIdentity:
     rows_per_epoch: int | None
     source_column: str | None
     granularity: Granularity = "row"
+    sequence: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -398,6 +445,12 @@ class Mixer(Generic[C]):
             NumPy for all (only right where that function says so).
         progress: Show a bar per epoch.
         shard: ``(cur_shard, shard_count)`` of the sources' readers.
+        sequence: How the sources batch their ``sequence=`` columns (the first source's plan):
+            each source's reader pads, buckets or packs its own batches, and each draw takes the
+            next whole batch of the source it picks (see :class:`SourceBatches`). The draws then
+            count batches, not rows: ``rows_per_epoch`` is an epoch of ``ceil(rows_per_epoch /
+            batch_size)`` batches, and ``drop_last`` is the sources' (they leave out their short
+            last batches). Needs ``granularity="batch"`` and ``chunk_batches=1``.
     """
 
     def __init__(
@@ -419,6 +472,7 @@ class Mixer(Generic[C]):
         source_formats: Mapping[str, BatchFormat[Any]] | None = None,
         progress: bool = False,
         shard: tuple[int, int] = (0, 1),
+        sequence: SequencePlan | None = None,
     ) -> None:
         if stop not in STOPS:
             raise ValueError(f"stop={stop!r} is not allowed: it must be one of {STOPS}")
@@ -427,14 +481,20 @@ class Mixer(Generic[C]):
         # Sources that hand out batches in this mixer's format: cut into views, never joined in NumPy.
         self._converted = granularity == "batch" and chunk_batches == 1
         for source in self._sources:
-            if isinstance(source.fmt, SourceFormat) != self._converted:
+            if isinstance(source.fmt, SourceFormat) != self._converted or (
+                isinstance(source.fmt, SourceBatches) != (sequence is not None)
+            ):
                 raise ValueError(f"mix source {source.name!r}: its reader's format is not source_format()'s")
+        self._sequence = sequence
         self._fmt = fmt
-        self._batch_size = batch_size
         self._num_epochs = num_epochs
-        self._drop_last = drop_last
         self._stop: Stop = stop
-        self._rows_per_epoch = rows_per_epoch if stop == "never" else None
+        rows_per_epoch = rows_per_epoch if stop == "never" else None
+        # What the draws count: rows; or with sequences, the sources' whole batches (a unit each).
+        self._batch_size, self._drop_last, self._rows_per_epoch = batch_size, drop_last, rows_per_epoch
+        if sequence is not None:
+            units = None if rows_per_epoch is None else -(-rows_per_epoch // batch_size)
+            self._batch_size, self._drop_last, self._rows_per_epoch = 1, False, units
         self._seeded = seeded
         self._source_column = source_column
         self._chunk_batches = chunk_batches
@@ -448,19 +508,24 @@ class Mixer(Generic[C]):
             batch_size=batch_size,
             drop_last=drop_last,
             num_epochs=num_epochs,
-            rows_per_epoch=self._rows_per_epoch,
+            rows_per_epoch=rows_per_epoch,
             source_column=source_column,
             granularity=granularity,
+            sequence=None if sequence is None else sequence.describe(),
         )
         self._draws = self._make_draws(seed)
-        self._specs = _common_columns(self._sources, source_column)
+        self._specs = _common_columns(self._sources, source_column, sequence)
         self._signature: tuple[str, Signature] | None = None  # the first source batch's, with a transform
         # The sources' columns in one order, whichever source a block starts with.
         self._names = None if self._specs is None else [name for name in self._specs if name != source_column]
+        if sequence is not None and self._names is not None:
+            self._names = sequence.outputs(self._names)
         for source in self._sources:
             if isinstance(source.fmt, SourceFormat):
                 source.fmt.names = self._names
-        self._group_size = chunk_batches if chunk_batches > 1 else _group_size(self._specs, batch_size)
+        self._group_size = (
+            chunk_batches if chunk_batches > 1 else 1 if sequence is not None else _group_size(self._specs, batch_size)
+        )
         # The position between iterations; during one, the live group says it (see _where).
         self._epoch, self._batch = 0, 0
         self._pending: dict[str, SourcePosition] = dict.fromkeys(sources)
@@ -495,8 +560,8 @@ class Mixer(Generic[C]):
 
     @property
     def sequence(self) -> SequencePlan | None:
-        """None: a mixture does not batch sequences (``mix`` refuses ``sequence=``)."""
-        return None
+        """How the sources batch ``sequence=`` columns; None without them."""
+        return self._sequence
 
     @property
     def filters_rows(self) -> bool:
@@ -510,7 +575,12 @@ class Mixer(Generic[C]):
         :attr:`Reader.num_rows <sparkfeed.reader.Reader.num_rows>`: with ``"first_exhausted"``
         an upper bound for filters and predicates, which only make a source run out sooner.
         """
-        count = self.batch_count(self._batch_size, self._drop_last)
+        count = self.batch_count(self._identity.batch_size, self._identity.drop_last)
+        if count is None and self._num_epochs is not None:
+            raise TypeError(
+                "a mixture of sequence 'bucket' or 'pack' batches has no len(): how many batches its sources make "
+                "depends on their rows' lengths, known only as they are read"
+            )
         if count is None:
             raise TypeError("a loader with num_epochs=None is infinite and has no len(); pass num_epochs")
         return count
@@ -519,10 +589,16 @@ class Mixer(Generic[C]):
         """Batches of ``batch_size`` rows that the next iteration's epochs make; None when it has no end.
 
         With ``stop="first_exhausted"`` each epoch's end follows from the draws and the sources'
-        rows per epoch (see :meth:`__len__`).
+        rows per epoch (see :meth:`__len__`). With sequences, the sources' own batches are
+        counted (``batch_size`` and ``drop_last`` are theirs), and only where each source knows
+        its count (padded, not bucketed or packed).
         """
         if self._num_epochs is None:
             return None
+        if self._sequence is not None:
+            if not all(source.reader.counts_batches for source in self._sources):
+                return None
+            batch_size, drop_last = 1, False  # the draws count the sources' batches
         (start, first), end = self._iteration_range()
         epochs = range(start, end)
         return sum(batches_of(self._epoch_rows(e, first if e == start else 0), batch_size, drop_last) for e in epochs)
@@ -534,7 +610,11 @@ class Mixer(Generic[C]):
             assert self._draws.batches is not None
             rows = (self._draws.batches - 1) * size + self._draws.last_size if self._draws.batches else 0
             return max(0, rows - first * size)
-        end = self._draws.exhausted(epoch, [source.reader.num_rows for source in self._sources])
+        supplies = [source.reader.num_rows for source in self._sources]
+        if self._sequence is not None:  # in the sources' batches
+            own = self._identity.batch_size, self._identity.drop_last
+            supplies = [batches_of(rows, *own) for rows in supplies]
+        end = self._draws.exhausted(epoch, supplies)
         last = 0 if self._drop_last else end.last_rows
         return max(0, (end.last - first) * size + last) if first <= end.last else 0
 
@@ -603,6 +683,7 @@ class Mixer(Generic[C]):
     ) -> Generator[C, None, None]:
         epochs = itertools.count(start) if end is None else range(start, end)
         bar: EpochBar | None = None
+        varying = self._sequence is not None
         try:
             self._open(positions, start)
             for epoch in epochs:
@@ -613,6 +694,7 @@ class Mixer(Generic[C]):
                     total = (
                         None
                         if self.filters_rows
+                        or (self._sequence is not None and not all(s.reader.counts_batches for s in self._sources))
                         else batches_of(self._epoch_rows(epoch, batch), self._batch_size, self._drop_last)
                     )
                     bar = EpochBar(epoch, total, self._shard)
@@ -633,9 +715,12 @@ class Mixer(Generic[C]):
                         ready = time.perf_counter()
                         epoch_counts.batches += step
                         epoch_counts.rows += rows
-                        if width < 0:
-                            width = bytes_per_row(part, rows)
-                        epoch_counts.bytes += rows * width
+                        if varying:  # sequences' batches vary in width: their bytes are counted one by one
+                            epoch_counts.bytes += batch_bytes(part)
+                        else:
+                            if width < 0:
+                                width = bytes_per_row(part, rows)
+                            epoch_counts.bytes += rows * width
                         epoch_counts.wait_seconds += ready - asked
                         yield part
                         asked = time.perf_counter()
@@ -705,6 +790,12 @@ class Mixer(Generic[C]):
         for source in sources:
             if not source.first_seen:
                 self._check_first(source, pieces)
+        if self._sequence is not None:  # each draw took one whole batch of its source: handed on as it is
+            parts = [pieces[k][i][0][0] for i, k in enumerate(counts.argmax(axis=1).tolist())]
+            group.rows = [self._fmt.rows(part) for part in parts]
+            if self._group_size == 1:
+                self._group_size = _group_size_of(batch_bytes(parts[0]), 1)
+            return group, parts
         if self._converted:
             return group, self._whole_batches(counts, pieces)
         block = self._assemble(first, counts, pieces)
@@ -804,6 +895,9 @@ class Mixer(Generic[C]):
                     f"mix: source_column={column!r} is also a column of source {source.name!r}: "
                     "choose another name for the column of sources"
                 )
+        if self._sequence is not None:  # padded widths vary from batch to batch
+            varying = {output for plan in self._sequence.columns for output in plan.outputs()}
+            signature = {name: (dtype, () if name in varying else shape) for name, (dtype, shape) in signature.items()}
         if self._signature is None:
             self._signature = (source.name, signature)
             self._names = [name for name in signature if name != column]
@@ -976,8 +1070,14 @@ _ADVICE = (
 )
 
 
-def _common_columns(sources: Sequence[_Source], source_column: str | None) -> dict[str, ColumnSpec] | None:
-    """The batches' columns: the first source's, which every other must match; None where a transform decides."""
+def _common_columns(
+    sources: Sequence[_Source], source_column: str | None, sequence: SequencePlan | None = None
+) -> dict[str, ColumnSpec] | None:
+    """The batches' columns: the first source's, which every other must match; None where a transform decides.
+
+    A ``sequence=`` column must agree on its values' dtype and shape only: its rows' lengths are
+    the source's own (one source's may all be alike where another's vary).
+    """
     specs = [source.reader.columns for source in sources]
     if any(spec is None for spec in specs):
         return None
@@ -985,13 +1085,19 @@ def _common_columns(sources: Sequence[_Source], source_column: str | None) -> di
     assert first is not None
     for source, spec in zip(sources[1:], specs[1:], strict=True):
         assert spec is not None
+        theirs = source.reader.sequence if sequence is not None else None
+        plans = {plan.name: plan for plan in theirs.columns} if theirs is not None else {}
         for name in [*first, *(n for n in spec if n not in first)]:
             was, now = first.get(name), spec.get(name)
-            same = (
-                was is not None
-                and now is not None
-                and (was.kind, was.numpy_dtype, was.shape) == (now.kind, now.numpy_dtype, now.shape)
-            )
+            if name in plans and was is not None and now is not None:
+                ours = next(plan for plan in sequence.columns if plan.name == name)  # type: ignore[union-attr]
+                same = (ours.dtype, ours.inner) == (plans[name].dtype, plans[name].inner)
+            else:
+                same = (
+                    was is not None
+                    and now is not None
+                    and (was.kind, was.numpy_dtype, was.shape) == (now.kind, now.numpy_dtype, now.shape)
+                )
             if not same:
                 raise ValueError(
                     f"mix: column {name!r} is {_describe(was)} in source {sources[0].name!r} but {_describe(now)} in "
@@ -1035,8 +1141,9 @@ def _identity(data: object) -> MixIdentity:
     what = "mixture state identity"
     if not isinstance(data, Mapping):
         raise ValueError(f"mixture state: identity={data!r:.80} is not allowed: it must be a dict")
-    # States saved before granularity existed were all of row mixtures.
-    check_keys(what, data, {f.name for f in dataclasses.fields(MixIdentity)}, optional=frozenset({"granularity"}))
+    # States saved before granularity and sequence existed were all of row mixtures, without sequences.
+    fields = {f.name for f in dataclasses.fields(MixIdentity)}
+    check_keys(what, data, fields, optional=frozenset({"granularity", "sequence"}))
     sources, probabilities, stop = data["sources"], data["probabilities"], data["stop"]
     if not isinstance(sources, list | tuple) or not sources or not all(isinstance(s, str) for s in sources):
         raise ValueError(f"{what}: sources={sources!r:.80} is not allowed: it must be a list of names")
@@ -1057,6 +1164,9 @@ def _identity(data: object) -> MixIdentity:
     granularity = data.get("granularity", "row")
     if granularity not in GRANULARITIES:
         raise ValueError(f"{what}: granularity={granularity!r} is not allowed: it must be one of {GRANULARITIES}")
+    sequence = data.get("sequence")
+    if sequence is not None and not isinstance(sequence, str):
+        raise ValueError(f"{what}: sequence={sequence!r:.80} is not allowed: it must be a string or null")
     return MixIdentity(
         sources=tuple(sources),
         probabilities=tuple(float(p) for p in probabilities),
@@ -1067,6 +1177,7 @@ def _identity(data: object) -> MixIdentity:
         rows_per_epoch=optional_int_field(data, "rows_per_epoch", 1, what),
         source_column=column,
         granularity=granularity,
+        sequence=sequence,
     )
 
 
