@@ -255,6 +255,18 @@ def targets(r: Results) -> list[dict[str, Any]]:
                     0.5,
                     pct,
                 )
+        mixed = f"sequences.sparkfeed.packmix_{reader}"
+        if mixed in r.by_id:
+            add(
+                mixed,
+                f"sequences {reader}: pack, the cache mixed with itself, tokens/s ≥ 90% of the cache alone (issue 13)",
+                ratio(
+                    (r.result(mixed) or {}).get("tokens_per_s"),
+                    (r.result(f"sequences.sparkfeed.pack_{reader}") or {}).get("tokens_per_s"),
+                ),
+                0.9,
+                pct,
+            )
     mem = r.result("memory.sparkfeed")
     add(
         "memory.sparkfeed",

@@ -206,6 +206,10 @@ def build_cases() -> list[Case]:
             f"--reader {reader} --sequence bucket {rows256}", sf_seq, peer=reader)
         add(f"sequences.sparkfeed.pack_{reader}", f"{name}, sequence pack, 16 x 4096 per batch",
             f"--reader {reader} --sequence pack --batch-size 16 --seq-len 4096 --tokens", sf_seq, peer=reader)
+        add(f"sequences.sparkfeed.packmix_{reader}",
+            f"{name}, sequence pack, the cache mixed with itself (mix(granularity='batch'))",
+            f"--reader {reader} --sequence pack --batch-size 16 --seq-len 4096 --tokens --mix-self", sf_seq,
+            peer=reader)
     add("sequences.sparkfeed.pad_tf", "make_tf_dataset, sequence pad (eager iteration)",
         f"--reader tf --sequence pad {rows256}", sf_seq, peer="tf")
     add("sequences.sparkfeed.bucket_jax", "make_jax_iterator, sequence bucket",
