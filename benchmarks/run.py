@@ -61,6 +61,8 @@ Its tabular cases time the first 300,000 rows instead (rows/s is steady after th
 CASE_TIMEOUT_S = 900
 BATCHING_ONE_ROWS = 200_000
 """Rows the batch-size-1 batching cases time: 200,000 batches, a second or two when batching is linear."""
+PACKED_ROWS = 20_000
+"""Packed rows (of 4,096 tokens) per timed run of the steady packed cases: about two epochs of the sequences set."""
 MIXING_ROWS = 2_000_000
 """Rows per timed run of the mixing group (the tabular set's size), from one loader that lives across runs."""
 MIXES = (
@@ -206,10 +208,15 @@ def build_cases() -> list[Case]:
             f"--reader {reader} --sequence bucket {rows256}", sf_seq, peer=reader)
         add(f"sequences.sparkfeed.pack_{reader}", f"{name}, sequence pack, 16 x 4096 per batch",
             f"--reader {reader} --sequence pack --batch-size 16 --seq-len 4096 --tokens", sf_seq, peer=reader)
+        # Mixing packed batches against the cache alone, both in steady state (one endless loader timed
+        # in runs of PACKED_ROWS packed rows), as the mixing group: a one-epoch run would charge the
+        # mixture for the row groups its other source read ahead when the first ran out.
+        steady = f"--reader {reader} --sequence pack --batch-size 16 --seq-len 4096 --steady-rows {PACKED_ROWS}"
+        add(f"sequences.sparkfeed.packsteady_{reader}", f"{name}, sequence pack, one endless loader (steady state)",
+            steady, sf_seq, peer=reader)
         add(f"sequences.sparkfeed.packmix_{reader}",
-            f"{name}, sequence pack, the cache mixed with itself (mix(granularity='batch'))",
-            f"--reader {reader} --sequence pack --batch-size 16 --seq-len 4096 --tokens --mix-self", sf_seq,
-            peer=reader)
+            f"{name}, sequence pack, the cache mixed with itself, whole batches, stop='never' (steady state)",
+            f"{steady} --mix-self", sf_seq, peer=reader)
     add("sequences.sparkfeed.pad_tf", "make_tf_dataset, sequence pad (eager iteration)",
         f"--reader tf --sequence pad {rows256}", sf_seq, peer="tf")
     add("sequences.sparkfeed.bucket_jax", "make_jax_iterator, sequence bucket",

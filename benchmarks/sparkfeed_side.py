@@ -366,27 +366,12 @@ def sequence_totals(converter: Any, args: argparse.Namespace) -> dict[str, Any]:
     Timed passes then only iterate; an epoch always yields every row once (tested), so its
     tokens are these.
     """
-    tokens = cells = batches = rows = 0
+    tokens = cells = batches = 0
     with open_reader(converter, args) as loader:
         for batch in loader:
             counted, size = batch_tokens(batch)
             tokens, cells, batches = tokens + counted, cells + size, batches + 1
-            rows += batch_source_rows(batch)
-    # A mixture has no len(): its rows are counted from its batches (a packed row's by its first token).
-    return {
-        "rows": rows if getattr(args, "mix_self", False) else len(converter),
-        "tokens": tokens,
-        "cells": cells,
-        "batches": batches,
-    }
-
-
-def batch_source_rows(batch: dict[str, Any]) -> int:
-    """The source rows a batch holds: its rows; for packed rows, the tokens that start a row (not empty rows)."""
-    if "tokens_segment_ids" in batch:
-        starts = (np.asarray(batch["tokens_segment_ids"]) > 0) & (np.asarray(batch["tokens_position_ids"]) == 0)
-        return int(starts.sum())
-    return len(batch["tokens"])
+    return {"rows": len(converter), "tokens": tokens, "cells": cells, "batches": batches}
 
 
 def cache_files(args: argparse.Namespace, converter: Any) -> tuple[Any, list[str]]:
@@ -496,8 +481,10 @@ def case(args: argparse.Namespace) -> None:
     if args.mix:
         converter = mixed(converter, args.mix)
     if getattr(args, "mix_self", False):
-        # Two sources of one cache, each its own reader; an epoch ends when the first runs out.
-        converter = sparkfeed.mix({"a": converter, "b": converter}, seed=0, granularity="batch")
+        # Two sources of one cache, each its own reader, sampled with replacement: one endless epoch.
+        converter = sparkfeed.mix(
+            {"a": converter, "b": converter}, seed=0, granularity="batch", stop="never", rows_per_epoch=2**40
+        )
     local = converter
     if args.s3_url and args.reader not in PLAIN_READS:
         # The uploaded cache read in place, as a user would point at an existing dataset.
@@ -773,7 +760,7 @@ def main() -> None:
     p.add_argument(
         "--mix-self",
         action="store_true",
-        help="the sequences group: the cache mixed with itself, whole batches (mix(granularity='batch')), one epoch",
+        help="the sequences group: the cache mixed with itself, whole batches, stop='never' (with --steady-rows)",
     )
     p.add_argument("--tokens", action="store_true", help="the sequences group: report tokens/s and padding")
     p = commands.add_parser("memory")
