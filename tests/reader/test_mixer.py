@@ -21,7 +21,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from sparkfeed import Sequence, SparkDatasetConverter, mix
+from sparkfeed import Sequence, SparkDatasetConverter, TransformSpec, mix
 from sparkfeed.cache import FileEntry, Manifest
 from sparkfeed.reader.draws import BLOCK, Draws
 from sparkfeed.writer import list_shape_stats, pack_ragged
@@ -482,3 +482,33 @@ def test_a_sequence_mixture_hands_on_its_sources_own_batches_and_resumes_exactly
                     )
             if stop == "first_exhausted":
                 assert any(whole_epoch)
+
+
+def _tokens_from_ids(frame: Any) -> Any:
+    """A transform that makes the sequence from each row's id, as a tokenizer would from text."""
+    frame["tok"] = [np.arange(int(i) * TOKEN_SCALE, int(i) * TOKEN_SCALE + int(i) % 13) for i in frame["id"]]
+    return frame
+
+
+@pytest.mark.parametrize("mode", ["pad", "bucket"])
+def test_a_transform_may_make_the_sequences_of_a_mixture(tmp_path: Path, mode: str) -> None:
+    """Columns are known once read; the sources' first batches agree though their padded widths differ."""
+    converters = {f"s{k}": _write_sequences(tmp_path / f"s{k}", 60 + 40 * k, k, 17) for k in range(2)}
+    mixture = mix(converters, seed=3, granularity="batch", source_column="src")
+    spec = TransformSpec(_tokens_from_ids, selected_fields=["id", "tok"])
+    kwargs: dict[str, Any] = {
+        "batch_size": 8,
+        "num_epochs": 1,
+        "workers_count": 1,
+        "schema_fields": ["id"],
+        "transform_spec": spec,
+        "sequence": SEQUENCE_MODES[mode],
+    }
+    with mixture.make_numpy_iterator(**kwargs) as loader:
+        batches = list(loader)
+    assert {int(b["src"][0]) for b in batches} == {0, 1}
+    assert len({b["tok"].shape[1] for b in batches}) > 1  # widths vary from batch to batch and source to source
+    for batch in batches:
+        assert list(batch)[:2] == ["id", "tok"]
+        for row_id, tokens in _sequence_rows(batch, mode).items():
+            assert tokens == list(range(row_id * TOKEN_SCALE, row_id * TOKEN_SCALE + row_id % 13))
