@@ -482,3 +482,32 @@ def test_a_sequence_mixture_resumes_exactly_and_its_state_is_refused_without_seq
     with plain.make_numpy_iterator(batch_size=10, num_epochs=2) as loader:
         with pytest.raises(ValueError, match="sequence="):
             loader.load_state_dict(state)
+
+
+def test_a_sharded_mixture_of_padded_sequences_gives_every_rank_the_same_batch_count(token_sources) -> None:
+    mixture = mix(token_sources, {"short": 0.5, "long": 0.5}, seed=6, granularity="batch")
+    kwargs: dict[str, Any] = {"batch_size": 8, "num_epochs": 2, "sequence": {"tok": "pad"}, "shard_count": 3}
+    counts, ids = [], []
+    for shard in range(3):
+        with mixture.make_numpy_iterator(cur_shard=shard, **kwargs) as loader:
+            expected = len(loader)
+            batches = list(loader)
+        assert len(batches) == expected
+        counts.append(len(batches))
+        ids.append({int(i) for batch in batches for i in batch["id"]})
+    assert len(set(counts)) == 1
+    # each rank its own rows (a short shard repeats one row of its source, as DistributedSampler pads)
+    assert all(len(ids[a] & ids[b]) <= 2 for a, b in itertools.combinations(range(3), 2))
+
+
+def test_a_sharded_mixture_of_packed_sequences_warns_that_ranks_may_differ(token_sources) -> None:
+    mixture = mix(token_sources, seed=6, granularity="batch")
+    with pytest.warns(UserWarning, match="ranks may get different numbers of batches"):
+        mixture.make_numpy_iterator(
+            batch_size=4,
+            num_epochs=1,
+            shard_count=2,
+            cur_shard=0,
+            schema_fields=["tok"],
+            sequence={"tok": sparkfeed.Sequence("pack", seq_len=64)},
+        ).close()
