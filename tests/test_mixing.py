@@ -187,19 +187,45 @@ def test_sharded_mixtures_need_a_seed_and_shards_of_equal_size(sources) -> None:
     mix(sources).make_numpy_iterator(cur_shard=0, shard_count=2, seed=1).close()  # the loader's seed will do
 
 
-def test_a_state_resumes_on_its_own_shard_only(sources) -> None:
-    mixture = mix(sources, seed=5)
-    states = []
+def test_a_state_resumes_on_its_own_shard_or_every_shards_on_another_count(sources) -> None:
+    mixture = mix(sources, seed=5, source_column="src")
+    kwargs: dict[str, Any] = {"batch_size": 8, "num_epochs": 1, "shard_policy": "drop"}
+    states, used = [], []
     for rank in range(2):
-        with mixture.make_numpy_iterator(batch_size=8, num_epochs=1, cur_shard=rank, shard_count=2) as loader:
-            next(iter(loader))
-            states.append(loader.state_dict())
-    with mixture.make_numpy_iterator(batch_size=8, num_epochs=1, cur_shard=1, shard_count=2) as loader:
-        with pytest.raises(ValueError, match="shard it was saved on"):
-            loader.load_state_dict(states)
+        with mixture.make_torch_dataloader(cur_shard=rank, shard_count=2, **kwargs) as loader:
+            batches = iter(loader)
+            used += [int(i) for _ in range(5) for i in next(batches)["id"]]
+            states.append(json.loads(json.dumps(loader.state_dict())))
+    with mixture.make_numpy_iterator(cur_shard=1, shard_count=2, **kwargs) as loader:
         with pytest.raises(ValueError, match="saved by shard 0 of 2"):
             loader.load_state_dict(states[0])
+        with pytest.raises(ValueError, match="expected the states of all 2 shards"):
+            loader.load_state_dict(states[:1] + states[:1])
         loader.load_state_dict(states[1])
+    # Every shard's states: the rest of the epoch split among 3 ranks, which end it together.
+    counts = []
+    for rank in range(3):
+        with mixture.make_torch_dataloader(cur_shard=rank, shard_count=3, **kwargs) as loader:
+            loader.load_state_dict(states)
+            expected = len(loader)
+            rest = list(loader)
+        assert len(rest) == expected
+        counts.append(len(rest))
+        used += [int(i) for batch in rest for i in batch["id"]]
+    assert len(set(counts)) == 1
+    assert len(set(used)) == len(used)  # no row twice in the epoch
+    wiki, code = sum(i < CODE_START for i in used), sum(i >= CODE_START for i in used)
+    assert code >= CODE - 3 or wiki >= WIKI - 3  # a source ran out (drop leaves out at most a row a shard)
+    # A transform may drop rows: which rows a position has passed is then known only by reading them.
+    same = {**kwargs, "transform_fn": lambda frame: frame}
+    saved = []
+    for rank in range(2):
+        with mixture.make_numpy_iterator(cur_shard=rank, shard_count=2, **same) as loader:
+            next(iter(loader))
+            saved.append(loader.state_dict())
+    with mixture.make_numpy_iterator(cur_shard=0, shard_count=3, **same) as loader:
+        with pytest.raises(ValueError, match="source 'wiki' cannot be resharded: with filters, a predicate or a"):
+            loader.load_state_dict(saved)
 
 
 def test_sources_must_agree_on_columns_and_schema_fields_selects_the_common_ones(spark, sources) -> None:
@@ -478,6 +504,12 @@ def test_a_sequence_mixture_resumes_exactly_and_its_state_is_refused_without_seq
     assert len(head + rest) == len(expected)
     for a, b in zip(head + rest, expected, strict=True):
         assert all(np.array_equal(a[name], b[name]) for name in b)
+    with mixture.make_numpy_iterator(**kwargs) as loader:
+        loader.load_state_dict([state])  # every shard's states, on as many shards: each its own
+        assert len(list(loader)) == len(rest)
+    with mixture.make_numpy_iterator(**kwargs, cur_shard=0, shard_count=2) as loader:
+        with pytest.raises(ValueError, match="a mixture of sequences resumes on the shard it was saved on"):
+            loader.load_state_dict([state])
     plain = mix(token_sources, seed=5, granularity="batch", stop="never", rows_per_epoch=120)
     with plain.make_numpy_iterator(batch_size=10, num_epochs=2) as loader:
         with pytest.raises(ValueError, match="sequence="):

@@ -512,3 +512,77 @@ def test_a_transform_may_make_the_sequences_of_a_mixture(tmp_path: Path, mode: s
         assert list(batch)[:2] == ["id", "tok"]
         for row_id, tokens in _sequence_rows(batch, mode).items():
             assert tokens == list(range(row_id * TOKEN_SCALE, row_id * TOKEN_SCALE + row_id % 13))
+
+
+@settings(deadline=None)
+@given(
+    sizes=st.lists(st.integers(20, 150), min_size=1, max_size=2),
+    weights=st.lists(st.floats(0.1, 1.0), min_size=2, max_size=2),
+    batch_size=st.integers(1, 16),
+    stop=st.sampled_from(["first_exhausted", "never"]),
+    rows_per_epoch=st.integers(40, 300),
+    old_count=st.integers(1, 3),
+    new_count=st.integers(1, 3),
+    shuffle=st.booleans(),
+    granularity=st.sampled_from(["row", "batch"]),
+    seed=st.integers(0, 2**32),
+    cut=st.integers(0, 10_000),
+)
+def test_a_mixture_saved_on_some_shards_resumes_on_any_number_with_no_row_twice_and_equal_counts(
+    sizes: list[int],
+    weights: list[float],
+    batch_size: int,
+    stop: str,
+    rows_per_epoch: int,
+    old_count: int,
+    new_count: int,
+    shuffle: bool,
+    granularity: str,
+    seed: int,
+    cut: int,
+) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        converters = {
+            f"s{k}": _write(Path(tmp) / f"s{k}", rows, k, 13, files=1 + k % 2) for k, rows in enumerate(sizes)
+        }
+        mixture = mix(
+            converters,
+            {name: weights[k] for k, name in enumerate(converters)},
+            seed=seed,
+            stop=stop,  # type: ignore[arg-type]
+            rows_per_epoch=rows_per_epoch if stop == "never" else None,
+            granularity=granularity,  # type: ignore[arg-type]
+        )
+        kwargs: dict[str, Any] = {
+            "batch_size": batch_size,
+            "num_epochs": 1,
+            "workers_count": 1,
+            "shard_policy": "drop",  # no row repeated, so "no row twice" is exact
+            "shuffle_row_groups": shuffle,
+            "shuffling_queue_capacity": 20 if shuffle else 0,
+            "seed": 11,
+        }
+        used: list[int] = []
+        states = []
+        with mixture.make_numpy_iterator(cur_shard=0, shard_count=old_count, **kwargs) as loader:
+            stop_at = cut % (len(loader) + 1)
+        for rank in range(old_count):
+            with mixture.make_numpy_iterator(cur_shard=rank, shard_count=old_count, **kwargs) as loader:
+                batches = iter(loader)
+                used += [int(i) for _ in range(stop_at) for i in next(batches)["id"]]
+                states.append(json.loads(json.dumps(loader.state_dict())))
+        counts = []
+        for rank in range(new_count):
+            with mixture.make_numpy_iterator(cur_shard=rank, shard_count=new_count, **kwargs) as loader:
+                loader.load_state_dict(states)
+                expected = len(loader)
+                rest = [batch["id"].copy() for batch in loader]
+            assert len(rest) == expected
+            counts.append(len(rest))
+            used += [int(i) for ids in rest for i in ids]
+        assert len(set(counts)) == 1  # every new rank ends the epoch after the same batch
+        if stop == "first_exhausted":
+            assert len(set(used)) == len(used)  # no row twice in the epoch, across the reshard
+        else:  # an epoch of rows_per_epoch rows on every rank, before and after
+            whole = rows_per_epoch // batch_size + (rows_per_epoch % batch_size > 0)
+            assert stop_at + counts[0] == whole

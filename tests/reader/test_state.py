@@ -16,7 +16,7 @@ from pyspark.sql import functions as F
 from sparkfeed import make_spark_converter
 from sparkfeed.predicates import in_lambda
 from sparkfeed.reader.plan import Segment, permutation
-from sparkfeed.reader.state import Identity, ReaderState, epoch_of, reshard, resume
+from sparkfeed.reader.state import Identity, ReaderState, advanced, epoch_of, reshard, resume
 
 ROWS = 2000
 
@@ -233,6 +233,22 @@ def test_reshard_keeps_each_old_shards_seed_and_loses_nothing(new: int) -> None:
     else:
         assert all((r.epoch, r.segment, r.offset, r.end_epoch) == (1, 0, 0, 2) for r in resumed)
         assert [list(r.segments or ()) for r in resumed] == resharded
+
+
+def test_advanced_moves_a_position_over_segments_and_into_later_epochs() -> None:
+    """``advanced(state, n)`` is where the state's reader stands after yielding ``n`` more rows."""
+    state = _states([11], [(0, 5)])[0]
+    rows = _expand(epoch_of(state, GROUPS))
+    for n in (0, 1, len(rows) - 5 - 1, len(rows) - 5):
+        moved = advanced(state, n, GROUPS)
+        upto = sum(s.rows for s in epoch_of(moved, GROUPS)[: moved.segment]) + moved.offset
+        assert (moved.epoch, upto) == (1, 5 + n)
+    # past the end of epoch 1: only a reader that goes on (end_epoch None) has those rows
+    endless = dataclasses.replace(state, end_epoch=None)
+    later = advanced(endless, len(rows) - 5 + 3, GROUPS)
+    assert (later.epoch, later.segment, later.offset) == (2, 0, 3)
+    with pytest.raises(ValueError, match="past the end of the reader's epochs"):
+        advanced(state, len(rows) - 5 + 1, GROUPS)
 
 
 def test_a_state_round_trips_through_json_and_resharded_segments_stay_explicit() -> None:

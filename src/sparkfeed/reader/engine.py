@@ -31,7 +31,7 @@ from sparkfeed.reader.readahead import DEFAULT_READ_AHEAD_BYTES, follow_counts
 from sparkfeed.reader.segments import SegmentReader, Work
 from sparkfeed.reader.selection import RowFilter, select_columns
 from sparkfeed.reader.sequence import SequencePlan
-from sparkfeed.reader.state import Identity, ReaderState, fingerprint, resume
+from sparkfeed.reader.state import Identity, ReaderState, advanced, fingerprint, resume
 from sparkfeed.reader.stats import Counters, batch_bytes, bytes_per_row, verdict
 from sparkfeed.types import ColumnSpec, column_specs
 
@@ -234,6 +234,23 @@ class Reader(Generic[C]):
     def filters_rows(self) -> bool:
         """Whether filters, a predicate or a transform may change the row count, making lengths an estimate."""
         return self._options.transform_spec is not None or self._row_filter is not None
+
+    def state_after(self, state: ReaderState, rows: int) -> ReaderState:
+        """``state`` moved ``rows`` yielded rows on in its epoch, without reading anything.
+
+        What a mixture's source position (a reader state and the rows used since) is as a state
+        alone, for resharding.
+
+        Raises:
+            ValueError: Filters, a predicate or a transform decide the rows (a position then counts
+                the rows read, which only reading them tells), or the epoch has fewer rows left.
+        """
+        if self.filters_rows and rows:
+            raise ValueError(
+                "with filters, a predicate or a transform, which rows a position has passed is known only by "
+                "reading them"
+            )
+        return advanced(state, rows, self._groups)
 
     def __len__(self) -> int:
         """Batches left in the next iteration, exact when nothing filters rows (see :attr:`filters_rows`).

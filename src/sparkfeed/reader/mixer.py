@@ -532,6 +532,7 @@ class Mixer(Generic[C]):
         self._group: _Group | None = None
         self._end: int | None = None
         self._resumed = False
+        self._supplies: tuple[int, list[int]] | None = None  # a resharded epoch's rows per source, see len()
         self._active: weakref.ref[Generator[C, None, None]] | None = None
         self._token: object | None = None
 
@@ -611,6 +612,8 @@ class Mixer(Generic[C]):
             rows = (self._draws.batches - 1) * size + self._draws.last_size if self._draws.batches else 0
             return max(0, rows - first * size)
         supplies = [source.reader.num_rows for source in self._sources]
+        if self._supplies is not None and self._supplies[0] == epoch:  # resharded in this epoch
+            supplies = list(self._supplies[1])
         if self._sequence is not None:  # in the sources' batches
             own = self._identity.batch_size, self._identity.drop_last
             supplies = [batches_of(rows, *own) for rows in supplies]
@@ -961,8 +964,8 @@ class Mixer(Generic[C]):
         positions are then checked by their readers.
 
         Args:
-            state: This shard's saved state. A mixture resumes on the shard it was saved on:
-                unlike a single reader, it does not take every shard's states to reshard.
+            state: This shard's saved state; or the states of every shard of a run, which also
+                allows another ``shard_count`` now (see :meth:`_load_every_shard`).
 
         Raises:
             ValueError: The state is malformed, or was saved with other sources, weights or loader
@@ -970,17 +973,17 @@ class Mixer(Generic[C]):
         """
         if not isinstance(state, Mapping):
             if isinstance(state, Sequence) and not isinstance(state, str | bytes):
-                raise ValueError(
-                    "a mixture resumes on the shard it was saved on: pass this shard's state (a dict); the list of "
-                    "every shard's states, which a single converter's loader takes to reshard, is not supported"
-                )
-            raise ValueError(f"load_state_dict takes a dict from state_dict(), got {type(state).__name__}")
+                self._load_every_shard(state)
+                return
+            raise ValueError(
+                f"load_state_dict takes a dict or a list of dicts from state_dict(), got {type(state).__name__}"
+            )
         saved = MixerState.from_dict(state)
         _same("", saved.identity, self._identity, "resume with the same sources, weights and loader arguments")
         if (saved.cur_shard, saved.shard_count) != self._shard:
             raise ValueError(
                 f"this state was saved by shard {saved.cur_shard} of {saved.shard_count}, but this mixture is shard "
-                f"{self._shard[0]} of {self._shard[1]}: a mixture resumes on the shard it was saved on"
+                f"{self._shard[0]} of {self._shard[1]}: pass the list of every shard's state"
             )
         if self._seeded and saved.seed != self._draws.seed:
             raise ValueError(f"this state was saved with seed={saved.seed}, this mixture has seed={self._draws.seed}")
@@ -998,6 +1001,80 @@ class Mixer(Generic[C]):
         self._epoch, self._batch, self._pending = saved.epoch, saved.batch, dict(saved.sources)
         self._end = saved.end_epoch
         self._resumed = True
+        self._supplies = None
+
+    def _load_every_shard(self, states: Sequence[Any]) -> None:
+        """Continues from the states of every shard of a run, saved at the same step, on any shard count.
+
+        Every rank of a mixture stands at the same batch of the same epoch (the draws are the
+        same everywhere), so the mixture goes on from there, and each source's rest of the epoch
+        is resharded as a single reader's is: each old shard's position becomes a reader state
+        alone (its reader state moved on by the rows used since), and the source's reader splits
+        what all of them had left among the new shards, no row repeated or lost (see
+        :func:`~sparkfeed.reader.state.reshard`). The new shards hold equal rows, so they end
+        the epoch after the same batch. Positions must count rows: refused with a source's
+        filters, predicate or transform, and for mixtures of sequences (whose positions count
+        batches).
+        """
+        if not states:
+            raise ValueError("no states given: pass this shard's state, or the list of every shard's state")
+        saved = []
+        for number, item in enumerate(states):
+            if not isinstance(item, Mapping):
+                raise ValueError(f"state {number} of the list is not a dict from state_dict(): {item!r:.80}")
+            saved.append(MixerState.from_dict(item))
+        for one in saved:
+            _same("", one.identity, self._identity, "resume with the same sources, weights and loader arguments")
+        ordered = sorted(saved, key=lambda one: one.cur_shard)
+        old_count = ordered[0].shard_count
+        shards = [one.cur_shard for one in ordered]
+        if shards != list(range(old_count)) or any(one.shard_count != old_count for one in ordered):
+            counts = sorted({one.shard_count for one in ordered})
+            raise ValueError(f"expected the states of all {old_count} shards, got shards {shards} of counts {counts}")
+        steps = [(one.seed, one.epoch, one.batch, one.end_epoch) for one in ordered]
+        if len(set(steps)) != 1:
+            raise ValueError(
+                f"the shards' states are from different steps ((seed, epoch, batch, end_epoch) by shard: {steps}); "
+                "save them at the same step"
+            )
+        first = ordered[0]
+        if old_count == self._shard[1]:  # the same shards: each continues from its own state
+            self.load_state_dict(ordered[self._shard[0]].to_dict())
+            return
+        if self._seeded and first.seed != self._draws.seed:
+            raise ValueError(f"this state was saved with seed={first.seed}, this mixture has seed={self._draws.seed}")
+        if self._sequence is not None:
+            raise ValueError(
+                "a mixture of sequences resumes on the shard it was saved on (its sources' positions count batches, "
+                "which do not split among other shards): pass this shard's state"
+            )
+        moved: dict[str, list[ReaderState]] = {}
+        for source in self._sources:
+            moved[source.name] = []
+            for one in ordered:
+                reader_state, skip = one.sources[source.name]
+                _same(f"source {source.name!r}: ", reader_state.identity, source.reader.state().identity, "")
+                try:
+                    moved[source.name].append(source.reader.state_after(reader_state, skip))
+                except ValueError as error:
+                    raise ValueError(f"source {source.name!r} cannot be resharded: {error}") from None
+        self.close()
+        for source in self._sources:  # its reader checks and reshards the rest of the epoch
+            source.reader.load_state_dict([state.to_dict() for state in moved[source.name]])
+        if first.seed != self._draws.seed:
+            self._draws = self._make_draws(first.seed)
+        self._group = None
+        self._epoch, self._batch, self._end = first.epoch, first.batch, first.end_epoch
+        self._pending = {source.name: (source.reader.state(), 0) for source in self._sources}
+        self._resumed = True
+        self._supplies = None
+        if self._stop == "first_exhausted":
+            # This epoch's sources hold what the old shards left, split: for len(), what each
+            # would have held from the epoch's start to leave that after the batches drawn so far.
+            drawn = self._draws.counts(first.epoch, 0, first.batch).sum(axis=0)
+            left = [source.reader.batch_count(1, False) for source in self._sources]
+            if all(rows is not None for rows in left):
+                self._supplies = (first.epoch, [int(d) + int(r or 0) for d, r in zip(drawn, left, strict=True)])
 
     # ------------------------------------------------------------------ lifetime
 

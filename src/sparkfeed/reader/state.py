@@ -248,6 +248,34 @@ def epoch_of(state: ReaderState, groups: Groups) -> list[Segment]:
     return epoch_segments(groups, state.plan(), state.epoch)
 
 
+def advanced(state: ReaderState, rows: int, groups: Groups) -> ReaderState:
+    """The same stream ``rows`` output rows further on: the state after reading them.
+
+    For a reader whose positions count the rows it yields (no filters, no predicate, no
+    transform that drops rows): a mixture's source position is its reader's state and the rows
+    used since, and resharding needs the state alone. The rows may run into the following
+    epochs, as far as the state's ``end_epoch``.
+
+    Raises:
+        ValueError: The stream has fewer rows left than ``rows``.
+    """
+    epoch, segment, offset, derived = state.epoch, state.segment, state.offset + rows, state.segments
+    while True:
+        segments = list(derived) if derived is not None else epoch_segments(groups, state.plan(), epoch)
+        while segment < len(segments) - 1 and offset >= segments[segment].rows:
+            offset -= segments[segment].rows
+            segment += 1
+        left = segments[segment].rows - offset if segment < len(segments) else -offset
+        if left >= 0:
+            return dataclasses.replace(state, epoch=epoch, segment=segment, offset=offset, segments=derived)
+        if (state.end_epoch is not None and epoch + 1 >= state.end_epoch) or not any(s.rows for s in segments):
+            raise ValueError(
+                f"a position {rows} rows past epoch {state.epoch}, segment {state.segment}, offset {state.offset} is "
+                "past the end of the reader's epochs: the state does not belong to these rows"
+            )
+        epoch, segment, offset, derived = epoch + 1, 0, -left, None  # on into the next epoch, planned as usual
+
+
 def reshard(states: Sequence[ReaderState], groups: Groups, cur_shard: int, shard_count: int) -> list[Segment]:
     """This new shard's share of what every old shard had left of the epoch.
 
