@@ -259,21 +259,22 @@ def advanced(state: ReaderState, rows: int, groups: Groups) -> ReaderState:
     Raises:
         ValueError: The stream has fewer rows left than ``rows``.
     """
-    epoch, segment, offset, derived = state.epoch, state.segment, state.offset + rows, state.segments
+    current, offset = state, state.offset + rows
     while True:
-        segments = list(derived) if derived is not None else epoch_segments(groups, state.plan(), epoch)
+        segments, segment = epoch_of(current, groups), current.segment
         while segment < len(segments) - 1 and offset >= segments[segment].rows:
             offset -= segments[segment].rows
             segment += 1
         left = segments[segment].rows - offset if segment < len(segments) else -offset
         if left >= 0:
-            return dataclasses.replace(state, epoch=epoch, segment=segment, offset=offset, segments=derived)
-        if (state.end_epoch is not None and epoch + 1 >= state.end_epoch) or not any(s.rows for s in segments):
+            return dataclasses.replace(current, segment=segment, offset=offset)
+        if (state.end_epoch is not None and current.epoch + 1 >= state.end_epoch) or not any(s.rows for s in segments):
             raise ValueError(
                 f"a position {rows} rows past epoch {state.epoch}, segment {state.segment}, offset {state.offset} is "
                 "past the end of the reader's epochs: the state does not belong to these rows"
             )
-        epoch, segment, offset, derived = epoch + 1, 0, -left, None  # on into the next epoch, planned as usual
+        # On into the next epoch, planned as usual (a resharded epoch's segments were its own).
+        current, offset = dataclasses.replace(current, epoch=current.epoch + 1, segment=0, segments=None), -left
 
 
 def reshard(states: Sequence[ReaderState], groups: Groups, cur_shard: int, shard_count: int) -> list[Segment]:
