@@ -47,6 +47,32 @@ def _write(root: Path, rows: int, number: int, row_group: int, files: int = 1) -
     return SparkDatasetConverter(root.as_uri(), manifest)
 
 
+def _mixture(
+    converters: dict[str, SparkDatasetConverter],
+    weights: list[float],
+    seed: int,
+    stop: str,
+    rows_per_epoch: int,
+    granularity: str,
+    source_column: str | None = "src",
+) -> Any:
+    """A mixture of the drawn sources with the drawn weights; ``rows_per_epoch`` only where ``stop="never"``."""
+    return mix(
+        converters,
+        {name: weights[k] for k, name in enumerate(converters)},
+        seed=seed,
+        stop=stop,  # type: ignore[arg-type]
+        rows_per_epoch=rows_per_epoch if stop == "never" else None,
+        source_column=source_column,
+        granularity=granularity,  # type: ignore[arg-type]
+    )
+
+
+def _copy(batch: dict[str, Any]) -> dict[str, np.ndarray]:
+    """A batch's arrays copied: a loader's batches may be views of data it reuses."""
+    return {name: np.array(value, copy=True) for name, value in batch.items()}
+
+
 def _stream(loader: Any) -> list[tuple[int, np.ndarray, np.ndarray]]:
     """Every batch as (its epoch, ids, sources), the epoch read from the state after it."""
     out = []
@@ -97,15 +123,7 @@ def test_resuming_after_any_batch_continues_the_stream_and_every_row_is_used_onc
         converters = {
             f"s{k}": _write(Path(tmp) / f"s{k}", rows, k, groups[k], files=1 + k % 2) for k, rows in enumerate(sizes)
         }
-        mixture = mix(
-            converters,
-            {name: weights[k] for k, name in enumerate(converters)},
-            seed=seed,
-            stop=stop,  # type: ignore[arg-type]
-            rows_per_epoch=rows_per_epoch if stop == "never" else None,
-            source_column="src",
-            granularity=granularity,  # type: ignore[arg-type]
-        )
+        mixture = _mixture(converters, weights, seed, stop, rows_per_epoch, granularity)
         kwargs: dict[str, Any] = {
             "batch_size": batch_size,
             "num_epochs": num_epochs,
@@ -353,10 +371,7 @@ def _sequence_rows(batch: dict[str, np.ndarray], mode: str) -> dict[int, list[in
 def _own_batches(converter: SparkDatasetConverter, count: int, options: dict[str, Any]) -> list[dict[str, np.ndarray]]:
     """The first ``count`` batches of a converter's own endless loader."""
     with converter.make_numpy_iterator(num_epochs=None, **options) as loader:
-        return [
-            {name: np.array(value, copy=True) for name, value in batch.items()}
-            for batch in itertools.islice(loader, count)
-        ]
+        return [_copy(batch) for batch in itertools.islice(loader, count)]
 
 
 def _own_epoch(converter: SparkDatasetConverter, epoch: int, options: dict[str, Any]) -> list[dict[str, np.ndarray]]:
@@ -366,7 +381,7 @@ def _own_epoch(converter: SparkDatasetConverter, epoch: int, options: dict[str, 
         for batch in loader:
             state = loader.state_dict()
             if (state["epoch"] if state["segment"] or state["offset"] else state["epoch"] - 1) == epoch:
-                out.append({name: np.array(value, copy=True) for name, value in batch.items()})
+                out.append(_copy(batch))
         return out
 
 
@@ -402,15 +417,7 @@ def test_a_sequence_mixture_hands_on_its_sources_own_batches_and_resumes_exactly
     assume(not (stop == "never" and drop_last))  # a source whose epochs give no batch is refused: tested on its own
     with tempfile.TemporaryDirectory() as tmp:
         converters = {f"s{k}": _write_sequences(Path(tmp) / f"s{k}", rows, k, 17) for k, rows in enumerate(sizes)}
-        mixture = mix(
-            converters,
-            {name: weights[k] for k, name in enumerate(converters)},
-            seed=seed,
-            stop=stop,  # type: ignore[arg-type]
-            rows_per_epoch=rows_per_epoch if stop == "never" else None,
-            source_column="src",
-            granularity="batch",
-        )
+        mixture = _mixture(converters, weights, seed, stop, rows_per_epoch, "batch")
         kwargs: dict[str, Any] = {
             "batch_size": batch_size,
             "drop_last": drop_last,
@@ -428,7 +435,7 @@ def test_a_sequence_mixture_hands_on_its_sources_own_batches_and_resumes_exactly
             for batch in loader:
                 state = loader.state_dict()
                 epoch = state["epoch"] if state["batch"] else state["epoch"] - 1
-                out.append((epoch, {name: np.array(value, copy=True) for name, value in batch.items()}))
+                out.append((epoch, _copy(batch)))
             return out
 
         with mixture.make_numpy_iterator(num_epochs=num_epochs, **kwargs) as loader:
@@ -459,17 +466,16 @@ def test_a_sequence_mixture_hands_on_its_sources_own_batches_and_resumes_exactly
         # Each batch is whole from one source, and source k's batches are its own loader's, in order:
         # with "first_exhausted" a prefix of its epoch e in the mixture's epoch e, all of it for the
         # source that ran out; with "never" a prefix of its endless stream.
-        options = {**kwargs, "sequence": SEQUENCE_MODES[mode]}
+        assert all(len(set(batch["src"].tolist())) == 1 for _, batch in full)
         for epoch in range(num_epochs if stop == "first_exhausted" else 1):
             given = [batch for e, batch in full if e == epoch or stop == "never"]
             whole_epoch = []
             for k in range(len(sizes)):
-                mine = [batch for batch in given if set(batch["src"].tolist()) == {k}]
-                assert all(len(set(batch["src"].tolist())) == 1 for batch in given)
+                mine = [batch for batch in given if int(batch["src"][0]) == k]
                 if stop == "first_exhausted":
-                    own = _own_epoch(converters[f"s{k}"], epoch, options)
+                    own = _own_epoch(converters[f"s{k}"], epoch, kwargs)
                 else:
-                    own = _own_batches(converters[f"s{k}"], len(mine), options)
+                    own = _own_batches(converters[f"s{k}"], len(mine), kwargs)
                 assert len(mine) <= len(own)
                 whole_epoch.append(len(mine) == len(own))
                 for batch, theirs in zip(mine, own, strict=False):
@@ -545,14 +551,7 @@ def test_a_mixture_saved_on_some_shards_resumes_on_any_number_with_no_row_twice_
         converters = {
             f"s{k}": _write(Path(tmp) / f"s{k}", rows, k, 13, files=1 + k % 2) for k, rows in enumerate(sizes)
         }
-        mixture = mix(
-            converters,
-            {name: weights[k] for k, name in enumerate(converters)},
-            seed=seed,
-            stop=stop,  # type: ignore[arg-type]
-            rows_per_epoch=rows_per_epoch if stop == "never" else None,
-            granularity=granularity,  # type: ignore[arg-type]
-        )
+        mixture = _mixture(converters, weights, seed, stop, rows_per_epoch, granularity, source_column=None)
         kwargs: dict[str, Any] = {
             "batch_size": batch_size,
             "num_epochs": 1,
