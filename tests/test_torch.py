@@ -14,7 +14,8 @@ import torch
 from pyspark.ml.feature import VectorAssembler
 from pyspark.sql import functions as F
 
-from sparkfeed import make_spark_converter
+from sparkfeed import Sequence, make_spark_converter
+from sparkfeed.reader import Reader
 
 from helpers import run_gloo_ranks
 
@@ -90,6 +91,28 @@ def test_ddp_ranks_train_in_lockstep_on_shards_of_unequal_size(spark, tmp_path) 
     first_epoch = [set(o["ids"][:501]) for o in outputs]
     assert sorted(len(ids) for ids in first_epoch) == [500, 501]  # the short shard repeats one of its rows
     assert not first_epoch[0] & first_epoch[1] and len(first_epoch[0] | first_epoch[1]) == 1001
+
+
+def test_ddp_ranks_train_in_lockstep_on_packed_sequences(spark, tmp_path, monkeypatch) -> None:
+    # Rows of 1 to 41 tokens packed into batches of 3 x 32: three shards of 200 rows make different
+    # numbers of packed batches; each epoch ends on every rank after the fewest, or DDP would hang.
+    tokens = "transform(sequence(0, CAST(pow(id % 23, 2) / 12 AS INT)), j -> CAST(j AS INT)) AS tok"
+    converter = make_spark_converter(spark.range(600, numPartitions=3).selectExpr("id", tokens))
+    options = {"batch_size": 3, "seed": 7, "schema_fields": ["tok"], "shard_count": 3}
+    options["sequence"] = {"tok": Sequence("pack", seq_len=32)}
+    with monkeypatch.context() as patch:  # what each shard makes on its own, epoch by epoch
+        patch.setattr(Reader, "_limit", lambda self, epoch: None)
+        own = []
+        for rank in range(3):
+            with converter.make_numpy_iterator(num_epochs=1, cur_shard=rank, **options) as loader:
+                own.append([len(list(loader)) for _ in range(2)])
+    assert len({tuple(counts) for counts in own}) > 1  # the shards do differ
+    blob = tmp_path / "converter.pkl"
+    blob.write_bytes(pickle.dumps(converter))
+    outputs = run_gloo_ranks("ddp_pack_job.py", str(blob), world=3)
+    fewest = sum(min(counts[epoch] for counts in own) for epoch in range(2))
+    assert [o["all_batches"] for o in outputs] == [[fewest] * 3] * 3
+    assert all(o["tokens"] > 0 for o in outputs)
 
 
 @pytest.fixture(scope="module")

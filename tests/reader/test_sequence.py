@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -215,17 +216,138 @@ def test_a_reshard_mid_epoch_keeps_every_row_once(dataset, mode: str) -> None:
     _check_rows(seen, list(range(ROWS)), mode)
 
 
+def _epochs(reader: Reader[Any], epochs: int) -> list[list[dict[str, np.ndarray]]]:
+    """A reader of ``num_epochs=1`` iterated ``epochs`` times: each iteration goes on with the next epoch."""
+    return [list(reader) for _ in range(epochs)]
+
+
+@given(
+    mode=st.sampled_from(["bucket", "pack"]),
+    batch_size=st.integers(1, 12),
+    shard_count=st.integers(2, 4),
+    policy=st.sampled_from(["pad", "drop"]),
+    window=st.sampled_from([0, 1, 60]),
+    drop_last=st.booleans(),
+    stop=st.integers(0, 30),
+)
+def test_sharded_bucketing_or_packing_gives_every_rank_the_same_batch_count(
+    dataset,
+    monkeypatch: pytest.MonkeyPatch,
+    mode: str,
+    batch_size: int,
+    shard_count: int,
+    policy: str,
+    window: int,
+    drop_last: bool,
+    stop: int,
+) -> None:
+    """Each epoch ends on every rank after the fewest batches any shard makes: its first ones, resumable anywhere."""
+    root, manifest = dataset
+    if mode == "pack":
+        batch_size = max(batch_size // 3, 4)  # a packed batch must hold the longest row: 4 x 16 values
+    kwargs: dict[str, Any] = {
+        "batch_size": batch_size,
+        "num_epochs": 1,
+        "seed": 5,
+        "sequence": MODES[mode],
+        "shuffling_queue_capacity": window,
+        "shard_policy": policy,
+        "drop_last": drop_last,
+        "shard_count": shard_count,
+    }
+    if mode == "pack":
+        kwargs["schema_fields"] = ["tok"]
+    shards = range(shard_count)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # every rank can count every shard's batches: nothing to warn about
+        limited = []
+        for shard in shards:
+            with _reader(root, manifest, cur_shard=shard, **kwargs) as reader:
+                limited.append(_epochs(reader, 2))
+    with monkeypatch.context() as patch:  # the same shards, each epoch to its end
+        patch.setattr(Reader, "_limit", lambda self, epoch: None)
+        whole = []
+        for shard in shards:
+            with _reader(root, manifest, cur_shard=shard, **kwargs) as reader:
+                whole.append(_epochs(reader, 2))
+    for epoch in range(2):
+        fewest = min(len(whole[shard][epoch]) for shard in shards)
+        for shard in shards:
+            assert len(limited[shard][epoch]) == fewest
+            assert _same(limited[shard][epoch], whole[shard][epoch][:fewest])
+    # a rank saved after any batch of its first epoch goes on with exactly the rest, to the same end
+    last = shard_count - 1
+    with _reader(root, manifest, cur_shard=last, **kwargs) as first:
+        head = list(itertools.islice(iter(first), stop))
+        state = json.loads(json.dumps(first.state_dict()))
+    with _reader(root, manifest, cur_shard=last, **kwargs) as resumed:
+        resumed.load_state_dict(state)
+        rest = list(resumed)
+        following = list(resumed)
+    assert _same(head + rest, limited[last][0])
+    assert _same(following, limited[last][1])
+
+
 @pytest.mark.parametrize("mode", ["bucket", "pack"])
-def test_sharded_bucketing_or_packing_warns_that_ranks_may_get_different_batch_counts(dataset, mode: str) -> None:
+def test_a_resharded_epoch_of_bucketed_or_packed_batches_ends_on_the_same_batch_on_every_rank(
+    dataset, monkeypatch: pytest.MonkeyPatch, mode: str
+) -> None:
+    root, manifest = dataset
+    kwargs: dict[str, Any] = {"batch_size": 6, "num_epochs": 1, "seed": 2, "sequence": MODES[mode]}
+    if mode == "pack":
+        kwargs.update(schema_fields=["tok"], batch_size=4)
+    states = []
+    for shard in range(2):
+        with _reader(root, manifest, cur_shard=shard, shard_count=2, **kwargs) as reader:
+            list(itertools.islice(iter(reader), 3))
+            states.append(reader.state_dict())
+    rests, whole = [], []
+    for shard in range(3):
+        with _reader(root, manifest, cur_shard=shard, shard_count=3, **kwargs) as reader:
+            reader.load_state_dict(states)
+            rests.append(list(reader))
+        with monkeypatch.context() as patch:  # the same rank's rest of the epoch, to its end
+            patch.setattr(Reader, "_limit", lambda self, epoch: None)
+            with _reader(root, manifest, cur_shard=shard, shard_count=3, **kwargs) as reader:
+                reader.load_state_dict(states)
+                whole.append(list(reader))
+    fewest = min(len(rest) for rest in whole)
+    assert len({len(rest) for rest in whole}) > 1  # the new shards' rests do differ
+    for rest, full in zip(rests, whole, strict=True):
+        assert len(rest) == fewest and _same(rest, full[:fewest])
+    with _reader(root, manifest, cur_shard=0, shard_count=3, **kwargs) as reader:
+        reader.load_state_dict(states)
+        next(iter(reader))
+        saved = reader.state_dict()
+    with _reader(root, manifest, cur_shard=0, shard_count=3, **kwargs) as reader:
+        with pytest.warns(UserWarning, match="until epoch 1; pass every shard's state"):
+            reader.load_state_dict(saved)  # its own state alone: the other shards' part of the epoch is unknown
+        assert _same(list(reader), whole[0][1:])
+
+
+@pytest.mark.parametrize("mode", ["bucket", "pack"])
+@pytest.mark.parametrize(
+    ("options", "reason"),
+    [
+        ({"shard_policy": "exact", "seed": 1}, "shard_policy='exact'"),
+        ({}, "a shuffle without seed="),
+        ({"seed": 1, "transform_spec": TransformSpec(lambda frame: frame)}, "filters, a predicate or a transform"),
+    ],
+)
+def test_sharded_bucketing_or_packing_warns_where_ranks_cannot_count_each_others_batches(
+    dataset, mode: str, options: dict[str, Any], reason: str
+) -> None:
     root, manifest = dataset
     kwargs: dict[str, Any] = {"batch_size": 8, "sequence": MODES[mode], "cur_shard": 0, "shard_count": 2}
     if mode == "pack":
         kwargs["schema_fields"] = ["tok"]
-    with pytest.warns(UserWarning, match=f"sequence '{mode}' with shard_count=2: .* DDP/Horovod ranks may wait"):
-        _reader(root, manifest, num_epochs=1, **kwargs).close()
+    message = f"sequence '{mode}' with shard_count=2 and {re.escape(reason)}.* DDP/Horovod ranks may wait"
+    with pytest.warns(UserWarning, match=message):
+        _reader(root, manifest, num_epochs=1, **kwargs, **options).close()
     with warnings.catch_warnings():
-        warnings.simplefilter("error")  # the user runs a fixed number of steps: nothing to warn about
-        _reader(root, manifest, num_epochs=None, **kwargs).close()
+        warnings.simplefilter("error")  # a seed, or no shuffle: every rank counts every shard's batches
+        _reader(root, manifest, num_epochs=1, seed=1, **kwargs).close()
+        _reader(root, manifest, num_epochs=1, shuffle_row_groups=False, **kwargs).close()
         _reader(root, manifest, num_epochs=1, **{**kwargs, "sequence": MODES["pad"], "schema_fields": None}).close()
 
 

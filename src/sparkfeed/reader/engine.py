@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import dataclasses
 import gc
@@ -163,16 +164,26 @@ class Reader(Generic[C]):
                 UserWarning,
                 stacklevel=user_stacklevel(),
             )
-        grouping = None if self._sequence is None else self._sequence.key  # the bucketed or packed column
-        if grouping is not None and shard_count > 1 and options.num_epochs:
-            warnings.warn(
-                f"sequence {grouping.spec.mode!r} with shard_count={shard_count}: how many batches a shard "
-                "makes depends on its rows' lengths, so ranks may get different numbers of batches and DDP/Horovod "
-                "ranks may wait on each other at the end of an epoch; with num_epochs=None, run the same number "
-                "of steps on every rank instead",
-                UserWarning,
-                stacklevel=user_stacklevel(),
-            )
+        # Bucketed or packed batches: how many a shard makes depends on its rows' lengths. Where
+        # every rank can work out every shard's batches (the lengths, the same seed), each epoch
+        # ends after the fewest any shard makes (see _limit); otherwise ranks may differ.
+        grouping = None if self._sequence is None else self._sequence.key
+        self._equal_batches = False
+        if grouping is not None and shard_count > 1:
+            why = _unequal_because(options, self._row_filter is not None)
+            self._equal_batches = why is None
+            if why is not None:
+                warnings.warn(
+                    f"sequence {grouping.spec.mode!r} with shard_count={shard_count} and {why}: how many batches a "
+                    "shard makes depends on its rows' lengths, so ranks may get different numbers of batches and "
+                    "DDP/Horovod ranks may wait on each other at the end of an epoch; run the same number of steps "
+                    "on every rank instead",
+                    UserWarning,
+                    stacklevel=user_stacklevel(),
+                )
+        self._key_lengths: dict[tuple[int, int], np.ndarray] = {}  # row group -> its rows' key lengths
+        self._limits: dict[int, tuple[int, int] | None] = {}  # epoch -> last (segment, offset) yielded
+        self._every_state: list[ReaderState] | None = None  # every shard's states, after a resharded resume
         self._identity = Identity(
             fingerprint=fingerprint(manifest.key, [(entry.path, entry.row_groups) for entry in manifest.files]),
             num_rows=manifest.num_rows,
@@ -352,9 +363,14 @@ class Reader(Generic[C]):
         spans = self._segment_reader.reads_ahead and self._options.reader_pool_type != "process"
         for epoch in epochs:
             segments = self._segments(epoch)
+            last = len(segments)
+            if self._equal_batches:
+                limit = self._limit(epoch)
+                if limit is not None:
+                    last = min(last, limit[0] + 1)  # the segments after the epoch's last batch are not read
             first = start.segment if epoch == start.epoch else 0
-            follow = iter(follow_counts([p for s in segments[first:] for p in s.pieces]) if spans else ())
-            for index in range(first, len(segments)):
+            follow = iter(follow_counts([p for s in segments[first:last] for p in s.pieces]) if spans else ())
+            for index in range(first, last):
                 skip = start.offset if epoch == start.epoch and index == start.segment else 0
                 segment = segments[index]
                 # The segment's own seed: after a reshard it is the seed of the shard that planned it.
@@ -567,8 +583,14 @@ class Reader(Generic[C]):
         # Sequence arrays change length from batch to batch; their values' dtype may not.
         varying = {output for plan in sequence.columns for output in plan.outputs()}
 
+        limits = self._limits
+
         def cut(items: Iterator[tuple[Work, Any]]) -> Iterator[tuple[Any, int, int, int]]:
             for work, (batches, ends) in items:
+                limit = limits.get(work.epoch)
+                if limit is not None and work.index == limit[0]:  # the epoch's last segment: up to its last batch
+                    kept = int(np.searchsorted(work.skip + np.asarray(ends, dtype=np.int64), limit[1], side="right"))
+                    batches, ends = batches[:kept], ends[:kept]
                 if batches:  # a segment's batches are made alike: checking its first one is enough
                     now = {
                         name: (dtype, () if name in varying else shape)
@@ -582,6 +604,82 @@ class Reader(Generic[C]):
                     yield fmt.convert(batch), work.index, work.skip + int(end), NUMPY.rows(batch)
 
         return work_fn, None if exchange is None else receive, cut
+
+    def _limit(self, epoch: int) -> tuple[int, int] | None:
+        """Where this shard ends ``epoch`` so that every shard yields the same number of batches.
+
+        Bucketed and packed batches are cut by the rows' lengths, so shards of equal rows make
+        different numbers of them, and a DDP/Horovod rank with more would wait forever for the
+        others at its next collective. Every rank works out every shard's batches from the key
+        column's lengths (read once, see :meth:`SegmentReader.key_lengths`) and the shared seed,
+        and ends the epoch after the fewest any shard makes: the ``(segment, offset)`` of its
+        last batch, ``(-1, 0)`` for none; None where this shard makes the fewest. The batches
+        left out differ from epoch to epoch where the rows are shuffled. In the epoch a
+        resharded resume continues, each shard's segments come from every shard's saved states
+        (:meth:`_shard_segments`); a single state saved in such an epoch says only its own
+        shard's, and that epoch is not limited (:meth:`load_state_dict` warns).
+        """
+        if epoch in self._limits:
+            return self._limits[epoch]
+        plan = self._plan
+        derived = self._derived is not None and self._derived[0] == epoch
+        if derived and self._every_state is None:  # only this shard's part of a resharded epoch is known
+            return None
+        for old in [e for e in self._limits if e < epoch - 1]:  # in place: the batches' cut holds this dict
+            del self._limits[old]
+        every = [self._batch_ends(epoch, self._shard_segments(epoch, shard)) for shard in range(plan.shard_count)]
+        fewest = min(sum(len(ends) for ends in shard) for shard in every)
+        own = every[plan.cur_shard]
+        limit: tuple[int, int] | None = None
+        if sum(len(ends) for ends in own) > fewest:
+            limit, left = (-1, 0), fewest
+            for index, ends in enumerate(own):
+                if left <= len(ends):
+                    if left:
+                        limit = (index, int(ends[left - 1]))
+                    break
+                left -= len(ends)
+            log.debug("epoch %d: shard %d stops at %d batches, the fewest of any shard", epoch, plan.cur_shard, fewest)
+        self._limits[epoch] = limit
+        return limit
+
+    def _shard_segments(self, epoch: int, shard: int) -> list[Segment]:
+        """Shard ``shard``'s segments of ``epoch``: the plan's, or in a resharded epoch what its reader resumed with."""
+        plan = dataclasses.replace(self._plan, cur_shard=shard)
+        if self._derived is None or self._derived[0] != epoch or self._every_state is None:
+            return epoch_segments(self._groups, plan, epoch)
+        if shard == self._plan.cur_shard:
+            return list(self._derived[1])
+        resumed = resume(
+            self._every_state,
+            identity=self._identity,
+            groups=self._groups,
+            cur_shard=shard,
+            shard_count=plan.shard_count,
+            seed=self._options.seed,
+            every_shard=True,
+        )
+        return [] if resumed.segments is None else list(resumed.segments)
+
+    def _batch_ends(self, epoch: int, segments: Sequence[Segment]) -> list[np.ndarray]:
+        """Where the batches of a shard's ``segments`` of ``epoch`` end, segment by segment, as its reader cuts them."""
+        if not self._key_lengths:
+            groups = ((file, group) for file, group, _ in self._groups)
+            self._key_lengths = dict(zip(groups, self._read_key_lengths(), strict=True))
+        lengths, seed = self._key_lengths, self._plan.seed
+        return [
+            self._segment_reader.batch_ends(
+                Work(epoch, index, 0, segment, seed if segment.seed is None else segment.seed, ()),
+                np.concatenate([lengths[p.file, p.row_group][p.start : p.stop] for p in segment.pieces]),
+            )
+            for index, segment in enumerate(segments)
+        ]
+
+    def _read_key_lengths(self) -> list[np.ndarray]:
+        """Every row group's key lengths (:meth:`SegmentReader.key_lengths`), read by the workers' count of threads."""
+        reader = self._segment_reader
+        with concurrent.futures.ThreadPoolExecutor(self._options.workers) as pool:
+            return list(pool.map(lambda group: reader.key_lengths(group[0], group[1]), self._groups))
 
     def _bar(self, epoch: int, start: Position, batch_size: int, drop_last: bool) -> EpochBar:
         """The bar of one epoch; its total is unknown where filters or a predicate decide the rows."""
@@ -667,6 +765,17 @@ class Reader(Generic[C]):
         self._resumed = True
         self._position = Position(resumed.epoch, resumed.segment, resumed.offset)
         self._derived = None if resumed.segments is None else (resumed.epoch, resumed.segments)
+        self._limits.clear()
+        self._every_state = states if every_shard else None
+        if self._equal_batches and self._derived is not None and not every_shard:
+            warnings.warn(
+                "this state was saved in an epoch resharded from another shard count, and only the list of every "
+                "shard's state tells each rank what the other shards read in it: ranks may get different numbers "
+                f"of bucketed or packed batches until epoch {resumed.epoch + 1}; pass every shard's state to "
+                "load_state_dict",
+                UserWarning,
+                stacklevel=user_stacklevel(),
+            )
 
     # ------------------------------------------------------------------ lifetime
 
@@ -687,6 +796,22 @@ class Reader(Generic[C]):
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+
+def _unequal_because(options: ReaderOptions, filtered: bool) -> str | None:
+    """Why the shards of a bucketed or packed loader cannot be held to one number of batches; None if they can.
+
+    Every rank must know every shard's rows' lengths and order: not when filters or a
+    transform decide the rows (known only by reading them), not where each rank drew its own
+    seed for a shuffle, and not with ``shard_policy='exact'``, which yields every row.
+    """
+    if options.shard_policy == "exact":
+        return "shard_policy='exact' (every row yielded)"
+    if filtered or options.transform_spec is not None:
+        return "filters, a predicate or a transform (the rows are known only once read)"
+    if options.seed is None and (options.shuffle_row_groups or options.shuffle_window):
+        return "a shuffle without seed= (each rank draws its own order: pass the same seed on every rank)"
+    return None
 
 
 def batches_of(rows: int, batch_size: int, drop_last: bool) -> int:

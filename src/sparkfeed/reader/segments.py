@@ -315,6 +315,33 @@ class SegmentReader:
     def _bucketing(self) -> bool:
         return self._sequence is not None and self._sequence.mode == "bucket"
 
+    def key_lengths(self, file: int, row_group: int) -> np.ndarray:
+        """Every row's length in the column that cuts bucketed or packed batches, cut to ``max_length``.
+
+        One read of that column alone: what a sharded loader needs of every row group to count
+        each shard's batches before reading them (see :meth:`batch_ends`).
+        """
+        assert self._sequence is not None and self._sequence.key is not None
+        name = self._sequence.key.name
+        footer = self._footer(file)
+        with self._open(file) as handle:
+            parquet = pq.ParquetFile(handle, metadata=footer, page_checksum_verification=self._verify)
+            column = parquet.read_row_group(row_group, columns=[name], use_threads=False).column(name)
+        lengths = self._sequence.arrow_lengths(self._logical(name, column, self._files[file].packed))
+        return lengths.astype(np.int32)  # every rank holds every row's: 4 bytes a row
+
+    def batch_ends(self, work: Work, lengths: np.ndarray) -> np.ndarray:
+        """Where the batches of a segment end (as :meth:`read_rows` then the sequence plan cut them), unread.
+
+        Args:
+            work: The segment, as it would be read.
+            lengths: Its pieces' rows' :meth:`key_lengths`, end to end (before any shuffle).
+        """
+        assert self._sequence is not None and self._filter is None and self._transform is None
+        rows, numbers = self._rows_of(work, len(lengths), lengths if self._bucketing else None)
+        ordered = lengths if rows is None else lengths[rows]
+        return self._sequence.batch_ends(ordered, numbers)
+
     def _convert(self, name: str, column: pa.ChunkedArray) -> Any:
         """A column as NumPy, or as a :class:`Ragged` when it is a sequence (:class:`Views` when bucketed or packed)."""
         plan = self._sequence_columns.get(name)

@@ -21,7 +21,9 @@ exact:
   between two batches, so every batch ends on a row boundary.
 
 Rows whose lengths decide batches are known only when read, so a bucketed or packed loader's
-number of batches is too: it has no ``len()``, and DDP ranks may get different batch counts.
+number of batches is too: it has no ``len()``. A sharded one counts every shard's batches from
+the key column's lengths alone (:meth:`SequencePlan.batch_ends`, the same cuts as
+:meth:`SequencePlan.batches`) and ends each epoch after the fewest, so DDP ranks stay in step.
 """
 
 from __future__ import annotations
@@ -366,22 +368,50 @@ class SequencePlan:
             batches, cuts = self._pack(columns)
         else:
             assert numbers is not None
-            cuts = np.concatenate([[0], np.flatnonzero(numbers[1:] != numbers[:-1]) + 1, [rows]])
+            cuts, keep = self._bucket_cuts(numbers)
             ready = self._padded_segment(columns, cuts)
             batches = []
-            keep = []
             for number, (start, stop) in enumerate(itertools.pairwise(cuts)):
-                short = stop - start < self.batch_size
-                keep.append(not (short and self.drop_last))
-                if keep[-1]:
+                if keep[number]:
                     # A column padded already needs no slice of its rows: its batch is in ``ready``.
                     part = {name: None if name in ready else value[start:stop] for name, value in columns.items()}
                     batches.append(self.finish(part, {name: padded[number] for name, padded in ready.items()}))
-            cuts = np.concatenate([[0], cuts[1:][np.asarray(keep, dtype=bool)]])
+            cuts = np.concatenate([[0], cuts[1:][keep]])
         ends = cuts[1:]
         if positions is not None:
             ends = positions[ends - 1]
         return batches, np.asarray(ends, dtype=np.int64)
+
+    def batch_ends(self, lengths: np.ndarray, numbers: np.ndarray | None) -> np.ndarray:
+        """Where :meth:`batches` would end each batch of a segment, from its rows' lengths alone.
+
+        What a sharded loader counts, for every shard, to end each epoch after the same number
+        of batches on every rank: the same cuts as :meth:`batches`, without reading values.
+
+        Args:
+            lengths: The key column's row lengths, in output order, cut to ``max_length``.
+            numbers: ``bucket``: each row's batch number (:meth:`bucket_order`).
+
+        Returns:
+            For each batch, the position after its last row (as :meth:`batches` gives, unfiltered).
+        """
+        if not len(lengths):
+            return np.zeros(0, dtype=np.int64)
+        if self.mode == "pack":
+            return self._pack_bounds(lengths)[1:]
+        assert numbers is not None
+        cuts, keep = self._bucket_cuts(numbers)
+        ends: np.ndarray = cuts[1:][keep]
+        return ends
+
+    def _bucket_cuts(self, numbers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Bucketed batches' row bounds from each row's batch number, and which of them ``drop_last`` keeps."""
+        rows = len(numbers)
+        cuts = np.concatenate([[0], np.flatnonzero(numbers[1:] != numbers[:-1]) + 1, [rows]]).astype(np.int64)
+        keep = np.ones(len(cuts) - 1, dtype=bool)
+        if self.drop_last:
+            keep = np.diff(cuts) >= self.batch_size
+        return cuts, keep
 
     def _padded_segment(self, columns: Columns, cuts: np.ndarray) -> dict[str, list[tuple[np.ndarray, np.ndarray]]]:
         """Every batch of a segment padded at once, for the columns still in decoded pages (:class:`Views`).
@@ -446,19 +476,9 @@ class SequencePlan:
                     f"sequence: packed columns {first.name!r} and {plan.name!r} differ in length on some rows; "
                     "columns packed together need the same length on every row"
                 )
-        rows = len(lengths)
-        cum = np.zeros(rows + 1, dtype=np.int64)
+        bounds = self._pack_bounds(lengths)
+        cum = np.zeros(len(lengths) + 1, dtype=np.int64)
         np.cumsum(lengths, out=cum[1:])
-        if rows and int(lengths.max()) > grid:
-            raise ValueError(
-                f"sequence: column {first.name!r} has a row of {int(lengths.max())} values, more than one packed batch "
-                f"holds (batch_size {size} x seq_len {seq_len} = {grid}); a row is never split between two batches: "
-                "raise seq_len or batch_size, or truncate rows with max_length"
-            )
-        cuts = [0]
-        while cuts[-1] < rows:  # one step per batch, not per row
-            cuts.append(int(np.searchsorted(cum, cum[cuts[-1]] + grid, side="right")) - 1)
-        bounds = np.asarray(cuts, dtype=np.int64)
         count = len(bounds) - 1
         # A few batches at a time, so that no output array is a "huge" allocation (see GROUP_BYTES).
         widest = max(cell_width(packed[plan.name].dtype, packed[plan.name].inner) for plan in plans)
@@ -472,6 +492,33 @@ class SequencePlan:
                 )
             )
         return batches, bounds
+
+    def _pack_bounds(self, lengths: np.ndarray) -> np.ndarray:
+        """Packed batches' row bounds: batch ``i`` holds rows ``bounds[i]:bounds[i+1]``, all that fit whole.
+
+        Args:
+            lengths: The packed rows' lengths, cut to ``max_length``.
+
+        Raises:
+            ValueError: A row is longer than a whole batch holds.
+        """
+        key = self.key
+        assert key is not None and key.spec.seq_len is not None
+        size, seq_len = self.batch_size, key.spec.seq_len
+        grid = size * seq_len
+        rows = len(lengths)
+        cum = np.zeros(rows + 1, dtype=np.int64)
+        np.cumsum(lengths, out=cum[1:])
+        if rows and int(lengths.max()) > grid:
+            raise ValueError(
+                f"sequence: column {key.name!r} has a row of {int(lengths.max())} values, more than one packed batch "
+                f"holds (batch_size {size} x seq_len {seq_len} = {grid}); a row is never split between two batches: "
+                "raise seq_len or batch_size, or truncate rows with max_length"
+            )
+        cuts = [0]
+        while cuts[-1] < rows:  # one step per batch, not per row
+            cuts.append(int(np.searchsorted(cum, cum[cuts[-1]] + grid, side="right")) - 1)
+        return np.asarray(cuts, dtype=np.int64)
 
     def _packed_batches(
         self, packed: Mapping[str, Ragged | Views], cum: np.ndarray, bounds: np.ndarray
