@@ -135,6 +135,11 @@ def test_tf_bucketed_batches_run_in_a_tf_function(tokens) -> None:
     sequence = {"tok": Sequence("bucket", buckets=(4, 16, 128))}
     with converter.make_tf_dataset(batch_size=16, num_epochs=1, schema_fields=["tok"], sequence=sequence) as dataset:
         assert int(count(dataset)) == sum(len(row.tok) for row in collected.values())
+        # the batches are counted from the rows' lengths before reading: the cardinality Keras reads
+        assert int(dataset.cardinality()) == len(list(dataset)) > 0
+    options = {"schema_fields": ["tok"], "sequence": sequence}
+    with converter.make_torch_dataloader(batch_size=16, num_epochs=2, **options) as loader:
+        assert len(loader) == len([batch for batch in loader])
 
 
 def test_jax_gets_arrays_narrowed_as_its_other_columns(tokens) -> None:

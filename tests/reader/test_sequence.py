@@ -179,15 +179,19 @@ def test_every_token_once_per_shard_and_resume_gives_the_rest(
     for shard in range(shard_count):
         shards = {"cur_shard": shard, "shard_count": shard_count} if shard_count > 1 else {}
         with _reader(root, manifest, **kwargs, **shards) as reader:
-            whole = list(reader)
+            count = len(reader)
+            whole = [batch for batch in reader]
+        assert count == len(whole)  # every mode counts its batches before reading them
         seen += _epoch_rows(whole, mode)
         with _reader(root, manifest, **kwargs, **shards) as first:
             head = list(itertools.islice(iter(first), stop))
             state = json.loads(json.dumps(first.state_dict()))
         with _reader(root, manifest, **kwargs, **shards) as resumed:
             resumed.load_state_dict(state)
-            rest = list(resumed)
+            count = len(resumed)
+            rest = [batch for batch in resumed]
         assert _same(head + rest, whole)
+        assert count == len(rest)
     _check_rows(seen, list(range(ROWS)), mode)
 
 
@@ -217,8 +221,13 @@ def test_a_reshard_mid_epoch_keeps_every_row_once(dataset, mode: str) -> None:
 
 
 def _epochs(reader: Reader[Any], epochs: int) -> list[list[dict[str, np.ndarray]]]:
-    """A reader of ``num_epochs=1`` iterated ``epochs`` times: each iteration goes on with the next epoch."""
-    return [list(reader) for _ in range(epochs)]
+    """A reader of ``num_epochs=1`` iterated ``epochs`` times (each the next epoch), each as long as its len()."""
+    out = []
+    for _ in range(epochs):
+        count = len(reader)
+        out.append([batch for batch in reader])
+        assert len(out[-1]) == count
+    return out
 
 
 @given(
@@ -282,8 +291,10 @@ def test_sharded_bucketing_or_packing_gives_every_rank_the_same_batch_count(
         state = json.loads(json.dumps(first.state_dict()))
     with _reader(root, manifest, cur_shard=last, **kwargs) as resumed:
         resumed.load_state_dict(state)
-        rest = list(resumed)
+        count = len(resumed)
+        rest = [batch for batch in resumed]
         following = list(resumed)
+    assert count == len(rest)
     assert _same(head + rest, limited[last][0])
     assert _same(following, limited[last][1])
 
@@ -305,7 +316,9 @@ def test_a_resharded_epoch_of_bucketed_or_packed_batches_ends_on_the_same_batch_
     for shard in range(3):
         with _reader(root, manifest, cur_shard=shard, shard_count=3, **kwargs) as reader:
             reader.load_state_dict(states)
-            rests.append(list(reader))
+            count = len(reader)
+            rests.append([batch for batch in reader])
+        assert count == len(rests[-1])
         with monkeypatch.context() as patch:  # the same rank's rest of the epoch, to its end
             patch.setattr(Reader, "_limit", lambda self, epoch: None)
             with _reader(root, manifest, cur_shard=shard, shard_count=3, **kwargs) as reader:
@@ -396,9 +409,9 @@ def test_bucket_batches_never_mix_buckets_and_have_one_shape_per_bucket(dataset,
         drop_last=drop_last,
         sequence={"tok": Sequence("bucket", buckets=bounds)},
     ) as reader:
+        count = len(reader)  # from the rows' lengths
         batches = list(reader)
-        with pytest.raises(TypeError, match="sequence 'bucket' or 'pack' has no len"):
-            len(reader)
+    assert count == len(batches)
     shapes = set()
     for batch in batches:
         width = batch["tok"].shape[1]

@@ -238,7 +238,7 @@ class Reader(Generic[C]):
 
     @property
     def counts_batches(self) -> bool:
-        """Whether ``len()`` is known before reading: not when bucketing or packing decide the batches."""
+        """Whether batches follow from row counts alone: not where bucketing or packing cut them by lengths."""
         return self._sequence is None or not self._sequence.whole_batches
 
     @property
@@ -267,15 +267,20 @@ class Reader(Generic[C]):
         """Batches left in the next iteration, exact when nothing filters rows (see :attr:`filters_rows`).
 
         With filters or a predicate it is an upper bound: the batches of every row that the
-        row groups' statistics could not rule out, as if all of them passed.
+        row groups' statistics could not rule out, as if all of them passed. Bucketed or packed
+        sequences are counted from their lengths (the first ``len()`` reads that column), and
+        have no ``len()`` with filters, a predicate or a transform.
         """
         if self._options.num_epochs is None:
             raise TypeError("a loader with num_epochs=None is infinite and has no len(); pass num_epochs")
         if not self.counts_batches:
-            raise TypeError(
-                "a loader with sequence 'bucket' or 'pack' has no len(): how many batches its rows make depends on "
-                "their lengths, known only as they are read"
-            )
+            if self.filters_rows:
+                raise TypeError(
+                    "a loader with sequence 'bucket' or 'pack' and filters, a predicate or a transform has no len(): "
+                    "how many batches its rows make depends on which rows there are and their lengths, known only "
+                    "as they are read"
+                )
+            return self._sequence_count()
         return self._count(self._options.batch_size, self._options.drop_last)
 
     def batch_count(self, batch_size: int, drop_last: bool) -> int | None:
@@ -283,13 +288,40 @@ class Reader(Generic[C]):
 
         ``len()`` in this reader's own batch size; an adapter that reads larger batches and cuts
         them itself (the TF dataset's super-batches) counts the batches its user receives.
-        None when ``num_epochs=None`` (the iteration has no end) or when sequences are bucketed
-        or packed (the rows' lengths decide, see :attr:`counts_batches`). An upper bound where
-        :attr:`filters_rows`, as ``len()``.
+        None when ``num_epochs=None`` (the iteration has no end). Bucketed or packed sequences
+        are counted from their lengths (:meth:`_sequence_count`), in the reader's own batch size
+        only, and not where :attr:`filters_rows` (None). An upper bound where :attr:`filters_rows`,
+        as ``len()``.
         """
-        if self._options.num_epochs is None or not self.counts_batches:
+        if self._options.num_epochs is None:
             return None
+        if not self.counts_batches:
+            same = (batch_size, drop_last) == (self._options.batch_size, self._options.drop_last)
+            return self._sequence_count() if same and not self.filters_rows else None
         return self._count(batch_size, drop_last)
+
+    def _sequence_count(self) -> int:
+        """Bucketed or packed batches left in the next iteration, counted from the key column's lengths.
+
+        The same cuts the batches are made with (:meth:`_batch_ends`), from where the iteration
+        starts, each epoch to its limit where shards are held to one count (:meth:`_limit`).
+        The first call reads that column of every row group (:meth:`SegmentReader.key_lengths`).
+        """
+        start, end = self._iteration_range()
+        total = 0
+        for epoch in range(start.epoch, end):
+            first = start if epoch == start.epoch else Position(epoch)
+            limit = self._limit(epoch) if self._equal_batches else None
+            for index, ends in enumerate(self._batch_ends(epoch, self._segments(epoch))):
+                if limit is not None and index > limit[0]:
+                    break
+                if index < first.segment:
+                    continue
+                left = ends[ends > first.offset] if index == first.segment else ends
+                if limit is not None and index == limit[0]:
+                    left = left[left <= limit[1]]
+                total += len(left)
+        return total
 
     def _count(self, batch_size: int, drop_last: bool) -> int:
         start, end = self._iteration_range()
