@@ -300,6 +300,27 @@ def test_sharded_bucketing_or_packing_gives_every_rank_the_same_batch_count(
 
 
 @pytest.mark.parametrize("mode", ["bucket", "pack"])
+def test_len_asked_mid_iteration_leaves_the_epochs_limits_alone(dataset, mode: str) -> None:
+    """len() counts the next iteration's epochs, working out their limits; the running epochs keep theirs."""
+    root, manifest = dataset
+    kwargs: dict[str, Any] = {"batch_size": 6, "num_epochs": 3, "seed": 4, "sequence": MODES[mode]}
+    kwargs.update(shard_count=3, shuffling_queue_capacity=40)
+    if mode == "pack":
+        kwargs.update(schema_fields=["tok"], batch_size=4)
+    for shard in range(3):
+        with _reader(root, manifest, cur_shard=shard, **kwargs) as reader:
+            expected = [batch for batch in reader]
+        with _reader(root, manifest, cur_shard=shard, **kwargs) as reader:
+            got, counts = [], set()
+            for batch in reader:
+                got.append(batch)
+                counts.add(len(reader))  # the next iteration's: epochs 3 to 5
+            following = [batch for batch in reader]
+        assert _same(got, expected)
+        assert counts == {len(following)}
+
+
+@pytest.mark.parametrize("mode", ["bucket", "pack"])
 def test_a_resharded_epoch_of_bucketed_or_packed_batches_ends_on_the_same_batch_on_every_rank(
     dataset, monkeypatch: pytest.MonkeyPatch, mode: str
 ) -> None:

@@ -182,7 +182,8 @@ class Reader(Generic[C]):
                     stacklevel=user_stacklevel(),
                 )
         self._key_lengths: dict[tuple[int, int], np.ndarray] = {}  # row group -> its rows' key lengths
-        self._limits: dict[int, tuple[int, int] | None] = {}  # epoch -> last (segment, offset) yielded
+        # epoch -> last (segment, offset) yielded: a tuple an epoch, kept (len() may ask for any)
+        self._limits: dict[int, tuple[int, int] | None] = {}
         self._every_state: list[ReaderState] | None = None  # every shard's states, after a resharded resume
         self._identity = Identity(
             fingerprint=fingerprint(manifest.key, [(entry.path, entry.row_groups) for entry in manifest.files]),
@@ -657,8 +658,6 @@ class Reader(Generic[C]):
         derived = self._derived is not None and self._derived[0] == epoch
         if derived and self._every_state is None:  # only this shard's part of a resharded epoch is known
             return None
-        for old in [e for e in self._limits if e < epoch - 1]:  # in place: the batches' cut holds this dict
-            del self._limits[old]
         every = [self._batch_ends(epoch, self._shard_segments(epoch, shard)) for shard in range(plan.shard_count)]
         fewest = min(sum(len(ends) for ends in shard) for shard in every)
         own = every[plan.cur_shard]
