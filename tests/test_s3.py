@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 from pyspark.sql import functions as F
 
-from sparkfeed import make_spark_converter
+from sparkfeed import Sequence, make_spark_converter
 from sparkfeed.location import Location
 
 from helpers import concat, run_job
@@ -344,4 +344,26 @@ def test_filters_on_an_object_store_never_fetch_the_row_groups_they_rule_out(
     assert seen.gets <= 1 + 2 and seen.by_method.get("GET", 0) < len(entry.row_groups)
     with pytest.raises(ValueError, match=r"storage_options with keys \[.*\] differ from those of this converter's"):
         converter.make_numpy_iterator(storage_options={**options, "region": "elsewhere"})
+    converter.delete()
+
+
+def test_sharded_packed_sequences_on_s3_give_every_rank_the_same_batch_count(
+    spark, s3_server: S3Server, s3_bucket: str
+) -> None:
+    # Every rank reads the packed column's lengths of every row group from the store, to count each shard's batches.
+    tokens = "transform(sequence(0, CAST(pow(id % 23, 2) / 12 AS INT)), j -> CAST(id * 100 + j AS INT)) AS tok"
+    df = spark.range(400, numPartitions=4).selectExpr("id", tokens)
+    options = s3_server.storage_options
+    converter = make_spark_converter(df, cache_dir=f"s3a://{s3_bucket}/packed", storage_options=options)
+    loader_options = {"batch_size": 3, "seed": 1, "shard_count": 3, "schema_fields": ["tok"], "num_epochs": 2}
+    loader_options["sequence"] = {"tok": Sequence("pack", seq_len=32)}
+    counts = []
+    for rank in range(3):
+        with converter.make_numpy_iterator(cur_shard=rank, **loader_options) as loader:
+            expected = len(loader)
+            batches = [batch for batch in loader]
+        assert len(batches) == expected > 0
+        assert all(batch["tok"].shape == (3, 32) for batch in batches)
+        counts.append(expected)
+    assert len(set(counts)) == 1
     converter.delete()
