@@ -321,6 +321,31 @@ def test_len_asked_mid_iteration_leaves_the_epochs_limits_alone(dataset, mode: s
 
 
 @pytest.mark.parametrize("mode", ["bucket", "pack"])
+def test_the_progress_bar_of_bucketed_or_packed_batches_knows_its_total(dataset, capsys, mode: str) -> None:
+    root, manifest = dataset
+    kwargs: dict[str, Any] = {"batch_size": 6, "num_epochs": 1, "seed": 4, "sequence": MODES[mode], "progress": True}
+    kwargs.update(cur_shard=1, shard_count=2)
+    if mode == "pack":
+        kwargs.update(schema_fields=["tok"], batch_size=4)
+
+    def bar() -> str:
+        frames = capsys.readouterr().err.replace("\r", "\n").splitlines()
+        return [frame.strip() for frame in frames if frame.startswith("epoch 0 (shard 1 of 2)")][-1]
+
+    with _reader(root, manifest, **kwargs) as reader:
+        whole = sum(1 for _ in reader)
+    assert f"| {whole}/{whole} [" in bar()
+    with _reader(root, manifest, **kwargs) as reader:
+        list(itertools.islice(iter(reader), 3))
+        state = reader.state_dict()
+    capsys.readouterr()
+    with _reader(root, manifest, **kwargs) as reader:
+        reader.load_state_dict(state)
+        rest = sum(1 for _ in reader)
+    assert rest == whole - 3 and f"| {rest}/{rest} [" in bar()  # a resumed epoch's bar counts what is left
+
+
+@pytest.mark.parametrize("mode", ["bucket", "pack"])
 def test_a_resharded_epoch_of_bucketed_or_packed_batches_ends_on_the_same_batch_on_every_rank(
     dataset, monkeypatch: pytest.MonkeyPatch, mode: str
 ) -> None:

@@ -309,19 +309,22 @@ class Reader(Generic[C]):
         The first call reads that column of every row group (:meth:`SegmentReader.key_lengths`).
         """
         start, end = self._iteration_range()
+        return sum(self._sequence_batches(epoch, start) for epoch in range(start.epoch, end))
+
+    def _sequence_batches(self, epoch: int, start: Position) -> int:
+        """Bucketed or packed batches of ``epoch`` in an iteration starting at ``start`` (:meth:`_sequence_count`)."""
+        first = start if epoch == start.epoch else Position(epoch)
+        limit = self._limit(epoch) if self._equal_batches else None
         total = 0
-        for epoch in range(start.epoch, end):
-            first = start if epoch == start.epoch else Position(epoch)
-            limit = self._limit(epoch) if self._equal_batches else None
-            for index, ends in enumerate(self._batch_ends(epoch, self._segments(epoch))):
-                if limit is not None and index > limit[0]:
-                    break
-                if index < first.segment:
-                    continue
-                left = ends[ends > first.offset] if index == first.segment else ends
-                if limit is not None and index == limit[0]:
-                    left = left[left <= limit[1]]
-                total += len(left)
+        for index, ends in enumerate(self._batch_ends(epoch, self._segments(epoch))):
+            if limit is not None and index > limit[0]:
+                break
+            if index < first.segment:
+                continue
+            left = ends[ends > first.offset] if index == first.segment else ends
+            if limit is not None and index == limit[0]:
+                left = left[left <= limit[1]]
+            total += len(left)
         return total
 
     def _count(self, batch_size: int, drop_last: bool) -> int:
@@ -717,6 +720,8 @@ class Reader(Generic[C]):
         total = None
         if self._row_filter is None and self.counts_batches:
             total = batches_of(self._epoch_rows(epoch, start), batch_size, drop_last)
+        elif not self.counts_batches and not self.filters_rows:  # bucketed or packed: from the rows' lengths
+            total = self._sequence_batches(epoch, start)
         return EpochBar(epoch, total, (self._plan.cur_shard, self._plan.shard_count))
 
     # ------------------------------------------------------------------ state
