@@ -20,10 +20,10 @@ exact:
   greedily from where the segment (or the resumed position) starts, never splitting a row
   between two batches, so every batch ends on a row boundary.
 
-Rows whose lengths decide batches are known only when read, so a bucketed or packed loader's
-number of batches is too: it has no ``len()``. A sharded one counts every shard's batches from
-the key column's lengths alone (:meth:`SequencePlan.batch_ends`, the same cuts as
-:meth:`SequencePlan.batches`) and ends each epoch after the fewest, so DDP ranks stay in step.
+The rows' lengths decide how many bucketed or packed batches there are, so the loader counts
+them from the key column's lengths alone (:meth:`SequencePlan.batch_ends`, the same cuts as
+:meth:`SequencePlan.batches`): for ``len()``, the progress bar, and, sharded, to end each epoch
+after the fewest batches any shard makes, so that DDP ranks stay in step.
 """
 
 from __future__ import annotations
@@ -398,7 +398,7 @@ class SequencePlan:
         if not len(lengths):
             return np.zeros(0, dtype=np.int64)
         if self.mode == "pack":
-            return self._pack_bounds(lengths)[1:]
+            return self._pack_bounds(lengths)[0][1:]
         assert numbers is not None
         cuts, keep = self._bucket_cuts(numbers)
         ends: np.ndarray = cuts[1:][keep]
@@ -476,9 +476,7 @@ class SequencePlan:
                     f"sequence: packed columns {first.name!r} and {plan.name!r} differ in length on some rows; "
                     "columns packed together need the same length on every row"
                 )
-        bounds = self._pack_bounds(lengths)
-        cum = np.zeros(len(lengths) + 1, dtype=np.int64)
-        np.cumsum(lengths, out=cum[1:])
+        bounds, cum = self._pack_bounds(lengths)
         count = len(bounds) - 1
         # A few batches at a time, so that no output array is a "huge" allocation (see GROUP_BYTES).
         widest = max(cell_width(packed[plan.name].dtype, packed[plan.name].inner) for plan in plans)
@@ -493,11 +491,14 @@ class SequencePlan:
             )
         return batches, bounds
 
-    def _pack_bounds(self, lengths: np.ndarray) -> np.ndarray:
+    def _pack_bounds(self, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Packed batches' row bounds: batch ``i`` holds rows ``bounds[i]:bounds[i+1]``, all that fit whole.
 
         Args:
             lengths: The packed rows' lengths, cut to ``max_length``.
+
+        Returns:
+            The bounds, and the lengths' running sum from 0 (``len(lengths) + 1`` values).
 
         Raises:
             ValueError: A row is longer than a whole batch holds.
@@ -518,7 +519,7 @@ class SequencePlan:
         cuts = [0]
         while cuts[-1] < rows:  # one step per batch, not per row
             cuts.append(int(np.searchsorted(cum, cum[cuts[-1]] + grid, side="right")) - 1)
-        return np.asarray(cuts, dtype=np.int64)
+        return np.asarray(cuts, dtype=np.int64), cum
 
     def _packed_batches(
         self, packed: Mapping[str, Ragged | Views], cum: np.ndarray, bounds: np.ndarray
