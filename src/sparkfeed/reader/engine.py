@@ -311,6 +311,15 @@ class Reader(Generic[C]):
         start, end = self._iteration_range()
         return sum(self._sequence_batches(epoch, start) for epoch in range(start.epoch, end))
 
+    def epoch_batches(self, epoch: int) -> int:
+        """Bucketed or packed batches of the whole of ``epoch``, counted from the key column's lengths.
+
+        What a mixture of such loaders needs to know when each source runs out. Not where
+        :attr:`counts_batches` (count rows instead) or :attr:`filters_rows` (unknown until read).
+        """
+        assert not self.counts_batches and not self.filters_rows
+        return self._sequence_batches(epoch, Position(epoch))
+
     def _sequence_batches(self, epoch: int, start: Position) -> int:
         """Bucketed or packed batches of ``epoch`` in an iteration starting at ``start`` (:meth:`_sequence_count`)."""
         first = start if epoch == start.epoch else Position(epoch)

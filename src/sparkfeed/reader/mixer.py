@@ -579,8 +579,9 @@ class Mixer(Generic[C]):
         count = self.batch_count(self._identity.batch_size, self._identity.drop_last)
         if count is None and self._num_epochs is not None:
             raise TypeError(
-                "a mixture of sequence 'bucket' or 'pack' batches has no len(): how many batches its sources make "
-                "depends on their rows' lengths, known only as they are read"
+                "a mixture of sequence 'bucket' or 'pack' batches whose sources have filters, a predicate or a "
+                "transform has no len(): how many batches those sources make depends on which rows there are and "
+                "their lengths, known only as they are read"
             )
         if count is None:
             raise TypeError("a loader with num_epochs=None is infinite and has no len(); pass num_epochs")
@@ -591,18 +592,23 @@ class Mixer(Generic[C]):
 
         With ``stop="first_exhausted"`` each epoch's end follows from the draws and the sources'
         rows per epoch (see :meth:`__len__`). With sequences, the sources' own batches are
-        counted (``batch_size`` and ``drop_last`` are theirs), and only where each source knows
-        its count (padded, not bucketed or packed).
+        counted (``batch_size`` and ``drop_last`` are theirs; bucketed or packed ones from their
+        rows' lengths), and None where such a source filters rows (its count is unknown until read).
         """
         if self._num_epochs is None:
             return None
         if self._sequence is not None:
-            if not all(source.reader.counts_batches for source in self._sources):
+            if not self._counts_sequences:
                 return None
             batch_size, drop_last = 1, False  # the draws count the sources' batches
         (start, first), end = self._iteration_range()
         epochs = range(start, end)
         return sum(batches_of(self._epoch_rows(e, first if e == start else 0), batch_size, drop_last) for e in epochs)
+
+    @property
+    def _counts_sequences(self) -> bool:
+        """Whether each source of a sequence mixture can count its batches before reading (not when filtered)."""
+        return all(s.reader.counts_batches or not s.reader.filters_rows for s in self._sources)
 
     def _epoch_rows(self, epoch: int, first: int) -> int:
         """Rows the mixer yields in ``epoch`` from its batch ``first`` on."""
@@ -614,9 +620,12 @@ class Mixer(Generic[C]):
         supplies = [source.reader.num_rows for source in self._sources]
         if self._supplies is not None and self._supplies[0] == epoch:  # resharded in this epoch
             supplies = list(self._supplies[1])
-        if self._sequence is not None:  # in the sources' batches
+        if self._sequence is not None:  # in the sources' batches: bucketed or packed ones counted from their lengths
             own = self._identity.batch_size, self._identity.drop_last
-            supplies = [batches_of(rows, *own) for rows in supplies]
+            supplies = [
+                batches_of(rows, *own) if source.reader.counts_batches else source.reader.epoch_batches(epoch)
+                for rows, source in zip(supplies, self._sources, strict=True)
+            ]
         end = self._draws.exhausted(epoch, supplies)
         last = 0 if self._drop_last else end.last_rows
         return max(0, (end.last - first) * size + last) if first <= end.last else 0
@@ -696,8 +705,7 @@ class Mixer(Generic[C]):
                 if self._progress:
                     total = (
                         None
-                        if self.filters_rows
-                        or (self._sequence is not None and not all(s.reader.counts_batches for s in self._sources))
+                        if self.filters_rows or (self._sequence is not None and not self._counts_sequences)
                         else batches_of(self._epoch_rows(epoch, batch), self._batch_size, self._drop_last)
                     )
                     bar = EpochBar(epoch, total, self._shard)
