@@ -326,14 +326,8 @@ class Reader(Generic[C]):
         limit = self._limit(epoch) if self._equal_batches else None
         total = 0
         for index, ends in enumerate(self._batch_ends(epoch, self._segments(epoch))):
-            if limit is not None and index > limit[0]:
-                break
-            if index < first.segment:
-                continue
-            left = ends[ends > first.offset] if index == first.segment else ends
-            if limit is not None and index == limit[0]:
-                left = left[left <= limit[1]]
-            total += len(left)
+            if index >= first.segment:
+                total += _within(index, ends[ends > first.offset] if index == first.segment else ends, limit)
         return total
 
     def _count(self, batch_size: int, drop_last: bool) -> int:
@@ -633,8 +627,8 @@ class Reader(Generic[C]):
         def cut(items: Iterator[tuple[Work, Any]]) -> Iterator[tuple[Any, int, int, int]]:
             for work, (batches, ends) in items:
                 limit = limits.get(work.epoch)
-                if limit is not None and work.index == limit[0]:  # the epoch's last segment: up to its last batch
-                    kept = int(np.searchsorted(work.skip + np.asarray(ends, dtype=np.int64), limit[1], side="right"))
+                if limit is not None:  # the epoch's last segment: up to its last batch
+                    kept = _within(work.index, work.skip + np.asarray(ends, dtype=np.int64), limit)
                     batches, ends = batches[:kept], ends[:kept]
                 if batches:  # a segment's batches are made alike: checking its first one is enough
                     now = {
@@ -841,6 +835,15 @@ class Reader(Generic[C]):
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+
+def _within(index: int, ends: np.ndarray, limit: tuple[int, int] | None) -> int:
+    """How many of segment ``index``'s batches, ending at ``ends`` (increasing), an epoch ending at ``limit`` yields."""
+    if limit is None or index < limit[0]:
+        return len(ends)
+    if index > limit[0]:
+        return 0
+    return int(np.searchsorted(ends, limit[1], side="right"))
 
 
 def _unequal_because(options: ReaderOptions, filtered: bool) -> str | None:
