@@ -346,6 +346,25 @@ def test_the_progress_bar_of_bucketed_or_packed_batches_knows_its_total(dataset,
 
 
 @pytest.mark.parametrize("mode", ["bucket", "pack"])
+def test_worker_processes_end_each_sharded_epoch_on_the_same_batch_as_threads(dataset, mode: str) -> None:
+    root, manifest = dataset
+    kwargs: dict[str, Any] = {"batch_size": 6, "num_epochs": 2, "seed": 3, "sequence": MODES[mode]}
+    kwargs.update(shuffling_queue_capacity=40, shard_count=3)
+    if mode == "pack":
+        kwargs.update(schema_fields=["tok"], batch_size=4)
+    counts = set()
+    for shard in range(3):
+        with _reader(root, manifest, cur_shard=shard, **kwargs) as reader:
+            threads = [batch for batch in reader]
+        with _reader(root, manifest, cur_shard=shard, reader_pool_type="process", **kwargs) as reader:
+            count = len(reader)
+            processes = [batch for batch in reader]
+        assert count == len(processes) and _same(processes, threads)
+        counts.add(count)
+    assert len(counts) == 1
+
+
+@pytest.mark.parametrize("mode", ["bucket", "pack"])
 def test_a_resharded_epoch_of_bucketed_or_packed_batches_ends_on_the_same_batch_on_every_rank(
     dataset, monkeypatch: pytest.MonkeyPatch, mode: str
 ) -> None:
