@@ -364,6 +364,31 @@ def test_worker_processes_end_each_sharded_epoch_on_the_same_batch_as_threads(da
     assert len(counts) == 1
 
 
+def test_the_lengths_every_rank_holds_take_two_bytes_a_row_unless_a_row_is_longer(tmp_path: Path) -> None:
+    lengths = np.array([3, 70_000, 5, *[2] * 21])  # one row of 70,000 values, in the first row group
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+    logical = pa.ListArray.from_arrays(pa.array(offsets), pa.array(np.arange(offsets[-1], dtype=np.int32)))
+    pq.write_table(pa.table({"tok": logical}), tmp_path / "part-0.parquet", row_group_size=8)
+    groups = (8, 8, 8)
+    manifest = Manifest(
+        (FileEntry("part-0.parquet", groups, {}),),
+        pa.schema([("tok", logical.type)]),
+        {"tok": list_shape_stats(logical)},
+        {},
+        key="k-long",
+    )
+    kwargs: dict[str, Any] = {"batch_size": 2, "num_epochs": 1, "seed": 1, "shard_count": 2}
+    kwargs["sequence"] = {"tok": Sequence("pack", seq_len=40_000)}
+    counts = []
+    for shard in range(2):
+        with _reader(tmp_path, manifest, cur_shard=shard, **kwargs) as reader:
+            counts.append(len([batch for batch in reader]))
+            held = [reader._segment_reader.key_lengths(0, group) for group in range(len(groups))]
+    assert counts[0] == counts[1] > 0
+    assert [h.dtype for h in held] == [np.dtype(np.int32), np.dtype(np.uint16), np.dtype(np.uint16)]
+    assert np.concatenate(held).tolist() == lengths.tolist()
+
+
 @pytest.mark.parametrize("mode", ["bucket", "pack"])
 def test_a_resharded_epoch_of_bucketed_or_packed_batches_ends_on_the_same_batch_on_every_rank(
     dataset, monkeypatch: pytest.MonkeyPatch, mode: str

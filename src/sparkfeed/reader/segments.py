@@ -328,7 +328,8 @@ class SegmentReader:
             parquet = pq.ParquetFile(handle, metadata=footer, page_checksum_verification=self._verify)
             column = parquet.read_row_group(row_group, columns=[name], use_threads=False).column(name)
         lengths = self._sequence.arrow_lengths(self._logical(name, column, self._files[file].packed))
-        return lengths.astype(np.int32)  # every rank holds every row's: 4 bytes a row
+        # Every rank holds every row's: 2 bytes a row where no row is 65,536 values or longer, else 4.
+        return lengths.astype(np.uint16 if int(lengths.max(initial=0)) < 2**16 else np.int32)
 
     def batch_ends(self, work: Work, lengths: np.ndarray) -> np.ndarray:
         """Where the batches of a segment end (as :meth:`read_rows` then the sequence plan cut them), unread.
