@@ -10,20 +10,16 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 import sys
 
 import torch
-import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
+
+from helpers import join_gloo_rank, leave_gloo
 
 
 def main(converter_path: str) -> None:
-    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    torch.manual_seed(0)
-    with open(converter_path, "rb") as handle:
-        converter = pickle.load(handle)
+    rank, world, converter = join_gloo_rank(converter_path)
     model = DistributedDataParallel(torch.nn.Linear(3, 1))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     losses, batches, ids = [], 0, []
@@ -39,16 +35,14 @@ def main(converter_path: str) -> None:
             losses.append(float(loss.detach()))
             ids.extend(batch["id"].tolist())
             batches += 1
-    counts = [torch.zeros(1) for _ in range(world)]
-    dist.all_gather(counts, torch.tensor([float(batches)]))
-    dist.destroy_process_group()
+    counts = leave_gloo(batches, world)
     print(
         json.dumps(
             {
                 "rank": rank,
                 "batches": batches,
                 "planned": planned,
-                "all_batches": [int(c) for c in counts],
+                "all_batches": counts,
                 "first_loss": sum(losses[:5]) / 5,
                 "last_loss": sum(losses[-5:]) / 5,
                 "ids": ids,

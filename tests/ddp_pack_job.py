@@ -10,22 +10,18 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 import sys
 
 import torch
-import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from sparkfeed import Sequence
 
+from helpers import join_gloo_rank, leave_gloo
+
 
 def main(converter_path: str) -> None:
-    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    torch.manual_seed(0)
-    with open(converter_path, "rb") as handle:
-        converter = pickle.load(handle)
+    rank, world, converter = join_gloo_rank(converter_path)
     model = DistributedDataParallel(torch.nn.EmbeddingBag(64, 1, mode="sum"))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
     batches, tokens = 0, 0
@@ -42,10 +38,8 @@ def main(converter_path: str) -> None:
             optimizer.step()
             tokens += int(held.sum())
             batches += 1
-    counts = [torch.zeros(1) for _ in range(world)]
-    dist.all_gather(counts, torch.tensor([float(batches)]))
-    dist.destroy_process_group()
-    print(json.dumps({"rank": rank, "batches": batches, "all_batches": [int(c) for c in counts], "tokens": tokens}))
+    counts = leave_gloo(batches, world)
+    print(json.dumps({"rank": rank, "batches": batches, "all_batches": counts, "tokens": tokens}))
 
 
 if __name__ == "__main__":

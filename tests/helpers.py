@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pickle
 import select
 import signal
 import socket
@@ -53,6 +54,29 @@ def run_job(script: str, *args: str, cwd: Path, timeout: float = 300) -> dict[st
     assert done.returncode == 0, done.stderr[-3000:]
     result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     return result
+
+
+def join_gloo_rank(converter_path: str) -> tuple[int, int, Any]:
+    """In a job started by :func:`run_gloo_ranks`: this rank, the world size, and the pickled converter, gloo joined."""
+    import torch
+    import torch.distributed as dist
+
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.manual_seed(0)
+    with open(converter_path, "rb") as handle:
+        return rank, world, pickle.load(handle)
+
+
+def leave_gloo(batches: int, world: int) -> list[int]:
+    """Every rank's batch count (an all-gather: a rank short of batches would hang the others first), then leave."""
+    import torch
+    import torch.distributed as dist
+
+    counts = [torch.zeros(1) for _ in range(world)]
+    dist.all_gather(counts, torch.tensor([float(batches)]))
+    dist.destroy_process_group()
+    return [int(count) for count in counts]
 
 
 def run_gloo_ranks(script: str, *args: str, world: int = 2, timeout: float = 240) -> list[dict[str, Any]]:
