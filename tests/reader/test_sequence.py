@@ -8,10 +8,12 @@ resume from any saved state gives exactly the batches that remained.
 
 from __future__ import annotations
 
+import gc
 import itertools
 import json
 import re
 import warnings
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -595,6 +597,22 @@ def test_a_segment_batched_a_few_batches_at_a_time_gives_the_same_batches(
         assert _same(grouped, whole)
         if sequence is MODES[mode]:
             _check_rows(_epoch_rows(grouped, mode), list(range(ROWS)), mode)
+
+
+@pytest.mark.parametrize("mode", ["bucket", "pack"])
+def test_a_bucketed_or_packed_batch_the_loop_lets_go_of_is_freed_before_its_segment_ends(dataset, mode: str) -> None:
+    """A segment's batches are made at once; each is released as it is yielded, not when the segment ends."""
+    root, manifest = dataset
+    fields = {"schema_fields": ["tok"]} if mode == "pack" else {}
+    with _reader(root, manifest, sequence=MODES[mode], batch_size=4, num_epochs=1, **fields) as reader:
+        batches = iter(reader)
+        first = next(batches)
+        released = weakref.ref(first["tok_lengths"] if mode == "bucket" else first["tok_segment_ids"])
+        del first
+        next(batches)
+        assert reader.state().segment == 0  # both batches came from the first segment
+        gc.collect()
+        assert released() is None
 
 
 def test_filters_and_a_process_pool_stay_exact(dataset) -> None:

@@ -629,7 +629,8 @@ class Reader(Generic[C]):
                 limit = limits.get(work.epoch)
                 if limit is not None:  # the epoch's last segment: up to its last batch
                     kept = _within(work.index, work.skip + np.asarray(ends, dtype=np.int64), limit)
-                    batches, ends = batches[:kept], ends[:kept]
+                    del batches[kept:]
+                    ends = ends[:kept]
                 if batches:  # a segment's batches are made alike: checking its first one is enough
                     now = {
                         name: (dtype, () if name in varying else shape)
@@ -639,8 +640,12 @@ class Reader(Generic[C]):
                         signature.append(now)
                     else:
                         check_signature(signature[0], now)
-                for batch, end in zip(batches, ends, strict=True):
-                    yield fmt.convert(batch), work.index, work.skip + int(end), NUMPY.rows(batch)
+                # Each batch leaves the list as it is yielded, so the arrays a group of batches shares
+                # are freed once the loop is done with that group, not held until the segment's last
+                # batch (the peak, a segment's batches when they arrive, stays what it was).
+                for number, end in enumerate(ends.tolist()):
+                    batch, batches[number] = batches[number], None
+                    yield fmt.convert(batch), work.index, work.skip + end, NUMPY.rows(batch)
 
         return work_fn, None if exchange is None else receive, cut
 
