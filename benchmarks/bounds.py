@@ -12,7 +12,7 @@ pack against fixed-length rows of the same tokens) and the mixing group (the pla
 with itself, rows and whole batches, against the cache alone), with each case's measured
 two-core share beside it.
 
-Usage (after ``make bench`` made the datasets; ~3 min, alone on the machine)::
+Usage (after ``make bench`` made the datasets; about a minute, alone on the machine)::
 
     .venv/bin/python benchmarks/bounds.py
 """
@@ -50,6 +50,7 @@ def rate(make: Callable[[], Any], count: Callable[[dict[str, Any]], int]) -> flo
 
 
 def rows(batch: dict[str, Any]) -> int:
+    """Rows in a batch."""
     return len(next(iter(batch.values())))
 
 
