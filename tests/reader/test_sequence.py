@@ -222,6 +222,18 @@ def test_a_reshard_mid_epoch_keeps_every_row_once(dataset, mode: str) -> None:
     _check_rows(seen, list(range(ROWS)), mode)
 
 
+def _sequence_options(mode: str, **options: Any) -> dict[str, Any]:
+    """A loader's options for ``mode``: batches of 6 rows; packed, 4 rows of 16 and the packed column alone.
+
+    A packed batch must hold the longest row (60 values: 4 x 16), and only packed columns line up
+    with packed rows.
+    """
+    base: dict[str, Any] = {"batch_size": 6, "sequence": MODES[mode]}
+    if mode == "pack":
+        base.update(schema_fields=["tok"], batch_size=4)
+    return {**base, **options}
+
+
 def _epochs(reader: Reader[Any], epochs: int) -> list[list[dict[str, np.ndarray]]]:
     """A reader of ``num_epochs=1`` iterated ``epochs`` times (each the next epoch), each as long as its len()."""
     out = []
@@ -305,10 +317,7 @@ def test_sharded_bucketing_or_packing_gives_every_rank_the_same_batch_count(
 def test_len_asked_mid_iteration_leaves_the_epochs_limits_alone(dataset, mode: str) -> None:
     """len() counts the next iteration's epochs, working out their limits; the running epochs keep theirs."""
     root, manifest = dataset
-    kwargs: dict[str, Any] = {"batch_size": 6, "num_epochs": 3, "seed": 4, "sequence": MODES[mode]}
-    kwargs.update(shard_count=3, shuffling_queue_capacity=40)
-    if mode == "pack":
-        kwargs.update(schema_fields=["tok"], batch_size=4)
+    kwargs = _sequence_options(mode, num_epochs=3, seed=4, shard_count=3, shuffling_queue_capacity=40)
     for shard in range(3):
         with _reader(root, manifest, cur_shard=shard, **kwargs) as reader:
             expected = [batch for batch in reader]
@@ -325,10 +334,7 @@ def test_len_asked_mid_iteration_leaves_the_epochs_limits_alone(dataset, mode: s
 @pytest.mark.parametrize("mode", ["bucket", "pack"])
 def test_the_progress_bar_of_bucketed_or_packed_batches_knows_its_total(dataset, capsys, mode: str) -> None:
     root, manifest = dataset
-    kwargs: dict[str, Any] = {"batch_size": 6, "num_epochs": 1, "seed": 4, "sequence": MODES[mode], "progress": True}
-    kwargs.update(cur_shard=1, shard_count=2)
-    if mode == "pack":
-        kwargs.update(schema_fields=["tok"], batch_size=4)
+    kwargs = _sequence_options(mode, num_epochs=1, seed=4, progress=True, cur_shard=1, shard_count=2)
 
     def bar() -> str:
         frames = capsys.readouterr().err.replace("\r", "\n").splitlines()
@@ -350,10 +356,7 @@ def test_the_progress_bar_of_bucketed_or_packed_batches_knows_its_total(dataset,
 @pytest.mark.parametrize("mode", ["bucket", "pack"])
 def test_worker_processes_end_each_sharded_epoch_on_the_same_batch_as_threads(dataset, mode: str) -> None:
     root, manifest = dataset
-    kwargs: dict[str, Any] = {"batch_size": 6, "num_epochs": 2, "seed": 3, "sequence": MODES[mode]}
-    kwargs.update(shuffling_queue_capacity=40, shard_count=3)
-    if mode == "pack":
-        kwargs.update(schema_fields=["tok"], batch_size=4)
+    kwargs = _sequence_options(mode, num_epochs=2, seed=3, shuffling_queue_capacity=40, shard_count=3)
     counts = set()
     for shard in range(3):
         with _reader(root, manifest, cur_shard=shard, **kwargs) as reader:
@@ -396,9 +399,7 @@ def test_a_resharded_epoch_of_bucketed_or_packed_batches_ends_on_the_same_batch_
     dataset, monkeypatch: pytest.MonkeyPatch, mode: str
 ) -> None:
     root, manifest = dataset
-    kwargs: dict[str, Any] = {"batch_size": 6, "num_epochs": 1, "seed": 2, "sequence": MODES[mode]}
-    if mode == "pack":
-        kwargs.update(schema_fields=["tok"], batch_size=4)
+    kwargs = _sequence_options(mode, num_epochs=1, seed=2)
     states = []
     for shard in range(2):
         with _reader(root, manifest, cur_shard=shard, shard_count=2, **kwargs) as reader:
