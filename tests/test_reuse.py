@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import logging
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pyarrow as pa
@@ -112,12 +115,85 @@ def test_the_stable_key_is_the_same_for_the_same_dataframe_and_differs_for_any_c
         (lambda spark: spark.range(5).withColumn("r", F.rand(1)), "non-deterministic"),
         (lambda spark: spark.range(5).withColumn("u", F.udf(lambda x: x + 1, "long")("id")), "PythonUDF"),
         (lambda spark: spark.range(5).mapInPandas(lambda frames: frames, "id long"), "MapInPandas"),
+        (lambda spark: spark.range(5).withColumn("t", F.current_timestamp()), "CurrentTimestamp"),
+        (lambda spark: spark.range(5).withColumn("d", F.current_date()), "CurrentDate"),
+        (lambda spark: spark.range(5).withColumn("db", F.current_database()), "CurrentDatabase"),
+        (lambda spark: spark.range(5).withColumn("v", F.version()), "SparkVersion"),
     ],
-    ids=["local-rows", "pandas", "rand", "python-udf", "map-in-pandas"],
+    ids=["local-rows", "pandas", "rand", "python-udf", "map-in-pandas", "clock", "date", "database", "version"],
 )
 def test_dataframes_whose_rows_the_plan_does_not_determine_are_never_reused_across_processes(spark, make, why) -> None:
     identity = identify(make(spark), stable=True)
     assert identity.stable is None and why in identity.unstable
+
+
+def test_a_source_that_is_not_files_is_never_reused_across_processes_since_its_changes_leave_no_trace(
+    spark, tmp_path
+) -> None:
+    # A JDBC table (Derby, in this JVM): its rows change with no file and no plan text to show it.
+    spark.sparkContext._jvm.java.lang.System.setProperty("derby.stream.error.file", str(tmp_path / "derby.log"))
+    url = "jdbc:derby:memory:sparkfeed_reuse;create=true"
+    spark.range(3).write.jdbc(url, "T", mode="overwrite")
+    table = spark.read.jdbc(url, "T")
+    identity = identify(table, stable=True)
+    assert identity.stable is None and "its source JDBCRelation" in identity.unstable
+    spark.range(5).write.jdbc(url, "T", mode="append")
+    assert table.count() == 8  # the same plan, other rows: what a kept cache would have hidden
+
+
+@contextlib.contextmanager
+def _setting(spark, key: str, value: str) -> Iterator[None]:
+    """A SQL setting of the shared session, put back afterwards."""
+    old = spark.conf.get(key, None)
+    spark.conf.set(key, value)
+    try:
+        yield
+    finally:
+        spark.conf.unset(key) if old is None else spark.conf.set(key, old)
+
+
+def test_the_stable_key_holds_the_settings_that_change_rows_and_not_those_that_tune_execution(spark, tmp_path) -> None:
+    stamps = tmp_path / "stamps"
+    stamps.mkdir()
+    at_noon = pa.array([datetime.datetime(2020, 1, 1, 12)], pa.timestamp("us", tz="UTC"))
+    pq.write_table(pa.table({"ts": at_noon, "s": ["x"]}), stamps / "part-0.parquet")
+
+    def key_and_rows(df) -> tuple[str, Any]:
+        key = identify(df, stable=True).stable
+        assert key is not None
+        try:
+            return key, df.collect()
+        except Exception as error:  # noqa: BLE001 - ANSI mode fails where the legacy mode gives null
+            return key, type(error).__name__
+
+    as_text = lambda: spark.read.parquet(str(stamps)).select(F.col("ts").cast("string"))  # noqa: E731
+    utc = key_and_rows(as_text())
+    with _setting(spark, "spark.sql.session.timeZone", "America/New_York"):
+        new_york = key_and_rows(as_text())
+    assert utc[1] != new_york[1] and utc[0] != new_york[0]  # other rows from the same plan text: another key
+
+    as_int = lambda: spark.read.parquet(str(stamps)).select(F.col("s").cast("int"))  # noqa: E731
+    with _setting(spark, "spark.sql.ansi.enabled", "true"):
+        ansi = key_and_rows(as_int())
+    with _setting(spark, "spark.sql.ansi.enabled", "false"):
+        legacy = key_and_rows(as_int())
+    assert legacy[1] != ansi[1] and legacy[0] != ansi[0]
+
+    with _setting(spark, "spark.sql.shuffle.partitions", "7"):
+        assert identify(as_text(), stable=True).stable == utc[0]  # how it runs, not what it gives
+    with _setting(spark, "spark.sql.legacy.timeParserPolicy", "LEGACY"):
+        assert identify(as_text(), stable=True).stable != utc[0]  # any other setting: not reused
+
+
+def test_spark_file_tables_read_as_datasource_v2_are_reused_by_their_files(spark, tmp_path) -> None:
+    _write_source(tmp_path / "s", 10)
+    with _setting(spark, "spark.sql.sources.useV1SourceList", ""):
+        df = spark.read.parquet(str(tmp_path / "s"))
+        assert "RelationV2" in df._jdf.queryExecution().analyzed().toString()  # read as DataSource V2
+        key = identify(df, stable=True).stable
+        assert key is not None
+        _write_source(tmp_path / "s", 11)
+        assert identify(spark.read.parquet(str(tmp_path / "s")), stable=True).stable not in (None, key)
 
 
 def test_keep_keeps_the_cache_past_the_process_and_warns_when_no_process_could_reuse_it(

@@ -140,9 +140,56 @@ def identify(df: DataFrame, *, stable: bool = False) -> DataFrameIdentity:
 _NOT_IN_THE_PLAN = ("LocalRelation", "RDD", "UDF", "UDTF", "Python", "InPandas", "InArrow", "Streaming")
 """Plan node and expression classes whose rows or code the plan's text does not hold."""
 
+_CLOCK_OR_SESSION = ("Now", "LocalTimestamp", "SparkVersion")
+"""Deterministic expressions whose value is the time, the session or the Spark build, not the plan
+(with every class named ``Current...``: ``current_timestamp``, ``current_date``, ``current_user``,
+``current_database``, ...): the same plan gives other rows tomorrow, or in another session."""
+
+_FILE_RELATIONS = ("org.apache.spark.sql.execution.datasources.HadoopFsRelation",)
+"""The relations of ``LogicalRelation`` leaves whose rows are their files, which the key fingerprints."""
+
+_FILE_TABLE = "org.apache.spark.sql.execution.datasources.v2.FileTable"
+"""The class of Spark's own file tables as DataSource V2 relations (Parquet, ORC, CSV, JSON, text)."""
+
+_IN_THE_PLAN = (
+    "org.apache.spark.sql.catalyst.plans.logical.Range",
+    "org.apache.spark.sql.catalyst.plans.logical.OneRowRelation",
+)
+"""Leaves whose rows the plan's text holds whole."""
+
+_EXECUTION_ONLY = (
+    "spark.sql.adaptive.",
+    "spark.sql.artifact.",
+    "spark.sql.autoBroadcastJoinThreshold",
+    "spark.sql.codegen.",
+    "spark.sql.execution.arrow.",
+    "spark.sql.files.maxPartitionBytes",
+    "spark.sql.files.openCostInBytes",
+    "spark.sql.shuffle.partitions",
+    "spark.sql.sources.parallelPartitionDiscovery.",
+    "spark.sql.ui.",
+    "spark.sql.warehouse.dir",
+)
+"""Prefixes of SQL settings that change how a plan runs, never its rows: left out of the key
+(the warehouse directory also differs with each process's working directory)."""
+
+_RESULT_SETTINGS = ("spark.sql.session.timeZone", "spark.sql.ansi.enabled")
+"""SQL settings in the key by their value in effect, set or not: the same plan text casts
+timestamps to strings in the session's time zone, and fails or gives nulls by ANSI mode."""
+
 
 def _stable_digest(analyzed: Any, df: DataFrame, sources: tuple[Any, ...]) -> tuple[str | None, str]:
-    """The cross-process digest of a classic DataFrame, or None and why it must not be reused."""
+    """The cross-process digest of a classic DataFrame, or None and why it must not be reused.
+
+    Reuse by another process must never serve rows other than the DataFrame's own, so what may
+    be reused is an allowlist, not a list of exceptions: every leaf is files (fingerprinted by
+    name, size and modification time) or rows written in the plan (``range``, a ``SELECT``
+    without ``FROM``). A JDBC table, a catalog's table format (Iceberg, ...) or any other source
+    can change with no trace in the plan or in files the key can see. The key also holds the
+    Spark version and the SQL settings in effect that change rows (see :data:`_RESULT_SETTINGS`,
+    and every SQL setting the session sets but :data:`_EXECUTION_ONLY`): a session in another
+    time zone or ANSI mode computes other rows from the same plan text.
+    """
     if analyzed.isStreaming():
         return None, "it is a streaming DataFrame"
     if not analyzed.deterministic():
@@ -157,6 +204,12 @@ def _stable_digest(analyzed: Any, df: DataFrame, sources: tuple[Any, ...]) -> tu
             None,
             f"its plan holds {', '.join(opaque)}: local data, an RDD or user code, which the plan does not describe",
         )
+    clock = sorted(c for c in classes if c.startswith("Current") or c in _CLOCK_OR_SESSION)
+    if clock:
+        return (
+            None,
+            f"its plan holds {', '.join(clock)}: the time, the session or Spark's version, not rows of the plan",
+        )
     unknown = [url for url, size, mtime in sources if size is None or mtime is None]
     if unknown:
         return None, f"the size or modification time of its source {unknown[0]} cannot be read"
@@ -164,9 +217,45 @@ def _stable_digest(analyzed: Any, df: DataFrame, sources: tuple[Any, ...]) -> tu
     iterator = analyzed.collectLeaves().iterator()
     while iterator.hasNext():
         leaf = iterator.next()
+        unchecked = _unchecked_source(leaf, df)
+        if unchecked:
+            return None, f"its source {unchecked} is not files whose sizes and modification times sparkfeed can check"
         leaves.append((leaf.getClass().getName(), leaf.schema().json()))
-    text = json.dumps([analyzed.canonicalized().toString(), leaves, df.schema.json(), sources])
+    session = df.sparkSession
+    settings = {key: session.conf.get(key) for key in _RESULT_SETTINGS}
+    settings.update(
+        (key, value)
+        for key, value in session.conf.getAll.items()
+        if key.startswith("spark.sql.") and not key.startswith(_EXECUTION_ONLY)
+    )
+    text = json.dumps(
+        [
+            analyzed.canonicalized().toString(),
+            leaves,
+            df.schema.json(),
+            sources,
+            session.version,
+            sorted(settings.items()),
+        ]
+    )
     return hashlib.sha256(text.encode()).hexdigest(), ""
+
+
+def _unchecked_source(leaf: Any, df: DataFrame) -> str:
+    """A plan leaf that is neither files nor rows in the plan: what it is, for the log; "" otherwise."""
+    name = str(leaf.getClass().getName())
+    if name in _IN_THE_PLAN:
+        return ""
+    if name.endswith(".LogicalRelation"):
+        relation = str(leaf.relation().getClass().getName())
+        return "" if relation in _FILE_RELATIONS else f"{relation.rsplit('.', 1)[-1]} (a {name.rsplit('.', 1)[-1]})"
+    if name.endswith(".DataSourceV2Relation"):
+        table = leaf.table()
+        jvm = df.sparkSession.sparkContext._jvm
+        if jvm is not None and jvm.java.lang.Class.forName(_FILE_TABLE).isInstance(table):
+            return ""
+        return f"{table.name()} ({str(table.getClass().getName()).rsplit('.', 1)[-1]})"
+    return name.rsplit(".", 1)[-1]
 
 
 def reuse_key(identity: DataFrameIdentity, options: MaterializeOptions) -> str | None:
