@@ -137,8 +137,15 @@ def test_a_source_that_is_not_files_is_never_reused_across_processes_since_its_c
     table = spark.read.jdbc(url, "T")
     identity = identify(table, stable=True)
     assert identity.stable is None and "its source JDBCRelation" in identity.unstable
+    converter = make_spark_converter(table)
     spark.range(5).write.jdbc(url, "T", mode="append")
     assert table.count() == 8  # the same plan, other rows: what a kept cache would have hidden
+    # In this process the same DataFrame reuses its cache, as in Petastorm; delete() reads it anew.
+    assert make_spark_converter(table).cache_dir_url == converter.cache_dir_url and len(converter) == 3
+    converter.delete()
+    again = make_spark_converter(table)
+    assert again.cache_dir_url != converter.cache_dir_url and len(again) == 8
+    again.delete()
 
 
 @contextlib.contextmanager
