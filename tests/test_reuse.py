@@ -103,6 +103,9 @@ def test_the_stable_key_is_the_same_for_the_same_dataframe_and_differs_for_any_c
     assert reuse_key(identify(df(20), stable=True), options) != key
     assert reuse_key(identify(df(), stable=True), MaterializeOptions(dtype="float64")) != key
     assert reuse_key(identify(df().select(F.col("id").cast("int")), stable=True), options) != key
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("sparkfeed.materialize.__version__", "99.0")  # another sparkfeed
+        assert reuse_key(identify(df(), stable=True), options) != key
     _write_source(tmp_path / "s", 101)  # the same path, rewritten
     assert reuse_key(identify(df(), stable=True), options) != key
 

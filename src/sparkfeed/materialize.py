@@ -259,10 +259,14 @@ def _unchecked_source(leaf: Any, df: DataFrame) -> str:
 
 
 def reuse_key(identity: DataFrameIdentity, options: MaterializeOptions) -> str | None:
-    """What a kept cache's marker records and a later process looks for: plan, sources and options together."""
+    """What a kept cache's marker records and a later process looks for: plan, sources and options together.
+
+    Also sparkfeed's version: a cache written before an upgrade is converted again rather than
+    trusted to hold what the new version would write (a fixed conversion bug stays fixed).
+    """
     if identity.stable is None:
         return None
-    text = json.dumps([MANIFEST_FORMAT, identity.stable, dataclasses.asdict(options)])
+    text = json.dumps([MANIFEST_FORMAT, __version__, identity.stable, dataclasses.asdict(options)])
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
