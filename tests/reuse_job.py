@@ -1,6 +1,7 @@
 """Run by test_reuse.py in a process of its own: converts a Parquet source with reuse="auto".
 
-Arguments: the source directory, the caches' parent, and ``keep`` or ``no-keep``. Prints one
+Arguments: the source directory, the caches' parent, ``keep`` or ``no-keep``, and optionally
+``stay`` (then it waits to be killed, as a long training job would still be reading). Prints one
 JSON line: the cache's URL, its rows and their id sum, and the seconds make_spark_converter took.
 """
 
@@ -17,7 +18,7 @@ from pyspark.sql import functions as F
 from sparkfeed import make_spark_converter
 
 
-def main(source: str, parent: str, keep: str) -> None:
+def main(source: str, parent: str, keep: str, stay: str = "") -> None:
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     spark = SparkSession.builder.master("local[2]").config("spark.ui.enabled", "false").getOrCreate()
     spark.sparkContext.setLogLevel("OFF")
@@ -28,6 +29,9 @@ def main(source: str, parent: str, keep: str) -> None:
     with converter.make_numpy_iterator(batch_size=1000, num_epochs=1) as batches:
         ids = [int(i) for batch in batches for i in batch["id"]]
     print(json.dumps({"url": converter.cache_dir_url, "rows": len(ids), "id_sum": sum(ids), "seconds": seconds}))
+    sys.stdout.flush()
+    while stay == "stay":
+        time.sleep(1)
 
 
 if __name__ == "__main__":

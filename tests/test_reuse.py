@@ -6,6 +6,7 @@ import contextlib
 import datetime
 import json
 import logging
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,13 +20,13 @@ from click.testing import CliRunner
 from pyspark.sql import functions as F
 
 from sparkfeed import make_spark_converter
-from sparkfeed.cache import MARKER_NAME, USED_NAME, collect, owned_caches, scan
+from sparkfeed.cache import MARKER_NAME, USED_NAME, collect, mark_used, owned_caches, scan
 from sparkfeed.cli import main
 from sparkfeed.location import Location
 from sparkfeed.materialize import identify, reuse_key
 from sparkfeed.options import MaterializeOptions
 
-from helpers import run_job
+from helpers import JobProcess, run_job
 
 
 def _write_source(path: Path, rows: int) -> None:
@@ -89,6 +90,30 @@ def test_kept_caches_are_not_orphans_and_clean_older_than_removes_them(kept, tmp
     removed = CliRunner().invoke(main, ["cache", "clean", "--older-than", "0s", str(parent)])
     assert removed.exit_code == 0 and "removed 1 caches" in removed.output and not any(parent.iterdir())
     assert CliRunner().invoke(main, ["cache", "clean", "--older-than", "soon", str(parent)]).exit_code == 2
+
+
+@pytest.mark.slow
+def test_clean_older_than_leaves_a_kept_cache_while_a_process_that_reused_it_runs(kept, tmp_path) -> None:
+    _, parent, first = _copy(kept, tmp_path)  # the kept cache, for the original source
+    location = Location.parse(str(parent))
+    with JobProcess("reuse_job.py", str(kept[0]), str(parent), "no-keep", "stay") as job:
+        assert job.line()["url"] == first["url"]  # reused, and still running (reading, for all we know)
+        (entry,) = scan(location)
+        assert entry.in_use and [user.pid for user in entry.users] == [job.process.pid]
+        assert collect(location, older_than=datetime.timedelta(0)) == []
+        job.kill_group()
+    (entry,) = scan(location)
+    assert not entry.in_use and len(entry.users) == 1  # its record stays, its process is gone
+    mark_used(entry.location)  # a new reuse (this process) drops the records of reusers gone
+    (entry,) = scan(location)
+    assert entry.in_use and [user.pid for user in entry.users] == [os.getpid()]
+    assert collect(location, older_than=datetime.timedelta(0)) == []
+    users = [
+        p for p in (parent / entry.location.url.rsplit("/", 1)[1]).iterdir() if p.name.startswith("_sparkfeed_user")
+    ]
+    for user in users:
+        user.unlink()  # as if this process had ended: what was reused long enough ago is collected
+    assert [e.location for e in collect(location, older_than=datetime.timedelta(0))] == [entry.location]
 
 
 def test_the_stable_key_is_the_same_for_the_same_dataframe_and_differs_for_any_change(spark, tmp_path) -> None:

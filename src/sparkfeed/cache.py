@@ -17,6 +17,7 @@ import base64
 import contextlib
 import dataclasses
 import datetime
+import hashlib
 import json
 import logging
 import os
@@ -281,6 +282,10 @@ MARKER_NAME = "_sparkfeed_cache.json"
 USED_NAME = "_sparkfeed_used.json"
 """When a kept cache was last reused by a later process: what ``cache clean --older-than`` measures."""
 
+USER_NAME = re.compile(r"^_sparkfeed_user-[0-9a-f]{16}\.json$")
+"""One per process that reused a kept cache (its owner record): while one on this host runs, the
+cache is in use, and ``cache clean --older-than`` leaves it however long ago that was."""
+
 
 CACHE_NAME = re.compile(r"^sparkfeed-\d{8}T\d{6}-[0-9a-f]{12}$")
 """The name of every cache directory sparkfeed creates: listings look at these and nothing else."""
@@ -458,6 +463,7 @@ class CacheEntry:
         token: The marker's token, which deleting it requires.
         kept: Made with ``keep=True``: it outlives its creator on purpose.
         last_used: ISO time it was last reused by a later process (None: never), UTC.
+        users: The processes that reused it (a kept cache), as far as they were recorded.
     """
 
     location: Location
@@ -470,6 +476,15 @@ class CacheEntry:
     token: str
     kept: bool = False
     last_used: str | None = None
+    users: tuple[Owner, ...] = ()
+
+    @property
+    def in_use(self) -> bool:
+        """A process on this host that reused it still runs (perhaps reading it for days).
+
+        A reuser on another host cannot be seen from here: its reuse counts by its time alone.
+        """
+        return any(user.liveness() is Liveness.RUNNING for user in self.users)
 
     @property
     def orphaned(self) -> bool:
@@ -535,6 +550,7 @@ def _entry(location: Location, orphan_only: bool = False) -> CacheEntry | None:
         return None  # removed while we looked
     created = marker.get("created_at")
     used = _read_json(location, USED_NAME)
+    users = [_read_json(location, info.base_name) for info in files if USER_NAME.match(info.base_name)]
     return CacheEntry(
         location=location,
         owner=owner,
@@ -546,6 +562,7 @@ def _entry(location: Location, orphan_only: bool = False) -> CacheEntry | None:
         token=str(marker["token"]),
         kept=marker.get("keep") is True,
         last_used=used.get("at") if isinstance(used, dict) and isinstance(used.get("at"), str) else None,
+        users=tuple(owner for user in users if isinstance(user, dict) and (owner := Owner.from_dict(user.get("by")))),
     )
 
 
@@ -571,7 +588,9 @@ def collect(
             a complete orphan may still be opened by path by a job that knows its URL).
         dry_run: Remove nothing; return what would be removed.
         older_than: Also remove the kept caches neither made nor reused for this long, whose
-            creator is gone (a kept cache of a running process is its own to delete).
+            creator is gone (a kept cache of a running process is its own to delete) and that
+            no running process on this host reused (:attr:`CacheEntry.in_use`: a training job
+            that reused it a day ago may still read it).
     """
     if older_than is None:
         chosen = [e for e in scan(parent, orphans_only=True) if not (partial_only and e.state == "complete")]
@@ -581,7 +600,12 @@ def collect(
             entry
             for entry in scan(parent)
             if entry.orphaned
-            or (entry.kept and entry.liveness is Liveness.GONE and (entry.idle_since() or limit) < limit)
+            or (
+                entry.kept
+                and entry.liveness is Liveness.GONE
+                and (entry.idle_since() or limit) < limit
+                and not entry.in_use
+            )
         ]
     return chosen if dry_run else remove_orphans(chosen)
 
@@ -618,11 +642,27 @@ def find_kept(parent: Location, key: str) -> tuple[CacheEntry, Manifest] | None:
 
 
 def mark_used(location: Location) -> None:
-    """Records that a later process reused a kept cache now (best effort: a read-only store stays as it is)."""
+    """Records that this process reused a kept cache now (best effort: a read-only store stays as it is).
+
+    Two records: the cache's last reuse (:data:`USED_NAME`, what ``--older-than`` measures) and
+    this process's own (:data:`USER_NAME`), which keeps the cache from being collected while the
+    process runs; the records of reusers on this host that are gone are removed on the way.
+    """
     now = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+    me = Owner.current().to_dict()
+    record = json.dumps({"at": now, "by": me}).encode()
+    mine = f"_sparkfeed_user-{hashlib.sha256(json.dumps(me, sort_keys=True).encode()).hexdigest()[:16]}.json"
+    fs = location.filesystem
     try:
-        with location.filesystem.open_output_stream(f"{location.path}/{USED_NAME}") as stream:
-            stream.write(json.dumps({"at": now, "by": Owner.current().to_dict()}).encode())
+        for name in (USED_NAME, mine):
+            with fs.open_output_stream(f"{location.path}/{name}") as stream:
+                stream.write(record)
+        for info in fs.get_file_info(pafs.FileSelector(location.path)):
+            if USER_NAME.match(info.base_name) and info.base_name != mine:
+                user = _read_json(location, info.base_name)
+                owner = Owner.from_dict(user.get("by")) if isinstance(user, dict) else None
+                if owner is not None and owner.liveness() is Liveness.GONE:
+                    fs.delete_file(info.path)
     except (OSError, pa.ArrowException) as error:
         log.debug("could not record the reuse of %s: %s", location, error)
 

@@ -81,7 +81,7 @@ def ls_command(directory: str | None, as_json: bool) -> None:
     metavar="AGE",
     default=None,
     help="Also remove kept caches (keep=True) not made or reused for AGE (e.g. 90m, 12h, 7d, 2w), "
-    "whose creator is gone.",
+    "whose creator is gone and that no running process on this host reused.",
 )
 def clean_command(directory: str | None, dry_run: bool, older_than: str | None) -> None:
     """Remove the caches under DIR whose creator is gone: orphans and partial writes.
