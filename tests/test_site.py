@@ -17,6 +17,7 @@ import builtins
 import dataclasses
 import importlib
 import inspect
+import logging
 import os
 import re
 import shutil
@@ -436,6 +437,26 @@ def _corrupt(spark, tmp_path, monkeypatch) -> str:
     return _raised(lambda: make_spark_converter(converter.cache_dir_url))
 
 
+def _not_reused(spark, tmp_path, monkeypatch) -> str:
+    from pyspark.sql import functions as F
+
+    lines: list[str] = []
+    handler = logging.Handler(logging.INFO)
+    handler.emit = lambda record: lines.append(record.getMessage())  # type: ignore[method-assign]
+    logger = logging.getLogger("sparkfeed.converter")
+    level = logger.level
+    logger.setLevel(logging.INFO)  # setLevel, not an attribute: it clears the loggers' cached isEnabledFor
+    logger.addHandler(handler)
+    try:
+        clock = spark.range(3).withColumn("t", F.current_timestamp())
+        make_spark_converter(clock, cache_dir=str(tmp_path), reuse="auto").delete()
+        make_spark_converter(spark.range(4), cache_dir=str(tmp_path), reuse="auto").delete()
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    return "\n".join(lines)
+
+
 def _no_torch(spark, tmp_path, monkeypatch) -> str:
     converter = _small(spark)
     monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` fails as where it is not installed
@@ -485,6 +506,7 @@ TRIGGERS: dict[str, Callable[[Any, Path, pytest.MonkeyPatch], str]] = {
     "a-converter-used-after-delete": _deleted,
     "a-cache-location-the-reader-cannot-read": _unreadable,
     "a-cache-manifest-cannot-be-read": _corrupt,
+    "reuseauto-converts-again": _not_reused,
     "a-framework-is-not-installed": _no_torch,
     "a-transform-that-returns-something-else": _bad_transform,
     "schema_fields-naming-no-column": _no_such_column,
