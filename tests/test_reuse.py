@@ -220,6 +220,24 @@ def test_the_stable_key_holds_the_settings_that_change_rows_and_not_those_that_t
         assert identify(as_text(), stable=True).stable != utc[0]  # any other setting: not reused
 
 
+def test_files_elsewhere_are_fingerprinted_from_sparks_own_listing(spark, tmp_path) -> None:
+    # viewfs: a Hadoop filesystem only Spark knows (here a mount of a local directory), as
+    # s3a://, abfss:// or hdfs:// are to sparkfeed: their sizes and times come from Spark's listing.
+    _write_source(tmp_path / "s", 10)
+    config = spark.sparkContext._jsc.hadoopConfiguration()
+    config.set("fs.viewfs.mounttable.sparkfeedtest.link./data", (tmp_path / "s").as_uri())
+    source = lambda: spark.read.parquet("viewfs://sparkfeedtest/data")  # noqa: E731
+    identity = identify(source(), stable=True)
+    file = (tmp_path / "s" / "part-0.parquet").stat()
+    assert identity.sources == (
+        ("viewfs://sparkfeedtest/data/part-0.parquet", file.st_size, file.st_mtime_ns // 10**6 * 10**6),
+    )
+    assert identity.stable is not None  # reusable across processes, as local files are
+    _write_source(tmp_path / "s", 11)  # rewritten in place: Spark lists it anew for a new DataFrame
+    again = identify(source(), stable=True)
+    assert again.sources != identity.sources and again.stable not in (None, identity.stable)
+
+
 def test_spark_file_tables_read_as_datasource_v2_are_reused_by_their_files(spark, tmp_path) -> None:
     _write_source(tmp_path / "s", 10)
     with _setting(spark, "spark.sql.sources.useV1SourceList", ""):

@@ -125,7 +125,7 @@ def identify(df: DataFrame, *, stable: bool = False) -> DataFrameIdentity:
             cannot be inspected from the client.
     """
     jdf = getattr(df, "_jdf", None)
-    sources = _fingerprint(df.inputFiles())
+    sources = _fingerprint(df.inputFiles(), df if jdf is not None else None)
     if jdf is None:  # Spark Connect: no JVM handle in this process.
         plan = f"{df.semanticHash()}:{df.schema.json()}"
         unstable = "under Spark Connect the plan cannot be inspected from the client" if stable else ""
@@ -244,18 +244,28 @@ def _stable_digest(analyzed: Any, df: DataFrame, sources: tuple[Any, ...]) -> tu
 def _unchecked_source(leaf: Any, df: DataFrame) -> str:
     """A plan leaf that is neither files nor rows in the plan: what it is, for the log; "" otherwise."""
     name = str(leaf.getClass().getName())
-    if name in _IN_THE_PLAN:
+    if name in _IN_THE_PLAN or _file_index(leaf, df) is not None:
         return ""
     if name.endswith(".LogicalRelation"):
-        relation = str(leaf.relation().getClass().getName())
-        return "" if relation in _FILE_RELATIONS else f"{relation.rsplit('.', 1)[-1]} (a {name.rsplit('.', 1)[-1]})"
+        return f"{str(leaf.relation().getClass().getName()).rsplit('.', 1)[-1]} (a {name.rsplit('.', 1)[-1]})"
+    if name.endswith(".DataSourceV2Relation"):
+        table = leaf.table()
+        return f"{table.name()} ({str(table.getClass().getName()).rsplit('.', 1)[-1]})"
+    return name.rsplit(".", 1)[-1]
+
+
+def _file_index(leaf: Any, df: DataFrame) -> Any:
+    """The ``FileIndex`` of a plan leaf that reads Spark's file sources (V1 or V2); None for any other leaf."""
+    name = str(leaf.getClass().getName())
+    if name.endswith(".LogicalRelation"):
+        relation = leaf.relation()
+        return relation.location() if str(relation.getClass().getName()) in _FILE_RELATIONS else None
     if name.endswith(".DataSourceV2Relation"):
         table = leaf.table()
         jvm = df.sparkSession.sparkContext._jvm
         if jvm is not None and jvm.java.lang.Class.forName(_FILE_TABLE).isInstance(table):
-            return ""
-        return f"{table.name()} ({str(table.getClass().getName()).rsplit('.', 1)[-1]})"
-    return name.rsplit(".", 1)[-1]
+            return table.fileIndex()
+    return None
 
 
 def reuse_key(identity: DataFrameIdentity, options: MaterializeOptions) -> str | None:
@@ -270,24 +280,54 @@ def reuse_key(identity: DataFrameIdentity, options: MaterializeOptions) -> str |
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
-def _fingerprint(urls: list[str]) -> tuple[tuple[str, int | None, int | None], ...]:
+def _fingerprint(urls: list[str], df: DataFrame | None) -> tuple[tuple[str, int | None, int | None], ...]:
+    """Each source file's URL, size and modification time (ns), sorted by URL.
+
+    Local files are looked at now (``os.stat``). Files elsewhere (``s3a://``, ``abfss://``,
+    ``hdfs://``, ...) are taken from the listing Spark made when the DataFrame was defined,
+    with Spark's own credentials and endpoints: asking the store again from here would cost a
+    request per file, and pyarrow would guess the endpoint (AWS's, for ``s3://``, which timed
+    out after 6 s a file where AWS is not reachable) and knows no ``s3a://``. Under Spark
+    Connect, which has no such listing in this process, they stay unknown (and the DataFrame
+    is never reused across processes).
+    """
+    local = {"", "file"}
+    remote = [url for url in urls if urlparse(url).scheme not in local]
+    listed = _listed_by_spark(df) if remote and df is not None else {}
     rows = []
     for url in sorted(urls):
         size = mtime = None
         parsed = urlparse(url)
-        try:
-            if parsed.scheme in ("", "file"):
+        if parsed.scheme in local:
+            with contextlib.suppress(OSError):  # gone since Spark listed it: the name alone still counts
                 stat = os.stat(unquote(parsed.path))
                 size, mtime = stat.st_size, stat.st_mtime_ns
-            else:
-                fs, path = pafs.FileSystem.from_uri(url)
-                info = fs.get_file_info(path)
-                size = info.size
-                mtime = None if info.mtime_ns is None else int(info.mtime_ns)
-        except (OSError, pa.ArrowException):
-            pass  # Unreachable from here: the name alone still distinguishes rewritten datasets.
+        else:
+            size, mtime = listed.get(url, (None, None))
         rows.append((url, size, mtime))
     return tuple(rows)
+
+
+def _listed_by_spark(df: DataFrame) -> dict[str, tuple[int, int]]:
+    """Size and modification time (ns) of every file Spark listed for the plan's file sources, by URL.
+
+    The URLs are written as ``Dataset.inputFiles`` writes them (``getPath.toUri.toString``).
+    """
+    listed: dict[str, tuple[int, int]] = {}
+    try:
+        leaves = df._jdf.queryExecution().analyzed().collectLeaves().iterator()
+        while leaves.hasNext():
+            index = _file_index(leaves.next(), df)
+            files = index.allFiles().iterator() if index is not None else None
+            while files is not None and files.hasNext():
+                status = files.next()
+                listed[str(status.getPath().toUri().toString())] = (
+                    int(status.getLen()),
+                    int(status.getModificationTime()) * 1_000_000,
+                )
+    except Exception as error:  # noqa: BLE001 - a Py4J error: the files stay unknown, never reused across processes
+        log.debug("could not read Spark's listing of the source files: %s", error)
+    return listed
 
 
 class _Registry:
