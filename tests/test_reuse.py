@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import json
 import logging
 import os
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +18,10 @@ from click.testing import CliRunner
 from pyspark.sql import functions as F
 
 from sparkfeed import make_spark_converter
-from sparkfeed.cache import MARKER_NAME, USED_NAME, collect, mark_used, owned_caches, scan
+from sparkfeed.cache import MARKER_NAME, USED_NAME, USER_NAME, collect, mark_used, owned_caches, scan
 from sparkfeed.cli import main
 from sparkfeed.location import Location
-from sparkfeed.materialize import identify, reuse_key
+from sparkfeed.materialize import _session_conf, identify, reuse_key
 from sparkfeed.options import MaterializeOptions
 
 from helpers import JobProcess, run_job
@@ -108,9 +106,7 @@ def test_clean_older_than_leaves_a_kept_cache_while_a_process_that_reused_it_run
     (entry,) = scan(location)
     assert entry.in_use and [user.pid for user in entry.users] == [os.getpid()]
     assert collect(location, older_than=datetime.timedelta(0)) == []
-    users = [
-        p for p in (parent / entry.location.url.rsplit("/", 1)[1]).iterdir() if p.name.startswith("_sparkfeed_user")
-    ]
+    users = [p for p in (parent / entry.location.url.rsplit("/", 1)[1]).iterdir() if USER_NAME.match(p.name)]
     for user in users:
         user.unlink()  # as if this process had ended: what was reused long enough ago is collected
     assert [e.location for e in collect(location, older_than=datetime.timedelta(0))] == [entry.location]
@@ -176,17 +172,6 @@ def test_a_source_that_is_not_files_is_never_reused_across_processes_since_its_c
     again.delete()
 
 
-@contextlib.contextmanager
-def _setting(spark, key: str, value: str) -> Iterator[None]:
-    """A SQL setting of the shared session, put back afterwards."""
-    old = spark.conf.get(key, None)
-    spark.conf.set(key, value)
-    try:
-        yield
-    finally:
-        spark.conf.unset(key) if old is None else spark.conf.set(key, old)
-
-
 def test_the_stable_key_holds_the_settings_that_change_rows_and_not_those_that_tune_execution(spark, tmp_path) -> None:
     stamps = tmp_path / "stamps"
     stamps.mkdir()
@@ -203,20 +188,20 @@ def test_the_stable_key_holds_the_settings_that_change_rows_and_not_those_that_t
 
     as_text = lambda: spark.read.parquet(str(stamps)).select(F.col("ts").cast("string"))  # noqa: E731
     utc = key_and_rows(as_text())
-    with _setting(spark, "spark.sql.session.timeZone", "America/New_York"):
+    with _session_conf(spark, {"spark.sql.session.timeZone": "America/New_York"}):
         new_york = key_and_rows(as_text())
     assert utc[1] != new_york[1] and utc[0] != new_york[0]  # other rows from the same plan text: another key
 
     as_int = lambda: spark.read.parquet(str(stamps)).select(F.col("s").cast("int"))  # noqa: E731
-    with _setting(spark, "spark.sql.ansi.enabled", "true"):
+    with _session_conf(spark, {"spark.sql.ansi.enabled": "true"}):
         ansi = key_and_rows(as_int())
-    with _setting(spark, "spark.sql.ansi.enabled", "false"):
+    with _session_conf(spark, {"spark.sql.ansi.enabled": "false"}):
         legacy = key_and_rows(as_int())
     assert legacy[1] != ansi[1] and legacy[0] != ansi[0]
 
-    with _setting(spark, "spark.sql.shuffle.partitions", "7"):
+    with _session_conf(spark, {"spark.sql.shuffle.partitions": "7"}):
         assert identify(as_text(), stable=True).stable == utc[0]  # how it runs, not what it gives
-    with _setting(spark, "spark.sql.legacy.timeParserPolicy", "LEGACY"):
+    with _session_conf(spark, {"spark.sql.legacy.timeParserPolicy": "LEGACY"}):
         assert identify(as_text(), stable=True).stable != utc[0]  # any other setting: not reused
 
 
@@ -240,7 +225,7 @@ def test_files_elsewhere_are_fingerprinted_from_sparks_own_listing(spark, tmp_pa
 
 def test_spark_file_tables_read_as_datasource_v2_are_reused_by_their_files(spark, tmp_path) -> None:
     _write_source(tmp_path / "s", 10)
-    with _setting(spark, "spark.sql.sources.useV1SourceList", ""):
+    with _session_conf(spark, {"spark.sql.sources.useV1SourceList": ""}):
         df = spark.read.parquet(str(tmp_path / "s"))
         assert "RelationV2" in df._jdf.queryExecution().analyzed().toString()  # read as DataSource V2
         key = identify(df, stable=True).stable
