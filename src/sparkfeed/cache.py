@@ -282,7 +282,8 @@ MARKER_NAME = "_sparkfeed_cache.json"
 USED_NAME = "_sparkfeed_used.json"
 """When a kept cache was last reused by a later process: what ``cache clean --older-than`` measures."""
 
-USER_NAME = re.compile(r"^_sparkfeed_user-[0-9a-f]{16}\.json$")
+USER_PREFIX = "_sparkfeed_user-"
+USER_NAME = re.compile(rf"^{USER_PREFIX}[0-9a-f]{{16}}\.json$")
 """One per process that reused a kept cache (its owner record): while one on this host runs, the
 cache is in use, and ``cache clean --older-than`` leaves it however long ago that was."""
 
@@ -550,7 +551,7 @@ def _entry(location: Location, orphan_only: bool = False) -> CacheEntry | None:
         return None  # removed while we looked
     created = marker.get("created_at")
     used = _read_json(location, USED_NAME)
-    users = [_read_json(location, info.base_name) for info in files if USER_NAME.match(info.base_name)]
+    users = [_reuser(location, info.base_name) for info in files if USER_NAME.match(info.base_name)]
     return CacheEntry(
         location=location,
         owner=owner,
@@ -562,7 +563,7 @@ def _entry(location: Location, orphan_only: bool = False) -> CacheEntry | None:
         token=str(marker["token"]),
         kept=marker.get("keep") is True,
         last_used=used.get("at") if isinstance(used, dict) and isinstance(used.get("at"), str) else None,
-        users=tuple(owner for user in users if isinstance(user, dict) and (owner := Owner.from_dict(user.get("by")))),
+        users=tuple(user for user in users if user is not None),
     )
 
 
@@ -651,7 +652,7 @@ def mark_used(location: Location) -> None:
     now = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
     me = Owner.current().to_dict()
     record = json.dumps({"at": now, "by": me}).encode()
-    mine = f"_sparkfeed_user-{hashlib.sha256(json.dumps(me, sort_keys=True).encode()).hexdigest()[:16]}.json"
+    mine = f"{USER_PREFIX}{hashlib.sha256(json.dumps(me, sort_keys=True).encode()).hexdigest()[:16]}.json"
     fs = location.filesystem
     try:
         for name in (USED_NAME, mine):
@@ -659,12 +660,17 @@ def mark_used(location: Location) -> None:
                 stream.write(record)
         for info in fs.get_file_info(pafs.FileSelector(location.path)):
             if USER_NAME.match(info.base_name) and info.base_name != mine:
-                user = _read_json(location, info.base_name)
-                owner = Owner.from_dict(user.get("by")) if isinstance(user, dict) else None
+                owner = _reuser(location, info.base_name)
                 if owner is not None and owner.liveness() is Liveness.GONE:
                     fs.delete_file(info.path)
     except (OSError, pa.ArrowException) as error:
         log.debug("could not record the reuse of %s: %s", location, error)
+
+
+def _reuser(location: Location, name: str) -> Owner | None:
+    """The process a reuser record (:data:`USER_NAME`) names; None when the file is not such a record."""
+    record = _read_json(location, name)
+    return Owner.from_dict(record.get("by")) if isinstance(record, dict) else None
 
 
 def remove_orphans(entries: list[CacheEntry]) -> list[CacheEntry]:
