@@ -6,6 +6,7 @@ import datetime
 import json
 import logging
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -135,7 +136,8 @@ def test_the_stable_key_is_the_same_for_the_same_dataframe_and_differs_for_any_c
     ("make", "why"),
     [
         (lambda spark: spark.createDataFrame([(1, 2)], "a int, b int"), "LogicalRDD"),
-        (lambda spark: spark.createDataFrame(pd.DataFrame({"a": [1]})), "LogicalRDD"),
+        # An RDD of the rows up to pyspark 4.2, rows in the plan (LocalRelation) from 4.3 on: never reused either way.
+        (lambda spark: spark.createDataFrame(pd.DataFrame({"a": [1]})), "LogicalRDD|LocalRelation"),
         (lambda spark: spark.range(5).withColumn("r", F.rand(1)), "non-deterministic"),
         (lambda spark: spark.range(5).withColumn("u", F.udf(lambda x: x + 1, "long")("id")), "PythonUDF"),
         (lambda spark: spark.range(5).mapInPandas(lambda frames: frames, "id long"), "MapInPandas"),
@@ -148,7 +150,7 @@ def test_the_stable_key_is_the_same_for_the_same_dataframe_and_differs_for_any_c
 )
 def test_dataframes_whose_rows_the_plan_does_not_determine_are_never_reused_across_processes(spark, make, why) -> None:
     identity = identify(make(spark), stable=True)
-    assert identity.stable is None and why in identity.unstable
+    assert identity.stable is None and re.search(why, identity.unstable)
 
 
 def test_a_source_that_is_not_files_is_never_reused_across_processes_since_its_changes_leave_no_trace(

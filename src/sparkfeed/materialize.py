@@ -14,6 +14,7 @@ import dataclasses
 import datetime
 import getpass
 import hashlib
+import inspect
 import json
 import logging
 import os
@@ -537,10 +538,16 @@ def _session_conf(spark: SparkSession, values: dict[str, str]) -> Iterator[None]
 
 
 def _logical_schema(df: DataFrame) -> pa.Schema:
-    """The Arrow schema of the DataFrame's batches: the cache's logical schema."""
+    """The Arrow schema of the DataFrame's batches: the cache's logical schema.
+
+    Spark's own mapping, whose signature changed in pyspark 4.3 (a ``timezone`` in place of
+    ``timestamp_utc``, with no default for timestamps): timestamps are UTC instants either way.
+    """
     from pyspark.sql.pandas.types import to_arrow_schema
 
-    return to_arrow_schema(df.schema)
+    if "timezone" in inspect.signature(to_arrow_schema).parameters:
+        return to_arrow_schema(df.schema, timezone="UTC")
+    return to_arrow_schema(df.schema, timestamp_utc=True)
 
 
 def _manifest(
