@@ -15,14 +15,13 @@ import math
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Unpack
 
-import numpy as np
-
 from sparkfeed.converter import SparkDatasetConverter
 from sparkfeed.loader import DEFAULT_BATCH_SIZE, jax_iterator, tf_dataset, torch_dataloader
 from sparkfeed.options import MixGranularity, MixOptions, MixStop, ReaderArgs, known_keywords, reader_options
 from sparkfeed.reader import Reader
 from sparkfeed.reader.batch import NUMPY, BatchFormat, Columns
 from sparkfeed.reader.mixer import Mixer, SourceFormat, source_format
+from sparkfeed.reader.plan import fresh_seed
 
 if TYPE_CHECKING:
     from sparkfeed.jax import JaxIterator
@@ -178,7 +177,7 @@ class Mixture:
                     f"mix: shard {cur_shard} of {shard_count} without a seed would draw its own per-batch counts, and "
                     "ranks would get different batch counts: pass seed= to mix() or to the loader"
                 )
-            seed = int(np.random.SeedSequence().generate_state(1, np.uint64)[0] >> 1)
+            seed = fresh_seed()
         never = mixing.stop == "never"
         if sequence and never and mixing.rows_per_epoch is None:
             raise ValueError(

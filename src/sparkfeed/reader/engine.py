@@ -25,7 +25,7 @@ from sparkfeed.location import Location
 from sparkfeed.options import ReaderOptions
 from sparkfeed.reader.batch import NUMPY, Batcher, BatchFormat, Signature, check_signature, numpy_signature
 from sparkfeed.reader.exchange import Exchange
-from sparkfeed.reader.plan import PlanSpec, Segment, epoch_segments, remainder
+from sparkfeed.reader.plan import PlanSpec, Segment, epoch_segments, fresh_seed, remainder
 from sparkfeed.reader.pool import OrderedPool
 from sparkfeed.reader.progress import EpochBar
 from sparkfeed.reader.readahead import DEFAULT_READ_AHEAD_BYTES, follow_counts
@@ -137,7 +137,7 @@ class Reader(Generic[C]):
         cur_shard, shard_count = options.shard
         seed = options.seed
         if seed is None:  # Drawn once, and part of the state: a resumed unseeded run stays exact.
-            seed = int(np.random.SeedSequence().generate_state(1, np.uint64)[0] >> 1)
+            seed = fresh_seed()
         self._plan = PlanSpec(
             seed=seed,
             cur_shard=cur_shard,

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import secrets
 from collections.abc import Sequence
 
 import numpy as np
@@ -148,6 +149,14 @@ def shard_pieces(
         wrapped = cur_shard % total
         pieces += _pieces_in(row_groups, wrapped, wrapped + 1)
     return pieces
+
+
+def fresh_seed() -> int:
+    """A seed for a run not given one: drawn once and kept in its state, so that a resumed run stays exact.
+
+    63 bits, so that it is a non-negative int64 wherever it is stored (a JSON state, an int64 column).
+    """
+    return secrets.randbits(63)
 
 
 def epoch_order(pieces: Sequence[Piece], *, shuffle: bool, seed: int, epoch: int, shard: int) -> list[Piece]:
