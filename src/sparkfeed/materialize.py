@@ -24,7 +24,7 @@ import socket
 import stat
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlparse
@@ -545,9 +545,9 @@ def _logical_schema(df: DataFrame) -> pa.Schema:
     """
     from pyspark.sql.pandas.types import to_arrow_schema
 
-    if "timezone" in inspect.signature(to_arrow_schema).parameters:
-        return to_arrow_schema(df.schema, timezone="UTC")
-    return to_arrow_schema(df.schema, timestamp_utc=True)
+    convert: Callable[..., pa.Schema] = to_arrow_schema  # typed by whichever pyspark is installed
+    utc = {"timezone": "UTC"} if "timezone" in inspect.signature(convert).parameters else {"timestamp_utc": True}
+    return convert(df.schema, **utc)
 
 
 def _manifest(

@@ -154,7 +154,7 @@ class _Watch:
         self._jobs: set[int] = set()
         self._stages: set[int] = set()
         self._connect_tasks: tuple[int, int] = (0, 0)
-        self._handler: Callable[..., None] | None = None
+        self._handler: Any = None  # a callable; pyspark 4.3's stubs name it ProgressHandler, 4.0-4.2's Callable
         self._shown: tuple[Any, ...] | None = None
 
     def enter(self) -> None:
