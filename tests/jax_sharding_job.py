@@ -30,7 +30,7 @@ def main(converter_path: str) -> None:
     with converter.make_jax_iterator(sharding=sharding, drop_last=True, **settings) as batches:
         got = list(batches)
     for batch, want in zip(got, expected, strict=True):
-        shard_shapes |= {(str(s.device), s.data.shape) for s in batch["x"].addressable_shards}
+        shard_shapes |= {(s.device.id, s.data.shape) for s in batch["x"].addressable_shards}
         equal &= bool(np.array_equal(np.asarray(batch["x"]), want))
     try:
         with converter.make_jax_iterator(sharding=sharding, **settings) as batches:

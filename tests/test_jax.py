@@ -69,7 +69,7 @@ def test_a_long_beyond_int32_is_refused_rather_than_wrapped_without_x64(spark, s
     with pytest.raises(OverflowError, match=r"column 'big' holds \d+, beyond int32.*jax_enable_x64.*schema_fields"):
         with converter.make_jax_iterator(batch_size=256, num_epochs=1, **target) as batches:
             list(batches)
-    with jax.enable_x64(True), converter.make_jax_iterator(batch_size=256, num_epochs=1, **target) as batches:
+    with sparkfeed.jax._x64_scope(True), converter.make_jax_iterator(batch_size=256, num_epochs=1, **target) as batches:
         big = np.concatenate([np.asarray(b["big"]) for b in batches])
     assert big.dtype == np.int64 and sorted(big.tolist()) == [i * 2**31 for i in range(3000)]
 
@@ -252,6 +252,6 @@ def test_a_sharding_over_two_devices_splits_every_batch(spark, tmp_path) -> None
     assert done.returncode == 0, done.stderr[-3000:]
     seen = json.loads(done.stdout.strip().splitlines()[-1])
     assert seen["devices"] == 2 and seen["batches"] == seen["expected"] == 5 and seen["equal"]
-    assert seen["shard_shapes"] == [["cpu:0", [10, 2]], ["cpu:1", [10, 2]]]  # half a batch on each device
+    assert seen["shard_shapes"] == [[0, [10, 2]], [1, [10, 2]]]  # half a batch on each device
     # Without drop_last the epoch's 1-row batch cannot be split in two: said so, with the fix.
     assert "a batch of 1 rows cannot be placed" in seen["error"] and "drop_last=True" in seen["error"]

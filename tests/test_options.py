@@ -49,7 +49,7 @@ def _no_launcher(monkeypatch: pytest.MonkeyPatch) -> None:
         ({"shuffle_rows": 1}, "shuffle_rows=1 is not allowed: it must be a bool"),
         ({"filters": "id > 3"}, "filters='id > 3' is not allowed: it must be a pyarrow.compute.Expression, or"),
         ({"filters": []}, "filters=[] is not allowed"),
-        ({"filters": [("id", "~", 3)]}, "filters=[('id', '~', 3)] is not allowed (\"~\" is not a valid operator"),
+        ({"filters": [("id", "~", 3)]}, "filters=[('id', '~', 3)] is not allowed ("),
         ({"filters": [("id", ">")]}, "filters=[('id', '>')] is not allowed (not enough values to unpack"),
         ({"predicate": 3}, "predicate=3 is not allowed: it must be a function of a pandas DataFrame"),
         ({"storage_options": "key=x"}, "storage_options='key=x' is not allowed: it must be a dict"),

@@ -38,7 +38,8 @@ KINDS: dict[str, Any] = {
         lambda v: np.float32(float(v)),
     ),
     "string": (lambda k: T.StringType(), lambda k: st.none() | st.text(UTF8, max_size=8), lambda v: v),
-    "binary": (lambda k: T.BinaryType(), lambda k: st.none() | st.binary(max_size=8), lambda v: v),
+    # pyspark 4.0 collects a bytearray, later ones bytes: compared as bytes
+    "binary": (lambda k: T.BinaryType(), lambda k: st.none() | st.binary(max_size=8), bytes),
     "date": (lambda k: T.DateType(), lambda k: DATES, lambda v: np.datetime64(v, "D")),
     "timestamp": (
         lambda k: T.TimestampType(),

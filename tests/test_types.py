@@ -211,8 +211,10 @@ def test_tf_types(all_types, expected) -> None:
 def test_jax_types(all_types, expected, x64: bool) -> None:
     import jax
 
+    import sparkfeed.jax
+
     converter = make_spark_converter(all_types)
-    with jax.enable_x64(x64):
+    with sparkfeed.jax._x64_scope(x64):  # jax.enable_x64 from JAX 0.5, jax.experimental's before
         with converter.make_jax_iterator(batch_size=60, num_epochs=1, schema_fields=FIXED) as batches:
             (batch,) = list(batches)
         order = np.argsort(np.asarray(batch["id"]))

@@ -97,7 +97,7 @@ def _place(columns: Columns, target: Any, x64: bool) -> dict[str, Any]:
         with _x64_scope(x64):
             placed = import_jax().device_put(numeric, target)
     except ValueError as error:
-        if not numeric or "divide" not in str(error):
+        if not numeric or not any(word in str(error) for word in ("divide", "divisible")):  # JAX >= 0.5, 0.4
             raise
         rows = len(next(iter(numeric.values())))
         raise ValueError(
