@@ -62,6 +62,13 @@ def test_bad_reader_option_names_value_and_range(kwargs: dict, message: str) -> 
         reader_options(**kwargs)
 
 
+def test_a_bad_filter_operator_is_named_in_pyarrows_words() -> None:
+    # pyarrow words it differently across versions ('"~" is not ...' or "('id', '~', 3)" is not ...').
+    words = r"filters=\[\('id', '~', 3\)\] is not allowed \(.*~.* is not a valid operator"
+    with pytest.raises(ValueError, match=words):
+        reader_options(filters=[("id", "~", 3)])
+
+
 def test_defaults_are_valid_and_resolve_workers_and_prefetch() -> None:
     options = ReaderOptions()
     assert options.workers >= 1
