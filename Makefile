@@ -27,7 +27,7 @@ $(BENCH_STAMP): $(STAMP)
 $(OLDEST_STAMP): pyproject.toml constraints-oldest.txt
 	$(PYTHON) -m venv $(OLDEST_VENV)
 	$(OLDEST_VENV)/bin/python -m pip install -q --upgrade pip
-	$(OLDEST_VENV)/bin/python -m pip install -q -c constraints-oldest.txt -e '.[torch,tf,jax]' pytest hypothesis 'moto[server]' pillow
+	$(OLDEST_VENV)/bin/python -m pip install -q -c constraints-oldest.txt -e '.[torch,tf,jax,test]'
 	touch $@
 
 venv: $(STAMP)
