@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import datetime
+import itertools
 import pickle
 import sys
 import threading
 import warnings
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import tensorflow as tf
 from pyspark.ml.feature import VectorAssembler
@@ -177,6 +180,51 @@ def test_a_null_string_is_refused_naming_the_column(spark) -> None:
     with converter.make_tf_dataset(batch_size=2, num_epochs=1) as dataset:
         with pytest.raises(tf.errors.InvalidArgumentError, match=r"column 'b' holds nulls"):
             list(dataset.map(lambda row: row))  # TensorFlow's iterator: its error, with the same words
+
+
+def test_packed_columns_named_in_another_order_keep_their_own_values(tmp_path) -> None:
+    # The reader yields columns in the order sequence= names them; the element spec has the
+    # dataset's order. Values must land in their own fields, not by position.
+    lengths = [3, 5, 2, 4, 1, 6, 2, 3] * 4
+    a = [list(range(1, n + 1)) for n in lengths]
+    pq.write_table(pa.table({"a": a, "b": [[-v for v in row] for row in a]}), tmp_path / "part-0.parquet")
+    sequence = {"b": {"mode": "pack", "seq_len": 8}, "a": {"mode": "pack", "seq_len": 8}}
+    converter = make_spark_converter(str(tmp_path))
+    with converter.make_tf_dataset(batch_size=2, num_epochs=1, shuffle_row_groups=False, sequence=sequence) as ds:
+        rows = list(ds)
+    assert rows[0].a.numpy()[0].tolist() == [1, 2, 3, 1, 2, 3, 4, 5]
+    for row in rows:
+        a_values, b_values = row.a.numpy(), row.b.numpy()
+        assert (a_values >= 0).all() and (b_values <= 0).all()
+        np.testing.assert_array_equal(a_values, -b_values)
+
+
+def test_a_transform_whose_column_order_changes_keeps_each_columns_values(tmp_path) -> None:
+    ids = np.arange(100)
+    pq.write_table(pa.table({"id": ids, "a": ids * 1.0, "b": ids * -1.0}), tmp_path / "part-0.parquet")
+    calls = itertools.count()
+
+    def reorder(frame):  # the first call (the element spec's) in one order, later ones in another
+        return frame[["id", "a", "b"] if next(calls) == 0 else ["id", "b", "a"]]
+
+    converter = make_spark_converter(str(tmp_path))
+    options = {"batch_size": 10, "num_epochs": 1, "workers_count": 1, "shuffle_row_groups": False}
+    with converter.make_tf_dataset(transform_fn=reorder, **options) as dataset:
+        assert dataset.element_spec._fields == ("id", "a", "b")
+        rows = list(dataset)
+    assert next(calls) > 1  # the dataset's chunks did come in the other order
+    np.testing.assert_array_equal(np.concatenate([r.a.numpy() for r in rows]), ids * 1.0)
+    np.testing.assert_array_equal(np.concatenate([r.b.numpy() for r in rows]), ids * -1.0)
+
+    def rename(frame):  # other columns than the element spec's: refused, naming both
+        return frame if next(calls) == 0 else frame.rename(columns={"b": "c"})
+
+    calls = itertools.count()
+    with converter.make_tf_dataset(transform_fn=rename, **options) as dataset:
+        with pytest.raises(
+            tf.errors.InvalidArgumentError, match=r"columns \['id', 'a', 'c'\].*element spec's \['id', 'a', 'b'\]"
+        ):
+            list(dataset)
 
 
 def test_columns_that_are_not_identifiers_are_renamed_with_a_warning(spark) -> None:

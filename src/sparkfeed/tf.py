@@ -165,10 +165,19 @@ class TfDatasetContext:
         self._failure = None
         row = type(self._signature)
         tf, names, ragged = self._tf, self._names, self._ragged
+        # A batch's columns may come in another order than the element spec's (sequence= names its
+        # columns in its own order; a transform may order them differently from chunk to chunk):
+        # each field is filled by its column's name, never by position.
+        expected = {*names, *(name + LENGTHS for name in ragged)}
         try:
             for batch in self._reader:
+                if batch.keys() != expected:
+                    raise ValueError(
+                        f"the batch's columns {list(batch)} are not the dataset's element spec's {names}: "
+                        "the transform must return the same columns for every chunk"
+                    )
                 if not ragged:
-                    yield row(*(array_view(name, array, "tf").prepare(array) for name, array in batch.items()))
+                    yield row(*(array_view(name, batch[name], "tf").prepare(batch[name]) for name in names))
                     continue
                 values = []
                 for name in names:
