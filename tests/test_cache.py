@@ -28,6 +28,7 @@ from sparkfeed.cache import (
     MANIFEST_NAME,
     MARKER_NAME,
     CorruptManifestError,
+    IncompleteCacheError,
     NotOursError,
     collect,
     create_cache_dir,
@@ -185,6 +186,20 @@ def test_interrupt_before_manifest_leaves_no_cache(spark, tmp_path, monkeypatch)
 def test_directory_without_manifest_is_not_a_cache(spark, tmp_path) -> None:
     spark.range(3).write.parquet(str(tmp_path / "half"))
     assert read_manifest(Location.parse(tmp_path / "half")) is None
+
+
+def _partial_cache(parent: Path) -> Location:
+    """A cache whose write is under way or was cut short: marker, one part file, no manifest."""
+    location, _ = create_cache_dir(Location.parse(str(parent)))
+    pq.write_table(pa.table({"id": list(range(10))}), Path(location.local_path) / "part-00000.parquet")
+    return location
+
+
+def test_a_partial_cache_opened_by_path_is_refused(tmp_path) -> None:
+    location = _partial_cache(tmp_path)
+    with pytest.raises(IncompleteCacheError, match=r"incomplete sparkfeed cache .* no manifest") as caught:
+        make_spark_converter(location.url)
+    assert location.url in str(caught.value) and "still runs" in str(caught.value)
 
 
 def test_unreadable_url_is_refused_before_spark_runs(spark) -> None:

@@ -275,6 +275,43 @@ def read_manifest(location: Location) -> Manifest | None:
         ) from error
 
 
+class IncompleteCacheError(ValueError):
+    """A sparkfeed cache directory without its manifest, opened by path: being written, or cut short."""
+
+
+def read_cache(location: Location) -> tuple[Manifest, dict[str, Any] | None] | None:
+    """The manifest and marker of a sparkfeed cache opened by path; None when it is no cache of sparkfeed's.
+
+    The marker is None for a complete cache copied without it (its manifest still says what the
+    files hold).
+
+    Raises:
+        IncompleteCacheError: The directory holds sparkfeed's marker but no manifest: its write
+            is still under way, or was interrupted, and the files there are not the dataset.
+        CorruptManifestError: A manifest is there but cannot be read.
+    """
+    manifest = read_manifest(location)
+    marker = _read_marker(location)
+    if manifest is not None:
+        return manifest, marker
+    if marker is None:
+        return None
+    owner = Owner.from_dict(marker.get("owner"))
+    liveness = Liveness.UNKNOWN if owner is None else owner.liveness()
+    who = "its creator" if owner is None else f"its creator ({owner})"
+    if liveness is Liveness.GONE:
+        state = f"{who} is gone, so it will never be complete; `sparkfeed cache rm {location.url}` removes it"
+    elif liveness is Liveness.RUNNING:
+        state = f"{who} still runs: wait for its conversion to finish"
+    else:
+        state = f"{who} cannot be checked from this host: wait for its conversion to finish"
+    raise IncompleteCacheError(
+        f"incomplete sparkfeed cache {location}: it holds sparkfeed's marker ({MARKER_NAME}) but no manifest "
+        f"({MANIFEST_NAME}), which is written last, so its files are not the whole dataset; {state}. "
+        "Open the URL of a complete cache, or convert the DataFrame again"
+    )
+
+
 # --------------------------------------------------------------------------- what is ours
 
 MARKER_NAME = "_sparkfeed_cache.json"

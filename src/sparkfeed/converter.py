@@ -20,6 +20,7 @@ from sparkfeed.cache import (
     find_kept,
     mark_used,
     owned_caches,
+    read_cache,
     read_manifest,
     resolve_cache_dir,
 )
@@ -348,8 +349,9 @@ def make_spark_converter(
     run = ConversionRun(progress, reuse, keep)
     if isinstance(df, (str, os.PathLike)):
         location = Location.parse(df, options=storage_options, filesystem=filesystem)
-        manifest = read_manifest(location)  # A sparkfeed cache: its manifest says what the files hold.
-        if manifest is not None:
+        cache = read_cache(location)  # A sparkfeed cache: its manifest says what the files hold.
+        if cache is not None:
+            manifest, _ = cache
             log.info("opened the sparkfeed cache %s by path: it is read in place and never deleted", location)
             return SparkDatasetConverter(location, manifest)
         done = describe(location, options={"dtype": dtype, "source": "path"})
