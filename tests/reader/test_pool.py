@@ -9,9 +9,13 @@ import logging
 import multiprocessing
 import os
 import random
+import signal
+import subprocess
+import sys
 import threading
 import time
 import traceback
+from concurrent.futures.process import BrokenProcessPool
 
 import pytest
 
@@ -194,3 +198,57 @@ def test_process_workers_die_of_sigterm_whatever_handler_their_parent_has() -> N
         assert all(result for _, result in pool.imap(range(8)))  # so the pool's terminate() stops them at once
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def _dies_at_2(item: int) -> int:
+    if item == 2:
+        time.sleep(0.3)
+        os._exit(1)  # as the OOM killer or a segfault ends a worker: no exception, no result
+    return item
+
+
+def _killed_at_2(item: int) -> int:
+    if item == 2:
+        time.sleep(0.3)
+        os.kill(os.getpid(), signal.SIGKILL)
+    return item
+
+
+@pytest.mark.parametrize("fn", [_dies_at_2, _killed_at_2], ids=["os._exit", "SIGKILL"])
+def test_a_worker_process_that_dies_raises_in_the_consumer_instead_of_ending_the_iteration(fn) -> None:
+    pool: OrderedPool[int, int] = OrderedPool(fn, workers=2, prefetch=4, pool_type="process")
+    seen = []
+    with pytest.raises(RuntimeError, match="worker pool broke") as error:
+        for _, value in pool.imap(range(10)):
+            seen.append(value)
+            time.sleep(1.0)  # a training step: the pool breaks meanwhile, noticed when the next item is submitted
+    assert seen == [0]  # nothing after the last item the pool could take more work after
+    assert isinstance(error.value.__cause__, BrokenProcessPool)
+    assert _no_workers_left()
+
+
+_AFTER_MAIN = """
+import sys, threading, time
+from sparkfeed.reader.pool import OrderedPool
+
+def consume():
+    seen = []
+    try:
+        for _, value in OrderedPool(lambda x: x, workers=1, prefetch=1).imap(range(20)):
+            seen.append(value)
+            time.sleep(0.1)
+    except RuntimeError as error:
+        print("raised", len(seen), type(error.__cause__).__name__, error, flush=True)
+    else:
+        print("ended", len(seen), flush=True)
+
+threading.Thread(target=consume).start()
+time.sleep(0.3)  # the main thread returns: Python refuses new work in thread pools from then on
+"""
+
+
+def test_a_thread_pool_refusing_work_at_interpreter_exit_raises_instead_of_ending_the_iteration() -> None:
+    done = subprocess.run([sys.executable, "-c", _AFTER_MAIN], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("raised "), done.stdout
+    assert "worker pool broke" in done.stdout and "interpreter is exiting" in done.stdout

@@ -249,8 +249,10 @@ class OrderedPool(Generic[T, R]):
                 for following in source:
                     try:
                         pending.append((following, executor.submit(fn, following)))
-                    except RuntimeError:  # shut down from another thread
-                        return
+                    except RuntimeError as error:
+                        if self._shut:  # shut down from another thread: the iteration ends here
+                            return
+                        raise self._broken(following, error) from error
                     break
                 yield item, result
         finally:
@@ -261,3 +263,19 @@ class OrderedPool(Generic[T, R]):
             executor.shutdown(wait=True, cancel_futures=True)
             for worker in self._stopped:
                 worker.join()
+
+    def _broken(self, item: T, error: RuntimeError) -> RuntimeError:
+        """The error of a pool that refuses ``item`` without having been shut down: the epoch cannot go on.
+
+        A process pool breaks when a worker dies without an exception (the OOM killer, a
+        signal, a crash in native code); Python refuses new work in thread pools once the
+        interpreter has begun to exit (a loop in a thread that outlives the main thread).
+        Ending the iteration there would end the epoch early with rows missing.
+        """
+        why = "a worker process died, killed by a signal or the OOM killer, or crashed"
+        if self._pool_type == "thread":
+            why = "the interpreter is exiting, as it does once the main thread has returned"
+        return RuntimeError(
+            f"sparkfeed: the reader's worker pool broke before the epoch ended: {why}; it refused "
+            f"{self._describe(item)} ({type(error).__name__}: {error})"
+        )
