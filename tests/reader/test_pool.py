@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 import traceback
+from concurrent.futures import CancelledError, Future
 from concurrent.futures.process import BrokenProcessPool
 
 import pytest
@@ -252,3 +253,23 @@ def test_a_thread_pool_refusing_work_at_interpreter_exit_raises_instead_of_endin
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("raised "), done.stdout
     assert "worker pool broke" in done.stdout and "interpreter is exiting" in done.stdout
+
+
+def _cancelled_at_5(x: int) -> int:
+    if x == 5:
+        waited: Future[int] = Future()
+        waited.cancel()
+        waited.result()  # the work waited on a future that other code cancelled
+    return x
+
+
+@pytest.mark.parametrize("pool_type", POOL_TYPES)
+def test_a_cancelled_error_raised_by_the_work_reaches_the_consumer_instead_of_ending_the_iteration(pool_type) -> None:
+    pool = OrderedPool(_cancelled_at_5, workers=2, prefetch=4, describe=lambda x: f"item #{x}", pool_type=pool_type)
+    seen = []
+    with pytest.raises(CancelledError) as error:
+        for _, value in pool.imap(range(10)):
+            seen.append(value)
+    assert seen == [0, 1, 2, 3, 4]
+    assert error.value.__notes__ == [f"sparkfeed: raised in {NOTE_WHERE[pool_type]} while reading item #5"]
+    assert _no_workers_left()

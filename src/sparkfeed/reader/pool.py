@@ -240,9 +240,9 @@ class OrderedPool(Generic[T, R]):
                 try:
                     result = future.result()
                     stalls.note(item, time.perf_counter() - waited, len(pending))
-                except CancelledError:
-                    return  # shut down from another thread
                 except BaseException as error:
+                    if self._shut and isinstance(error, CancelledError):
+                        return  # shut down from another thread, which cancelled the futures
                     where = "thread" if self._pool_type == "thread" else "process"
                     error.add_note(f"sparkfeed: raised in a reader {where} while reading {self._describe(item)}")
                     raise
