@@ -12,6 +12,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from pyspark.sql import functions as F
 
@@ -72,6 +74,18 @@ def test_a_long_beyond_int32_is_refused_rather_than_wrapped_without_x64(spark, s
     with sparkfeed.jax._x64_scope(True), converter.make_jax_iterator(batch_size=256, num_epochs=1, **target) as batches:
         big = np.concatenate([np.asarray(b["big"]) for b in batches])
     assert big.dtype == np.int64 and sorted(big.tolist()) == [i * 2**31 for i in range(3000)]
+
+
+@pytest.mark.parametrize("transform", [None, lambda frame: frame], ids=["none", "identity"])
+def test_timestamps_stay_numpy_microseconds_with_or_without_a_transform(tmp_path, transform) -> None:
+    moments = np.array(["2024-01-01T12:00:00.123456", "1960-01-01T00:00:00"], "datetime64[us]")
+    column = pa.array(moments.astype(np.int64), pa.timestamp("us", tz="UTC"))
+    pq.write_table(pa.table({"id": [0, 1], "ts": column}), tmp_path / "part-0.parquet")
+    options = {"batch_size": 2, "num_epochs": 1, "shuffle_row_groups": False, "transform_fn": transform}
+    with make_spark_converter(str(tmp_path)).make_jax_iterator(**options) as loader:
+        (batch,) = list(loader)
+    assert isinstance(batch["ts"], np.ndarray) and batch["ts"].dtype == np.dtype("datetime64[us]")
+    np.testing.assert_array_equal(batch["ts"], moments)
 
 
 def test_device_and_sharding_are_exclusive(regression) -> None:

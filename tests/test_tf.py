@@ -165,6 +165,17 @@ def test_nested_arrays_stay_tensors_through_a_transform(mixed) -> None:
     np.testing.assert_array_equal(batch.m.numpy(), np.stack([[[i, i + 1], [i + 2, i + 3]] for i in ids]))
 
 
+@pytest.mark.parametrize("transform", [None, lambda frame: frame], ids=["none", "identity"])
+def test_timestamps_are_int64_microseconds_with_or_without_a_transform(tmp_path, transform) -> None:
+    moments = np.array(["2024-01-01T12:00:00.123456", "1960-01-01T00:00:00"], "datetime64[us]").astype(np.int64)
+    pq.write_table(pa.table({"ts": pa.array(moments, pa.timestamp("us", tz="UTC"))}), tmp_path / "part-0.parquet")
+    options = {"batch_size": 2, "num_epochs": 1, "shuffle_row_groups": False, "transform_fn": transform}
+    with make_spark_converter(str(tmp_path)).make_tf_dataset(**options) as dataset:
+        assert dataset.element_spec.ts.dtype == tf.int64
+        (batch,) = list(dataset)
+    assert batch.ts.numpy().tolist() == moments.tolist()
+
+
 def test_a_null_string_is_refused_naming_the_column(spark) -> None:
     converter = make_spark_converter(
         spark.createDataFrame([(1, "a", b"x"), (2, "b", None)], "id long, s string, b binary")

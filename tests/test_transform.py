@@ -8,7 +8,10 @@ import threading
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
+import torch
 from PIL import Image
 from pyspark.sql import functions as F
 
@@ -161,6 +164,40 @@ def test_dates_keep_their_unit_through_a_transform(spark) -> None:
         (batch,) = list(loader)
     days = (expected - np.datetime64("1970-01-01")).astype(np.int64)
     assert sorted(batch["day"].tolist()) == days.tolist()  # days, as without a transform
+
+
+MOMENTS = np.array(
+    ["2024-01-01T12:00:00.123456", "1960-01-01T00:00:00", "2038-06-01T23:59:59.999999"], "datetime64[us]"
+)
+
+
+def _utc_moments(directory) -> str:
+    """Spark's timestamps as the cache holds them (UTC, microseconds), in Parquet written by pyarrow."""
+    table = pa.table({"id": [0, 1, 2], "ts": pa.array(MOMENTS.astype(np.int64), pa.timestamp("us", tz="UTC"))})
+    pq.write_table(table, directory / "part-0.parquet")
+    return str(directory)
+
+
+def _in_paris(frame: pd.DataFrame) -> pd.DataFrame:
+    frame["paris"] = frame["ts"].dt.tz_convert("Europe/Paris")  # a zone of the transform's own
+    return frame
+
+
+@pytest.mark.parametrize("transform", [None, lambda frame: frame, _in_paris], ids=["none", "identity", "zoned"])
+def test_timestamps_come_out_of_a_transform_as_without_one(tmp_path, transform) -> None:
+    converter = make_spark_converter(_utc_moments(tmp_path))
+    options = {"batch_size": 3, "num_epochs": 1, "shuffle_row_groups": False, "transform_fn": transform}
+    with converter.make_numpy_iterator(**options) as batches:
+        (batch,) = list(batches)
+    assert batch["ts"].dtype == np.dtype("datetime64[us]")
+    np.testing.assert_array_equal(batch["ts"], MOMENTS)
+    if transform is _in_paris:  # the same instants, naive in UTC as every timestamp column
+        assert batch["paris"].dtype.kind == "M"
+        np.testing.assert_array_equal(batch["paris"], MOMENTS)
+    with converter.make_torch_dataloader(**options) as loader:
+        (batch,) = list(loader)
+    assert batch["ts"].dtype == torch.int64  # microseconds since the epoch
+    assert batch["ts"].tolist() == MOMENTS.astype(np.int64).tolist()
 
 
 @pytest.fixture(scope="module")

@@ -131,8 +131,13 @@ def series_to_numpy(series: pd.Series) -> np.ndarray:
     """One column of the transform's output as an array with a leading row dimension.
 
     A column whose cells are equally shaped arrays (decoded images, say) is stacked into one
-    ``(rows, *shape)`` array; cells of different shapes stay an object array.
+    ``(rows, *shape)`` array; cells of different shapes stay an object array. A column of
+    zoned timestamps (pandas' form of Spark's) becomes naive ``datetime64`` in UTC, as
+    timestamps are without a transform: ``to_numpy`` would give an object array of
+    ``pd.Timestamp``, which no framework takes.
     """
+    if isinstance(series.dtype, pd.DatetimeTZDtype):
+        series = series.dt.tz_convert("UTC").dt.tz_localize(None)
     values = series.to_numpy()
     if values.dtype == object and len(values) and isinstance(values[0], np.ndarray):
         first = values[0].shape
