@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 from hypothesis import given
@@ -461,3 +462,26 @@ def test_property_reshard_with_filters_loses_and_repeats_nothing(datasets, run) 
             reader.load_state_dict(states)
             rest += _ids(reader)
     assert sorted(consumed + rest) == _expected(run)
+
+
+@pytest.mark.parametrize(
+    "filters",
+    [
+        [("x", "!=", 1.0)],
+        [("x", "not in", [1.0])],
+        ~(pc.field("x") == 1.0),
+        pc.field("x").is_nan(),
+    ],
+    ids=["!=", "not in", "not ==", "is_nan"],
+)
+def test_rows_of_nan_pass_filters_that_parquet_statistics_leave_nan_out_of(tmp_path, filters: Any) -> None:
+    # Parquet's min/max ignore NaN: the groups [1.0, NaN] and [2.0, NaN] say min = max = 1.0 and 2.0.
+    x = pa.array([1.0, math.nan, 2.0, math.nan])
+    pq.write_table(pa.table({"id": np.arange(4), "x": x}), tmp_path / "part.parquet", row_group_size=2)
+    schema = pa.schema([("id", pa.int64()), ("x", pa.float64())])
+    manifest = Manifest(files=(FileEntry("part.parquet", (2, 2)),), schema=schema, shapes={}, options={}, key="k")
+    expression = filters if isinstance(filters, pc.Expression) else pq.filters_to_expression(filters)
+    expected = sorted(ds.dataset(pa.table({"id": np.arange(4), "x": x})).to_table(filter=expression)["id"].to_pylist())
+    assert 1 in expected and 3 in expected
+    with _reader(tmp_path, manifest, batch_size=10, num_epochs=1, filters=filters) as reader:
+        assert sorted(_ids(reader)) == expected

@@ -130,6 +130,18 @@ def kept_positions(kept: np.ndarray) -> np.ndarray:
     return positions
 
 
+def _holds_floats(type_: pa.DataType) -> bool:
+    """Whether a column's values are, or nest, floating-point numbers: their statistics say nothing of NaN."""
+    if pa.types.is_floating(type_):
+        return True
+    if pa.types.is_struct(type_):
+        return any(_holds_floats(field.type) for field in type_)
+    if pa.types.is_map(type_):
+        return _holds_floats(type_.key_type) or _holds_floats(type_.item_type)
+    value = getattr(type_, "value_type", None)  # lists of every kind, dictionaries
+    return value is not None and _holds_floats(value)
+
+
 @dataclasses.dataclass(frozen=True)
 class RowFilter:
     """The rows a reader keeps: an Arrow expression, then a predicate, each optional.
@@ -223,8 +235,11 @@ class RowFilter:
         pyarrow reads each file's footer and compares the expression with every row group's
         min/max/null counts (and a hive partition's values). A file whose stored type of a
         filtered column differs from the type the reader filters (a cast on read, a packed
-        tensor) keeps all its row groups: its statistics are of other values. Any error of
-        pyarrow's keeps them too: pruning only ever saves reads, the rows are filtered anyway.
+        tensor) keeps all its row groups: its statistics are of other values. So does a file
+        whose filtered columns hold floating-point values: Parquet's min/max leave NaN out, so
+        a group of 1.0 and NaN reads as all 1.0 and ``x != 1.0`` or ``is_nan()`` would rule out
+        its NaN rows. Any error of pyarrow's keeps them too: pruning only ever saves reads, the
+        rows are filtered anyway.
         """
         if self.expression is None:
             return list(groups)
@@ -244,6 +259,7 @@ class RowFilter:
                     name in entry.packed
                     or physical.get_field_index(name) < 0
                     or physical.field(name).type != specs[name].arrow_type
+                    or _holds_floats(specs[name].arrow_type)
                     for name in stored
                 ):
                     possible[file] = None
