@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import uuid
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,15 +29,20 @@ from sparkfeed.cache import (
     MANIFEST_NAME,
     MARKER_NAME,
     CorruptManifestError,
+    FileEntry,
     IncompleteCacheError,
+    Manifest,
     NotOursError,
     collect,
     create_cache_dir,
+    delete_cache,
+    find_kept,
     private_dir,
     read_manifest,
     remove,
     resolve_cache_dir,
     scan,
+    write_manifest,
 )
 from sparkfeed.location import Location
 from sparkfeed.owner import Liveness, Owner
@@ -471,6 +477,67 @@ def test_the_handler_also_deletes_at_interpreter_exit(tmp_path) -> None:
     done = _run_to_exit(HANDLER_AT_EXIT_SCRIPT, str(caches), str(bin_))
     name = _local(done.stdout.strip().splitlines()[-1]).name
     assert list(caches.iterdir()) == [] and (bin_ / name / MANIFEST_NAME).is_file()
+
+
+# --------------------------------------------------------------------------- deleting, interrupted
+
+
+def _complete_cache(
+    parent: Path, parts: int = 3, *, key: str | None = None, keep: bool = False
+) -> tuple[Location, str]:
+    """A complete cache made the way a conversion lays it out (marker first, manifest last), without Spark."""
+    location, token = create_cache_dir(Location.parse(str(parent)), key=key, keep=keep)
+    entries, run = [], uuid.uuid4().hex  # names as Spark's: each write's own
+    for index in range(parts):
+        name = f"part-{index:05d}-{run}.parquet"
+        pq.write_table(pa.table({"id": list(range(index * 10, index * 10 + 10))}), Path(location.local_path) / name)
+        entries.append(FileEntry(name, (10,)))
+    manifest = Manifest(tuple(entries), pa.schema([("id", pa.int64())]), {}, {"dtype": "float32"}, key=key or "")
+    write_manifest(location, manifest)
+    return location, token
+
+
+KILLED_DELETE = textwrap.dedent(
+    """
+    import os, signal, sys
+    from sparkfeed.cache import delete_cache
+    from sparkfeed.location import Location
+
+    removed = 0
+
+    def kill_at_the_third_removal(event, args):
+        global removed
+        if event == "os.remove":
+            removed += 1
+            if removed == 3:
+                os.kill(os.getpid(), signal.SIGKILL)  # as the out-of-memory killer would, mid-delete
+
+    sys.addaudithook(kill_at_the_third_removal)
+    delete_cache(Location.parse(sys.argv[1]), sys.argv[2])
+    """
+)
+
+
+def test_a_delete_killed_midway_leaves_an_incomplete_cache_never_a_manifest_without_its_files(tmp_path) -> None:
+    for _ in range(20):  # a directory listing that starts with two data files, as a deleter walks it
+        location, token = _complete_cache(tmp_path, parts=8, key="k", keep=True)
+        if all(name.startswith("part-") for name in os.listdir(location.local_path)[:2]):
+            break
+        shutil.rmtree(location.local_path)
+    else:
+        pytest.fail("no listing started with two data files")
+    done = subprocess.run([sys.executable, "-c", KILLED_DELETE, location.url, token], timeout=60)
+    assert done.returncode == -9
+    left = set(os.listdir(location.local_path))
+    assert MARKER_NAME in left and len([name for name in left if name.startswith("part-")]) < 8  # cut short
+    assert read_manifest(location) is None and MANIFEST_NAME not in left
+    (entry,) = scan(Location.parse(str(tmp_path)))
+    assert entry.state == "partial"
+    assert find_kept(Location.parse(str(tmp_path)), "k") is None
+    with pytest.raises(IncompleteCacheError):
+        make_spark_converter(location.url)
+    delete_cache(location, token)  # still ours: the marker goes last
+    assert list(tmp_path.iterdir()) == []
 
 
 # --------------------------------------------------------------------------- leftovers of killed processes

@@ -418,6 +418,8 @@ def delete_cache(location: Location, token: str) -> None:
     it must be a real directory, not a symbolic link: the removal never follows a link out of
     the cache (``shutil.rmtree`` unlinks links inside it and does not descend into them). A
     handler given to :func:`register_delete_dir_handler` then removes it instead, if there is one.
+    Otherwise the manifest goes first and, locally, the marker last: a delete cut short leaves
+    an incomplete cache of sparkfeed's, which nothing reads and :func:`collect` removes.
 
     Raises:
         NotOursError: The directory is not a sparkfeed cache made with this token; nothing
@@ -443,11 +445,35 @@ def delete_cache(location: Location, token: str) -> None:
     handler = _delete_dir_handler
     if handler is not None:
         handler(location.url)
-    elif location.is_local:
-        shutil.rmtree(path, onerror=_gone_is_fine)
-    else:
+        return
+    # The manifest goes first: a delete cut short (SIGKILL, an I/O error) leaves an incomplete
+    # cache, never read and collected once its creator is gone, not a manifest whose files are gone.
+    if location.is_local:
+        with contextlib.suppress(FileNotFoundError, IsADirectoryError):  # a link is unlinked, never followed
+            os.unlink(os.path.join(path, MANIFEST_NAME))
+        _delete_local(path)
+    else:  # then one batched delete: nothing reads the objects without their manifest
+        with contextlib.suppress(FileNotFoundError):
+            fs.delete_file(f"{path}/{MANIFEST_NAME}")
         with contextlib.suppress(FileNotFoundError):
             fs.delete_dir(path)
+
+
+def _delete_local(path: str) -> None:
+    """Removes a local cache whose manifest is gone, its marker last: what an interruption leaves stays ours."""
+    try:
+        entries = list(os.scandir(path))
+    except FileNotFoundError:
+        return
+    for entry in entries:
+        if entry.name == MARKER_NAME:
+            continue
+        if entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(entry.path, onerror=_gone_is_fine)  # refuses a link swapped in meanwhile
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(entry.path)
+    shutil.rmtree(path, onerror=_gone_is_fine)  # the marker, and the directory
 
 
 def _gone_is_fine(function: Any, path: str, exc_info: Any) -> None:
