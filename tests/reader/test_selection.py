@@ -24,10 +24,12 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
+from fsspec.implementations.memory import MemoryFileSystem
 from hypothesis import given
 from hypothesis import strategies as st
 
 from sparkfeed.cache import FileEntry, Manifest
+from sparkfeed.location import Location
 from sparkfeed.options import reader_options
 from sparkfeed.predicates import in_lambda, in_set
 from sparkfeed.reader import Reader
@@ -485,3 +487,59 @@ def test_rows_of_nan_pass_filters_that_parquet_statistics_leave_nan_out_of(tmp_p
     assert 1 in expected and 3 in expected
     with _reader(tmp_path, manifest, batch_size=10, num_epochs=1, filters=filters) as reader:
         assert sorted(_ids(reader)) == expected
+
+
+class _FooterFailsOnce(MemoryFileSystem):
+    """An in-memory store whose first read of one file fails, as an object store's connection may."""
+
+    cachable = False
+
+    def __init__(self, failing: str) -> None:
+        super().__init__()
+        self.failing: str | None = failing
+
+    def _open(self, path: str, mode: str = "rb", **kwargs: Any) -> Any:
+        if self.failing is not None and path.endswith(self.failing) and "r" in mode:
+            self.failing = None
+            raise OSError(f"connection reset reading {path}")
+        return super()._open(path, mode, **kwargs)
+
+
+def test_a_footer_that_cannot_be_read_while_pruning_raises_instead_of_planning_other_shards() -> None:
+    store = _FooterFailsOnce("part-0.parquet")
+    entries = []
+    for number in range(2):
+        with store.open(f"/sf-prune-error/part-{number}.parquet", "wb") as handle:
+            pq.write_table(pa.table({"id": np.arange(number * 30, number * 30 + 30)}), handle, row_group_size=10)
+        entries.append(FileEntry(f"part-{number}.parquet", (10, 10, 10)))
+    manifest = Manifest(files=tuple(entries), schema=pa.schema([("id", pa.int64())]), shapes={}, options={}, key="k")
+    location = Location.parse("memory://sf-prune-error", filesystem=store)
+    options = reader_options(
+        batch_size=5, num_epochs=1, filters=[("id", ">=", 20)], cur_shard=0, shard_count=2, shard_policy="exact"
+    )
+    with pytest.raises(OSError, match="connection reset") as error:
+        Reader(location, manifest, options)
+    assert "the footer of sf-prune-error/part-0.parquet" in error.value.__notes__[0]
+    with Reader(location, manifest, options) as reader:  # the store answers again: the plan every rank makes
+        assert reader.num_rows == 20  # groups [20, 30) and [30, 40), of the four that may hold id >= 20
+    store.rm("/sf-prune-error", recursive=True)
+
+
+def test_a_state_is_refused_where_the_filters_statistics_plan_other_row_groups(tmp_path) -> None:
+    # A dataset read in place (no cache key) whose files are rewritten with the same row-group sizes: its
+    # fingerprint is the same, but the filters rule out other row groups, and positions mean other rows.
+    def write(ids: np.ndarray) -> Manifest:
+        pq.write_table(pa.table({"id": ids}), tmp_path / "part.parquet", row_group_size=10)
+        schema = pa.schema([("id", pa.int64())])
+        return Manifest(files=(FileEntry("part.parquet", (10,) * 6),), schema=schema, shapes={}, options={}, key="")
+
+    kwargs = {"batch_size": 5, "num_epochs": 1, "shuffle_row_groups": False, "filters": [("id", ">=", 30)]}
+    with _reader(tmp_path, write(np.arange(60)), **kwargs) as reader:
+        next(iter(reader))
+        state = json.loads(json.dumps(reader.state_dict()))
+    with _reader(tmp_path, write(np.arange(60)[::-1].copy()), **kwargs) as rewritten:
+        with pytest.raises(ValueError, match=r"saved with row_groups='[0-9a-f]+', this reader has row_groups='"):
+            rewritten.load_state_dict(state)
+    with _reader(tmp_path, write(np.arange(60)), **kwargs) as same:
+        same.load_state_dict(state)
+        assert sorted(_ids(same)) == list(range(35, 60))

@@ -290,16 +290,20 @@ def test_from_dict_refuses_malformed_data_naming_the_field(change: dict[str, Any
 def test_a_state_saved_before_shard_seed_filters_and_predicate_were_recorded_still_loads() -> None:
     state = _states([1], [(0, 3)])[0]
     data = json.loads(json.dumps(state.to_dict()))
-    assert {"shard_seed": None, "filters": None, "predicate": False}.items() <= data["identity"].items()
-    for key in ("shard_seed", "filters", "predicate"):
+    later = {"shard_seed": None, "filters": None, "predicate": False, "row_groups": None}
+    assert later.items() <= data["identity"].items()
+    for key in later:
         del data["identity"][key]  # as sparkfeed 0.1 wrote them
     assert ReaderState.from_dict(data) == state
-    recorded = dataclasses.replace(state, identity=dataclasses.replace(IDENTITY, shard_seed=4, filters="(v < 3)"))
+    recorded = dataclasses.replace(
+        state, identity=dataclasses.replace(IDENTITY, shard_seed=4, filters="(v < 3)", row_groups="ab" * 16)
+    )
     assert ReaderState.from_dict(json.loads(json.dumps(recorded.to_dict()))) == recorded
     assert recorded.plan().shard_seed == 4
     bad = recorded.to_dict()
     for key, value, message in (
         ("filters", 3, "filters=3 is not allowed: it must be a string or null"),
+        ("row_groups", [0, 1], "row_groups=[0, 1] is not allowed: it must be a string or null"),
         ("shard_seed", -1, "shard_seed=-1 is not allowed"),
         ("predicate", "yes", "predicate='yes' is not allowed: it must be a bool"),
     ):

@@ -32,7 +32,7 @@ from sparkfeed.reader.readahead import DEFAULT_READ_AHEAD_BYTES, follow_counts
 from sparkfeed.reader.segments import SegmentReader, Work
 from sparkfeed.reader.selection import RowFilter, select_columns
 from sparkfeed.reader.sequence import SequencePlan
-from sparkfeed.reader.state import Identity, ReaderState, advanced, fingerprint, resume
+from sparkfeed.reader.state import Identity, ReaderState, advanced, fingerprint, planned_groups, resume
 from sparkfeed.reader.stats import Counters, batch_bytes, bytes_per_row, verdict
 from sparkfeed.types import ColumnSpec, column_specs
 
@@ -129,11 +129,12 @@ class Reader(Generic[C]):
             row_filter=self._row_filter,
             sequence=self._sequence,
         )
-        self._groups = [
+        every_group = [
             (f, g, rows) for f, entry in enumerate(manifest.files) for g, rows in enumerate(entry.row_groups)
         ]
+        self._groups = every_group
         if self._row_filter is not None:  # row groups whose statistics rule every row out are never planned
-            self._groups = self._row_filter.prune(self._groups, manifest.files, location, every)
+            self._groups = self._row_filter.prune(every_group, manifest.files, location, every)
         cur_shard, shard_count = options.shard
         seed = options.seed
         if seed is None:  # Drawn once, and part of the state: a resumed unseeded run stays exact.
@@ -200,6 +201,7 @@ class Reader(Generic[C]):
             filters=None if self._row_filter is None else self._row_filter.description,
             predicate=options.predicate is not None,
             sequence=None if self._sequence is None else self._sequence.describe(),
+            row_groups=planned_groups(self._groups, every_group),
         )
         self._position = Position(0)
         self._end: int | None = None  # end epoch of the current (or resumed) iteration

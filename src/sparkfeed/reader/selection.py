@@ -238,8 +238,13 @@ class RowFilter:
         tensor) keeps all its row groups: its statistics are of other values. So does a file
         whose filtered columns hold floating-point values: Parquet's min/max leave NaN out, so
         a group of 1.0 and NaN reads as all 1.0 and ``x != 1.0`` or ``is_nan()`` would rule out
-        its NaN rows. Any error of pyarrow's keeps them too: pruning only ever saves reads, the
-        rows are filtered anyway.
+        its NaN rows.
+
+        Raises:
+            OSError, pyarrow.ArrowException: A footer could not be read (a network error, say).
+                Going on with every row group of that file would plan other row groups than a
+                rank that read it, and the shards would no longer split the rows: the error is
+                raised, with a note naming the file.
         """
         if self.expression is None:
             return list(groups)
@@ -266,8 +271,13 @@ class RowFilter:
                     continue
                 schema = pa.schema([*physical, *(pa.field(name, specs[name].arrow_type) for name in entry.partition)])
                 possible[file] = {group.id for group in fragment.subset(self.expression, schema=schema).row_groups}
-            except (pa.ArrowException, OSError):
-                possible[file] = None
+            except (pa.ArrowException, OSError) as error:
+                error.add_note(
+                    f"sparkfeed: raised while reading the footer of {base}/{entry.path} to leave out the row groups "
+                    "that the filters' statistics rule out; the reader stops rather than plan every row group of "
+                    "that file, which would give it other shards than its peers: make the loader again"
+                )
+                raise
         return [
             (file, group, rows) for file, group, rows in groups if (kept := possible[file]) is None or group in kept
         ]

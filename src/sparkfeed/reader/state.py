@@ -18,7 +18,8 @@ The dict form (``to_dict``), which goes into checkpoints::
      "identity": {"fingerprint": "…", "num_rows": 1000, "batch_size": 32, "drop_last": false,
                   "num_epochs": 2, "columns": ["id", "x"], "transform": false,
                   "shard_policy": "pad", "shuffle_row_groups": true, "shuffle_rows": 0,
-                  "shard_seed": null, "filters": null, "predicate": false, "sequence": null},
+                  "shard_seed": null, "filters": null, "predicate": false, "sequence": null,
+                  "row_groups": null},
      "seed": 7, "cur_shard": 0, "shard_count": 2,
      "epoch": 0, "segment": 3, "offset": 17, "end_epoch": 2,
      "segments": null}
@@ -26,8 +27,10 @@ The dict form (``to_dict``), which goes into checkpoints::
 ``segments`` is null when the epoch's segments follow from the seed and shard; after a reshard
 it lists them, each as ``[[[file, row_group, start, stop], ...], shuffle_key, seed, start, stop]``.
 
-The identity's last four keys came after the first states of this version were saved; a state
-without them was saved without shard seed, filters, predicate or sequence, and reads as such.
+The identity's last five keys came after the first states of this version were saved; a state
+without them was saved without shard seed, filters, predicate or sequence, and reads as such. A
+state without ``row_groups`` reads as one whose reader planned every row group: one saved with
+filters that left some out is refused, since what they left out is no longer known.
 """
 
 from __future__ import annotations
@@ -90,6 +93,10 @@ class Identity:
         sequence: The ``sequence`` argument as canonical text: bucketing reorders a segment's
             rows and bucketing and packing decide where batches end, so a position means other
             rows under another one.
+        row_groups: Which row groups the plan reads when the filters' statistics left some out
+            (:func:`planned_groups`); None when it reads them all. The same filters may leave out
+            others (statistics of files rewritten in place, another pyarrow), and segment
+            numbers then mean other rows.
     """
 
     fingerprint: str
@@ -106,6 +113,15 @@ class Identity:
     filters: str | None = None
     predicate: bool = False
     sequence: str | None = None
+    row_groups: str | None = None
+
+
+def planned_groups(planned: Groups, every: Groups) -> str | None:
+    """The :attr:`Identity.row_groups` of a plan reading ``planned`` of the dataset's ``every`` row groups."""
+    if len(planned) == len(every):
+        return None
+    text = json.dumps([[file, group] for file, group, _ in planned], separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -373,6 +389,12 @@ def _check_identity(saved: Identity, current: Identity) -> None:
                 if field.name in ("fingerprint", "num_rows")
                 else "resume with the same loader arguments"
             )
+            if field.name == "row_groups":
+                hint = (
+                    "the filters' statistics left other row groups in the plan (None: every one) than when it was "
+                    "saved (files rewritten in place, another pyarrow or sparkfeed), so its positions would mean "
+                    "other rows; start the epoch again"
+                )
             raise ValueError(
                 f"this state was saved with {field.name}={old!r}, this reader has {field.name}={new!r}; {hint}"
             )
@@ -445,9 +467,9 @@ def _identity(data: object) -> Identity:
     if not isinstance(data, Mapping):
         raise ValueError(f"reader state: identity={data!r:.80} is not allowed: it must be a dict")
     check_keys(what, data, {f.name for f in dataclasses.fields(Identity)}, _LATER_IDENTITY_KEYS)
-    data = {"shard_seed": None, "filters": None, "predicate": False, "sequence": None, **data}
+    data = {"shard_seed": None, "filters": None, "predicate": False, "sequence": None, "row_groups": None, **data}
     fingerprint, columns, policy = data["fingerprint"], data["columns"], data["shard_policy"]
-    for name in ("filters", "sequence"):
+    for name in ("filters", "sequence", "row_groups"):
         if data[name] is not None and not isinstance(data[name], str):
             raise ValueError(f"{what}: {name}={data[name]!r:.80} is not allowed: it must be a string or null")
     if not isinstance(fingerprint, str):
@@ -471,10 +493,11 @@ def _identity(data: object) -> Identity:
         filters=data["filters"],
         predicate=_bool(data, "predicate", what),
         sequence=data["sequence"],
+        row_groups=data["row_groups"],
     )
 
 
-_LATER_IDENTITY_KEYS = frozenset({"shard_seed", "filters", "predicate", "sequence"})
+_LATER_IDENTITY_KEYS = frozenset({"shard_seed", "filters", "predicate", "sequence", "row_groups"})
 """Identity keys that version-2 states saved before them lack; they default to "none"."""
 
 
