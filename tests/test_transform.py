@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import io
 import re
 import threading
@@ -15,7 +16,7 @@ import torch
 from PIL import Image
 from pyspark.sql import functions as F
 
-from sparkfeed import TransformSpec, make_spark_converter
+from sparkfeed import NullValueError, TransformSpec, make_spark_converter
 from sparkfeed.transform import edit_field
 
 from helpers import by_id, concat
@@ -198,6 +199,79 @@ def test_timestamps_come_out_of_a_transform_as_without_one(tmp_path, transform) 
         (batch,) = list(loader)
     assert batch["ts"].dtype == torch.int64  # microseconds since the epoch
     assert batch["ts"].tolist() == MOMENTS.astype(np.int64).tolist()
+
+
+BIG = 2**53 + 1  # the first integer float64 cannot hold
+
+
+@pytest.fixture
+def nulls(tmp_path) -> str:
+    """A null in the second row of each column but id, as pyarrow writes it (read in place: float32)."""
+    table = pa.table(
+        {
+            "id": [0, 1, 2],
+            "big": pa.array([BIG, None, -BIG], pa.int64()),
+            "flag": pa.array([True, None, False]),
+            "x": pa.array([1.5, None, float("nan")], pa.float32()),  # a NaN value is no null
+            "day": pa.array([datetime.date(2020, 1, 1), None, datetime.date(1950, 1, 1)], pa.date32()),
+            "ts": pa.array([int(MOMENTS[0].astype(np.int64)), None, 0], pa.timestamp("us", tz="UTC")),
+            "arr": pa.array([[1, 2], [3, None], [5, 6]], pa.list_(pa.int64())),
+            "rag": pa.array([[1.5], [2.5, None, 3.5], None], pa.list_(pa.float32())),
+            "vec": pa.array([[1.5, 2.5], None, [3.5, 4.5]], pa.list_(pa.float32())),  # fixed shape, a null array
+        }
+    )
+    pq.write_table(table, tmp_path / "part-0.parquet")
+    return str(tmp_path)
+
+
+@pytest.mark.parametrize("column", ["big", "flag", "x", "day", "ts", "arr", "rag", "vec"])
+def test_a_null_a_transform_leaves_in_place_is_refused_naming_the_column(nulls, column: str) -> None:
+    options = {"batch_size": 3, "num_epochs": 1, "schema_fields": ["id", column], "transform_fn": lambda f: f}
+    with make_spark_converter(nulls).make_numpy_iterator(**options) as batches:
+        with pytest.raises(NullValueError, match=rf"^column '{column}' .*null.* in the transform_fn"):
+            list(batches)
+
+
+def test_a_transform_sees_nulls_as_missing_values_beside_exact_ones_and_fills_them(nulls) -> None:
+    seen: dict[str, object] = {}
+
+    def fill(frame: pd.DataFrame) -> pd.DataFrame:
+        seen.update({name: str(frame[name].dtype) for name in frame}, big_values=frame["big"].tolist())
+        seen["x_missing"] = frame["x"].isna().tolist()
+        frame = frame.fillna({"big": 0, "flag": False, "x": 0, "day": pd.Timestamp(0), "ts": pd.Timestamp(0, tz="UTC")})
+        frame["arr"] = [np.nan_to_num(cell).astype(np.int64) for cell in frame["arr"]]
+        frame["vec"] = [np.zeros(2, np.float32) if cell is None else cell for cell in frame["vec"]]
+        for cell in frame["rag"]:  # in place: the same cells, their nulls filled
+            if cell is not None:
+                cell[np.isnan(cell)] = -1
+        return frame
+
+    options = {"batch_size": 3, "num_epochs": 1, "shuffle_row_groups": False, "transform_fn": fill}
+    with make_spark_converter(nulls).make_numpy_iterator(**options) as batches:
+        (batch,) = list(batches)
+    assert seen["id"] == "int64"  # a column without nulls is as it was
+    assert [seen[n] for n in ("big", "flag", "x")] == ["Int64", "boolean", "Float32"]
+    assert seen["big_values"] == [BIG, pd.NA, -BIG] and seen["x_missing"] == [False, True, False]
+    assert batch["big"].dtype == np.int64 and batch["big"].tolist() == [BIG, 0, -BIG]
+    assert batch["flag"].dtype == bool and batch["flag"].tolist() == [True, False, False]
+    assert batch["x"].dtype == np.float32 and batch["x"][:2].tolist() == [1.5, 0] and np.isnan(batch["x"][2])
+    assert batch["day"].dtype == np.dtype("datetime64[D]")
+    assert batch["day"].astype(np.int64).tolist() == [18262, 0, -7305]
+    assert batch["ts"].dtype == np.dtype("datetime64[us]") and batch["ts"][1] == np.datetime64(0, "us")
+    assert batch["arr"].dtype == np.int64 and batch["arr"].tolist() == [[1, 2], [3, 0], [5, 6]]
+    assert batch["rag"][1].tolist() == [2.5, -1, 3.5] and batch["rag"][2] is None  # a null array stays None
+    assert batch["vec"].dtype == np.float32 and batch["vec"].tolist() == [[1.5, 2.5], [0, 0], [3.5, 4.5]]
+
+
+def test_integers_beyond_float64_in_arrays_with_nulls_are_refused_before_the_transform(tmp_path) -> None:
+    column = pa.array([[BIG, 1], [2, None]], pa.list_(pa.int64()))
+    pq.write_table(pa.table({"id": [0, 1], "arr": column}), tmp_path / "part-0.parquet")
+    calls = []
+    options = {"batch_size": 2, "num_epochs": 1, "transform_fn": lambda frame: calls.append(1) or frame}
+    with make_spark_converter(str(tmp_path)).make_numpy_iterator(**options) as batches:
+        with pytest.raises(NullValueError, match=r"^column 'arr' .*nulls.*9007199254740993.*float64"):
+            list(batches)
+    assert not calls
 
 
 @pytest.fixture(scope="module")

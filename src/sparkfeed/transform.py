@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from sparkfeed.types import ColumnSpec, NullValueError, to_numpy
+from sparkfeed.writer import is_list_type
 
 EditField = tuple[str, Any, tuple[int | None, ...], bool]
 """Petastorm's ``(name, numpy_dtype, shape, is_nullable)``: a column the transform adds or changes."""
@@ -86,8 +91,18 @@ class TransformSpec:
                     "(name, numpy_dtype, shape, is_nullable)"
                 )
 
-    def apply(self, frame: pd.DataFrame) -> dict[str, np.ndarray]:
-        """Runs the function and turns its output into one NumPy array per column."""
+    def apply(self, frame: pd.DataFrame, held: Mapping[str, HeldNulls] | None = None) -> dict[str, np.ndarray]:
+        """Runs the function and turns its output into one NumPy array per column.
+
+        Args:
+            frame: The chunk, as :func:`transform_frame` makes it.
+            held: The array columns whose nulls the frame holds (see :func:`transform_frame`):
+                those the function leaves in place are refused.
+
+        Raises:
+            NullValueError: A number, bool, date or timestamp column of the output holds a
+                missing value, or an array column a null it was given.
+        """
         if self.func is not None:
             frame = self.func(frame)
             if not isinstance(frame, pd.DataFrame):
@@ -119,7 +134,9 @@ class TransformSpec:
         edits = {field[0]: field for field in self.edit_fields or ()}
         columns = {}
         for name in frame.columns:
-            array = series_to_numpy(frame[name])
+            if held and name in held:
+                held[name].check(frame[name])
+            array = series_to_numpy(frame[name], str(name))
             if name in edits:
                 _, dtype, shape, _ = edits[name]
                 array = _apply_edit(name, array, dtype, shape)
@@ -127,17 +144,38 @@ class TransformSpec:
         return columns
 
 
-def series_to_numpy(series: pd.Series) -> np.ndarray:
+def series_to_numpy(series: pd.Series, name: str | None = None) -> np.ndarray:
     """One column of the transform's output as an array with a leading row dimension.
 
     A column whose cells are equally shaped arrays (decoded images, say) is stacked into one
     ``(rows, *shape)`` array; cells of different shapes stay an object array. A column of
     zoned timestamps (pandas' form of Spark's) becomes naive ``datetime64`` in UTC, as
     timestamps are without a transform: ``to_numpy`` would give an object array of
-    ``pd.Timestamp``, which no framework takes.
+    ``pd.Timestamp``, which no framework takes. pandas' nullable numbers and bools (which a
+    column holding nulls arrives as) become their NumPy dtype.
+
+    Raises:
+        NullValueError: A number, bool, date or timestamp column holds a missing value (NA,
+            NaT): no tensor can hold it, and any number put in its place would be made up.
+            A NaN in a float column is a value, not a missing one.
     """
+    name = str(series.name) if name is None else name
+    given = series.dtype
     if isinstance(series.dtype, pd.DatetimeTZDtype):
         series = series.dt.tz_convert("UTC").dt.tz_localize(None)
+    nullable = isinstance(series.array, (pd.arrays.IntegerArray, pd.arrays.FloatingArray, pd.arrays.BooleanArray))
+    arrow = isinstance(series.dtype, pd.ArrowDtype) and series.dtype.kind in "biuf"
+    if nullable or arrow or series.dtype.kind in "Mm":
+        missing = int(series.isna().sum())
+        if missing:
+            raise NullValueError(
+                f"column {name!r} ({given}) holds {missing} null value(s) (NA, NaT) after the transform_fn, which a "
+                f"tensor cannot represent: fill them in the transform_fn (frame[{name!r}] = frame[{name!r}]"
+                ".fillna(...)) or drop those rows there"
+            )
+        if nullable or arrow:
+            converted: np.ndarray = series.to_numpy(dtype=series.dtype.numpy_dtype)  # type: ignore[union-attr]
+            return converted
     values = series.to_numpy()
     if values.dtype == object and len(values) and isinstance(values[0], np.ndarray):
         first = values[0].shape
@@ -145,9 +183,189 @@ def series_to_numpy(series: pd.Series) -> np.ndarray:
             stacked: np.ndarray = np.stack(list(values))
             return stacked
     if values.dtype != object and values.dtype.kind not in "biufcMm":
-        # pandas extension types (strings, nullable integers) come back as objects.
+        # other pandas extension types (strings, say) come back as objects.
         return np.asarray(values, dtype=object)
     return values
+
+
+# --------------------------------------------------------------------------- the transform's input
+
+_NULLABLE = {
+    pa.int8(): pd.Int8Dtype(),
+    pa.int16(): pd.Int16Dtype(),
+    pa.int32(): pd.Int32Dtype(),
+    pa.int64(): pd.Int64Dtype(),
+    pa.uint8(): pd.UInt8Dtype(),
+    pa.uint16(): pd.UInt16Dtype(),
+    pa.uint32(): pd.UInt32Dtype(),
+    pa.uint64(): pd.UInt64Dtype(),
+    pa.bool_(): pd.BooleanDtype(),
+}
+"""pandas' nullable dtype of each Arrow type a column that holds nulls reaches the transform as."""
+
+EXACT_FLOAT = 2**53
+"""Integers up to this magnitude are exact in float64, the cells of an integer array with nulls."""
+
+
+@dataclasses.dataclass(frozen=True)
+class HeldNulls:
+    """The cells of an array column that held nulls when the transform received them.
+
+    pandas has no nullable form of an array cell, so the transform gets what pyarrow makes:
+    NaN (NaT, None) where an element is null, in floats for integer arrays, and None for a
+    null array. A transform that leaves those cells in place would hand the nulls on as made-up
+    numbers; it must replace them (new cells, or these cells filled in place).
+
+    Attributes:
+        name: The column.
+        cells: ``id(cell) -> (cell, positions of its nulls)`` for each cell holding null elements.
+        fixed: Whether the column has a fixed shape: a null array (None) must not stay either,
+            as it does not without a transform. (In an array column whose length varies, a null
+            array arrives as None with or without a transform.)
+    """
+
+    name: str
+    cells: dict[int, tuple[np.ndarray, np.ndarray]]
+    fixed: bool
+
+    def check(self, series: pd.Series) -> None:
+        """Raises a NullValueError if the transform's output column still holds a null it was given."""
+        if series.dtype != object:
+            return  # replaced by a column of another kind
+        for cell in series.to_numpy():
+            if cell is None and self.fixed:
+                self._refuse("a null array (None)")
+            entry = self.cells.get(id(cell))
+            if entry is not None and entry[0] is cell and bool(pd.isna(cell[entry[1]]).any()):
+                self._refuse("null elements")
+
+    def _refuse(self, what: str) -> None:
+        raise NullValueError(
+            f"column {self.name!r} still holds {what} after the transform_fn: an array column with nulls reaches "
+            "the transform with NaN (NaT, None) for a null element, floats for integers, and None for a null array; "
+            f"replace those cells in the transform_fn (frame[{self.name!r}] = [np.nan_to_num(cell).astype(...) for "
+            f"cell in frame[{self.name!r}]]), or fill or drop the nulls before converting"
+        )
+
+
+def transform_frame(
+    table: pa.Table, specs: Mapping[str, ColumnSpec], held: dict[str, HeldNulls] | None = None
+) -> pd.DataFrame:
+    """A piece as the transform's pandas DataFrame, every value exact, every null visible.
+
+    A column without nulls is what ``to_pandas`` makes (NumPy dtypes, dates as
+    ``datetime64[ms]``, timestamps zoned in UTC). A number or bool column that holds nulls
+    is pandas' nullable dtype (``Int64``, ``Float32``, ``boolean``): a long stays exact and
+    a null stays NA, apart from a float's NaN value; dates and timestamps show a null as NaT.
+    A fixed-shape array of two or more dimensions arrives as one N-d array per cell, as it
+    would batch: ``to_pandas`` would make each cell an object array of row arrays, which
+    the transform's output could no longer stack into a tensor.
+
+    Args:
+        table: The piece.
+        specs: The specs of its columns.
+        held: Filled with the array columns that hold nulls (see :class:`HeldNulls`), for
+            :meth:`TransformSpec.apply` to check; None (a predicate's frame) skips that.
+
+    Raises:
+        NullValueError: An array column holds nulls that no cell can show exactly: nested
+            arrays with nulls inside, or integers beyond 2**53 beside a null.
+    """
+    apart: dict[str, Any] = {}  # columns made one by one, inserted in their place
+    arrays = []
+    for name in table.column_names:
+        spec, column = specs[name], table.column(name)
+        if spec.kind == "tensor" and len(spec.shape) > 1:
+            if _nulls_below(column) or column.null_count:
+                raise _nested_nulls(spec)
+            values = to_numpy(spec, column)
+            cells = np.empty(len(values), dtype=object)
+            for row, value in enumerate(values):  # one view per row: an object column cannot be filled at once
+                cells[row] = value
+            apart[name] = cells
+        elif spec.kind == "scalar" and column.null_count:
+            nullable = _nullable(column)
+            if nullable is not None:
+                apart[name] = nullable
+        elif held is not None and spec.kind in ("tensor", "ragged") and is_list_type(column.type):
+            arrays.append(name)
+    frame: pd.DataFrame = table.drop_columns(list(apart)).to_pandas(
+        date_as_object=False, coerce_temporal_nanoseconds=False
+    )
+    for name, cells in apart.items():
+        frame.insert(table.schema.get_field_index(name), name, cells)
+    for name in arrays:
+        holding = _held(specs[name], table.column(name), frame[name].to_numpy())
+        if holding is not None:
+            held[name] = holding  # type: ignore[index]
+    return frame
+
+
+def _nullable(column: pa.ChunkedArray) -> Any:
+    """A number or bool column with nulls as pandas' nullable array; None for other types.
+
+    A float column is built from its values and validity, not by ``to_pandas``, which would
+    make its NaN values NA too.
+    """
+    if pa.types.is_floating(column.type):
+        array = column.combine_chunks()
+        mask = array.is_null().to_numpy(zero_copy_only=False)
+        values = array.fill_null(0).to_numpy(zero_copy_only=False)
+        return pd.arrays.FloatingArray(values, mask)
+    dtype = _NULLABLE.get(column.type)
+    if dtype is None:
+        return None
+    return column.to_pandas(types_mapper={column.type: dtype}.get).array
+
+
+def _nulls_below(column: pa.ChunkedArray) -> int:
+    """The nulls inside a list column's arrays (elements, and nested arrays), not the null arrays themselves."""
+    array = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
+    count = 0
+    while is_list_type(array.type):
+        array = pc.list_flatten(array)
+        count += array.null_count
+    return count
+
+
+def _nested_nulls(spec: ColumnSpec) -> NullValueError:
+    return NullValueError(
+        f"column {spec.name!r} ({spec.arrow_type} in the cache) holds nulls in nested arrays, which reach a "
+        "transform_fn in no exact form: fill or drop them before converting (df.fillna / df.dropna)"
+    )
+
+
+def _held(spec: ColumnSpec, column: pa.ChunkedArray, cells: np.ndarray) -> HeldNulls | None:
+    """The cells of a list column that hold nulls, as the transform received them; None if it has none."""
+    array = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
+    fixed = spec.kind == "tensor"
+    if not _nulls_below(column):
+        return HeldNulls(spec.name, {}, fixed) if fixed and array.null_count else None
+    values = pc.list_flatten(array)
+    if is_list_type(values.type):
+        raise _nested_nulls(spec)
+    if pa.types.is_integer(values.type) and values.type.bit_width == 64:
+        beyond = pc.greater(values, pa.scalar(EXACT_FLOAT, values.type))
+        if pa.types.is_signed_integer(values.type):
+            beyond = pc.or_(beyond, pc.less(values, pa.scalar(-EXACT_FLOAT, values.type)))
+        outside = values.filter(beyond)
+        if len(outside):
+            raise NullValueError(
+                f"column {spec.name!r} ({spec.arrow_type} in the cache) holds nulls beside integers such as "
+                f"{outside[0].as_py()}, beyond 2**53: a transform_fn receives an integer array with nulls as float64 "
+                "cells, which cannot hold them exactly; fill or drop the nulls before converting (df.fillna / "
+                "df.dropna)"
+            )
+    lengths = pc.list_value_length(array).fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+    ends = np.cumsum(lengths)
+    flat = np.flatnonzero(values.is_null().to_numpy(zero_copy_only=False))
+    rows = np.searchsorted(ends, flat, side="right")
+    within = flat - (ends[rows] - lengths[rows])
+    held: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    for row in np.unique(rows):
+        cell = cells[row]
+        held[id(cell)] = (cell, within[rows == row])
+    return HeldNulls(spec.name, held, fixed)
 
 
 def _apply_edit(name: str, array: np.ndarray, dtype: Any, shape: tuple[int | None, ...]) -> np.ndarray:

@@ -32,7 +32,7 @@ from sparkfeed.reader.ragged import Ragged, Views
 from sparkfeed.reader.readahead import DEFAULT_READ_AHEAD_BYTES, ReadAhead, SpanFile, column_ranges
 from sparkfeed.reader.selection import RowFilter, kept_positions
 from sparkfeed.reader.sequence import SequencePlan
-from sparkfeed.transform import TransformSpec
+from sparkfeed.transform import HeldNulls, TransformSpec, transform_frame
 from sparkfeed.types import ColumnSpec, to_numpy
 from sparkfeed.writer import RAGGED, take_views, unpack, unpack_ragged
 
@@ -355,7 +355,9 @@ class SegmentReader:
     def _transformed(self, table: pa.Table) -> Columns:
         """A piece through the user's transform, its sequence columns as :class:`Ragged`."""
         assert self._transform is not None
-        columns = self._dates_as_days(self._transform.apply(self._frame(table)))
+        held: dict[str, HeldNulls] = {}
+        frame = transform_frame(table, self._specs, held)
+        columns = self._dates_as_days(self._transform.apply(frame, held))
         if self._sequence is not None and columns:
             columns = self._sequence.to_ragged(columns, self._specs)
         return columns
@@ -382,26 +384,8 @@ class SegmentReader:
         return [self._read_table(p.file, p.row_group, p.start, p.stop, a) for p, a in zip(pieces, ahead, strict=True)]
 
     def _frame(self, table: pa.Table) -> pd.DataFrame:
-        """A piece as the transform's pandas DataFrame.
-
-        A fixed-shape array of two or more dimensions arrives as one N-d array per cell, as it
-        would batch: ``to_pandas`` would make each cell an object array of row arrays, which
-        the transform's output could no longer stack into a tensor.
-        """
-        nested = [
-            name
-            for name in table.column_names
-            if self._specs[name].kind == "tensor" and len(self._specs[name].shape) > 1
-        ]
-        rest = table.drop_columns(nested)
-        frame: pd.DataFrame = rest.to_pandas(date_as_object=False, coerce_temporal_nanoseconds=False)
-        for name in nested:
-            values = to_numpy(self._specs[name], table.column(name))
-            cells = np.empty(len(values), dtype=object)
-            for row, value in enumerate(values):  # one view per row: an object column cannot be filled at once
-                cells[row] = value
-            frame.insert(table.schema.get_field_index(name), name, cells)
-        return frame
+        """A piece as the transform's (and a predicate's) pandas DataFrame: see :func:`transform_frame`."""
+        return transform_frame(table, self._specs)
 
     def _dates_as_days(self, columns: Columns) -> Columns:
         """Date columns back in days after a transform, as they are without one.
