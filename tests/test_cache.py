@@ -14,7 +14,7 @@ import tempfile
 import textwrap
 import uuid
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +33,7 @@ from sparkfeed.cache import (
     IncompleteCacheError,
     Manifest,
     NotOursError,
+    UnsupportedManifestError,
     collect,
     create_cache_dir,
     delete_cache,
@@ -540,6 +541,72 @@ def test_a_delete_killed_midway_leaves_an_incomplete_cache_never_a_manifest_with
     assert list(tmp_path.iterdir()) == []
 
 
+ENDED_CREATOR = textwrap.dedent(
+    """
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, sys.argv[1])
+    import test_cache
+    parent, keep, parts = Path(sys.argv[2]), sys.argv[3] == "keep", int(sys.argv[4])
+    if parts:
+        print(test_cache._complete_cache(parent, parts, key="k" if keep else None, keep=keep)[0].url)
+    else:
+        print(test_cache._partial_cache(parent).url)
+    """
+)
+
+
+def _made_by_a_process_that_ended(parent: Path, *, keep: bool = False, parts: int = 2) -> Path:
+    """A cache made by a real process that has ended (complete, or with ``parts=0`` partial): its creator is gone."""
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            ENDED_CREATOR,
+            str(Path(__file__).parent),
+            str(parent),
+            "keep" if keep else "-",
+            str(parts),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    return _local(done.stdout.strip().splitlines()[-1])
+
+
+def _set_manifest(cache: Path, change: Callable[[dict], object]) -> None:
+    manifest = json.loads((cache / MANIFEST_NAME).read_text())
+    change(manifest)
+    (cache / MANIFEST_NAME).write_text(json.dumps(manifest))
+
+
+def test_caches_of_a_newer_format_and_kept_ones_are_never_collected_by_a_conversion(spark, tmp_path) -> None:
+    parent = Location.parse(str(tmp_path))
+    newer = {keep: _made_by_a_process_that_ended(tmp_path, keep=keep) for keep in (True, False)}
+    for cache in newer.values():
+        _set_manifest(cache, lambda manifest: manifest.update(format=3))  # what a later sparkfeed may write
+    kept_corrupt = _made_by_a_process_that_ended(tmp_path, keep=True)
+    (kept_corrupt / MANIFEST_NAME).write_text('{"format": 1, "files": [')
+    partial = _made_by_a_process_that_ended(tmp_path, parts=0)
+    states = {Path(e.location.local_path): (e.state, e.liveness, e.orphaned) for e in scan(parent)}
+    assert states[newer[True]] == states[newer[False]] == ("unsupported", Liveness.GONE, False)
+    assert states[kept_corrupt] == ("corrupt", Liveness.GONE, True) and states[partial][:2] == (
+        "partial",
+        Liveness.GONE,
+    )
+    make_spark_converter(spark.range(3), cache_dir=str(tmp_path))
+    assert not partial.exists()  # never complete: what a conversion collects
+    assert newer[True].is_dir() and newer[False].is_dir() and kept_corrupt.is_dir()
+    assert {Path(e.location.local_path) for e in collect(parent)} == {kept_corrupt}  # `cache clean`
+    assert newer[True].is_dir() and newer[False].is_dir()
+    with pytest.raises(UnsupportedManifestError, match=r"format 3, written by a newer sparkfeed"):
+        make_spark_converter(Location.parse(str(newer[False])).url)
+    assert remove(Location.parse(str(newer[False]))).state == "unsupported"  # by its URL, on purpose
+    assert not newer[False].exists()
+
+
 # --------------------------------------------------------------------------- leftovers of killed processes
 
 
@@ -609,7 +676,7 @@ def test_a_new_conversion_removes_partial_orphans_and_points_at_complete_ones(sp
     assert (leftovers / "notes.txt").read_text() == "the user's"
     messages = " ".join(record.getMessage() for record in caplog.records)
     assert f"removed the partial cache {Location.parse(str(mixed['partial orphan'])).url}" in messages
-    assert "1 complete caches" in messages and "`sparkfeed cache clean" in messages
+    assert "1 caches (1 complete;" in messages and "`sparkfeed cache clean" in messages
 
 
 def test_collect_removes_only_what_processes_that_are_gone_left(mixed, leftovers) -> None:

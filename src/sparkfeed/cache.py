@@ -206,6 +206,8 @@ class Manifest:
         data = json.loads(text)
         if not isinstance(data, dict) or data.get("format") not in (MANIFEST_FORMAT, RAGGED_MANIFEST_FORMAT):
             found = data.get("format") if isinstance(data, dict) else type(data).__name__
+            if isinstance(found, int) and not isinstance(found, bool) and found > RAGGED_MANIFEST_FORMAT:
+                raise _NewerFormat(found)
             raise ValueError(
                 f"cache manifest format {found!r} is not supported (expected {MANIFEST_FORMAT} or "
                 f"{RAGGED_MANIFEST_FORMAT})"
@@ -239,6 +241,20 @@ class CorruptManifestError(ValueError):
     """A manifest file that exists but cannot be parsed: a torn write, or not ours."""
 
 
+class UnsupportedManifestError(CorruptManifestError):
+    """A manifest of a format this version does not know: written by a newer sparkfeed.
+
+    Such a cache is whole, for the version that wrote it: no sparkfeed that cannot read it
+    removes it on its own (only ``sparkfeed cache rm`` given its URL does).
+    """
+
+
+class _NewerFormat(ValueError):
+    def __init__(self, found: int) -> None:
+        super().__init__(found)
+        self.found = found
+
+
 def write_manifest(location: Location, manifest: Manifest) -> None:
     """Writes the manifest, the step that makes a cache complete: it must come last."""
     fs, path = location.filesystem, location.path
@@ -259,6 +275,7 @@ def read_manifest(location: Location) -> Manifest | None:
     """The manifest of a complete cache, or None when the cache is absent or incomplete.
 
     Raises:
+        UnsupportedManifestError: The manifest is of a newer format than this version reads.
         CorruptManifestError: A manifest is there but cannot be read: the message names it.
     """
     fs, path = location.filesystem, location.path
@@ -269,6 +286,11 @@ def read_manifest(location: Location) -> Manifest | None:
         return None
     try:
         return Manifest.from_json(text.decode())
+    except _NewerFormat as error:
+        raise UnsupportedManifestError(
+            f"the manifest {location.child(MANIFEST_NAME)} is of format {error.found}, written by a newer sparkfeed "
+            f"(this one reads formats {MANIFEST_FORMAT} and {RAGGED_MANIFEST_FORMAT}): upgrade sparkfeed to read it"
+        ) from None
     except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError, pa.ArrowException) as error:
         raise CorruptManifestError(
             f"the manifest {location.child(MANIFEST_NAME)} cannot be read ({type(error).__name__}: {error})"
@@ -510,6 +532,9 @@ def _marker_token(location: Location) -> str | None:
 # --------------------------------------------------------------------------- listing and collecting
 
 
+CacheState = Literal["complete", "partial", "corrupt", "unsupported"]
+
+
 @dataclasses.dataclass(frozen=True)
 class CacheEntry:
     """One cache directory under a parent, as :func:`scan` found it.
@@ -520,7 +545,8 @@ class CacheEntry:
             recorded no start time and are never collected).
         liveness: Whether that process still runs, seen from here.
         state: ``complete`` (its manifest is there), ``partial`` (no manifest: being written,
-            or left by an interrupted write) or ``corrupt`` (a manifest that cannot be read).
+            or left by an interrupted write), ``corrupt`` (a manifest that cannot be read) or
+            ``unsupported`` (a manifest of a newer sparkfeed's format, never collected).
         created_at: ISO time its directory was made, UTC.
         num_rows: Rows in a complete cache.
         size_bytes: Bytes of every file in it.
@@ -533,7 +559,7 @@ class CacheEntry:
     location: Location
     owner: Owner | None
     liveness: Liveness
-    state: Literal["complete", "partial", "corrupt"]
+    state: CacheState
     created_at: str | None
     num_rows: int | None
     size_bytes: int
@@ -552,8 +578,13 @@ class CacheEntry:
 
     @property
     def orphaned(self) -> bool:
-        """Its creator is gone and did not keep it (or it is incomplete): only :func:`collect` removes it."""
-        return self.liveness is Liveness.GONE and not (self.kept and self.state == "complete")
+        """Its creator is gone and did not keep it (or it is incomplete): :func:`collect` removes it.
+
+        Never a cache of a newer format (``unsupported``): it is whole for the sparkfeed that made it.
+        """
+        if self.liveness is not Liveness.GONE or self.state == "unsupported":
+            return False
+        return not (self.kept and self.state == "complete")
 
     def idle_since(self) -> datetime.datetime | None:
         """When it was made or last reused, whichever is later (None when neither is recorded)."""
@@ -599,10 +630,12 @@ def _entry(location: Location, orphan_only: bool = False) -> CacheEntry | None:
     liveness = Liveness.UNKNOWN if owner is None else owner.liveness()
     if orphan_only and liveness is not Liveness.GONE:
         return None  # only the markers of the others are read
-    state: Literal["complete", "partial", "corrupt"]
+    state: CacheState
     num_rows = None
     try:
         manifest = read_manifest(location)
+    except UnsupportedManifestError:
+        state = "unsupported"
     except CorruptManifestError:
         state = "corrupt"
     else:
@@ -644,12 +677,14 @@ def collect(
     Their creator is known from the marker (host, pid, start time), so they are removed only
     when that process is certainly gone: on this host, no process with that pid and start time
     runs. A cache whose creator runs, or runs on another host, or is unknown, is left alone, and
-    so is a kept one (``keep=True``), unless ``older_than`` says otherwise.
+    so is a kept one (``keep=True``), unless ``older_than`` says otherwise, and one of a newer
+    sparkfeed's format (``unsupported``), always.
 
     Args:
         parent: The directory holding the caches.
-        partial_only: Remove only incomplete caches (what a new conversion collects on its way:
-            a complete orphan may still be opened by path by a job that knows its URL).
+        partial_only: Remove only the incomplete caches that were not kept (what a new
+            conversion collects on its way: a complete orphan may still be opened by path by a
+            job that knows its URL, a damaged manifest may deserve a look).
         dry_run: Remove nothing; return what would be removed.
         older_than: Also remove the kept caches neither made nor reused for this long, whose
             creator is gone (a kept cache of a running process is its own to delete) and that
@@ -657,7 +692,7 @@ def collect(
             that reused it a day ago may still read it).
     """
     if older_than is None:
-        chosen = [e for e in scan(parent, orphans_only=True) if not (partial_only and e.state == "complete")]
+        chosen = [e for e in scan(parent, orphans_only=True) if not partial_only or is_leftover(e)]
     else:
         limit = datetime.datetime.now(datetime.UTC) - older_than
         chosen = [
@@ -666,12 +701,23 @@ def collect(
             if entry.orphaned
             or (
                 entry.kept
+                and entry.state == "complete"
                 and entry.liveness is Liveness.GONE
                 and (entry.idle_since() or limit) < limit
                 and not entry.in_use
             )
         ]
     return chosen if dry_run else remove_orphans(chosen)
+
+
+def is_leftover(entry: CacheEntry) -> bool:
+    """What a conversion removes on its way: an incomplete cache, not kept, whose creator is gone.
+
+    It can never become complete, and nothing reads it. Anything else is left to ``sparkfeed
+    cache clean``: a complete orphan may still be opened by its URL, and a damaged or kept one
+    deserves a person's decision.
+    """
+    return entry.state == "partial" and not entry.kept and entry.liveness is Liveness.GONE
 
 
 def find_kept(parent: Location, key: str) -> tuple[CacheEntry, Manifest] | None:

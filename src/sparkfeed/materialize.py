@@ -9,6 +9,7 @@ serving the old data; the source fingerprint closes that hole.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import datetime
@@ -41,6 +42,7 @@ from sparkfeed.cache import (
     Manifest,
     create_cache_dir,
     delete_cache,
+    is_leftover,
     owned_caches,
     remove_orphans,
     scan,
@@ -417,24 +419,28 @@ def materialize(
 
 
 def _collect_leftovers(parent: Location) -> None:
-    """Removes partial caches of processes that are gone; points at complete orphans, which stay.
+    """Removes partial caches of processes that are gone; points at the other orphans, which stay.
 
-    A complete cache whose creator was killed may still be read by a job that knows its URL,
-    so only ``sparkfeed cache clean`` (or :func:`sparkfeed.cache.collect`) removes those. The
-    markers are read once, and the manifests and sizes of the orphans alone.
+    Only what can never be read is removed (:func:`sparkfeed.cache.is_leftover`): a complete
+    cache whose creator was killed may still be read by a job that knows its URL, and a kept or
+    damaged one deserves a person's decision, so only ``sparkfeed cache clean`` (or
+    :func:`sparkfeed.cache.collect`) removes those. The markers are read once, and the
+    manifests and sizes of the orphans alone.
     """
     try:
         orphans = scan(parent, orphans_only=True)  # one look at the markers serves both steps
-        remove_orphans([entry for entry in orphans if entry.state != "complete"])
+        remove_orphans([entry for entry in orphans if is_leftover(entry)])
     except (OSError, pa.ArrowException) as error:
         log.warning("could not look for leftover caches under %s: %s", parent, error)
         return
-    orphans = [entry for entry in orphans if entry.state == "complete"]
+    orphans = [entry for entry in orphans if not is_leftover(entry)]
     if orphans:
+        states = collections.Counter(f"{'kept ' if entry.kept else ''}{entry.state}" for entry in orphans)
         log.warning(
-            "%d complete caches (%.0f MiB) under %s were left by processes that are gone; "
+            "%d caches (%s; %.0f MiB) under %s were left by processes that are gone; "
             "`sparkfeed cache clean %s` removes them",
             len(orphans),
+            ", ".join(f"{count} {state}" for state, count in sorted(states.items())),
             sum(entry.size_bytes for entry in orphans) / 2**20,
             parent,
             parent.url,

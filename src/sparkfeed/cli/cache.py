@@ -41,7 +41,8 @@ def ls_command(directory: str | None, as_json: bool) -> None:
     """List the caches under DIR: size, rows, age, creator, whether it still runs, complete or partial.
 
     \b
-    STATE     complete, partial (being written, or left by an interrupted write), corrupt
+    STATE     complete, partial (being written, or left by an interrupted write), corrupt,
+              unsupported (a newer sparkfeed's format: never cleaned, `cache rm URL` removes it)
     CREATOR   running; orphaned (gone: `sparkfeed cache clean` removes it); unknown (another host);
               kept (made with keep=True, for later processes: `cache clean --older-than` removes it)
     """  # noqa: D301 - \b keeps click from rewrapping the legend
@@ -106,7 +107,10 @@ def clean_command(directory: str | None, dry_run: bool, older_than: str | None) 
     live = [entry for entry in left if entry.liveness is not Liveness.GONE]
     if live:
         click.echo(f"left {len(live)} caches whose creator runs or cannot be checked from this host")
-    kept = [entry for entry in left if entry.kept and entry.liveness is Liveness.GONE]
+    newer = [entry for entry in left if entry.state == "unsupported"]
+    if newer:
+        click.echo(f"left {len(newer)} caches of a newer sparkfeed's format; `sparkfeed cache rm URL` removes one")
+    kept = [entry for entry in left if entry.kept and entry.state == "complete" and entry.liveness is Liveness.GONE]
     if kept:
         click.echo(f"left {len(kept)} kept caches (keep=True); --older-than AGE removes those unused for AGE")
 
@@ -156,6 +160,8 @@ def _as_dict(entry: CacheEntry) -> dict[str, Any]:
 def _liveness(entry: CacheEntry) -> str:
     if entry.kept and entry.state == "complete":
         return "running, kept" if entry.liveness is Liveness.RUNNING else "kept"
+    if entry.liveness is Liveness.GONE and not entry.orphaned:
+        return "gone"  # but not an orphan: `cache clean` leaves it
     return {Liveness.RUNNING: "running", Liveness.GONE: "orphaned", Liveness.UNKNOWN: "unknown"}[entry.liveness]
 
 
