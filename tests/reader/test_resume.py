@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -109,6 +110,39 @@ def test_unseeded_resharded_later_epochs_still_partition_the_rows(dataset) -> No
     for epoch in (1, 2):
         later[epoch - 1] = [i for shard in runs[0] for e, ids in shard if e == epoch for i in ids]
         assert sorted(later[epoch - 1]) == list(range(1000))
+
+
+def _twice(frame: pd.DataFrame) -> pd.DataFrame:
+    """An augmentation that yields two views of each row: more rows than it reads."""
+    return pd.concat([frame, frame], ignore_index=True)
+
+
+def _same(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame.assign(y=frame["x"] + 1)
+
+
+@pytest.mark.parametrize("transform", [_twice, _same], ids=["more-rows", "same-rows"])
+def test_a_reader_with_a_transform_is_not_resharded_but_resumes_on_its_shard_count(dataset, transform) -> None:
+    root, manifest = dataset
+    kwargs = {"batch_size": 25, "num_epochs": 1, "seed": 3, "shard_policy": "exact", "transform_fn": transform}
+    seen, states = [], []
+    for shard in range(2):
+        reader = _reader(root, manifest, cur_shard=shard, shard_count=2, **kwargs)
+        seen += _ids(_take(iter(reader), 3))
+        states.append(json.loads(json.dumps(reader.state_dict())))
+        reader.close()
+    for count in (1, 3):  # a transform may yield other rows than it reads: positions would be cut wrongly
+        with _reader(root, manifest, cur_shard=0, shard_count=count, **kwargs) as reader:
+            with pytest.raises(ValueError, match="a loader with a transform cannot be resharded") as error:
+                reader.load_state_dict(states)
+            assert "saved by 2 shard(s)" in str(error.value) and "shard_count=2" in str(error.value)
+    rest = []
+    for shard in range(2):
+        with _reader(root, manifest, cur_shard=shard, shard_count=2, **kwargs) as reader:
+            reader.load_state_dict(states)  # every shard's states on their own shard count: resumed as saved
+            rest += _ids(list(reader))
+    views = 2 if transform is _twice else 1
+    assert sorted(seen + rest) == sorted(list(range(1000)) * views)
 
 
 # ---------------------------------------------------------------------------------- bug 2: another cache

@@ -461,6 +461,10 @@ def test_property_reshard_with_filters_loses_and_repeats_nothing(datasets, run) 
     rest: list[int] = []
     for shard in range(new):
         with _make(datasets, run, shard, new) as reader:
+            if run["transform"] and new != count:  # its output rows need not be the rows the cuts count
+                with pytest.raises(ValueError, match="a loader with a transform cannot be resharded"):
+                    reader.load_state_dict(states)
+                return
             reader.load_state_dict(states)
             rest += _ids(reader)
     assert sorted(consumed + rest) == _expected(run)

@@ -324,10 +324,13 @@ def resume(
 
     With one state (``every_shard`` False) the reader must be that state's shard. With every
     shard's state, the shard count may differ: the rest of the epoch is resharded (see
-    :func:`reshard`). The seed for later epochs is the seed of the old shard ``cur_shard`` (modulo
-    the old count): with ``seed=None`` each shard drew its own, and any seed keeps later epochs a
-    partition (shards are fixed row ranges and a seed only orders a shard's rows), so this choice
-    is just deterministic; with a seed, all are that seed.
+    :func:`reshard`), unless a transform runs: its output rows, which positions count, need not
+    be the rows the plan cuts (a transform yielding two views of each row would lose half).
+
+    The seed for later epochs is the seed of the old shard ``cur_shard`` (modulo the old
+    count): with ``seed=None`` each shard drew its own, and any seed keeps later epochs a
+    partition (shards are fixed row ranges and a seed only orders a shard's rows), so this
+    choice is just deterministic; with a seed, all are that seed.
 
     Args:
         states: One shard's state, or every shard's.
@@ -339,7 +342,8 @@ def resume(
         every_shard: Whether ``states`` are the states of every shard of the run.
 
     Raises:
-        ValueError: A state does not belong to this reader, or they do not belong together.
+        ValueError: A state does not belong to this reader, or they do not belong together, or
+            they would be resharded with a transform.
     """
     if not states:
         raise ValueError("no states given: pass this shard's state, or the list of every shard's state")
@@ -373,6 +377,13 @@ def resume(
     own = ordered[cur_shard % old_count]
     if old_count == shard_count:
         return Resume(own.seed, own.epoch, own.segment, own.offset, own.end_epoch, own.segments)
+    if identity.transform:
+        raise ValueError(
+            f"these states were saved by {old_count} shard(s) and this reader is shard {cur_shard} of {shard_count}, "
+            "but a loader with a transform cannot be resharded: a transform may yield more or fewer rows than it "
+            "reads, so a position counts rows that the plan's cuts, made in the rows read, cannot split without "
+            f"losing some; resume with shard_count={old_count}, or start without the states"
+        )
     mine = tuple(reshard(ordered, groups, cur_shard, shard_count))
     return Resume(own.seed, first.epoch, 0, 0, first.end_epoch, mine)
 
