@@ -6,6 +6,8 @@ import datetime
 import decimal
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from pyspark.ml.linalg import Vectors as MLVectors
 from pyspark.ml.linalg import VectorUDT as MLVectorUDT
@@ -268,6 +270,18 @@ def test_null_inside_a_fixed_array_is_refused(spark) -> None:
     df = spark.createDataFrame([(1, [1.0, None]), (2, [2.0, 3.0])], "id long, a array<double>")
     with pytest.raises(NullValueError, match="column 'a'"):
         _read(make_spark_converter(df))
+
+
+def test_null_inside_an_array_of_varying_length_is_refused_and_a_null_array_is_none(tmp_path) -> None:
+    # pyarrow would make every cell float64, the null a NaN and 2**53 + 1 another number
+    big = 2**53 + 1
+    column = pa.array([[big], [1, None, 3], None], pa.list_(pa.int64()))
+    pq.write_table(pa.table({"id": [0, 1, 2], "r": column}), tmp_path / "part-0.parquet")
+    converter = make_spark_converter(str(tmp_path))
+    with pytest.raises(NullValueError, match=r"^column 'r' \(list<element: int64> in the cache\) holds 1 null"):
+        _read(converter)
+    rows = _read(converter, filters=[("id", "!=", 1)])
+    assert rows["r"][0].dtype == np.int64 and rows["r"][0].tolist() == [big] and rows["r"][1] is None
 
 
 # --------------------------------------------------------------------------- one policy, one error type

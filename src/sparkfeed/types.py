@@ -253,6 +253,13 @@ def to_numpy(spec: ColumnSpec, column: pa.ChunkedArray | pa.Array) -> np.ndarray
         array = column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
     else:
         array = column
+    if spec.kind == "ragged" and _is_numeric(_leaf_type(array.type)):
+        # A null array is None, as a null string is; a null inside one has no place in its
+        # values: pyarrow would make the column's cells float (2**53 + 1 another number) and it NaN.
+        inner = array
+        while is_list_type(inner.type):
+            inner = pc.list_flatten(inner)
+            _check_nulls(spec, inner)
     if spec.kind in ("object", "ragged"):
         objects: np.ndarray = array.to_numpy(zero_copy_only=False)
         return objects
