@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,6 +16,7 @@ from sparkfeed import make_spark_converter
 from sparkfeed.cache import scan
 from sparkfeed.cli import main
 from sparkfeed.location import Location
+from test_cache import _made_by_a_process_that_ended
 
 
 def _run(*args: str, env: dict[str, str] | None = None):
@@ -80,3 +84,35 @@ def test_rm_removes_one_cache_and_refuses_with_one_line_errors(parent) -> None:
     assert removed.exit_code == 0 and removed.output.startswith("removed file://") and not parent["complete"].exists()
     forced = _run("cache", "rm", "--force", str(parent["running"]))
     assert forced.exit_code == 0 and not parent["running"].exists()
+
+
+REUSER = """
+import sys, time
+from sparkfeed.cache import mark_used
+from sparkfeed.location import Location
+mark_used(Location.parse(sys.argv[1]))  # what reuse="auto" records when it reuses a kept cache
+print("reading", flush=True)
+time.sleep(120)
+"""
+
+
+@pytest.fixture
+def reused(tmp_path: Path) -> Iterator[Path]:
+    """A kept cache whose creator has ended, reused by a process that still runs (reading it)."""
+    cache = _made_by_a_process_that_ended(tmp_path, keep=True)
+    reader = subprocess.Popen([sys.executable, "-c", REUSER, str(cache)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert reader.stdout is not None and reader.stdout.readline() == "reading\n"
+        yield cache
+    finally:
+        reader.kill()
+        reader.wait()
+
+
+def test_rm_refuses_a_kept_cache_a_running_process_reused_without_force(reused) -> None:
+    (entry,) = scan(Location.parse(str(reused.parent)))
+    assert entry.in_use and entry.kept
+    refused = _run("cache", "rm", str(reused))
+    assert refused.exit_code == 1 and "in use" in refused.output and "--force" in refused.output
+    assert reused.is_dir()
+    assert _run("cache", "rm", "--force", str(reused)).exit_code == 0 and not reused.exists()

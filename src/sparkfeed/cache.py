@@ -802,12 +802,14 @@ def remove(location: Location, *, force: bool = False) -> CacheEntry:
 
     Args:
         location: The cache directory.
-        force: Also when its creator may still run (it would lose its cache mid-read).
+        force: Also when its creator may still run, or a running process reused it (either
+            would lose the cache mid-read).
 
     Raises:
         NotOursError: It is not a sparkfeed cache directory (no marker): nothing was deleted.
         FileNotFoundError: Nothing is there.
-        PermissionError: Its creator still runs, or cannot be checked from here, and ``force``
+        PermissionError: Its creator still runs, or cannot be checked from here, or a process
+            on this host that reused it still runs (:attr:`CacheEntry.in_use`), and ``force``
             is not set.
     """
     if location.is_local and os.path.islink(location.path):
@@ -824,6 +826,12 @@ def remove(location: Location, *, force: bool = False) -> CacheEntry:
         state = "still runs" if entry.liveness is Liveness.RUNNING else "cannot be checked from this host"
         raise PermissionError(
             f"not deleting {location}: {who} {state} and deletes it when it ends; pass force to delete it anyway"
+        )
+    if entry.in_use and not force:
+        readers = ", ".join(str(user) for user in entry.users if user.liveness() is Liveness.RUNNING)
+        raise PermissionError(
+            f"not deleting {location}: it is in use, reused by a process that still runs ({readers}) and may be "
+            "reading it; pass force (--force) to delete it anyway"
         )
     delete_cache(location, entry.token)
     return entry

@@ -128,12 +128,17 @@ def _duration(text: str) -> datetime.timedelta:
 
 @cache_command.command("rm")
 @click.argument("url")
-@click.option("--force", is_flag=True, help="Also when its creator may still be running and reading it.")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Also when its creator, or a process that reused it, may still be running and reading it.",
+)
 def rm_command(url: str, force: bool) -> None:
     """Remove the sparkfeed cache at URL (a directory holding sparkfeed's marker, nothing else).
 
     A cache whose creator still runs (or runs on another host) is refused without --force: that
-    process deletes it when it ends, and may be reading it now.
+    process deletes it when it ends, and may be reading it now. So is a kept cache that a running
+    process on this host reused (reuse="auto").
     """
     try:
         entry = remove(Location.parse(url), force=force)
