@@ -116,3 +116,31 @@ def test_rm_refuses_a_kept_cache_a_running_process_reused_without_force(reused) 
     assert refused.exit_code == 1 and "in use" in refused.output and "--force" in refused.output
     assert reused.is_dir()
     assert _run("cache", "rm", "--force", str(reused)).exit_code == 0 and not reused.exists()
+
+
+OPENER = """
+import sys, time
+from sparkfeed import make_spark_converter
+converter = make_spark_converter(sys.argv[1])  # a kept cache opened by its URL, as keep=True's doc offers
+with converter.make_numpy_iterator(batch_size=5, num_epochs=1) as batches:
+    next(iter(batches))
+    print("reading", flush=True)
+    time.sleep(120)
+"""
+
+
+def test_clean_older_than_leaves_a_kept_cache_opened_by_its_url_while_it_is_read(tmp_path) -> None:
+    cache = _made_by_a_process_that_ended(tmp_path, keep=True)
+    reader = subprocess.Popen(
+        [sys.executable, "-c", OPENER, Location.parse(str(cache)).url], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert reader.stdout is not None and reader.stdout.readline() == "reading\n"
+        (entry,) = scan(Location.parse(str(tmp_path)))
+        assert entry.in_use and entry.last_used is not None
+        done = _run("cache", "clean", "--older-than", "0s", str(tmp_path))
+        assert done.exit_code == 0 and "removed 0 caches" in done.output and cache.is_dir()
+    finally:
+        reader.kill()
+        reader.wait()
+    assert "removed 1 caches" in _run("cache", "clean", "--older-than", "0s", str(tmp_path)).output  # read no more

@@ -338,7 +338,8 @@ def make_spark_converter(
             Connect) are never reused across processes (the log says why).
         keep: Keep the cache when this process ends, for later processes' ``reuse="auto"`` (or
             to open by its URL); ``delete()`` still removes it, and ``sparkfeed cache clean
-            --older-than`` collects it once its creator is gone and it was not used for that long.
+            --older-than`` collects it once its creator is gone and it was not used for that long
+            (reused, or opened by its URL) by a process that still runs or within that time.
 
     Raises:
         UnsupportedTypeError: A column has no tensor representation; the message names it,
@@ -351,7 +352,9 @@ def make_spark_converter(
         location = Location.parse(df, options=storage_options, filesystem=filesystem)
         cache = read_cache(location)  # A sparkfeed cache: its manifest says what the files hold.
         if cache is not None:
-            manifest, _ = cache
+            manifest, marker = cache
+            if marker is not None and marker.get("keep") is True:
+                mark_used(location)  # `cache clean --older-than` then leaves it while this process runs
             log.info("opened the sparkfeed cache %s by path: it is read in place and never deleted", location)
             return SparkDatasetConverter(location, manifest)
         done = describe(location, options={"dtype": dtype, "source": "path"})

@@ -138,7 +138,7 @@ def rm_command(url: str, force: bool) -> None:
 
     A cache whose creator still runs (or runs on another host) is refused without --force: that
     process deletes it when it ends, and may be reading it now. So is a kept cache that a running
-    process on this host reused (reuse="auto").
+    process on this host reused (reuse="auto", or opened by its URL).
     """
     try:
         entry = remove(Location.parse(url), force=force)
