@@ -28,6 +28,7 @@ from sparkfeed import SparkDatasetConverter, make_spark_converter, register_dele
 from sparkfeed.cache import (
     MANIFEST_NAME,
     MARKER_NAME,
+    USED_NAME,
     CorruptManifestError,
     FileEntry,
     IncompleteCacheError,
@@ -38,6 +39,7 @@ from sparkfeed.cache import (
     create_cache_dir,
     delete_cache,
     find_kept,
+    mark_used,
     private_dir,
     read_manifest,
     remove,
@@ -605,6 +607,25 @@ def test_caches_of_a_newer_format_and_kept_ones_are_never_collected_by_a_convers
         make_spark_converter(Location.parse(str(newer[False])).url)
     assert remove(Location.parse(str(newer[False]))).state == "unsupported"  # by its URL, on purpose
     assert not newer[False].exists()
+
+
+def test_recording_a_reuse_never_writes_through_a_link_and_a_linked_manifest_is_refused(tmp_path) -> None:
+    location, _ = _complete_cache(tmp_path / "caches", keep=True, key="k")
+    cache, victim = Path(location.local_path), tmp_path / "victim.txt"
+    victim.write_text("the user's own file")
+    (cache / USED_NAME).symlink_to(victim)  # planted by whoever made the kept cache
+    mark_used(location)
+    assert victim.read_text() == "the user's own file"
+    assert not (cache / USED_NAME).is_symlink() and json.loads((cache / USED_NAME).read_text())["at"]
+    (entry,) = scan(Location.parse(str(tmp_path / "caches")))
+    assert entry.last_used is not None and entry.users == (Owner.current(),)
+    elsewhere = tmp_path / MANIFEST_NAME
+    shutil.move(cache / MANIFEST_NAME, elsewhere)
+    (cache / MANIFEST_NAME).symlink_to(elsewhere)
+    with pytest.raises(CorruptManifestError, match="not a regular file"):
+        read_manifest(location)
+    with pytest.raises(CorruptManifestError, match="not a regular file"):
+        make_spark_converter(location.url)
 
 
 # --------------------------------------------------------------------------- leftovers of killed processes

@@ -280,6 +280,11 @@ def read_manifest(location: Location) -> Manifest | None:
     """
     fs, path = location.filesystem, location.path
     try:
+        if location.is_local and not stat.S_ISREG(os.lstat(f"{path}/{MANIFEST_NAME}").st_mode):
+            raise CorruptManifestError(
+                f"the manifest {location.child(MANIFEST_NAME)} is not a regular file (a symbolic link or a directory): "
+                "sparkfeed writes its manifests as files and never follows a link to one"
+            )
         with fs.open_input_stream(f"{path}/{MANIFEST_NAME}") as stream:
             text = stream.read()
     except (FileNotFoundError, NotADirectoryError):  # nothing there, or a single file
@@ -765,8 +770,7 @@ def mark_used(location: Location) -> None:
     fs = location.filesystem
     try:
         for name in (USED_NAME, mine):
-            with fs.open_output_stream(f"{location.path}/{name}") as stream:
-                stream.write(record)
+            _write_record(location, name, record)
         for info in fs.get_file_info(pafs.FileSelector(location.path)):
             if USER_NAME.match(info.base_name) and info.base_name != mine:
                 owner = _reuser(location, info.base_name)
@@ -774,6 +778,29 @@ def mark_used(location: Location) -> None:
                     fs.delete_file(info.path)
     except (OSError, pa.ArrowException) as error:
         log.debug("could not record the reuse of %s: %s", location, error)
+
+
+def _write_record(location: Location, name: str, data: bytes) -> None:
+    """Writes a small file of a cache directory; locally never through a link planted under its name.
+
+    A new file is written beside and renamed over the name, which replaces a link (or a file)
+    there instead of writing where it points.
+    """
+    if not location.is_local:
+        with location.filesystem.open_output_stream(f"{location.path}/{name}") as stream:
+            stream.write(data)
+        return
+    target = os.path.join(location.path, name)
+    staging = os.path.join(location.path, f".{name}.{uuid.uuid4().hex}")
+    descriptor = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o666)
+    try:
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(data)
+        os.replace(staging, target)  # refused, not followed, where a directory sits under the name
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(staging)
+        raise
 
 
 def _reuser(location: Location, name: str) -> Owner | None:
