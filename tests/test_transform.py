@@ -274,6 +274,24 @@ def test_integers_beyond_float64_in_arrays_with_nulls_are_refused_before_the_tra
     assert not calls
 
 
+@pytest.mark.parametrize("capacity", [None, 15], ids=["row_groups", "shuffle_window"])
+def test_a_transform_that_drops_every_row_of_a_row_group_is_joined_with_the_others(tmp_path, capacity) -> None:
+    ids = np.arange(40)
+    pq.write_table(pa.table({"id": ids, "x": ids * 0.5}), tmp_path / "part-0.parquet", row_group_size=10)
+
+    def vectors(frame: pd.DataFrame) -> pd.DataFrame:
+        frame = frame[frame["id"] >= 10].copy()  # all of the first row group, say unreadable images
+        frame["vec"] = [np.full(3, i, dtype=np.float32) for i in frame["id"]]
+        return frame
+
+    options = {"batch_size": 8, "num_epochs": 1, "seed": 1, "shuffling_queue_capacity": capacity}
+    with make_spark_converter(str(tmp_path)).make_numpy_iterator(transform_fn=vectors, **options) as batches:
+        got = by_id(concat(batches))
+    np.testing.assert_array_equal(got["id"], np.arange(10, 40))
+    assert got["vec"].shape == (30, 3) and got["vec"].dtype == np.float32
+    np.testing.assert_array_equal(got["vec"][:, 2], np.arange(10, 40))
+
+
 @pytest.fixture(scope="module")
 def chunked(spark):
     """600 rows in row groups of about a hundred, so that a transform sees several chunks."""

@@ -255,7 +255,7 @@ class SegmentReader:
             parts = [self._transformed(t) for t in tables]
         else:  # files of one window that store a column differently
             parts = [{n: self._convert(n, t.column(n)) for n in self._specs} for t in tables]
-        columns = NUMPY.concat(parts)
+        columns = NUMPY.concat(_with_rows(parts))
         rows, numbers = self._rows_of(work, NUMPY.rows(columns), self._ragged_lengths(columns))
         if rows is not None:
             columns = {name: array[rows] for name, array in columns.items()}
@@ -290,7 +290,7 @@ class SegmentReader:
             for t, m in zip(tables, masks, strict=True)
             if m.any()
         ]
-        columns = NUMPY.concat(outputs) if outputs else {}
+        columns = NUMPY.concat(_with_rows(outputs)) if outputs else {}
         if [NUMPY.rows(part) for part in outputs] == [int(m.sum()) for m in masks if m.any()]:
             lengths = None
             if self._bucketing:
@@ -566,6 +566,16 @@ class SegmentReader:
         if order is not None:
             return order[low:high], None
         return (slice(low, high) if low or high < rows else None), None
+
+
+def _with_rows(parts: list[Columns]) -> list[Columns]:
+    """The parts that hold rows (the first if none does), to be joined.
+
+    A transform that drops every row of a piece returns columns typed from nothing (an empty
+    list of arrays is a float64 column of no shape): joining them would refuse the other
+    pieces as a change of output, yet they add nothing.
+    """
+    return [part for part in parts if NUMPY.rows(part)] or parts[:1]
 
 
 def take_rows(table: pa.Table, indices: np.ndarray) -> pa.Table:
