@@ -291,6 +291,60 @@ def test_a_closed_or_abandoned_iteration_does_not_block_the_next(dataset) -> Non
     assert len(list(reader)) == 10
 
 
+def test_an_iterator_made_and_dropped_unadvanced_leaves_the_resumed_position(dataset) -> None:
+    root, manifest = dataset
+    kwargs = {"batch_size": 40, "num_epochs": 2, "seed": 5, "shuffling_queue_capacity": 100}
+    with _reader(root, manifest, **kwargs) as run:
+        iterator = iter(run)
+        _take(iterator, 7)
+        state = json.loads(json.dumps(run.state_dict()))
+        remaining = _ids(list(iterator))
+    with _reader(root, manifest, **kwargs) as resumed:
+        resumed.load_state_dict(state)
+        expected = len(resumed)
+        probe = iter(resumed)  # what PyTorch Lightning does to check that a loader is iterable
+        del probe
+        assert resumed.state_dict() == state and len(resumed) == expected
+        unstarted = iter(resumed)
+        unstarted.close()  # closed before its first batch: nothing was read
+        assert len(resumed) == expected
+        assert _ids(list(resumed)) == remaining
+
+
+def _fails_once() -> Any:
+    calls = [0]
+
+    def transform(frame: pd.DataFrame) -> pd.DataFrame:
+        calls[0] += 1
+        if calls[0] == 1:
+            raise OSError("a transient read error")
+        return frame
+
+    return transform
+
+
+@pytest.mark.parametrize("resumed", [False, True], ids=["fresh", "resumed"])
+def test_a_loop_retried_after_an_error_before_its_first_batch_starts_where_the_failed_one_did(
+    dataset, resumed: bool
+) -> None:
+    root, manifest = dataset
+    kwargs = {"batch_size": 40, "num_epochs": 1, "seed": 5, "prefetch": 1}
+    with _reader(root, manifest, transform_fn=_same, **kwargs) as whole:
+        expected = _ids(list(whole))
+    state = None
+    if resumed:
+        with _reader(root, manifest, transform_fn=_same, **kwargs) as run:
+            _take(iter(run), 4)
+            state = run.state_dict()
+        expected = expected[4 * 40 :]
+    with _reader(root, manifest, transform_fn=_fails_once(), **kwargs) as reader:
+        if state is not None:
+            reader.load_state_dict(state)
+        with pytest.raises(OSError, match="a transient read error"):
+            list(reader)
+        assert _ids(list(reader)) == expected  # the retry: the same batches, none skipped
+
+
 # ---------------------------------------------------------------------------------- properties
 
 

@@ -386,10 +386,11 @@ class Reader(Generic[C]):
                     "close it (loader.close() or iterator.close()), or make a second loader for a second stream"
                 )
         start, end = self._iteration_range()
-        self._resumed = False
-        self._position, self._end = start, (None if self._options.num_epochs is None else end)
+        # The position is the new iteration's only from its first batch (see _move): an iterator
+        # made and dropped unadvanced (PyTorch Lightning probes a loader so), or one whose first
+        # step raised, leaves the reader where it was, resumed remainder included.
         token = self._token = object()
-        stream = self._stream(start, self._end, token)
+        stream = self._stream(start, None if self._options.num_epochs is None else end, token)
         self._active = weakref.ref(stream)
         return stream
 
@@ -461,7 +462,7 @@ class Reader(Generic[C]):
                 if self._progress:
                     bar = self._bar(epoch, start, *self._unit)
                 for batch, index, offset, rows in cut(self._counted(items, counts)):
-                    self._move(token, Position(epoch, index, offset))
+                    self._move(token, Position(epoch, index, offset), end)
                     if bar is not None:
                         bar.step(self._user_batches(rows), rows)
                     n, total, last = n + 1, total + rows, batch
@@ -487,9 +488,9 @@ class Reader(Generic[C]):
                         "the one short batch), so num_epochs=None would wait forever: check the filters, or pass a "
                         "finite num_epochs"
                     )
-                self._move(token, Position(epoch + 1))
+                self._move(token, Position(epoch + 1), end)
             if end is not None:
-                self._move(token, Position(end))
+                self._move(token, Position(end), end)
         finally:
             if bar is not None:  # the loop stopped inside an epoch: the bar shows how far it got
                 bar.close()
@@ -736,10 +737,14 @@ class Reader(Generic[C]):
 
     # ------------------------------------------------------------------ state
 
-    def _move(self, token: object, position: Position) -> None:
-        """Records the position, unless the iteration was closed (from another thread) in between."""
+    def _move(self, token: object, position: Position, end: int | None) -> None:
+        """Records the position of the iteration that ends before epoch ``end``, unless it was closed meanwhile.
+
+        Its first batch (or its end, where it has none) makes the iteration the reader's: from
+        then on the next one starts after it, not at a resumed position.
+        """
         if self._token is token:
-            self._position = position
+            self._position, self._end, self._resumed = position, end, False
 
     def state(self) -> ReaderState:
         """Where this reader stands, as a :class:`~sparkfeed.reader.state.ReaderState`."""
