@@ -13,9 +13,10 @@ import pytest
 from click.testing import CliRunner
 
 from sparkfeed import make_spark_converter
-from sparkfeed.cache import scan
+from sparkfeed.cache import MARKER_NAME, USED_NAME, scan
 from sparkfeed.cli import main
 from sparkfeed.location import Location
+from sparkfeed.owner import Liveness
 from test_cache import _made_by_a_process_that_ended
 
 
@@ -144,3 +145,32 @@ def test_clean_older_than_leaves_a_kept_cache_opened_by_its_url_while_it_is_read
         reader.kill()
         reader.wait()
     assert "removed 1 caches" in _run("cache", "clean", "--older-than", "0s", str(tmp_path)).output  # read no more
+
+
+def _edit_marker(cache: Path, **changes: object) -> None:
+    marker = json.loads((cache / MARKER_NAME).read_text())
+    for key, value in changes.items():
+        if key == "pid":
+            marker["owner"]["pid"] = value
+        elif key == "started":
+            marker["owner"]["started"] = value
+        else:
+            marker[key] = value
+    (cache / MARKER_NAME).write_text(json.dumps(marker))
+
+
+def test_damaged_markers_break_neither_a_conversion_nor_ls_nor_clean(spark, tmp_path) -> None:
+    huge_pid, naive, odd = (_made_by_a_process_that_ended(tmp_path, keep=True) for _ in range(3))
+    _edit_marker(huge_pid, pid=2**70)
+    _edit_marker(naive, created_at="2026-01-01T00:00:00")  # no offset: read as UTC
+    _edit_marker(odd, started=10**400, created_at="yesterday")
+    (odd / USED_NAME).write_text(json.dumps({"at": "not a time"}))
+    listed = _run("cache", "ls", str(tmp_path))
+    assert listed.exit_code == 0 and listed.output.startswith("3 caches under")
+    entries = {Path(e.location.local_path): e for e in scan(Location.parse(str(tmp_path)))}
+    assert entries[huge_pid].owner is None and entries[huge_pid].liveness is Liveness.UNKNOWN  # never collected
+    converter = make_spark_converter(spark.range(3), cache_dir=str(tmp_path))
+    assert len(converter) == 3
+    cleaned = _run("cache", "clean", "--older-than", "1d", str(tmp_path))
+    assert cleaned.exit_code == 0 and "removed 1 caches" in cleaned.output and not naive.exists()
+    assert huge_pid.is_dir() and odd.is_dir()  # its times cannot be read: its age is unknown

@@ -60,3 +60,12 @@ def test_records_that_are_not_owners_read_as_none() -> None:
     assert Owner.from_dict({"host": "h", "pid": "12"}) is None
     assert Owner.from_dict({"host": "h", "pid": True}) is None
     assert Owner.from_dict({"host": "h", "pid": 12}) == Owner("h", 12)
+
+
+def test_damaged_records_are_not_owners_and_are_never_gone() -> None:
+    host = socket.gethostname()
+    for pid in (2**70, 2**63, 0, -1):
+        assert Owner.from_dict({"host": host, "pid": pid}) is None
+        assert Owner(host, pid).liveness() is Liveness.UNKNOWN  # no process, but not a creator known gone
+    assert Owner.from_dict({"host": host, "pid": 12, "started": 10**400}) == Owner(host, 12)
+    assert Owner.from_dict({"host": host, "pid": 12, "started": float("nan")}) == Owner(host, 12)

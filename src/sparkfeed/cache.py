@@ -592,9 +592,21 @@ class CacheEntry:
         return not (self.kept and self.state == "complete")
 
     def idle_since(self) -> datetime.datetime | None:
-        """When it was made or last reused, whichever is later (None when neither is recorded)."""
-        times = [datetime.datetime.fromisoformat(t) for t in (self.created_at, self.last_used) if t is not None]
-        return max(times) if times else None
+        """When it was made or last reused, whichever is later (None when neither is recorded, or readable)."""
+        times = [parse_time(t) for t in (self.created_at, self.last_used)]
+        known = [t for t in times if t is not None]
+        return max(known) if known else None
+
+
+def parse_time(text: str | None) -> datetime.datetime | None:
+    """A recorded ISO time, in UTC when it names no zone; None when it is missing or not a time."""
+    if text is None:
+        return None
+    try:
+        parsed = datetime.datetime.fromisoformat(text)
+    except (TypeError, ValueError):
+        return None
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=datetime.UTC)
 
 
 def scan(parent: Location, *, orphans_only: bool = False) -> list[CacheEntry]:

@@ -430,7 +430,7 @@ def _collect_leftovers(parent: Location) -> None:
     try:
         orphans = scan(parent, orphans_only=True)  # one look at the markers serves both steps
         remove_orphans([entry for entry in orphans if is_leftover(entry)])
-    except (OSError, pa.ArrowException) as error:
+    except (OSError, pa.ArrowException, ValueError, TypeError, OverflowError) as error:  # never fails a conversion
         log.warning("could not look for leftover caches under %s: %s", parent, error)
         return
     orphans = [entry for entry in orphans if not is_leftover(entry)]

@@ -14,6 +14,7 @@ import dataclasses
 import enum
 import functools
 import getpass
+import math
 import os
 import socket
 import subprocess
@@ -56,7 +57,7 @@ class Owner:
 
     def liveness(self) -> Liveness:
         """Whether this process is still running, seen from here."""
-        if self.host != socket.gethostname():
+        if self.host != socket.gethostname() or not 0 < self.pid <= _PID_MAX:
             return Liveness.UNKNOWN
         if not _exists(self.pid):
             return Liveness.GONE
@@ -79,18 +80,28 @@ class Owner:
         if not isinstance(data, dict):
             return None
         host, pid, started, user = data.get("host"), data.get("pid"), data.get("started"), data.get("user")
-        if not isinstance(host, str) or not isinstance(pid, int) or isinstance(pid, bool):
+        if not isinstance(host, str) or not isinstance(pid, int) or isinstance(pid, bool) or not 0 < pid <= _PID_MAX:
             return None
-        return cls(
-            host=host,
-            pid=pid,
-            started=float(started) if isinstance(started, int | float) and not isinstance(started, bool) else None,
-            user=user if isinstance(user, str) else None,
-        )
+        return cls(host=host, pid=pid, started=_start(started), user=user if isinstance(user, str) else None)
 
     def __str__(self) -> str:
         who = f"{self.user}@" if self.user else ""
         return f"{who}{self.host} pid {self.pid}"
+
+
+_PID_MAX = 2**31 - 1
+"""No pid is larger (Linux allows 2**22, others less): a larger one in a record is damage, not a process."""
+
+
+def _start(value: Any) -> float | None:
+    """A recorded start time; None when it is not a finite number (a damaged or foreign record)."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return None
+    try:
+        started = float(value)
+    except OverflowError:
+        return None
+    return started if math.isfinite(started) else None
 
 
 @functools.lru_cache(maxsize=4)
@@ -146,6 +157,6 @@ def _exists(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except OSError:
+    except (OSError, OverflowError):  # refused (another user's), or no pid at all: not known to be gone
         return True
     return True

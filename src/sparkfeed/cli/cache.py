@@ -15,7 +15,16 @@ from typing import Any
 
 import click
 
-from sparkfeed.cache import CACHE_DIR_ENV, CacheEntry, NotOursError, collect, remove, resolve_cache_dir, scan
+from sparkfeed.cache import (
+    CACHE_DIR_ENV,
+    CacheEntry,
+    NotOursError,
+    collect,
+    parse_time,
+    remove,
+    resolve_cache_dir,
+    scan,
+)
 from sparkfeed.location import Location
 from sparkfeed.owner import Liveness
 
@@ -179,12 +188,10 @@ def _size(size: int) -> str:
 
 
 def _age(created_at: str | None) -> str:
-    if created_at is None:
+    created = parse_time(created_at)
+    if created is None:
         return "-"
-    try:
-        seconds = (datetime.datetime.now(datetime.UTC) - datetime.datetime.fromisoformat(created_at)).total_seconds()
-    except ValueError:
-        return "-"
+    seconds = (datetime.datetime.now(datetime.UTC) - created).total_seconds()
     for unit, length in (("d", 86400), ("h", 3600), ("m", 60)):
         if seconds >= length:
             return f"{seconds / length:.0f}{unit}"
