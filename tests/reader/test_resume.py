@@ -345,6 +345,27 @@ def test_a_loop_retried_after_an_error_before_its_first_batch_starts_where_the_f
         assert _ids(list(reader)) == expected  # the retry: the same batches, none skipped
 
 
+@pytest.mark.parametrize("count", [1, 2])
+def test_a_state_saved_after_an_iteration_resumes_into_the_next_one_as_without_a_restart(dataset, count: int) -> None:
+    root, manifest = dataset
+    kwargs = {"batch_size": 64, "num_epochs": 1, "seed": 2, "shuffling_queue_capacity": 100, "shard_policy": "exact"}
+    states, following, lengths = [], [], []
+    for shard in range(2):
+        with _reader(root, manifest, cur_shard=shard, shard_count=2, **kwargs) as loader:
+            list(loader)  # a training epoch, then the checkpoint
+            states.append(json.loads(json.dumps(loader.state_dict())))
+            lengths.append(len(loader))
+            following.append(_ids(list(loader)))  # the next training epoch, without a restart
+    for shard in range(count):
+        with _reader(root, manifest, cur_shard=shard, shard_count=count, **kwargs) as resumed:
+            resumed.load_state_dict(states if count != 2 else states[shard])
+            if count == 2:
+                assert len(resumed) == lengths[shard]
+                assert _ids(list(resumed)) == following[shard]
+            else:  # resharded: the next epoch still holds every row once
+                assert sorted(_ids(list(resumed))) == list(range(1000))
+
+
 # ---------------------------------------------------------------------------------- properties
 
 

@@ -813,7 +813,9 @@ class Reader(Generic[C]):
         self.close()
         self._plan = dataclasses.replace(self._plan, seed=resumed.seed)
         self._end = resumed.end_epoch
-        self._resumed = True
+        # A state saved once its iteration had finished resumes as that loader goes on: with the
+        # next iteration's epochs, not with what remains of the finished one (nothing).
+        self._resumed = resumed.end_epoch is None or resumed.epoch < resumed.end_epoch
         self._position = Position(resumed.epoch, resumed.segment, resumed.offset)
         self._derived = None if resumed.segments is None else (resumed.epoch, resumed.segments)
         self._limits.clear()
