@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import time
 import uuid
 import warnings
 from collections.abc import Callable, Iterator
@@ -626,6 +627,36 @@ def test_recording_a_reuse_never_writes_through_a_link_and_a_linked_manifest_is_
         read_manifest(location)
     with pytest.raises(CorruptManifestError, match="not a regular file"):
         make_spark_converter(location.url)
+
+
+CHURN = textwrap.dedent(
+    """
+    import os, sys, time
+    parent, names = sys.argv[1], [f"sparkfeed-20260101T000000-{i:012x}" for i in range(100)]
+    print("churning", flush=True)
+    while True:  # another process's caches, made and deleted (the marker is gone first)
+        for name in names:
+            os.mkdir(os.path.join(parent, name))
+        for name in names:
+            os.rmdir(os.path.join(parent, name))
+    """
+)
+
+
+def test_listing_skips_caches_removed_while_it_looks(tmp_path) -> None:
+    parent = Location.parse(str(tmp_path))
+    location, _ = _complete_cache(tmp_path, key="k", keep=True)
+    churn = subprocess.Popen([sys.executable, "-c", CHURN, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert churn.stdout is not None and churn.stdout.readline() == "churning\n"
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:
+            assert [e.location for e in scan(parent)] == [location]
+            found = find_kept(parent, "k")
+            assert found is not None and found[0].location == location
+    finally:
+        churn.kill()
+        churn.wait()
 
 
 # --------------------------------------------------------------------------- leftovers of killed processes

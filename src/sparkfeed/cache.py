@@ -630,12 +630,22 @@ def scan(parent: Location, *, orphans_only: bool = False) -> list[CacheEntry]:
         if info.type != pafs.FileType.Directory or not CACHE_NAME.match(info.base_name):
             continue
         location = parent.child(info.base_name)
-        if location.is_local and not stat.S_ISDIR(os.lstat(location.path).st_mode):
-            continue  # a link named like a cache: not ours
+        if not _real_dir(location):
+            continue  # a link named like a cache (not ours), or removed since the listing
         entry = _entry(location, orphans_only)
         if entry is not None and (entry.orphaned or not orphans_only):
             entries.append(entry)
     return sorted(entries, key=lambda entry: (entry.created_at or "", entry.location.url))
+
+
+def _real_dir(location: Location) -> bool:
+    """Whether a listed cache directory is a directory still, locally not a link (a store has none)."""
+    if not location.is_local:
+        return True
+    try:
+        return stat.S_ISDIR(os.lstat(location.path).st_mode)
+    except FileNotFoundError:
+        return False
 
 
 def _entry(location: Location, orphan_only: bool = False) -> CacheEntry | None:
@@ -752,7 +762,7 @@ def find_kept(parent: Location, key: str) -> tuple[CacheEntry, Manifest] | None:
         if info.type != pafs.FileType.Directory or not CACHE_NAME.match(info.base_name):
             continue
         location = parent.child(info.base_name)
-        if location.is_local and not stat.S_ISDIR(os.lstat(location.path).st_mode):
+        if not _real_dir(location):
             continue
         marker = _read_marker(location)
         if marker is None or marker.get("keep") is not True or marker.get("key") != key:
