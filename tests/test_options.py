@@ -282,3 +282,14 @@ def test_every_loader_takes_petastorms_reader_keywords(spark) -> None:
     pytest.importorskip("tensorflow")
     with converter.make_tf_dataset(batch_size=8, **kwargs) as dataset:
         assert sorted(i for batch in dataset for i in batch.id.numpy().tolist()) == expected
+
+
+def test_schema_fields_given_as_a_set_are_sorted_so_that_every_process_reads_the_same_columns() -> None:
+    # A set of strings iterates in an order of the process's string hashes: the columns, which a saved
+    # state records, would differ between the process that saved it and the one resuming it.
+    names = [f"feature_{letter}" for letter in "qwertyuiopasdfghjklzxcvbnm"]
+    assert reader_options(schema_fields=set(names)).schema_fields == tuple(sorted(names))
+    assert ReaderOptions(schema_fields=frozenset(names)).schema_fields == tuple(sorted(names))  # type: ignore[arg-type]
+    assert reader_options(schema_fields=names).schema_fields == tuple(names)  # a list keeps its order
+    with pytest.raises(ValueError, match="it must be a list of column names"):
+        reader_options(schema_fields={"id", 3})

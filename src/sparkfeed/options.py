@@ -248,6 +248,10 @@ class ReaderOptions:
                 )
             if not self.schema_fields:
                 raise ValueError("schema_fields=[] is not allowed: name at least one column, or pass None for all")
+            if isinstance(self.schema_fields, set | frozenset):
+                # A set of strings iterates in the order of the process's string hashes: sorted, the
+                # columns (which a saved state records) are the same in the process that resumes it.
+                _store(self, "schema_fields", tuple(sorted(self.schema_fields)))
         if self.transform_spec is not None and not isinstance(self.transform_spec, TransformSpec):
             raise ValueError(
                 f"transform_spec={self.transform_spec!r} is not allowed: it must be a sparkfeed.TransformSpec"
@@ -325,7 +329,7 @@ class ReaderArgs(TypedDict, total=False):
             against whole names as in Petastorm (``"feature_.*"``). An entry that is a column's
             name selects that column only, even where it holds regex characters (``"a.b"``);
             columns come in the order of the entries that select them; an entry that matches
-            nothing is an error naming it.
+            nothing is an error naming it. A set's entries are taken in sorted order.
         filters: Rows to read, as pyarrow's ``filters``: a ``pyarrow.compute.Expression``
             (``pc.field("label") == 3``) or the list of ``(column, op, value)`` tuples
             ``pq.read_table`` takes (a list of lists: OR of ANDs). Row groups whose Parquet
@@ -425,9 +429,9 @@ def reader_options(
         if not callable(transform_fn):
             raise ValueError(f"transform_fn={transform_fn!r} is not allowed: it must be callable")
         transform_spec = TransformSpec(transform_fn)
-    fields = (
-        None if schema_fields is None else (schema_fields if isinstance(schema_fields, str) else tuple(schema_fields))
-    )
+    fields = schema_fields
+    if schema_fields is not None and not isinstance(schema_fields, str | set | frozenset):
+        fields = tuple(schema_fields)  # a set is sorted by ReaderOptions
     shard, count = resolve_shards(cur_shard, shard_count)
     options = ReaderOptions(
         transform_spec=transform_spec,
