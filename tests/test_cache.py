@@ -760,6 +760,43 @@ def test_remove_takes_orphans_refuses_what_is_not_ours_and_live_caches_without_f
     assert mixed["foreign"].exists() and mixed["running"].exists() and mixed["link"].is_symlink()
 
 
+WRITER_ELSEWHERE = textwrap.dedent(
+    """
+    import sys, time
+    from sparkfeed.cache import create_cache_dir
+    from sparkfeed.location import Location
+    location, _ = create_cache_dir(Location.parse(sys.argv[1]))
+    print(location.local_path, flush=True)  # being written: more files to come, the manifest last
+    time.sleep(120)
+    """
+)
+
+
+def _unshare_works() -> bool:
+    try:
+        return (
+            subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", "true"], capture_output=True).returncode == 0
+        )
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _unshare_works(), reason="needs `unshare --pid --mount-proc` (root, or a user namespace)")
+def test_a_cache_being_written_in_another_pid_namespace_is_never_collected(tmp_path) -> None:
+    """Two containers of one pod: one hostname, two pid namespaces, one cache volume."""
+    command = ["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "-c", WRITER_ELSEWHERE, str(tmp_path)]
+    writer = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    try:
+        assert writer.stdout is not None
+        cache = Path(writer.stdout.readline().strip())
+        (entry,) = scan(Location.parse(str(tmp_path)))
+        assert entry.state == "partial" and entry.liveness is Liveness.UNKNOWN and not entry.orphaned
+        assert collect(Location.parse(str(tmp_path))) == [] and cache.is_dir()
+    finally:
+        writer.kill()
+        writer.wait()
+
+
 # --------------------------------------------------------------------------- permissions
 
 

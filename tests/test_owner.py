@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
+import sys
+from pathlib import Path
 
 from sparkfeed.owner import Liveness, Owner, start_time
 
@@ -69,3 +72,33 @@ def test_damaged_records_are_not_owners_and_are_never_gone() -> None:
         assert Owner(host, pid).liveness() is Liveness.UNKNOWN  # no process, but not a creator known gone
     assert Owner.from_dict({"host": host, "pid": 12, "started": 10**400}) == Owner(host, 12)
     assert Owner.from_dict({"host": host, "pid": 12, "started": float("nan")}) == Owner(host, 12)
+
+
+WRITER = """
+import sys, time
+from sparkfeed.cache import create_cache_dir
+from sparkfeed.location import Location
+location, _ = create_cache_dir(Location.parse(sys.argv[1]))  # a cache being written: its marker names this process
+print(location.local_path, flush=True)
+time.sleep(120)
+"""
+
+
+def test_a_creator_in_another_pid_namespace_or_boot_is_never_gone(tmp_path) -> None:
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert writer.stdout is not None
+        recorded = json.loads((Path(writer.stdout.readline().strip()) / "_sparkfeed_cache.json").read_text())["owner"]
+    finally:
+        writer.kill()
+        writer.wait()
+    here = Owner.current()
+    assert (recorded["boot_id"], recorded["pid_ns"]) == (here.boot_id, here.pid_ns) and here.pid_ns is not None
+    assert Owner.from_dict(recorded).liveness() is Liveness.GONE  # this host, this namespace: certainly gone
+    # The same record as a process of another container (same hostname, its own pid namespace) or of
+    # another machine (its own boot) would write it: its pid means nothing here.
+    assert Owner.from_dict({**recorded, "pid_ns": here.pid_ns + 1}).liveness() is Liveness.UNKNOWN
+    assert Owner.from_dict({**recorded, "boot_id": "another-boot"}).liveness() is Liveness.UNKNOWN
+    old = {key: recorded[key] for key in ("host", "pid", "started", "user")}  # sparkfeed before the fields
+    assert Owner.from_dict(old).liveness() is Liveness.GONE
+    assert Owner.from_dict(recorded) == Owner(**{**old, "boot_id": here.boot_id, "pid_ns": here.pid_ns})

@@ -6,6 +6,12 @@ yesterday could look like today's shell's. With the start time (``/proc/<pid>/st
 ``ps`` elsewhere) a live process with that pid is the creator only if it started when the
 creator did. Anything on another host cannot be checked from here and counts as running:
 sparkfeed removes another process's leftovers only when it is sure that process is gone.
+
+A hostname does not name one pid space: containers of one pod, or run with the host's network,
+share it but each has its own pid namespace, and two machines may share a name. So on Linux the
+record also holds the kernel's boot id and the pid namespace; a record whose boot or namespace
+is not this process's cannot be checked from here either. Records without them (written before
+they were) are judged by host, pid and start time, as they were.
 """
 
 from __future__ import annotations
@@ -43,12 +49,16 @@ class Owner:
         pid: Its process id.
         started: Its start time, as :func:`start_time` gives it; None when it could not be read.
         user: The login name it ran as, for people reading listings.
+        boot_id: The kernel's boot id (Linux), which tells two machines, or two boots, apart.
+        pid_ns: The inode of its pid namespace (Linux), in which ``pid`` means that process.
     """
 
     host: str
     pid: int
     started: float | None = None
     user: str | None = None
+    boot_id: str | None = None
+    pid_ns: int | None = None
 
     @classmethod
     def current(cls) -> Owner:
@@ -57,7 +67,7 @@ class Owner:
 
     def liveness(self) -> Liveness:
         """Whether this process is still running, seen from here."""
-        if self.host != socket.gethostname() or not 0 < self.pid <= _PID_MAX:
+        if self.host != socket.gethostname() or not 0 < self.pid <= _PID_MAX or not self._seen_from_here():
             return Liveness.UNKNOWN
         if not _exists(self.pid):
             return Liveness.GONE
@@ -70,9 +80,21 @@ class Owner:
             return Liveness.UNKNOWN  # a live process with that pid: it may or may not be the creator
         return Liveness.RUNNING if started == self.started else Liveness.GONE
 
+    def _seen_from_here(self) -> bool:
+        """Whether its pid names a process this one can see: same boot, same pid namespace, as far as recorded."""
+        boot_id, pid_ns = _boot_id(), _pid_namespace()
+        return (self.boot_id is None or self.boot_id == boot_id) and (self.pid_ns is None or self.pid_ns == pid_ns)
+
     def to_dict(self) -> dict[str, Any]:
         """The JSON form written into markers."""
-        return {"host": self.host, "pid": self.pid, "started": self.started, "user": self.user}
+        return {
+            "host": self.host,
+            "pid": self.pid,
+            "started": self.started,
+            "user": self.user,
+            "boot_id": self.boot_id,
+            "pid_ns": self.pid_ns,
+        }
 
     @classmethod
     def from_dict(cls, data: Any) -> Owner | None:
@@ -82,7 +104,15 @@ class Owner:
         host, pid, started, user = data.get("host"), data.get("pid"), data.get("started"), data.get("user")
         if not isinstance(host, str) or not isinstance(pid, int) or isinstance(pid, bool) or not 0 < pid <= _PID_MAX:
             return None
-        return cls(host=host, pid=pid, started=_start(started), user=user if isinstance(user, str) else None)
+        boot_id, pid_ns = data.get("boot_id"), data.get("pid_ns")
+        return cls(
+            host=host,
+            pid=pid,
+            started=_start(started),
+            user=user if isinstance(user, str) else None,
+            boot_id=boot_id if isinstance(boot_id, str) else None,
+            pid_ns=pid_ns if isinstance(pid_ns, int) and not isinstance(pid_ns, bool) else None,
+        )
 
     def __str__(self) -> str:
         who = f"{self.user}@" if self.user else ""
@@ -110,7 +140,32 @@ def _current(pid: int) -> Owner:
         user: str | None = getpass.getuser()
     except (KeyError, OSError):
         user = None
-    return Owner(host=socket.gethostname(), pid=pid, started=start_time(pid), user=user)
+    return Owner(
+        host=socket.gethostname(),
+        pid=pid,
+        started=start_time(pid),
+        user=user,
+        boot_id=_boot_id(),
+        pid_ns=_pid_namespace(),
+    )
+
+
+@functools.lru_cache(maxsize=1)
+def _boot_id() -> str | None:
+    """This kernel's boot id (Linux; None elsewhere): another machine, or this one booted again, has another."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as handle:
+            return handle.read().strip() or None
+    except (OSError, ValueError):
+        return None
+
+
+def _pid_namespace() -> int | None:
+    """The inode of this process's pid namespace (Linux; None elsewhere): each container has its own."""
+    try:
+        return os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return None
 
 
 def start_time(pid: int) -> float | None:
