@@ -87,7 +87,7 @@ def test_edit_field_makes_the_tuple_petastorm_makes_and_it_reshapes(images) -> N
     with images.make_numpy_iterator(batch_size=40, num_epochs=1, transform_spec=spec) as batches:
         (batch,) = list(batches)
     assert batch["flat"].shape == (40, 3, 4) and batch["flat"].dtype == np.float32
-    with pytest.raises(ValueError, match=re.escape("edit_field shape=28 is not allowed: it must be a tuple of sizes")):
+    with pytest.raises(ValueError, match=re.escape("edit_field 'image': shape=28 is not allowed: it must be a tuple")):
         edit_field("image", np.uint8, 28)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=re.escape("edit_field name=3 is not allowed")):
         edit_field(3, np.uint8, ())  # type: ignore[arg-type]
@@ -290,6 +290,60 @@ def test_a_transform_that_drops_every_row_of_a_row_group_is_joined_with_the_othe
     np.testing.assert_array_equal(got["id"], np.arange(10, 40))
     assert got["vec"].shape == (30, 3) and got["vec"].dtype == np.float32
     np.testing.assert_array_equal(got["vec"][:, 2], np.arange(10, 40))
+
+
+def _ids(directory) -> str:
+    pq.write_table(pa.table({"id": np.arange(10)}), directory / "part-0.parquet")
+    return str(directory)
+
+
+@pytest.mark.parametrize(
+    ("fits", "values", "dtype", "message"),
+    [
+        (255, lambda ids: ids + 250, np.uint8, "column 'v' to uint8, but it holds 256, outside uint8's range [0, 255]"),
+        (
+            -(2**31),
+            lambda ids: ids * 1e10,
+            np.int32,
+            "column 'v' to int32, but it holds 10000000000.0, outside int32's",
+        ),
+        (2**40, lambda ids: np.where(ids == 3, np.nan, ids), np.int64, "column 'v' to int64, but it holds nan, which"),
+        (np.inf, lambda ids: ids * 1e300, np.float32, "column 'v' to float32, but it holds 1e+300, beyond float32's"),
+    ],
+    ids=["wraps", "overflows", "nan", "inf"],
+)
+def test_an_edit_fields_cast_that_cannot_hold_a_value_is_refused_naming_it(
+    tmp_path, fits, values, dtype, message
+) -> None:
+    converter = make_spark_converter(_ids(tmp_path))
+    spec = TransformSpec(lambda frame: frame.assign(v=np.where(frame["id"] == 0, fits, 1)), [("v", dtype, (), False)])
+    with converter.make_numpy_iterator(num_epochs=1, transform_spec=spec) as batches:
+        got = by_id(concat(batches))["v"]  # a value at the edge of the range fits, exactly (an infinity is a value)
+    assert got.dtype == dtype and got[0] == fits and got[1:].tolist() == [1] * 9
+    spec = TransformSpec(lambda frame: frame.assign(v=values(frame["id"].to_numpy())), [("v", dtype, (), False)])
+    with converter.make_numpy_iterator(num_epochs=1, transform_spec=spec) as batches:
+        with pytest.raises(ValueError, match=re.escape(f"TransformSpec edit_fields casts {message}")):
+            list(batches)
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        (("x", np.float32, 5, False), "TransformSpec edit_fields entry 'x': shape=5 is not allowed"),
+        (("x", np.float32, (2, -1), False), "TransformSpec edit_fields entry 'x': shape=(2, -1) is not allowed"),
+        (("x", np.float32, (2, 1.5), False), "TransformSpec edit_fields entry 'x': shape=(2, 1.5) is not allowed"),
+        (
+            ("x", "flaot32", (), False),
+            "TransformSpec edit_fields entry 'x': numpy_dtype='flaot32' is not a NumPy dtype",
+        ),
+    ],
+    ids=["int_shape", "negative", "fraction", "dtype"],
+)
+def test_edit_fields_entries_are_checked_when_the_spec_is_made(entry, message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        TransformSpec(edit_fields=[entry])
+    with pytest.raises(ValueError, match=re.escape(message.replace("TransformSpec edit_fields entry", "edit_field"))):
+        edit_field(*entry)
 
 
 @pytest.fixture(scope="module")

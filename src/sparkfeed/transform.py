@@ -33,13 +33,34 @@ def edit_field(name: str, numpy_dtype: Any, shape: Sequence[int | None], nullabl
         nullable: Petastorm's flag, kept for the tuple's shape; tensors hold no nulls either way.
 
     Raises:
-        ValueError: ``name`` is not a string or ``shape`` is not a sequence of sizes.
+        ValueError: ``name`` is not a string, ``numpy_dtype`` no NumPy dtype or ``shape`` not a
+            sequence of sizes.
     """
     if not isinstance(name, str):
         raise ValueError(f"edit_field name={name!r} is not allowed: it must be the column's name")
-    if isinstance(shape, str) or not isinstance(shape, Sequence):
-        raise ValueError(f"edit_field shape={shape!r} is not allowed: it must be a tuple of sizes, such as (28, 28)")
+    _check_edit(f"edit_field {name!r}", numpy_dtype, shape)
     return name, numpy_dtype, tuple(shape), nullable
+
+
+def _check_edit(where: str, numpy_dtype: Any, shape: Any) -> None:
+    """Raises a ValueError starting with ``where`` unless the dtype is NumPy's (or None) and the shape one of sizes."""
+    sizes = not isinstance(shape, str) and isinstance(shape, Sequence)
+    if not sizes or not all(
+        size is None or (isinstance(size, (int, np.integer)) and not isinstance(size, bool) and size >= 0)
+        for size in shape
+    ):
+        raise ValueError(
+            f"{where}: shape={shape!r} is not allowed: it must be a tuple of sizes (integers >= 0, or None for a "
+            "dimension that varies), such as (28, 28), or () for a scalar"
+        )
+    if numpy_dtype is not None:
+        try:
+            np.dtype(numpy_dtype)
+        except TypeError as error:
+            raise ValueError(
+                f"{where}: numpy_dtype={numpy_dtype!r} is not a NumPy dtype ({error}): give one such as np.float32 "
+                "or 'int64'"
+            ) from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,6 +111,7 @@ class TransformSpec:
                     f"TransformSpec edit_fields entry {field!r} is not allowed: it must be a tuple "
                     "(name, numpy_dtype, shape, is_nullable)"
                 )
+            _check_edit(f"TransformSpec edit_fields entry {field[0]!r}", field[1], field[2])
 
     def apply(self, frame: pd.DataFrame, held: Mapping[str, HeldNulls] | None = None) -> dict[str, np.ndarray]:
         """Runs the function and turns its output into one NumPy array per column.
@@ -370,7 +392,7 @@ def _held(spec: ColumnSpec, column: pa.ChunkedArray, cells: np.ndarray) -> HeldN
 
 def _apply_edit(name: str, array: np.ndarray, dtype: Any, shape: tuple[int | None, ...]) -> np.ndarray:
     if dtype is not None and np.dtype(dtype).kind in "biufc" and array.dtype != object:
-        array = array.astype(dtype, copy=False)
+        array = _cast(name, array, np.dtype(dtype))
     if shape and None not in shape:
         try:
             array = array.reshape((len(array), *shape))  # type: ignore[arg-type]
@@ -380,3 +402,50 @@ def _apply_edit(name: str, array: np.ndarray, dtype: Any, shape: tuple[int | Non
                 f"reshaped to the edit_fields shape {tuple(shape)}"
             ) from error
     return array
+
+
+def _cast(name: str, array: np.ndarray, target: np.dtype) -> np.ndarray:
+    """``array`` as ``target``, or a ValueError naming a value that ``target`` cannot hold.
+
+    NumPy's ``astype`` wraps integers (256 as uint8 is 0), makes NaN and out-of-range floats
+    ``INT_MIN``, and a finite float beyond float32's range infinite, all without a word. An
+    integer target takes finite values in its range (a float's fraction is cut, as ``astype``
+    does); a float target takes any value but a finite one it would make infinite.
+    """
+    if array.dtype == target:
+        return array
+    source = array.dtype
+    outside: Any = None
+    if target.kind in "iu" and source.kind in "iuf" and array.size:
+        info = np.iinfo(target)
+        if source.kind == "f":
+            finite = np.isfinite(array)
+            if not finite.all():
+                value = array[~finite].flat[0]
+                raise ValueError(
+                    f"TransformSpec edit_fields casts column {name!r} to {target}, but it holds {value}, which "
+                    f"{target} cannot hold: fill or drop it in the transform_fn, or cast to a float dtype"
+                )
+            beyond = (array < float(info.min)) | (array >= float(info.max) + 1)  # both bounds powers of 2: exact
+            if beyond.any():
+                outside = array[beyond].flat[0]
+        elif not np.can_cast(source, target, "safe") and (int(array.min()) < info.min or int(array.max()) > info.max):
+            outside = array[(array < info.min) | (array > info.max)].flat[0]
+        if outside is not None:
+            raise ValueError(
+                f"TransformSpec edit_fields casts column {name!r} to {target}, but it holds {outside}, outside "
+                f"{target}'s range [{info.min}, {info.max}]: give a wider dtype, or change the value in the "
+                "transform_fn"
+            )
+    with np.errstate(over="ignore", invalid="ignore"):
+        cast = array.astype(target)
+    if target.kind in "fc" and source.kind in "iuf" and array.size:
+        overflowed = np.isinf(cast) & np.isfinite(array)
+        if overflowed.any():
+            value = array[overflowed].flat[0]
+            raise ValueError(
+                f"TransformSpec edit_fields casts column {name!r} to {target}, but it holds {value}, beyond {target}'s "
+                f"largest finite value {np.finfo(target).max}: give a wider dtype (float64), or scale the values in "
+                "the transform_fn"
+            )
+    return cast
