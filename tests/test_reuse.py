@@ -252,6 +252,21 @@ def test_keep_keeps_the_cache_past_the_process_and_warns_when_no_process_could_r
     local.delete()
 
 
+def test_keep_after_the_same_dataframe_was_converted_without_it_writes_a_kept_cache(spark, tmp_path) -> None:
+    df = spark.range(30).withColumn("x", F.col("id") * 2)
+    first = make_spark_converter(df, cache_dir=str(tmp_path))
+    kept = make_spark_converter(df, cache_dir=str(tmp_path), keep=True)
+    assert kept.cache_dir_url != first.cache_dir_url  # the first is deleted at exit: not the one asked for
+    assert kept.location not in owned_caches and first.location in owned_caches
+    marker = json.loads(Path(kept.location.local_path, MARKER_NAME).read_text())
+    assert marker["keep"] is True and isinstance(marker["key"], str)
+    assert make_spark_converter(df, cache_dir=str(tmp_path), keep=True).cache_dir_url == kept.cache_dir_url
+    assert make_spark_converter(df, cache_dir=str(tmp_path)).cache_dir_url == kept.cache_dir_url
+    assert len(first) == len(kept) == 30  # the first still reads until it is deleted
+    first.delete()
+    kept.delete()
+
+
 def test_reuse_and_keep_are_validated(spark) -> None:
     with pytest.raises(ValueError, match=r"reuse='always' is not allowed: it must be one of \('process', 'auto'\)"):
         make_spark_converter(spark.range(3), reuse="always")

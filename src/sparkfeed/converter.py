@@ -337,7 +337,8 @@ def make_spark_converter(
             (local data, RDDs, user functions, non-deterministic expressions, streams, Spark
             Connect) are never reused across processes (the log says why).
         keep: Keep the cache when this process ends, for later processes' ``reuse="auto"`` (or
-            to open by its URL); ``delete()`` still removes it, and ``sparkfeed cache clean
+            to open by its URL); a DataFrame this process converted before without it is
+            written again, kept (the first cache is still deleted at exit); ``delete()`` still removes it, and ``sparkfeed cache clean
             --older-than`` collects it once its creator is gone and it was not used for that long
             (reused, or opened by its URL) by a process that still runs or within that time.
 
@@ -372,6 +373,12 @@ def make_spark_converter(
 def _convert(df: DataFrame, options: MaterializeOptions, parent: Location, run: ConversionRun) -> SparkDatasetConverter:
     identity = identify(df, stable=run.reuse == "auto" or run.keep)
     known = registry.find(identity, options, parent)
+    replaced = None
+    if known is not None and run.keep and known.location in owned_caches:
+        # Written here without keep, so deleted at exit: not what keep=True asks for. A kept one
+        # is written (or found) and takes its place for this process's later conversions.
+        log.info("keep=True: the cache %s of this DataFrame is deleted at exit; writing a kept one", known.location)
+        replaced, known = known, None
     if known is not None and _still_complete(known):
         log.info("reusing cache %s, written earlier in this process for the same DataFrame", known.location)
         return SparkDatasetConverter(known.location, known.manifest, known.token)
@@ -381,11 +388,15 @@ def _convert(df: DataFrame, options: MaterializeOptions, parent: Location, run: 
     if run.reuse == "auto":
         kept = _find_kept(identity, options, parent)
         if kept is not None:
+            if replaced is not None:
+                registry.forget(replaced.location)
             registry.add(identity, options, parent, kept)
             return SparkDatasetConverter(kept.location, kept.manifest)
     elif run.keep and identity.stable is None:
         log.warning("keep=True: the cache is kept, but no later process will reuse it: %s", identity.unstable)
     done = materialize(df, parent, options, identity, run)
+    if replaced is not None:
+        registry.forget(replaced.location)  # the converters made from it read it until this process ends
     registry.add(identity, options, parent, done)
     return SparkDatasetConverter(done.location, done.manifest, done.token)
 
