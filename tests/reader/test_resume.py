@@ -366,6 +366,22 @@ def test_a_state_saved_after_an_iteration_resumes_into_the_next_one_as_without_a
                 assert sorted(_ids(list(resumed))) == list(range(1000))
 
 
+def test_states_of_shards_that_did_and_did_not_start_their_iteration_reshard_together(dataset) -> None:
+    root, manifest = dataset
+    kwargs = {"batch_size": 50, "num_epochs": 2, "seed": 4, "shard_policy": "exact"}
+    seen, states = [], []
+    for shard, taken in enumerate([3, 0]):  # the second rank saved before its first batch
+        with _reader(root, manifest, cur_shard=shard, shard_count=2, **kwargs) as reader:
+            seen += _ids(_take(iter(reader), taken))
+            states.append(json.loads(json.dumps(reader.state_dict())))
+    rest: list[int] = []
+    for shard in range(3):
+        with _reader(root, manifest, cur_shard=shard, shard_count=3, **kwargs) as reader:
+            reader.load_state_dict(states)
+            rest += [i for batch in reader if reader.state_dict()["epoch"] == 0 for i in _ids([batch])]
+    assert sorted(seen + rest) == list(range(1000))
+
+
 # ---------------------------------------------------------------------------------- properties
 
 

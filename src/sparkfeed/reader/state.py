@@ -257,6 +257,18 @@ class Resume:
     segments: tuple[Segment, ...] | None
 
 
+def iteration_end(state: ReaderState) -> int | None:
+    """The epoch the state's iteration ends before; None for one without end (``num_epochs=None``).
+
+    A state saved before its reader's first iteration took its first batch records none yet
+    (``end_epoch`` None); that iteration runs ``num_epochs`` from the state's epoch, as a
+    reader loading the state runs it.
+    """
+    if state.end_epoch is not None or state.identity.num_epochs is None:
+        return state.end_epoch
+    return state.epoch + state.identity.num_epochs
+
+
 def epoch_of(state: ReaderState, groups: Groups) -> list[Segment]:
     """The segments of the epoch a state stands in, from the state alone."""
     if state.segments is not None:
@@ -284,7 +296,8 @@ def advanced(state: ReaderState, rows: int, groups: Groups) -> ReaderState:
         left = segments[segment].rows - offset if segment < len(segments) else -offset
         if left >= 0:
             return dataclasses.replace(current, segment=segment, offset=offset)
-        if (state.end_epoch is not None and current.epoch + 1 >= state.end_epoch) or not any(s.rows for s in segments):
+        end = iteration_end(state)
+        if (end is not None and current.epoch + 1 >= end) or not any(s.rows for s in segments):
             raise ValueError(
                 f"a position {rows} rows past epoch {state.epoch}, segment {state.segment}, offset {state.offset} is "
                 "past the end of the reader's epochs: the state does not belong to these rows"
@@ -368,8 +381,8 @@ def resume(
             f"expected the states of all {old_count} shards, got shards {shards} "
             f"of counts {sorted({s.shard_count for s in ordered})}"
         )
-    if len({(s.epoch, s.end_epoch) for s in ordered}) != 1:
-        found = [(s.epoch, s.end_epoch) for s in ordered]
+    if len({(s.epoch, iteration_end(s)) for s in ordered}) != 1:
+        found = [(s.epoch, iteration_end(s)) for s in ordered]
         raise ValueError(
             f"the shards' states are from different epochs ((epoch, end_epoch) by shard: {found}); "
             "save them at the same step"
@@ -385,7 +398,7 @@ def resume(
             f"losing some; resume with shard_count={old_count}, or start without the states"
         )
     mine = tuple(reshard(ordered, groups, cur_shard, shard_count))
-    return Resume(own.seed, first.epoch, 0, 0, first.end_epoch, mine)
+    return Resume(own.seed, first.epoch, 0, 0, iteration_end(first), mine)
 
 
 # ---------------------------------------------------------------------------------- checks
