@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import itertools
 import json
+import threading
+import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -20,6 +22,8 @@ from hypothesis import strategies as st
 from sparkfeed.cache import FileEntry, Manifest
 from sparkfeed.options import reader_options
 from sparkfeed.reader import Reader
+
+from helpers import wait_until
 
 
 def _write(root: Path, rows: int, row_group: int, files: int = 1, key: str = "k") -> Manifest:
@@ -380,6 +384,29 @@ def test_states_of_shards_that_did_and_did_not_start_their_iteration_reshard_tog
             reader.load_state_dict(states)
             rest += [i for batch in reader if reader.state_dict()["epoch"] == 0 for i in _ids([batch])]
     assert sorted(seen + rest) == list(range(1000))
+
+
+def test_close_from_another_thread_ends_the_iteration_without_a_short_batch(dataset) -> None:
+    root, manifest = dataset
+    release, calls = threading.Event(), [0]
+
+    def transform(frame: pd.DataFrame) -> pd.DataFrame:
+        calls[0] += 1
+        if calls[0] == 2:  # the second row group: the loop waits for it when close() comes
+            release.wait(30)
+        return frame
+
+    kwargs = {"batch_size": 30, "num_epochs": 1, "shuffle_row_groups": False, "prefetch": 1}
+    reader = _reader(root, manifest, transform_fn=transform, **kwargs)
+    sizes: list[int] = []
+    consumer = threading.Thread(target=lambda: sizes.extend(len(batch["id"]) for batch in reader))
+    consumer.start()
+    wait_until(lambda: calls[0] == 2 and len(sizes) == 1, what="the loop waiting for the second row group")
+    time.sleep(0.2)
+    reader.close()  # from another thread than the loop's, as a tf.data or a signal handler may
+    release.set()
+    consumer.join(30)
+    assert sizes == [30]  # not the 7 rows left over from the first row group of 37, as if the epoch ended
 
 
 # ---------------------------------------------------------------------------------- properties

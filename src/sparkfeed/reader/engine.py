@@ -462,6 +462,10 @@ class Reader(Generic[C]):
                 if self._progress:
                     bar = self._bar(epoch, start, *self._unit)
                 for batch, index, offset, rows in cut(self._counted(items, counts)):
+                    if self._token is not token:
+                        # Closed from another thread while this step waited: the pool stopped and the
+                        # batcher made a short batch of the rows it held, as at an epoch's end. Not yielded.
+                        return
                     self._move(token, Position(epoch, index, offset), end)
                     if bar is not None:
                         bar.step(self._user_batches(rows), rows)
@@ -475,6 +479,8 @@ class Reader(Generic[C]):
                     yield batch
                     asked = clock()
                     step += asked - ready
+                if self._token is not token:  # closed meanwhile: the epoch did not end
+                    return
                 if bar is not None:
                     bar.close()
                     bar = None
