@@ -244,6 +244,33 @@ def test_existing_parquet_path_is_read_in_place_and_never_deleted(tmp_path) -> N
         make_spark_converter(str(tmp_path / "missing"))
 
 
+def test_options_that_cannot_apply_to_a_dataset_opened_by_path_are_refused_naming_them(tmp_path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    pq.write_table(pa.table({"id": [1, 2, 3], "x": [0.5, 1.5, 2.5]}), data / "part-0.parquet")
+    refused = {
+        "parquet_row_group_size_bytes=1024": {"parquet_row_group_size_bytes": 1024},
+        "compression_codec='zstd'": {"compression_codec": "zstd"},
+        "cache_dir=": {"cache_dir": str(tmp_path / "caches")},
+        "reuse='auto'": {"reuse": "auto"},
+        "progress=True": {"progress": True},
+    }
+    for name, given in refused.items():
+        with pytest.raises(ValueError, match=re.escape(name)) as caught:
+            make_spark_converter(str(data), **given)
+        assert "opened by path" in str(caught.value) and "read in place" in str(caught.value)
+    with pytest.raises(ValueError, match=r"parquet_row_group_size_bytes=1024, compression_codec='zstd' cannot apply"):
+        make_spark_converter(str(data), parquet_row_group_size_bytes=1024, compression_codec="zstd")
+    # What does apply: dtype to plain Parquet, and keep (a dataset opened by path is never deleted anyway).
+    with make_spark_converter(data, dtype="float64", keep=True).make_numpy_iterator(num_epochs=1) as batches:
+        assert concat(batches)["x"].dtype == np.float64
+    location, _ = _complete_cache(tmp_path / "caches")  # its manifest records dtype='float32'
+    for dtype in ("float64", None):
+        with pytest.raises(ValueError, match=rf"dtype={dtype!r} cannot apply .* written with dtype='float32'"):
+            make_spark_converter(location.url, dtype=dtype)
+    assert len(make_spark_converter(location.url)) == len(make_spark_converter(location.url, dtype="float32")) == 30
+
+
 ATEXIT_SCRIPT = textwrap.dedent(
     """
     import sys

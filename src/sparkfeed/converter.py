@@ -289,12 +289,16 @@ class SparkDatasetConverter:
         return jax_iterator(self._reader, batch_size, num_epochs, workers_count, device, sharding, dict(kwargs))
 
 
+DEFAULT_ROW_GROUP_SIZE_BYTES = 32 * 1024 * 1024
+DEFAULT_DTYPE = "float32"
+
+
 @known_keywords
 def make_spark_converter(
     df: DataFrame | str | os.PathLike[str],
-    parquet_row_group_size_bytes: int = 32 * 1024 * 1024,
+    parquet_row_group_size_bytes: int = DEFAULT_ROW_GROUP_SIZE_BYTES,
     compression_codec: str | None = None,
-    dtype: str | None = "float32",
+    dtype: str | None = DEFAULT_DTYPE,
     *,
     cache_dir: str | None = None,
     storage_options: dict[str, Any] | None = None,
@@ -312,7 +316,11 @@ def make_spark_converter(
     Args:
         df: A Spark DataFrame, or the path/URL of an existing Parquet dataset (read in place,
             never deleted). A sparkfeed cache opened this way (``converter.cache_dir_url``, from
-            another job) reads as its converter did, from its manifest.
+            another job) reads as its converter did, from its manifest. Given a path, only
+            ``dtype`` (for Parquet that is not a sparkfeed cache), ``storage_options``,
+            ``filesystem`` and ``keep`` (it holds already) apply: any other option given
+            another value than its default is refused, naming it, and so is a ``dtype`` other
+            than the one a sparkfeed cache was written with.
         parquet_row_group_size_bytes: Target row-group size; a row group is the unit of reading
             and shuffling.
         compression_codec: None or 'uncompressed', 'snappy', 'zstd', 'lz4', 'gzip'.
@@ -337,23 +345,49 @@ def make_spark_converter(
             (local data, RDDs, user functions, non-deterministic expressions, streams, Spark
             Connect) are never reused across processes (the log says why).
         keep: Keep the cache when this process ends, for later processes' ``reuse="auto"`` (or
-            to open by its URL); a DataFrame this process converted before without it is
-            written again, kept (the first cache is still deleted at exit); ``delete()`` still removes it, and ``sparkfeed cache clean
-            --older-than`` collects it once its creator is gone and it was not used for that long
-            (reused, or opened by its URL) by a process that still runs or within that time.
+            to open by its URL). ``delete()`` still removes it, and ``sparkfeed cache clean
+            --older-than`` collects it once its creator is gone, no process that reused it (or
+            opened it by its URL) still runs, and it was not made or reused for that long. A
+            DataFrame this process converted before without ``keep`` is written again, kept (the
+            first cache is still deleted at exit).
 
     Raises:
         UnsupportedTypeError: A column has no tensor representation; the message names it,
             its type and what to do.
-        ValueError: A parameter is out of range.
+        ValueError: A parameter is out of range, or cannot apply to a dataset opened by path.
+        IncompleteCacheError: ``df`` is the path of a sparkfeed cache still being written, or
+            whose write was cut short.
     """
     options = MaterializeOptions(parquet_row_group_size_bytes, compression_codec, dtype)
     run = ConversionRun(progress, reuse, keep)
     if isinstance(df, (str, os.PathLike)):
         location = Location.parse(df, options=storage_options, filesystem=filesystem)
+        given = {
+            "parquet_row_group_size_bytes": parquet_row_group_size_bytes != DEFAULT_ROW_GROUP_SIZE_BYTES,
+            "compression_codec": compression_codec is not None,
+            "cache_dir": cache_dir is not None,
+            "reuse": reuse != "process",
+            "progress": progress,
+        }
+        values = {"parquet_row_group_size_bytes": parquet_row_group_size_bytes, "compression_codec": compression_codec}
+        values.update(cache_dir=cache_dir, reuse=reuse, progress=progress)
+        if any(given.values()):
+            named = ", ".join(f"{name}={values[name]!r}" for name, set_ in given.items() if set_)
+            raise ValueError(
+                f"{named} cannot apply to a dataset opened by path ({location}): it is read in place, as it was "
+                "written, and nothing is written or reused; leave them out, or convert a DataFrame to write a cache "
+                "with them"
+            )
         cache = read_cache(location)  # A sparkfeed cache: its manifest says what the files hold.
         if cache is not None:
             manifest, marker = cache
+            written = manifest.options.get("dtype")
+            if dtype != DEFAULT_DTYPE and dtype != written:
+                raise ValueError(
+                    f"dtype={dtype!r} cannot apply to the sparkfeed cache {location} opened by path: it was written "
+                    f"with dtype={written!r} and is read as it was written; leave dtype out, or convert the "
+                    f"DataFrame again with dtype={dtype!r}"
+                )
             if marker is not None and marker.get("keep") is True:
                 mark_used(location)  # `cache clean --older-than` then leaves it while this process runs
             log.info("opened the sparkfeed cache %s by path: it is read in place and never deleted", location)
