@@ -9,6 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from pyspark.errors import SparkRuntimeException
 from pyspark.ml.linalg import Vectors as MLVectors
 from pyspark.ml.linalg import VectorUDT as MLVectorUDT
 from pyspark.mllib.linalg import Vectors as MLlibVectors
@@ -282,6 +283,41 @@ def test_null_inside_an_array_of_varying_length_is_refused_and_a_null_array_is_n
         _read(converter)
     rows = _read(converter, filters=[("id", "!=", 1)])
     assert rows["r"][0].dtype == np.int64 and rows["r"][0].tolist() == [big] and rows["r"][1] is None
+
+
+def _huge(column: str):
+    """Row 1 holds -1e300 (finite, beyond float32), row 0 inf and row 2 NaN, in a double, an array or a vector."""
+    from pyspark.ml.functions import array_to_vector
+
+    value = F.when(F.col("id") == 1, F.lit(-1e300)).when(F.col("id") == 0, F.lit(float("inf"))).otherwise(F.lit(np.nan))
+    return {"x": value, "a": F.array(F.lit(3.4e38), value), "v": array_to_vector(F.array(F.lit(3.4e38), value))}[column]
+
+
+@pytest.mark.parametrize("column", ["x", "a", "v"], ids=["double", "array", "vector"])
+def test_a_finite_double_beyond_float32_fails_the_conversion_naming_the_column(spark, column: str) -> None:
+    df = spark.range(3).select("id", _huge(column).alias(column))
+    with pytest.raises(
+        SparkRuntimeException, match=rf"column '{column}' holds a finite value beyond float32.*'float64'"
+    ):
+        make_spark_converter(df)
+    kept = _read(make_spark_converter(df, dtype="float64"))[column]
+    assert np.ravel(kept[1])[-1] == -1e300
+    rest = _read(make_spark_converter(df.where("id != 1")))[column]  # infinities, NaN and float32's largest: values
+    assert np.ravel(rest[0])[-1] == np.inf and np.isnan(np.ravel(rest[1])[-1])
+    if column != "x":
+        assert rest.dtype == np.float32 and rest[0][0] == np.float32(3.4e38)
+
+
+def test_a_path_read_double_beyond_float32_is_refused_naming_the_column(tmp_path) -> None:
+    table = pa.table({"id": [0, 1], "x": [1.0, 1e300], "a": [[1.0], [-1e300]], "ok": [np.inf, 3.4e38]})
+    pq.write_table(table, tmp_path / "part-0.parquet")
+    converter = make_spark_converter(str(tmp_path))  # dtype='float32'
+    for column in ("x", "a"):
+        with pytest.raises(OverflowError, match=rf"^column '{column}' holds .*1e\+300.*float32.*dtype='float64'"):
+            _read(converter, schema_fields=["id", column])
+    got = _read(converter, schema_fields=["id", "ok"])
+    assert got["ok"].dtype == np.float32 and got["ok"][0] == np.inf  # an infinity is a value
+    assert _read(make_spark_converter(str(tmp_path), dtype="float64"), schema_fields=["id", "x"])["x"][1] == 1e300
 
 
 # --------------------------------------------------------------------------- one policy, one error type

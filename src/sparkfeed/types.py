@@ -63,20 +63,69 @@ def normalize_dataframe(df: DataFrame, dtype: str | None) -> DataFrame:
 def _normalize_column(name: str, data_type: DataType, dtype: str | None) -> Column:
     from pyspark.ml.functions import vector_to_array
     from pyspark.sql import functions as F
+    from pyspark.sql import types as T
 
     column = F.col(quote_name(name))
     if _is_vector(data_type):
         # vector_to_array fails on a null deep inside Spark, naming nothing; a null array instead
         # reaches the reader, whose error names the column (or a transform may fill it).
-        return (
-            F.when(column.isNull(), F.lit(None))
-            .otherwise(vector_to_array(column, dtype=dtype or "float64"))
-            .alias(name)
-        )
+        values = vector_to_array(column, dtype="float64")
+        if dtype == "float32":  # its own float32 cast would make a value beyond float32's range inf
+            values = _refusing_overflow(name, values, T.ArrayType(T.DoubleType()), T.ArrayType(T.FloatType()))
+        return F.when(column.isNull(), F.lit(None)).otherwise(values).alias(name)
     target = _normalized_type(name, data_type, dtype)
     if target == data_type:
         return column
-    return column.cast(target).alias(name)
+    return _refusing_overflow(name, column, data_type, target).alias(name)
+
+
+FLOAT32_OVERFLOW = "column {name!r} holds a finite value beyond float32's range (about 3.4e38), which dtype='float32' "
+"""The start of the error of a value that a float32 cast would make infinite."""
+
+
+def _overflow_advice(name: str) -> str:
+    return (
+        FLOAT32_OVERFLOW.format(name=name) + "would make infinite: convert with dtype='float64' (or dtype=None to "
+        "keep each column's own precision), or scale the column"
+    )
+
+
+def _refusing_overflow(name: str, column: Column, source: DataType, target: DataType) -> Column:
+    """``column`` cast to ``target``, failing the Spark job where a finite value would become infinite.
+
+    Spark's cast (as Java's) makes a double beyond float32's range ``inf`` without a word. The
+    check is one comparison per value, on the values already cast: an infinity or NaN stays
+    what it was, and a value that rounds to float32's largest stays finite.
+    """
+    from pyspark.sql import functions as F
+
+    cast = column.cast(target)
+    overflow = _overflows(cast, column, source, target)
+    if overflow is None:
+        return cast
+    return F.when(overflow, F.raise_error(F.lit(_overflow_advice(name)))).otherwise(cast)
+
+
+def _overflows(cast: Column, column: Column, source: DataType, target: DataType) -> Column | None:
+    """Whether a value of ``cast`` (``column`` as ``target``) is infinite where ``column``'s is not (None: never)."""
+    from pyspark.sql import functions as F
+    from pyspark.sql import types as T
+
+    if isinstance(source, T.ArrayType) and isinstance(target, T.ArrayType):
+        if _overflows(cast, column, source.elementType, target.elementType) is None:
+            return None
+        pairs = F.arrays_zip(cast.alias("cast"), column.alias("value"))  # both arrays of one length
+        return F.exists(
+            pairs,
+            lambda pair: F.coalesce(
+                _overflows(pair["cast"], pair["value"], source.elementType, target.elementType),  # type: ignore[arg-type]
+                F.lit(False),
+            ),
+        )
+    if isinstance(target, T.FloatType) and isinstance(source, T.DoubleType):
+        infinity = F.lit(float("inf"))
+        return (F.abs(cast) == infinity) & (F.abs(column) != infinity)
+    return None  # decimals (precision <= 38) and narrower floats never reach 3.4e38
 
 
 def quote_name(name: str) -> str:
@@ -166,6 +215,41 @@ def normalize_arrow_type(name: str, data_type: pa.DataType, dtype: str | None) -
         f"column {name!r} has Arrow type {data_type}, which sparkfeed cannot turn into a tensor: "
         "rewrite the dataset with that column flattened, serialized to a string, or dropped"
     )
+
+
+def cast_column(name: str, column: pa.ChunkedArray, target: pa.DataType) -> pa.ChunkedArray:
+    """A column of Parquet that sparkfeed did not write, cast to its normalized type (see :func:`normalize_arrow_type`).
+
+    Arrow's cast, as NumPy's, makes a double beyond float32's range ``inf`` without a word;
+    where one became infinite, the read is refused, as the Spark conversion is.
+
+    Raises:
+        OverflowError: A finite value would become infinite as float32.
+    """
+    cast = column.cast(target)
+    source_leaf, target_leaf = _leaf_type(column.type), _leaf_type(target)
+    narrowing = pa.types.is_float32(target_leaf) and (
+        pa.types.is_float64(source_leaf) or pa.types.is_decimal(source_leaf)
+    )
+    if not narrowing or not len(cast):
+        return cast
+    values, before = _leaves(cast), _leaves(column)
+    infinite = pc.is_inf(values)
+    if not pc.any(infinite).as_py():  # the usual case: one pass over the values cast
+        return cast
+    grew = pc.and_(infinite, pc.invert(pc.is_inf(before))) if pa.types.is_floating(before.type) else infinite
+    if pc.any(grew).as_py():
+        value = before.filter(grew)[0].as_py()
+        raise OverflowError(_overflow_advice(name).replace("holds a finite value", f"holds {value}, a finite value", 1))
+    return cast
+
+
+def _leaves(column: pa.ChunkedArray) -> pa.Array:
+    """A column's values, every list level flattened (the values of null lists left out)."""
+    array = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
+    while is_list_type(array.type):
+        array = pc.list_flatten(array)
+    return array
 
 
 def _is_object(data_type: pa.DataType) -> bool:

@@ -33,7 +33,7 @@ from sparkfeed.reader.readahead import DEFAULT_READ_AHEAD_BYTES, ReadAhead, Span
 from sparkfeed.reader.selection import RowFilter, kept_positions
 from sparkfeed.reader.sequence import SequencePlan
 from sparkfeed.transform import HeldNulls, TransformSpec, transform_frame
-from sparkfeed.types import ColumnSpec, to_numpy
+from sparkfeed.types import ColumnSpec, cast_column, to_numpy
 from sparkfeed.writer import RAGGED, take_views, unpack, unpack_ragged
 
 
@@ -539,7 +539,7 @@ class SegmentReader:
             return pa.chunked_array([unpack_ragged(chunk, target, packed[name]) for chunk in column.chunks])
         if name in packed:
             return pa.chunked_array([unpack(chunk, target, packed[name]) for chunk in column.chunks])
-        return column if column.type == target else column.cast(target)
+        return column if column.type == target else cast_column(name, column, target)
 
     def _rows_of(
         self, work: Work, rows: int, lengths: np.ndarray | None = None, kept: np.ndarray | None = None
