@@ -761,3 +761,53 @@ def test_a_state_saved_with_another_sequence_is_refused(dataset) -> None:
     assert json.loads(state["identity"]["sequence"]) == {"tok": {"mode": "pad"}}
     with pytest.raises(ValueError, match="this state was saved with sequence="):
         _reader(root, manifest, batch_size=8, num_epochs=1, seed=1, sequence={"tok": "bucket"}).load_state_dict(state)
+
+
+@pytest.mark.parametrize("mode", ["pad", "bucket", "pack"])
+@pytest.mark.parametrize(("pad_value", "allowed"), [(0.5, "a whole number"), (2.0**63, "a whole number")])
+def test_a_pad_value_the_values_cannot_hold_is_refused_when_the_loader_is_made(
+    dataset, mode: str, pad_value: float, allowed: str
+) -> None:
+    root, manifest = dataset
+    options: dict[str, Any] = {"seq_len": 64} if mode == "pack" else {}
+    sequence = {"tok": Sequence(mode, pad_value=pad_value, **options)}
+    with pytest.raises(
+        ValueError,
+        match=rf"column 'tok' holds int64 values, which cannot hold pad_value={re.escape(repr(pad_value))}: "
+        rf".*{allowed}",
+    ):
+        _reader(root, manifest, schema_fields=["tok"], sequence=sequence)
+
+
+def _tokenize_small(frame: Any) -> Any:
+    """Token ids a tokenizer gives as uint8."""
+    frame["tok"] = [np.array(EXPECTED[int(i)], dtype=np.int64).astype(np.uint8) for i in frame["id"]]
+    return frame
+
+
+def test_a_pad_value_a_transform_made_column_cannot_hold_is_refused_not_wrapped(dataset) -> None:
+    root, manifest = dataset
+    spec = TransformSpec(_tokenize_small, selected_fields=["id", "tok"])
+    sequence = {"tok": Sequence("pad", pad_value=-1)}
+    with (
+        _reader(root, manifest, schema_fields=["id"], transform_spec=spec, sequence=sequence, num_epochs=1) as reader,
+        pytest.raises(
+            ValueError, match=r"column 'tok' holds uint8 values, which cannot hold pad_value=-1: .* from 0 to 255"
+        ),
+    ):
+        list(reader)
+
+
+def test_a_float_pad_value_is_kept_to_the_nearest_value_and_refused_only_past_the_range(tmp_path: Path) -> None:
+    table = pa.table({"x": pa.array([[1.0], [2.0, 3.0]], pa.list_(pa.float32()))})
+    pq.write_table(table, tmp_path / "p.parquet")
+    manifest = Manifest(
+        (FileEntry("p.parquet", (2,)),), table.schema, {"x": list_shape_stats(table.column("x"))}, {}, key="floats"
+    )
+    with _reader(
+        tmp_path, manifest, sequence={"x": Sequence("pad", pad_value=0.1)}, batch_size=2, num_epochs=1
+    ) as reader:
+        (batch,) = list(reader)
+    assert batch["x"][0, 1] == np.float32(0.1)
+    with pytest.raises(ValueError, match=r"float32 values, which cannot hold pad_value=1e\+300 \(at most 3.40282e\+38"):
+        _reader(tmp_path, manifest, sequence={"x": Sequence("pad", pad_value=1e300)})

@@ -148,6 +148,7 @@ class SequencePlan:
                 longest = _longest(name, spec, specs, shapes)
                 inner = _inner(specs[name], shapes)
                 dtype = _leaf_dtype(specs[name].arrow_type)
+                _check_pad_value(name, spec.pad_value, dtype)
             bounds: tuple[int, ...] = ()
             if spec.mode == "bucket":
                 bounds = _bucket_bounds(name, spec, longest, transform)
@@ -343,6 +344,7 @@ class SequencePlan:
             if not isinstance(value, Ragged):
                 out[plan.name] = Ragged.from_objects(plan.name, value)
             _check_numbers(plan.name, out[plan.name].dtype)
+            _check_pad_value(plan.name, plan.spec.pad_value, out[plan.name].dtype)
         if not self.checked:
             self.check_columns(list(out))
         return out
@@ -684,6 +686,30 @@ def _check_numbers(name: str, dtype: np.dtype) -> None:
         raise ValueError(
             f"sequence: column {name!r} holds arrays of {dtype}, not of numbers: sequence= batches arrays of numbers "
             "(or of fixed-shape arrays of numbers)"
+        )
+
+
+def _check_pad_value(name: str, pad_value: float, dtype: np.dtype) -> None:
+    """Refuses a ``pad_value`` the column's values cannot hold, which a cast would change silently.
+
+    Integers (and bools) take only whole numbers in their range (0.5 would pad with 0, -1 with
+    255 in uint8); floats take any number that stays finite (1e300 would pad float32 with inf).
+
+    Raises:
+        ValueError: The value, the column and its dtype, and the range allowed.
+    """
+    if dtype.kind == "f":
+        if np.isfinite(pad_value) and abs(pad_value) > float(np.finfo(dtype).max):
+            raise ValueError(
+                f"sequence: column {name!r} holds {dtype} values, which cannot hold pad_value={pad_value!r} "
+                f"(at most {float(np.finfo(dtype).max):g} in magnitude): choose a smaller pad_value"
+            )
+        return
+    low, high = (0, 1) if dtype.kind == "b" else (int(np.iinfo(dtype).min), int(np.iinfo(dtype).max))
+    if not (float(pad_value).is_integer() and low <= pad_value <= high):
+        raise ValueError(
+            f"sequence: column {name!r} holds {dtype} values, which cannot hold pad_value={pad_value!r}: "
+            f"it must be a whole number from {low} to {high}"
         )
 
 
