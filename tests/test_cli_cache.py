@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import shutil
 import subprocess
@@ -13,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from sparkfeed import make_spark_converter
-from sparkfeed.cache import MARKER_NAME, USED_NAME, scan
+from sparkfeed.cache import MARKER_NAME, USED_NAME, collect, remove_orphans, scan
 from sparkfeed.cli import main
 from sparkfeed.location import Location
 from sparkfeed.owner import Liveness
@@ -174,3 +175,19 @@ def test_damaged_markers_break_neither_a_conversion_nor_ls_nor_clean(spark, tmp_
     cleaned = _run("cache", "clean", "--older-than", "1d", str(tmp_path))
     assert cleaned.exit_code == 0 and "removed 1 caches" in cleaned.output and not naive.exists()
     assert huge_pid.is_dir() and odd.is_dir()  # its times cannot be read: its age is unknown
+
+
+def test_a_kept_cache_reused_between_the_choice_and_the_removal_is_not_removed(tmp_path) -> None:
+    """`cache clean --older-than` chooses from a listing, then removes: a reuse may come in between."""
+    cache = _made_by_a_process_that_ended(tmp_path, keep=True)
+    parent = Location.parse(str(tmp_path))
+    (chosen,) = collect(parent, older_than=datetime.timedelta(0), dry_run=True)  # what clean decides first
+    reader = subprocess.Popen([sys.executable, "-c", REUSER, str(cache)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert reader.stdout is not None and reader.stdout.readline() == "reading\n"
+        assert remove_orphans([chosen]) == [] and cache.is_dir()  # then removes: in use now
+    finally:
+        reader.kill()
+        reader.wait()
+    assert remove_orphans([chosen]) == [] and cache.is_dir()  # reused since the choice: a new look decides
+    assert [e.location for e in collect(parent, older_than=datetime.timedelta(0))] == [chosen.location]

@@ -832,11 +832,23 @@ def _reuser(location: Location, name: str) -> Owner | None:
 
 
 def remove_orphans(entries: list[CacheEntry]) -> list[CacheEntry]:
-    """Removes these entries of :func:`scan`; returns those removed (a failure is logged and skipped)."""
+    """Removes these entries of :func:`scan`; returns those removed (a failure is logged and skipped).
+
+    Each is looked at again just before: one that changed since the listing (another process
+    reused a kept cache, or removed or replaced it) is left for a new look to decide.
+    """
     return [entry for entry in entries if _remove_orphan(entry)]
 
 
 def _remove_orphan(entry: CacheEntry) -> bool:
+    now = _entry(entry.location)
+    if now is None or now.token != entry.token:
+        return False  # removed, or no longer this cache, since the listing
+    if not now.orphaned:
+        idle = now.kept and now.state == "complete" and now.liveness is Liveness.GONE
+        if not idle or now.in_use or now.last_used != entry.last_used:
+            log.info("not removing the cache %s: it was reused, or changed, since it was chosen", entry.location)
+            return False
     try:
         delete_cache(entry.location, entry.token)
     except (NotOursError, OSError) as error:
