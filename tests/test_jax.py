@@ -76,6 +76,23 @@ def test_a_long_beyond_int32_is_refused_rather_than_wrapped_without_x64(spark, s
     assert big.dtype == np.int64 and sorted(big.tolist()) == [i * 2**31 for i in range(3000)]
 
 
+@pytest.mark.parametrize("sharded", [False, True])
+def test_a_double_beyond_float32_is_refused_rather_than_made_infinite_without_x64(tmp_path, sharded: bool) -> None:
+    x = np.linspace(-1, 1, 600)
+    x[0], x[1], x[2] = np.inf, 3.4e38, 1e300
+    pq.write_table(pa.table({"id": np.arange(600), "x": x}), tmp_path / "part-0.parquet")
+    converter = make_spark_converter(str(tmp_path), dtype="float64")
+    target = {"sharding": jax.sharding.SingleDeviceSharding(jax.devices()[0])} if sharded else {}
+    options = {"batch_size": 100, "num_epochs": 1, "shuffle_row_groups": False, **target}
+    with pytest.raises(OverflowError, match=r"^column 'x' holds 1e\+300, beyond float32.*jax_enable_x64"):
+        with converter.make_jax_iterator(**options) as batches:
+            list(batches)
+    with converter.make_jax_iterator(filters=[("id", "!=", 2)], **options) as batches:
+        got = np.concatenate([np.asarray(b["x"]) for b in batches])
+    assert got.dtype == np.float32 and got[0] == np.inf and got[1] == np.float32(3.4e38)  # values, rounded
+    np.testing.assert_array_equal(got[2:], x[3:].astype(np.float32))
+
+
 @pytest.mark.parametrize("transform", [None, lambda frame: frame], ids=["none", "identity"])
 def test_timestamps_stay_numpy_microseconds_with_or_without_a_transform(tmp_path, transform) -> None:
     moments = np.array(["2024-01-01T12:00:00.123456", "1960-01-01T00:00:00"], "datetime64[us]")

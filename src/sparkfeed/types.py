@@ -428,8 +428,8 @@ class FrameworkView:
             ``"ragged"``: arrays of varying length: a list of tensors in torch, a NumPy object
             array in JAX (TF refuses them). ``"host"``: left in NumPy, as timestamps are in JAX
             without x64 (their microseconds do not fit in 32 bits).
-        narrow: Whether 64-bit integers (and JAX's int64 days) become 32 bits, exactly: JAX
-            without x64.
+        narrow: Whether 64-bit integers (and JAX's int64 days) become 32 bits, exactly, and
+            float64 float32, within its range: JAX without x64.
     """
 
     name: str
@@ -444,7 +444,8 @@ class FrameworkView:
 
         Raises:
             NullValueError: A TF string column holds a null, which ``tf.string`` cannot hold.
-            OverflowError: A value does not fit in the 32 bits it is narrowed to.
+            OverflowError: A value does not fit in the 32 bits it is narrowed to (for a float,
+                a finite value beyond float32's range).
         """
         if self.carrier == "strings":
             if self.framework == "tf" and pd.isna(array).any():
@@ -464,7 +465,23 @@ class FrameworkView:
 
 
 def _narrow(name: str, array: np.ndarray) -> np.ndarray:
-    """A 64-bit integer column as 32 bits, exactly, or an OverflowError that says what to do."""
+    """A 64-bit column as 32 bits, or an OverflowError that says what to do.
+
+    Integers narrow exactly or not at all. A float64 rounds to float32's precision, as JAX
+    would round it, but a finite value beyond float32's range, which JAX would make ``inf``
+    without a word, is refused as an integer beyond int32 is.
+    """
+    if array.dtype.kind == "f":
+        with np.errstate(over="ignore"):
+            narrowed = array.astype(np.float32)
+        grew = np.isinf(narrowed) & np.isfinite(array)
+        if grew.any():
+            raise OverflowError(
+                f"column {name!r} holds {array[grew].flat[0]}, beyond float32's range (about 3.4e38), which JAX "
+                "would make inf: JAX keeps float64 only with jax.config.update('jax_enable_x64', True); turn that "
+                "on, scale the column, or leave it out with schema_fields"
+            )
+        return narrowed
     narrow = np.dtype(np.int32 if array.dtype.kind == "i" else np.uint32)
     info = np.iinfo(narrow)
     if array.size and (array.min() < info.min or array.max() > info.max):
@@ -517,9 +534,9 @@ def framework_view(
             f"column {name!r} has NumPy dtype {dtype}, which {_FRAMEWORK_NAMES[framework]} cannot turn into a "
             "tensor: return numbers, bools, dates, strings or bytes from the transform_fn, or drop the column"
         )
-    narrow = jax32 and dtype.kind in "iu" and dtype.itemsize == 8
+    narrow = jax32 and dtype.kind in "iuf" and dtype.itemsize == 8
     if narrow:
-        dtype = np.dtype(np.int32 if dtype.kind == "i" else np.uint32)
+        dtype = np.dtype({"i": np.int32, "u": np.uint32, "f": np.float32}[dtype.kind])
     return FrameworkView(name, framework, dtype, shape, "tensor", narrow)
 
 
