@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import pickle
+import re
 
 import numpy as np
 import pytest
@@ -180,3 +181,19 @@ def test_a_batch_that_does_not_fit_the_shape_names_the_input() -> None:
     predict = make_predict_fn(lambda x: x, inputs="image", shapes={"image": (2, 2)})()
     with pytest.raises(ValueError, match=r"input 'image': a batch of shape \(3, 5\) cannot be reshaped to rows of"):
         predict(np.zeros((3, 5)))
+
+
+@pytest.mark.parametrize(
+    ("arguments", "error", "message"),
+    [
+        ({"postprocess": "argmax"}, TypeError, "postprocess='argmax' is not allowed: it must be a function"),
+        ({"shapes": {"input": (2, -1)}}, ValueError, "shapes['input']=(2, -1) is not allowed: it must be a tuple"),
+        ({"shapes": {"input": 5}}, ValueError, "shapes['input']=5 is not allowed"),
+        ({"shapes": {"input": (2.5,)}}, ValueError, "shapes['input']=(2.5,) is not allowed"),
+        ({"dtypes": {"input": "flaot32"}}, ValueError, "dtypes['input']='flaot32' is not a NumPy dtype"),
+    ],
+    ids=["postprocess", "negative", "int", "fraction", "dtype"],
+)
+def test_bad_arguments_are_refused_when_the_predictor_is_made(arguments, error, message: str) -> None:
+    with pytest.raises(error, match=re.escape(message)):
+        make_predict_fn(lambda x: x, **arguments)

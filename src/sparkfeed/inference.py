@@ -164,18 +164,41 @@ def make_predict_fn(
         its :meth:`~BatchPredictor.udf`.
 
     Raises:
-        TypeError: The model is not callable.
+        TypeError: The model or ``postprocess`` is not callable.
         ValueError: An input is not a column of the converter, holds arrays of varying length,
             or is given a shape that does not hold its values; ``shapes`` or ``dtypes`` name a
-            column that is not an input.
+            column that is not an input, a shape is not a tuple of sizes or a dtype not NumPy's.
     """
     if not callable(model):
         raise TypeError(f"the model must be a torch module, a Keras model or a callable, not {type(model).__name__}")
+    if postprocess is not None and not callable(postprocess):
+        raise TypeError(
+            f"postprocess={postprocess!r} is not allowed: it must be a function of the model's NumPy output, "
+            "e.g. postprocess=lambda logits: logits.argmax(1), or None"
+        )
     names = _input_names(inputs, converter)
     for given, label in ((shapes, "shapes"), (dtypes, "dtypes")):
+        if given is not None and not isinstance(given, Mapping):
+            raise ValueError(f"{label}={given!r} is not allowed: it must be a dict of input name to {label[:-1]}")
         unknown = sorted(set(given or {}) - set(names))
         if unknown:
             raise ValueError(f"{label} names {unknown}, which are not among the inputs {names}")
+    for name, shape in (shapes or {}).items():
+        sizes = not isinstance(shape, str) and isinstance(shape, Sequence)
+        if not sizes or not all(
+            isinstance(size, (int, np.integer)) and not isinstance(size, bool) and size >= 0 for size in shape
+        ):
+            raise ValueError(
+                f"shapes[{name!r}]={shape!r} is not allowed: it must be a tuple of sizes (integers >= 0) of one "
+                "row's value, such as (28, 28), or () for a scalar"
+            )
+    for name, dtype in (dtypes or {}).items():
+        try:
+            np.dtype(dtype)
+        except TypeError as error:
+            raise ValueError(
+                f"dtypes[{name!r}]={dtype!r} is not a NumPy dtype ({error}): give one such as np.float32 or 'int64'"
+            ) from None
     specs = (
         column_specs(
             converter.manifest.schema, converter.manifest.options.get("dtype"), converter.manifest.shapes, names
