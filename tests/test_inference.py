@@ -102,6 +102,23 @@ def test_a_torch_module_takes_sparks_float64_in_its_weights_precision_without_dt
     assert doubled(rows).dtype == np.float64  # a float64 model keeps float64
 
 
+def test_a_torch_module_takes_the_dtype_dtypes_names_not_its_weights() -> None:
+    import torch
+
+    class Probe(torch.nn.Module):  # float32 weights, given float64 on purpose (a float64 head, say)
+        def __init__(self) -> None:
+            super().__init__()
+            self.scale = torch.nn.Parameter(torch.ones(()))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x * self.scale.to(x.dtype)
+
+    rows = np.array([[1 + 2**-40, 2.0]])  # a difference float32 cannot hold
+    predict = make_predict_fn(Probe(), shapes={"input": (2,)}, dtypes={"input": "float64"})()
+    out = predict(rows)
+    assert out.dtype == np.float64 and out[0, 0] == 1 + 2**-40
+
+
 def test_several_scalar_columns_are_several_parameters(spark, vectors, converter) -> None:
     predictor = make_predict_fn(lambda ids, labels: ids * 10 + labels, converter, inputs=["id", "label"])
     assert predictor.input_tensor_shapes is None  # scalars only: what predict_batch_udf requires

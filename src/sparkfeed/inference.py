@@ -45,11 +45,14 @@ class ModelInput:
         name: The column (and the predict function's parameter, where it is an identifier).
         shape: The shape of one row's value; ``()`` for a scalar. None: passed as Spark gives it.
         dtype: What the values are cast to; None: left as Spark gives them.
+        explicit: Whether ``dtype`` was given (``dtypes=``): a torch module then takes it as
+            it is, where it otherwise takes floats in its weights' precision.
     """
 
     name: str
     shape: tuple[int, ...] | None = None
     dtype: np.dtype | None = None
+    explicit: bool = False
 
     def prepare(self, values: Any) -> np.ndarray:
         """Spark's array for this input as the model's tensor: reshaped and cast, copied only if needed."""
@@ -98,7 +101,7 @@ class BatchPredictor:
 
     def __call__(self) -> Callable[..., Any]:
         """The predict function, made where it runs: the model switched to inference, one parameter an input."""
-        run = _runner(self.model)
+        run = _runner(self.model, [spec.explicit for spec in self.inputs])
         inputs, postprocess = self.inputs, self.postprocess
 
         def predict(*arrays: np.ndarray) -> Any:
@@ -183,21 +186,22 @@ def make_predict_fn(
         unknown = sorted(set(given or {}) - set(names))
         if unknown:
             raise ValueError(f"{label} names {unknown}, which are not among the inputs {names}")
-    for name, shape in (shapes or {}).items():
-        sizes = not isinstance(shape, str) and isinstance(shape, Sequence)
+    for name, row_shape in (shapes or {}).items():
+        sizes = not isinstance(row_shape, str) and isinstance(row_shape, Sequence)
         if not sizes or not all(
-            isinstance(size, (int, np.integer)) and not isinstance(size, bool) and size >= 0 for size in shape
+            isinstance(size, (int, np.integer)) and not isinstance(size, bool) and size >= 0 for size in row_shape
         ):
             raise ValueError(
-                f"shapes[{name!r}]={shape!r} is not allowed: it must be a tuple of sizes (integers >= 0) of one "
+                f"shapes[{name!r}]={row_shape!r} is not allowed: it must be a tuple of sizes (integers >= 0) of one "
                 "row's value, such as (28, 28), or () for a scalar"
             )
-    for name, dtype in (dtypes or {}).items():
+    for name, given_dtype in (dtypes or {}).items():
         try:
-            np.dtype(dtype)
+            np.dtype(given_dtype)
         except TypeError as error:
             raise ValueError(
-                f"dtypes[{name!r}]={dtype!r} is not a NumPy dtype ({error}): give one such as np.float32 or 'int64'"
+                f"dtypes[{name!r}]={given_dtype!r} is not a NumPy dtype ({error}): give one such as np.float32 or "
+                "'int64'"
             ) from None
     specs = (
         column_specs(
@@ -224,9 +228,10 @@ def make_predict_fn(
                     f"column {name!r} has shape {shape} ({math.prod(shape)} values)"
                 )
             shape = wanted
+        explicit = False
         if dtypes is not None and name in dtypes:
-            dtype = np.dtype(dtypes[name])
-        model_inputs.append(ModelInput(name, shape, dtype))
+            dtype, explicit = np.dtype(dtypes[name]), True
+        model_inputs.append(ModelInput(name, shape, dtype, explicit))
     return BatchPredictor(model, tuple(model_inputs), postprocess)
 
 
@@ -255,21 +260,26 @@ def _parameter_name(name: str, index: int) -> str:
     return name if name.isidentifier() and not keyword.iskeyword(name) else f"input_{index}"
 
 
-def _runner(model: Any) -> Callable[[list[np.ndarray]], Any]:
-    """How to call the model on a list of arrays, chosen by its type (frameworks already imported by it)."""
+def _runner(model: Any, explicit: Sequence[bool]) -> Callable[[list[np.ndarray]], Any]:
+    """How to call the model on a list of arrays, chosen by its type (frameworks already imported by it).
+
+    ``explicit`` says, per input, whether its dtype was given (``dtypes=``): a torch module
+    then gets that dtype, not its weights'.
+    """
     torch = sys.modules.get("torch")
     if torch is not None and isinstance(model, torch.nn.Module):
         model.eval()
-        # Spark passes floats as float64; a module's float inputs take its weights' precision.
+        # Spark passes floats as float64; a module's float inputs take its weights' precision,
+        # unless dtypes= named one.
         weights = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
 
-        def tensor(array: np.ndarray) -> Any:
+        def tensor(array: np.ndarray, given: bool) -> Any:
             value = torch.from_numpy(np.ascontiguousarray(array))
-            return value.to(weights) if weights is not None and value.is_floating_point() else value
+            return value.to(weights) if weights is not None and not given and value.is_floating_point() else value
 
         def run_torch(arrays: list[np.ndarray]) -> Any:
             with torch.inference_mode():
-                return model(*(tensor(array) for array in arrays))
+                return model(*(tensor(array, given) for array, given in zip(arrays, explicit, strict=True)))
 
         return run_torch
     keras = sys.modules.get("keras")
