@@ -83,6 +83,25 @@ def test_each_directory_names_its_reader_process_and_a_sweep_keeps_live_and_fore
         exchange.close()
 
 
+def test_a_directory_from_another_pid_namespace_is_left_alone_though_its_pid_is_gone_here(tmp_path) -> None:
+    """A shared ``/dev/shm`` (a container with the host's IPC) holds directories of readers whose pids mean others."""
+    me = Owner.current()
+    assert me.pid_ns is not None  # Linux: the name records it
+    exchange = Exchange()
+    try:
+        assert os.path.basename(exchange.directory).startswith(f"{PREFIX}{me.pid}-{int(me.started or 0)}-n{me.pid_ns}-")
+    finally:
+        exchange.close()
+    ended = subprocess.Popen(["true"])
+    ended.wait()
+    here = tmp_path / f"{PREFIX}{ended.pid}-12345-n{me.pid_ns}-abc"  # gone, in this namespace
+    foreign = tmp_path / f"{PREFIX}{ended.pid}-12345-n{me.pid_ns + 1}-abc"  # that pid means another process there
+    for path in (here, foreign):
+        path.mkdir()
+    assert sweep(str(tmp_path)) == [str(here)]
+    assert foreign.exists()
+
+
 @pytest.mark.slow
 def test_workers_die_with_a_killed_reader_and_its_shared_memory_is_swept(spark, tmp_path) -> None:
     df = spark.range(2000, numPartitions=2).withColumn("a", F.array("id", "id"))

@@ -9,9 +9,12 @@ was never collected, when the iteration ends, or when the process ends (normally
 SIGTERM, :mod:`sparkfeed.lifecycle`).
 
 A reader killed by SIGKILL removes nothing, so each directory is named after its owner, the
-reader process (pid and start time: ``sparkfeed-exchange-<pid>-<start>-<random>``), and every
-new exchange first sweeps the directories of owners that are gone. RAM given to files in
-``/dev/shm`` is not freed until they are removed.
+reader process (pid, start time and pid namespace:
+``sparkfeed-exchange-<pid>-<start>-n<namespace>-<random>``), and every new exchange first
+sweeps the directories of owners that are gone. The namespace matters where ``/dev/shm`` is
+shared by processes that each have their own pids (containers run with the host's IPC, or a
+pod's shared memory volume): a pid from another namespace says nothing here, so such a
+directory is left alone. RAM given to files in ``/dev/shm`` is not freed until they are removed.
 """
 
 from __future__ import annotations
@@ -39,7 +42,8 @@ from sparkfeed.reader.ragged import Ragged, Views
 log = logging.getLogger(__name__)
 
 PREFIX = "sparkfeed-exchange-"
-_NAME = re.compile(rf"^{PREFIX}(\d+)-(\d+)-")
+_NAME = re.compile(rf"^{PREFIX}(\d+)-(\d+)-(?:n(\d+)-)?")
+"""pid, start time and, in names made since it was recorded, pid namespace (the random part has no ``-``)."""
 
 _ALIGN = 64
 """Arrays start at multiples of a cache line, as Arrow and NumPy prefer."""
@@ -94,7 +98,8 @@ def sweep(root: str | None = None, *, dry_run: bool = False) -> list[str]:
             continue
         if not stat.S_ISDIR(info.st_mode) or (hasattr(os, "getuid") and info.st_uid != os.getuid()):
             continue
-        owner = Owner(host, int(match.group(1)), float(match.group(2)))
+        namespace = int(match.group(3)) if match.group(3) is not None else None
+        owner = Owner(host, int(match.group(1)), float(match.group(2)), pid_ns=namespace)
         if owner.liveness() is not Liveness.GONE:
             continue
         if not dry_run:
@@ -123,7 +128,8 @@ class Exchange:
         sweep(root)
         me = Owner.current()
         started = int(me.started) if me.started is not None else 0
-        self.directory = tempfile.mkdtemp(prefix=f"{PREFIX}{me.pid}-{started}-", dir=root)
+        namespace = f"n{me.pid_ns}-" if me.pid_ns is not None else ""
+        self.directory = tempfile.mkdtemp(prefix=f"{PREFIX}{me.pid}-{started}-{namespace}", dir=root)
         with _open_lock:
             _open.add(self)
             register, _cleanup_in = _cleanup_in != os.getpid(), os.getpid()
