@@ -7,6 +7,7 @@ import itertools
 import pickle
 import sys
 import threading
+import traceback
 import warnings
 
 import numpy as np
@@ -236,6 +237,26 @@ def test_a_transform_whose_column_order_changes_keeps_each_columns_values(tmp_pa
             tf.errors.InvalidArgumentError, match=r"columns \['id', 'a', 'c'\].*element spec's \['id', 'a', 'b'\]"
         ):
             list(dataset)
+
+
+def _failing(frame):
+    if frame["id"].max() >= 200:
+        raise ZeroDivisionError("the transform failed at row 200")
+    return frame
+
+
+def test_an_error_of_the_transform_keeps_its_type_when_iterated_eagerly(mixed) -> None:
+    options = {"batch_size": 50, "num_epochs": 1, "shuffle_row_groups": False, "transform_fn": _failing}
+    with mixed.make_tf_dataset(**options) as dataset:
+        with pytest.raises(ZeroDivisionError, match=r"^the transform failed at row 200") as error:
+            list(dataset)
+    assert isinstance(error.value, tf.errors.OpError)  # what TensorFlow's own iterator raises, still caught
+    cause = error.value.__cause__  # the transform's own exception, with its traceback and the reader's note
+    assert type(cause) is ZeroDivisionError and "_failing" in "".join(traceback.format_tb(cause.__traceback__))
+    assert any("sparkfeed: raised in a reader thread" in note for note in cause.__notes__)
+    with mixed.make_tf_dataset(**options) as dataset:
+        with pytest.raises(tf.errors.OpError, match=r"the transform failed at row 200"):
+            list(dataset.map(lambda row: row))  # TensorFlow's iterator: its error, with the same words
 
 
 def test_columns_that_are_not_identifiers_are_renamed_with_a_warning(spark) -> None:

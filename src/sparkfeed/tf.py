@@ -20,6 +20,7 @@ the cardinality Keras reads, but it has the TF1 methods and attributes as well (
 from __future__ import annotations
 
 import collections
+import contextlib
 import functools
 import warnings
 from collections.abc import Callable, Iterator
@@ -31,7 +32,7 @@ import numpy as np
 from sparkfeed.loader import Batches
 from sparkfeed.reader.batch import Columns
 from sparkfeed.reader.sequence import LENGTHS, SequencePlan
-from sparkfeed.types import FrameworkView, NullValueError, array_view, framework_view
+from sparkfeed.types import FrameworkView, array_view, framework_view
 
 SUPER_BATCH_ROWS = 65536
 
@@ -187,8 +188,10 @@ class TfDatasetContext:
                         array = tf.RaggedTensor.from_row_lengths(array, lengths, validate=False)
                     values.append(array)
                 yield row(*values)
-        except NullValueError as error:
-            self._failure = error  # TensorFlow delivers it as an InvalidArgumentError: see _eager_rows
+        except Exception as error:
+            # TensorFlow delivers it as one of its errors (InvalidArgumentError for a ValueError,
+            # UnknownError for most others), its type lost: see _eager_rows.
+            self._failure = error
             raise
 
     def __enter__(self) -> Any:
@@ -228,8 +231,10 @@ def _eager_rows(dataset: Any, failure: Callable[[], BaseException | None]) -> An
     component (a shape check and ``set_shape`` each): for 18 columns that is about 100 us a
     batch, more than fetching it. Every component here is a plain tensor whose shape the
     element spec already bounds, so the namedtuple can be made from the list as it comes.
-    A :class:`~sparkfeed.NullValueError` raised in the generator, which TensorFlow delivers as
-    an ``InvalidArgumentError``, comes out of this iterator as an error that is both. The
+    An exception raised in the generator (a :class:`~sparkfeed.NullValueError`, an error of the
+    transform), which TensorFlow delivers as one of its own errors (``InvalidArgumentError``,
+    ``UnknownError``), comes out of this iterator as an error that is both, where Python allows
+    a class of both (see :func:`_both_errors`); its cause is the original exception. The
     wrapper also has the TF1 methods of Petastorm's datasets (see :func:`_row_dataset_type`).
     This relies on TensorFlow internals (those of 2.21, long unchanged); where they are missing
     the dataset is returned as it is. Only direct eager iteration of this very dataset is
@@ -265,22 +270,6 @@ def _row_dataset_type() -> type:
 
     tf_v1 = import_tf().compat.v1
 
-    class TfNullValueError(NullValueError, errors.InvalidArgumentError):  # type: ignore[misc]
-        """A :class:`~sparkfeed.NullValueError` as TensorFlow delivered it from the dataset's generator.
-
-        Both at once: ``except NullValueError`` (or ``ValueError``) catches it as in the other
-        loaders, and ``except tf.errors.InvalidArgumentError``, what TensorFlow's own iterator
-        raises, still does.
-        """
-
-        __module__ = "sparkfeed.tf"
-        __qualname__ = "TfNullValueError"
-
-        def __init__(self, delivered: Any, failure: BaseException) -> None:
-            errors.InvalidArgumentError.__init__(self, delivered.node_def, delivered.op, str(failure))
-            for note in getattr(failure, "__notes__", ()):
-                self.add_note(note)
-
     class RowIterator(iterator_ops.OwnedIterator):  # type: ignore[misc]
         """TensorFlow's iterator, but for its eager ``next``: one namedtuple made from the list."""
 
@@ -305,11 +294,18 @@ def _row_dataset_type() -> type:
                         output_types=self._flat_output_types,
                         output_shapes=self._flat_output_shapes,
                     )
-            except errors.InvalidArgumentError as delivered:
+            except errors.OpError as delivered:
                 failure = self._failure()
-                if isinstance(failure, NullValueError) and str(failure) in delivered.message:
-                    raise TfNullValueError(delivered, failure) from failure
-                raise
+                if (
+                    failure is None
+                    or isinstance(delivered, errors.OutOfRangeError)
+                    or f"{type(failure).__name__}: {failure}" not in delivered.message
+                ):
+                    raise
+                both = _both_errors(type(failure), type(delivered))  # type: ignore[arg-type]
+                if both is None:
+                    raise
+                raise both(delivered, failure) from failure
             return self._make(flat)
 
     class RowDataset(dataset_ops.UnaryUnchangedStructureDataset):  # type: ignore[misc]
@@ -358,3 +354,36 @@ def _row_dataset_type() -> type:
             return tf_v1.data.get_output_classes(self)
 
     return RowDataset
+
+
+@functools.cache
+def _both_errors(failure: type[BaseException], delivered: type[BaseException]) -> type[BaseException] | None:
+    """A class that is both ``failure`` (the generator's exception) and ``delivered`` (TensorFlow's error for it).
+
+    ``except ZeroDivisionError`` (or ``except NullValueError``, ``except ValueError``) then
+    catches the error as in the other loaders, and ``except tf.errors.UnknownError`` (what
+    TensorFlow's own iterator raises) still does. An instance has the original's ``args``,
+    attributes and notes, and TensorFlow's ``node_def``, ``op`` and ``message`` (the original's
+    words). None where Python cannot make such a class (two built-in layouts, a final class):
+    the error is then TensorFlow's, its message holding the original's traceback.
+    """
+
+    def __init__(self: Any, delivered_error: Any, original: BaseException) -> None:
+        # the original's own fields (OSError's errno), where its __init__ takes its args
+        with contextlib.suppress(Exception):
+            failure.__init__(self, *original.args)
+        self.__dict__.update(original.__dict__)
+        delivered.__init__(self, delivered_error.node_def, delivered_error.op, str(original))
+        self.args = original.args
+        if hasattr(original, "__notes__"):
+            self.__notes__ = list(original.__notes__)
+
+    def __new__(cls: type, delivered_error: Any, original: BaseException) -> Any:
+        return failure.__new__(cls, *original.args)
+
+    name = f"Tf{failure.__name__}"
+    namespace = {"__init__": __init__, "__new__": __new__, "__module__": __name__, "__qualname__": name}
+    try:
+        return type(name, (failure, delivered), namespace)
+    except TypeError:
+        return None
