@@ -441,7 +441,12 @@ def test_property_save_and_resume_continues_exactly_with_filters(datasets, run) 
             resumed.load_state_dict(state)
             bound = len(resumed)
             tail = [_ids([b]) for b in resumed]
-        assert head + tail == whole
+        if state["epoch"] == state["end_epoch"]:  # saved after the loop ended: a restart goes on with the next
+            with _make(datasets, run, shard, count) as reader:
+                assert [_ids([b]) for b in reader] == whole
+                assert tail == [_ids([b]) for b in reader]
+        else:
+            assert head + tail == whole
         assert len(tail) <= bound
 
 

@@ -192,7 +192,12 @@ def test_every_token_once_per_shard_and_resume_gives_the_rest(
             resumed.load_state_dict(state)
             count = len(resumed)
             rest = [batch for batch in resumed]
-        assert _same(head + rest, whole)
+        if state["epoch"] == state["end_epoch"]:  # saved after the loop ended: a restart goes on with the next
+            with _reader(root, manifest, **kwargs, **shards) as reader:
+                assert _same(list(reader), whole)
+                assert _same(rest, list(reader))
+        else:
+            assert _same(head + rest, whole)
         assert count == len(rest)
     _check_rows(seen, list(range(ROWS)), mode)
 
@@ -309,8 +314,11 @@ def test_sharded_bucketing_or_packing_gives_every_rank_the_same_batch_count(
         rest = [batch for batch in resumed]
         following = list(resumed)
     assert count == len(rest)
-    assert _same(head + rest, limited[last][0])
-    assert _same(following, limited[last][1])
+    if state["epoch"] == state["end_epoch"]:  # saved after the loop ended: a restart goes on with the next
+        assert _same(head, limited[last][0]) and _same(rest, limited[last][1])
+    else:
+        assert _same(head + rest, limited[last][0])
+        assert _same(following, limited[last][1])
 
 
 @pytest.mark.parametrize("mode", ["bucket", "pack"])
