@@ -235,6 +235,25 @@ def test_from_objects_takes_a_transforms_output() -> None:
         Ragged.from_objects("t", np.arange(3))
 
 
+def _objects(rows: list) -> np.ndarray:
+    objects = np.empty(len(rows), dtype=object)
+    objects[:] = rows
+    return objects
+
+
+def test_empty_python_lists_take_the_other_rows_dtype_and_inner_shape() -> None:
+    """A tokenizer's ``[]`` is float64 of shape (0,) to NumPy: it must not make token ids float, nor refuse pairs."""
+    ids = Ragged.from_objects("t", _objects([[1, 2], [], [3]]))
+    assert ids.values.dtype == np.int64 and _rows(ids) == [[1, 2], [], [3]]
+    pairs = Ragged.from_objects("t", _objects([np.ones((2, 2), np.int32), [], np.zeros((1, 2), np.int32)]))
+    assert pairs.values.dtype == np.int32 and pairs.values.shape == (3, 2) and pairs.lengths.tolist() == [2, 0, 1]
+
+
+def test_a_chunk_the_transform_left_without_rows_is_an_empty_sequence_not_an_error() -> None:
+    assert len(Ragged.from_objects("t", np.zeros(0, dtype=np.float64))) == 0  # pandas' dtype of an empty column
+    assert len(Ragged.from_objects("t", np.empty(0, dtype=object))) == 0
+
+
 @given(
     runs=st.lists(
         st.tuples(st.integers(0, 5000), st.integers(0, 40), st.booleans()),

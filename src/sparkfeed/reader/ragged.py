@@ -166,6 +166,10 @@ class Ragged:
             NullValueError: A row is None.
             ValueError: The rows' inner shapes or kinds differ.
         """
+        if not len(objects):  # a chunk whose rows the transform all dropped: pandas makes the column float64
+            return cls(
+                np.zeros(0, dtype=objects.dtype if objects.dtype != object else np.float64), np.zeros(1, np.int64)
+            )
         if objects.dtype != object:
             if objects.ndim < 2:
                 raise ValueError(f"column {name!r} holds one {objects.dtype} value per row, not an array")
@@ -177,10 +181,14 @@ class Ragged:
                 "transform_fn"
             )
         arrays: list[np.ndarray] = rows  # type: ignore[assignment]
-        if not arrays:
-            return cls(np.zeros(0), np.zeros(1, dtype=np.int64))
-        inner = {a.shape[1:] for a in arrays if a.ndim}
-        if any(a.ndim == 0 for a in arrays) or len(inner) > 1:
+        if any(a.ndim == 0 for a in arrays):
+            raise ValueError(
+                f"column {name!r} holds rows of shapes {sorted({a.shape for a in arrays})[:4]}: a sequence's rows must "
+                "be arrays whose values share one shape"
+            )
+        arrays = _typed_empty_rows(arrays)
+        inner = {a.shape[1:] for a in arrays}
+        if len(inner) > 1:
             raise ValueError(
                 f"column {name!r} holds rows of shapes {sorted({a.shape for a in arrays})[:4]}: a sequence's rows must "
                 "be arrays whose values share one shape"
@@ -541,6 +549,21 @@ def length_mask(lengths: np.ndarray, length: int) -> np.ndarray:
 def zero_pad(pad_value: Any, dtype: np.dtype) -> bool:
     """Whether ``pad_value`` as ``dtype`` is all zero bytes (what :meth:`Views.joined` pads with)."""
     return _pad_byte(pad_value, dtype) == "\x00"
+
+
+def _typed_empty_rows(arrays: list[np.ndarray]) -> list[np.ndarray]:
+    """Rows with empty ones given the others' dtype and inner shape.
+
+    An empty Python list is a ``float64`` array of shape ``(0,)`` to NumPy, which would make a
+    chunk of token ids float64 (``np.concatenate`` promotes) or refuse nested rows as of
+    another shape; it says nothing of either, so it takes the rows' that do. Rows all empty
+    keep NumPy's guess.
+    """
+    filled = [a for a in arrays if len(a)]
+    if len(filled) == len(arrays) or not filled:
+        return arrays
+    dtype, inner = np.result_type(*filled), filled[0].shape[1:]
+    return [a if len(a) else np.zeros((0, *inner), dtype=dtype) for a in arrays]
 
 
 def _pad_byte(pad_value: Any, dtype: np.dtype) -> str | None:
