@@ -26,6 +26,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sparkfeed import Sequence, TransformSpec
+from sparkfeed import writer as writer_module
 from sparkfeed.cache import FileEntry, Manifest
 from sparkfeed.options import reader_options
 from sparkfeed.reader import Reader
@@ -819,3 +820,50 @@ def test_a_float_pad_value_is_kept_to_the_nearest_value_and_refused_only_past_th
     assert batch["x"][0, 1] == np.float32(0.1)
     with pytest.raises(ValueError, match=r"float32 values, which cannot hold pad_value=1e\+300 \(at most 3.40282e\+38"):
         _reader(tmp_path, manifest, sequence={"x": Sequence("pad", pad_value=1e300)})
+
+
+@pytest.mark.parametrize("mode", ["pad", "bucket", "pack"])
+def test_a_shuffle_window_joins_files_that_store_the_sequence_differently(tmp_path: Path, mode: str) -> None:
+    """The writer stores each Arrow batch as it fits: rows of varying length as views, of one length as fixed-size
+    binary, all empty as a list; one window over such files must give every token once."""
+    lengths_of_file = [[1, 4, 2, 0, 5, 3], [3, 3, 3, 3], [0, 0, 0]]
+    entries, stats, first = [], [], 0
+    for number, lengths in enumerate(lengths_of_file):
+        ids = np.arange(first, first + len(lengths))
+        first += len(lengths)
+        logical = pa.array(
+            [[int(i) * SCALE + j for j in range(n)] for i, n in zip(ids, lengths, strict=True)], pa.list_(pa.int64())
+        )
+        stats.append(list_shape_stats(logical))
+        column, packed = logical, {}
+        if (shape := writer_module.packed_shape(logical, stats[-1])) is not None:
+            column, packed = writer_module.pack(logical, shape), {"tok": tuple(shape)}
+        elif (shape := writer_module.ragged_shape(logical, stats[-1])) is not None:
+            column, packed = pack_ragged(logical, shape), {"tok": tuple(shape)}
+        pq.write_table(pa.table({"id": ids, "tok": column}), tmp_path / f"p{number}.parquet", row_group_size=3)
+        metadata = pq.ParquetFile(tmp_path / f"p{number}.parquet").metadata
+        groups = tuple(metadata.row_group(g).num_rows for g in range(metadata.num_row_groups))
+        entries.append(FileEntry(f"p{number}.parquet", groups, packed))
+    kinds = {str(pq.read_schema(tmp_path / f"p{n}.parquet").field("tok").type).split("[")[0] for n in range(3)}
+    assert kinds == {"binary_view", "fixed_size_binary", "list<element: int64>"}
+    schema = pa.schema([("id", pa.int64()), ("tok", pa.list_(pa.int64()))])
+    manifest = Manifest(tuple(entries), schema, {"tok": writer_module.merge_shape_stats(stats)}, {}, key="mixed")
+    sequence = {"pad": "pad", "bucket": Sequence("bucket", buckets=(2, 8)), "pack": Sequence("pack", seq_len=8)}[mode]
+    options: dict[str, Any] = {"schema_fields": ["tok"]} if mode == "pack" else {}
+    with _reader(
+        tmp_path,
+        manifest,
+        batch_size=2,
+        num_epochs=1,
+        seed=1,
+        shuffling_queue_capacity=20,
+        sequence={"tok": sequence},
+        **options,
+    ) as reader:
+        batches = list(reader)
+    if mode == "pack":
+        tokens = [int(t) for b in batches for t in b["tok"][b["tok_segment_ids"] > 0]]
+    else:
+        tokens = [int(t) for b in batches for row, n in zip(b["tok"], b["tok_lengths"], strict=True) for t in row[:n]]
+    lengths = [n for file in lengths_of_file for n in file]
+    assert sorted(tokens) == sorted(i * SCALE + j for i, n in enumerate(lengths) for j in range(n))

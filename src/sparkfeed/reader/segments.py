@@ -254,7 +254,7 @@ class SegmentReader:
         if self._transform is not None:
             parts = [self._transformed(t) for t in tables]
         else:  # files of one window that store a column differently
-            parts = [{n: self._convert(n, t.column(n)) for n in self._specs} for t in tables]
+            parts = [{n: self._convert(n, t.column(n), views=False) for n in self._specs} for t in tables]
         columns = NUMPY.concat(_with_rows(parts))
         rows, numbers = self._rows_of(work, NUMPY.rows(columns), self._ragged_lengths(columns))
         if rows is not None:
@@ -272,7 +272,7 @@ class SegmentReader:
                 table = (tables[0] if len(tables) == 1 else pa.concat_tables(tables)).select(self._outputs)
                 lengths = self._arrow_lengths(table)
             else:
-                parts = [{n: self._convert(n, t.column(n)) for n in self._outputs} for t in tables]
+                parts = [{n: self._convert(n, t.column(n), views=False) for n in self._outputs} for t in tables]
                 joined = NUMPY.concat(parts)
                 lengths = self._ragged_lengths(joined)
             # the segment's rows as without a filter, as indices
@@ -343,11 +343,16 @@ class SegmentReader:
         ordered = lengths if rows is None else lengths[rows]
         return self._sequence.batch_ends(ordered, numbers)
 
-    def _convert(self, name: str, column: pa.ChunkedArray) -> Any:
-        """A column as NumPy, or as a :class:`Ragged` when it is a sequence (:class:`Views` when bucketed or packed)."""
+    def _convert(self, name: str, column: pa.ChunkedArray, views: bool = True) -> Any:
+        """A column as NumPy, or as a :class:`Ragged` when it is a sequence (:class:`Views` when bucketed or packed).
+
+        ``views=False`` for pieces to be joined with others: a file may store a sequence column
+        otherwise (all its rows one length, or all empty), and only :class:`Ragged` joins.
+        """
         plan = self._sequence_columns.get(name)
         if plan is not None and plan.inner is not None and plan.dtype is not None:
-            if pa.types.is_binary_view(column.type) and self._sequence is not None and self._sequence.whole_batches:
+            whole = self._sequence is not None and self._sequence.whole_batches
+            if views and whole and pa.types.is_binary_view(column.type):
                 return Views.from_arrow(name, column, plan.inner, plan.dtype)  # padded or packed in one copy
             return Ragged.from_arrow(name, column, plan.inner, plan.dtype)
         return to_numpy(self._specs[name], column)
