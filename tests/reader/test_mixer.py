@@ -89,6 +89,11 @@ def _same(a: list[tuple[int, np.ndarray, np.ndarray]], b: list[tuple[int, np.nda
     )
 
 
+def _finished(state: dict[str, Any]) -> bool:
+    """Whether a mixer's state is one of an iteration that had reached its end."""
+    return state["end_epoch"] is not None and state["epoch"] >= state["end_epoch"]
+
+
 @given(
     sizes=st.lists(st.integers(1, 150), min_size=1, max_size=3),
     groups=st.lists(st.integers(1, 60), min_size=3, max_size=3),
@@ -136,10 +141,13 @@ def test_resuming_after_any_batch_continues_the_stream_and_every_row_is_used_onc
         with mixture.make_numpy_iterator(**kwargs) as loader:
             expected_len = len(loader)
             full = _stream(loader)
+            stop_at = cut % (len(full) + 1)
+            # Saved after the last batch, a state may be one of a finished iteration (the epoch's
+            # end known): the loader then goes on with the next one, restarted or not.
+            following = _stream(loader) if full and stop_at == len(full) else []
         assert len(full) == expected_len
 
         # Stopped after any batch (or before the first), saved through JSON, resumed by a new loader.
-        stop_at = cut % (len(full) + 1)
         with mixture.make_numpy_iterator(**kwargs) as loader:
             iterator = iter(loader)
             head = []
@@ -151,9 +159,9 @@ def test_resuming_after_any_batch_continues_the_stream_and_every_row_is_used_onc
             saved = json.loads(json.dumps(loader.state_dict()))
         with mixture.make_numpy_iterator(**kwargs) as loader:
             loader.load_state_dict(saved)
-            assert len(loader) == len(full) - stop_at
+            assert len(loader) == (len(following) if _finished(saved) else len(full) - stop_at)
             rest = _stream(loader)
-        assert _same(head + rest, full)
+        assert _same(head + rest, full + (following if _finished(saved) else []))
 
     # Rows follow their sources, and each batch's source column says where each came from.
     for number, (_, ids, src) in enumerate(full):
@@ -294,6 +302,40 @@ def test_iterating_again_continues_with_the_next_epochs(tmp_path: Path) -> None:
         with pytest.raises(RuntimeError, match="already being iterated"):
             iter(loader)
     assert all(np.array_equal(x, y) for x, y in zip(first + second, both, strict=True))
+
+
+def test_an_iterator_dropped_unadvanced_leaves_the_resumed_remainder_for_the_next(tmp_path: Path) -> None:
+    """PyTorch Lightning probes a loader with iter() and drops the iterator: the resumed rest must stay."""
+    a, b = _write(tmp_path / "a", 60, 0, 30), _write(tmp_path / "b", 60, 1, 30)
+    mixture = mix({"a": a, "b": b}, seed=1)
+    kwargs = {"batch_size": 7, "num_epochs": 1, "workers_count": 1}
+    with mixture.make_numpy_iterator(**kwargs) as loader:
+        iterator = iter(loader)
+        head = [next(iterator)["id"].copy() for _ in range(3)]
+        state = loader.state_dict()
+        rest = [x["id"].copy() for x in iterator]
+    with mixture.make_numpy_iterator(**kwargs) as resumed:
+        resumed.load_state_dict(state)
+        iter(resumed)  # made and dropped, never advanced
+        again = [x["id"] for x in resumed]
+    assert head and rest and len(again) == len(rest)
+    assert all(np.array_equal(x, y) for x, y in zip(rest, again, strict=True))
+
+
+def test_a_state_saved_after_a_finished_iteration_resumes_with_the_next_epoch(tmp_path: Path) -> None:
+    """A checkpoint at the end of a training epoch: the restarted loader goes on as the uninterrupted one would."""
+    a, b = _write(tmp_path / "a", 60, 0, 30), _write(tmp_path / "b", 60, 1, 30)
+    mixture = mix({"a": a, "b": b}, seed=1)
+    kwargs = {"batch_size": 7, "num_epochs": 1, "workers_count": 1}
+    with mixture.make_numpy_iterator(**kwargs) as loader:
+        list(loader)
+        state = json.loads(json.dumps(loader.state_dict()))
+        second = [x["id"].copy() for x in loader]
+    with mixture.make_numpy_iterator(**kwargs) as resumed:
+        resumed.load_state_dict(state)
+        assert len(resumed) == len(second) > 0
+        again = [x["id"] for x in resumed]
+    assert len(again) == len(second) and all(np.array_equal(x, y) for x, y in zip(second, again, strict=True))
 
 
 def _drop_thirds(frame: Any) -> Any:
@@ -441,10 +483,13 @@ def test_a_sequence_mixture_hands_on_its_sources_own_batches_and_resumes_exactly
         with mixture.make_numpy_iterator(num_epochs=num_epochs, **kwargs) as loader:
             expected_len = len(loader)  # bucketed and packed sources count their batches from the rows' lengths
             full = stream(loader)
+            stop_at = cut % (len(full) + 1)
+            # Saved after the last batch, a state may be one of a finished iteration (the epoch's
+            # end known): the loader then goes on with the next one, restarted or not.
+            following = stream(loader) if full and stop_at == len(full) else []
         assert len(full) == expected_len
 
         # Stopped after any batch (or before the first), saved through JSON, resumed by a new loader.
-        stop_at = cut % (len(full) + 1)
         with mixture.make_numpy_iterator(num_epochs=num_epochs, **kwargs) as loader:
             iterator = iter(loader)
             head = [(0, next(iterator)) for _ in range(stop_at)]
@@ -455,8 +500,9 @@ def test_a_sequence_mixture_hands_on_its_sources_own_batches_and_resumes_exactly
             rest = stream(loader)
         assert left == len(rest)
         resumed = [batch for _, batch in head] + [batch for _, batch in rest]
-        assert len(resumed) == len(full)
-        for mine, theirs in zip(resumed, full, strict=True):
+        expected = full + (following if _finished(saved) else [])
+        assert len(resumed) == len(expected)
+        for mine, theirs in zip(resumed, expected, strict=True):
             assert mine.keys() == theirs[1].keys()
             assert all(np.array_equal(mine[name], theirs[1][name]) for name in mine)
 

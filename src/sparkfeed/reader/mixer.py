@@ -671,14 +671,22 @@ class Mixer(Generic[C]):
             where = self._where()[2]
             # A new epoch of "first_exhausted" starts every source afresh; "never" streams go on.
             sources = dict.fromkeys(where) if self._stop == "first_exhausted" else where
-        self._resumed = False
-        self._group = None
-        self._epoch, self._batch, self._pending = epoch, batch, sources
-        self._end = None if self._num_epochs is None else end
+        # The position is the new iteration's only from its first batch (see _take_over): an
+        # iterator made and dropped unadvanced (PyTorch Lightning probes a loader so), or one
+        # whose first step raised, leaves the mixer where it was, resumed remainder included.
         token = self._token = object()
-        stream = self._stream(epoch, batch, sources, self._end, token)
+        stream = self._stream(epoch, batch, sources, None if self._num_epochs is None else end, token)
         self._active = weakref.ref(stream)
         return stream
+
+    def _take_over(
+        self, token: object, epoch: int, batch: int, sources: dict[str, SourcePosition], end: int | None
+    ) -> None:
+        """Makes the iteration starting at ``(epoch, batch)`` the mixer's, unless it was closed meanwhile."""
+        if self._token is token:
+            self._resumed = False
+            self._group = None
+            self._epoch, self._batch, self._pending, self._end = epoch, batch, sources, end
 
     def _open(self, positions: Mapping[str, SourcePosition], epoch: int) -> None:
         for source in self._sources:
@@ -696,6 +704,7 @@ class Mixer(Generic[C]):
         epochs = itertools.count(start) if end is None else range(start, end)
         bar: EpochBar | None = None
         varying = self._sequence is not None
+        taken = False
         try:
             self._open(positions, start)
             for epoch in epochs:
@@ -717,6 +726,9 @@ class Mixer(Generic[C]):
                     group, parts = self._next_group(epoch, batch)
                     if self._token is not token:
                         return  # closed from another thread while reading: what was read may be cut short
+                    if not taken:
+                        self._take_over(token, start, first, dict(positions), end)
+                        taken = True
                     self._group = group
                     step = group.count if self._chunk_batches > 1 else 1
                     for part, rows in zip(parts, group.rows, strict=True):
@@ -750,6 +762,8 @@ class Mixer(Generic[C]):
                         "dropped them, or drop_last left out the one short batch), so num_epochs=None would wait "
                         "forever: check the sources, or pass a finite num_epochs"
                     )
+            if not taken:  # no epoch to read
+                self._take_over(token, start, first, dict(positions), end)
         finally:
             if bar is not None:
                 bar.close()
@@ -1008,7 +1022,9 @@ class Mixer(Generic[C]):
         self._group = None
         self._epoch, self._batch, self._pending = saved.epoch, saved.batch, dict(saved.sources)
         self._end = saved.end_epoch
-        self._resumed = True
+        # A state saved once its iteration had finished resumes as that mixer goes on: with the
+        # next iteration's epochs, not with what remains of the finished one (nothing).
+        self._resumed = saved.end_epoch is None or saved.epoch < saved.end_epoch
         self._supplies = None
 
     def _load_every_shard(self, states: Sequence[Any]) -> None:
@@ -1074,6 +1090,8 @@ class Mixer(Generic[C]):
         self._group = None
         self._epoch, self._batch, self._end = first.epoch, first.batch, first.end_epoch
         self._pending = {source.name: (source.reader.state(), 0) for source in self._sources}
+        # States of a finished iteration, resharded, still resume into that iteration's (empty) rest:
+        # the sources' readers are cut at the saved epoch, and len() counts from it.
         self._resumed = True
         self._supplies = None
         if self._stop == "first_exhausted":
