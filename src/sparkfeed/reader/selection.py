@@ -240,8 +240,11 @@ class RowFilter:
         a group of 1.0 and NaN reads as all 1.0 and ``x != 1.0`` or ``is_nan()`` would rule out
         its NaN rows.
 
+        Any other error of pyarrow's (an expression the statistics cannot decide) keeps every
+        row group of the file, on every rank alike: pruning only saves reads.
+
         Raises:
-            OSError, pyarrow.ArrowException: A footer could not be read (a network error, say).
+            OSError: A footer could not be read (a network error, say).
                 Going on with every row group of that file would plan other row groups than a
                 rank that read it, and the shards would no longer split the rows: the error is
                 raised, with a note naming the file.
@@ -271,13 +274,15 @@ class RowFilter:
                     continue
                 schema = pa.schema([*physical, *(pa.field(name, specs[name].arrow_type) for name in entry.partition)])
                 possible[file] = {group.id for group in fragment.subset(self.expression, schema=schema).row_groups}
-            except (pa.ArrowException, OSError) as error:
+            except OSError as error:  # pyarrow's I/O errors too: what one rank meets, its peers may not
                 error.add_note(
                     f"sparkfeed: raised while reading the footer of {base}/{entry.path} to leave out the row groups "
                     "that the filters' statistics rule out; the reader stops rather than plan every row group of "
                     "that file, which would give it other shards than its peers: make the loader again"
                 )
                 raise
+            except pa.ArrowException:  # the same on every rank (an expression statistics cannot decide)
+                possible[file] = None  # pruning only saves reads: the rows are filtered as read
         return [
             (file, group, rows) for file, group, rows in groups if (kept := possible[file]) is None or group in kept
         ]
