@@ -92,3 +92,40 @@ def test_hdfs_without_java_says_so(monkeypatch) -> None:
     assert java_home() is None
     with pytest.raises(ValueError, match="hdfs:// needs Java"):
         Location.parse("hdfs:/user/me").filesystem  # noqa: B018
+
+
+def test_deleting_through_fsspec_never_expands_glob_characters_into_other_paths() -> None:
+    # fsspec's rm expands `*`, `?` and `[...]` as a glob: deleting the cache `sf-glob/c[1]`
+    # removed `sf-glob/c1`, a directory sparkfeed did not create, and kept its own.
+    from sparkfeed.cache import create_cache_dir, delete_cache
+
+    memory = fsspec.filesystem("memory")
+    memory.pipe("/sf-glob/c1/part-0.parquet", b"someone else's")
+    memory.pipe("/sf-glob/c1/_manifest.json", b"someone else's")
+    try:
+        parent = Location.parse("memory://sf-glob/c[1]", filesystem=memory)
+        cache, token = create_cache_dir(parent)
+        memory.pipe(f"/{cache.path}/part-0.parquet", b"ours")
+        delete_cache(cache, token)
+        assert not memory.exists(f"/{cache.path}")
+        parent.filesystem.delete_dir(parent.path)
+        assert not memory.exists("/sf-glob/c[1]")
+        fs = Location.parse("memory://sf-glob/f[1]", filesystem=memory).filesystem
+        memory.pipe("/sf-glob/f[1]", b"ours")
+        memory.pipe("/sf-glob/f1", b"someone else's")
+        fs.delete_file("sf-glob/f[1]")
+        assert not memory.exists("/sf-glob/f[1]")
+        memory.pipe("/sf-glob/d/x[1]/y", b"ours")
+        memory.pipe("/sf-glob/d/x1", b"someone else's")
+        with pytest.raises(ValueError, match=r"\[1\]"):
+            fs.move("sf-glob/d/x[1]", "sf-glob/e")
+        fs.delete_dir_contents("sf-glob/d/x[1]")
+        assert not memory.find("/sf-glob/d/x[1]")
+        assert sorted(memory.find("/sf-glob")) == [
+            "/sf-glob/c1/_manifest.json",
+            "/sf-glob/c1/part-0.parquet",
+            "/sf-glob/d/x1",
+            "/sf-glob/f1",
+        ]
+    finally:
+        memory.rm("/sf-glob", recursive=True)

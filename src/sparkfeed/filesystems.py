@@ -13,6 +13,7 @@ the environment are read where the filesystem is made: on each executor, from it
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
 import os
@@ -89,8 +90,93 @@ def as_pyarrow(filesystem: Any) -> pafs.FileSystem:
     if isinstance(filesystem, pafs.FileSystem):
         return filesystem
     if hasattr(filesystem, "open") and hasattr(filesystem, "ls"):
-        return pafs.PyFileSystem(pafs.FSSpecHandler(filesystem))
+        return pafs.PyFileSystem(LiteralFSSpecHandler(filesystem))
     raise ValueError(f"filesystem={filesystem!r} is not allowed: it must be a pyarrow or fsspec filesystem")
+
+
+GLOB_CHARACTERS = ("*", "?", "[")
+
+
+def _has_glob(path: str) -> bool:
+    return any(character in path for character in GLOB_CHARACTERS)
+
+
+class LiteralFSSpecHandler(pafs.FSSpecHandler):  # type: ignore[misc]
+    """pyarrow's handler for an fsspec filesystem, whose deletes take every path literally.
+
+    pyarrow's deletes call fsspec's ``rm``, which expands ``*``, ``?`` and ``[...]`` as a glob:
+    deleting ``bucket/c[1]`` removed ``bucket/c1`` instead. A path holding one of them is
+    deleted entry by entry here (``find``, ``rm_file`` and ``rmdir`` take it literally), and a
+    move or copy of one, which sparkfeed never does on an object store, is refused.
+    """
+
+    def delete_file(self, path: str) -> None:
+        """Deletes the one file named ``path``."""
+        if not _has_glob(path):
+            super().delete_file(path)
+            return
+        if not self.fs.exists(path):
+            raise FileNotFoundError(path)
+        if self.fs.isdir(path):
+            raise IsADirectoryError(path)
+        self.fs.rm_file(path)
+
+    def delete_dir(self, path: str) -> None:
+        """Deletes the directory named ``path`` and everything in it."""
+        if not _has_glob(path):
+            super().delete_dir(path)
+            return
+        if not self.fs.exists(path):
+            raise FileNotFoundError(path)
+        self._delete_literally(path)
+
+    def _delete_dir_contents(self, path: str, missing_dir_ok: bool) -> None:
+        try:
+            names = self.fs.listdir(path, detail=False)
+        except FileNotFoundError:
+            if missing_dir_ok:
+                return
+            raise
+        for name in names:
+            if self.fs.isdir(name):
+                self.delete_dir(name)
+            elif self.fs.isfile(name):
+                self.delete_file(name)
+
+    def _delete_literally(self, path: str) -> None:
+        entries = self.fs.find(path, withdirs=True, detail=True)
+        directories = [name for name, info in entries.items() if info.get("type") == "directory"]
+        for name, info in entries.items():
+            if info.get("type") != "directory":
+                self.fs.rm_file(name)
+        if self.fs.isdir(path):
+            directories.append(path)
+        for name in sorted(set(directories), key=len, reverse=True):  # the deepest first
+            # An object store's directories are only prefixes, gone with their objects.
+            with contextlib.suppress(FileNotFoundError, NotImplementedError):
+                self.fs.rmdir(name)
+        left = self.fs.find(path)
+        if left:
+            raise OSError(f"could not delete {path!r}: {len(left)} entries are left, such as {left[0]!r}")
+
+    def move(self, src: str, dest: str) -> None:
+        """A move through fsspec's ``mv``, refused for a path it would expand as a glob."""
+        self._refuse_glob("move", src, dest)
+        super().move(src, dest)
+
+    def copy_file(self, src: str, dest: str) -> None:
+        """A copy through fsspec's ``copy``, refused for a path it would expand as a glob."""
+        self._refuse_glob("copy", src, dest)
+        super().copy_file(src, dest)
+
+    @staticmethod
+    def _refuse_glob(action: str, *paths: str) -> None:
+        for path in paths:
+            if _has_glob(path):
+                raise ValueError(
+                    f"not going to {action} {path!r} through fsspec: it holds one of {', '.join(GLOB_CHARACTERS)}, "
+                    "which fsspec expands as a glob, so another path could be hit"
+                )
 
 
 def _query_options(query: str) -> dict[str, Any]:
