@@ -15,6 +15,7 @@ from pyspark.sql.types import ArrayType, FloatType, LongType, StructField, Struc
 
 from sparkfeed import NullValueError, make_spark_converter
 from sparkfeed.location import Location
+from sparkfeed.materialize import _session_conf, identify
 
 from helpers import by_id, concat
 
@@ -156,3 +157,23 @@ def test_a_flipped_bit_in_a_cache_file_is_an_error_not_a_wrong_number(spark, wit
         _read(converter)
     unverified = _read(converter, verify_checksums=False)["x"].tolist()  # the opt-out serves what is on disk
     assert unverified != [i + 0.25 for i in range(64)] and len(unverified) == 64
+
+
+# --------------------------------------------------------------------------- reuse keys
+
+
+@pytest.mark.parametrize("v2", [False, True], ids=["v1", "datasource-v2"])
+def test_reader_options_that_change_rows_change_the_stable_key(spark, tmp_path, v2: bool) -> None:
+    # The same files, the same given schema, the same plan text ("Relation [a,b] csv"), other rows.
+    (tmp_path / "csv").mkdir()
+    (tmp_path / "csv" / "a.csv").write_text("a,b\n1,NA\n2,x\n")
+    conf = {"spark.sql.sources.useV1SourceList": ""} if v2 else {}
+    with _session_conf(spark, conf):
+        read = lambda **options: spark.read.schema("a string, b string").options(**options).csv(str(tmp_path / "csv"))  # noqa: E731
+        variants = [{}, {"header": "true"}, {"nullValue": "NA"}, {"sep": ";"}]
+        frames = [read(**options) for options in variants]
+        assert len({tuple(df.collect()) for df in frames}) == len(variants)
+        keys = [identify(df, stable=True).stable for df in frames]
+        assert None not in keys and len(set(keys)) == len(variants)
+        assert identify(read(HEADER="true"), stable=True).stable == keys[1]  # Spark reads keys regardless of case
+        assert identify(read(), stable=True).stable == keys[0]

@@ -223,7 +223,7 @@ def _stable_digest(analyzed: Any, df: DataFrame, sources: tuple[Any, ...]) -> tu
         unchecked = _unchecked_source(leaf, df)
         if unchecked:
             return None, f"its source {unchecked} is not files whose sizes and modification times sparkfeed can check"
-        leaves.append((leaf.getClass().getName(), leaf.schema().json()))
+        leaves.append((leaf.getClass().getName(), leaf.schema().json(), _read_options(leaf)))
     session = df.sparkSession
     settings = {key: session.conf.get(key) for key in _RESULT_SETTINGS}
     settings.update(
@@ -255,6 +255,38 @@ def _unchecked_source(leaf: Any, df: DataFrame) -> str:
         table = leaf.table()
         return f"{table.name()} ({str(table.getClass().getName()).rsplit('.', 1)[-1]})"
     return name.rsplit(".", 1)[-1]
+
+
+_LOCATION_OPTIONS = ("path", "paths")
+"""Reader options that name the files, which the key already holds by name, size and time
+(left out so that the same files named from another working directory are still reused)."""
+
+
+def _read_options(leaf: Any) -> list[tuple[str, str]]:
+    """The reader options of a file leaf (``header``, ``sep``, ``nullValue``, ``mode``, ...), sorted.
+
+    The plan's text names a file relation by its format alone (``Relation [...] csv``), yet the
+    options decide its rows: with the schema given, ``header`` drops the first line and
+    ``nullValue`` turns values into nulls with the same files and the same columns. Keys are
+    compared as Spark reads them, regardless of case.
+    """
+    name = str(leaf.getClass().getName())
+    pairs: list[tuple[str, str]] = []
+    if name.endswith(".LogicalRelation"):
+        relation = leaf.relation()
+        if str(relation.getClass().getName()) in _FILE_RELATIONS:
+            pairs.append(("format", str(relation.fileFormat().getClass().getName())))
+            iterator = relation.options().iterator()  # a Scala Map
+            while iterator.hasNext():
+                pair = iterator.next()
+                pairs.append((str(pair._1()).lower(), str(pair._2())))
+    elif name.endswith(".DataSourceV2Relation"):
+        pairs.append(("format", str(leaf.table().getClass().getName())))
+        entries = leaf.options().entrySet().iterator()  # a Java CaseInsensitiveStringMap
+        while entries.hasNext():
+            entry = entries.next()
+            pairs.append((str(entry.getKey()).lower(), str(entry.getValue())))
+    return sorted(pair for pair in pairs if pair[0] not in _LOCATION_OPTIONS)
 
 
 def _file_index(leaf: Any, df: DataFrame) -> Any:
