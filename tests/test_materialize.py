@@ -177,3 +177,16 @@ def test_reader_options_that_change_rows_change_the_stable_key(spark, tmp_path, 
         assert None not in keys and len(set(keys)) == len(variants)
         assert identify(read(HEADER="true"), stable=True).stable == keys[1]  # Spark reads keys regardless of case
         assert identify(read(), stable=True).stable == keys[0]
+
+
+def test_dates_before_1582_read_back_as_spark_gives_them_whatever_the_sessions_rebase_mode(spark) -> None:
+    # A session migrating from Spark 2 writes LEGACY: Julian-calendar days, which pyarrow reads five days off.
+    df = spark.sql("SELECT 1 AS id, DATE'1000-01-01' AS d, TIMESTAMP_NTZ'1000-01-01 12:00:00' AS t")
+    with _session_conf(spark, {"spark.sql.parquet.datetimeRebaseModeInWrite": "LEGACY"}):
+        converter = make_spark_converter(df)
+    try:
+        values = _read(converter)
+        assert values["d"].tolist() == [np.datetime64("1000-01-01", "D")]
+        assert values["t"].tolist() == [np.datetime64("1000-01-01T12:00:00", "us")]
+    finally:
+        converter.delete()

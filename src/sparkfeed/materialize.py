@@ -516,7 +516,13 @@ def _write_with_spark(
     run: ConversionRun,
 ) -> Manifest:
     # INT96, Spark's default, is deprecated and reads back as nanoseconds; write microseconds.
-    with _session_conf(spark, {"spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS"}):
+    # Dates and times as they are (proleptic Gregorian, what pyarrow reads): a session's LEGACY
+    # rebase mode would shift those before 1582 into the Julian calendar, days off when read back.
+    written = {
+        "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
+        "spark.sql.parquet.datetimeRebaseModeInWrite": "CORRECTED",
+    }
+    with _session_conf(spark, written):
         writer = (
             df.write.option("parquet.block.size", str(options.row_group_size_bytes))
             .option("compression", options.codec)
