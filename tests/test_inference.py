@@ -200,6 +200,21 @@ def test_a_batch_that_does_not_fit_the_shape_names_the_input() -> None:
         predict(np.zeros((3, 5)))
 
 
+def test_a_null_in_an_integer_input_is_refused_not_cast_to_a_number(spark, converter) -> None:
+    # Spark passes a long column with nulls as float64 with NaN; cast to the converter's int64,
+    # the null reached the model as -9223372036854775808, and its prediction came back in silence.
+    predictor = make_predict_fn(lambda label: label * 10, converter, inputs="label")
+    assert predictor.inputs == (ModelInput("label", (), np.dtype("int64")),)
+    df = spark.createDataFrame([(0, 1), (1, None), (2, 2)], "id long, label long")
+    with pytest.raises(Exception, match=r"input 'label' holds a null \(NaN\)"):
+        df.select("id", predictor.udf("long", 8)("label")).collect()
+    assert [
+        row[1] for row in df.where("label is not null").select("id", predictor.udf("long", 8)("label")).collect()
+    ] == [10, 20]
+    with pytest.raises(ValueError, match=r"input 'label' holds a null \(NaN\) in row 1"):
+        predictor()(np.array([1.0, np.nan]))
+
+
 @pytest.mark.parametrize(
     ("arguments", "error", "message"),
     [

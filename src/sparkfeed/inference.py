@@ -66,6 +66,16 @@ class ModelInput:
                     f"{self.shape}; does the column hold {math.prod(self.shape)} values per row?"
                 ) from error
         if self.dtype is not None and array.dtype != self.dtype:
+            if array.size and array.dtype.kind in "fc" and self.dtype.kind in "iub":
+                # Spark passes an integer column holding nulls as floats with NaN, which a cast
+                # turns into an arbitrary number the model would predict on in silence.
+                missing = np.flatnonzero(np.isnan(array).reshape(len(array), -1).any(axis=1))
+                if len(missing):
+                    raise ValueError(
+                        f"input {self.name!r} holds a null (NaN) in row {int(missing[0])} of this batch "
+                        f"({len(missing)} of {len(array)} rows), which cannot be cast to {self.dtype}: "
+                        "filter the nulls out (df.dropna(subset=[...])) or fill them (df.fillna(...)) first"
+                    )
             array = array.astype(self.dtype)
         return array
 
