@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from sparkfeed import make_spark_converter
-from sparkfeed.distributed import RANK_VARIABLES, Rank, detect_rank, environment_rank
+from sparkfeed.distributed import RANK_VARIABLES, TORCHRUN_VARIABLES, Rank, detect_rank, environment_rank
 from sparkfeed.options import reader_options
 
 from helpers import run_gloo_ranks
@@ -22,7 +22,7 @@ from helpers import run_gloo_ranks
 @pytest.fixture(autouse=True)
 def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     """No rank variable from outside the test: each test sets its own."""
-    for pair in RANK_VARIABLES:
+    for pair in (*RANK_VARIABLES, TORCHRUN_VARIABLES):
         for name in pair:
             monkeypatch.delenv(name, raising=False)
 
@@ -57,6 +57,22 @@ def test_auto_without_any_launcher_reads_everything_and_half_auto_is_refused() -
     assert reader_options(cur_shard="auto", shard_count="auto").shard == (0, 1)
     with pytest.raises(ValueError, match=r"cur_shard='auto', shard_count=4: 'auto' found no rank .*HOROVOD_RANK"):
         reader_options(cur_shard="auto", shard_count=4)
+
+
+def test_auto_under_torchrun_before_the_group_exists_is_refused_not_unsharded(monkeypatch) -> None:
+    # torchrun's RANK/WORLD_SIZE, with no process group initialized yet: "auto" found no rank and
+    # read everything, so each of the ranks read every row, once per rank, in silence.
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert detect_rank() is None
+    with pytest.raises(ValueError, match=r"RANK/WORLD_SIZE say rank 1 of 2, .*init_process_group"):
+        reader_options(cur_shard="auto", shard_count="auto")
+    with pytest.raises(ValueError, match=r"RANK/WORLD_SIZE say rank 1 of 2"):
+        reader_options(cur_shard="auto", shard_count=2)
+    assert reader_options(cur_shard=1, shard_count=2).shard == (1, 2)
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "1")  # a job of one process reads everything
+    assert reader_options(cur_shard="auto", shard_count="auto").shard == (0, 1)
 
 
 def test_shards_that_disagree_with_the_rank_variables_warn_at_the_users_line(monkeypatch, spark) -> None:

@@ -26,6 +26,14 @@ RANK_VARIABLES: tuple[tuple[str, str], ...] = (
 )
 """The (rank, size) environment variables Petastorm checks, in the order it checks them."""
 
+TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE")
+"""What torchrun (and TorchDistributor, Lightning, accelerate) set before the process group exists.
+
+Not a rank source for ``"auto"``, which takes the group's: but where they say a job of several
+processes and nothing else gave a rank, ``"auto"`` is refused rather than read everything on
+every rank.
+"""
+
 AUTO = "auto"
 
 
@@ -44,15 +52,18 @@ class Rank:
     source: str
 
 
-def environment_rank(environ: Mapping[str, str] | None = None) -> Rank | None:
+def environment_rank(
+    environ: Mapping[str, str] | None = None, pairs: tuple[tuple[str, str], ...] = RANK_VARIABLES
+) -> Rank | None:
     """The rank in the first pair of :data:`RANK_VARIABLES` that is set, as Petastorm reads them.
 
     A pair with only one of its variables set ends the search with None, as in Petastorm: such
     an environment is not a launcher's, and guessing the other half would be worse. Values that
     are not a valid rank (not integers, or a rank outside ``[0, size)``) count as none.
+    ``pairs`` are the variables to read, :data:`RANK_VARIABLES` unless given.
     """
     env = os.environ if environ is None else environ
-    for rank_name, size_name in RANK_VARIABLES:
+    for rank_name, size_name in pairs:
         rank, size = env.get(rank_name), env.get(size_name)
         if rank is None and size is None:
             continue
@@ -118,6 +129,15 @@ def resolve_shards(cur_shard: object, shard_count: object) -> tuple[object, obje
         return cur_shard, shard_count
     found = detect_rank()
     if found is None:
+        launched = environment_rank(pairs=(TORCHRUN_VARIABLES,))
+        if launched is not None and launched.size > 1:
+            raise ValueError(
+                f"cur_shard={cur_shard!r}, shard_count={shard_count!r}: {launched.source} say rank "
+                f"{launched.rank} of {launched.size}, but no torch.distributed process group is initialized, "
+                "so 'auto' has no rank to take and every process would read the whole dataset: call "
+                "torch.distributed.init_process_group() before making the loader, or pass "
+                f"cur_shard={launched.rank}, shard_count={launched.size}"
+            )
         if cur_shard == AUTO and shard_count == AUTO:
             return None, None
         raise ValueError(
