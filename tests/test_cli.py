@@ -116,6 +116,31 @@ def test_inspect_a_cache_shows_each_columns_batch_dtype_and_shape(cache) -> None
     assert re.search(r"\n  ragged .* varying: 0\.\.2 +list of tensors\n", text), text
 
 
+def test_inspect_changes_nothing_in_a_kept_cache(spark) -> None:
+    # Opening a kept cache by path records a reuse (for `cache clean --older-than`) and a reuser
+    # file of its process: `inspect`, which changes nothing, refreshed the cache's last use and
+    # left a record of its own, gone process behind.
+    kept = make_spark_converter(spark.range(50), keep=True)
+    directory = Path(kept.cache_dir_url.removeprefix("file://"))
+    try:
+
+        def files() -> dict[str, int]:
+            return {path.name: path.stat().st_mtime_ns for path in directory.rglob("*")}
+
+        before = files()
+        result = subprocess.run(
+            [sys.executable, "-m", "sparkfeed", "inspect", "--json", kept.cache_dir_url],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr
+        assert json.loads(result.stdout)["rows"] == 50
+        assert files() == before
+    finally:
+        shutil.rmtree(directory)
+
+
 def test_inspect_a_parquet_directory_read_in_place(plain) -> None:
     result = _run("inspect", "--json", str(plain))
     assert result.exit_code == 0, result.output

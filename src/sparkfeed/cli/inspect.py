@@ -36,16 +36,28 @@ def inspect_command(url: str, as_json: bool) -> None:
         click.echo(format_report(report))
 
 
-def open_converter(url: str) -> Any:
+def open_converter(url: str, *, record_use: bool = True) -> Any:
     """``make_spark_converter(url)`` with its errors as one-line CLI errors (exit code 1).
+
+    With ``record_use=False`` a sparkfeed cache is opened from its manifest alone: opening a
+    kept cache by path records a reuse in it (which ``cache clean --older-than`` measures) and
+    a record of this process, which a command that only looks must not write.
 
     Raises:
         click.ClickException: Nothing is there, it is not Parquet, its manifest is damaged, a
             column has no tensor type, or the storage refused access.
     """
     from sparkfeed import make_spark_converter
+    from sparkfeed.cache import read_cache
+    from sparkfeed.converter import SparkDatasetConverter
+    from sparkfeed.location import Location
 
     try:
+        if not record_use:
+            location = Location.parse(url)
+            cache = read_cache(location)
+            if cache is not None:
+                return SparkDatasetConverter(location, cache[0])
         return make_spark_converter(url)
     except (OSError, ValueError, UnsupportedTypeError, pa.ArrowException) as error:
         # FileNotFoundError (nothing there), ValueError (not Parquet, files that disagree, a
@@ -55,7 +67,7 @@ def open_converter(url: str) -> Any:
 
 def describe_dataset(url: str) -> dict[str, Any]:
     """The JSON-able description ``inspect`` prints: see the command's help."""
-    converter = open_converter(url)
+    converter = open_converter(url, record_use=False)  # inspecting is no reuse: the cache stays as it is
     manifest = converter.manifest
     location = converter.location
     groups = [rows for entry in manifest.files for rows in entry.row_groups]
