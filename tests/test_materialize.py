@@ -190,3 +190,18 @@ def test_dates_before_1582_read_back_as_spark_gives_them_whatever_the_sessions_r
         assert values["t"].tolist() == [np.datetime64("1000-01-01T12:00:00", "us")]
     finally:
         converter.delete()
+
+
+def test_wide_dataframes_that_differ_past_the_25th_column_have_other_stable_keys(spark) -> None:
+    # Spark's plan text stops at 25 fields ("... 5 more fields"): the 30th column's expression was not in the key.
+    def wide(offset: int):
+        return spark.range(5).select(
+            *[F.col("id").alias(f"c{i}") for i in range(29)], (F.col("id") + offset).alias("z")
+        )
+
+    assert wide(1).collect() != wide(2).collect()
+    keys = {identify(wide(offset), stable=True).stable for offset in (1, 2, 1)}
+    assert None not in keys and len(keys) == 2
+    with _session_conf(spark, {"spark.sql.maxPlanStringLength": "100"}):  # a plan text cut short is never a key
+        identity = identify(wide(1), stable=True)
+    assert identity.stable is None and "maxPlanStringLength" in identity.unstable

@@ -225,6 +225,11 @@ def _stable_digest(analyzed: Any, df: DataFrame, sources: tuple[Any, ...]) -> tu
             return None, f"its source {unchecked} is not files whose sizes and modification times sparkfeed can check"
         leaves.append((leaf.getClass().getName(), leaf.schema().json(), _read_options(leaf)))
     session = df.sparkSession
+    # The whole tree: ``toString`` writes 25 fields of a node at most (``spark.sql.debug.maxToStringFields``),
+    # and "... 5 more fields" hid the 26th column's expression, so wide DataFrames that differ past it shared a key.
+    plan = _tree_string(analyzed.canonicalized())
+    if re.search(r"\.\.\. \d+ more characters$", plan.rstrip()):
+        return None, "its plan's text is cut short by spark.sql.maxPlanStringLength"
     settings = {key: session.conf.get(key) for key in _RESULT_SETTINGS}
     settings.update(
         (key, value)
@@ -233,7 +238,7 @@ def _stable_digest(analyzed: Any, df: DataFrame, sources: tuple[Any, ...]) -> tu
     )
     text = json.dumps(
         [
-            analyzed.canonicalized().toString(),
+            plan,
             leaves,
             df.schema.json(),
             sources,
@@ -242,6 +247,18 @@ def _stable_digest(analyzed: Any, df: DataFrame, sources: tuple[Any, ...]) -> tu
         ]
     )
     return hashlib.sha256(text.encode()).hexdigest(), ""
+
+
+_ALL_FIELDS = 2**31 - 1
+"""``maxFields`` for Spark's ``treeString``: every field of every node written out."""
+
+
+def _tree_string(plan: Any) -> str:
+    """A plan's tree, every field written: ``treeString`` of Spark 4 (five arguments) or of Spark 3 (four)."""
+    try:  # Spark 4.x
+        return str(plan.treeString(False, False, _ALL_FIELDS, False, False))
+    except Exception:  # noqa: BLE001 - a Py4J error: no such overload, Spark 3's four arguments then
+        return str(plan.treeString(False, False, _ALL_FIELDS, False))
 
 
 def _unchecked_source(leaf: Any, df: DataFrame) -> str:
