@@ -106,3 +106,14 @@ def test_pickles_as_its_url() -> None:
     clone = pickle.loads(pickle.dumps(location))
     assert clone == location and clone.local_path == "/tmp/#c"
     assert len(pickle.dumps(location)) < 200
+
+
+@pytest.mark.parametrize("path", ["a/../b", "a/./b", "a//b", "a/%2E%2E/b"])
+def test_object_store_urls_with_dot_or_empty_segments_are_refused(spark, path: str) -> None:
+    # Spark's writer (Hadoop's Path) resolves them, pyarrow's S3 lists them literally: the cache
+    # Spark writes under s3a://bucket/b is not what sparkfeed lists, reads and deletes under a/../b.
+    hadoop = spark.sparkContext._jvm.org.apache.hadoop.fs.Path(f"s3a://bucket/{path.replace('%2E', '.')}")
+    assert hadoop.toString() in ("s3a://bucket/b", "s3a://bucket/a/b")
+    with pytest.raises(ValueError, match=r"s3a://bucket/a/.*'\.', '\.\.' or empty"):
+        Location.parse(f"s3a://bucket/{path}")
+    assert Location.parse("s3a://bucket/a/b/").url == "s3a://bucket/a/b"  # a trailing slash is no segment

@@ -112,7 +112,14 @@ class Location:
             return cls._local(os.path.normpath(unquote(parts.path) or "/"))
         if scheme == "dbfs":
             return cls._dbfs(text, unquote(parts.path))
-        return cls(_join(scheme, parts.netloc, quote(unquote(parts.path), safe="/").rstrip("/"), parts.query))
+        path = unquote(parts.path)
+        if any(segment in ("", ".", "..") for segment in path.rstrip("/").split("/")[1:]):
+            # Spark's writer (Hadoop's Path) resolves them; pyarrow's object stores list them literally.
+            raise ValueError(
+                f"{text!r} has a '.', '..' or empty path segment, which Spark resolves and an object store's "
+                "listing does not, so the two would name different places: write the path without them"
+            )
+        return cls(_join(scheme, parts.netloc, quote(path, safe="/").rstrip("/"), parts.query))
 
     @classmethod
     def _local(cls, path: str) -> Location:
