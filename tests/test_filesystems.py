@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 
 import fsspec
@@ -129,3 +130,27 @@ def test_deleting_through_fsspec_never_expands_glob_characters_into_other_paths(
         ]
     finally:
         memory.rm("/sf-glob", recursive=True)
+
+
+@pytest.mark.parametrize(
+    ("query", "message"),
+    [
+        (
+            "connect_timeout=abc",
+            "connect_timeout='abc' in the URL's query is not allowed: it must be a number of seconds > 0",
+        ),
+        (
+            "request_timeout=-5",
+            "request_timeout='-5' in the URL's query is not allowed: it must be a number of seconds > 0",
+        ),
+        ("connect_timeout=nan", "connect_timeout='nan' in the URL's query is not allowed"),
+        (
+            "allow_bucket_creation=maybe",
+            "allow_bucket_creation='maybe' in the URL's query is not allowed: it must be one of",
+        ),
+    ],
+)
+def test_bad_query_options_are_refused_naming_the_value_and_what_is_allowed(query: str, message: str) -> None:
+    # 'abc' failed with float()'s bare message, -5 reached pyarrow, and 'maybe' became False in silence.
+    with pytest.raises(ValueError, match=re.escape(message)):
+        _ = Location.parse(f"s3://bucket/p?{query}").filesystem

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib.util
+import math
 import os
 import shutil
 from collections.abc import Mapping
@@ -36,6 +37,8 @@ S3_RETRIES = 4
 """Attempts per request (with AWS's exponential backoff) before a transient error is final."""
 
 _NUMBERS = {"connect_timeout", "request_timeout"}
+_TRUE = ("1", "true", "yes")
+_FALSE = ("0", "false", "no")
 _FLAGS = {"allow_bucket_creation", "allow_bucket_deletion", "background_writes", "force_virtual_addressing"}
 
 
@@ -184,9 +187,21 @@ def _query_options(query: str) -> dict[str, Any]:
     options: dict[str, Any] = {}
     for key, value in parse_qsl(query, keep_blank_values=True):
         if key in _NUMBERS:
-            options[key] = float(value)
+            try:
+                number = float(value)
+            except ValueError:
+                number = math.nan
+            if not math.isfinite(number) or number <= 0:
+                raise ValueError(
+                    f"{key}={value!r} in the URL's query is not allowed: it must be a number of seconds > 0"
+                )
+            options[key] = number
         elif key in _FLAGS:
-            options[key] = value.lower() in ("1", "true", "yes")
+            if value.lower() not in _TRUE + _FALSE:
+                raise ValueError(
+                    f"{key}={value!r} in the URL's query is not allowed: it must be one of {', '.join(_TRUE + _FALSE)}"
+                )
+            options[key] = value.lower() in _TRUE
         else:
             options[key] = value
     return options
