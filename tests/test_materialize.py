@@ -192,16 +192,21 @@ def test_dates_before_1582_read_back_as_spark_gives_them_whatever_the_sessions_r
         converter.delete()
 
 
-def test_wide_dataframes_that_differ_past_the_25th_column_have_other_stable_keys(spark) -> None:
-    # Spark's plan text stops at 25 fields ("... 5 more fields"): the 30th column's expression was not in the key.
+def test_wide_dataframes_that_differ_past_the_25th_field_have_other_stable_keys(spark) -> None:
+    # Spark's plan text stops at 25 fields ("... 5 more fields"): of a node (the 30th column) or of
+    # an expression (a coalesce's 31st argument); what differed past them was not in the key.
     def wide(offset: int):
         return spark.range(5).select(
             *[F.col("id").alias(f"c{i}") for i in range(29)], (F.col("id") + offset).alias("z")
         )
 
-    assert wide(1).collect() != wide(2).collect()
-    keys = {identify(wide(offset), stable=True).stable for offset in (1, 2, 1)}
-    assert None not in keys and len(keys) == 2
-    with _session_conf(spark, {"spark.sql.maxPlanStringLength": "100"}):  # a plan text cut short is never a key
-        identity = identify(wide(1), stable=True)
-    assert identity.stable is None and "maxPlanStringLength" in identity.unstable
+    def late(value: int):
+        return spark.range(5).select(F.coalesce(*[F.lit(None).cast("long")] * 30, F.lit(value)).alias("z"))
+
+    for make in (wide, late):
+        assert make(1).collect() != make(2).collect()
+        keys = [identify(make(value), stable=True).stable for value in (1, 2, 1)]
+        assert None not in keys and keys[0] != keys[1] and keys[0] == keys[2]
+        # The settings that cut the text short are lifted while it is written, and are not in the key.
+        with _session_conf(spark, {"spark.sql.maxPlanStringLength": "100", "spark.sql.debug.maxToStringFields": "5"}):
+            assert identify(make(1), stable=True).stable == keys[0]

@@ -165,16 +165,19 @@ _EXECUTION_ONLY = (
     "spark.sql.artifact.",
     "spark.sql.autoBroadcastJoinThreshold",
     "spark.sql.codegen.",
+    "spark.sql.debug.maxToStringFields",
     "spark.sql.execution.arrow.",
     "spark.sql.files.maxPartitionBytes",
     "spark.sql.files.openCostInBytes",
+    "spark.sql.maxPlanStringLength",
     "spark.sql.shuffle.partitions",
     "spark.sql.sources.parallelPartitionDiscovery.",
     "spark.sql.ui.",
     "spark.sql.warehouse.dir",
 )
 """Prefixes of SQL settings that change how a plan runs, never its rows: left out of the key
-(the warehouse directory also differs with each process's working directory)."""
+(the warehouse directory also differs with each process's working directory; the two lengths of
+a plan's text are lifted while the key's text is written)."""
 
 _RESULT_SETTINGS = ("spark.sql.session.timeZone", "spark.sql.ansi.enabled")
 """SQL settings in the key by their value in effect, set or not: the same plan text casts
@@ -225,9 +228,11 @@ def _stable_digest(analyzed: Any, df: DataFrame, sources: tuple[Any, ...]) -> tu
             return None, f"its source {unchecked} is not files whose sizes and modification times sparkfeed can check"
         leaves.append((leaf.getClass().getName(), leaf.schema().json(), _read_options(leaf)))
     session = df.sparkSession
-    # The whole tree: ``toString`` writes 25 fields of a node at most (``spark.sql.debug.maxToStringFields``),
-    # and "... 5 more fields" hid the 26th column's expression, so wide DataFrames that differ past it shared a key.
-    plan = _tree_string(analyzed.canonicalized())
+    # The whole tree: ``toString`` writes 25 fields of a node or an expression at most
+    # (``spark.sql.debug.maxToStringFields``), and "... 5 more fields" hid the 26th column's
+    # expression, or a ``coalesce``'s 26th argument: DataFrames that differ past it shared a key.
+    with _session_conf(session, {_MAX_FIELDS: str(_ALL_FIELDS), _MAX_PLAN_LENGTH: str(_LONGEST_TEXT)}):
+        plan = _tree_string(analyzed.canonicalized())
     if re.search(r"\.\.\. \d+ more characters$", plan.rstrip()):
         return None, "its plan's text is cut short by spark.sql.maxPlanStringLength"
     settings = {key: session.conf.get(key) for key in _RESULT_SETTINGS}
@@ -251,6 +256,12 @@ def _stable_digest(analyzed: Any, df: DataFrame, sources: tuple[Any, ...]) -> tu
 
 _ALL_FIELDS = 2**31 - 1
 """``maxFields`` for Spark's ``treeString``: every field of every node written out."""
+
+_MAX_FIELDS, _MAX_PLAN_LENGTH = "spark.sql.debug.maxToStringFields", "spark.sql.maxPlanStringLength"
+"""The settings that cut a plan's text short, lifted while the key's text is written."""
+
+_LONGEST_TEXT = 2**31 - 16
+"""The largest ``spark.sql.maxPlanStringLength`` Spark takes (its default: the longest array it makes)."""
 
 
 def _tree_string(plan: Any) -> str:
