@@ -69,9 +69,12 @@ def _normalize_column(name: str, data_type: DataType, dtype: str | None) -> Colu
     if _is_vector(data_type):
         # vector_to_array fails on a null deep inside Spark, naming nothing; a null array instead
         # reaches the reader, whose error names the column (or a transform may fill it).
-        values = vector_to_array(column, dtype="float64")
-        if dtype == "float32":  # its own float32 cast would make a value beyond float32's range inf
-            values = _refusing_overflow(name, values, T.ArrayType(T.DoubleType()), T.ArrayType(T.FloatType()))
+        values = vector_to_array(column, dtype=dtype or "float64")
+        if dtype == "float32":  # its own float32 cast makes a value beyond float32's range inf
+            exact = vector_to_array(column, dtype="float64")  # computed only where an inf appeared
+            overflow = _overflows(values, exact, T.ArrayType(T.DoubleType()), T.ArrayType(T.FloatType()))
+            assert overflow is not None  # doubles to floats may overflow
+            values = F.when(overflow, F.raise_error(F.lit(_overflow_advice(name)))).otherwise(values)
         return F.when(column.isNull(), F.lit(None)).otherwise(values).alias(name)
     target = _normalized_type(name, data_type, dtype)
     if target == data_type:
@@ -115,13 +118,20 @@ def _overflows(cast: Column, column: Column, source: DataType, target: DataType)
         if _overflows(cast, column, source.elementType, target.elementType) is None:
             return None
         pairs = F.arrays_zip(cast.alias("cast"), column.alias("value"))  # both arrays of one length
-        return F.exists(
+        exact = F.exists(
             pairs,
             lambda pair: F.coalesce(
                 _overflows(pair["cast"], pair["value"], source.elementType, target.elementType),  # type: ignore[arg-type]
                 F.lit(False),
             ),
         )
+        if isinstance(target.elementType, T.ArrayType):
+            return exact
+        # A lambda per value is interpreted, and doubled the time of converting vectors: it runs
+        # only on arrays where an infinity appeared (And stops at a false left side).
+        infinity = F.lit(float("inf"))
+        appeared = F.array_contains(cast, infinity) | F.array_contains(cast, -infinity)
+        return appeared & exact
     if isinstance(target, T.FloatType) and isinstance(source, T.DoubleType):
         infinity = F.lit(float("inf"))
         return (F.abs(cast) == infinity) & (F.abs(column) != infinity)
