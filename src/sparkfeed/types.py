@@ -177,7 +177,7 @@ def _overflows(cast: Column, column: Column, source: DataType, target: DataType)
         # only on arrays where an infinity appeared (And stops at a false left side).
         infinity = F.lit(float("inf"))
         appeared = F.array_contains(cast, infinity) | F.array_contains(cast, -infinity)
-        return appeared & exact
+        return F.coalesce(appeared, F.lit(False)) & exact  # null arrays (null AND x evaluates x) skip it too
     if isinstance(target, T.FloatType) and isinstance(source, T.DoubleType):
         infinity = F.lit(float("inf"))
         return (F.abs(cast) == infinity) & (F.abs(column) != infinity)

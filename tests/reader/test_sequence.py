@@ -845,7 +845,8 @@ def test_a_shuffle_window_joins_files_that_store_the_sequence_differently(tmp_pa
         groups = tuple(metadata.row_group(g).num_rows for g in range(metadata.num_row_groups))
         entries.append(FileEntry(f"p{number}.parquet", groups, packed))
     kinds = {str(pq.read_schema(tmp_path / f"p{n}.parquet").field("tok").type).split("[")[0] for n in range(3)}
-    assert kinds == {"binary_view", "fixed_size_binary", "list<element: int64>"}
+    varying = "binary_view" if writer_module.VIEWS else "binary"  # as Parquet stores it (views from pyarrow 21)
+    assert kinds == {varying, "fixed_size_binary", "list<element: int64>"}
     schema = pa.schema([("id", pa.int64()), ("tok", pa.list_(pa.int64()))])
     manifest = Manifest(tuple(entries), schema, {"tok": writer_module.merge_shape_stats(stats)}, {}, key="mixed")
     sequence = {"pad": "pad", "bucket": Sequence("bucket", buckets=(2, 8)), "pack": Sequence("pack", seq_len=8)}[mode]
