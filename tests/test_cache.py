@@ -656,6 +656,46 @@ def test_recording_a_reuse_never_writes_through_a_link_and_a_linked_manifest_is_
         make_spark_converter(location.url)
 
 
+def _hand_to(path: Path, uid: int) -> None:
+    for item in [path, *path.rglob("*")]:
+        os.chown(item, uid, -1, follow_symlinks=False)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root can make files that belong to another user")
+def test_reuse_auto_serves_another_users_kept_cache_only_from_a_directory_its_maker_alone_writes(
+    tmp_path, caplog
+) -> None:
+    nobody, me = 65534, os.getuid()
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)  # like /tmp: anyone may add a directory
+    location, _ = _complete_cache(shared, keep=True, key="k")
+    cache, parent = Path(location.local_path), Location.parse(str(shared))
+    assert find_kept(parent, "k") is not None  # this user's own cache: served
+    _hand_to(cache, nobody)  # as if another user had left it there, with the key anyone can compute
+    with caplog.at_level(logging.WARNING, logger="sparkfeed.cache"):
+        assert find_kept(parent, "k") is None
+    assert f"made by user id {nobody}, not this one ({me})" in caplog.text
+    assert "other users can write to" in caplog.text and "make_spark_converter(url)" in caplog.text
+    curated = tmp_path / "curated"
+    shutil.copytree(shared, curated, symlinks=True)
+    curated.chmod(0o755)
+    _hand_to(curated, nobody)  # one account's directory, and its caches: only it could have put them there
+    found = find_kept(Location.parse(str(curated)), "k")
+    assert found is not None and found[0].location.url == Location.parse(str(curated / cache.name)).url
+    os.chown(curated, me, -1)  # the parent is this user's, the cache another's: how it got there is unknown
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="sparkfeed.cache"):
+        assert find_kept(Location.parse(str(curated)), "k") is None
+    assert f"which belongs to user id {me}" in caplog.text
+    _hand_to(cache, me)
+    os.chown(cache / MANIFEST_NAME, nobody, -1)  # this user's cache, its manifest replaced by another's
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="sparkfeed.cache"):
+        assert find_kept(parent, "k") is None
+    assert f"belong to several users (ids [{me}, {nobody}])" in caplog.text
+
+
 CHURN = textwrap.dedent(
     """
     import os, sys, time

@@ -767,6 +767,15 @@ def find_kept(parent: Location, key: str) -> tuple[CacheEntry, Manifest] | None:
         marker = _read_marker(location)
         if marker is None or marker.get("keep") is not True or marker.get("key") != key:
             continue
+        doubt = _planted(location, parent)
+        if doubt is not None:
+            log.warning(
+                "not reusing the kept cache %s: %s, so a cache planted there would be served as this "
+                "DataFrame's; converting anew (open it by its URL, make_spark_converter(url), to read it anyway)",
+                location,
+                doubt,
+            )
+            continue
         try:
             manifest = read_manifest(location)
         except CorruptManifestError as error:
@@ -776,6 +785,36 @@ def find_kept(parent: Location, key: str) -> tuple[CacheEntry, Manifest] | None:
         if manifest is not None and entry is not None:
             return entry, manifest
     return None
+
+
+def _planted(location: Location, parent: Location) -> str | None:
+    """Why a local kept cache may be another user's plant rather than this user's; None when it is not.
+
+    The key a cache is found by is computable by anyone who can read the DataFrame's sources,
+    so in a parent other users can write into, one of them could leave a directory with the
+    right key and other rows. A cache is trusted when this user made it (its directory, marker
+    and manifest are this user's), or when its maker owns the parent and nobody else can write
+    there (a directory one account curates). A team's shared, group-writable directory
+    therefore serves each member only their own caches by ``reuse="auto"``; another member's is
+    read by its URL, deliberately. Object stores and HDFS have no owner to compare: their
+    permissions decide who can write a cache there.
+    """
+    if not location.is_local or not hasattr(os, "getuid"):
+        return None
+    try:
+        owners = {os.lstat(os.path.join(location.path, name)).st_uid for name in (".", MARKER_NAME, MANIFEST_NAME)}
+        above = os.stat(parent.path)
+    except FileNotFoundError:
+        return None  # no manifest (not complete) or removed since: not served either way
+    if len(owners) > 1:
+        return f"its files belong to several users (ids {sorted(owners)})"
+    (maker,) = owners
+    if maker == os.getuid():
+        return None
+    if maker == above.st_uid and not above.st_mode & 0o022:
+        return None
+    where = "other users can write to" if above.st_mode & 0o022 else f"belongs to user id {above.st_uid}"
+    return f"it was made by user id {maker}, not this one ({os.getuid()}), in {parent.path}, which {where}"
 
 
 def mark_used(location: Location) -> None:
