@@ -164,6 +164,34 @@ def test_shutting_the_dummy_pool_down_from_another_thread_ends_its_iteration() -
     assert list(iterator) == []
 
 
+@pytest.mark.parametrize("pool_type", ["thread", "process"])
+def test_shutting_a_pool_down_from_another_thread_ends_the_iteration_waiting_in_it(pool_type) -> None:
+    """As ``loader.close()`` from another thread does: terminated worker processes are no broken pool then."""
+
+    def work(x: int) -> int:
+        time.sleep(0.5 if x else 0)
+        return x
+
+    pool = OrderedPool(work, workers=2, prefetch=4, pool_type=pool_type)
+    outcome: list[object] = []
+
+    def consume() -> None:
+        try:
+            outcome.append([value for _, value in pool.imap(range(20))])
+        except BaseException as error:  # noqa: BLE001 (the test reports it)
+            outcome.append(error)
+
+    consumer = threading.Thread(target=consume)
+    consumer.start()
+    time.sleep(0.3)  # the consumer has item 0 and waits for item 1
+    pool.shutdown()
+    consumer.join(30)
+    assert not consumer.is_alive()
+    (ended,) = outcome
+    assert isinstance(ended, list) and ended[:1] == [0] and len(ended) < 20, ended
+    assert _no_workers_left()
+
+
 def _slow(item: int) -> int:
     time.sleep(1.1)
     return item

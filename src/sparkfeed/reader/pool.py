@@ -23,7 +23,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import CancelledError, Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import BrokenExecutor, CancelledError, Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from typing import Any, Generic, TypeVar
 
 from sparkfeed.options import PoolType
@@ -241,8 +241,10 @@ class OrderedPool(Generic[T, R]):
                     result = future.result()
                     stalls.note(item, time.perf_counter() - waited, len(pending))
                 except BaseException as error:
-                    if self._shut and isinstance(error, CancelledError):
-                        return  # shut down from another thread, which cancelled the futures
+                    if self._shut and isinstance(error, CancelledError | BrokenExecutor):
+                        # Shut down from another thread, which cancelled the futures and, with
+                        # processes, terminated the workers: the pool then breaks on purpose.
+                        return
                     where = "thread" if self._pool_type == "thread" else "process"
                     error.add_note(f"sparkfeed: raised in a reader {where} while reading {self._describe(item)}")
                     raise
