@@ -20,7 +20,7 @@ from concurrent.futures.process import BrokenProcessPool
 
 import pytest
 
-from sparkfeed.reader.pool import OrderedPool
+from sparkfeed.reader.pool import OrderedPool, WorkerError
 
 POOL_TYPES = ["thread", "process", "dummy"]
 NOTE_WHERE = {
@@ -192,6 +192,50 @@ def test_shutting_a_pool_down_from_another_thread_ends_the_iteration_waiting_in_
     assert _no_workers_left()
 
 
+class _LabelError(Exception):
+    """An exception whose ``__init__`` takes arguments it does not pass on: it pickles, but is not rebuilt."""
+
+    def __init__(self, label: str, row: int) -> None:
+        super().__init__(f"bad label {label!r} at row {row}")
+        self.label, self.row = label, row
+
+
+class _LockedError(Exception):
+    """An exception holding a lock: it does not pickle."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.lock = threading.Lock()
+
+
+def _unrebuildable_at_3(x: int) -> int:
+    if x == 3:
+        raise _LabelError("cat", x)
+    return x
+
+
+def _unpicklable_at_3(x: int) -> int:
+    if x == 3:
+        raise _LockedError("bad label 'cat' at row 3")
+    return x
+
+
+@pytest.mark.parametrize("fn", [_unrebuildable_at_3, _unpicklable_at_3], ids=["not rebuilt", "not pickled"])
+def test_a_process_worker_exception_that_cannot_travel_arrives_with_its_type_message_and_traceback(fn) -> None:
+    """Not as the pickling error, nor as a pool "terminated abruptly" (which reads as the OOM killer)."""
+    pool = OrderedPool(fn, workers=2, prefetch=4, describe=lambda x: f"item #{x}", pool_type="process")
+    seen = []
+    with pytest.raises(WorkerError) as error:
+        for _, value in pool.imap(range(10)):
+            seen.append(value)
+    assert seen == [0, 1, 2]
+    kind = "_LabelError" if fn is _unrebuildable_at_3 else "_LockedError"
+    assert f"{kind}: bad label 'cat' at row 3 (this exception cannot be sent from the worker" in str(error.value)
+    assert error.value.__notes__ == ["sparkfeed: raised in a reader process while reading item #3"]
+    assert f"in {fn.__name__}" in str(error.value.__cause__)  # the worker's own traceback
+    assert _no_workers_left()
+
+
 def _slow(item: int) -> int:
     time.sleep(1.1)
     return item
@@ -258,7 +302,7 @@ def test_a_worker_process_that_dies_raises_in_the_consumer_instead_of_ending_the
 
 _AFTER_MAIN = """
 import sys, threading, time
-from sparkfeed.reader.pool import OrderedPool
+from sparkfeed.reader.pool import OrderedPool, WorkerError
 
 def consume():
     seen = []

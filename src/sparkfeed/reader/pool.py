@@ -18,12 +18,15 @@ import collections
 import logging
 import multiprocessing
 import os
+import pickle
 import signal
 import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import BrokenExecutor, CancelledError, Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from multiprocessing.reduction import ForkingPickler
 from typing import Any, Generic, TypeVar
 
 from sparkfeed.options import PoolType
@@ -80,9 +83,40 @@ def _die_with(parent: int) -> None:
     threading.Thread(target=watch, name="sparkfeed-parent-watch", daemon=True).start()
 
 
+class WorkerError(Exception):
+    """Stands in for a worker process's exception that cannot travel to the reader as itself.
+
+    A worker's exception reaches the reader pickled. One that does not pickle (it holds a lock,
+    an open file, a generator) would arrive as the pickling error, its own traceback lost; one
+    that pickles but cannot be rebuilt (an ``__init__`` taking arguments it does not pass on to
+    ``Exception``, common in user code) breaks the whole pool, reported as a worker "terminated
+    abruptly", which reads as the OOM killer. This one carries its type and message, and its
+    traceback travels as the cause's text, as every worker exception's does.
+    """
+
+
 def _call(item: Any) -> Any:
     assert _worker_fn is not None
-    return _worker_fn(item)
+    try:
+        return _worker_fn(item)
+    except BaseException as error:
+        why = _unsendable(error)
+        if why is None:
+            raise
+        what = "".join(traceback.format_exception_only(type(error), error)).strip()
+        raise WorkerError(
+            f"{what} (this exception cannot be sent from the worker process to the reader as itself, "
+            f"{type(why).__name__}: {why}; its traceback is the cause)"
+        ) from error
+
+
+def _unsendable(error: BaseException) -> BaseException | None:
+    """Why ``error`` would not reach the reader as itself (pickled there and rebuilt), or None if it would."""
+    try:
+        pickle.loads(ForkingPickler.dumps(error))
+    except BaseException as why:  # noqa: BLE001 (whatever fails, the stand-in is sent instead)
+        return why
+    return None
 
 
 def _process_executor(fn: Callable[[Any], Any], workers: int) -> ProcessPoolExecutor:
