@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from sparkfeed.types import ColumnSpec, NullValueError, to_numpy
-from sparkfeed.writer import is_list_type
+from sparkfeed.writer import is_list_type, list_levels
 
 EditField = tuple[str, Any, tuple[int | None, ...], bool]
 """Petastorm's ``(name, numpy_dtype, shape, is_nullable)``: a column the transform adds or changes."""
@@ -342,12 +342,7 @@ def _nullable(column: pa.ChunkedArray) -> Any:
 
 def _nulls_below(column: pa.ChunkedArray) -> int:
     """The nulls inside a list column's arrays (elements, and nested arrays), not the null arrays themselves."""
-    array = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
-    count = 0
-    while is_list_type(array.type):
-        array = pc.list_flatten(array)
-        count += array.null_count
-    return count
+    return sum(level.null_count for level in list_levels(column)[1:])
 
 
 def _nested_nulls(spec: ColumnSpec) -> NullValueError:

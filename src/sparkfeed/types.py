@@ -21,7 +21,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from sparkfeed.writer import ShapeStats, is_list_type
+from sparkfeed.writer import ShapeStats, is_list_type, list_levels
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame
@@ -289,7 +289,7 @@ def cast_column(name: str, column: pa.ChunkedArray, target: pa.DataType) -> pa.C
     )
     if not narrowing or not len(cast):
         return cast
-    values, before = _leaves(cast), _leaves(column)
+    values, before = list_levels(cast)[-1], list_levels(column)[-1]
     infinite = pc.is_inf(values)
     if not pc.any(infinite).as_py():  # the usual case: one pass over the values cast
         return cast
@@ -298,14 +298,6 @@ def cast_column(name: str, column: pa.ChunkedArray, target: pa.DataType) -> pa.C
         value = before.filter(grew)[0].as_py()
         raise OverflowError(_overflow_advice(name).replace("holds a finite value", f"holds {value}, a finite value", 1))
     return cast
-
-
-def _leaves(column: pa.ChunkedArray) -> pa.Array:
-    """A column's values, every list level flattened (the values of null lists left out)."""
-    array = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
-    while is_list_type(array.type):
-        array = pc.list_flatten(array)
-    return array
 
 
 def _is_object(data_type: pa.DataType) -> bool:
@@ -396,9 +388,7 @@ def to_numpy(spec: ColumnSpec, column: pa.ChunkedArray | pa.Array) -> np.ndarray
     if spec.kind == "ragged" and _is_numeric(_leaf_type(array.type)):
         # A null array is None, as a null string is; a null inside one has no place in its
         # values: pyarrow would make the column's cells float (2**53 + 1 another number) and it NaN.
-        inner = array
-        while is_list_type(inner.type):
-            inner = pc.list_flatten(inner)
+        for inner in list_levels(array)[1:]:
             _check_nulls(spec, inner)
     if spec.kind in ("object", "ragged"):
         objects: np.ndarray = array.to_numpy(zero_copy_only=False)

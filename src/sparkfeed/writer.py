@@ -44,24 +44,33 @@ def is_list_type(data_type: pa.DataType) -> bool:
     )
 
 
+def list_levels(array: pa.Array | pa.ChunkedArray) -> list[pa.Array]:
+    """A list column, then each level below it flattened, down to its leaf values.
+
+    What every look into nested arrays walks (their lengths, their nulls). A null list's values
+    are left out of the level below it, as ``list_flatten`` leaves them.
+    """
+    if isinstance(array, pa.ChunkedArray):  # combine_chunks copies even a single chunk
+        array = array.chunk(0) if array.num_chunks == 1 else array.combine_chunks()
+    levels = [array]
+    while is_list_type(levels[-1].type):
+        levels.append(pc.list_flatten(levels[-1]))
+    return levels
+
+
 def list_shape_stats(array: pa.Array | pa.ChunkedArray) -> ShapeStats:
     """Minimum and maximum length per nesting level of a list column, from its offsets alone."""
-    current = array.combine_chunks() if isinstance(array, pa.ChunkedArray) else array
     stats: ShapeStats = []
-    while is_list_type(current.type):
-        bounds = pc.min_max(pc.list_value_length(current)).as_py()
+    for level in list_levels(array)[:-1]:
+        bounds = pc.min_max(pc.list_value_length(level)).as_py()
         stats.append((bounds["min"], bounds["max"]))
-        current = pc.list_flatten(current)
     return stats
 
 
 def _leaf(array: pa.Array) -> tuple[pa.Array, bool]:
     """The flattened leaf values of a list column, and whether any level holds a null."""
-    nulls = False
-    while is_list_type(array.type):
-        nulls = nulls or array.null_count > 0
-        array = pc.list_flatten(array)
-    return array, nulls or array.null_count > 0
+    levels = list_levels(array)
+    return levels[-1], any(level.null_count for level in levels)
 
 
 def packed_shape(array: pa.Array, stats: ShapeStats) -> tuple[int, ...] | None:
