@@ -235,3 +235,40 @@ def test_property_every_scheduled_read_is_right_and_the_budget_holds(
         plain.read_row_group(g, columns=["id"]).column("id").to_pylist() for g in order
     ]
     assert highest[0] <= budget_groups * group_bytes
+
+
+def test_clearing_while_a_worker_waits_on_a_span_not_yet_fetched_lets_it_read_its_row_group_alone(tmp_path) -> None:
+    """A span whose queued fetch ``clear`` cancels is never fetched: a worker waiting on it must not wait forever.
+
+    The reader clears when an iteration ends; after ``loader.close()`` from another thread the next
+    iteration may already be reading when the old one's end clears.
+    """
+    path, footer, _ = _parquet(tmp_path, groups=2)
+    columns = ["id"]
+    ranges = lambda g: column_ranges(footer, g, columns)  # noqa: E731
+    data = pathlib.Path(path).read_bytes()
+    read_ahead = ReadAhead(budget=10**9)
+    busy = [_CountingFile(data, failures=1) for _ in range(4)]  # their fetches hold every I/O thread
+    for file, counting in enumerate(busy, start=1):
+        remote = pa.PythonFile(counting, mode="r")
+        read_ahead.schedule(file, 0, 0, lambda r=remote: (ranges, r), (ranges, remote))
+    for counting in busy:
+        assert counting.failing.wait(10)
+    last = pa.PythonFile(_CountingFile(data), mode="r")
+    read_ahead.schedule(0, 1, 0, lambda: (ranges, last), (ranges, last))  # claimed, its fetch queued behind them
+    got: list[pa.Table] = []
+    worker = threading.Thread(
+        target=lambda: got.append(read_ahead.read(0, 1, 0, ranges, last, _decode(footer, 1, columns))), daemon=True
+    )
+    worker.start()
+    time.sleep(0.2)  # the worker waits on the queued span
+    clearing = threading.Thread(target=read_ahead.clear)
+    clearing.start()
+    time.sleep(0.2)  # clear() has cancelled the queued fetch and waits for the I/O threads
+    for counting in busy:
+        counting.fail.set()
+    clearing.join(10)
+    worker.join(10)
+    assert not clearing.is_alive() and not worker.is_alive()
+    assert got[0].column("id").to_pylist() == list(range(1000, 2000))
+    assert read_ahead.held == 0

@@ -252,12 +252,22 @@ class ReadAhead:
             self._release(span, row_group)
 
     def clear(self) -> None:
-        """Stops the I/O threads and drops every span: the iteration ended, its rows will not be read."""
+        """Stops the I/O threads and drops every span: the iteration ended, its rows will not be read.
+
+        A worker may still be waiting on a span whose queued fetch this cancels (after
+        ``loader.close()`` from another thread, the next iteration can be reading when the old
+        one's end clears): such a span is marked failed, so that the worker reads its row group
+        alone instead of waiting forever.
+        """
         with self._lock:
             io_threads, self._io = self._io, None  # _pump claims nothing more
         if io_threads is not None:
             io_threads.shutdown(wait=True, cancel_futures=True)
         with self._lock:
+            for span in self._spans.values():
+                if not span.ready.is_set():
+                    span.failed = True
+                    span.ready.set()
             self._spans.clear()
             self._wanted.clear()
             self._held = 0
