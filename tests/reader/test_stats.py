@@ -69,6 +69,25 @@ def test_a_slow_reader_is_input_bound_and_the_log_says_what_to_try(converter, ca
     assert "try workers_count=2" in line and "reader_pool_type='process'" in line
 
 
+def _slow_first_file_only(frame):
+    time.sleep(0.1)
+    return frame[frame["id"] < 250]  # the rows of the other files are read, and dropped
+
+
+def test_waiting_for_rows_that_a_transform_drops_at_an_epochs_end_counts_as_waiting(converter) -> None:
+    """The loop's last ``next()`` of an epoch waits while the rest is read; without it the rates are inflated."""
+    with converter.make_numpy_iterator(
+        batch_size=250, num_epochs=1, workers_count=1, transform_fn=_slow_first_file_only, shuffle_row_groups=False
+    ) as batches:
+        started = time.perf_counter()
+        assert sum(len(batch["id"]) for batch in batches) == 250  # the first file's rows come first
+        elapsed = time.perf_counter() - started
+        stats = batches.stats()
+    assert stats["wait_seconds"] >= 4 * 0.1
+    assert stats["seconds"] >= 0.8 * elapsed
+    assert stats["rows_per_second"] <= 1.25 * 250 / elapsed
+
+
 def test_an_epoch_left_early_still_counts(converter) -> None:
     with converter.make_numpy_iterator(batch_size=10, num_epochs=1) as batches:
         for number, _ in enumerate(batches, 1):

@@ -481,6 +481,8 @@ class Reader(Generic[C]):
                     step += asked - ready
                 if self._token is not token:  # closed meanwhile: the epoch did not end
                     return
+                ended = clock()  # the loop's last ask waited for the epoch's end (for rows filters drop, say)
+                wait, asked = wait + ended - asked, ended
                 if bar is not None:
                     bar.close()
                     bar = None
