@@ -10,6 +10,8 @@ from __future__ import annotations
 import itertools
 import json
 import tempfile
+import threading
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -336,6 +338,42 @@ def test_a_state_saved_after_a_finished_iteration_resumes_with_the_next_epoch(tm
         assert len(resumed) == len(second) > 0
         again = [x["id"] for x in resumed]
     assert len(again) == len(second) and all(np.array_equal(x, y) for x, y in zip(second, again, strict=True))
+
+
+def test_an_iteration_after_close_from_another_thread_reads_every_row_of_its_epoch(tmp_path: Path) -> None:
+    """A loop closed while inside a step ends at that step's end: its cleanup must not close the next iteration's."""
+    a, b = _write(tmp_path / "a", 60, 0, 10), _write(tmp_path / "b", 60, 1, 10)
+    release, blocked = threading.Event(), threading.Event()
+
+    def transform(frame: Any) -> Any:
+        if 30 in frame["id"].values:  # source a's fourth row group: not needed for the first batch
+            blocked.set()
+            release.wait(30)
+        return frame
+
+    mixture = mix({"a": a, "b": b}, seed=1)
+    kwargs = {"batch_size": 7, "num_epochs": 1, "workers_count": 1, "prefetch": 1, "transform_fn": transform}
+    with mixture.make_numpy_iterator(**kwargs) as loader:
+        seen: list[np.ndarray] = []
+        consumer = threading.Thread(target=lambda: seen.extend(x["id"].copy() for x in loader))
+        consumer.start()
+        deadline = time.monotonic() + 30
+        while not (blocked.is_set() and seen) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.3)  # the loop has used what was read before and waits inside a step
+        loader.close()  # the loop waits for a source's row group: it ends once that read does
+        threading.Timer(0.5, release.set).start()
+        asked = time.monotonic()
+        iterator = iter(loader)  # waits for the closed iteration to end: its cleanup closes the sources
+        assert time.monotonic() - asked >= 0.4
+        again = [x["id"].copy() for x in iterator]
+        consumer.join(30)
+    assert not consumer.is_alive() and seen
+    with mixture.make_numpy_iterator(**{**kwargs, "transform_fn": None}) as loader:
+        next(iter(loader))
+        loader.close()  # in this thread: the closed iteration ends at once
+        expected = [x["id"].copy() for x in loader]
+    assert len(again) == len(expected) and all(np.array_equal(x, y) for x, y in zip(again, expected, strict=True))
 
 
 def _drop_thirds(frame: Any) -> Any:

@@ -409,6 +409,35 @@ def test_close_from_another_thread_ends_the_iteration_without_a_short_batch(data
     assert sizes == [30]  # not the 7 rows left over from the first row group of 37, as if the epoch ended
 
 
+def test_an_iteration_after_close_from_another_thread_starts_once_the_closed_one_has_ended(dataset) -> None:
+    root, manifest = dataset
+    release, calls = threading.Event(), [0]
+
+    def transform(frame: pd.DataFrame) -> pd.DataFrame:
+        calls[0] += 1
+        if calls[0] == 2:
+            release.wait(30)
+        return frame
+
+    kwargs = {"batch_size": 30, "num_epochs": 1, "shuffle_row_groups": False, "prefetch": 1}
+    reader = _reader(root, manifest, transform_fn=transform, **kwargs)
+    sizes: list[int] = []
+    consumer = threading.Thread(target=lambda: sizes.extend(len(batch["id"]) for batch in reader))
+    consumer.start()
+    wait_until(lambda: calls[0] == 2 and len(sizes) == 1, what="the loop waiting for the second row group")
+    time.sleep(0.2)
+    reader.close()  # the loop is inside a step: it ends once that step does
+    threading.Timer(0.5, release.set).start()
+    asked = time.monotonic()
+    again = iter(reader)  # its cleanup (read-ahead, counters) is the closed iteration's, not this one's
+    assert time.monotonic() - asked >= 0.4
+    consumer.join(30)
+    assert not consumer.is_alive() and sizes == [30]
+    ids = _ids(list(again))
+    assert sorted(ids) == list(range(1000))  # the next epoch, whole
+    assert reader.stats()["batches"] == 1 + -(-1000 // 30)
+
+
 # ---------------------------------------------------------------------------------- properties
 
 

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
 import dataclasses
 import gc
 import inspect
 import itertools
 import logging
+import threading
 import time
 import warnings
 import weakref
@@ -211,6 +211,10 @@ class Reader(Generic[C]):
         # The active iteration, weakly: an iterator its user dropped ends and no longer counts.
         self._active: weakref.ref[Generator[C, None, None]] | None = None
         self._token: object | None = None  # the active iteration's; only it moves the position
+        self._finished: threading.Event | None = None  # set once the active iteration has cleaned up
+        # An iteration closed while it ran in another thread: it ends at its next step, and its
+        # cleanup (the read-ahead, the counters) must come before the next iteration starts.
+        self._draining: threading.Event | None = None
         self._pool: OrderedPool[Work, Any] | None = None
         self._counters = Counters()  # every finished epoch's, and the current one's once it ends
         self._current = Counters()  # the epoch being iterated
@@ -385,12 +389,15 @@ class Reader(Generic[C]):
                     "this loader is already being iterated, and that iteration is not finished: finish it, "
                     "close it (loader.close() or iterator.close()), or make a second loader for a second stream"
                 )
+        wait_for_closed(self._draining)
+        self._draining = None
         start, end = self._iteration_range()
         # The position is the new iteration's only from its first batch (see _move): an iterator
         # made and dropped unadvanced (PyTorch Lightning probes a loader so), or one whose first
         # step raised, leaves the reader where it was, resumed remainder included.
         token = self._token = object()
-        stream = self._stream(start, None if self._options.num_epochs is None else end, token)
+        finished = self._finished = threading.Event()
+        stream = signalling_end(self._stream(start, None if self._options.num_epochs is None else end, token), finished)
         self._active = weakref.ref(stream)
         return stream
 
@@ -432,22 +439,27 @@ class Reader(Generic[C]):
         # Worker processes hand NumPy over through shared memory, and the format is made here;
         # worker threads make it themselves.
         exchange = Exchange() if options.reader_pool_type == "process" else None
-        sequence = self._sequence
-        if sequence is not None and sequence.whole_batches:
-            work_fn, receive, cut = self._whole_batches(sequence, exchange)
-        else:
-            work_fn, receive, cut = self._cut_chunks(exchange)
-        clock = time.perf_counter
+        try:
+            sequence = self._sequence
+            if sequence is not None and sequence.whole_batches:
+                work_fn, receive, cut = self._whole_batches(sequence, exchange)
+            else:
+                work_fn, receive, cut = self._cut_chunks(exchange)
+            clock = time.perf_counter
 
-        def timed(work: Work) -> tuple[Any, float]:  # what a worker returns, and its busy seconds
-            started = clock()
-            return work_fn(work), clock() - started
+            def timed(work: Work) -> tuple[Any, float]:  # what a worker returns, and its busy seconds
+                started = clock()
+                return work_fn(work), clock() - started
 
-        pool: OrderedPool[Work, Any] = OrderedPool(
-            timed, options.workers, options.prefetch_pieces, segments.describe, options.reader_pool_type
-        )
-        self._pool = pool
-        raw = pool.imap(self._scheduled(self._work(start, end)))
+            pool: OrderedPool[Work, Any] = OrderedPool(
+                timed, options.workers, options.prefetch_pieces, segments.describe, options.reader_pool_type
+            )
+            self._pool = pool
+            raw = pool.imap(self._scheduled(self._work(start, end)))
+        except BaseException:
+            if exchange is not None:  # its shared-memory directory, left otherwise until the process exits
+                exchange.close()
+            raise
         results = raw if receive is None else ((w, (receive(out), busy)) for w, (out, busy) in raw)
         bar: EpochBar | None = None
         # The epoch's counts, kept in locals (a batch costs two clock reads and two additions)
@@ -458,6 +470,8 @@ class Reader(Generic[C]):
         asked = clock()  # when the consumer asked for the next batch
         try:
             for epoch, items in itertools.groupby(results, key=lambda item: item[0].epoch):
+                if self._token is not token:  # closed from another thread: not this iteration's epoch
+                    return
                 counts = self._current = Counters()
                 if self._progress:
                     bar = self._bar(epoch, start, *self._unit)
@@ -842,13 +856,16 @@ class Reader(Generic[C]):
 
     def close(self) -> None:
         """Ends the current iteration, if any, and stops its reader threads; safe from any thread."""
-        active, self._active, self._token = self._running(), None, None
+        active, finished = self._running(), self._finished
+        self._active, self._token = None, None
         if active is None:
             return
         if self._pool is not None:
             self._pool.shutdown()
-        with contextlib.suppress(ValueError):  # running in another thread (tf.data): it ends at its next step
+        try:
             active.close()
+        except ValueError:  # running in another thread (tf.data): it ends at its next step, and the next
+            self._draining = finished  # iteration waits for it (see __iter__)
 
     def __enter__(self) -> Reader[C]:
         return self
@@ -857,6 +874,35 @@ class Reader(Generic[C]):
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+
+DRAIN_SECONDS = 60.0
+"""How long a new iteration waits for one closed in another thread to end (the pool is shut down:
+it ends at its next step, unless that step is a long transform or read)."""
+
+
+def signalling_end(stream: Generator[C, None, None], finished: threading.Event) -> Generator[C, None, None]:
+    """``stream``, setting ``finished`` once it has ended and cleaned up, however it ends."""
+    try:
+        yield from stream
+    finally:
+        finished.set()
+
+
+def wait_for_closed(finished: threading.Event | None) -> None:
+    """Waits for an iteration closed while it ran in another thread to end (it ends at its next step).
+
+    Its cleanup (the sources' iterators, the read-ahead, the counters) is that iteration's own;
+    run after the next iteration had started, it would close or clear what is now the next one's.
+
+    Raises:
+        RuntimeError: It has not ended within :data:`DRAIN_SECONDS`.
+    """
+    if finished is not None and not finished.wait(DRAIN_SECONDS):
+        raise RuntimeError(
+            f"this loader was closed while another thread iterated it, and that iteration has not ended after "
+            f"{DRAIN_SECONDS:.0f} s (its thread is still inside a step: a transform, a read): iterate again once it has"
+        )
 
 
 def _within(index: int, ends: np.ndarray, limit: tuple[int, int] | None) -> int:

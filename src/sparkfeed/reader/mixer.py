@@ -24,13 +24,13 @@ cuts the same batches again from that state, and the mixer skips the rows used.
 from __future__ import annotations
 
 import collections
-import contextlib
 import dataclasses
 import gc
 import inspect
 import itertools
 import logging
 import math
+import threading
 import time
 import weakref
 from collections.abc import Generator, Iterator, Mapping, Sequence
@@ -42,7 +42,7 @@ import pyarrow as pa
 
 from sparkfeed.reader.batch import NUMPY, BatchFormat, Columns, Signature, numpy_signature
 from sparkfeed.reader.draws import GRANULARITIES, STOPS, Draws, Granularity, Stop
-from sparkfeed.reader.engine import Reader, batches_of
+from sparkfeed.reader.engine import Reader, batches_of, signalling_end, wait_for_closed
 from sparkfeed.reader.progress import EpochBar
 from sparkfeed.reader.sequence import SequencePlan
 from sparkfeed.reader.state import Identity, ReaderState, check_keys, int_field, optional_int_field
@@ -535,6 +535,8 @@ class Mixer(Generic[C]):
         self._supplies: tuple[int, list[int]] | None = None  # a resharded epoch's rows per source, see len()
         self._active: weakref.ref[Generator[C, None, None]] | None = None
         self._token: object | None = None
+        self._finished: threading.Event | None = None  # set once the active iteration has cleaned up
+        self._draining: threading.Event | None = None  # one closed in another thread (see Reader)
 
     def _make_draws(self, seed: int) -> Draws:
         return Draws(
@@ -664,6 +666,8 @@ class Mixer(Generic[C]):
                     "this loader is already being iterated, and that iteration is not finished: finish it, "
                     "close it (loader.close() or iterator.close()), or make a second loader for a second stream"
                 )
+        wait_for_closed(self._draining)  # its cleanup closes the sources: before this iteration opens them
+        self._draining = None
         (epoch, batch), end = self._iteration_range()
         if self._resumed:
             sources = dict(self._pending)
@@ -675,7 +679,9 @@ class Mixer(Generic[C]):
         # iterator made and dropped unadvanced (PyTorch Lightning probes a loader so), or one
         # whose first step raised, leaves the mixer where it was, resumed remainder included.
         token = self._token = object()
+        finished = self._finished = threading.Event()
         stream = self._stream(epoch, batch, sources, None if self._num_epochs is None else end, token)
+        stream = signalling_end(stream, finished)
         self._active = weakref.ref(stream)
         return stream
 
@@ -1106,12 +1112,15 @@ class Mixer(Generic[C]):
 
     def close(self) -> None:
         """Ends the current iteration, if any, and stops every source's reader threads."""
-        active, self._active, self._token = self._running(), None, None
+        active, finished = self._running(), self._finished
+        self._active, self._token = None, None
         if active is not None:
             for source in self._sources:
                 source.reader.close()
-            with contextlib.suppress(ValueError):  # running in another thread (tf.data): it ends at its next step
+            try:
                 active.close()
+            except ValueError:  # running in another thread (tf.data): it ends at its next step, and the
+                self._draining = finished  # next iteration waits for it
 
     def __enter__(self) -> Mixer[C]:
         return self
