@@ -467,6 +467,21 @@ def _bad_transform(spark, tmp_path, monkeypatch) -> str:
     return _raised(lambda: _iterate(_small(spark).make_numpy_iterator(num_epochs=1, transform_fn=lambda frame: None)))
 
 
+class LabelError(Exception):
+    """An exception as user code often writes one: its ``__init__`` does not pass its arguments on."""
+
+    def __init__(self, label: str, row: int) -> None:
+        super().__init__(f"row {row} has no label {label!r}")
+
+
+def _unsendable(spark, tmp_path, monkeypatch) -> str:
+    def transform(frame: Any) -> Any:
+        raise LabelError("cat", 3)
+
+    loader = _small(spark).make_numpy_iterator(num_epochs=1, transform_fn=transform, reader_pool_type="process")
+    return _raised(lambda: _iterate(loader))
+
+
 def _no_such_column(spark, tmp_path, monkeypatch) -> str:
     return _raised(lambda: _small(spark).make_numpy_iterator(schema_fields=["label"]))
 
@@ -509,6 +524,7 @@ TRIGGERS: dict[str, Callable[[Any, Path, pytest.MonkeyPatch], str]] = {
     "reuseauto-converts-again": _not_reused,
     "a-framework-is-not-installed": _no_torch,
     "a-transform-that-returns-something-else": _bad_transform,
+    "an-exception-from-a-worker-process-that-cannot-travel": _unsendable,
     "schema_fields-naming-no-column": _no_such_column,
     "java-is-missing": _no_java,
 }
