@@ -349,6 +349,16 @@ def test_batch_size_none_means_32_and_a_bad_one_names_itself(mixed) -> None:
         mixed.make_tf_dataset(batch_size=0)
 
 
+def test_prefetch_takes_tf_data_autotune_as_petastorm_passed_it_on(mixed) -> None:
+    # Petastorm handed prefetch to dataset.prefetch as it was: tf.data.AUTOTUNE (-1) was refused here.
+    for prefetch in (tf.data.AUTOTUNE, tf.data.experimental.AUTOTUNE, 0, 3):
+        with mixed.make_tf_dataset(32, prefetch, 1, shuffle_row_groups=False) as dataset:
+            assert _ids(dataset) == list(range(300))
+    for bad in (-2, 2.0, True, "auto"):
+        with pytest.raises(ValueError, match=rf"^prefetch={bad!r} is not allowed: it must be an integer >= 0, tf"):
+            mixed.make_tf_dataset(32, bad, 1)
+
+
 def test_graph_mode_one_shot_iterator_in_a_session(mixed) -> None:
     # Petastorm's test_primitive, as its users write it: TF1 graph mode, a Session, namedtuples of NumPy.
     with tf.Graph().as_default():

@@ -245,7 +245,7 @@ class SparkDatasetConverter:
         Args:
             batch_size: Rows per batch; the last batch of each epoch may be smaller. None means
                 32, as in Petastorm.
-            prefetch: The tf.data prefetch buffer, as in Petastorm (None: ``tf.data.AUTOTUNE``);
+            prefetch: The tf.data prefetch buffer, as in Petastorm (None or ``tf.data.AUTOTUNE``: autotuned);
                 the reader reads ahead by its default.
             num_epochs: Passes over the data per iteration of the dataset; None repeats forever.
             workers_count: Reader threads.

@@ -98,6 +98,25 @@ def _sorted_sets(item: Any) -> Any:
     return item
 
 
+TF_AUTOTUNE = -1
+"""``tf.data.AUTOTUNE`` (``tf.data.experimental.AUTOTUNE``), whose value TensorFlow has kept since 1.14."""
+
+
+def check_tf_prefetch(prefetch: object) -> int | None:
+    """``make_tf_dataset``'s ``prefetch``: the tf.data buffer in batches, ``tf.data.AUTOTUNE``, or None (AUTOTUNE).
+
+    Petastorm handed it to ``dataset.prefetch`` as it was, so ``tf.data.AUTOTUNE`` (-1) is
+    accepted as TensorFlow takes it; other negative numbers are refused, as TensorFlow would.
+    """
+    if prefetch is None:
+        return None
+    if isinstance(prefetch, (int, np.integer)) and not isinstance(prefetch, bool) and prefetch >= TF_AUTOTUNE:
+        return int(prefetch)
+    raise ValueError(
+        f"prefetch={prefetch!r} is not allowed: it must be an integer >= 0, tf.data.AUTOTUNE (-1), or None (AUTOTUNE)"
+    )
+
+
 def is_field_predicate(predicate: object) -> bool:
     """Whether a predicate is Petastorm-style, with ``get_fields()`` and ``do_include(frame)``."""
     return callable(getattr(predicate, "get_fields", None)) and callable(getattr(predicate, "do_include", None))

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from sparkfeed.loader import Batches
+from sparkfeed.options import check_tf_prefetch
 from sparkfeed.reader.batch import Columns
 from sparkfeed.reader.sequence import LENGTHS, SequencePlan
 from sparkfeed.types import FrameworkView, array_view, framework_view
@@ -83,7 +84,7 @@ class TfDatasetContext:
             ``batch_size`` rows but at the end of an epoch.
         batch_size: Rows per batch.
         num_epochs: Epochs per iteration of the dataset (None: forever).
-        prefetch: tf.data prefetch buffer (None: AUTOTUNE).
+        prefetch: tf.data prefetch buffer, or ``tf.data.AUTOTUNE`` (None: AUTOTUNE).
         drop_last: Leave out each epoch's short last batch.
         sequence: Whether the reader batches sequences (``sequence=``): it then reads each batch
             as it is yielded, padded to its own longest row, instead of larger ones to cut.
@@ -99,10 +100,7 @@ class TfDatasetContext:
         sequence: bool = False,
     ) -> None:
         self._tf = import_tf()
-        if prefetch is not None:
-            if isinstance(prefetch, bool) or not isinstance(prefetch, (int, np.integer)) or prefetch < 0:
-                raise ValueError(f"prefetch={prefetch!r} is not allowed: it must be an integer >= 0 or None (AUTOTUNE)")
-            prefetch = int(prefetch)
+        prefetch = check_tf_prefetch(prefetch)
         if not isinstance(drop_last, (bool, np.bool_)):
             raise ValueError(f"drop_last={drop_last!r} is not allowed: it must be a bool")
         drop_last = bool(drop_last)
