@@ -188,6 +188,24 @@ def test_numpy_row_group_size_is_stored_as_a_python_int() -> None:
             MaterializeOptions(bad)  # type: ignore[arg-type]
 
 
+def test_a_numpy_dtype_is_stored_by_its_name(spark) -> None:
+    # np.dtype("float64") == "float64", so Petastorm took it; here it reached the manifest's JSON and failed there.
+    for given, name in ((np.dtype("float64"), "float64"), (np.dtype("float32"), "float32"), (np.float64, "float64")):
+        stored = MaterializeOptions(dtype=given).dtype  # type: ignore[arg-type]
+        assert stored == name and type(stored) is str
+    for bad in (np.dtype("float16"), np.floating, float):
+        with pytest.raises(ValueError, match=re.escape(f"dtype={bad!r} is not allowed: it must be None or one of")):
+            MaterializeOptions(dtype=bad)  # type: ignore[arg-type]
+    df = spark.range(6).selectExpr("id", "CAST(id AS DOUBLE) / 3 AS x")
+    converter = make_spark_converter(df, dtype=np.dtype("float64"))
+    assert converter.manifest.options["dtype"] == "float64"
+    assert make_spark_converter(df, dtype="float64").cache_dir_url == converter.cache_dir_url
+    with converter.make_numpy_iterator(6, 1, shuffle_row_groups=False) as batches:
+        assert next(iter(batches))["x"].tolist() == [i / 3 for i in range(6)]
+    reopened = make_spark_converter(converter.cache_dir_url, dtype=np.dtype("float64"))  # as it was written
+    assert reopened.manifest.options["dtype"] == "float64"
+
+
 def test_numpy_scalars_through_the_public_api(spark) -> None:
     df = spark.range(40)
     converter = make_spark_converter(df, parquet_row_group_size_bytes=np.int64(1024))

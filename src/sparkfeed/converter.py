@@ -324,8 +324,9 @@ def make_spark_converter(
         parquet_row_group_size_bytes: Target row-group size; a row group is the unit of reading
             and shuffling.
         compression_codec: None or 'uncompressed', 'snappy', 'zstd', 'lz4', 'gzip'.
-        dtype: Precision of floating columns, vectors and decimals: 'float32', 'float64', or
-            None to keep each column's own (decimals then become float64).
+        dtype: Precision of floating columns, vectors and decimals: 'float32', 'float64' (or
+            their NumPy dtypes, taken by name), or None to keep each column's own (decimals then
+            become float64).
         cache_dir: Parent directory URL of the cache. Defaults to the Spark conf
             ``sparkfeed.cacheDir``, then ``petastorm.spark.converter.parentCacheDirUrl``, then
             the ``SPARKFEED_CACHE_DIR`` environment variable, then this user's own directory
@@ -382,18 +383,18 @@ def make_spark_converter(
         if cache is not None:
             manifest, marker = cache
             written = manifest.options.get("dtype")
-            if dtype != DEFAULT_DTYPE and dtype != written:
+            if options.dtype != DEFAULT_DTYPE and options.dtype != written:
                 raise ValueError(
-                    f"dtype={dtype!r} cannot apply to the sparkfeed cache {location} opened by path: it was written "
-                    f"with dtype={written!r} and is read as it was written; leave dtype out, or convert the "
-                    f"DataFrame again with dtype={dtype!r}"
+                    f"dtype={options.dtype!r} cannot apply to the sparkfeed cache {location} opened by path: it was "
+                    f"written with dtype={written!r} and is read as it was written; leave dtype out, or convert the "
+                    f"DataFrame again with dtype={options.dtype!r}"
                 )
             if marker is not None and marker.get("keep") is True:
                 mark_used(location)  # `cache clean --older-than` then leaves it while this process runs
             log.info("opened the sparkfeed cache %s by path: it is read in place and never deleted", location)
             return SparkDatasetConverter(location, manifest)
-        done = describe(location, options={"dtype": dtype, "source": "path"})
-        _note_narrowed_floats(done.manifest, dtype)
+        done = describe(location, options={"dtype": options.dtype, "source": "path"})
+        _note_narrowed_floats(done.manifest, options.dtype)
         return SparkDatasetConverter(done.location, done.manifest)
     if not (hasattr(df, "sparkSession") and hasattr(df, "write")):
         raise TypeError(f"make_spark_converter takes a Spark DataFrame or a Parquet path, not {type(df).__name__}")

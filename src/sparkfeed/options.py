@@ -8,6 +8,7 @@ range allowed.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import inspect
@@ -145,13 +146,20 @@ class MaterializeOptions:
         # One spelling per codec, so the cache key compares what is written: None and 'uncompressed' (as
         # Petastorm, which turns None into 'uncompressed' before comparing caches), 'SNAPPY' and 'snappy'.
         _store(self, "compression_codec", None if codec is None or codec.lower() == "uncompressed" else codec.lower())
-        if self.dtype is not None and self.dtype not in FLOAT_DTYPES:
+        dtype = self.dtype
+        if isinstance(dtype, np.dtype) or (isinstance(dtype, type) and issubclass(dtype, np.generic)):
+            # np.dtype("float32") equals "float32", so Petastorm took it; it is stored by its name, which
+            # the manifest (JSON) and the cache key hold, rather than failing there.
+            with contextlib.suppress(TypeError):  # an abstract type (np.floating) stays as it is, and is refused
+                dtype = np.dtype(dtype).name
+        if dtype is not None and (not isinstance(dtype, str) or dtype not in FLOAT_DTYPES):
             # Petastorm's words inside ours, for code and searches that know its message.
             raise ValueError(
                 f"dtype={self.dtype!r} is not allowed: it must be None or one of {FLOAT_DTYPES} (dtype {self.dtype} "
                 "is not supported: Spark writes the cache's floats as float32 or float64; cast to another "
                 "precision in a transform_fn or in the training step)"
             )
+        _store(self, "dtype", None if dtype is None else str(dtype))
 
     @property
     def codec(self) -> str:
