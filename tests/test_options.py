@@ -142,6 +142,18 @@ def test_bad_values_through_the_public_api(spark) -> None:
         converter.make_numpy_iterator(schema_fields=["nope"])
 
 
+def test_batch_size_none_is_refused_by_name_where_it_does_not_mean_32(spark) -> None:
+    # make_torch_dataloader and make_tf_dataset take None as 32 (Petastorm's meaning); the NumPy and JAX
+    # loaders, which Petastorm did not have, failed on it with "unsupported operand type(s) for *".
+    pytest.importorskip("jax")
+    converter = make_spark_converter(spark.range(3))
+    for make in (converter.make_numpy_iterator, converter.make_jax_iterator):
+        with pytest.raises(ValueError, match=re.escape("batch_size=None is not allowed: it must be an integer >= 1")):
+            make(None, 1)  # type: ignore[arg-type]
+    with converter.make_torch_dataloader(None, 1) as loader:
+        assert [len(batch["id"]) for batch in loader] == [3]
+
+
 INT_OPTIONS = {
     "batch_size": 32,
     "num_epochs": 2,

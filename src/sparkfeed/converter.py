@@ -148,9 +148,9 @@ class SparkDatasetConverter:
         self._check_alive()
         if chunk_batches > 1:  # an epoch's short last batch stays in its chunk: see BatchesFactory
             kwargs["drop_last"] = False
-        options = reader_options(
-            batch_size=batch_size * chunk_batches, num_epochs=num_epochs, workers_count=workers_count, **kwargs
-        )
+            batch_size *= chunk_batches  # the TF dataset's, checked as the user gave it (see tf_dataset)
+        # else the user's own value, which the options check: None * 1 would fail here, naming nothing
+        options = reader_options(batch_size=batch_size, num_epochs=num_epochs, workers_count=workers_count, **kwargs)
         return Reader(self._location, self._manifest, options, fmt)
 
     @known_keywords
