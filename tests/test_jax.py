@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -110,6 +111,22 @@ def test_device_and_sharding_are_exclusive(regression) -> None:
         regression.make_jax_iterator(
             device=jax.devices()[0], sharding=jax.sharding.SingleDeviceSharding(jax.devices()[0])
         )
+
+
+def test_a_device_or_sharding_of_another_type_is_refused_when_the_iterator_is_made(regression) -> None:
+    # They reached jax.device_put in a reader thread, and failed only once the loop had begun.
+    cpu = jax.devices()[0]
+    for kwargs, words in (
+        ({"device": "cpu"}, "device='cpu' is not allowed: it must be a jax.Device"),
+        ({"device": 0}, "device=0 is not allowed: it must be a jax.Device"),
+        ({"sharding": "batch"}, "sharding='batch' is not allowed: it must be a jax.sharding.Sharding"),
+        ({"sharding": cpu}, f"sharding={cpu!r} is not allowed: it must be a jax.sharding.Sharding"),
+    ):
+        with pytest.raises(ValueError, match=re.escape(words)):
+            regression.make_jax_iterator(100, 1, **kwargs)
+    for kwargs in ({"device": cpu}, {"device": jax.sharding.SingleDeviceSharding(cpu)}, {"sharding": None}):
+        with regression.make_jax_iterator(1000, 1, **kwargs) as batches:
+            assert sorted(int(i) for batch in batches for i in batch["id"]) == list(range(2000))
 
 
 def test_missing_jax_names_the_extra(regression, monkeypatch) -> None:

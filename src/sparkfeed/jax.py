@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from sparkfeed.loader import Batches, ReaderLoader
+from sparkfeed.options import check_placement
 from sparkfeed.reader.batch import NUMPY, BatchFormat, Columns, Signature, numpy_signature
 from sparkfeed.types import array_view
 
@@ -47,9 +48,8 @@ def import_jax() -> ModuleType:
 
 
 def _target(device: Any, sharding: Any) -> Any:
-    """Where batches go: the sharding, else the device (None: JAX's default device)."""
-    if device is not None and sharding is not None:
-        raise ValueError("give device or sharding, not both")
+    """Where batches go: the sharding, else the device (None: JAX's default device); checked by the options."""
+    check_placement(import_jax(), device, sharding)
     return sharding if sharding is not None else device
 
 

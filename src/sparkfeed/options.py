@@ -118,6 +118,26 @@ def check_tf_prefetch(prefetch: object) -> int | None:
     )
 
 
+def check_placement(jax: Any, device: object, sharding: object) -> None:
+    """``make_jax_iterator``'s ``device`` and ``sharding``: at most one, each of its JAX type.
+
+    Checked where the iterator is made: anything else reached ``jax.device_put`` in a reader
+    thread, and failed only once iterated. ``jax`` is the module, imported by the caller.
+    """
+    if device is not None and sharding is not None:
+        raise ValueError("give device or sharding, not both")
+    if device is not None and not isinstance(device, jax.Device | jax.sharding.Sharding):
+        raise ValueError(
+            f"device={device!r} is not allowed: it must be a jax.Device, such as jax.devices()[0] "
+            "(jax.devices('cpu')[0] for a platform by name), or None for JAX's default device"
+        )
+    if sharding is not None and not isinstance(sharding, jax.sharding.Sharding):
+        raise ValueError(
+            f"sharding={sharding!r} is not allowed: it must be a jax.sharding.Sharding, such as "
+            "NamedSharding(mesh, PartitionSpec('batch')), or None"
+        )
+
+
 def is_field_predicate(predicate: object) -> bool:
     """Whether a predicate is Petastorm-style, with ``get_fields()`` and ``do_include(frame)``."""
     return callable(getattr(predicate, "get_fields", None)) and callable(getattr(predicate, "do_include", None))
