@@ -363,17 +363,20 @@ def make_spark_converter(
     run = ConversionRun(progress, reuse, keep)
     if isinstance(df, (str, os.PathLike)):
         location = Location.parse(df, options=storage_options, filesystem=filesystem)
+        # The options that only writing a cache uses, by name, with their values where not the default.
         given = {
-            "parquet_row_group_size_bytes": parquet_row_group_size_bytes != DEFAULT_ROW_GROUP_SIZE_BYTES,
-            "compression_codec": compression_codec is not None,
-            "cache_dir": cache_dir is not None,
-            "reuse": reuse != "process",
-            "progress": progress,
+            name: value
+            for name, value, default in (
+                ("parquet_row_group_size_bytes", parquet_row_group_size_bytes, DEFAULT_ROW_GROUP_SIZE_BYTES),
+                ("compression_codec", compression_codec, None),
+                ("cache_dir", cache_dir, None),
+                ("reuse", reuse, "process"),
+                ("progress", progress, False),
+            )
+            if (value is not None if default is None else value != default)
         }
-        values = {"parquet_row_group_size_bytes": parquet_row_group_size_bytes, "compression_codec": compression_codec}
-        values.update(cache_dir=cache_dir, reuse=reuse, progress=progress)
-        if any(given.values()):
-            named = ", ".join(f"{name}={values[name]!r}" for name, set_ in given.items() if set_)
+        if given:
+            named = ", ".join(f"{name}={value!r}" for name, value in given.items())
             raise ValueError(
                 f"{named} cannot apply to a dataset opened by path ({location}): it is read in place, as it was "
                 "written, and nothing is written or reused; leave them out, or convert a DataFrame to write a cache "
