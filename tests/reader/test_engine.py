@@ -52,6 +52,15 @@ def test_one_epoch_yields_every_row_once_with_a_last_partial_batch(converter) ->
     np.testing.assert_array_equal(pair, np.stack([ids, ids + 1], axis=1))
 
 
+def test_len_of_a_loader_of_countless_epochs_is_computed_not_counted(converter) -> None:
+    """num_epochs=sys.maxsize is a common "forever": len() (and a TF dataset's cardinality) must not loop over it."""
+    with converter.make_numpy_iterator(batch_size=128, num_epochs=10**15) as batches:  # a loop: four years
+        assert len(batches) == 10**15 * 24
+        next(iter(batches))
+        with converter.make_numpy_iterator(batch_size=128, num_epochs=3, drop_last=True) as few:
+            assert len(few) == 3 * 23
+
+
 def test_drop_last_leaves_out_only_each_epochs_short_batch(converter) -> None:
     kwargs = {"batch_size": 128, "num_epochs": 2, "seed": 5, "shuffling_queue_capacity": 500}
     with converter.make_numpy_iterator(**kwargs) as batches:

@@ -376,6 +376,16 @@ def test_an_iteration_after_close_from_another_thread_reads_every_row_of_its_epo
     assert len(again) == len(expected) and all(np.array_equal(x, y) for x, y in zip(again, expected, strict=True))
 
 
+def test_len_of_countless_epochs_of_a_mixture_is_refused_not_counted_forever(tmp_path: Path) -> None:
+    a, b = _write(tmp_path / "a", 60, 0, 30), _write(tmp_path / "b", 60, 1, 30)
+    mixture = mix({"a": a, "b": b}, seed=1)
+    with mixture.make_numpy_iterator(batch_size=7, num_epochs=2**63 - 1, workers_count=1) as loader:
+        with pytest.raises(TypeError, match=r"epochs are more than 10,000: pass fewer num_epochs"):
+            len(loader)
+        assert loader.batch_count(7, False) is None  # a TF dataset's cardinality: unknown
+        assert next(iter(loader))["id"].shape == (7,)
+
+
 def _drop_thirds(frame: Any) -> Any:
     return frame[frame["id"] % 3 != 0]
 

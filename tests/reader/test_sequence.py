@@ -12,6 +12,7 @@ import gc
 import itertools
 import json
 import re
+import sys
 import warnings
 import weakref
 from collections.abc import Iterator
@@ -320,6 +321,19 @@ def test_sharded_bucketing_or_packing_gives_every_rank_the_same_batch_count(
     else:
         assert _same(head + rest, limited[last][0])
         assert _same(following, limited[last][1])
+
+
+@pytest.mark.parametrize("mode", ["bucket", "pack"])
+def test_len_of_countless_epochs_of_bucketed_or_packed_batches_is_refused_not_counted_forever(
+    dataset, mode: str
+) -> None:
+    root, manifest = dataset
+    with _reader(root, manifest, **_sequence_options(mode, num_epochs=sys.maxsize)) as reader:
+        with pytest.raises(TypeError, match=r"9223372036854775807 epochs are more than 10,000: pass fewer num_epochs"):
+            len(reader)
+        assert reader.batch_count(reader._options.batch_size, reader._options.drop_last) is None  # TF: unknown
+    with _reader(root, manifest, **_sequence_options(mode, num_epochs=10_000)) as reader:
+        assert reader.batch_count(reader._options.batch_size, reader._options.drop_last) is not None
 
 
 @pytest.mark.parametrize("mode", ["bucket", "pack"])

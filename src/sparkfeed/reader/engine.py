@@ -287,6 +287,9 @@ class Reader(Generic[C]):
                     "how many batches its rows make depends on which rows there are and their lengths, known only "
                     "as they are read"
                 )
+            start, end = self._iteration_range()
+            if end - start.epoch > COUNTED_EPOCHS:
+                raise TypeError(too_many_epochs(end - start.epoch))
             return self._sequence_count()
         return self._count(self._options.batch_size, self._options.drop_last)
 
@@ -304,7 +307,9 @@ class Reader(Generic[C]):
             return None
         if not self.counts_batches:
             same = (batch_size, drop_last) == (self._options.batch_size, self._options.drop_last)
-            return self._sequence_count() if same and not self.filters_rows else None
+            start, end = self._iteration_range()
+            countable = same and not self.filters_rows and end - start.epoch <= COUNTED_EPOCHS
+            return self._sequence_count() if countable else None
         return self._count(batch_size, drop_last)
 
     def _sequence_count(self) -> int:
@@ -338,8 +343,12 @@ class Reader(Generic[C]):
 
     def _count(self, batch_size: int, drop_last: bool) -> int:
         start, end = self._iteration_range()
-        epochs = range(start.epoch, end)
-        return sum(batches_of(self._epoch_rows(epoch, start), batch_size, drop_last) for epoch in epochs)
+        if end <= start.epoch:
+            return 0
+        # Every epoch after the first (a resumed one may be partly read) holds the same rows: no
+        # loop over them, which num_epochs=sys.maxsize ("forever") would never finish.
+        first = batches_of(self._epoch_rows(start.epoch, start), batch_size, drop_last)
+        return first + (end - start.epoch - 1) * batches_of(self._rows, batch_size, drop_last)
 
     def _epoch_rows(self, epoch: int, start: Position) -> int:
         """Rows of ``epoch`` in an iteration starting at ``start``: what remains of a resumed first epoch."""
@@ -874,6 +883,21 @@ class Reader(Generic[C]):
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+
+COUNTED_EPOCHS = 10_000
+"""The most epochs whose batches ``len()`` counts one by one (bucketed or packed sequences,
+mixtures: each epoch's draws or lengths differ): a count of ``num_epochs=sys.maxsize`` would
+never end. More is refused by ``len()`` and leaves a TF dataset's cardinality unknown."""
+
+
+def too_many_epochs(epochs: int) -> str:
+    """Why ``len()`` of an iteration of ``epochs`` epochs, counted one by one, is refused."""
+    return (
+        f"len() counts the batches of each epoch of this loader one by one (their number varies from epoch to "
+        f"epoch), and {epochs} epochs are more than {COUNTED_EPOCHS:,}: pass fewer num_epochs, or num_epochs=None "
+        "for an endless loader"
+    )
 
 
 DRAIN_SECONDS = 60.0

@@ -42,7 +42,14 @@ import pyarrow as pa
 
 from sparkfeed.reader.batch import NUMPY, BatchFormat, Columns, Signature, numpy_signature
 from sparkfeed.reader.draws import GRANULARITIES, STOPS, Draws, Granularity, Stop
-from sparkfeed.reader.engine import Reader, batches_of, signalling_end, wait_for_closed
+from sparkfeed.reader.engine import (
+    COUNTED_EPOCHS,
+    Reader,
+    batches_of,
+    signalling_end,
+    too_many_epochs,
+    wait_for_closed,
+)
 from sparkfeed.reader.progress import EpochBar
 from sparkfeed.reader.sequence import SequencePlan
 from sparkfeed.reader.state import Identity, ReaderState, check_keys, int_field, optional_int_field
@@ -578,6 +585,9 @@ class Mixer(Generic[C]):
         :attr:`Reader.num_rows <sparkfeed.reader.Reader.num_rows>`: with ``"first_exhausted"``
         an upper bound for filters and predicates, which only make a source run out sooner.
         """
+        (start, _), end = self._iteration_range()
+        if self._num_epochs is not None and end - start > COUNTED_EPOCHS:
+            raise TypeError(too_many_epochs(end - start))
         count = self.batch_count(self._identity.batch_size, self._identity.drop_last)
         if count is None and self._num_epochs is not None:
             raise TypeError(
@@ -592,6 +602,7 @@ class Mixer(Generic[C]):
     def batch_count(self, batch_size: int, drop_last: bool) -> int | None:
         """Batches of ``batch_size`` rows that the next iteration's epochs make; None when it has no end.
 
+        None too past :data:`~sparkfeed.reader.engine.COUNTED_EPOCHS` epochs, each counted one by one.
         With ``stop="first_exhausted"`` each epoch's end follows from the draws and the sources'
         rows per epoch (see :meth:`__len__`). With sequences, the sources' own batches are
         counted (``batch_size`` and ``drop_last`` are theirs; bucketed or packed ones from their
@@ -604,6 +615,8 @@ class Mixer(Generic[C]):
                 return None
             batch_size, drop_last = 1, False  # the draws count the sources' batches
         (start, first), end = self._iteration_range()
+        if end - start > COUNTED_EPOCHS:
+            return None  # each epoch's draws differ: counted one by one (see COUNTED_EPOCHS)
         epochs = range(start, end)
         return sum(batches_of(self._epoch_rows(e, first if e == start else 0), batch_size, drop_last) for e in epochs)
 
