@@ -14,6 +14,7 @@ import functools
 import inspect
 import math
 import os
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal, TypedDict, TypeVar
 
@@ -167,11 +168,18 @@ class MaterializeOptions:
         # Petastorm, which turns None into 'uncompressed' before comparing caches), 'SNAPPY' and 'snappy'.
         _store(self, "compression_codec", None if codec is None or codec.lower() == "uncompressed" else codec.lower())
         dtype = self.dtype
-        if isinstance(dtype, np.dtype) or (isinstance(dtype, type) and issubclass(dtype, np.generic)):
+        if isinstance(dtype, np.dtype):
             # np.dtype("float32") equals "float32", so Petastorm took it; it is stored by its name, which
             # the manifest (JSON) and the cache key hold, rather than failing there.
-            with contextlib.suppress(TypeError):  # an abstract type (np.floating) stays as it is, and is refused
-                dtype = np.dtype(dtype).name
+            dtype = dtype.name
+        elif isinstance(dtype, type) and issubclass(dtype, np.generic):
+            # np.float32 too; an abstract type (np.floating) stays as it is, and is refused: NumPy 1
+            # makes it float64 (with a DeprecationWarning), NumPy 2 refuses it.
+            with warnings.catch_warnings(), contextlib.suppress(TypeError):
+                warnings.simplefilter("ignore", DeprecationWarning)
+                concrete = np.dtype(dtype)
+                if concrete.type is dtype:
+                    dtype = concrete.name
         if dtype is not None and (not isinstance(dtype, str) or dtype not in FLOAT_DTYPES):
             # Petastorm's words inside ours, for code and searches that know its message.
             raise ValueError(
