@@ -386,7 +386,10 @@ def test_states_of_shards_that_did_and_did_not_start_their_iteration_reshard_tog
     assert sorted(seen + rest) == list(range(1000))
 
 
-def test_close_from_another_thread_ends_the_iteration_without_a_short_batch(dataset) -> None:
+def _loop_inside_a_step(
+    dataset: tuple[Path, Manifest],
+) -> tuple[Reader[Any], threading.Event, list[int], threading.Thread]:
+    """A loop in its own thread that has one batch and waits for the second row group, held until ``release``."""
     root, manifest = dataset
     release, calls = threading.Event(), [0]
 
@@ -403,6 +406,11 @@ def test_close_from_another_thread_ends_the_iteration_without_a_short_batch(data
     consumer.start()
     wait_until(lambda: calls[0] == 2 and len(sizes) == 1, what="the loop waiting for the second row group")
     time.sleep(0.2)
+    return reader, release, sizes, consumer
+
+
+def test_close_from_another_thread_ends_the_iteration_without_a_short_batch(dataset) -> None:
+    reader, release, sizes, consumer = _loop_inside_a_step(dataset)
     reader.close()  # from another thread than the loop's, as a tf.data or a signal handler may
     release.set()
     consumer.join(30)
@@ -410,22 +418,7 @@ def test_close_from_another_thread_ends_the_iteration_without_a_short_batch(data
 
 
 def test_an_iteration_after_close_from_another_thread_starts_once_the_closed_one_has_ended(dataset) -> None:
-    root, manifest = dataset
-    release, calls = threading.Event(), [0]
-
-    def transform(frame: pd.DataFrame) -> pd.DataFrame:
-        calls[0] += 1
-        if calls[0] == 2:
-            release.wait(30)
-        return frame
-
-    kwargs = {"batch_size": 30, "num_epochs": 1, "shuffle_row_groups": False, "prefetch": 1}
-    reader = _reader(root, manifest, transform_fn=transform, **kwargs)
-    sizes: list[int] = []
-    consumer = threading.Thread(target=lambda: sizes.extend(len(batch["id"]) for batch in reader))
-    consumer.start()
-    wait_until(lambda: calls[0] == 2 and len(sizes) == 1, what="the loop waiting for the second row group")
-    time.sleep(0.2)
+    reader, release, sizes, consumer = _loop_inside_a_step(dataset)
     reader.close()  # the loop is inside a step: it ends once that step does
     threading.Timer(0.5, release.set).start()
     asked = time.monotonic()
