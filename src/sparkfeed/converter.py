@@ -373,7 +373,7 @@ def make_spark_converter(
                 ("reuse", reuse, "process"),
                 ("progress", progress, False),
             )
-            if (value is not None if default is None else value != default)
+            if value != default
         }
         if given:
             named = ", ".join(f"{name}={value!r}" for name, value in given.items())

@@ -287,9 +287,8 @@ class Reader(Generic[C]):
                     "how many batches its rows make depends on which rows there are and their lengths, known only "
                     "as they are read"
                 )
-            start, end = self._iteration_range()
-            if end - start.epoch > COUNTED_EPOCHS:
-                raise TypeError(too_many_epochs(end - start.epoch))
+            if self._epochs_left() > COUNTED_EPOCHS:
+                raise TypeError(too_many_epochs(self._epochs_left()))
             return self._sequence_count()
         return self._count(self._options.batch_size, self._options.drop_last)
 
@@ -307,8 +306,7 @@ class Reader(Generic[C]):
             return None
         if not self.counts_batches:
             same = (batch_size, drop_last) == (self._options.batch_size, self._options.drop_last)
-            start, end = self._iteration_range()
-            countable = same and not self.filters_rows and end - start.epoch <= COUNTED_EPOCHS
+            countable = same and not self.filters_rows and self._epochs_left() <= COUNTED_EPOCHS
             return self._sequence_count() if countable else None
         return self._count(batch_size, drop_last)
 
@@ -374,6 +372,11 @@ class Reader(Generic[C]):
             return self._position, self._end if self._end is not None else self._position.epoch + self._epochs()
         start = Position(self._position.epoch if self._end is None else self._end)
         return start, start.epoch + self._epochs()
+
+    def _epochs_left(self) -> int:
+        """Epochs the next iteration reads (a resumed one's first among them)."""
+        start, end = self._iteration_range()
+        return end - start.epoch
 
     def _epochs(self) -> int:
         return self._options.num_epochs or 0
