@@ -9,7 +9,7 @@ import os
 import re
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pandas as pd
 import pyarrow as pa
@@ -234,6 +234,107 @@ def test_spark_file_tables_read_as_datasource_v2_are_reused_by_their_files(spark
         assert key is not None
         _write_source(tmp_path / "s", 11)
         assert identify(spark.read.parquet(str(tmp_path / "s")), stable=True).stable not in (None, key)
+
+
+def _file_index_class(df) -> str:
+    leaf = df._jdf.queryExecution().analyzed().collectLeaves().iterator().next()
+    return str(leaf.relation().location().getClass().getName()).rsplit(".", 1)[-1]
+
+
+def test_catalog_tables_and_streaming_sink_output_are_reused_by_their_files(spark, tmp_path) -> None:
+    # Spark's own file indexes besides a directory's: a partitioned catalog table's, and a
+    # streaming file sink's (only the files of its committed batches are its rows).
+    spark.range(10).withColumn("p", F.col("id") % 2).write.partitionBy("p").option(
+        "path", str(tmp_path / "table")
+    ).saveAsTable("sparkfeed_reuse_table")
+    try:
+        table = spark.table("sparkfeed_reuse_table")
+        assert _file_index_class(table) == "CatalogFileIndex"
+        assert identify(table, stable=True).stable is not None
+    finally:
+        spark.sql("DROP TABLE sparkfeed_reuse_table")
+
+    _write_source(tmp_path / "in", 10)
+
+    def sink_once() -> str | None:
+        query = (
+            spark.readStream.schema("id long")
+            .parquet(str(tmp_path / "in"))
+            .writeStream.format("parquet")
+            .option("checkpointLocation", str(tmp_path / "checkpoint"))
+            .trigger(availableNow=True)
+            .start(str(tmp_path / "sink"))
+        )
+        query.awaitTermination()
+        sink = spark.read.parquet(str(tmp_path / "sink"))
+        assert _file_index_class(sink) == "MetadataLogFileIndex"
+        return identify(sink, stable=True).stable
+
+    first = sink_once()
+    pq.write_table(pa.table({"id": [10, 11]}), tmp_path / "in" / "part-1.parquet")
+    assert first is not None and sink_once() not in (None, first)  # a batch committed since: another key
+
+
+class _ForeignFileIndex:
+    """A file index that is not Spark's own, as a table format brings (Delta's, Hudi's), written in
+    Python through Py4J: it lists the files of Spark's index it wraps and serves their rows."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def rootPaths(self) -> Any:
+        return self.inner.rootPaths()
+
+    def listFiles(self, partition_filters: Any, data_filters: Any) -> Any:
+        return self.inner.listFiles(partition_filters, data_filters)
+
+    def inputFiles(self) -> Any:
+        return self.inner.inputFiles()
+
+    def refresh(self) -> None:
+        self.inner.refresh()
+
+    def sizeInBytes(self) -> int:
+        return int(self.inner.sizeInBytes())
+
+    def partitionSchema(self) -> Any:
+        return self.inner.partitionSchema()
+
+    def metadataOpsTimeNs(self) -> Any:
+        return self.inner.metadataOpsTimeNs()
+
+    def toString(self) -> str:
+        return "ForeignFileIndex"
+
+    class Java:
+        implements: ClassVar[list[str]] = ["org.apache.spark.sql.execution.datasources.FileIndex"]
+
+
+def test_files_read_through_a_file_index_not_sparks_own_are_never_reused_across_processes(spark, tmp_path) -> None:
+    # A Delta DELETE with deletion vectors hides rows and leaves every data file as it was: a key
+    # that sees the files would serve the deleted rows. So only Spark's own file indexes count.
+    from pyspark.java_gateway import ensure_callback_server_started
+    from pyspark.sql import DataFrame
+
+    _write_source(tmp_path / "s", 10)
+    df = spark.read.parquet(str(tmp_path / "s"))
+    assert identify(df, stable=True).stable is not None
+    ensure_callback_server_started(spark.sparkContext._gateway)
+    relation = df._jdf.queryExecution().analyzed().collectLeaves().iterator().next().relation()
+    foreign = relation.copy(
+        _ForeignFileIndex(relation.location()),
+        relation.partitionSchema(),
+        relation.dataSchema(),
+        relation.bucketSpec(),
+        relation.fileFormat(),
+        relation.options(),
+        spark._jsparkSession,
+    )
+    through = DataFrame(spark._jsparkSession.baseRelationToDataFrame(foreign), spark)
+    assert through.inputFiles() == df.inputFiles() and sorted(through.collect()) == sorted(df.collect())
+    identity = identify(through, stable=True)
+    assert identity.stable is None
+    assert re.search(r"^its source is read through \S*Proxy\S*, a file index not Spark's own", identity.unstable)
 
 
 def test_keep_keeps_the_cache_past_the_process_and_warns_when_no_process_could_reuse_it(

@@ -151,6 +151,18 @@ _CLOCK_OR_SESSION = ("Now", "LocalTimestamp", "SparkVersion")
 _FILE_RELATIONS = ("org.apache.spark.sql.execution.datasources.HadoopFsRelation",)
 """The relations of ``LogicalRelation`` leaves whose rows are their files, which the key fingerprints."""
 
+_SPARK_FILE_INDEXES = (
+    "org.apache.spark.sql.execution.datasources.InMemoryFileIndex",
+    "org.apache.spark.sql.execution.datasources.CatalogFileIndex",
+    "org.apache.spark.sql.execution.streaming.MetadataLogFileIndex",  # Spark 4.0
+    "org.apache.spark.sql.execution.streaming.runtime.MetadataLogFileIndex",  # Spark 4.1 on
+)
+"""Spark's own file indexes (by exact class), which serve every row of the files they list and no
+other: a directory's files, a catalog table's, a streaming file sink's committed ones. A table
+format brings its own index over the same relation (Delta's ``TahoeLogFileIndex``, Hudi's), and
+its rows need not be its files': a Delta ``DELETE`` with deletion vectors hides rows and leaves
+every data file as it was, so the key, which sees the files, would serve the deleted rows."""
+
 _FILE_TABLE = "org.apache.spark.sql.execution.datasources.v2.FileTable"
 """The class of Spark's own file tables as DataSource V2 relations (Parquet, ORC, CSV, JSON, text)."""
 
@@ -188,10 +200,11 @@ def _stable_digest(analyzed: Any, df: DataFrame, sources: tuple[Any, ...]) -> tu
     """The cross-process digest of a classic DataFrame, or None and why it must not be reused.
 
     Reuse by another process must never serve rows other than the DataFrame's own, so what may
-    be reused is an allowlist, not a list of exceptions: every leaf is files (fingerprinted by
-    name, size and modification time) or rows written in the plan (``range``, a ``SELECT``
-    without ``FROM``). A JDBC table, a catalog's table format (Iceberg, ...) or any other source
-    can change with no trace in the plan or in files the key can see. The key also holds the
+    be reused is an allowlist, not a list of exceptions: every leaf is files read through one
+    of Spark's own file indexes (fingerprinted by name, size and modification time) or rows
+    written in the plan (``range``, a ``SELECT`` without ``FROM``). A JDBC table, a table format
+    (Delta, Iceberg, Hudi, ...) or any other source can change with no trace in the plan or in
+    files the key can see. The key also holds the
     Spark version and the SQL settings in effect that change rows (see :data:`_RESULT_SETTINGS`,
     and every SQL setting the session sets but :data:`_EXECUTION_ONLY`): a session in another
     time zone or ANSI mode computes other rows from the same plan text.
@@ -225,7 +238,7 @@ def _stable_digest(analyzed: Any, df: DataFrame, sources: tuple[Any, ...]) -> tu
         leaf = iterator.next()
         unchecked = _unchecked_source(leaf, df)
         if unchecked:
-            return None, f"its source {unchecked} is not files whose sizes and modification times sparkfeed can check"
+            return None, f"its source {unchecked}"
         leaves.append((leaf.getClass().getName(), leaf.schema().json(), _read_options(leaf)))
     session = df.sparkSession
     # The whole tree: ``toString`` writes 25 fields of a node or an expression at most
@@ -273,16 +286,27 @@ def _tree_string(plan: Any) -> str:
 
 
 def _unchecked_source(leaf: Any, df: DataFrame) -> str:
-    """A plan leaf that is neither files nor rows in the plan: what it is, for the log; "" otherwise."""
+    """Why a leaf is neither files Spark's own index lists nor rows in the plan ("its source ..."); "" if it is."""
     name = str(leaf.getClass().getName())
-    if name in _IN_THE_PLAN or _file_index(leaf, df) is not None:
+    if name in _IN_THE_PLAN:
         return ""
+    index = _file_index(leaf, df)
+    if index is not None:
+        kind = str(index.getClass().getName())
+        if kind in _SPARK_FILE_INDEXES:
+            return ""
+        return (
+            f"is read through {kind.rsplit('.', 1)[-1]}, a file index not Spark's own, whose rows need not be "
+            "its files' (a Delta table's deletion vectors hide rows and leave every file as it was)"
+        )
     if name.endswith(".LogicalRelation"):
-        return f"{str(leaf.relation().getClass().getName()).rsplit('.', 1)[-1]} (a {name.rsplit('.', 1)[-1]})"
-    if name.endswith(".DataSourceV2Relation"):
+        what = f"{str(leaf.relation().getClass().getName()).rsplit('.', 1)[-1]} (a {name.rsplit('.', 1)[-1]})"
+    elif name.endswith(".DataSourceV2Relation"):
         table = leaf.table()
-        return f"{table.name()} ({str(table.getClass().getName()).rsplit('.', 1)[-1]})"
-    return name.rsplit(".", 1)[-1]
+        what = f"{table.name()} ({str(table.getClass().getName()).rsplit('.', 1)[-1]})"
+    else:
+        what = name.rsplit(".", 1)[-1]
+    return f"{what} is not files whose sizes and modification times sparkfeed can check"
 
 
 _LOCATION_OPTIONS = ("path", "paths")
