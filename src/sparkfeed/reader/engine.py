@@ -4,14 +4,10 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
-import gc
-import inspect
 import itertools
 import logging
-import threading
 import time
 import warnings
-import weakref
 from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Generic, TypeVar
@@ -25,6 +21,7 @@ from sparkfeed.location import Location
 from sparkfeed.options import ReaderOptions
 from sparkfeed.reader.batch import NUMPY, Batcher, BatchFormat, Signature, check_signature, numpy_signature
 from sparkfeed.reader.exchange import Exchange
+from sparkfeed.reader.iteration import Iterations
 from sparkfeed.reader.plan import PlanSpec, Segment, epoch_segments, fresh_seed, remainder
 from sparkfeed.reader.pool import OrderedPool
 from sparkfeed.reader.progress import EpochBar
@@ -208,13 +205,7 @@ class Reader(Generic[C]):
         self._resumed = False
         # A resharded epoch: its number and segments, which the plan alone no longer gives.
         self._derived: tuple[int, tuple[Segment, ...]] | None = None
-        # The active iteration, weakly: an iterator its user dropped ends and no longer counts.
-        self._active: weakref.ref[Generator[C, None, None]] | None = None
-        self._token: object | None = None  # the active iteration's; only it moves the position
-        self._finished: threading.Event | None = None  # set once the active iteration has cleaned up
-        # An iteration closed while it ran in another thread: it ends at its next step, and its
-        # cleanup (the read-ahead, the counters) must come before the next iteration starts.
-        self._draining: threading.Event | None = None
+        self._iterations: Iterations[C] = Iterations()
         self._pool: OrderedPool[Work, Any] | None = None
         self._counters = Counters()  # every finished epoch's, and the current one's once it ends
         self._current = Counters()  # the epoch being iterated
@@ -381,37 +372,20 @@ class Reader(Generic[C]):
     def _epochs(self) -> int:
         return self._options.num_epochs or 0
 
-    def _running(self) -> Generator[C, None, None] | None:
-        """The active iteration: started here, still referenced, and neither exhausted nor closed."""
-        stream = None if self._active is None else self._active()
-        if stream is None or inspect.getgeneratorstate(stream) == inspect.GEN_CLOSED:
-            return None
-        return stream
-
     def __iter__(self) -> Iterator[C]:
         """A new iteration, continuing after the previous one.
 
         Raises:
-            RuntimeError: Another iteration of this reader is still active (see the class docstring).
+            RuntimeError: Another iteration of this reader is still active (see the class
+                docstring), or one closed from another thread has not ended.
         """
-        if self._running() is not None:
-            gc.collect()  # an iterator dropped inside a reference cycle is no longer the user's either
-            if self._running() is not None:
-                raise RuntimeError(
-                    "this loader is already being iterated, and that iteration is not finished: finish it, "
-                    "close it (loader.close() or iterator.close()), or make a second loader for a second stream"
-                )
-        wait_for_closed(self._draining)
-        self._draining = None
+        self._iterations.claim()  # a closed one's cleanup (read-ahead, counters) comes first
         start, end = self._iteration_range()
         # The position is the new iteration's only from its first batch (see _move): an iterator
         # made and dropped unadvanced (PyTorch Lightning probes a loader so), or one whose first
         # step raised, leaves the reader where it was, resumed remainder included.
-        token = self._token = object()
-        finished = self._finished = threading.Event()
-        stream = signalling_end(self._stream(start, None if self._options.num_epochs is None else end, token), finished)
-        self._active = weakref.ref(stream)
-        return stream
+        last = None if self._options.num_epochs is None else end
+        return self._iterations.start(lambda token: self._stream(start, last, token))
 
     def _segments(self, epoch: int) -> list[Segment]:
         if self._derived is not None and self._derived[0] == epoch:
@@ -482,13 +456,13 @@ class Reader(Generic[C]):
         asked = clock()  # when the consumer asked for the next batch
         try:
             for epoch, items in itertools.groupby(results, key=lambda item: item[0].epoch):
-                if self._token is not token:  # closed from another thread: not this iteration's epoch
+                if not self._iterations.owns(token):  # closed from another thread: not this iteration's epoch
                     return
                 counts = self._current = Counters()
                 if self._progress:
                     bar = self._bar(epoch, start, *self._unit)
                 for batch, index, offset, rows in cut(self._counted(items, counts)):
-                    if self._token is not token:
+                    if not self._iterations.owns(token):
                         # Closed from another thread while this step waited: the pool stopped and the
                         # batcher made a short batch of the rows it held, as at an epoch's end. Not yielded.
                         return
@@ -505,7 +479,7 @@ class Reader(Generic[C]):
                     yield batch
                     asked = clock()
                     step += asked - ready
-                if self._token is not token:  # closed meanwhile: the epoch did not end
+                if not self._iterations.owns(token):  # closed meanwhile: the epoch did not end
                     return
                 ended = clock()  # the loop's last ask waited for the epoch's end (for rows filters drop, say)
                 wait, asked = wait + ended - asked, ended
@@ -777,7 +751,7 @@ class Reader(Generic[C]):
         Its first batch (or its end, where it has none) makes the iteration the reader's: from
         then on the next one starts after it, not at a resumed position.
         """
-        if self._token is token:
+        if self._iterations.owns(token):
             self._position, self._end, self._resumed = position, end, False
 
     def state(self) -> ReaderState:
@@ -868,16 +842,11 @@ class Reader(Generic[C]):
 
     def close(self) -> None:
         """Ends the current iteration, if any, and stops its reader threads; safe from any thread."""
-        active, finished = self._running(), self._finished
-        self._active, self._token = None, None
-        if active is None:
-            return
+        self._iterations.close(self._stop_pool)
+
+    def _stop_pool(self) -> None:
         if self._pool is not None:
             self._pool.shutdown()
-        try:
-            active.close()
-        except ValueError:  # running in another thread (tf.data): it ends at its next step, and the next
-            self._draining = finished  # iteration waits for it (see __iter__)
 
     def __enter__(self) -> Reader[C]:
         return self
@@ -901,35 +870,6 @@ def too_many_epochs(epochs: int) -> str:
         f"epoch), and {epochs} epochs are more than {COUNTED_EPOCHS:,}: pass fewer num_epochs, or num_epochs=None "
         "for an endless loader"
     )
-
-
-DRAIN_SECONDS = 60.0
-"""How long a new iteration waits for one closed in another thread to end (the pool is shut down:
-it ends at its next step, unless that step is a long transform or read)."""
-
-
-def signalling_end(stream: Generator[C, None, None], finished: threading.Event) -> Generator[C, None, None]:
-    """``stream``, setting ``finished`` once it has ended and cleaned up, however it ends."""
-    try:
-        yield from stream
-    finally:
-        finished.set()
-
-
-def wait_for_closed(finished: threading.Event | None) -> None:
-    """Waits for an iteration closed while it ran in another thread to end (it ends at its next step).
-
-    Its cleanup (the sources' iterators, the read-ahead, the counters) is that iteration's own;
-    run after the next iteration had started, it would close or clear what is now the next one's.
-
-    Raises:
-        RuntimeError: It has not ended within :data:`DRAIN_SECONDS`.
-    """
-    if finished is not None and not finished.wait(DRAIN_SECONDS):
-        raise RuntimeError(
-            f"this loader was closed while another thread iterated it, and that iteration has not ended after "
-            f"{DRAIN_SECONDS:.0f} s (its thread is still inside a step: a transform, a read): iterate again once it has"
-        )
 
 
 def _within(index: int, ends: np.ndarray, limit: tuple[int, int] | None) -> int:

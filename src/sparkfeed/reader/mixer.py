@@ -25,14 +25,10 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import gc
-import inspect
 import itertools
 import logging
 import math
-import threading
 import time
-import weakref
 from collections.abc import Generator, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Generic, TypeVar
@@ -46,10 +42,9 @@ from sparkfeed.reader.engine import (
     COUNTED_EPOCHS,
     Reader,
     batches_of,
-    signalling_end,
     too_many_epochs,
-    wait_for_closed,
 )
+from sparkfeed.reader.iteration import Iterations
 from sparkfeed.reader.progress import EpochBar
 from sparkfeed.reader.sequence import SequencePlan
 from sparkfeed.reader.state import Identity, ReaderState, check_keys, int_field, optional_int_field
@@ -540,10 +535,7 @@ class Mixer(Generic[C]):
         self._end: int | None = None
         self._resumed = False
         self._supplies: tuple[int, list[int]] | None = None  # a resharded epoch's rows per source, see len()
-        self._active: weakref.ref[Generator[C, None, None]] | None = None
-        self._token: object | None = None
-        self._finished: threading.Event | None = None  # set once the active iteration has cleaned up
-        self._draining: threading.Event | None = None  # one closed in another thread (see Reader)
+        self._iterations: Iterations[C] = Iterations()
 
     def _make_draws(self, seed: int) -> Draws:
         return Draws(
@@ -660,27 +652,14 @@ class Mixer(Generic[C]):
         epoch = self._where()[0] if self._end is None else self._end
         return (epoch, 0), epoch + epochs
 
-    def _running(self) -> Generator[C, None, None] | None:
-        stream = None if self._active is None else self._active()
-        if stream is None or inspect.getgeneratorstate(stream) == inspect.GEN_CLOSED:
-            return None
-        return stream
-
     def __iter__(self) -> Iterator[C]:
         """A new iteration, continuing after the previous one.
 
         Raises:
-            RuntimeError: Another iteration of this mixer is still active.
+            RuntimeError: Another iteration of this mixer is still active, or one closed from
+                another thread has not ended.
         """
-        if self._running() is not None:
-            gc.collect()  # an iterator dropped inside a reference cycle is no longer the user's either
-            if self._running() is not None:
-                raise RuntimeError(
-                    "this loader is already being iterated, and that iteration is not finished: finish it, "
-                    "close it (loader.close() or iterator.close()), or make a second loader for a second stream"
-                )
-        wait_for_closed(self._draining)  # its cleanup closes the sources: before this iteration opens them
-        self._draining = None
+        self._iterations.claim()  # a closed one's cleanup closes the sources: before this one opens them
         (epoch, batch), end = self._iteration_range()
         if self._resumed:
             sources = dict(self._pending)
@@ -691,18 +670,14 @@ class Mixer(Generic[C]):
         # The position is the new iteration's only from its first batch (see _take_over): an
         # iterator made and dropped unadvanced (PyTorch Lightning probes a loader so), or one
         # whose first step raised, leaves the mixer where it was, resumed remainder included.
-        token = self._token = object()
-        finished = self._finished = threading.Event()
-        stream = self._stream(epoch, batch, sources, None if self._num_epochs is None else end, token)
-        stream = signalling_end(stream, finished)
-        self._active = weakref.ref(stream)
-        return stream
+        last = None if self._num_epochs is None else end
+        return self._iterations.start(lambda token: self._stream(epoch, batch, sources, last, token))
 
     def _take_over(
         self, token: object, epoch: int, batch: int, sources: dict[str, SourcePosition], end: int | None
     ) -> None:
         """Makes the iteration starting at ``(epoch, batch)`` the mixer's, unless it was closed meanwhile."""
-        if self._token is token:
+        if self._iterations.owns(token):
             self._resumed = False
             self._group = None
             self._epoch, self._batch, self._pending, self._end = epoch, batch, sources, end
@@ -743,7 +718,7 @@ class Mixer(Generic[C]):
                 asked = time.perf_counter()
                 while True:
                     group, parts = self._next_group(epoch, batch)
-                    if self._token is not token:
+                    if not self._iterations.owns(token):
                         return  # closed from another thread while reading: what was read may be cut short
                     if not taken:
                         self._take_over(token, start, first, dict(positions), end)
@@ -1124,16 +1099,12 @@ class Mixer(Generic[C]):
     # ------------------------------------------------------------------ lifetime
 
     def close(self) -> None:
-        """Ends the current iteration, if any, and stops every source's reader threads."""
-        active, finished = self._running(), self._finished
-        self._active, self._token = None, None
-        if active is not None:
-            for source in self._sources:
-                source.reader.close()
-            try:
-                active.close()
-            except ValueError:  # running in another thread (tf.data): it ends at its next step, and the
-                self._draining = finished  # next iteration waits for it
+        """Ends the current iteration, if any, and stops every source's reader threads; safe from any thread."""
+        self._iterations.close(self._close_sources)
+
+    def _close_sources(self) -> None:
+        for source in self._sources:
+            source.reader.close()
 
     def __enter__(self) -> Mixer[C]:
         return self
