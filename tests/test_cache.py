@@ -193,6 +193,39 @@ def test_interrupt_before_manifest_leaves_no_cache(spark, tmp_path, monkeypatch)
     assert _ids(make_spark_converter(spark.range(11), cache_dir=str(tmp_path))) == list(range(11))
 
 
+@pytest.mark.parametrize("with_array", [False, True], ids=["spark-writer", "task-writer"])
+def test_a_local_caches_files_reach_the_disk_before_its_manifest_is_published(
+    spark, tmp_path, monkeypatch, with_array: bool
+) -> None:
+    # After a power loss, a manifest on the disk over data left in the page cache would be a
+    # complete cache to every later look. Each fsync is recorded with whether the manifest was there.
+    real_fsync = os.fsync
+    synced: list[tuple[str, bool]] = []
+    caches = tmp_path / "caches"
+
+    def recording(descriptor: int) -> None:
+        path = os.readlink(f"/proc/self/fd/{descriptor}")
+        if path.startswith(str(caches)):
+            published = any(caches.glob(f"*/{MANIFEST_NAME}"))
+            synced.append((path, published))
+        real_fsync(descriptor)
+
+    monkeypatch.setattr(os, "fsync", recording)
+    df = spark.range(0, 50, 1, 3).withColumn("x", F.col("id") * 0.5)
+    if with_array:
+        df = df.withColumn("pair", F.array("x", "x"))
+    converter = make_spark_converter(df, cache_dir=caches.as_uri())
+    monkeypatch.undo()
+    root = _local(converter.cache_dir_url)
+    files = {str(root / entry.path) for entry in read_manifest(Location.parse(root)).files}
+    assert len(files) >= 2
+    before = {path for path, published in synced if not published}
+    assert files | {str(root), str(caches)} <= before  # the data, its names and the cache's name first
+    staged = [path for path in before if Path(path).name.startswith(f".{MANIFEST_NAME}.")]
+    assert len(staged) == 1 and synced[-1] == (str(root), True)  # the manifest, then its rename
+    assert sorted(_ids(converter)) == list(range(50))
+
+
 def test_directory_without_manifest_is_not_a_cache(spark, tmp_path) -> None:
     spark.range(3).write.parquet(str(tmp_path / "half"))
     assert read_manifest(Location.parse(tmp_path / "half")) is None
