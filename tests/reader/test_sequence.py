@@ -569,6 +569,31 @@ def test_default_buckets_are_powers_of_two_up_to_the_longest_row(dataset) -> Non
     assert plan.bounds == (8, 16, 32, 60) and widths <= set(plan.bounds)
 
 
+@pytest.mark.parametrize(
+    ("spec", "bounds"),
+    [
+        (Sequence("bucket", max_length=30, pad_to_multiple_of=8), (8, 16, 30)),  # 30 rounds to 32, past max_length
+        (Sequence("bucket", max_length=32, pad_to_multiple_of=8), (8, 16, 32)),
+        (Sequence("bucket", pad_to_multiple_of=8), (8, 16, 32, 64)),  # the longest row, 60, rounded up
+        (Sequence("bucket", buckets=(10, 100), max_length=30, pad_to_multiple_of=8), (16, 104)),  # given past it
+    ],
+)
+def test_bucket_bounds_are_rounded_to_the_multiple_and_kept_within_max_length_as_pad_is(
+    dataset, spec: Sequence, bounds: tuple[int, ...]
+) -> None:
+    root, manifest = dataset
+    with _reader(root, manifest, batch_size=4, num_epochs=1, sequence={"tok": spec}) as reader:
+        widths = {batch["tok"].shape[1] for batch in reader}
+        (plan,) = reader.sequence.columns
+    assert plan.bounds == bounds and widths <= set(bounds)
+    with _reader(root, manifest, batch_size=4, num_epochs=1, sequence={"tok": Sequence("pad", **_pad_of(spec))}) as r:
+        assert max(batch["tok"].shape[1] for batch in r) <= (spec.max_length or 64)
+
+
+def _pad_of(spec: Sequence) -> dict[str, Any]:
+    return {"max_length": spec.max_length, "pad_to_multiple_of": spec.pad_to_multiple_of}
+
+
 def test_pack_fills_fixed_rows_and_continues_a_row_in_the_next_packed_row(dataset) -> None:
     root, manifest = dataset
     spec = Sequence("pack", seq_len=16, mask=True)

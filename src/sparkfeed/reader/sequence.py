@@ -764,6 +764,8 @@ def _inner(column: ColumnSpec, shapes: Mapping[str, ShapeStats]) -> tuple[int, .
 def _bucket_bounds(name: str, spec: Sequence, longest: int | None, transform: bool) -> tuple[int, ...]:
     """The bucket bounds: given, or powers of two from 8 up to the longest row (or ``max_length``).
 
+    Each is rounded up to ``pad_to_multiple_of``, and one within ``max_length`` stays within it.
+
     Raises:
         ValueError: Given bounds that cannot hold the longest row, or none to go by.
     """
@@ -790,6 +792,9 @@ def _bucket_bounds(name: str, spec: Sequence, longest: int | None, transform: bo
             bound *= 2
         bounds.append(max(limit, 1))
     if spec.pad_to_multiple_of:
-        multiple = spec.pad_to_multiple_of
-        bounds = [-(-bound // multiple) * multiple for bound in bounds]
+        # Rounded up, then capped by max_length as a padded batch's length is: a bound within
+        # max_length never grows past it (a model's position table may end there).
+        multiple, cap = spec.pad_to_multiple_of, spec.max_length
+        rounded = [-(-bound // multiple) * multiple for bound in bounds]
+        bounds = [up if cap is None or bound > cap else min(up, cap) for bound, up in zip(bounds, rounded, strict=True)]
     return tuple(sorted(set(bounds)))
