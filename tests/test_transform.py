@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 from pyspark.sql import functions as F
 
-from sparkfeed import NullValueError, TransformSpec, make_spark_converter
+from sparkfeed import NullValueError, Sequence, TransformSpec, make_spark_converter
 from sparkfeed.transform import edit_field
 
 from helpers import by_id, concat
@@ -398,6 +398,41 @@ def test_a_transform_whose_output_changes_between_chunks_is_refused(
                 pass
     with make(**settings, transform_fn=lambda frame: frame) as batches:  # the same chunks, unchanged: fine
         assert sum(len(batch["id"]) for batch in batches) == 600
+
+
+def _token_lists(frame: pd.DataFrame) -> pd.DataFrame:
+    """Python lists of ids, as a tokenizer gives them; every row of the first chunk empty."""
+    return frame.assign(tok=[[] if i < 100 else [i + k for k in range(i % 5)] for i in frame["id"].tolist()])
+
+
+@pytest.mark.parametrize("sequence", [None, "pad", Sequence("bucket", buckets=(2, 8))], ids=["ragged", "pad", "bucket"])
+def test_edit_fields_cast_the_rows_of_a_varying_length_column_also_in_a_chunk_of_empty_rows(chunked, sequence) -> None:
+    # NumPy makes a list of ints int64 and an empty one float64: uncast, the declared int32 was
+    # ignored, and a chunk of empty rows was refused as a change of dtype between chunks.
+    spec = TransformSpec(
+        _token_lists, edit_fields=[edit_field("tok", np.int32, (None,))], selected_fields=["id", "tok"]
+    )
+    options = {"batch_size": 64, "num_epochs": 1, "workers_count": 1, "shuffle_row_groups": False}
+    if sequence is not None:
+        options["sequence"] = {"tok": sequence}
+    rows: dict[int, list[int]] = {}
+    with chunked.make_numpy_iterator(transform_spec=spec, **options) as batches:
+        for batch in batches:
+            if sequence is None:
+                assert {row.dtype for row in batch["tok"]} == {np.dtype(np.int32)}
+                rows.update(zip(batch["id"].tolist(), (row.tolist() for row in batch["tok"]), strict=True))
+            else:
+                assert batch["tok"].dtype == np.int32
+                for i, row, n in zip(batch["id"].tolist(), batch["tok"], batch["tok_lengths"], strict=True):
+                    rows[i] = row[:n].tolist()
+    assert rows == {i: [] if i < 100 else [i + k for k in range(i % 5)] for i in range(600)}
+    huge = TransformSpec(
+        lambda frame: frame.assign(tok=[[2**40] if i == 150 else [1] for i in frame["id"].tolist()]),
+        edit_fields=[edit_field("tok", np.int32, (None,))],
+    )
+    with chunked.make_numpy_iterator(transform_spec=huge, **options) as batches:
+        with pytest.raises(ValueError, match=re.escape("casts column 'tok' to int32, but it holds 1099511627776")):
+            list(batches)
 
 
 def test_transform_spec_field_lists_must_be_lists() -> None:

@@ -71,8 +71,9 @@ class TransformSpec:
         func: Takes a pandas DataFrame holding a chunk of rows and returns a pandas DataFrame, for
             example with image bytes decoded to arrays. It may add, drop or change columns.
         edit_fields: Columns the function adds or changes, as ``(name, numpy_dtype, shape,
-            is_nullable)``. Each is cast to its dtype and, when the shape has no ``None``, reshaped
-            to ``(rows, *shape)``: this is how a flat array column becomes an image tensor.
+            is_nullable)``. Each is cast to its dtype (a column of rows of varying length row by
+            row) and, when the shape has no ``None``, reshaped to ``(rows, *shape)``: this is
+            how a flat array column becomes an image tensor.
         removed_fields: Columns dropped after the function ran.
         selected_fields: The columns kept after the function ran, in this order. Give either
             this or ``removed_fields``, not both, as in Petastorm: the two would say the same
@@ -386,8 +387,10 @@ def _held(spec: ColumnSpec, column: pa.ChunkedArray, cells: np.ndarray) -> HeldN
 
 
 def _apply_edit(name: str, array: np.ndarray, dtype: Any, shape: tuple[int | None, ...]) -> np.ndarray:
-    if dtype is not None and np.dtype(dtype).kind in "biufc" and array.dtype != object:
-        array = _cast(name, array, np.dtype(dtype))
+    if dtype is not None and np.dtype(dtype).kind in "biufc":
+        array = (
+            _cast(name, array, np.dtype(dtype)) if array.dtype != object else _cast_rows(name, array, np.dtype(dtype))
+        )
     if shape and None not in shape:
         try:
             array = array.reshape((len(array), *shape))  # type: ignore[arg-type]
@@ -397,6 +400,33 @@ def _apply_edit(name: str, array: np.ndarray, dtype: Any, shape: tuple[int | Non
                 f"reshaped to the edit_fields shape {tuple(shape)}"
             ) from error
     return array
+
+
+def _cast_rows(name: str, objects: np.ndarray, target: np.dtype) -> np.ndarray:
+    """An object column of number arrays or lists (rows of varying length) with each row cast to ``target``.
+
+    Rows come from the transform as Python lists (a tokenizer's ids) or arrays whose dtype NumPy
+    infers: ``int64`` for a list of ints, ``float64`` for an empty one. Cast, every chunk has the
+    declared dtype, including one whose rows are all empty. The values are checked as
+    :func:`_cast` checks them, all rows at once. Rows of anything but numbers, and nulls (which
+    later steps refuse, naming them), are left as they are.
+    """
+    rows = [None if row is None else np.asarray(row) for row in objects]
+    numbers = [row for row in rows if row is not None and row.size and row.dtype.kind in "biuf"]
+    if any(row is not None and row.size and row.dtype.kind not in "biuf" for row in rows):
+        return objects
+    flat = _cast(name, np.concatenate([row.reshape(-1) for row in numbers]), target) if numbers else None
+    out = np.empty(len(rows), dtype=object)
+    start = 0
+    for index, row in enumerate(rows):
+        if row is None:
+            out[index] = None
+        elif not row.size:
+            out[index] = row.astype(target)
+        else:
+            out[index] = flat[start : start + row.size].reshape(row.shape)  # type: ignore[index]
+            start += row.size
+    return out
 
 
 def _cast(name: str, array: np.ndarray, target: np.dtype) -> np.ndarray:
