@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from sparkfeed import make_spark_converter
-from sparkfeed.distributed import RANK_VARIABLES, TORCHRUN_VARIABLES, Rank, detect_rank, environment_rank
+from sparkfeed.distributed import LAUNCHED_VARIABLES, RANK_VARIABLES, Rank, detect_rank, environment_rank
 from sparkfeed.options import reader_options
 
 from helpers import run_gloo_ranks
@@ -22,7 +22,7 @@ from helpers import run_gloo_ranks
 @pytest.fixture(autouse=True)
 def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     """No rank variable from outside the test: each test sets its own."""
-    for pair in (*RANK_VARIABLES, TORCHRUN_VARIABLES):
+    for pair in (*RANK_VARIABLES, *LAUNCHED_VARIABLES, ("SLURM_NTASKS", "SLURM_PROCID")):
         for name in pair:
             monkeypatch.delenv(name, raising=False)
 
@@ -72,6 +72,24 @@ def test_auto_under_torchrun_before_the_group_exists_is_refused_not_unsharded(mo
     assert reader_options(cur_shard=1, shard_count=2).shard == (1, 2)
     monkeypatch.setenv("RANK", "0")
     monkeypatch.setenv("WORLD_SIZE", "1")  # a job of one process reads everything
+    assert reader_options(cur_shard="auto", shard_count="auto").shard == (0, 1)
+
+
+def test_auto_in_the_tasks_of_an_srun_step_is_refused_and_a_batch_scripts_allocation_is_not_a_job(monkeypatch) -> None:
+    # `srun -n 4 python train.py` under PMIx (no PMI_RANK): each task read every row, in silence.
+    monkeypatch.setenv("SLURM_PROCID", "3")
+    monkeypatch.setenv("SLURM_STEP_NUM_TASKS", "4")
+    monkeypatch.setenv("SLURM_NTASKS", "4")
+    assert detect_rank() is None
+    with pytest.raises(ValueError, match=r"SLURM_PROCID/SLURM_STEP_NUM_TASKS say rank 3 of 4, .*cur_shard=3"):
+        reader_options(cur_shard="auto", shard_count="auto")
+    assert reader_options(cur_shard=3, shard_count=4).shard == (3, 4)
+    monkeypatch.setenv("PMI_RANK", "3")  # an MPI launch says the rank: taken
+    monkeypatch.setenv("PMI_SIZE", "4")
+    assert reader_options(cur_shard="auto", shard_count="auto").shard == (3, 4)
+    for name in ("PMI_RANK", "PMI_SIZE", "SLURM_STEP_NUM_TASKS"):
+        monkeypatch.delenv(name)
+    # The batch script itself: an allocation of four tasks, one process, no step of its own.
     assert reader_options(cur_shard="auto", shard_count="auto").shard == (0, 1)
 
 

@@ -26,12 +26,19 @@ RANK_VARIABLES: tuple[tuple[str, str], ...] = (
 )
 """The (rank, size) environment variables Petastorm checks, in the order it checks them."""
 
-TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE")
-"""What torchrun (and TorchDistributor, Lightning, accelerate) set before the process group exists.
+LAUNCHED_VARIABLES: tuple[tuple[str, str], ...] = (
+    ("RANK", "WORLD_SIZE"),
+    ("SLURM_PROCID", "SLURM_STEP_NUM_TASKS"),
+)
+"""What torchrun (and TorchDistributor, Lightning, accelerate) set before the process group
+exists, and what Slurm's ``srun`` sets in each task of a step.
 
-Not a rank source for ``"auto"``, which takes the group's: but where they say a job of several
-processes and nothing else gave a rank, ``"auto"`` is refused rather than read everything on
-every rank.
+Not rank sources for ``"auto"``: torchrun's processes take the group's rank, and a Slurm task
+is one rank only where nothing starts several processes in it (``srun`` of ``torchrun`` starts
+one task a node, its ``SLURM_PROCID`` the node's). But where they say a job of several processes
+and nothing else gave a rank, ``"auto"`` is refused rather than read everything on every rank.
+(A batch script's own ``SLURM_NTASKS`` is not read: the script is one process, whatever the
+allocation holds, and ``SLURM_STEP_NUM_TASKS`` is set only inside an ``srun`` step.)
 """
 
 AUTO = "auto"
@@ -129,15 +136,16 @@ def resolve_shards(cur_shard: object, shard_count: object) -> tuple[object, obje
         return cur_shard, shard_count
     found = detect_rank()
     if found is None:
-        launched = environment_rank(pairs=(TORCHRUN_VARIABLES,))
-        if launched is not None and launched.size > 1:
-            raise ValueError(
-                f"cur_shard={cur_shard!r}, shard_count={shard_count!r}: {launched.source} say rank "
-                f"{launched.rank} of {launched.size}, but no torch.distributed process group is initialized, "
-                "so 'auto' has no rank to take and every process would read the whole dataset: call "
-                "torch.distributed.init_process_group() before making the loader, or pass "
-                f"cur_shard={launched.rank}, shard_count={launched.size}"
-            )
+        for pair in LAUNCHED_VARIABLES:
+            launched = environment_rank(pairs=(pair,))
+            if launched is not None and launched.size > 1:
+                raise ValueError(
+                    f"cur_shard={cur_shard!r}, shard_count={shard_count!r}: {launched.source} say rank "
+                    f"{launched.rank} of {launched.size}, but no torch.distributed process group is initialized, "
+                    "so 'auto' has no rank to take and every process would read the whole dataset: call "
+                    "torch.distributed.init_process_group() before making the loader, or pass "
+                    f"cur_shard={launched.rank}, shard_count={launched.size} if each of those is one rank"
+                )
         if cur_shard == AUTO and shard_count == AUTO:
             return None, None
         raise ValueError(
