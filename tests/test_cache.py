@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -224,6 +225,28 @@ def test_a_local_caches_files_reach_the_disk_before_its_manifest_is_published(
     staged = [path for path in before if Path(path).name.startswith(f".{MANIFEST_NAME}.")]
     assert len(staged) == 1 and synced[-1] == (str(root), True)  # the manifest, then its rename
     assert sorted(_ids(converter)) == list(range(50))
+
+
+def test_a_filesystem_without_fsync_still_converts_and_an_fsync_that_lost_data_fails_the_conversion(
+    spark, tmp_path, monkeypatch
+) -> None:
+    # Some FUSE and network mounts answer EINVAL to fsync (of a directory, mostly): no guarantee
+    # to wait for. EIO says written data did not reach the disk: no manifest may follow.
+    def failing(code: int):
+        def fsync(descriptor: int) -> None:
+            raise OSError(code, os.strerror(code))
+
+        return fsync
+
+    monkeypatch.setattr(os, "fsync", failing(errno.EINVAL))
+    converter = make_spark_converter(spark.range(7), cache_dir=(tmp_path / "fuse").as_uri())
+    monkeypatch.undo()
+    assert sorted(_ids(converter)) == list(range(7))
+    monkeypatch.setattr(os, "fsync", failing(errno.EIO))
+    with pytest.raises(OSError, match="Input/output error"):
+        make_spark_converter(spark.range(8), cache_dir=(tmp_path / "failing").as_uri())
+    monkeypatch.undo()
+    assert list((tmp_path / "failing").iterdir()) == []
 
 
 def test_directory_without_manifest_is_not_a_cache(spark, tmp_path) -> None:

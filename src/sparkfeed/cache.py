@@ -17,6 +17,7 @@ import base64
 import contextlib
 import dataclasses
 import datetime
+import errno
 import hashlib
 import json
 import logging
@@ -302,11 +303,22 @@ def _flush(root: str, names: Iterable[str]) -> None:
 
 
 def _fsync(path: str) -> None:
+    """``fsync`` of one file or directory; a filesystem that has none (some FUSE and network mounts) is let be.
+
+    An error that says the data did not reach the disk (``EIO``, ``ENOSPC``) fails the conversion.
+    """
     descriptor = os.open(path, os.O_RDONLY)
     try:
         os.fsync(descriptor)
+    except OSError as error:
+        if error.errno not in _NO_FSYNC:
+            raise
     finally:
         os.close(descriptor)
+
+
+_NO_FSYNC = frozenset({errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS})
+"""What ``fsync`` answers where a filesystem offers no such guarantee (and PostgreSQL lets be)."""
 
 
 def read_manifest(location: Location) -> Manifest | None:
