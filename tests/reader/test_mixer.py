@@ -276,6 +276,45 @@ def test_a_mixer_state_is_refused_by_another_mixture_naming_the_field(tmp_path: 
             other.load_state_dict(single.state_dict())
 
 
+def _write_column(root: Path, name: str, column: pa.Array) -> SparkDatasetConverter:
+    """A converter of one Parquet file: ``column`` and nothing else."""
+    root.mkdir(parents=True)
+    pq.write_table(pa.table({name: column}), root / "part-0.parquet")
+    entry = FileEntry("part-0.parquet", (len(column),))
+    manifest = Manifest(files=(entry,), schema=pa.schema([(name, column.type)]), shapes={}, options={}, key=root.name)
+    return SparkDatasetConverter(root.as_uri(), manifest)
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "message"),
+    [
+        # NumPy holds both as object arrays: only the Arrow types tell str from bytes, int32 from float64 arrays.
+        (pa.array(["a", "bc"]), pa.array([b"a", b"bc"]), "object string in source 'a' but object binary"),
+        (pa.array([[1], [2, 3]], pa.list_(pa.int32())), pa.array([[1.0], [2.0, 3.0]]), "ragged list<item: int32>"),
+        (pa.array([[1], [2, 3]]), pa.array([[[1]], [[2], [3]]]), "ragged list<item: int64> in source 'a' but ragged"),
+    ],
+)
+@pytest.mark.parametrize("granularity", ["row", "batch"])
+def test_sources_whose_object_columns_hold_other_values_are_refused(
+    tmp_path: Path, first: pa.Array, second: pa.Array, message: str, granularity: Any
+) -> None:
+    a, b = _write_column(tmp_path / "a", "c", first), _write_column(tmp_path / "b", "c", second)
+    mixture = mix({"a": a, "b": b}, seed=1, granularity=granularity)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=rf"column 'c' is {message}"):
+        mixture.make_numpy_iterator(batch_size=2, num_epochs=1)
+    # Strings of either Arrow width are the same Python str, in a ragged column too.
+    wide = _write_column(tmp_path / "wide", "c", pa.array(["d", "ef"], pa.large_string()))
+    nested = _write_column(tmp_path / "nested", "c", pa.array([["d"], ["e", "f"]], pa.list_(pa.large_string())))
+    if pa.types.is_string(first.type):
+        with mix({"a": a, "wide": wide}, seed=1).make_numpy_iterator(batch_size=4, num_epochs=1) as loader:
+            values = [v for batch in loader for v in batch["c"]]
+        assert values and set(values) <= {"a", "bc", "d", "ef"} and all(isinstance(v, str) for v in values)
+        other = _write_column(tmp_path / "other", "c", pa.array([["a"], ["b", "c"]]))
+        with mix({"o": other, "n": nested}, seed=1).make_numpy_iterator(batch_size=4, num_epochs=1) as loader:
+            arrays = [v for batch in loader for v in batch["c"]]
+        assert arrays and all(isinstance(s, str) for v in arrays for s in v)
+
+
 def test_an_unseeded_mixture_resumes_exactly_with_the_seeds_it_drew(tmp_path: Path) -> None:
     a, b = _write(tmp_path / "a", 200, 0, 30), _write(tmp_path / "b", 150, 1, 20)
     mixture = mix({"a": a, "b": b})

@@ -50,6 +50,7 @@ from sparkfeed.reader.sequence import SequencePlan
 from sparkfeed.reader.state import Identity, ReaderState, check_keys, int_field, optional_int_field
 from sparkfeed.reader.stats import Counters, batch_bytes, bytes_per_row, verdict
 from sparkfeed.types import ColumnSpec
+from sparkfeed.writer import is_list_type
 
 log = logging.getLogger(__name__)
 
@@ -1151,12 +1152,32 @@ def _group_size(specs: Mapping[str, ColumnSpec] | None, batch_size: int) -> int:
     return _group_size_of(row_bytes, batch_size)
 
 
+def _values_of(spec: ColumnSpec) -> tuple[object, ...]:
+    """What a column of a batch holds, which every source must give alike.
+
+    ``numpy_dtype`` is ``object`` for strings, bytes and ragged arrays alike, so it alone would let
+    one batch's column hold ``str`` from one source and ``bytes`` from another, or int32 arrays
+    next to float64 ones. Strings of either Arrow width are the same Python ``str`` (binaries
+    ``bytes``), and ragged arrays are compared by their nesting and their values.
+    """
+    if spec.kind == "object":
+        arrow_type = spec.arrow_type
+        return ("object", "str" if pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type) else "bytes")
+    if spec.kind == "ragged":
+        leaf, depth = spec.arrow_type, 0
+        while is_list_type(leaf):
+            leaf, depth = leaf.value_type, depth + 1
+        return ("ragged", depth, _values_of(ColumnSpec.build(spec.name, leaf, None)))
+    return (spec.kind, spec.numpy_dtype, spec.shape)
+
+
 def _describe(spec: ColumnSpec | tuple[str, tuple[int, ...]] | None) -> str:
     if spec is None:
         return "missing"
     if isinstance(spec, ColumnSpec):
-        kind = f" {spec.kind}" if spec.kind in ("ragged", "object") else ""
-        return f"{spec.numpy_dtype}{kind} with per-row shape {spec.shape}"
+        if spec.kind in ("ragged", "object"):  # their NumPy dtype is object, whatever they hold
+            return f"{spec.kind} {spec.arrow_type}"
+        return f"{spec.numpy_dtype} with per-row shape {spec.shape}"
     return f"{spec[0]} with per-row shape {spec[1]}"
 
 
@@ -1189,11 +1210,7 @@ def _common_columns(
                 ours = next(plan for plan in sequence.columns if plan.name == name)  # type: ignore[union-attr]
                 same = (ours.dtype, ours.inner) == (plans[name].dtype, plans[name].inner)
             else:
-                same = (
-                    was is not None
-                    and now is not None
-                    and (was.kind, was.numpy_dtype, was.shape) == (now.kind, now.numpy_dtype, now.shape)
-                )
+                same = was is not None and now is not None and _values_of(was) == _values_of(now)
             if not same:
                 raise ValueError(
                     f"mix: column {name!r} is {_describe(was)} in source {sources[0].name!r} but {_describe(now)} in "
