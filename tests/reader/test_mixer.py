@@ -379,6 +379,39 @@ def test_a_state_saved_after_a_finished_iteration_resumes_with_the_next_epoch(tm
     assert len(again) == len(second) and all(np.array_equal(x, y) for x, y in zip(second, again, strict=True))
 
 
+@pytest.mark.parametrize("stop", ["first_exhausted", "never"])
+def test_states_of_a_finished_iteration_resume_on_another_shard_count_with_the_next_epoch(
+    tmp_path: Path, stop: str
+) -> None:
+    """Checkpoints at the end of a training epoch, resumed on more ranks: the next epoch, not an empty loop."""
+    a, b = _write(tmp_path / "a", 100, 0, 10), _write(tmp_path / "b", 60, 1, 10, files=2)
+    mixture = mix({"a": a, "b": b}, seed=1, stop=stop, rows_per_epoch=120 if stop == "never" else None)  # type: ignore[arg-type]
+    kwargs: dict[str, Any] = {"batch_size": 8, "num_epochs": 1, "workers_count": 1, "shard_policy": "drop"}
+    states, first = [], []
+    for rank in range(2):
+        with mixture.make_numpy_iterator(cur_shard=rank, shard_count=2, **kwargs) as loader:
+            first += [int(i) for batch in loader for i in batch["id"]]
+            states.append(json.loads(json.dumps(loader.state_dict())))
+    counts, after = [], []
+    for rank in range(3):
+        with mixture.make_numpy_iterator(cur_shard=rank, shard_count=3, **kwargs) as loader:
+            loader.load_state_dict(states)
+            expected = len(loader)
+            rest = [batch["id"].copy() for batch in loader]
+        assert len(rest) == expected > 0
+        counts.append(len(rest))
+        if stop == "first_exhausted":  # epoch 1 of the mixture, as three ranks from the start read it
+            with mixture.make_numpy_iterator(cur_shard=rank, shard_count=3, **{**kwargs, "num_epochs": 2}) as fresh:
+                both = [batch["id"].copy() for batch in fresh]
+            assert len(both) > len(rest)
+            assert all(np.array_equal(x, y) for x, y in zip(both[len(both) - len(rest) :], rest, strict=True))
+        after += [int(i) for ids in rest for i in ids]
+    if stop == "first_exhausted":
+        assert len(set(counts)) == 1 and len(set(after)) == len(after)  # no row twice in the new epoch
+    else:  # an epoch of 120 rows on every rank, each source going on where the old ranks left it
+        assert counts == [15, 15, 15]
+
+
 def test_an_iteration_after_close_from_another_thread_reads_every_row_of_its_epoch(tmp_path: Path) -> None:
     """A loop closed while inside a step ends at that step's end: its cleanup must not close the next iteration's."""
     a, b = _write(tmp_path / "a", 60, 0, 10), _write(tmp_path / "b", 60, 1, 10)
@@ -694,9 +727,9 @@ def test_a_mixture_saved_on_some_shards_resumes_on_any_number_with_no_row_twice_
         used: list[int] = []
         states = []
         with mixture.make_numpy_iterator(cur_shard=0, shard_count=old_count, **kwargs) as loader:
-            # Saved after the last batch on the same shard count, a state is one of a finished
-            # iteration, which goes on with the next epoch (its own test): here, inside the epoch.
-            stop_at = cut % (len(loader) + (old_count != new_count)) if len(loader) else 0
+            # Saved after the last batch, a state is one of a finished iteration, which goes on
+            # with the next epoch (its own test): here, inside the epoch.
+            stop_at = cut % len(loader) if len(loader) else 0
         for rank in range(old_count):
             with mixture.make_numpy_iterator(cur_shard=rank, shard_count=old_count, **kwargs) as loader:
                 batches = iter(loader)

@@ -1085,11 +1085,16 @@ class Mixer(Generic[C]):
         self._group = None
         self._epoch, self._batch, self._end = first.epoch, first.batch, first.end_epoch
         self._pending = {source.name: (source.reader.state(), 0) for source in self._sources}
-        # States of a finished iteration, resharded, still resume into that iteration's (empty) rest:
-        # the sources' readers are cut at the saved epoch, and len() counts from it.
-        self._resumed = True
+        # States saved once their iteration had finished resume as the uninterrupted mixers go on,
+        # as on the same shard count and as a reader's: with the next iteration's epochs, not with
+        # an empty iteration (a training loop's whole epoch of nothing). Those of "first_exhausted"
+        # start every source's next epoch afresh; those of "never" go on where the sources stood.
+        finished = first.end_epoch is not None and first.epoch >= first.end_epoch
+        if finished and self._stop == "first_exhausted":
+            self._pending = dict.fromkeys(self._identity.sources)
+        self._resumed = not finished
         self._supplies = None
-        if self._stop == "first_exhausted":
+        if self._stop == "first_exhausted" and not finished:
             # This epoch's sources hold what the old shards left, split: for len(), what each
             # would have held from the epoch's start to leave that after the batches drawn so far.
             drawn = self._draws.counts(first.epoch, 0, first.batch).sum(axis=0)
