@@ -9,7 +9,7 @@ import pytest
 
 from sparkfeed import TransformSpec, make_spark_converter
 from sparkfeed.distributed import RANK_VARIABLES
-from sparkfeed.options import MaterializeOptions, ReaderOptions, reader_options
+from sparkfeed.options import MaterializeOptions, MixOptions, ReaderOptions, reader_options
 
 from helpers import concat
 
@@ -323,3 +323,13 @@ def test_schema_fields_given_as_a_set_are_sorted_so_that_every_process_reads_the
     assert reader_options(schema_fields=names).schema_fields == tuple(names)  # a list keeps its order
     with pytest.raises(ValueError, match="it must be a list of column names"):
         reader_options(schema_fields={"id", 3})
+
+
+@pytest.mark.parametrize(
+    ("weights", "probabilities"),
+    [((1e308, 1e308), (0.5, 0.5)), ((3.0, 1.0), (0.75, 0.25)), ((1e-320, 1e-320, 2e-320), (0.25, 0.25, 0.5))],
+    ids=["near-the-largest-float", "plain", "subnormal"],
+)
+def test_mix_weights_are_normalised_whatever_their_scale(weights, probabilities) -> None:
+    names = tuple("abc"[: len(weights)])
+    assert MixOptions(names, weights).probabilities == pytest.approx(probabilities)

@@ -660,6 +660,12 @@ class MixOptions:
 
     @property
     def probabilities(self) -> tuple[float, ...]:
-        """The weights normalised to sum to 1: each source's expected share of a batch's rows."""
-        total = math.fsum(self.weights)
-        return tuple(weight / total for weight in self.weights)
+        """The weights normalised to sum to 1: each source's expected share of a batch's rows.
+
+        Scaled by the largest first: finite weights near the largest float (``1e308``) would
+        overflow their sum.
+        """
+        largest = max(self.weights)
+        scaled = [weight / largest for weight in self.weights]
+        total = math.fsum(scaled)
+        return tuple(weight / total for weight in scaled)
