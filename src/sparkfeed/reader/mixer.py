@@ -194,6 +194,7 @@ class _Source:
         self.buffers: collections.deque[tuple[ReaderState, Columns, int]] = collections.deque()
         self.head = 0  # rows of buffers[0] already taken
         self.available = 0  # rows buffered and not taken
+        self.last: tuple[ReaderState, int] | None = None  # the batch taken last: its state before, its rows
         self.ended = False
         self.first_seen = False
 
@@ -205,6 +206,7 @@ class _Source:
         self.iterator = iter(self.reader)
         self.buffers.clear()
         self.head = self.available = 0
+        self.last = None
         self.ended = False
         if skip:
             if self.fill(skip) < skip:
@@ -230,9 +232,17 @@ class _Source:
         return self.available
 
     def anchor(self) -> tuple[ReaderState, int]:
-        """This stream's position: the reader state before the front batch, and the rows taken of it."""
+        """This stream's position: the reader state before the front batch, and the rows taken of it.
+
+        With nothing buffered, the batch taken last, all its rows taken: not the reader's state
+        after it, which after an epoch's last batch is the next epoch's start. Resumed from that,
+        a source that ``"first_exhausted"`` holds to one epoch would have read the next one (its
+        rows a second time in the mixture's epoch); resumed from the batch, it is exhausted.
+        """
         if self.buffers:
             return self.buffers[0][0], self.head
+        if self.last is not None:
+            return self.last
         return self.reader.state(), 0
 
     def cut(self, counts: Sequence[int]) -> list[list[Piece]]:
@@ -248,7 +258,7 @@ class _Source:
                 head += taken
                 count -= taken
                 if head == rows:
-                    buffers.popleft()
+                    self.last = buffers.popleft()[0], rows
                     head = 0
             out.append(pieces)
         self.available -= sum(counts)
@@ -260,6 +270,7 @@ class _Source:
         self.iterator = None
         self.buffers.clear()
         self.head = self.available = 0
+        self.last = None
 
 
 @dataclasses.dataclass
@@ -1163,7 +1174,9 @@ def _values_of(spec: ColumnSpec) -> tuple[object, ...]:
     ``numpy_dtype`` is ``object`` for strings, bytes and ragged arrays alike, so it alone would let
     one batch's column hold ``str`` from one source and ``bytes`` from another, or int32 arrays
     next to float64 ones. Strings of either Arrow width are the same Python ``str`` (binaries
-    ``bytes``), and ragged arrays are compared by their nesting and their values.
+    ``bytes``), and ragged arrays are compared by their nesting and their values. Timestamps are
+    ``datetime64`` whether they are instants (Spark's ``TIMESTAMP``, in UTC) or wall-clock times
+    (``TIMESTAMP_NTZ``): one column mixing both would read noon in Paris and noon in UTC alike.
     """
     if spec.kind == "object":
         arrow_type = spec.arrow_type
@@ -1173,6 +1186,8 @@ def _values_of(spec: ColumnSpec) -> tuple[object, ...]:
         while is_list_type(leaf):
             leaf, depth = leaf.value_type, depth + 1
         return ("ragged", depth, _values_of(ColumnSpec.build(spec.name, leaf, None)))
+    if pa.types.is_timestamp(spec.arrow_type):  # Spark's TIMESTAMP (instants, in UTC) or TIMESTAMP_NTZ (wall clock)
+        return (spec.kind, spec.numpy_dtype, spec.shape, spec.arrow_type.tz is not None)
     return (spec.kind, spec.numpy_dtype, spec.shape)
 
 
@@ -1182,6 +1197,8 @@ def _describe(spec: ColumnSpec | tuple[str, tuple[int, ...]] | None) -> str:
     if isinstance(spec, ColumnSpec):
         if spec.kind in ("ragged", "object"):  # their NumPy dtype is object, whatever they hold
             return f"{spec.kind} {spec.arrow_type}"
+        if pa.types.is_timestamp(spec.arrow_type):  # datetime64 either way: instants or wall-clock times
+            return f"{spec.numpy_dtype} from {spec.arrow_type} with per-row shape {spec.shape}"
         return f"{spec.numpy_dtype} with per-row shape {spec.shape}"
     return f"{spec[0]} with per-row shape {spec[1]}"
 
