@@ -269,6 +269,24 @@ def test_a_transform_runs_on_every_source_and_its_outputs_must_agree(spark, sour
     with pytest.raises(ValueError, match=r"column 'x' is float(32|64) .* source '(wiki|code)' .*after the transform"):
         _numpy(mix(sources, seed=6), batch_size=25, num_epochs=1, transform_fn=as_float64_for_code)
 
+    # NumPy's object dtype is the same for str and bytes, and for arrays of any dtype.
+    def name_as(kind: str) -> Any:
+        def name(frame: Any) -> Any:
+            code = len(frame) and frame["id"].iloc[0] >= CODE_START
+            text = [f"row {i}" for i in frame["id"]]
+            frame["name"] = [t.encode() for t in text] if kind == "bytes" and code else text
+            dtype = np.int32 if kind == "int32" and code else np.int64
+            frame["tok"] = [np.arange(i % 3 + 1, dtype=dtype) for i in frame["id"]]  # varying: an object column
+            return frame[["id", "name", "tok"]]
+
+        return name
+
+    names = _numpy(mix(sources, seed=6), batch_size=25, num_epochs=1, transform_fn=name_as("same"))
+    assert {type(value) for batch in names for value in batch["name"]} == {str}
+    for kind, message in (("bytes", "holds (str|bytes) in source"), ("int32", "holds arrays of int(32|64) in source")):
+        with pytest.raises(ValueError, match=rf"column .(name|tok). {message} .*\(after the transform\)"):
+            _numpy(mix(sources, seed=6), batch_size=25, num_epochs=1, transform_fn=name_as(kind))
+
 
 @pytest.mark.parametrize(
     ("weights", "message"),

@@ -530,6 +530,7 @@ class Mixer(Generic[C]):
         self._draws = self._make_draws(seed)
         self._specs = _common_columns(self._sources, source_column, sequence)
         self._signature: tuple[str, Signature] | None = None  # the first source batch's, with a transform
+        self._kinds: dict[str, str] = {}  # what its object columns hold (see _object_kinds)
         # The sources' columns in one order, whichever source a block starts with.
         self._names = None if self._specs is None else [name for name in self._specs if name != source_column]
         if sequence is not None and self._names is not None:
@@ -931,9 +932,17 @@ class Mixer(Generic[C]):
             signature = {name: (dtype, () if name in varying else shape) for name, (dtype, shape) in signature.items()}
         if self._signature is None:
             self._signature = (source.name, signature)
+            self._kinds = _object_kinds(first[0])
             self._names = [name for name in signature if name != column]
             return
         _compare(self._signature[0], self._signature[1], source.name, signature)
+        kinds = _object_kinds(first[0])
+        for name in sorted(self._kinds.keys() & kinds.keys()):
+            if self._kinds[name] != kinds[name]:
+                raise ValueError(
+                    f"mix: column {name!r} holds {self._kinds[name]} in source {self._signature[0]!r} but "
+                    f"{kinds[name]} in source {source.name!r} (after the transform); {_ADVICE}"
+                )
 
     # ------------------------------------------------------------------ state
 
@@ -1166,6 +1175,29 @@ def _group_size(specs: Mapping[str, ColumnSpec] | None, batch_size: int) -> int:
         return 1
     row_bytes = sum(spec.numpy_dtype.itemsize * math.prod(spec.shape) for spec in specs.values())
     return _group_size_of(row_bytes, batch_size)
+
+
+def _object_kinds(chunk: Any) -> dict[str, str]:
+    """What the first value of each object column of a NumPy chunk holds: ``str``, ``bytes`` or an array's dtype.
+
+    After a transform the columns' Arrow types are unknown, and NumPy's object dtype is the same
+    for strings, bytes and arrays of any dtype: the first value of a source's first chunk tells
+    them apart, one look a source. Other values (lists, None, empty arrays) are not compared.
+    """
+    kinds: dict[str, str] = {}
+    if not isinstance(chunk, dict):  # a framework's format: its signature alone is compared
+        return kinds
+    for name, values in chunk.items():
+        if not isinstance(values, np.ndarray) or values.dtype != object or not len(values):
+            continue
+        value = values[0]
+        if isinstance(value, str):
+            kinds[name] = "str"
+        elif isinstance(value, bytes | bytearray):
+            kinds[name] = "bytes"
+        elif isinstance(value, np.ndarray) and value.size:
+            kinds[name] = f"arrays of {value.dtype}"
+    return kinds
 
 
 def _values_of(spec: ColumnSpec) -> tuple[object, ...]:
