@@ -7,6 +7,7 @@ settings; the rest pins each documented behaviour and error.
 
 from __future__ import annotations
 
+import datetime
 import itertools
 import json
 import math
@@ -199,6 +200,23 @@ def test_bad_filters_are_refused_before_anything_is_read(dataset, filters: Any, 
     root, manifest = dataset
     with pytest.raises(ValueError, match=message):
         _reader(root, manifest, filters=filters)
+
+
+def test_a_naive_datetime_against_a_spark_timestamp_column_is_refused_before_anything_is_read(tmp_path) -> None:
+    # A Spark timestamp is a UTC instant (timestamp[us, tz=UTC] in the cache). Arrow finds a kernel for it
+    # and a naive datetime and fails only on a value: the check on no rows let the reader plan, and the
+    # error came from a reader thread on the first row group read.
+    at = pa.array(
+        [datetime.datetime(2024, 1, 1, hour, tzinfo=datetime.UTC) for hour in range(4)], pa.timestamp("us", "UTC")
+    )
+    pq.write_table(pa.table({"id": np.arange(4), "at": at}), tmp_path / "part.parquet", row_group_size=2)
+    schema = pa.schema([("id", pa.int64()), ("at", at.type)])
+    manifest = Manifest(files=(FileEntry("part.parquet", (2, 2)),), schema=schema, shapes={}, options={}, key="k")
+    with pytest.raises(ValueError, match=r"filters \(at > .*cannot be evaluated .*Cannot compare timestamp with tim"):
+        _reader(tmp_path, manifest, filters=[("at", ">", datetime.datetime(2024, 1, 1, 1))])
+    aware = datetime.datetime(2024, 1, 1, 1, tzinfo=datetime.UTC)
+    with _reader(tmp_path, manifest, batch_size=10, num_epochs=1, filters=[("at", ">", aware)]) as reader:
+        assert sorted(_ids(reader)) == [2, 3]
 
 
 def test_pruning_every_row_group_with_unbounded_epochs_is_refused_at_once(dataset) -> None:

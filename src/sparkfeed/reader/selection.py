@@ -77,8 +77,9 @@ def select_columns(entries: Sequence[str] | None, names: Sequence[str]) -> list[
     return list(chosen)
 
 
-def _empty(specs: Mapping[str, ColumnSpec], names: Sequence[str]) -> pa.Table:
-    return pa.table({name: pa.array([], specs[name].arrow_type) for name in names})
+def _empty(specs: Mapping[str, ColumnSpec], names: Sequence[str], rows: int = 0) -> pa.Table:
+    """A table of the named columns holding ``rows`` nulls each."""
+    return pa.table({name: pa.nulls(rows, specs[name].arrow_type) for name in names})
 
 
 def _evaluate(expression: pc.Expression, table: pa.Table) -> pa.ChunkedArray:
@@ -91,14 +92,18 @@ def _expression_columns(expression: pc.Expression, specs: Mapping[str, ColumnSpe
 
     Arrow has no public way to list an expression's field references; binding it to a table
     without a column fails exactly when it refers to that column. It is also where a filter on
-    an unknown column, or of the wrong types, is reported: before anything is read.
+    an unknown column, or of the wrong types, is reported: before anything is read. The types
+    are checked on a row of nulls, not on no rows: some mismatches pass Arrow's kernel lookup
+    and fail only on a value (a timestamp with a time zone against one without, as a Spark
+    timestamp column against ``datetime(2024, 1, 1)``), and would otherwise surface from a
+    reader thread after the plan was made.
 
     Raises:
         ValueError: The expression does not evaluate to a bool on this dataset's columns.
     """
     names = list(specs)
     try:
-        result = _evaluate(expression, _empty(specs, names))
+        result = _evaluate(expression, _empty(specs, names, rows=1))
     except (pa.ArrowException, TypeError) as error:
         detail = " ".join(str(error).split())  # Arrow lists a schema over several lines
         raise ValueError(
