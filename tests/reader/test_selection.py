@@ -219,6 +219,21 @@ def test_a_naive_datetime_against_a_spark_timestamp_column_is_refused_before_any
         assert sorted(_ids(reader)) == [2, 3]
 
 
+def test_a_value_the_filters_comparison_cannot_cast_is_explained(tmp_path) -> None:
+    # Arrow compares int64 with a float as doubles and refuses 2**53 + 1, which no double holds; only the
+    # rows show it, so it is raised while reading, and the note says why and what to write instead.
+    pq.write_table(pa.table({"id": pa.array([5, 2**53 + 1], pa.int64())}), tmp_path / "part.parquet")
+    manifest = Manifest(
+        files=(FileEntry("part.parquet", (2,)),), schema=pa.schema([("id", pa.int64())]), shapes={}, options={}
+    )
+    with _reader(tmp_path, manifest, batch_size=10, num_epochs=1, filters=[("id", ">", 4.5)]) as reader:
+        with pytest.raises(pa.ArrowInvalid, match="not in range") as error:
+            list(reader)
+    notes = "\n".join(error.value.__notes__)
+    assert "evaluating filters (id > 4.5) on rows of the columns {'id': 'int64'}" in notes
+    assert "an int64 beyond 2**53 against a float" in notes
+
+
 def test_pruning_every_row_group_with_unbounded_epochs_is_refused_at_once(dataset) -> None:
     root, manifest = dataset
     with pytest.raises(ValueError, match=r"holds no rows .*of which the filters' statistics rule out all"):

@@ -216,7 +216,18 @@ class RowFilter:
         """
         keep = np.ones(table.num_rows, dtype=bool)
         if self.expression is not None:
-            keep = _evaluate(self.expression, table).fill_null(False).to_numpy(zero_copy_only=False).astype(bool)
+            try:
+                evaluated = _evaluate(self.expression, table)
+            except pa.ArrowInvalid as error:  # a value the comparison's cast cannot hold: only the rows show it
+                error.add_note(
+                    f"sparkfeed: raised by Arrow evaluating filters {self.expression} on rows of the columns "
+                    f"{ {name: str(table.schema.field(name).type) for name in self.expression_columns} }: Arrow "
+                    "casts both sides of a comparison to one type and refuses a value that type cannot hold "
+                    "exactly (an int64 beyond 2**53 against a float, a uint64 beyond 2**63 against an int); "
+                    "write the value in the column's own type, e.g. pa.scalar(5, pa.uint64())"
+                )
+                raise
+            keep = evaluated.fill_null(False).to_numpy(zero_copy_only=False).astype(bool)
         if self.predicate is not None and keep.any():
             passed = table.filter(pa.array(keep)) if not keep.all() else table
             fields = list(self.selected if self.predicate_fields is None else self.predicate_fields)
