@@ -9,6 +9,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pyspark.errors import SparkRuntimeException
 from pyspark.ml.linalg import Vectors as MLVectors
 from pyspark.ml.linalg import VectorUDT as MLVectorUDT
@@ -18,7 +20,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from sparkfeed import NullValueError, UnsupportedTypeError, make_spark_converter
-from sparkfeed.types import array_view, column_specs, framework_view
+from sparkfeed.types import array_view, cast_column, column_specs, framework_view
 
 from helpers import by_id, concat
 
@@ -320,6 +322,42 @@ def test_a_path_read_double_beyond_float32_is_refused_naming_the_column(tmp_path
     assert _read(make_spark_converter(str(tmp_path), dtype="float64"), schema_fields=["id", "x"])["x"][1] == 1e300
 
 
+@settings(max_examples=200)
+@given(
+    precision=st.integers(1, 38),
+    data=st.data(),
+)
+def test_path_read_decimals_are_the_floats_nearest_their_values(precision: int, data: st.DataObject) -> None:
+    # Arrow's own cast multiplies by a rounded 10**-scale: 0.70 came out 0.7000000000000001.
+    scale = data.draw(st.integers(-3, precision))
+    digits = st.integers(-(10**precision) + 1, 10**precision - 1)
+    unscaled = data.draw(st.lists(st.one_of(st.none(), digits), min_size=1, max_size=30))
+    exact = decimal.Context(prec=80)  # the default context rounds to 28 digits
+    values = [None if u is None else decimal.Decimal(u).scaleb(-scale, exact) for u in unscaled]
+    column = pa.chunked_array([pa.array(values, pa.decimal128(precision, scale))])
+    offset = data.draw(st.integers(0, len(values) - 1))
+    column = column.slice(offset)  # a slice's buffers start before its first value
+    expected = [None if v is None else float(v) for v in values[offset:]]
+    assert cast_column("d", column, pa.float64()).to_pylist() == expected
+    assert cast_column("d", column, pa.float32()).to_pylist() == [
+        None if v is None else float(np.float32(v)) for v in expected
+    ]
+    nested = pa.chunked_array([pa.array([values[offset:], None, []], pa.list_(pa.decimal128(precision, scale)))])
+    assert cast_column("d", nested, pa.list_(pa.float64())).to_pylist() == [expected, None, []]
+
+
+def test_a_path_read_decimal_column_reads_as_spark_converts_decimals(tmp_path) -> None:
+    amounts = [decimal.Decimal(text) for text in ("0.70", "0.30", "-12.35", "1234567.89")]
+    pq.write_table(
+        pa.table({"id": range(4), "amount": pa.array(amounts, pa.decimal128(10, 2))}), tmp_path / "p.parquet"
+    )
+    got = _read(make_spark_converter(str(tmp_path), dtype="float64"))
+    assert got["amount"].tolist() == [0.7, 0.3, -12.35, 1234567.89]
+    kept = _read(make_spark_converter(str(tmp_path), dtype="float64"), filters=[("amount", "==", 0.7)])
+    assert kept["id"].tolist() == [0]
+
+
+# --------------------------------------------------------------------------- one policy, one error type
 # --------------------------------------------------------------------------- one policy, one error type
 
 
