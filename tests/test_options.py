@@ -267,6 +267,9 @@ def test_filters_become_one_expression_whatever_the_form_and_sets_are_sorted() -
     assert ReaderOptions(filters=expression).filters is expression
     text = str(ReaderOptions(filters=[("name", "in", {"c", "b", "a"})]).filters)
     assert text.index('"a"') < text.index('"b"') < text.index('"c"')  # the same text in every process
+    for value in (2**63, -(2**64)):
+        with pytest.raises(ValueError, match=r"is not allowed: a value is beyond the 64-bit integers"):
+            ReaderOptions(filters=[("x", ">", value)])
 
 
 def test_predicates_are_functions_or_petastorm_style_objects() -> None:

@@ -80,6 +80,11 @@ def _check_filters(filters: object) -> pc.Expression | None:
         raise ValueError(f"filters={filters!r} is not allowed: {allowed}")
     try:
         return pq.filters_to_expression([_sorted_sets(item) for item in filters])
+    except OverflowError as error:  # an int beyond 64 bits, which no Parquet column holds
+        raise ValueError(
+            f"filters={filters!r} is not allowed: a value is beyond the 64-bit integers a column can hold ({error}); "
+            "compare with the largest or smallest value of the column's type, or with a float"
+        ) from error
     except (ValueError, TypeError, pa.ArrowException) as error:
         raise ValueError(f"filters={filters!r} is not allowed ({error}): {allowed}") from error
 
