@@ -109,6 +109,25 @@ def test_as_mask_takes_bool_answers_and_explains_the_rest() -> None:
         as_mask([True, True, False], 2)
 
 
+def test_a_series_answer_in_another_row_order_is_read_by_its_labels_as_pandas_reads_it() -> None:
+    frame = pd.DataFrame({"x": [3, 1, 2, 5]})
+    answer = frame.sort_values("x")["x"] > 2  # labels 1, 2, 0, 3: rows 0 and 3 match
+    assert as_mask(answer, 4).tolist() == frame["x"].gt(2).tolist() == [True, False, False, True]
+    with pytest.raises(TypeError, match=r"returned a Series labelled \[0, 0, 1, 2\] for a chunk of 4 rows"):
+        as_mask(pd.Series([True, False, True, True], index=[0, 0, 1, 2]), 4)
+    with pytest.raises(TypeError, match=r"labelled \['a', 'b'\]"):
+        as_mask(pd.Series([True, False], index=["a", "b"]), 2)
+
+
+def test_a_predicate_that_sorts_its_rows_keeps_the_rows_it_means(spark) -> None:
+    converter = make_spark_converter(spark.range(300).withColumn("x", (F.col("id") * 37) % 101))
+    expected = sorted(i for i in range(300) if (i * 37) % 101 > 50)
+    with converter.make_numpy_iterator(
+        batch_size=16, num_epochs=1, predicate=lambda frame: frame.sort_values("x")["x"] > 50
+    ) as batches:
+        assert sorted(concat(batches)["id"].tolist()) == expected
+
+
 def test_predicates_filter_every_loader_of_a_converter(spark) -> None:
     converter = make_spark_converter(spark.range(300).withColumn("label", F.col("id") % 7))
     predicate = in_reduce([in_set({1, 2}, "label"), in_lambda(["id"], lambda i: i >= 100)], all)

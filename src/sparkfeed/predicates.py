@@ -60,6 +60,8 @@ def as_mask(result: object, rows: int) -> Mask:
     an object array of bools is taken too. A single bool for the whole chunk, numbers or a wrong
     length are mistakes (often a predicate written for one row at a time), named in the error.
     """
+    if isinstance(result, pd.Series) and len(result) == rows and not result.index.equals(pd.RangeIndex(rows)):
+        result = _aligned(result, rows)
     if isinstance(result, pd.Series) and result.dtype == "boolean":  # pandas' nullable bool: NA is not a match
         result = result.fillna(False)
     values = result.to_numpy() if isinstance(result, pd.Series) else np.asarray(result)
@@ -79,6 +81,26 @@ def as_mask(result: object, rows: int) -> Mask:
             "in_pseudorandom_split written for them"
         )
     return values
+
+
+def _aligned(result: pd.Series, rows: int) -> pd.Series:
+    """A Series answer in the chunk's row order, by its labels, as ``frame[mask]`` reads it.
+
+    The chunk's DataFrame is labelled ``0 .. rows - 1``. A predicate that sorts or regroups its
+    rows (``frame.sort_values("t")["x"].diff() > 0``) answers in another order, which pandas
+    aligns by label and position would misread: other rows kept, in silence.
+
+    Raises:
+        TypeError: Its labels are not each row's once.
+    """
+    index = result.index
+    if index.is_unique and index.isin(range(rows)).all():
+        return result.reindex(pd.RangeIndex(rows))
+    raise TypeError(
+        f"the predicate returned a Series labelled {list(index[:5])}{'...' if len(index) > 5 else ''} for a chunk "
+        f"of {rows} rows labelled 0 to {rows - 1}: its labels must name each row of the DataFrame it was given once "
+        "(return the mask computed from that DataFrame, or its .to_numpy() in the DataFrame's order)"
+    )
 
 
 class in_set(PredicateBase):
