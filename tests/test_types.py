@@ -20,6 +20,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from sparkfeed import NullValueError, UnsupportedTypeError, make_spark_converter
+from sparkfeed.materialize import _session_conf
 from sparkfeed.types import array_view, cast_column, column_specs, framework_view
 
 from helpers import by_id, concat
@@ -357,7 +358,42 @@ def test_a_path_read_decimal_column_reads_as_spark_converts_decimals(tmp_path) -
     assert kept["id"].tolist() == [0]
 
 
-# --------------------------------------------------------------------------- one policy, one error type
+def test_spark_int96_timestamps_opened_by_path_read_as_spark_reads_them(spark, tmp_path) -> None:
+    # INT96, Spark's default output type, read in pyarrow's default nanoseconds wrapped every time
+    # outside 1677-2262: 9999-12-31 came out as 1816-03-29.
+    stamps = [datetime.datetime(9999, 12, 31), datetime.datetime(1500, 1, 1), datetime.datetime(2024, 1, 1, 12)]
+    df = spark.createDataFrame(list(enumerate(stamps)), "id long, ts timestamp")
+    with _session_conf(spark, {"spark.sql.parquet.outputTimestampType": "INT96"}):
+        df.coalesce(1).write.parquet(str(tmp_path / "int96"))
+    (file,) = (tmp_path / "int96").glob("*.parquet")
+    assert pq.ParquetFile(file).schema.column(1).physical_type == "INT96"
+    got = _read(make_spark_converter(str(tmp_path / "int96")))
+    assert got["ts"].astype("datetime64[us]").tolist() == stamps
+    kept = _read(make_spark_converter(str(tmp_path / "int96")), filters=[("ts", ">", datetime.datetime(3000, 1, 1))])
+    assert kept["id"].tolist() == [0]
+
+
+@pytest.mark.parametrize("mode", ["datetimeRebaseModeInWrite", "int96RebaseModeInWrite"])
+def test_a_file_spark_wrote_in_its_legacy_calendar_is_refused_where_it_holds_values_spark_would_shift(
+    spark, tmp_path, mode: str
+) -> None:
+    # Spark shifts these values when it reads them; pyarrow read 1500-01-01 as 1500-01-10.
+    conf = {f"spark.sql.parquet.{mode}": "LEGACY"}
+    if mode == "int96RebaseModeInWrite":
+        conf["spark.sql.parquet.outputTimestampType"] = "INT96"
+    rows = [(0, datetime.datetime(1500, 1, 1), datetime.date(1500, 1, 1))]
+    modern = [(1, datetime.datetime(2024, 1, 1), datetime.date(2024, 1, 1))]
+    with _session_conf(spark, conf):
+        spark.createDataFrame(rows + modern, "id long, ts timestamp, d date").coalesce(1).write.parquet(
+            str(tmp_path / "old")
+        )
+        spark.createDataFrame(modern, "id long, ts timestamp, d date").coalesce(1).write.parquet(str(tmp_path / "new"))
+    with pytest.raises(ValueError, match=r"in its LEGACY calendar mode .* column '(ts|d)' holds 1500-01-"):
+        make_spark_converter(str(tmp_path / "old"))
+    got = _read(make_spark_converter(str(tmp_path / "new")))  # nothing Spark would shift: read as it is
+    assert got["d"].tolist() == [datetime.date(2024, 1, 1)]
+
+
 # --------------------------------------------------------------------------- one policy, one error type
 
 

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlparse
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
@@ -50,7 +51,7 @@ from sparkfeed.cache import (
 )
 from sparkfeed.location import Location
 from sparkfeed.options import ConversionRun, MaterializeOptions
-from sparkfeed.types import list_depth, normalize_dataframe
+from sparkfeed.types import INT96_UNIT, list_depth, normalize_dataframe
 from sparkfeed.writer import (
     RESULT_SCHEMA,
     ShapeStats,
@@ -716,7 +717,8 @@ def _local_shape_stats(fs: pafs.FileSystem, root: str, files: list[str], names: 
     parts: dict[str, list[ShapeStats]] = {name: [] for name in names}
     for relative in files:
         with fs.open_input_file(f"{root}/{relative}") as handle:
-            for batch in pq.ParquetFile(handle).iter_batches(columns=names, batch_size=65536):
+            parquet = pq.ParquetFile(handle, coerce_int96_timestamp_unit=INT96_UNIT)
+            for batch in parquet.iter_batches(columns=names, batch_size=65536):
                 for name in names:
                     parts[name].append(list_shape_stats(batch.column(name)))
     return {name: merge_shape_stats(part) for name, part in parts.items()}
@@ -764,10 +766,11 @@ def describe(
     if not names:
         raise ValueError(f"no Parquet files under {location}")
 
-    def footer(relative: str) -> pq.FileMetaData:
+    def footer(relative: str) -> tuple[pq.FileMetaData, pa.Schema]:
         try:
             with fs.open_input_file(f"{root}/{relative}") as handle:
-                return pq.read_metadata(handle)
+                parquet = pq.ParquetFile(handle, coerce_int96_timestamp_unit=INT96_UNIT)
+                return parquet.metadata, parquet.schema_arrow
         except (OSError, pa.ArrowException) as error:
             raise ValueError(
                 f"{relative} under {location} is not a Parquet file ({error}); remove it, or point at a "
@@ -775,8 +778,9 @@ def describe(
             ) from error
 
     with ThreadPoolExecutor(max_workers=8) as pool:
-        footers = list(pool.map(footer, names))
-    schemas = [_feature_schema(md.schema.to_arrow_schema()) for md in footers]
+        described = list(pool.map(footer, names))
+    footers = [md for md, _ in described]
+    schemas = [_feature_schema(schema) for _, schema in described]
     schema = _unified_schema(names, schemas, location)
     partitions = _hive_partitions(names, location)
     if partitions is not None:
@@ -793,6 +797,7 @@ def describe(
         )
         for index, (name, md) in enumerate(zip(names, footers, strict=True))
     )
+    _refuse_julian_dates(fs, root, names, footers, location)
     depths = {f.name: list_depth(f.type) for f in schema if is_list_type(f.type)}
     measured: dict[str, ShapeStats] = {}
     if depths:
@@ -811,6 +816,55 @@ def describe(
             created_by=created_by or _creator(None),
         ),
     )
+
+
+_JULIAN_BEFORE = {"date": datetime.date(1582, 10, 15), "timestamp": datetime.datetime(1900, 1, 1)}
+"""Where Spark's LEGACY files may differ from their values: dates before the Gregorian calendar,
+and timestamps before 1900 (Spark's own bound for them: a time zone's rebase ends by then)."""
+
+
+def _refuse_julian_dates(
+    fs: pafs.FileSystem, root: str, names: list[str], footers: list[pq.FileMetaData], location: Location
+) -> None:
+    """Refuses files Spark wrote in its LEGACY calendar mode that hold dates or times it would shift.
+
+    Spark 2 wrote dates and timestamps in the hybrid Julian calendar, and Spark 3 and 4 do with
+    ``datetimeRebaseModeInWrite`` or ``int96RebaseModeInWrite`` set to LEGACY (their footer says
+    so, or its Spark version is below 3). Spark rebases such values when it reads them; pyarrow
+    does not, so 1500-01-01 came out as 1500-01-10, in silence. Only such files' date and
+    timestamp columns are read here, once, and only values before :data:`_JULIAN_BEFORE` differ.
+
+    Raises:
+        ValueError: A LEGACY file holds such a value; the message says how to read it.
+    """
+    for name, md in zip(names, footers, strict=True):
+        meta = md.metadata or {}
+        version = meta.get(b"org.apache.spark.version", b"").decode(errors="replace")
+        legacy = b"org.apache.spark.legacyDateTime" in meta or b"org.apache.spark.legacyINT96" in meta
+        if not legacy and not (version and version.split(".")[0].isdigit() and int(version.split(".")[0]) < 3):
+            continue
+        schema = md.schema.to_arrow_schema()
+        kinds = {
+            f.name: "date" if pa.types.is_date(f.type) else "timestamp"
+            for f in schema
+            if pa.types.is_date(f.type) or pa.types.is_timestamp(f.type)
+        }
+        if not kinds:
+            continue
+        with fs.open_input_file(f"{root}/{name}") as handle:
+            table = pq.ParquetFile(handle, coerce_int96_timestamp_unit=INT96_UNIT).read(columns=list(kinds))
+        for column, kind in kinds.items():
+            values = table.column(column)
+            if kind == "timestamp":
+                values = values.cast(pa.timestamp("us", tz=values.type.tz))
+            early = pc.min(values)
+            if early.is_valid and pc.less(early, pa.scalar(_JULIAN_BEFORE[kind], values.type)).as_py():
+                raise ValueError(
+                    f"{name} under {location} was written by Spark {version or '(version unknown)'} in its LEGACY "
+                    f"calendar mode (hybrid Julian), and its column {column!r} holds {early.as_py()}, before "
+                    f"{_JULIAN_BEFORE[kind]}: Spark shifts such values when it reads them, and pyarrow does not. "
+                    f"Convert it through Spark instead: make_spark_converter(spark.read.parquet({location.url!r}))"
+                )
 
 
 def _relative(path: str, root: str) -> str:

@@ -254,6 +254,12 @@ def _is_numeric(data_type: pa.DataType) -> bool:
     )
 
 
+INT96_UNIT = "us"
+"""The unit Parquet's INT96 timestamps (Spark's default output type for years) are read in: Spark's.
+pyarrow's default, nanoseconds, wraps every time outside 1677-2262 in silence: 9999-12-31, a
+common "no end" date, read as 1816-03-29. Every Parquet read passes it."""
+
+
 def normalize_arrow_type(name: str, data_type: pa.DataType, dtype: str | None) -> pa.DataType:
     """The Arrow twin of :func:`normalize_dataframe`, for Parquet that sparkfeed did not write."""
     if pa.types.is_floating(data_type) or pa.types.is_decimal(data_type):

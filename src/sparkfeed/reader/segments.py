@@ -33,7 +33,7 @@ from sparkfeed.reader.readahead import DEFAULT_READ_AHEAD_BYTES, ReadAhead, Span
 from sparkfeed.reader.selection import RowFilter, kept_positions
 from sparkfeed.reader.sequence import SequencePlan
 from sparkfeed.transform import HeldNulls, TransformSpec, transform_frame
-from sparkfeed.types import ColumnSpec, cast_column, to_numpy
+from sparkfeed.types import INT96_UNIT, ColumnSpec, cast_column, to_numpy
 from sparkfeed.writer import RAGGED, take_views, unpack, unpack_ragged
 
 
@@ -325,7 +325,12 @@ class SegmentReader:
         name = self._sequence.key.name
         footer = self._footer(file)
         with self._open(file) as handle:
-            parquet = pq.ParquetFile(handle, metadata=footer, page_checksum_verification=self._verify)
+            parquet = pq.ParquetFile(
+                handle,
+                metadata=footer,
+                page_checksum_verification=self._verify,
+                coerce_int96_timestamp_unit=INT96_UNIT,
+            )
             column = parquet.read_row_group(row_group, columns=[name], use_threads=False).column(name)
         lengths = self._sequence.arrow_lengths(self._logical(name, column, self._files[file].packed))
         # Every rank holds every row's: 2 bytes a row where no row is 65,536 values or longer, else 4.
@@ -489,7 +494,11 @@ class SegmentReader:
 
         def decode(source: pa.NativeFile | SpanFile, pre_buffer: bool) -> pa.Table:
             parquet = pq.ParquetFile(
-                source, metadata=footer, page_checksum_verification=self._verify, pre_buffer=pre_buffer
+                source,
+                metadata=footer,
+                page_checksum_verification=self._verify,
+                pre_buffer=pre_buffer,
+                coerce_int96_timestamp_unit=INT96_UNIT,
             )
             return parquet.read_row_group(row_group, columns=stored, use_threads=False)
 

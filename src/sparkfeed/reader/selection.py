@@ -30,7 +30,7 @@ from sparkfeed.cache import FileEntry
 from sparkfeed.location import Location
 from sparkfeed.options import is_field_predicate
 from sparkfeed.predicates import as_mask
-from sparkfeed.types import ColumnSpec
+from sparkfeed.types import INT96_UNIT, ColumnSpec
 
 Groups = Sequence[tuple[int, int, int]]
 """``(file, row_group, rows)`` for every row group, in file order."""
@@ -268,7 +268,7 @@ class RowFilter:
         if self.expression is None:
             return list(groups)
         fs, base = root.filesystem, root.path
-        parquet = ds.ParquetFileFormat()
+        parquet = ds.ParquetFileFormat(read_options=ds.ParquetReadOptions(coerce_int96_timestamp_unit=INT96_UNIT))
         possible: dict[int, set[int] | None] = {}
         for file in sorted({file for file, _, _ in groups}):
             entry = files[file]
