@@ -394,6 +394,32 @@ def test_a_file_spark_wrote_in_its_legacy_calendar_is_refused_where_it_holds_val
     assert got["d"].tolist() == [datetime.date(2024, 1, 1)]
 
 
+def test_a_path_read_dictionary_column_is_its_values(tmp_path) -> None:
+    # A pandas categorical, as pyarrow writes it: refused before, though its values are plain strings.
+    import pandas as pd
+
+    frame = pd.DataFrame({"id": range(6), "cat": pd.Categorical(["a", "b", "a", "c", "b", "a"])})
+    frame.to_parquet(tmp_path / "p.parquet")
+    assert pa.types.is_dictionary(pq.read_schema(tmp_path / "p.parquet").field("cat").type)
+    converter = make_spark_converter(str(tmp_path))
+    got = _read(converter)
+    assert got["cat"].tolist() == ["a", "b", "a", "c", "b", "a"]
+    assert _read(converter, filters=[("cat", "==", "a")])["id"].tolist() == [0, 2, 5]
+
+
+def test_a_path_read_column_no_tensor_holds_is_refused_only_where_a_loader_selects_it(tmp_path) -> None:
+    # A time of day: no framework tensor type holds it. The dataset opened at all was refused
+    # before, whatever the loaders would select.
+    table = pa.table({"id": [0, 1, 2], "at": pa.array([0, 1, 2], pa.time64("us")), "x": [0.5, 1.5, 2.5]})
+    pq.write_table(table, tmp_path / "p.parquet")
+    converter = make_spark_converter(str(tmp_path))
+    assert len(converter) == 3
+    got = _read(converter, schema_fields=["id", "x"], filters=[("x", ">", 1.0)])
+    assert got["id"].tolist() == [1, 2]
+    with pytest.raises(UnsupportedTypeError, match=r"column 'at' has Arrow type time64\[us\].*schema_fields"):
+        converter.make_numpy_iterator(batch_size=2, num_epochs=1)
+
+
 # --------------------------------------------------------------------------- one policy, one error type
 
 

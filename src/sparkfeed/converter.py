@@ -41,7 +41,6 @@ from sparkfeed.materialize import (
 from sparkfeed.options import ConversionRun, MaterializeOptions, ReaderArgs, Reuse, known_keywords, reader_options
 from sparkfeed.reader import Reader
 from sparkfeed.reader.batch import NUMPY, BatchFormat, Columns
-from sparkfeed.types import column_specs
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +70,6 @@ class SparkDatasetConverter:
     """The same as :attr:`PARENT_CACHE_DIR_URL_CONF`, kept for code written against sparkfeed 0.1."""
 
     def __init__(self, location: Location | str, manifest: Manifest, token: str | None = None) -> None:
-        column_specs(manifest.schema, manifest.options.get("dtype"), manifest.shapes)  # Reject bad types now.
         self._location = Location.parse(location)
         self._manifest = manifest
         self._token = token

@@ -261,7 +261,13 @@ common "no end" date, read as 1816-03-29. Every Parquet read passes it."""
 
 
 def normalize_arrow_type(name: str, data_type: pa.DataType, dtype: str | None) -> pa.DataType:
-    """The Arrow twin of :func:`normalize_dataframe`, for Parquet that sparkfeed did not write."""
+    """The Arrow twin of :func:`normalize_dataframe`, for Parquet that sparkfeed did not write.
+
+    A dictionary-encoded column (a pandas categorical written by pyarrow) is its values: the
+    encoding is how the file stores them, not what a row holds.
+    """
+    if pa.types.is_dictionary(data_type):
+        return normalize_arrow_type(name, data_type.value_type, dtype)
     if pa.types.is_floating(data_type) or pa.types.is_decimal(data_type):
         if dtype:
             return pa.float32() if dtype == "float32" else pa.float64()
@@ -275,8 +281,18 @@ def normalize_arrow_type(name: str, data_type: pa.DataType, dtype: str | None) -
         return data_type
     raise UnsupportedTypeError(
         f"column {name!r} has Arrow type {data_type}, which sparkfeed cannot turn into a tensor: "
-        "rewrite the dataset with that column flattened, serialized to a string, or dropped"
+        "leave it out with schema_fields, or rewrite the dataset with that column flattened, serialized to a "
+        "string, or dropped"
     )
+
+
+def readable_type(schema: pa.Schema, name: str) -> bool:
+    """Whether column ``name`` has a type sparkfeed turns into a tensor (see :func:`normalize_arrow_type`)."""
+    try:
+        normalize_arrow_type(name, schema.field(name).type, None)
+    except UnsupportedTypeError:
+        return False
+    return True
 
 
 def cast_column(name: str, column: pa.ChunkedArray, target: pa.DataType) -> pa.ChunkedArray:
@@ -288,6 +304,10 @@ def cast_column(name: str, column: pa.ChunkedArray, target: pa.DataType) -> pa.C
     Raises:
         OverflowError: A finite value would become infinite as float32.
     """
+    if pa.types.is_dictionary(column.type):  # decoded first: its values are what the rows hold
+        column = column.cast(column.type.value_type)
+        if column.type == target:
+            return column
     source_leaf, target_leaf = _leaf_type(column.type), _leaf_type(target)
     if pa.types.is_decimal(source_leaf):
         cast = pa.chunked_array([_decimals_as_floats(chunk, target) for chunk in column.chunks], type=target)

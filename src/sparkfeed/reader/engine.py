@@ -31,7 +31,7 @@ from sparkfeed.reader.selection import RowFilter, select_columns
 from sparkfeed.reader.sequence import SequencePlan
 from sparkfeed.reader.state import Identity, ReaderState, advanced, fingerprint, planned_groups, resume
 from sparkfeed.reader.stats import Counters, batch_bytes, bytes_per_row, verdict
-from sparkfeed.types import ColumnSpec, column_specs
+from sparkfeed.types import ColumnSpec, column_specs, readable_type
 
 C = TypeVar("C")
 
@@ -102,7 +102,11 @@ class Reader(Generic[C]):
         dtype = manifest.options.get("dtype")
         names = select_columns(options.schema_fields, manifest.schema.names)
         self._specs = column_specs(manifest.schema, dtype, manifest.shapes, names)
-        every = column_specs(manifest.schema, dtype, manifest.shapes) if options.filters_rows else self._specs
+        # Filters may name columns the batches leave out; a column no tensor holds is left to the
+        # reader that selects it (Parquet opened by path may hold one: a time of day, say).
+        schema = manifest.schema
+        readable = [name for name in schema.names if name in self._specs or readable_type(schema, name)]
+        every = column_specs(schema, dtype, manifest.shapes, readable) if options.filters_rows else self._specs
         self._row_filter = RowFilter.build(options.filters, options.predicate, every, list(self._specs))
         extra = {} if self._row_filter is None else {name: every[name] for name in self._row_filter.extra}
         self._sequence = None
