@@ -330,7 +330,7 @@ def test_a_path_read_double_beyond_float32_is_refused_naming_the_column(tmp_path
 )
 def test_path_read_decimals_are_the_floats_nearest_their_values(precision: int, data: st.DataObject) -> None:
     # Arrow's own cast multiplies by a rounded 10**-scale: 0.70 came out 0.7000000000000001.
-    scale = data.draw(st.integers(-3, precision))
+    scale = data.draw(st.integers(-3 if precision <= 18 else 0, precision))  # pyarrow 19 builds no wide negative ones
     digits = st.integers(-(10**precision) + 1, 10**precision - 1)
     unscaled = data.draw(st.lists(st.one_of(st.none(), digits), min_size=1, max_size=30))
     exact = decimal.Context(prec=80)  # the default context rounds to 28 digits
