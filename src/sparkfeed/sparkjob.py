@@ -34,6 +34,7 @@ T = TypeVar("T")
 
 _POLL_SECONDS = 0.25
 _CANCEL_WAIT_SECONDS = 60.0
+_SETTLE_SECONDS = 1.0
 
 
 @dataclasses.dataclass
@@ -104,6 +105,8 @@ def run(
             thread.join(_POLL_SECONDS)
             if bar is not None:
                 watch.show(bar, counters)  # once more after the end: the final counts
+        if bar is not None and outcome and outcome[0][0]:
+            watch.settle(bar, counters)
     except BaseException:
         log.info("interrupted: cancelling the Spark jobs of %s", description)
         deadline = time.monotonic() + _CANCEL_WAIT_SECONDS
@@ -240,6 +243,24 @@ class _Watch:
         if counts:
             bar.set_postfix(_postfix(counts), refresh=False)
         bar.refresh()
+
+    def settle(self, bar: Any, counters: Counters | None) -> None:
+        """The final counts of an action that succeeded, once Spark's status tracker has them.
+
+        The tracker learns of the last tasks from Spark's listener bus, a little after the
+        action returns: shown at once, a finished write's bar could stay at 3/4. It waits at most
+        :data:`_SETTLE_SECONDS` (a skipped stage's tasks never complete), and only with a bar.
+        """
+        deadline = time.monotonic() + _SETTLE_SECONDS
+        while True:
+            self.show(bar, counters)
+            try:
+                done, total = self.tasks()
+            except Exception:  # noqa: BLE001 - a progress bar never fails a conversion
+                return
+            if done >= total or time.monotonic() >= deadline:
+                return
+            time.sleep(_POLL_SECONDS / 5)
 
     def wait_for_jobs(self) -> None:
         """After a cancel, waits (a bounded time) until Spark shows none of the jobs running, nor their tasks.
