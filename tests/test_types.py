@@ -394,6 +394,26 @@ def test_a_file_spark_wrote_in_its_legacy_calendar_is_refused_where_it_holds_val
     assert got["d"].tolist() == [datetime.date(2024, 1, 1)]
 
 
+def test_a_legacy_key_covers_only_its_own_columns_and_a_cache_never_carries_one(spark, tmp_path) -> None:
+    # int96RebaseModeInWrite=LEGACY marks every file, yet only INT96 columns are rebased: a
+    # TIMESTAMP_MICROS column of 1500 is read by Spark as written. A session so set must not make
+    # sparkfeed refuse its own caches either.
+    stamps = [(0, datetime.datetime(1500, 1, 1), datetime.date(1500, 1, 1))]
+    df = spark.createDataFrame(stamps, "id long, ts timestamp, d date")
+    conf = {
+        "spark.sql.parquet.int96RebaseModeInWrite": "LEGACY",
+        "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
+    }
+    with _session_conf(spark, conf):
+        df.coalesce(1).write.parquet(str(tmp_path / "micros"))
+        converter = make_spark_converter(df.withColumn("x", F.lit(1.0)))  # Spark's own writer
+    (file,) = (tmp_path / "micros").glob("*.parquet")
+    assert b"org.apache.spark.legacyINT96" in pq.read_metadata(file).metadata
+    for got in (_read(make_spark_converter(str(tmp_path / "micros"))), _read(converter)):
+        assert got["ts"].astype("datetime64[us]").tolist() == [datetime.datetime(1500, 1, 1)]
+        assert got["d"].tolist() == [datetime.date(1500, 1, 1)]
+
+
 def test_a_path_read_dictionary_column_is_its_values(tmp_path) -> None:
     # A pandas categorical, as pyarrow writes it: refused before, though its values are plain strings.
     import pandas as pd

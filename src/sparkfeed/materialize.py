@@ -574,6 +574,7 @@ def _write_with_spark(
     written = {
         "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
         "spark.sql.parquet.datetimeRebaseModeInWrite": "CORRECTED",
+        "spark.sql.parquet.int96RebaseModeInWrite": "CORRECTED",  # no INT96 is written, nor its LEGACY key
     }
     with _session_conf(spark, written):
         writer = (
@@ -840,15 +841,20 @@ def _refuse_julian_dates(
     for name, md in zip(names, footers, strict=True):
         meta = md.metadata or {}
         version = meta.get(b"org.apache.spark.version", b"").decode(errors="replace")
-        legacy = b"org.apache.spark.legacyDateTime" in meta or b"org.apache.spark.legacyINT96" in meta
-        if not legacy and not (version and version.split(".")[0].isdigit() and int(version.split(".")[0]) < 3):
+        spark2 = version.split(".")[0].isdigit() and int(version.split(".")[0]) < 3
+        # Each key covers its own columns: INT96 timestamps, or dates and the other timestamps.
+        legacy_int96 = spark2 or b"org.apache.spark.legacyINT96" in meta
+        legacy_other = spark2 or b"org.apache.spark.legacyDateTime" in meta
+        if not legacy_int96 and not legacy_other:
             continue
-        schema = md.schema.to_arrow_schema()
-        kinds = {
-            f.name: "date" if pa.types.is_date(f.type) else "timestamp"
-            for f in schema
-            if pa.types.is_date(f.type) or pa.types.is_timestamp(f.type)
-        }
+        physical = {md.schema.column(i).path: md.schema.column(i).physical_type for i in range(md.num_columns)}
+        kinds = {}
+        for field in md.schema.to_arrow_schema():
+            int96 = physical.get(field.name) == "INT96"
+            if pa.types.is_date(field.type) and legacy_other:
+                kinds[field.name] = "date"
+            elif pa.types.is_timestamp(field.type) and (legacy_int96 if int96 else legacy_other):
+                kinds[field.name] = "timestamp"
         if not kinds:
             continue
         with fs.open_input_file(f"{root}/{name}") as handle:
