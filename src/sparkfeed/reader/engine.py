@@ -104,9 +104,11 @@ class Reader(Generic[C]):
         self._specs = column_specs(manifest.schema, dtype, manifest.shapes, names)
         # Filters may name columns the batches leave out; a column no tensor holds is left to the
         # reader that selects it (Parquet opened by path may hold one: a time of day, say).
-        schema = manifest.schema
-        readable = [name for name in schema.names if name in self._specs or readable_type(schema, name)]
-        every = column_specs(schema, dtype, manifest.shapes, readable) if options.filters_rows else self._specs
+        every = self._specs
+        if options.filters_rows:
+            schema = manifest.schema
+            readable = [name for name in schema.names if name in self._specs or readable_type(schema, name)]
+            every = column_specs(schema, dtype, manifest.shapes, readable)
         self._row_filter = RowFilter.build(options.filters, options.predicate, every, list(self._specs))
         extra = {} if self._row_filter is None else {name: every[name] for name in self._row_filter.extra}
         self._sequence = None
