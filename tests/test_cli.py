@@ -157,6 +157,25 @@ def test_inspect_a_parquet_directory_read_in_place(plain) -> None:
     assert "read with   dtype='float32'" in text
 
 
+def test_inspect_lists_a_column_no_tensor_holds_with_its_reason(tmp_path) -> None:
+    # A loader refuses such a column only when it selects it; inspect failed on it with a
+    # traceback, though it is how a user finds out which columns to leave out.
+    table = pa.table(
+        {"x": [1, 2, 3], "t": pa.array([0, 1, None], pa.time64("us")), "d": pa.array([5] * 3, pa.duration("us"))}
+    )
+    pq.write_table(table, tmp_path / "part-0.parquet")
+    result = _run("inspect", "--json", str(tmp_path))
+    assert result.exit_code == 0, result.output
+    columns = _columns(json.loads(result.output))
+    assert list(columns) == ["x", "t", "d"] and columns["x"]["numpy"] == "int64"
+    for name, stored in (("t", "time64[us]"), ("d", "duration[us]")):
+        assert columns[name]["kind"] == "unsupported" and columns[name]["type"] == stored
+        assert columns[name]["numpy"] is None and "leave it out with schema_fields" in columns[name]["reason"]
+    text = _run("inspect", str(tmp_path)).output
+    assert re.search(r"^  t +time64\[us\] +unsupported +- +leave it out with schema_fields$", text, re.MULTILINE), text
+    assert "columns (3):" in text
+
+
 def test_inspect_errors_are_one_line_with_exit_code_1(plain, tmp_path) -> None:
     missing = _run("inspect", str(tmp_path / "nothing"))
     assert missing.exit_code == 1 and missing.output.startswith("Error: cannot open ")

@@ -92,16 +92,36 @@ def describe_dataset(url: str) -> dict[str, Any]:
             "max_rows": max(groups, default=0),
         },
         "float_dtype": dtype,
-        "columns": [
-            _column(spec, manifest.schema.field(spec.name).type, manifest.shapes.get(spec.name))
-            for spec in column_specs(manifest.schema, dtype, manifest.shapes).values()
-        ],
+        "columns": [_describe(manifest.schema, name, dtype, manifest.shapes) for name in manifest.schema.names],
     }
     if cache:
         report["options"] = manifest.options
         report["created_at"] = manifest.created_at
         report["created_by"] = manifest.created_by
     return report
+
+
+def _describe(schema: pa.Schema, name: str, dtype: str | None, shapes: dict[str, Any]) -> dict[str, Any]:
+    """One column's entry; one that no tensor holds is listed with the reason, not a failure.
+
+    A loader refuses such a column only when it selects it, so the dataset stays readable with
+    ``schema_fields``; ``inspect`` is how a user finds out which columns to leave out.
+    """
+    stored = schema.field(name).type
+    try:
+        spec = column_specs(schema, dtype, shapes, [name])[name]
+    except UnsupportedTypeError as error:
+        return {
+            "name": name,
+            "type": type_name(stored),
+            "kind": "unsupported",
+            "numpy": None,
+            "shape": None,
+            "lengths": None,
+            "torch": None,
+            "reason": str(error),
+        }
+    return _column(spec, stored, shapes.get(name))
 
 
 def _column(spec: ColumnSpec, stored: pa.DataType, stats: list[tuple[int | None, int | None]] | None) -> dict[str, Any]:
@@ -199,6 +219,9 @@ def format_report(report: dict[str, Any]) -> str:
     rows = [("column", "stored as", "NumPy batch", "per row", "torch (where it differs)")]
     for column in report["columns"]:
         shape = column["shape"]
+        if column["kind"] == "unsupported":
+            rows.append((column["name"], column["type"], "unsupported", "-", "leave it out with schema_fields"))
+            continue
         if shape is None:
             per_row = "varying: " + " x ".join(f"{low}..{high}" for low, high in column["lengths"] or [])
         else:
