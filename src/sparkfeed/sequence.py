@@ -98,11 +98,17 @@ class Sequence:
             )
 
     def describe(self) -> dict[str, Any]:
-        """The fields that differ from the defaults, as plain data (for the reader state's identity)."""
+        """The fields that differ from the defaults, as plain data (for the reader state's identity).
+
+        A whole ``pad_value`` is written as an int: ``1`` and ``1.0`` pad alike, and a state
+        saved with one resumes with the other (its identity is compared as text).
+        """
         out: dict[str, Any] = {"mode": self.mode}
         for name in _FIELDS[1:]:
             value = getattr(self, name)
             if value != _DEFAULTS[name]:
+                if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+                    value = int(value)
                 out[name] = list(value) if isinstance(value, tuple) else value
         return out
 

@@ -811,6 +811,24 @@ def test_a_state_saved_with_another_sequence_is_refused(dataset) -> None:
         _reader(root, manifest, batch_size=8, num_epochs=1, seed=1, sequence={"tok": "bucket"}).load_state_dict(state)
 
 
+def test_a_state_resumes_with_the_same_pad_value_spelled_otherwise(dataset) -> None:
+    # 1 and 1.0 pad alike; the identity is compared as text, and "1.0" != "1" refused the state.
+    root, manifest = dataset
+    sequence = {"tok": Sequence("pad", pad_value=1.0)}
+    with _reader(root, manifest, batch_size=8, num_epochs=1, seed=1, sequence=sequence) as reader:
+        batches = iter(reader)
+        next(batches)
+        state = reader.state_dict()
+        rest = [batch["tok_lengths"].tolist() for batch in batches]
+    with _reader(root, manifest, batch_size=8, num_epochs=1, seed=1, sequence={"tok": {"pad_value": 1}}) as resumed:
+        resumed.load_state_dict(state)
+        assert [batch["tok_lengths"].tolist() for batch in resumed] == rest
+    with pytest.raises(ValueError, match="this state was saved with sequence="):  # another value is another option
+        _reader(root, manifest, batch_size=8, num_epochs=1, seed=1, sequence={"tok": {"pad_value": 2}}).load_state_dict(
+            state
+        )
+
+
 @pytest.mark.parametrize("mode", ["pad", "bucket", "pack"])
 @pytest.mark.parametrize(("pad_value", "allowed"), [(0.5, "a whole number"), (2.0**63, "a whole number")])
 def test_a_pad_value_the_values_cannot_hold_is_refused_when_the_loader_is_made(
