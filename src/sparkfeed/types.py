@@ -308,7 +308,7 @@ def cast_column(name: str, column: pa.ChunkedArray, target: pa.DataType) -> pa.C
         column = column.cast(column.type.value_type)
         if column.type == target:
             return column
-    source_leaf, target_leaf = _leaf_type(column.type), _leaf_type(target)
+    source_leaf, target_leaf = leaf_type(column.type), leaf_type(target)
     if pa.types.is_decimal(source_leaf):
         cast = pa.chunked_array([_decimals_as_floats(chunk, target) for chunk in column.chunks], type=target)
     else:
@@ -382,7 +382,8 @@ def list_depth(data_type: pa.DataType) -> int:
     return depth
 
 
-def _leaf_type(data_type: pa.DataType) -> pa.DataType:
+def leaf_type(data_type: pa.DataType) -> pa.DataType:
+    """The type under every list level: ``float`` for ``list<list<float>>``."""
     while is_list_type(data_type):
         data_type = data_type.value_type
     return data_type
@@ -411,7 +412,7 @@ class ColumnSpec:
             return cls(name, arrow_type, "object")
         if not is_list_type(arrow_type):
             return cls(name, arrow_type, "scalar")
-        if stats and _is_numeric(_leaf_type(arrow_type)) and all(low == high for low, high in stats):
+        if stats and _is_numeric(leaf_type(arrow_type)) and all(low == high for low, high in stats):
             return cls(name, arrow_type, "tensor", tuple(low or 0 for low, _ in stats))
         return cls(name, arrow_type, "ragged")
 
@@ -420,7 +421,7 @@ class ColumnSpec:
         """The NumPy dtype of the column's values (``object`` for strings, bytes, ragged arrays)."""
         if self.kind in ("object", "ragged"):
             return np.dtype(object)
-        leaf = _leaf_type(self.arrow_type)
+        leaf = leaf_type(self.arrow_type)
         if pa.types.is_date32(leaf):
             return np.dtype("datetime64[D]")
         if pa.types.is_timestamp(leaf):  # pandas would say datetime64[us, UTC]; NumPy has no zones
@@ -449,7 +450,7 @@ def to_numpy(spec: ColumnSpec, column: pa.ChunkedArray | pa.Array) -> np.ndarray
         array = column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
     else:
         array = column
-    if spec.kind == "ragged" and _is_numeric(_leaf_type(array.type)):
+    if spec.kind == "ragged" and _is_numeric(leaf_type(array.type)):
         # A null array is None, as a null string is; a null inside one has no place in its
         # values: pyarrow would make the column's cells float (2**53 + 1 another number) and it NaN.
         for inner in list_levels(array)[1:]:

@@ -16,7 +16,7 @@ import click
 import numpy as np
 import pyarrow as pa
 
-from sparkfeed.types import ColumnSpec, UnsupportedTypeError, column_specs
+from sparkfeed.types import ColumnSpec, UnsupportedTypeError, column_specs, leaf_type
 
 
 @click.command("inspect")
@@ -126,9 +126,7 @@ def _describe(schema: pa.Schema, name: str, dtype: str | None, shapes: dict[str,
 
 def _column(spec: ColumnSpec, stored: pa.DataType, stats: list[tuple[int | None, int | None]] | None) -> dict[str, Any]:
     """One column: its type in the files, what a NumPy batch holds, and what a torch batch holds."""
-    leaf = spec.arrow_type
-    while pa.types.is_list(leaf) or pa.types.is_large_list(leaf) or pa.types.is_fixed_size_list(leaf):
-        leaf = leaf.value_type
+    leaf = leaf_type(spec.arrow_type)
     values = "str" if pa.types.is_string(leaf) or pa.types.is_large_string(leaf) else "bytes"
     if spec.kind == "ragged":
         lengths = [[low, high] for low, high in (stats or [])]

@@ -49,8 +49,7 @@ from sparkfeed.reader.progress import EpochBar
 from sparkfeed.reader.sequence import SequencePlan
 from sparkfeed.reader.state import Identity, ReaderState, check_keys, int_field, optional_int_field
 from sparkfeed.reader.stats import Counters, batch_bytes, bytes_per_row, verdict
-from sparkfeed.types import ColumnSpec
-from sparkfeed.writer import is_list_type
+from sparkfeed.types import ColumnSpec, leaf_type, list_depth
 
 log = logging.getLogger(__name__)
 
@@ -1214,10 +1213,8 @@ def _values_of(spec: ColumnSpec) -> tuple[object, ...]:
         arrow_type = spec.arrow_type
         return ("object", "str" if pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type) else "bytes")
     if spec.kind == "ragged":
-        leaf, depth = spec.arrow_type, 0
-        while is_list_type(leaf):
-            leaf, depth = leaf.value_type, depth + 1
-        return ("ragged", depth, _values_of(ColumnSpec.build(spec.name, leaf, None)))
+        leaf = ColumnSpec.build(spec.name, leaf_type(spec.arrow_type), None)
+        return ("ragged", list_depth(spec.arrow_type), _values_of(leaf))
     if pa.types.is_timestamp(spec.arrow_type):  # Spark's TIMESTAMP (instants, in UTC) or TIMESTAMP_NTZ (wall clock)
         return (spec.kind, spec.numpy_dtype, spec.shape, spec.arrow_type.tz is not None)
     return (spec.kind, spec.numpy_dtype, spec.shape)
