@@ -282,11 +282,22 @@ def advanced(state: ReaderState, rows: int, groups: Groups) -> ReaderState:
     For a reader whose positions count the rows it yields (no filters, no predicate, no
     transform that drops rows): a mixture's source position is its reader's state and the rows
     used since, and resharding needs the state alone. The rows may run into the following
-    epochs, as far as the state's ``end_epoch``.
+    epochs, as far as the end of the iteration they belong to.
+
+    The state returned names that end in ``end_epoch``. A state saved before its iteration's
+    first batch (``end_epoch`` None) or after its last (``epoch == end_epoch``) stands before an
+    iteration of ``num_epochs`` epochs from its epoch, and rows read from there are that
+    iteration's: kept as it was, the first would run ``num_epochs`` more epochs from wherever the
+    rows led (rows repeated), and the second would read as finished, so that the next iteration
+    started its epoch again (the rows read repeated).
 
     Raises:
         ValueError: The stream has fewer rows left than ``rows``.
     """
+    end = iteration_end(state)
+    if end is not None and state.epoch >= end:  # a finished iteration: the rows are the next one's
+        assert state.identity.num_epochs is not None  # an end_epoch is only recorded for a finite iteration
+        end = state.epoch + state.identity.num_epochs
     current, offset = state, state.offset + rows
     while True:
         segments, segment = epoch_of(current, groups), current.segment
@@ -295,8 +306,7 @@ def advanced(state: ReaderState, rows: int, groups: Groups) -> ReaderState:
             segment += 1
         left = segments[segment].rows - offset if segment < len(segments) else -offset
         if left >= 0:
-            return dataclasses.replace(current, segment=segment, offset=offset)
-        end = iteration_end(state)
+            return dataclasses.replace(current, segment=segment, offset=offset, end_epoch=end)
         if (end is not None and current.epoch + 1 >= end) or not any(s.rows for s in segments):
             raise ValueError(
                 f"a position {rows} rows past epoch {state.epoch}, segment {state.segment}, offset {state.offset} is "
