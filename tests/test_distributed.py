@@ -13,7 +13,14 @@ from pathlib import Path
 import pytest
 
 from sparkfeed import make_spark_converter
-from sparkfeed.distributed import LAUNCHED_VARIABLES, RANK_VARIABLES, Rank, detect_rank, environment_rank
+from sparkfeed.distributed import (
+    LAUNCHED_VARIABLES,
+    LOCAL_VARIABLES,
+    RANK_VARIABLES,
+    Rank,
+    detect_rank,
+    environment_rank,
+)
 from sparkfeed.options import reader_options
 
 from helpers import run_gloo_ranks
@@ -22,7 +29,7 @@ from helpers import run_gloo_ranks
 @pytest.fixture(autouse=True)
 def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     """No rank variable from outside the test: each test sets its own."""
-    for pair in (*RANK_VARIABLES, *LAUNCHED_VARIABLES, ("SLURM_NTASKS", "SLURM_PROCID")):
+    for pair in (*RANK_VARIABLES, *LAUNCHED_VARIABLES, ("SLURM_NTASKS", "SLURM_PROCID"), LOCAL_VARIABLES):
         for name in pair:
             monkeypatch.delenv(name, raising=False)
 
@@ -57,6 +64,16 @@ def test_auto_without_any_launcher_reads_everything_and_half_auto_is_refused() -
     assert reader_options(cur_shard="auto", shard_count="auto").shard == (0, 1)
     with pytest.raises(ValueError, match=r"cur_shard='auto', shard_count=4: 'auto' found no rank .*HOROVOD_RANK"):
         reader_options(cur_shard="auto", shard_count=4)
+    for variables in (  # variables of a job of one process: still everything
+        {"LOCAL_RANK": "0"},
+        {"LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1"},
+        {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0"},
+        {"SLURM_PROCID": "0"},  # a batch script, outside any srun step
+    ):
+        with pytest.MonkeyPatch.context() as patch:
+            for name, value in variables.items():
+                patch.setenv(name, value)
+            assert reader_options(cur_shard="auto", shard_count="auto").shard == (0, 1), variables
 
 
 def test_auto_under_torchrun_before_the_group_exists_is_refused_not_unsharded(monkeypatch) -> None:
@@ -91,6 +108,43 @@ def test_auto_in_the_tasks_of_an_srun_step_is_refused_and_a_batch_scripts_alloca
         monkeypatch.delenv(name)
     # The batch script itself: an allocation of four tasks, one process, no step of its own.
     assert reader_options(cur_shard="auto", shard_count="auto").shard == (0, 1)
+
+
+@pytest.mark.parametrize(
+    ("variables", "message"),
+    [
+        ({"HOROVOD_RANK": "1"}, "HOROVOD_RANK='1' is set but HOROVOD_SIZE is not"),
+        ({"OMPI_COMM_WORLD_SIZE": "4"}, "OMPI_COMM_WORLD_SIZE='4' is set but OMPI_COMM_WORLD_RANK is not"),
+        ({"RANK": "1"}, "RANK='1' is set but WORLD_SIZE is not"),
+        ({"WORLD_SIZE": "2"}, "WORLD_SIZE='2' is set but RANK is not"),
+        ({"HOROVOD_RANK": "5", "HOROVOD_SIZE": "2"}, "HOROVOD_RANK='5', HOROVOD_SIZE='2' is no rank"),
+        ({"PMI_RANK": "-1", "PMI_SIZE": "2"}, "PMI_RANK='-1', PMI_SIZE='2' is no rank"),
+        ({"OMPI_COMM_WORLD_RANK": "x", "OMPI_COMM_WORLD_SIZE": "2"}, "OMPI_COMM_WORLD_RANK='x'"),
+        ({"HOROVOD_RANK": "0", "HOROVOD_SIZE": "0"}, "HOROVOD_RANK='0', HOROVOD_SIZE='0' is no rank"),
+        ({"RANK": "3", "WORLD_SIZE": "2"}, "RANK='3', WORLD_SIZE='2' is no rank"),
+        ({"RANK": "1_0", "WORLD_SIZE": "20"}, "RANK='1_0', WORLD_SIZE='20' is no rank"),  # int() reads ten
+        ({"SLURM_PROCID": "4", "SLURM_STEP_NUM_TASKS": "4"}, "SLURM_PROCID='4', SLURM_STEP_NUM_TASKS='4' is no"),
+        ({"LOCAL_RANK": "1"}, r"LOCAL_RANK/LOCAL_WORLD_SIZE \(LOCAL_RANK='1'\) name a process of a launched job"),
+        ({"LOCAL_WORLD_SIZE": "4"}, r"\(LOCAL_WORLD_SIZE='4'\) name a process of a launched job"),
+    ],
+    ids=lambda value: "-".join(f"{k}={v}" for k, v in value.items()) if isinstance(value, dict) else "message",
+)
+def test_auto_refuses_rank_variables_it_cannot_read_rather_than_read_everything(
+    monkeypatch, variables: dict[str, str], message: str
+) -> None:
+    # Half a pair, non-integers, a rank outside [0, size) or a local rank without the global one:
+    # "auto" found no rank and read the whole dataset on every rank of the job, in silence.
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+    assert detect_rank() is None
+    for shards in (("auto", "auto"), ("auto", 2)):
+        with pytest.raises(ValueError, match=rf"'auto' found no rank it can trust: .*{message}"):
+            reader_options(cur_shard=shards[0], shard_count=shards[1])
+    assert reader_options(cur_shard=0, shard_count=2).shard == (0, 2)  # explicit shards are the user's word
+    if set(variables) <= set(LOCAL_VARIABLES):  # a rank read elsewhere wins over what LOCAL_ cannot say
+        monkeypatch.setenv("HOROVOD_RANK", "1")
+        monkeypatch.setenv("HOROVOD_SIZE", "2")
+        assert reader_options(cur_shard="auto", shard_count="auto").shard == (1, 2)
 
 
 def test_shards_that_disagree_with_the_rank_variables_warn_at_the_users_line(monkeypatch, spark) -> None:

@@ -76,14 +76,58 @@ def environment_rank(
             continue
         if rank is None or size is None:
             return None
-        try:
-            parsed = int(rank), int(size)
-        except ValueError:
-            return None
-        if not 0 <= parsed[0] < parsed[1]:
+        parsed = _count(rank), _count(size)
+        if parsed[0] is None or parsed[1] is None or not parsed[0] < parsed[1]:
             return None
         return Rank(parsed[0], parsed[1], f"{rank_name}/{size_name}")
     return None
+
+
+def _count(value: str) -> int | None:
+    """A launcher's decimal count, else None: ``int()`` would also take ``"1_0"`` (ten) and ``"-1"``."""
+    text = value.strip()
+    return int(text) if text.isascii() and text.isdigit() else None
+
+
+LOCAL_VARIABLES: tuple[str, ...] = ("LOCAL_RANK", "LOCAL_WORLD_SIZE")
+"""What torchrun, accelerate and DeepSpeed set for a process's place on its node: a rank other than
+0 (or a node of several processes) says a job of several processes, whose global rank they are not."""
+
+
+def unreadable_rank_variables(environ: Mapping[str, str] | None = None) -> list[str]:
+    """The launch variables that are set but say no rank: half a pair, not counts, a rank out of range.
+
+    ``"auto"`` refuses these rather than read everything: such a process is one of a launched job
+    whose rank could not be read, and each of its ranks would read the whole dataset in silence.
+    Slurm's ``SLURM_PROCID`` alone is no problem: a batch script has it, outside any step.
+    """
+    env = os.environ if environ is None else environ
+    problems = []
+    for rank_name, size_name in (*RANK_VARIABLES, *LAUNCHED_VARIABLES):
+        rank, size = env.get(rank_name), env.get(size_name)
+        if rank is None and size is None:
+            continue
+        if rank is None or size is None:
+            present, absent = (rank_name, size_name) if size is None else (size_name, rank_name)
+            if present != "SLURM_PROCID":
+                problems.append(f"{present}={env[present]!r} is set but {absent} is not")
+            continue
+        if environment_rank(env, pairs=((rank_name, size_name),)) is None:
+            problems.append(
+                f"{rank_name}={rank!r}, {size_name}={size!r} is no rank: both must be integers, "
+                f"0 <= {rank_name} < {size_name}"
+            )
+    local = {name: env[name] for name in LOCAL_VARIABLES if name in env}
+    if local and all(name not in env for name in LAUNCHED_VARIABLES[0]):
+        local_rank, local_size = _count(local.get("LOCAL_RANK", "0")), _count(local.get("LOCAL_WORLD_SIZE", "1"))
+        if local_rank is None or local_size is None or local_rank > 0 or local_size > 1:
+            problems.append(
+                "/".join(LOCAL_VARIABLES)
+                + " ("
+                + ", ".join(f"{name}={value!r}" for name, value in local.items())
+                + ") name a process of a launched job, but RANK and WORLD_SIZE are not set"
+            )
+    return problems
 
 
 def torch_rank() -> Rank | None:
@@ -146,6 +190,15 @@ def resolve_shards(cur_shard: object, shard_count: object) -> tuple[object, obje
                     "torch.distributed.init_process_group() before making the loader, or pass "
                     f"cur_shard={launched.rank}, shard_count={launched.size} if each of those is one rank"
                 )
+        unreadable = unreadable_rank_variables()
+        if unreadable:
+            raise ValueError(
+                f"cur_shard={cur_shard!r}, shard_count={shard_count!r}: 'auto' found no rank it can trust: "
+                + "; ".join(unreadable)
+                + ". This process looks like one of a launched job, and reading the whole dataset on every rank "
+                "would repeat each row once per rank: fix the launcher's variables, initialize torch.distributed "
+                "first, or pass cur_shard and shard_count as integers"
+            )
         if cur_shard == AUTO and shard_count == AUTO:
             return None, None
         raise ValueError(
