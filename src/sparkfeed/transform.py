@@ -184,18 +184,17 @@ def series_to_numpy(series: pd.Series, name: str | None = None) -> np.ndarray:
     """
     name = str(series.name) if name is None else name
     given = series.dtype
+    if isinstance(series.dtype, pd.CategoricalDtype):  # its values; NumPy would make a null of ints a NaN
+        categories = series.dtype.categories.dtype
+        if categories.kind in "biufMm":
+            _refuse_missing(series, name, given)
+        series = series.astype(categories)
     if isinstance(series.dtype, pd.DatetimeTZDtype):
         series = series.dt.tz_convert("UTC").dt.tz_localize(None)
     nullable = isinstance(series.array, (pd.arrays.IntegerArray, pd.arrays.FloatingArray, pd.arrays.BooleanArray))
     arrow = isinstance(series.dtype, pd.ArrowDtype) and series.dtype.kind in "biuf"
     if nullable or arrow or series.dtype.kind in "Mm":
-        missing = int(series.isna().sum())
-        if missing:
-            raise NullValueError(
-                f"column {name!r} ({given}) holds {missing} null value(s) (NA, NaT) after the transform_fn, which a "
-                f"tensor cannot represent: fill them in the transform_fn (frame[{name!r}] = frame[{name!r}]"
-                ".fillna(...)) or drop those rows there"
-            )
+        _refuse_missing(series, name, given)
         if nullable or arrow:
             converted: np.ndarray = series.to_numpy(dtype=series.dtype.numpy_dtype)  # type: ignore[union-attr]
             return converted
@@ -207,8 +206,26 @@ def series_to_numpy(series: pd.Series, name: str | None = None) -> np.ndarray:
             return stacked
     if values.dtype != object and values.dtype.kind not in "biufcMm":
         # other pandas extension types (strings, say) come back as objects.
-        return np.asarray(values, dtype=object)
+        values = np.asarray(values, dtype=object)
+    if values.dtype == object:
+        # Strings and bytes show a null as NaN (pandas 3's strings, pandas' own fills), NA or
+        # None; without a transform it is None, so it is here too, never a float among strings.
+        missing = pd.isna(values)
+        if missing.any():
+            values = values.copy()
+            values[missing] = None
     return values
+
+
+def _refuse_missing(series: pd.Series, name: str, given: Any) -> None:
+    """Raises a NullValueError if a column that becomes numbers, bools or times holds a missing value."""
+    missing = int(series.isna().sum())
+    if missing:
+        raise NullValueError(
+            f"column {name!r} ({given}) holds {missing} null value(s) (NA, NaT) after the transform_fn, which a "
+            f"tensor cannot represent: fill them in the transform_fn (frame[{name!r}] = frame[{name!r}]"
+            ".fillna(...)) or drop those rows there"
+        )
 
 
 # --------------------------------------------------------------------------- the transform's input
