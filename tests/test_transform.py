@@ -266,6 +266,19 @@ def test_a_null_string_a_transform_returns_is_none_as_without_a_transform(tmp_pa
     assert batch["b"].tolist() == [b"a", None, b"c"]
 
 
+@pytest.mark.parametrize(
+    "make", [lambda f: pd.concat([f, f[["id"]]], axis=1), lambda f: f.assign(**{"5": 1}).rename(columns={"id": 5})]
+)
+def test_columns_of_one_name_in_a_transforms_output_are_refused(tmp_path, make) -> None:
+    # Two columns "id" failed with an AttributeError; 5 and "5" (both "5" in a batch) kept one in silence.
+    pq.write_table(pa.table({"id": [0, 1, 2]}), tmp_path / "p.parquet")
+    with make_spark_converter(str(tmp_path)).make_numpy_iterator(
+        batch_size=3, num_epochs=1, transform_fn=make
+    ) as batches:
+        with pytest.raises(ValueError, match=r"the transform's output has more than one column named \['(id|5)'\]"):
+            list(batches)
+
+
 def test_a_null_in_a_categorical_of_numbers_is_refused_not_made_nan(tmp_path) -> None:
     pq.write_table(pa.table({"id": [0, 1, 2]}), tmp_path / "p.parquet")
 

@@ -154,6 +154,12 @@ class TransformSpec:
                     f"TransformSpec selected_fields {missing} are not in the transformed columns {list(frame.columns)}"
                 )
             frame = frame[list(self.selected_fields)]
+        names = [str(name) for name in frame.columns]
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:  # a batch is a dict: one of them would be lost
+            raise ValueError(
+                f"the transform's output has more than one column named {repeated} (as text): give each its own name"
+            )
         edits = {field[0]: field for field in self.edit_fields or ()}
         columns = {}
         for name in frame.columns:
