@@ -14,6 +14,7 @@ whose creator may still run.
 from __future__ import annotations
 
 import base64
+import concurrent.futures
 import contextlib
 import dataclasses
 import datetime
@@ -530,11 +531,46 @@ def delete_cache(location: Location, token: str) -> None:
         with contextlib.suppress(FileNotFoundError, IsADirectoryError):  # a link is unlinked, never followed
             os.unlink(os.path.join(path, MANIFEST_NAME))
         _delete_local(path)
-    else:  # then one batched delete: nothing reads the objects without their manifest
+    else:
         with contextlib.suppress(FileNotFoundError):
             fs.delete_file(f"{path}/{MANIFEST_NAME}")
-        with contextlib.suppress(FileNotFoundError):
-            fs.delete_dir(path)
+        _delete_remote(fs, path)
+
+
+REMOTE_DELETE_THREADS = 16
+"""Objects of a cache on an object store deleted at once: each is a request of its own (see :func:`_delete_remote`)."""
+
+
+def _delete_remote(fs: pafs.FileSystem, path: str) -> None:
+    """Removes a cache off local disk whose manifest is gone, its marker last: what an interruption leaves stays ours.
+
+    pyarrow's ``delete_dir`` on an object store deletes the objects a listing page at a time
+    (1,000 on S3), in the listing's order, where the marker (``_sparkfeed_cache.json``) sorts
+    before the ``part-`` files: a delete cut short after the first page (SIGKILL, Ctrl-C, a
+    failed request) left data files with neither marker nor manifest. ``cache ls`` and ``clean``
+    no longer saw them (stored, and billed, for ever), and opening the cache's URL read them as
+    a user's Parquet dataset: a part of the rows, served in silence. So the files go one by one,
+    in threads, and the marker after all of them. HDFS removes a directory in one operation of
+    its namenode, so there the directory goes at once.
+    """
+    if not isinstance(fs, pafs.HadoopFileSystem):
+        marker = f"{path}/{MARKER_NAME}"
+        try:
+            listed = fs.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True))
+        except (FileNotFoundError, NotADirectoryError):
+            listed = []
+        files = [info.path for info in listed if info.type == pafs.FileType.File and info.path != marker]
+
+        def delete(name: str) -> None:
+            with contextlib.suppress(FileNotFoundError):  # another cleaner was first
+                fs.delete_file(name)
+
+        if files:
+            with concurrent.futures.ThreadPoolExecutor(min(REMOTE_DELETE_THREADS, len(files))) as pool:
+                for _ in pool.map(delete, files):  # the first failure is raised, the marker kept
+                    pass
+    with contextlib.suppress(FileNotFoundError):
+        fs.delete_dir(path)  # the marker, and what the store keeps as directories
 
 
 def _delete_local(path: str) -> None:
