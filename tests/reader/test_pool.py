@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Iterator
 from concurrent.futures import CancelledError, Future
 from concurrent.futures.process import BrokenProcessPool
 
@@ -48,6 +49,29 @@ def test_results_come_in_submission_order_paired_with_their_items(pool_type) -> 
 
     results = list(OrderedPool(slow_shift, workers=2, prefetch=8, pool_type=pool_type).imap(range(100)))
     assert results == [(x, x * x + 7) for x in range(100)]
+    assert _no_workers_left()
+
+
+@pytest.mark.parametrize("pool_type", POOL_TYPES)
+@pytest.mark.parametrize("prefetch", [1, 3, 50])
+def test_an_error_of_the_items_themselves_comes_after_the_results_of_the_items_before_it(pool_type, prefetch) -> None:
+    """The items' iterator raising while the pool fills its prefetch must not overtake results already submitted.
+
+    It was raised as soon as the pool asked for the next item, up to ``prefetch`` results early:
+    a reader lost the last batches of the epoch before the one whose plan raised.
+    """
+
+    def items() -> Iterator[int]:
+        yield from range(10)
+        raise ValueError("no more items")
+
+    got = []
+    with pytest.raises(ValueError, match="no more items"):
+        for item, result in OrderedPool(lambda x: x + 100, workers=2, prefetch=prefetch, pool_type=pool_type).imap(
+            items()
+        ):
+            got.append((item, result))
+    assert got == [(x, x + 100) for x in range(10)]
     assert _no_workers_left()
 
 

@@ -410,6 +410,12 @@ class Reader(Generic[C]):
                 if limit is not None:
                     last = min(last, limit[0] + 1)  # the segments after the epoch's last batch are not read
             first = start.segment if epoch == start.epoch else 0
+            if first >= last and end is None and epoch > start.epoch:
+                # An epoch with nothing to read never reaches _stream's check of epochs without a batch:
+                # without this, an endless loader whose epochs are all cut to no batch (see _limit) would
+                # go through epochs here forever, never yielding, while the shard that makes the fewest
+                # batches raises. The pool raises it after the batches of the epochs before it.
+                raise self._no_batch()
             follow = iter(follow_counts([p for s in segments[first:last] for p in s.pieces]) if spans else ())
             for index in range(first, last):
                 skip = start.offset if epoch == start.epoch and index == start.segment else 0
@@ -418,6 +424,15 @@ class Reader(Generic[C]):
                 seed = self._plan.seed if segment.seed is None else segment.seed
                 ahead = tuple(itertools.islice(follow, len(segment.pieces)))  # () without spans
                 yield Work(epoch, index, skip, segment, seed, ahead)
+
+    def _no_batch(self) -> ValueError:
+        """The error of an endless loader whose whole epoch gave no batch: it would wait forever for one."""
+        return ValueError(
+            f"a whole epoch of shard {self._plan.cur_shard} of {self._plan.shard_count} gave no batch (no row passed "
+            "the filters or predicate, a transform dropped every row, drop_last left out the one short batch, or "
+            "some shard's bucketed or packed rows made none, which every shard then stops at), so num_epochs=None "
+            "would wait forever: check the filters, or pass a finite num_epochs"
+        )
 
     def _scheduled(self, works: Iterator[Work]) -> Iterator[Work]:
         """Work items as the pool submits them, each starting its read-ahead fetches on the way."""
@@ -496,12 +511,7 @@ class Reader(Generic[C]):
                 n, total, wait, step, last, nbytes = 0, 0, 0.0, 0.0, None, 0
                 self._end_epoch(epoch, counts)
                 if not counts.batches and end is None and epoch > start.epoch:
-                    raise ValueError(
-                        f"a whole epoch of shard {self._plan.cur_shard} of {self._plan.shard_count} gave no batch (no "
-                        "row passed the filters or predicate, a transform dropped every row, or drop_last left out "
-                        "the one short batch), so num_epochs=None would wait forever: check the filters, or pass a "
-                        "finite num_epochs"
-                    )
+                    raise self._no_batch()
                 self._move(token, Position(epoch + 1), end)
             if end is not None:
                 self._move(token, Position(end), end)

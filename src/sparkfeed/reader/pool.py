@@ -187,6 +187,34 @@ class _Stalls:
         self._count, self._logged_at = 0, now
 
 
+class _Deferring(Generic[T]):
+    """An iterator that ends where its source raises, keeping the error for :meth:`raise_failure`."""
+
+    def __init__(self, source: Iterator[T]) -> None:
+        self._source = source
+        self._failure: Exception | None = None
+
+    def __iter__(self) -> _Deferring[T]:
+        return self
+
+    def __next__(self) -> T:
+        if self._failure is not None:
+            raise StopIteration
+        try:
+            return next(self._source)
+        except StopIteration:
+            raise
+        except Exception as error:  # noqa: BLE001 (kept, and raised by raise_failure in its turn)
+            self._failure = error
+            raise StopIteration from None
+
+    def raise_failure(self) -> None:
+        """Raises the source's error, if it raised one; nothing otherwise."""
+        if self._failure is not None:
+            failure, self._failure = self._failure, None
+            raise failure
+
+
 class OrderedPool(Generic[T, R]):
     """Maps ``fn`` over items on worker threads or processes, yielding results in order.
 
@@ -258,10 +286,17 @@ class OrderedPool(Generic[T, R]):
             yield item, result
 
     def _pooled(self, items: Iterable[T]) -> Iterator[tuple[T, R]]:
+        """The thread or process pool's :meth:`imap`.
+
+        An error from ``items`` itself (not from a worker) is raised in its place in the order:
+        once the results of the items submitted before it have been yielded. Raised as soon as
+        it happens, it would overtake them, and a consumer would stop short of results that
+        came before it (a reader's last batches of an epoch).
+        """
         executor, fn = self._start()
         self._executor = executor
         pending: collections.deque[tuple[T, Future[R]]] = collections.deque()
-        source = iter(items)
+        source = _Deferring(iter(items))
         try:
             for item in source:
                 pending.append((item, executor.submit(fn, item)))
@@ -291,6 +326,7 @@ class OrderedPool(Generic[T, R]):
                         raise self._broken(following, error) from error
                     break
                 yield item, result
+            source.raise_failure()
         finally:
             for _, future in pending:
                 future.cancel()
