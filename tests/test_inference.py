@@ -229,3 +229,46 @@ def test_a_null_in_an_integer_input_is_refused_not_cast_to_a_number(spark, conve
 def test_bad_arguments_are_refused_when_the_predictor_is_made(arguments, error, message: str) -> None:
     with pytest.raises(error, match=re.escape(message)):
         make_predict_fn(lambda x: x, **arguments)
+
+
+def test_nulls_and_values_the_cast_would_change_are_refused_not_predicted_on(spark, converter) -> None:
+    # Spark hands a boolean or date column's nulls to the model as None: the cast to the
+    # converter's bool made each null False (and a date's NaT), and its prediction came back in
+    # silence; a double given to a long input was truncated (1.5 predicted on as 1).
+    import datetime
+
+    typed = make_spark_converter(
+        spark.createDataFrame([(True, datetime.date(2020, 1, 2))], "flag boolean, day date"), dtype=None
+    )
+    try:
+        flag = make_predict_fn(lambda flag: flag.astype(np.int64), typed, inputs="flag")
+        day = make_predict_fn(
+            lambda day: (day - np.datetime64("2020-01-01", "D")).astype(np.int64), typed, inputs="day"
+        )
+        assert [spec.dtype for spec in (*flag.inputs, *day.inputs)] == [np.dtype(bool), np.dtype("datetime64[D]")]
+        df = spark.createDataFrame(
+            [(0, True, datetime.date(2020, 1, 3)), (1, None, None), (2, False, datetime.date(2020, 1, 1))],
+            "id long, flag boolean, day date",
+        ).coalesce(1)
+        with pytest.raises(Exception, match=r"input 'flag' holds a null \(None\) in row 1 of this batch"):
+            df.select("id", flag.udf("long", 8)("flag")).collect()
+        with pytest.raises(Exception, match=r"input 'day' holds a null \(None\) in row 1 of this batch"):
+            df.select("id", day.udf("long", 8)("day")).collect()
+        kept = df.where("id != 1")
+        assert [row[1] for row in kept.select("id", flag.udf("long", 8)("flag")).orderBy("id").collect()] == [1, 0]
+        assert [row[1] for row in kept.select("id", day.udf("long", 8)("day")).orderBy("id").collect()] == [2, 0]
+    finally:
+        typed.delete()
+    label = make_predict_fn(lambda label: label * 10, converter, inputs="label")  # the converter's int64
+    doubles = spark.createDataFrame([(0, 1.0), (1, 1.5)], "id long, label double").coalesce(1)
+    with pytest.raises(Exception, match=r"input 'label' holds 1.5 in row 1 of this batch .*int64 does not hold"):
+        doubles.select("id", label.udf("long", 8)("label")).collect()
+    predict = label()
+    np.testing.assert_array_equal(predict(np.array([3.0, -4.0])), [30, -40])
+    # A long column with a null elsewhere in its Arrow batch comes as float64, exact only up to 2**53.
+    with pytest.raises(ValueError, match=r"holds 9007199254740996.0 in row 0 .*may have rounded"):
+        predict(np.array([2.0**53 + 4]))
+    with pytest.raises(ValueError, match=r"input 'label' holds a null \(NaT\) in row 0"):
+        make_predict_fn(lambda day: day, inputs="label", dtypes={"label": "datetime64[us]"})()(
+            np.array(["NaT"], dtype="datetime64[ns]")
+        )

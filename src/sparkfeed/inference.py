@@ -66,18 +66,59 @@ class ModelInput:
                     f"{self.shape}; does the column hold {math.prod(self.shape)} values per row?"
                 ) from error
         if self.dtype is not None and array.dtype != self.dtype:
-            if array.size and array.dtype.kind in "fc" and self.dtype.kind in "iub":
-                # Spark passes an integer column holding nulls as floats with NaN, which a cast
-                # turns into an arbitrary number the model would predict on in silence.
-                missing = np.flatnonzero(np.isnan(array).reshape(len(array), -1).any(axis=1))
-                if len(missing):
-                    raise ValueError(
-                        f"input {self.name!r} holds a null (NaN) in row {int(missing[0])} of this batch "
-                        f"({len(missing)} of {len(array)} rows), which cannot be cast to {self.dtype}: "
-                        "filter the nulls out (df.dropna(subset=[...])) or fill them (df.fillna(...)) first"
-                    )
+            if array.size and self.dtype.kind in "iubmM":
+                self._refuse_lossy_cast(array, self.dtype)
             array = array.astype(self.dtype)
         return array
+
+    def _refuse_lossy_cast(self, array: np.ndarray, dtype: np.dtype) -> None:
+        """Refuses a batch that the cast to an integer, bool or date ``dtype`` would change in silence.
+
+        Spark hands a column's nulls to ``predict_batch_udf`` as NaN (integer columns become
+        float64), NaT (timestamps) or None (booleans, dates, decimals), and a cast makes each an
+        arbitrary value: ``False``, ``-2**63``, a date the model predicts on. A training loader
+        refuses nulls in a tensor; inference must not predict on what stood for one. Floats cast
+        to integers must also come back unchanged: a fraction would be truncated, and an integer
+        column passed as float64 (for a null elsewhere in its Arrow batch) is exact only up to
+        2**53, so larger values may not be the ones the column held.
+        """
+        rows = len(array)
+        if array.dtype.kind in "fc":
+            missing, marker = np.isnan(array), "NaN"
+        elif array.dtype.kind in "mM":
+            missing, marker = np.isnat(array), "NaT"
+        elif array.dtype == object:
+            import pandas
+
+            missing, marker = np.asarray(pandas.isna(array), dtype=bool), "None"
+        else:
+            missing, marker = None, ""
+        if missing is not None:
+            null_rows = np.flatnonzero(missing.reshape(rows, -1).any(axis=1))
+            if len(null_rows):
+                raise ValueError(
+                    f"input {self.name!r} holds a null ({marker}) in row {int(null_rows[0])} of this batch "
+                    f"({len(null_rows)} of {rows} rows), which cannot be cast to {dtype}: filter the nulls out "
+                    "(df.dropna(subset=[...])) or fill them (df.fillna(...)) first"
+                )
+        if array.dtype.kind != "f" or dtype.kind not in "iub":
+            return
+        with np.errstate(invalid="ignore", over="ignore"):
+            changed = array.astype(dtype).astype(array.dtype) != array
+        exact = 2.0 ** (np.finfo(array.dtype).nmant + 1)  # past it, a float may be a neighbouring integer
+        if dtype.kind != "b" and np.iinfo(dtype).max > exact:
+            changed |= np.abs(array) >= exact
+        bad_rows = np.flatnonzero(changed.reshape(rows, -1).any(axis=1))
+        if len(bad_rows):
+            row = int(bad_rows[0])
+            value = float(array.reshape(rows, -1)[row][changed.reshape(rows, -1)[row]][0])
+            raise ValueError(
+                f"input {self.name!r} holds {value!r} in row {row} of this batch ({len(bad_rows)} of "
+                f"{rows} rows), which {dtype} does not hold exactly: a fraction, a value out of its range, or an "
+                f"integer beyond {int(exact)} that {array.dtype} may have rounded (Spark passes an integer column "
+                "as float64 where its batch holds a null). Fill or filter the nulls first, or give the input's "
+                "dtype in dtypes="
+            )
 
 
 @dataclasses.dataclass(frozen=True)
