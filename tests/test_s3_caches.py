@@ -105,3 +105,32 @@ def test_a_delete_cut_short_on_s3_leaves_a_marked_incomplete_cache_never_bare_pa
 
     cache.delete_cache(location, token)  # a later delete finishes it
     assert _files(s3_server, f"{s3_bucket}/caches") == [f"{s3_bucket}/caches/user.txt"]
+
+
+def test_reuse_auto_passes_over_a_kept_s3_cache_whose_files_are_gone(
+    spark, s3_server: S3Server, s3_bucket: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A file of a kept cache removed since (a lifecycle rule, a person): it was served, and every
+    # job that reused it failed with FileNotFoundError when its epoch reached that file.
+    from sparkfeed.materialize import registry
+
+    options = s3_server.storage_options
+    parent = f"s3a://{s3_bucket}/kept"
+    df = spark.range(1_000, numPartitions=4)
+    first = make_spark_converter(df, cache_dir=parent, storage_options=options, keep=True, reuse="auto")
+    location = Location.parse(first.cache_dir_url, options=options)
+    key = cache._read_marker(location)["key"]
+    assert key and cache.find_kept(Location.parse(parent, options=options), key) is not None
+    s3_server.filesystem().delete_file(f"{location.path}/{first.manifest.files[2].path}")
+
+    with caplog.at_level("WARNING", logger="sparkfeed.cache"):
+        assert cache.find_kept(Location.parse(parent, options=options), key) is None
+    assert "1 of the files its manifest lists are gone" in caplog.text and first.manifest.files[2].path in caplog.text
+
+    registry.forget(location)  # as a later process, which knows only what it finds under the parent
+    again = make_spark_converter(df, cache_dir=parent, storage_options=options, keep=True, reuse="auto")
+    assert again.cache_dir_url != first.cache_dir_url
+    with again.make_numpy_iterator(batch_size=128, num_epochs=1) as batches:
+        assert sorted(int(i) for batch in batches for i in batch["id"]) == list(range(1_000))
+    for converter in (again, first):
+        converter.delete()

@@ -868,10 +868,37 @@ def find_kept(parent: Location, key: str) -> tuple[CacheEntry, Manifest] | None:
         except CorruptManifestError as error:
             log.warning("not reusing the kept cache %s: %s", location, error)
             continue
+        missing = [] if manifest is None else _missing_files(location, manifest)
+        if missing:
+            log.warning(
+                "not reusing the kept cache %s: %d of the files its manifest lists are gone (such as %s), removed "
+                "since it was made (by a person, or an object store's lifecycle rule); converting anew "
+                "(`sparkfeed cache rm %s` removes it)",
+                location,
+                len(missing),
+                missing[0],
+                location.url,
+            )
+            continue
         entry = _entry(location)
         if manifest is not None and entry is not None:
             return entry, manifest
     return None
+
+
+def _missing_files(location: Location, manifest: Manifest) -> list[str]:
+    """The files a cache's manifest lists that its directory no longer holds (one listing of it).
+
+    A kept cache lives for days or weeks: a file removed from it meanwhile (a person tidying a
+    bucket, a lifecycle rule that expires objects) made every job that ``reuse="auto"`` served
+    it fail, at whatever point of its epochs it reached that file, until someone removed it.
+    """
+    try:
+        listed = location.filesystem.get_file_info(pafs.FileSelector(location.path, recursive=True))
+    except FileNotFoundError:
+        return [entry.path for entry in manifest.files]
+    there = {info.path for info in listed if info.type == pafs.FileType.File}
+    return [entry.path for entry in manifest.files if f"{location.path}/{entry.path}" not in there]
 
 
 def _planted(location: Location, parent: Location) -> str | None:
