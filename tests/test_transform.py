@@ -5,7 +5,9 @@ from __future__ import annotations
 import datetime
 import io
 import re
+import tempfile
 import threading
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -13,6 +15,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 from PIL import Image
 from pyspark.sql import functions as F
 
@@ -279,6 +283,54 @@ def test_columns_of_one_name_in_a_transforms_output_are_refused(tmp_path, make) 
             list(batches)
 
 
+def test_rows_declared_varying_stay_rows_in_a_chunk_whose_rows_share_a_shape(tmp_path) -> None:
+    # Decoded audio of varying length, declared with a None size: the last chunk (one row, as the
+    # 10 rows make 3-row row groups) was stacked into a (1, n) array, and the loader failed
+    # with "the transform's output changed between chunks".
+    pq.write_table(pa.table({"id": np.arange(10)}), tmp_path / "p.parquet", row_group_size=3)
+
+    def decode(frame: pd.DataFrame) -> pd.DataFrame:
+        frame["wave"] = [np.full(i % 4 + 1, i, np.float64) for i in frame["id"]]
+        return frame
+
+    spec = TransformSpec(decode, edit_fields=[edit_field("wave", np.float32, (None,))])
+    options = {"batch_size": 4, "num_epochs": 1, "shuffle_row_groups": False, "transform_spec": spec}
+    with make_spark_converter(str(tmp_path)).make_numpy_iterator(**options) as batches:
+        got = concat(batches)
+    assert got["wave"].dtype == object and got["id"].tolist() == list(range(10))
+    assert [row.dtype for row in got["wave"]] == [np.float32] * 10
+    assert [row.tolist() for row in got["wave"]] == [[float(i)] * (i % 4 + 1) for i in range(10)]
+
+
+def test_a_column_of_varying_rows_the_transform_leaves_stays_rows_in_every_chunk(tmp_path) -> None:
+    # The last row group holds one row, whose one cell was stacked into a (1, 2) array; the
+    # loader failed with "the transform's output changed between chunks". A column the
+    # transform replaces is still stacked where its rows share a shape (padded in place here).
+    tokens = [list(range(i % 3 + 1)) for i in range(10)]
+    table = pa.table({"id": np.arange(10), "tok": pa.array(tokens, pa.list_(pa.int64()))})
+    pq.write_table(table, tmp_path / "p.parquet", row_group_size=3)
+    converter = make_spark_converter(str(tmp_path))
+    options = {"batch_size": 4, "num_epochs": 1, "shuffle_row_groups": False}
+
+    def keep(frame: pd.DataFrame) -> pd.DataFrame:
+        frame["twice"] = frame["id"] * 2
+        return frame[frame["id"] != 4]
+
+    with converter.make_numpy_iterator(**options, transform_fn=keep) as batches:
+        got = concat(batches)
+    assert got["tok"].dtype == object and got["id"].tolist() == [0, 1, 2, 3, 5, 6, 7, 8, 9]
+    assert [row.tolist() for row in got["tok"]] == [tokens[i] for i in got["id"]]
+
+    def pad(frame: pd.DataFrame) -> pd.DataFrame:
+        frame["tok"] = [np.pad(row, (0, 4 - len(row))) for row in frame["tok"]]
+        return frame
+
+    with converter.make_numpy_iterator(**options, transform_fn=pad) as batches:
+        padded = concat(batches)
+    assert padded["tok"].dtype == np.int64 and padded["tok"].shape == (10, 4)
+    assert padded["tok"].tolist() == [row + [0] * (4 - len(row)) for row in tokens]
+
+
 def test_a_null_in_a_categorical_of_numbers_is_refused_not_made_nan(tmp_path) -> None:
     pq.write_table(pa.table({"id": [0, 1, 2]}), tmp_path / "p.parquet")
 
@@ -527,3 +579,69 @@ def test_a_removed_field_that_is_not_there_is_warned_about_and_ignored_as_in_pet
         with images.make_numpy_iterator(batch_size=40, num_epochs=1, transform_spec=spec, workers_count=1) as batches:
             (batch,) = list(batches)
     assert "png" not in batch and len(batch["id"]) == 40
+
+
+# --------------------------------------------------------------------------- an identity transform changes nothing
+
+_FLOATS = st.floats(allow_nan=True, allow_infinity=True, width=32)
+_KINDS: dict[str, tuple[pa.DataType, Any]] = {
+    "i64": (pa.int64(), st.integers(-(2**63), 2**63 - 1)),
+    "i32": (pa.int32(), st.integers(-(2**31), 2**31 - 1)),
+    "f32": (pa.float32(), _FLOATS),
+    "f64": (pa.float64(), st.floats(allow_nan=True, allow_infinity=True)),
+    "bool": (pa.bool_(), st.booleans()),
+    "str": (pa.string(), st.none() | st.text(max_size=4)),
+    "bin": (pa.binary(), st.none() | st.binary(max_size=4)),
+    "date": (pa.date32(), st.dates()),
+    "ts": (pa.timestamp("us", tz="UTC"), st.integers(-(2**50), 2**50)),
+    "ntz": (pa.timestamp("us"), st.integers(-(2**50), 2**50)),
+    "fixed": (pa.list_(pa.float32()), st.lists(_FLOATS, min_size=3, max_size=3)),
+    "ragged": (pa.list_(pa.int64()), st.none() | st.lists(st.integers(-(2**63), 2**63 - 1), max_size=4)),
+}
+
+
+@st.composite
+def _tables(draw: st.DrawFn) -> tuple[pa.Table, int]:
+    kinds = draw(st.lists(st.sampled_from(sorted(_KINDS)), min_size=1, max_size=5, unique=True))
+    rows = draw(st.integers(1, 20))
+    columns = {"id": pa.array(range(rows), pa.int64())}
+    for kind in kinds:
+        arrow_type, values = _KINDS[kind]
+        columns[kind] = pa.array(draw(st.lists(values, min_size=rows, max_size=rows)), arrow_type)
+    return pa.table(columns), draw(st.integers(1, 8))
+
+
+def _same(name: str, plain: np.ndarray, transformed: np.ndarray) -> None:
+    assert plain.dtype == transformed.dtype and plain.shape == transformed.shape, name
+    if plain.dtype != object:
+        np.testing.assert_array_equal(transformed, plain, err_msg=name)  # NaN equals NaN here
+        return
+    for row, (want, have) in enumerate(zip(plain, transformed, strict=True)):
+        assert type(have) is type(want), (name, row, have, want)
+        if isinstance(want, np.ndarray):
+            assert have.dtype == want.dtype, (name, row)
+            np.testing.assert_array_equal(have, want, err_msg=f"{name} row {row}")
+        else:
+            assert have == want, (name, row, have, want)
+
+
+@given(data=_tables())
+def test_an_identity_transform_gives_what_the_loader_gives_without_one(data) -> None:
+    table, batch_size = data
+    with tempfile.TemporaryDirectory() as root:
+        pq.write_table(table, f"{root}/part-0.parquet", row_group_size=7)
+        converter = make_spark_converter(root, dtype=None)  # each column's own precision
+        options = {"batch_size": batch_size, "num_epochs": 1, "shuffle_row_groups": False}
+        try:
+            with converter.make_numpy_iterator(**options) as batches:
+                plain = concat(batches)
+        except NullValueError:  # an array column whose rows all have one length holds a null array
+            with converter.make_numpy_iterator(**options, transform_fn=lambda frame: frame) as batches:
+                with pytest.raises(NullValueError):
+                    list(batches)
+            return
+        with converter.make_numpy_iterator(**options, transform_fn=lambda frame: frame) as batches:
+            transformed = concat(batches)
+    assert list(transformed) == list(plain) == table.column_names
+    for name in plain:
+        _same(name, plain[name], transformed[name])

@@ -29,7 +29,8 @@ def edit_field(name: str, numpy_dtype: Any, shape: Sequence[int | None], nullabl
         name: The column the transform adds or changes.
         numpy_dtype: What its values are cast to (a NumPy dtype or its name).
         shape: The shape of one row's value: ``()`` for a scalar, ``None`` for a dimension that
-            varies (the column is then not reshaped).
+            varies (the column is then not reshaped, and stays rows of arrays in every chunk,
+            even one whose rows happen to share a shape).
         nullable: Petastorm's flag, kept for the tuple's shape; tensors hold no nulls either way.
 
     Raises:
@@ -165,19 +166,25 @@ class TransformSpec:
         for name in frame.columns:
             if held and name in held:
                 held[name].check(frame[name])
-            array = series_to_numpy(frame[name], str(name))
             if name in edits:
                 _, dtype, shape, _ = edits[name]
+                # A size None says the rows vary: a chunk whose rows happen to share one shape (a
+                # chunk of one row, always) must stay rows too, or its batch would differ.
+                array = series_to_numpy(frame[name], str(name), stack=None not in shape)
                 array = _apply_edit(name, array, dtype, shape)
+            else:
+                kept = held is not None and name in held and held[name].untouched(frame[name])
+                array = series_to_numpy(frame[name], str(name), stack=not kept)
             columns[str(name)] = array
         return columns
 
 
-def series_to_numpy(series: pd.Series, name: str | None = None) -> np.ndarray:
+def series_to_numpy(series: pd.Series, name: str | None = None, *, stack: bool = True) -> np.ndarray:
     """One column of the transform's output as an array with a leading row dimension.
 
     A column whose cells are equally shaped arrays (decoded images, say) is stacked into one
-    ``(rows, *shape)`` array; cells of different shapes stay an object array. A column of
+    ``(rows, *shape)`` array, unless ``stack`` is False; cells of different shapes stay an
+    object array. A column of
     zoned timestamps (pandas' form of Spark's) becomes naive ``datetime64`` in UTC, as
     timestamps are without a transform: ``to_numpy`` would give an object array of
     ``pd.Timestamp``, which no framework takes. pandas' nullable numbers and bools (which a
@@ -205,7 +212,7 @@ def series_to_numpy(series: pd.Series, name: str | None = None) -> np.ndarray:
             converted: np.ndarray = series.to_numpy(dtype=series.dtype.numpy_dtype)  # type: ignore[union-attr]
             return converted
     values = series.to_numpy()
-    if values.dtype == object and len(values) and isinstance(values[0], np.ndarray):
+    if stack and values.dtype == object and len(values) and isinstance(values[0], np.ndarray):
         first = values[0].shape
         if all(isinstance(v, np.ndarray) and v.shape == first for v in values):
             stacked: np.ndarray = np.stack(list(values))
@@ -262,17 +269,32 @@ class HeldNulls:
     null array. A transform that leaves those cells in place would hand the nulls on as made-up
     numbers; it must replace them (new cells, or these cells filled in place).
 
+    A column of arrays whose length varies is held here with or without nulls, with its cells
+    as given: one the transform leaves as it was stays rows of varying length, even in a chunk
+    whose rows happen to share one length (a chunk of one row, always), which would otherwise
+    be stacked into an array and differ from the other chunks.
+
     Attributes:
         name: The column.
         cells: ``id(cell) -> (cell, positions of its nulls)`` for each cell holding null elements.
         fixed: Whether the column has a fixed shape: a null array (None) must not stay either,
             as it does not without a transform. (In an array column whose length varies, a null
             array arrives as None with or without a transform.)
+        given: A varying column's cells as the transform received them (None for a fixed one);
+            held, so that no cell the transform makes can take the id of one of them.
     """
 
     name: str
     cells: dict[int, tuple[np.ndarray, np.ndarray]]
     fixed: bool
+    given: np.ndarray | None = None
+
+    def untouched(self, series: pd.Series) -> bool:
+        """Whether every cell of the output column is a cell the transform was given (rows may be dropped)."""
+        if self.given is None or series.dtype != object:
+            return False
+        ids = {id(cell) for cell in self.given if cell is not None}
+        return all(cell is None or id(cell) in ids for cell in series.to_numpy())
 
     def check(self, series: pd.Series) -> None:
         """Raises a NullValueError if the transform's output column still holds a null it was given."""
@@ -341,7 +363,10 @@ def transform_frame(
     for name, cells in apart.items():
         frame.insert(table.schema.get_field_index(name), name, cells)
     for name in arrays:
-        holding = _held(specs[name], table.column(name), frame[name].to_numpy())
+        cells = frame[name].to_numpy()
+        holding = _held(specs[name], table.column(name), cells)
+        if specs[name].kind == "ragged":
+            holding = HeldNulls(name, {} if holding is None else holding.cells, False, cells)
         if holding is not None:
             held[name] = holding  # type: ignore[index]
     return frame
