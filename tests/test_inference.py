@@ -272,3 +272,38 @@ def test_nulls_and_values_the_cast_would_change_are_refused_not_predicted_on(spa
         make_predict_fn(lambda day: day, inputs="label", dtypes={"label": "datetime64[us]"})()(
             np.array(["NaT"], dtype="datetime64[ns]")
         )
+
+
+def test_timestamps_reach_the_model_as_the_utc_it_was_trained_on_in_any_session_time_zone(spark) -> None:
+    # Spark hands a pandas UDF each timestamp as a wall time of the session time zone, zone dropped:
+    # in Los Angeles the model predicted on values 8 hours off those it was trained on, in silence.
+    import datetime
+
+    micros = [int(datetime.datetime(2020, month, 1, 12, tzinfo=datetime.UTC).timestamp() * 1e6) for month in (1, 7)]
+    df = spark.createDataFrame([(i, m) for i, m in enumerate(micros)], "id long, m long").select(
+        "id", F.timestamp_micros("m").alias("t")
+    )
+    converter = make_spark_converter(df)
+    zone = spark.conf.get("spark.sql.session.timeZone")
+    try:
+        with converter.make_numpy_iterator(batch_size=2, num_epochs=1) as batches:
+            trained = {int(i): t for batch in batches for i, t in zip(batch["id"], batch["t"], strict=True)}
+        predictor = make_predict_fn(lambda t: t.astype(np.int64), converter, inputs="t")  # microseconds since 1970
+        assert predictor.inputs[0].dtype == np.dtype("datetime64[us]") and predictor.inputs[0].instant
+        for session_zone in ("America/Los_Angeles", "Asia/Kolkata", "UTC"):
+            spark.conf.set("spark.sql.session.timeZone", session_zone)
+            rows = df.select("id", predictor.udf("long", 8)("t").alias("p")).collect()
+            assert {row["id"]: row["p"] for row in rows} == {i: int(t.astype(np.int64)) for i, t in trained.items()}
+            assert sorted(trained.values()) == [np.datetime64(m, "us") for m in micros]
+        # 01:30 on the night summer time ends happens twice in Los Angeles: which one Spark meant is lost.
+        spark.conf.set("spark.sql.session.timeZone", "America/Los_Angeles")
+        twice = spark.range(1).select(F.timestamp_micros(F.lit(1604219400000000)).alias("t"))  # 08:30Z, 01:30 PDT
+        with pytest.raises(
+            Exception, match=r"input 't': Spark passes timestamps as wall times .*'America/Los_Angeles'"
+        ):
+            twice.select(predictor.udf("long", 8)("t")).collect()
+    finally:
+        spark.conf.set("spark.sql.session.timeZone", zone)
+        converter.delete()
+    outside = predictor()(np.array(["2020-01-01T12:00"], dtype="datetime64[ns]"))  # outside Spark: taken as UTC
+    assert outside.tolist() == [micros[0]]

@@ -26,6 +26,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import pyarrow as pa
 
 from sparkfeed.types import column_specs
 
@@ -47,16 +48,25 @@ class ModelInput:
         dtype: What the values are cast to; None: left as Spark gives them.
         explicit: Whether ``dtype`` was given (``dtypes=``): a torch module then takes it as
             it is, where it otherwise takes floats in its weights' precision.
+        instant: Whether the converter's column is a timestamp of instants (UTC in the cache):
+            Spark hands those to ``predict_batch_udf`` as wall times of its session time zone,
+            which are turned back into the UTC the model was trained on.
+        timezone: The session time zone where ``make_predict_fn`` ran, for a task that does not
+            name one (Spark propagates ``spark.sql.session.timeZone`` only where it was set).
     """
 
     name: str
     shape: tuple[int, ...] | None = None
     dtype: np.dtype | None = None
     explicit: bool = False
+    instant: bool = False
+    timezone: str | None = None
 
     def prepare(self, values: Any) -> np.ndarray:
         """Spark's array for this input as the model's tensor: reshaped and cast, copied only if needed."""
         array = np.asarray(values)
+        if self.instant and array.dtype.kind == "M":
+            array = self._as_utc(array)
         if self.shape is not None and array.dtype != object:
             try:
                 array = array.reshape((len(array), *self.shape))
@@ -70,6 +80,40 @@ class ModelInput:
                 self._refuse_lossy_cast(array, self.dtype)
             array = array.astype(self.dtype)
         return array
+
+    def _as_utc(self, array: np.ndarray) -> np.ndarray:
+        """A Spark task's timestamps, wall times of the session time zone, as the UTC the cache holds.
+
+        Spark's Arrow conversion for pandas UDFs shifts each instant to the session time zone and
+        drops the zone, so outside UTC the model saw other values than in training (8 hours off
+        in Los Angeles). Outside a Spark task the array is the caller's, taken as UTC as the
+        loaders give it. A wall time that a change to summer time made twice is refused: which
+        instant it was is lost.
+        """
+        module = sys.modules.get("pyspark.taskcontext")
+        context = None if module is None else module.TaskContext.get()
+        if context is None:
+            return array
+        zone = context.getLocalProperty("spark.sql.session.timeZone") or self.timezone
+        if zone is None:
+            raise ValueError(
+                f"input {self.name!r} is a timestamp, which Spark passes as wall times of the session time zone, "
+                "but the task does not say which: set spark.sql.session.timeZone (to 'UTC', say) before the query"
+            )
+        if zone in ("UTC", "Etc/UTC", "Z"):
+            return array
+        import pandas
+
+        try:
+            wall = pandas.DatetimeIndex(array.reshape(-1))
+            utc = wall.tz_localize(zone, ambiguous="raise", nonexistent="raise").tz_convert("UTC").tz_localize(None)
+        except (ValueError, LookupError) as error:
+            raise ValueError(
+                f"input {self.name!r}: Spark passes timestamps as wall times of the session time zone {zone!r}, and "
+                f"they cannot be turned back into instants ({error}): set spark.sql.session.timeZone to 'UTC' for "
+                "the query"
+            ) from None
+        return utc.to_numpy().reshape(array.shape)
 
     def _refuse_lossy_cast(self, array: np.ndarray, dtype: np.dtype) -> None:
         """Refuses a batch that the cast to an integer, bool or date ``dtype`` would change in silence.
@@ -282,8 +326,21 @@ def make_predict_fn(
         explicit = False
         if dtypes is not None and name in dtypes:
             dtype, explicit = np.dtype(dtypes[name]), True
-        model_inputs.append(ModelInput(name, shape, dtype, explicit))
+        instant = spec is not None and pa.types.is_timestamp(spec.arrow_type) and spec.arrow_type.tz is not None
+        timezone = _session_timezone() if instant else None
+        model_inputs.append(ModelInput(name, shape, dtype, explicit, instant, timezone))
     return BatchPredictor(model, tuple(model_inputs), postprocess)
+
+
+def _session_timezone() -> str | None:
+    """The active Spark session's time zone (its JVM's default where not set), else None."""
+    try:
+        from pyspark.sql import SparkSession
+
+        session = SparkSession.getActiveSession()
+        return None if session is None else session.conf.get("spark.sql.session.timeZone")
+    except Exception:  # noqa: BLE001 - no session to ask: a task then needs the zone set
+        return None
 
 
 def _input_names(inputs: Sequence[str] | str | None, converter: SparkDatasetConverter | None) -> list[str]:
