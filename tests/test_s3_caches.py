@@ -134,3 +134,23 @@ def test_reuse_auto_passes_over_a_kept_s3_cache_whose_files_are_gone(
         assert sorted(int(i) for batch in batches for i in batch["id"]) == list(range(1_000))
     for converter in (again, first):
         converter.delete()
+
+
+def test_the_remains_of_a_cache_without_marker_or_manifest_are_refused_by_url_not_read_as_parquet(
+    s3_server: S3Server, s3_bucket: str
+) -> None:
+    # What a delete cut short by an earlier sparkfeed, or a lifecycle rule, leaves: part files alone,
+    # which opening the URL read as the user's Parquet dataset, a part of the rows in silence.
+    fs = s3_server.filesystem()
+    table = pa.table({"id": list(range(10))})
+    remains = f"{s3_bucket}/caches/sparkfeed-20260101T000000-0123456789ab"
+    for prefix in (remains, f"{s3_bucket}/mine"):
+        pq.write_table(table, f"{prefix}/part-00001-c.parquet", filesystem=fs)
+    options = s3_server.storage_options
+    with pytest.raises(cache.IncompleteCacheError, match="neither its marker"):
+        make_spark_converter(f"s3://{remains}", storage_options=options)
+    assert len(_files(s3_server, remains)) == 1  # not ours to remove
+    mine = make_spark_converter(f"s3://{s3_bucket}/mine", storage_options=options)  # the user's, named as they like
+    assert mine.manifest.num_rows == 10
+    with pytest.raises(FileNotFoundError):  # nothing there: as before
+        make_spark_converter(f"s3://{s3_bucket}/caches/sparkfeed-20260101T000000-ffffffffffff", storage_options=options)

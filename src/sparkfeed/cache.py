@@ -358,6 +358,14 @@ class IncompleteCacheError(ValueError):
     """A sparkfeed cache directory without its manifest, opened by path: being written, or cut short."""
 
 
+def _holds_anything(location: Location) -> bool:
+    """Whether a directory (an object store's prefix) holds anything; False when it is not there."""
+    try:
+        return bool(location.filesystem.get_file_info(pafs.FileSelector(location.path, allow_not_found=True)))
+    except (NotADirectoryError, FileNotFoundError):
+        return False
+
+
 def read_cache(location: Location) -> tuple[Manifest, dict[str, Any] | None] | None:
     """The manifest and marker of a sparkfeed cache opened by path; None when it is no cache of sparkfeed's.
 
@@ -366,7 +374,9 @@ def read_cache(location: Location) -> tuple[Manifest, dict[str, Any] | None] | N
 
     Raises:
         IncompleteCacheError: The directory holds sparkfeed's marker but no manifest: its write
-            is still under way, or was interrupted, and the files there are not the dataset.
+            is still under way, or was interrupted, and the files there are not the dataset. Or
+            it is named as sparkfeed names caches and holds files but neither marker nor
+            manifest: the remains of a cache, which would otherwise be read as a user's Parquet.
         CorruptManifestError: A manifest is there but cannot be read.
     """
     manifest = read_manifest(location)
@@ -374,6 +384,14 @@ def read_cache(location: Location) -> tuple[Manifest, dict[str, Any] | None] | N
     if manifest is not None:
         return manifest, marker
     if marker is None:
+        if CACHE_NAME.match(location.name) and _holds_anything(location):
+            raise IncompleteCacheError(
+                f"{location} is named as sparkfeed names its caches but holds neither its marker ({MARKER_NAME}) nor "
+                f"its manifest ({MANIFEST_NAME}): the remains of a cache, whose files are not known to be the whole "
+                "dataset (a delete cut short by sparkfeed before it removed the marker last, or an object store's "
+                "lifecycle rule, leaves them). Nothing there is known to be sparkfeed's, so sparkfeed never removes "
+                "it: remove it with your storage's own tools once nobody needs it, and convert the DataFrame again"
+            )
         return None
     owner = Owner.from_dict(marker.get("owner"))
     liveness = Liveness.UNKNOWN if owner is None else owner.liveness()
