@@ -307,3 +307,20 @@ def test_timestamps_reach_the_model_as_the_utc_it_was_trained_on_in_any_session_
         converter.delete()
     outside = predictor()(np.array(["2020-01-01T12:00"], dtype="datetime64[ns]"))  # outside Spark: taken as UTC
     assert outside.tolist() == [micros[0]]
+
+
+def test_a_bfloat16_torch_module_returns_its_outputs_as_float32() -> None:
+    # NumPy has no bfloat16: a module trained and kept in bfloat16 failed every batch with
+    # "Got unsupported ScalarType BFloat16" when its output was turned into NumPy.
+    import torch
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(2, 3).to(torch.bfloat16)
+    rows = np.arange(8, dtype=np.float64).reshape(4, 2)
+    out = make_predict_fn(model, shapes={"input": (2,)})()(rows)
+    with torch.no_grad():
+        expected = model(torch.from_numpy(rows).to(torch.bfloat16)).float().numpy()
+    assert out.dtype == np.float32
+    np.testing.assert_array_equal(out, expected)
+    pair = make_predict_fn(lambda x: {"y": torch.from_numpy(x).to(torch.bfloat16)})()(np.array([1.5, 2.0]))
+    assert pair["y"].dtype == np.float32 and pair["y"].tolist() == [1.5, 2.0]

@@ -406,4 +406,6 @@ def _to_numpy(output: Any) -> Any:
         return tuple(_to_numpy(value) for value in output)
     if hasattr(output, "detach"):  # a torch tensor: NumPy needs it off the autograd graph and on the CPU
         output = output.detach().cpu()
+        if str(output.dtype) == "torch.bfloat16":  # NumPy has no bfloat16; float32 holds each value exactly
+            output = output.float()
     return np.asarray(output)
