@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import concurrent.futures
 import io
+import json
 import socket
+import subprocess
+import sys
 import threading
 
 import pyarrow as pa
@@ -154,3 +157,38 @@ def test_the_remains_of_a_cache_without_marker_or_manifest_are_refused_by_url_no
     assert mine.manifest.num_rows == 10
     with pytest.raises(FileNotFoundError):  # nothing there: as before
         make_spark_converter(f"s3://{s3_bucket}/caches/sparkfeed-20260101T000000-ffffffffffff", storage_options=options)
+
+
+def test_a_cache_on_s3_is_deleted_when_its_process_exits(s3_server: S3Server, s3_bucket: str, tmp_path) -> None:
+    # The files are deleted in threads: at exit (atexit), a ThreadPoolExecutor refuses new work,
+    # and the cache was left behind with a warning.
+    script = tmp_path / "exits.py"
+    script.write_text(
+        "import json, sys\n"
+        "from sparkfeed import cache\n"
+        "from sparkfeed.location import Location\n"
+        "parent = Location.parse(sys.argv[1], options=json.loads(sys.argv[2]))\n"
+        "location, token = cache.create_cache_dir(parent)\n"
+        "for index in range(40):\n"
+        "    with location.filesystem.open_output_stream(f'{location.path}/part-{index:05d}.parquet') as stream:\n"
+        "        stream.write(b'rows')\n"
+        "cache.owned_caches.add(location, token)\n"
+        "print(location.url)\n"
+    )
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-W",
+            "error::UserWarning",
+            str(script),
+            f"s3://{s3_bucket}/exits",
+            json.dumps(s3_server.storage_options),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "could not delete" not in done.stderr
+    assert done.stdout.strip().startswith(f"s3://{s3_bucket}/exits/sparkfeed-")
+    assert _files(s3_server, f"{s3_bucket}/exits") == []

@@ -14,7 +14,6 @@ whose creator may still run.
 from __future__ import annotations
 
 import base64
-import concurrent.futures
 import contextlib
 import dataclasses
 import datetime
@@ -583,12 +582,47 @@ def _delete_remote(fs: pafs.FileSystem, path: str) -> None:
             with contextlib.suppress(FileNotFoundError):  # another cleaner was first
                 fs.delete_file(name)
 
-        if files:
-            with concurrent.futures.ThreadPoolExecutor(min(REMOTE_DELETE_THREADS, len(files))) as pool:
-                for _ in pool.map(delete, files):  # the first failure is raised, the marker kept
-                    pass
+        _each(delete, files, REMOTE_DELETE_THREADS)  # the first failure is raised, the marker kept
     with contextlib.suppress(FileNotFoundError):
         fs.delete_dir(path)  # the marker, and what the store keeps as directories
+
+
+def _each(function: Callable[[str], None], items: list[str], threads: int) -> None:
+    """``function`` of every item, in up to ``threads`` threads; the first exception is raised once all stopped.
+
+    Plain threads, not a ``ThreadPoolExecutor``: caches are deleted at exit too, from ``atexit``,
+    when the executors refuse new work (``cannot schedule new futures after interpreter
+    shutdown``); and where a thread cannot be started then (Python 3.12 refuses), the calling
+    thread does the work alone.
+    """
+    pending = iter(items)
+    lock = threading.Lock()
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        while not errors:
+            with lock:
+                item = next(pending, None)
+            if item is None:
+                return
+            try:
+                function(item)
+            except BaseException as error:  # noqa: BLE001 - handed to the caller below
+                errors.append(error)
+
+    workers = []
+    for _ in range(min(threads, len(items)) - 1):  # the calling thread is one of them
+        worker = threading.Thread(target=work, name="sparkfeed-delete", daemon=True)
+        try:
+            worker.start()
+        except RuntimeError:  # at interpreter shutdown
+            break
+        workers.append(worker)
+    work()
+    for worker in workers:
+        worker.join()
+    if errors:
+        raise errors[0]
 
 
 def _delete_local(path: str) -> None:
