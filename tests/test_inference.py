@@ -324,3 +324,30 @@ def test_a_bfloat16_torch_module_returns_its_outputs_as_float32() -> None:
     np.testing.assert_array_equal(out, expected)
     pair = make_predict_fn(lambda x: {"y": torch.from_numpy(x).to(torch.bfloat16)})()(np.array([1.5, 2.0]))
     assert pair["y"].dtype == np.float32 and pair["y"].tolist() == [1.5, 2.0]
+
+
+def test_a_torch_module_takes_dates_and_timestamps_as_the_int64_counts_its_loader_gave(spark) -> None:
+    # torch has no date tensor: the torch loader gives dates as days and timestamps as microseconds
+    # since 1970, but the predictor handed torch.from_numpy the datetime64 arrays, which it refused.
+    import torch
+
+    df = spark.range(3).selectExpr(
+        "id", "date_add(DATE'2020-01-01', CAST(id AS INT)) AS day", "timestamp_micros(id * 1000001) AS t"
+    )
+    converter = make_spark_converter(df)
+    try:
+        with converter.make_torch_dataloader(batch_size=3, num_epochs=1) as loader:
+            trained = next(iter(loader))
+        order = trained["id"].argsort()
+
+        class Echo(torch.nn.Module):
+            def forward(self, day: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+                assert day.dtype == t.dtype == torch.int64
+                return torch.stack([day, t], 1)
+
+        predictor = make_predict_fn(Echo(), converter, inputs=["day", "t"])
+        rows = df.orderBy("id").select(predictor.udf("array<long>", 8)("day", "t").alias("p")).collect()
+        assert [row["p"] for row in rows] == torch.stack([trained["day"][order], trained["t"][order]], 1).tolist()
+        assert [row["p"][1] for row in rows] == [0, 1000001, 2000002]
+    finally:
+        converter.delete()

@@ -382,7 +382,7 @@ def _runner(model: Any, explicit: Sequence[bool]) -> Callable[[list[np.ndarray]]
         weights = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
 
         def tensor(array: np.ndarray, given: bool) -> Any:
-            value = torch.from_numpy(np.ascontiguousarray(array))
+            value = torch.from_numpy(_epoch_counts(np.ascontiguousarray(array)))
             return value.to(weights) if weights is not None and not given and value.is_floating_point() else value
 
         def run_torch(arrays: list[np.ndarray]) -> Any:
@@ -392,8 +392,20 @@ def _runner(model: Any, explicit: Sequence[bool]) -> Callable[[list[np.ndarray]]
         return run_torch
     keras = sys.modules.get("keras")
     if keras is not None and isinstance(model, keras.Model):
-        return lambda arrays: model.predict_on_batch(arrays[0] if len(arrays) == 1 else arrays)
+        return lambda arrays: model.predict_on_batch(
+            _epoch_counts(arrays[0]) if len(arrays) == 1 else [_epoch_counts(array) for array in arrays]
+        )
     return lambda arrays: model(*arrays)
+
+
+def _epoch_counts(array: np.ndarray) -> np.ndarray:
+    """Dates and timestamps as their int64 counts since the epoch, as torch and TF loaders gave them in training.
+
+    Neither framework has a date tensor (``torch.from_numpy`` refuses ``datetime64``), so their
+    loaders hand dates as days and timestamps in their unit, microseconds in a cache; other
+    arrays pass unchanged.
+    """
+    return np.ascontiguousarray(array).view(np.int64) if array.dtype.kind in "mM" else array
 
 
 def _to_numpy(output: Any) -> Any:
