@@ -351,3 +351,14 @@ def test_a_torch_module_takes_dates_and_timestamps_as_the_int64_counts_its_loade
         assert [row["p"][1] for row in rows] == [0, 1000001, 2000002]
     finally:
         converter.delete()
+
+
+def test_inputs_whose_names_are_no_identifiers_get_parameter_names_of_their_own(spark) -> None:
+    # "a b" became the parameter input_0, as the next input was named: the predict function could
+    # not be made ("duplicate parameter name: 'input_0'"), so every task failed.
+    predictor = make_predict_fn(lambda a, b, c: a * 100 + b * 10 + c, inputs=["a b", "input_0", "class"])
+    predict = predictor()
+    assert [p.name for p in inspect.signature(predict).parameters.values()] == ["input_0_", "input_0", "input_2"]
+    df = spark.createDataFrame([(1, 2, 3), (4, 5, 6)], "`a b` long, input_0 long, class long")
+    rows = df.select(predictor.udf("long", 8)(F.col("`a b`"), "input_0", "class").alias("p")).collect()
+    assert sorted(row["p"] for row in rows) == [123, 456]

@@ -206,8 +206,8 @@ class BatchPredictor:
         # predict_batch_udf counts the predict function's parameters to decide how to pass the columns.
         predict.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
             [
-                inspect.Parameter(_parameter_name(spec.name, index), inspect.Parameter.POSITIONAL_ONLY)
-                for index, spec in enumerate(inputs)
+                inspect.Parameter(name, inspect.Parameter.POSITIONAL_ONLY)
+                for name in _parameter_names([spec.name for spec in inputs])
             ]
         )
         return predict
@@ -364,8 +364,26 @@ def _input_names(inputs: Sequence[str] | str | None, converter: SparkDatasetConv
     return names
 
 
-def _parameter_name(name: str, index: int) -> str:
-    return name if name.isidentifier() and not keyword.iskeyword(name) else f"input_{index}"
+def _parameter_names(names: Sequence[str]) -> list[str]:
+    """The predict function's parameter names: each input's, or ``input_<index>`` where it is no identifier.
+
+    A made-up name never repeats another input's (``["a b", "input_0"]``): a signature with a
+    name twice cannot be built.
+    """
+
+    def usable(name: str) -> bool:
+        return name.isidentifier() and not keyword.iskeyword(name)
+
+    taken = {name for name in names if usable(name)}
+    parameters = []
+    for index, name in enumerate(names):
+        if not usable(name):
+            name = f"input_{index}"
+            while name in taken:
+                name += "_"
+            taken.add(name)
+        parameters.append(name)
+    return parameters
 
 
 def _runner(model: Any, explicit: Sequence[bool]) -> Callable[[list[np.ndarray]], Any]:
