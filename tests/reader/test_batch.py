@@ -189,6 +189,7 @@ def test_chunks_must_keep_the_first_chunks_dtypes_and_row_shapes(fmt) -> None:
     first = {"x": np.zeros(3, np.float32), "s": np.array(["a", "b", "c"], dtype=object), "m": np.zeros((3, 2))}
     widths = {"x": np.ones(2, np.float32), "s": np.array(["long", 7, None], dtype=object)[:2], "m": np.ones((2, 2))}
     empty = {"x": np.zeros(0, np.int8)}
+    rows = "object" if fmt is NUMPY else "list"  # a column of rows: strings, bytes, arrays
     assert run(first, empty, widths, first) == 8  # strings and objects vary in content, empty chunks are skipped
     changed = [
         (
@@ -198,6 +199,18 @@ def test_chunks_must_keep_the_first_chunks_dtypes_and_row_shapes(fmt) -> None:
         ({**first, "m": np.zeros((3, 3))}, "column 'm' was float64 with shape (2,) and is now float64 with shape (3,)"),
         ({"x": first["x"], "m": first["m"]}, "column 's' was "),
         ({**first, "y": np.zeros(3)}, "column 'y' was missing and is now float64 with shape ()"),
+        (  # rows of arrays one chunk stacked (they shared a shape) and another could not
+            {**first, "m": np.array([np.zeros(1), np.zeros(2), np.zeros(3)], dtype=object)},
+            f"column 'm' was float64 with shape (2,) and is now {rows} with shape (); every chunk must have the same "
+            "columns, dtypes and per-row shapes (only the contents of strings and objects may vary): if its rows are "
+            "arrays whose shape varies, declare it in TransformSpec edit_fields as ('m', <dtype>, (None,), False)",
+        ),
+        (  # strings then numbers: no arrays, no such advice
+            {**first, "s": np.zeros(3)},
+            f"column 's' was {rows} with shape () and is now float64 with shape (); every chunk must have the same "
+            "columns, dtypes and per-row shapes (only the contents of strings and objects may vary): make the "
+            "transform return",
+        ),
     ]
     for chunk, message in changed:
         with pytest.raises(ValueError, match=re.escape(f"the transform's output changed between chunks: {message}")):

@@ -128,11 +128,25 @@ def check_signature(first: Signature, now: Signature) -> None:
     for name in [*first, *(n for n in now if n not in first)]:
         was, is_now = first.get(name), now.get(name)
         if was != is_now:
+            advice = (
+                "make the transform return the same every time, for example by casting, or give the column in "
+                "TransformSpec edit_fields"
+            )
+            rows = ("object", "list")  # NumPy's column of rows, and torch's
+            if (
+                was is not None
+                and is_now is not None
+                and ((was[0] in rows and is_now[1]) or (is_now[0] in rows and was[1]))
+            ):
+                # Rows of arrays are stacked where a chunk's share one shape; one chunk's did, another's not.
+                advice = (
+                    f"if its rows are arrays whose shape varies, declare it in TransformSpec edit_fields as "
+                    f"({name!r}, <dtype>, (None,), False): every chunk then keeps them as rows"
+                )
             raise ValueError(
                 f"the transform's output changed between chunks: column {name!r} was {_describe(was)} and is now "
                 f"{_describe(is_now)}; every chunk must have the same columns, dtypes and per-row shapes (only the "
-                "contents of strings and objects may vary): make the transform return the same every time, for "
-                "example by casting, or give the column in TransformSpec edit_fields"
+                f"contents of strings and objects may vary): {advice}"
             )
 
 
