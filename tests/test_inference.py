@@ -88,6 +88,22 @@ def test_a_torch_module_runs_in_eval_mode_without_gradients(spark, vectors, conv
     assert [got[i] for i in range(200)] == expected
 
 
+def test_a_predict_function_made_in_the_driver_leaves_the_modules_training_mode_as_it_was() -> None:
+    # Making the predict function switched the user's module to eval mode for good: tried out in a
+    # notebook before training went on, it left dropout and batch norm off for the rest of training.
+    import torch
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Dropout(0.9), torch.nn.BatchNorm1d(4))
+    model.train()
+    model[2].eval()  # a frozen batch norm stays frozen
+    predict = make_predict_fn(model, shapes={"input": (4,)})()
+    rows = np.arange(8, dtype=np.float64).reshape(2, 4)
+    first = predict(rows)
+    np.testing.assert_array_equal(predict(rows), first)  # dropout off while predicting
+    assert [m.training for m in model.modules()] == [True, True, True, False]
+
+
 def test_a_torch_module_takes_sparks_float64_in_its_weights_precision_without_dtypes() -> None:
     import torch
 

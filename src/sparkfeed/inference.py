@@ -394,7 +394,6 @@ def _runner(model: Any, explicit: Sequence[bool]) -> Callable[[list[np.ndarray]]
     """
     torch = sys.modules.get("torch")
     if torch is not None and isinstance(model, torch.nn.Module):
-        model.eval()
         # Spark passes floats as float64; a module's float inputs take its weights' precision,
         # unless dtypes= named one.
         weights = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
@@ -404,8 +403,16 @@ def _runner(model: Any, explicit: Sequence[bool]) -> Callable[[list[np.ndarray]]
             return value.to(weights) if weights is not None and not given and value.is_floating_point() else value
 
         def run_torch(arrays: list[np.ndarray]) -> Any:
-            with torch.inference_mode():
-                return model(*(tensor(array, given) for array, given in zip(arrays, explicit, strict=True)))
+            # In eval mode for the call only: a predict function made in the driver (to try it out)
+            # must not leave the user's module, still to be trained, with dropout and batch norm off.
+            modes = [(module, module.training) for module in model.modules()]
+            model.eval()
+            try:
+                with torch.inference_mode():
+                    return model(*(tensor(array, given) for array, given in zip(arrays, explicit, strict=True)))
+            finally:
+                for module, training in modes:
+                    module.training = training
 
         return run_torch
     keras = sys.modules.get("keras")
