@@ -192,3 +192,22 @@ def test_a_cache_on_s3_is_deleted_when_its_process_exits(s3_server: S3Server, s3
     assert "could not delete" not in done.stderr
     assert done.stdout.strip().startswith(f"s3://{s3_bucket}/exits/sparkfeed-")
     assert _files(s3_server, f"{s3_bucket}/exits") == []
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_a_cache_dir_inside_a_cache_is_refused_since_removing_that_cache_would_remove_the_new_one(
+    spark, s3_server: S3Server, s3_bucket: str, tmp_path, where: str
+) -> None:
+    # cache_dir=converter.cache_dir_url nested the new cache in the first; `cache rm` of the
+    # first (an orphan, no --force needed) then removed the new one while its process read it.
+    options = s3_server.storage_options if where == "s3" else None
+    parent = f"s3a://{s3_bucket}/nest" if where == "s3" else str(tmp_path)
+    outer = make_spark_converter(spark.range(10), cache_dir=parent, storage_options=options)
+    for inside in (outer.cache_dir_url, f"{outer.cache_dir_url}/sub"):
+        with pytest.raises(ValueError, match=r"(is|is inside) the sparkfeed cache \S+/sparkfeed-"):
+            make_spark_converter(spark.range(20), cache_dir=inside, storage_options=options)
+    location = Location.parse(outer.cache_dir_url, options=options)
+    assert cache.scan(location) == []
+    listed = location.filesystem.get_file_info(pafs.FileSelector(location.path, recursive=True))
+    assert not [info.path for info in listed if "sparkfeed-" in info.path.removeprefix(location.path)]
+    outer.delete()

@@ -441,6 +441,15 @@ def create_cache_dir(parent: Location, *, key: str | None = None, keep: bool = F
         keep: The cache outlives its process: not deleted at exit, found by later processes'
             ``reuse="auto"``, collected only by ``sparkfeed cache clean --older-than``.
     """
+    inside = _cache_holding(parent)
+    if inside is not None:
+        raise ValueError(
+            f"cache_dir {parent} {'is' if inside == parent else 'is inside'} the sparkfeed cache {inside} (it holds "
+            "sparkfeed's marker or manifest): "
+            "a cache made there would be removed with that one, by whoever removes it (`sparkfeed cache rm` or "
+            f"`clean` of it, or its creator at exit), while this process reads it; pass the directory the caches "
+            f"go in, such as {inside.parent}"
+        )
     now = datetime.datetime.now(datetime.UTC)
     location = parent.child(f"sparkfeed-{now:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:12]}")
     token = uuid.uuid4().hex
@@ -469,6 +478,33 @@ def create_cache_dir(parent: Location, *, key: str | None = None, keep: bool = F
                 os.rmdir(path)  # empty: it cannot hold anything but what we just failed to write
         raise
     return location, token
+
+
+def _cache_holding(parent: Location) -> Location | None:
+    """The sparkfeed cache that ``parent`` is, or lies in; None when it is in none.
+
+    Passing a cache's URL as ``cache_dir`` (``cache_dir=converter.cache_dir_url``) nested the new
+    cache in it, and removing the outer cache (``sparkfeed cache rm`` or ``clean`` of an orphan,
+    without ``--force``) removed the inner one too, while the process that made it ran and read
+    it. ``parent`` is looked at, and those of its ancestors named as sparkfeed names caches.
+    """
+    candidates, location = [], parent
+    while True:
+        if location == parent or CACHE_NAME.match(location.name):
+            candidates.append(location)
+        above = location.parent
+        if above == location or not location.name:
+            break
+        location = above
+    for candidate in candidates:
+        names = [f"{candidate.path}/{name}" for name in (MARKER_NAME, MANIFEST_NAME)]
+        try:
+            infos = candidate.filesystem.get_file_info(names)
+        except (OSError, pa.ArrowException):  # unreachable, or not a directory: the write says why
+            continue
+        if any(info.type != pafs.FileType.NotFound for info in infos):
+            return candidate
+    return None
 
 
 class NotOursError(ValueError):
