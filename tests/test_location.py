@@ -69,11 +69,20 @@ def test_relative_paths_are_made_absolute() -> None:
         ("s3://bucket/a#b", "fragment"),
         ("file://otherhost/x", "host"),
         ("", "not a path"),
+        # urlsplit drops tabs and line breaks anywhere: these named /tmp/ab, s3://bucket/ab, s3://bucket/data.
+        ("file:///tmp/a\nb", "drops"),
+        ("s3://bucket/a\tb", "drops"),
+        ("s3://bucket/data\r\n", "drops"),
     ],
 )
 def test_urls_that_name_another_place_than_they_seem_are_refused(text: str, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         Location.parse(text)
+
+
+def test_tabs_and_line_breaks_are_taken_from_a_plain_path_or_percent_encoded_in_a_url() -> None:
+    assert Location.parse("/tmp/a\nb").local_path == "/tmp/a\nb"
+    assert Location.parse("file:///tmp/a%0Ab%09c").local_path == "/tmp/a\nb\tc"
 
 
 def test_other_schemes_keep_host_and_query_and_get_two_slashes() -> None:

@@ -31,6 +31,8 @@ from sparkfeed.filesystems import make_filesystem
 DATABRICKS_ENV = "DATABRICKS_RUNTIME_VERSION"
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+):")
 """A URL scheme of two or more letters: ``C:`` stays a (Windows) path, ``file:/x`` is a URL."""
+_DROPPED_BY_URLSPLIT = frozenset("\t\r\n")
+"""Removed from anywhere in a URL by ``urlsplit`` (WHATWG's rule): ``file:///tmp/a\\nb`` named ``/tmp/ab``."""
 
 
 class Location:
@@ -95,6 +97,13 @@ class Location:
         if match is None:
             return cls._local(os.path.abspath(os.path.expanduser(text)))
         scheme = match.group(1).lower()
+        dropped = sorted({repr(character) for character in text if character in _DROPPED_BY_URLSPLIT})
+        if dropped:
+            raise ValueError(
+                f"{text!r} is a URL holding {', '.join(dropped)}, which URL parsing drops (a tab or line break "
+                "is never part of a URL), so it would name another place: write them as %09, %0A and %0D, "
+                "or pass a plain path"
+            )
         parts = urlsplit(text)
         if parts.fragment or text.endswith("#"):
             raise ValueError(
