@@ -211,3 +211,21 @@ def test_a_cache_dir_inside_a_cache_is_refused_since_removing_that_cache_would_r
     listed = location.filesystem.get_file_info(pafs.FileSelector(location.path, recursive=True))
     assert not [info.path for info in listed if "sparkfeed-" in info.path.removeprefix(location.path)]
     outer.delete()
+
+
+def test_a_cache_opened_by_url_whose_files_are_not_all_there_is_refused_when_opened(
+    spark, s3_server: S3Server, s3_bucket: str
+) -> None:
+    # A copy that brought the manifest first (aws s3 sync has no order) and not yet every file, or
+    # a file removed since: it opened, counted every row, and failed when an epoch reached the gap.
+    options = s3_server.storage_options
+    converter = make_spark_converter(
+        spark.range(400, numPartitions=4), cache_dir=f"s3a://{s3_bucket}/copy", storage_options=options
+    )
+    location = Location.parse(converter.cache_dir_url, options=options)
+    assert make_spark_converter(converter.cache_dir_url, storage_options=options).manifest.num_rows == 400
+    gone = converter.manifest.files[3].path
+    s3_server.filesystem().delete_file(f"{location.path}/{gone}")
+    with pytest.raises(cache.IncompleteCacheError, match=rf"1 of the 4 files .* such as '{gone}'"):
+        make_spark_converter(converter.cache_dir_url, storage_options=options)
+    converter.delete()

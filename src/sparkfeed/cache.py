@@ -376,11 +376,20 @@ def read_cache(location: Location) -> tuple[Manifest, dict[str, Any] | None] | N
             is still under way, or was interrupted, and the files there are not the dataset. Or
             it is named as sparkfeed names caches and holds files but neither marker nor
             manifest: the remains of a cache, which would otherwise be read as a user's Parquet.
+            Or its manifest lists files that are not there (a copy under way, files removed).
         CorruptManifestError: A manifest is there but cannot be read.
     """
     manifest = read_manifest(location)
     marker = _read_marker(location)
     if manifest is not None:
+        missing = _missing_files(location, manifest)
+        if missing:
+            raise IncompleteCacheError(
+                f"sparkfeed cache {location}: {len(missing)} of the {len(manifest.files)} files its manifest "
+                f"({MANIFEST_NAME}) lists are not there, such as {missing[0]!r}: a copy still under way or cut short "
+                "(a copy may bring the manifest before the files), or files removed since. Reading it would fail "
+                "when an epoch reached them; open a complete copy, or convert the DataFrame again"
+            )
         return manifest, marker
     if marker is None:
         if CACHE_NAME.match(location.name) and _holds_anything(location):
