@@ -7,6 +7,7 @@ import io
 import re
 import tempfile
 import threading
+import warnings
 from typing import Any
 
 import numpy as np
@@ -329,6 +330,31 @@ def test_a_column_of_varying_rows_the_transform_leaves_stays_rows_in_every_chunk
         padded = concat(batches)
     assert padded["tok"].dtype == np.int64 and padded["tok"].shape == (10, 4)
     assert padded["tok"].tolist() == [row + [0] * (4 - len(row)) for row in tokens]
+
+
+def test_a_sharded_loader_warns_once_when_the_transform_changes_the_number_of_rows(tmp_path) -> None:
+    # Ranks then yield different numbers of batches and DDP waits at the end of the epoch;
+    # filters warn when the loader is made, a transform can only be seen doing it.
+    pq.write_table(pa.table({"id": np.arange(40)}), tmp_path / "p.parquet", row_group_size=5)
+    converter = make_spark_converter(str(tmp_path))
+    options = {"batch_size": 4, "num_epochs": 1, "shard_count": 2}
+
+    def drop(frame: pd.DataFrame) -> pd.DataFrame:
+        return frame[frame["id"] % 3 != 0]
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with converter.make_numpy_iterator(**options, cur_shard=0, transform_fn=drop) as batches:
+            ids = concat(batches)["id"]
+        with converter.make_numpy_iterator(**options, cur_shard=0, transform_fn=lambda f: f.assign(x=1)) as batches:
+            assert len(concat(batches)["id"]) == 20  # the same rows: no warning
+        with converter.make_numpy_iterator(batch_size=4, num_epochs=1, transform_fn=drop) as batches:
+            list(batches)  # one shard: nothing to wait on
+    assert len(ids) < 20 and not np.any(ids % 3 == 0)
+    messages = [str(w.message) for w in caught if "number of rows" in str(w.message)]
+    assert len(messages) == 1, messages
+    assert messages[0].startswith("the transform returned another number of rows than it was given, with shard_count=2")
+    assert "DDP/Horovod ranks may wait on each other" in messages[0]
 
 
 def test_a_null_in_a_categorical_of_numbers_is_refused_not_made_nan(tmp_path) -> None:

@@ -131,6 +131,15 @@ class Reader(Generic[C]):
             read_ahead_bytes=DEFAULT_READ_AHEAD_BYTES if options.read_ahead_bytes is None else options.read_ahead_bytes,
             row_filter=self._row_filter,
             sequence=self._sequence,
+            rows_changed_warning=(
+                f"the transform returned another number of rows than it was given, with shard_count="
+                f"{options.shard[1]}: shards then yield different numbers of rows, so shard_policy="
+                f"{options.shard_policy!r} cannot give "
+                "every rank the same number of batches, and DDP/Horovod ranks may wait on each other at the end of "
+                "an epoch; drop or add rows in Spark before make_spark_converter instead"
+                if options.transform_spec is not None and options.shard[1] > 1 and options.shard_policy != "exact"
+                else None
+            ),
         )
         every_group = [
             (f, g, rows) for f, entry in enumerate(manifest.files) for g, rows in enumerate(entry.row_groups)

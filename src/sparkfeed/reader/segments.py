@@ -15,6 +15,7 @@ import functools
 import mmap
 import os
 import threading
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -123,6 +124,9 @@ class SegmentReader:
         sequence: The ``sequence`` columns, read as :class:`~sparkfeed.reader.ragged.Ragged`
             (values and offsets, never an object per row), and when bucketing, how a window's
             rows are regrouped.
+        rows_changed_warning: Given once, the first time the transform returns another number of
+            rows than it was given: a sharded loader's ranks may then get different numbers of
+            batches, which nothing can know before the transform runs.
     """
 
     def __init__(
@@ -136,8 +140,10 @@ class SegmentReader:
         read_ahead_bytes: int = DEFAULT_READ_AHEAD_BYTES,
         row_filter: RowFilter | None = None,
         sequence: SequencePlan | None = None,
+        rows_changed_warning: str | None = None,
     ) -> None:
         self._location = Location.parse(root)
+        self._rows_changed_warning = rows_changed_warning
         self._sequence = sequence
         self._sequence_columns = {plan.name: plan for plan in sequence.columns} if sequence is not None else {}
         self._read_ahead_bytes = read_ahead_bytes if not self._location.is_local else 0
@@ -368,6 +374,11 @@ class SegmentReader:
         held: dict[str, HeldNulls] = {}
         frame = transform_frame(table, self._specs, held)
         columns = self._dates_as_days(self._transform.apply(frame, held))
+        if self._rows_changed_warning is not None and NUMPY.rows(columns) != table.num_rows:
+            with self._lock:
+                message, self._rows_changed_warning = self._rows_changed_warning, None
+            if message is not None:
+                warnings.warn(message, UserWarning, stacklevel=2)
         if self._sequence is not None and columns:
             columns = self._sequence.to_ragged(columns, self._specs)
         return columns
