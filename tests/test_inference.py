@@ -7,6 +7,7 @@ import pickle
 import re
 
 import numpy as np
+import pandas as pd
 import pytest
 from pyspark.ml.feature import VectorAssembler
 from pyspark.ml.functions import predict_batch_udf, vector_to_array
@@ -313,6 +314,12 @@ def test_timestamps_reach_the_model_as_the_utc_it_was_trained_on_in_any_session_
             assert sorted(trained.values()) == [np.datetime64(m, "us") for m in micros]
         # 01:30 on the night summer time ends happens twice in Los Angeles: which one Spark meant is lost.
         spark.conf.set("spark.sql.session.timeZone", "America/Los_Angeles")
+        # Made by the user in a task (mapInPandas over a loader's shard), it is fed UTC: left as it is.
+        utc = np.array(sorted(trained.values()))
+        in_task = spark.range(1).mapInPandas(
+            lambda frames: (pd.DataFrame({"p": predictor()(utc)}) for _ in frames), "p long"
+        )
+        assert [row["p"] for row in in_task.collect()] == micros
         twice = spark.range(1).select(F.timestamp_micros(F.lit(1604219400000000)).alias("t"))  # 08:30Z, 01:30 PDT
         with pytest.raises(
             Exception, match=r"input 't': Spark passes timestamps as wall times .*'America/Los_Angeles'"

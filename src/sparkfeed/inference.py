@@ -62,10 +62,14 @@ class ModelInput:
     instant: bool = False
     timezone: str | None = None
 
-    def prepare(self, values: Any) -> np.ndarray:
-        """Spark's array for this input as the model's tensor: reshaped and cast, copied only if needed."""
+    def prepare(self, values: Any, wall_times: bool = False) -> np.ndarray:
+        """Spark's array for this input as the model's tensor: reshaped and cast, copied only if needed.
+
+        ``wall_times``: the array comes from ``predict_batch_udf``, whose timestamps are wall
+        times of the session time zone; otherwise (a loader's batch) they are UTC already.
+        """
         array = np.asarray(values)
-        if self.instant and array.dtype.kind == "M":
+        if wall_times and self.instant and array.dtype.kind == "M":
             array = self._as_utc(array)
         if self.shape is not None and array.dtype != object:
             try:
@@ -86,15 +90,12 @@ class ModelInput:
 
         Spark's Arrow conversion for pandas UDFs shifts each instant to the session time zone and
         drops the zone, so outside UTC the model saw other values than in training (8 hours off
-        in Los Angeles). Outside a Spark task the array is the caller's, taken as UTC as the
-        loaders give it. A wall time that a change to summer time made twice is refused: which
+        in Los Angeles). A wall time that a change to summer time made twice is refused: which
         instant it was is lost.
         """
         module = sys.modules.get("pyspark.taskcontext")
         context = None if module is None else module.TaskContext.get()
-        if context is None:
-            return array
-        zone = context.getLocalProperty("spark.sql.session.timeZone") or self.timezone
+        zone = (None if context is None else context.getLocalProperty("spark.sql.session.timeZone")) or self.timezone
         if zone is None:
             raise ValueError(
                 f"input {self.name!r} is a timestamp, which Spark passes as wall times of the session time zone, "
@@ -198,9 +199,13 @@ class BatchPredictor:
         """The predict function, made where it runs: the model switched to inference, one parameter an input."""
         run = _runner(self.model, [spec.explicit for spec in self.inputs])
         inputs, postprocess = self.inputs, self.postprocess
+        # Made by predict_batch_udf (in pyspark.ml.functions), the function is fed Spark's pandas
+        # arrays; made by the user (say in mapInPandas over a loader's batches), it is fed those.
+        wall_times = sys._getframe(1).f_globals.get("__name__") == "pyspark.ml.functions"
 
         def predict(*arrays: np.ndarray) -> Any:
-            output = _to_numpy(run([spec.prepare(array) for spec, array in zip(inputs, arrays, strict=True)]))
+            prepared = [spec.prepare(array, wall_times) for spec, array in zip(inputs, arrays, strict=True)]
+            output = _to_numpy(run(prepared))
             return postprocess(output) if postprocess is not None else output
 
         # predict_batch_udf counts the predict function's parameters to decide how to pass the columns.
