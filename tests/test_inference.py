@@ -12,7 +12,7 @@ import pytest
 from pyspark.ml.feature import VectorAssembler
 from pyspark.ml.functions import predict_batch_udf, vector_to_array
 from pyspark.sql import functions as F
-from pyspark.sql.types import FloatType
+from pyspark.sql.types import FloatType, LongType
 
 from sparkfeed import make_predict_fn, make_spark_converter
 from sparkfeed.inference import BatchPredictor, ModelInput
@@ -309,8 +309,10 @@ def test_timestamps_reach_the_model_as_the_utc_it_was_trained_on_in_any_session_
         assert predictor.inputs[0].dtype == np.dtype("datetime64[us]") and predictor.inputs[0].instant
         for session_zone in ("America/Los_Angeles", "Asia/Kolkata", "UTC"):
             spark.conf.set("spark.sql.session.timeZone", session_zone)
-            rows = df.select("id", predictor.udf("long", 8)("t").alias("p")).collect()
-            assert {row["id"]: row["p"] for row in rows} == {i: int(t.astype(np.int64)) for i, t in trained.items()}
+            wrapped = predict_batch_udf(lambda: predictor(), return_type=LongType(), batch_size=8)
+            for udf in (predictor.udf("long", 8), wrapped):
+                rows = df.select("id", udf("t").alias("p")).collect()
+                assert {row["id"]: row["p"] for row in rows} == {i: int(t.astype(np.int64)) for i, t in trained.items()}
             assert sorted(trained.values()) == [np.datetime64(m, "us") for m in micros]
         # 01:30 on the night summer time ends happens twice in Los Angeles: which one Spark meant is lost.
         spark.conf.set("spark.sql.session.timeZone", "America/Los_Angeles")

@@ -199,9 +199,7 @@ class BatchPredictor:
         """The predict function, made where it runs: the model switched to inference, one parameter an input."""
         run = _runner(self.model, [spec.explicit for spec in self.inputs])
         inputs, postprocess = self.inputs, self.postprocess
-        # Made by predict_batch_udf (in pyspark.ml.functions), the function is fed Spark's pandas
-        # arrays; made by the user (say in mapInPandas over a loader's batches), it is fed those.
-        wall_times = sys._getframe(1).f_globals.get("__name__") == "pyspark.ml.functions"
+        wall_times = _made_by_predict_batch_udf()
 
         def predict(*arrays: np.ndarray) -> Any:
             prepared = [spec.prepare(array, wall_times) for spec, array in zip(inputs, arrays, strict=True)]
@@ -335,6 +333,22 @@ def make_predict_fn(
         timezone = _session_timezone() if instant else None
         model_inputs.append(ModelInput(name, shape, dtype, explicit, instant, timezone))
     return BatchPredictor(model, tuple(model_inputs), postprocess)
+
+
+def _made_by_predict_batch_udf() -> bool:
+    """Whether ``predict_batch_udf`` (in ``pyspark.ml.functions``) is making the predict function.
+
+    Its function is fed Spark's pandas arrays, whose timestamps are wall times of the session
+    time zone; one the user makes (in ``mapInPandas`` over a loader's shard, say) is fed the
+    loader's UTC batches. The whole stack is looked at, so a wrapper around the predictor
+    (``make_predict_fn=lambda: predictor()``) is seen through.
+    """
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_globals.get("__name__") == "pyspark.ml.functions":
+            return True
+        frame = frame.f_back  # type: ignore[assignment]
+    return False
 
 
 def _session_timezone() -> str | None:
