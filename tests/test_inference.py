@@ -314,6 +314,13 @@ def test_timestamps_reach_the_model_as_the_utc_it_was_trained_on_in_any_session_
                 rows = df.select("id", udf("t").alias("p")).collect()
                 assert {row["id"]: row["p"] for row in rows} == {i: int(t.astype(np.int64)) for i, t in trained.items()}
             assert sorted(trained.values()) == [np.datetime64(m, "us") for m in micros]
+        # Unset, the zone is the JVM's default, which Spark names to no task: not the zone the session
+        # had when the predictor was made.
+        spark.conf.set("spark.sql.session.timeZone", "America/Los_Angeles")
+        made_in_los_angeles = make_predict_fn(lambda t: t.astype(np.int64), converter, inputs="t")
+        spark.conf.unset("spark.sql.session.timeZone")
+        rows = df.select("id", made_in_los_angeles.udf("long", 8)("t").alias("p")).collect()
+        assert {row["id"]: row["p"] for row in rows} == {i: int(t.astype(np.int64)) for i, t in trained.items()}
         # 01:30 on the night summer time ends happens twice in Los Angeles: which one Spark meant is lost.
         spark.conf.set("spark.sql.session.timeZone", "America/Los_Angeles")
         # Made by the user in a task (mapInPandas over a loader's shard), it is fed UTC: left as it is.

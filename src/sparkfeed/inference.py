@@ -51,8 +51,8 @@ class ModelInput:
         instant: Whether the converter's column is a timestamp of instants (UTC in the cache):
             Spark hands those to ``predict_batch_udf`` as wall times of its session time zone,
             which are turned back into the UTC the model was trained on.
-        timezone: The session time zone where ``make_predict_fn`` ran, for a task that does not
-            name one (Spark propagates ``spark.sql.session.timeZone`` only where it was set).
+        timezone: The driver JVM's default time zone, which Spark converts in where the session
+            sets none (and then does not name one to the task).
     """
 
     name: str
@@ -330,7 +330,7 @@ def make_predict_fn(
         if dtypes is not None and name in dtypes:
             dtype, explicit = np.dtype(dtypes[name]), True
         instant = spec is not None and pa.types.is_timestamp(spec.arrow_type) and spec.arrow_type.tz is not None
-        timezone = _session_timezone() if instant else None
+        timezone = _default_timezone() if instant else None
         model_inputs.append(ModelInput(name, shape, dtype, explicit, instant, timezone))
     return BatchPredictor(model, tuple(model_inputs), postprocess)
 
@@ -351,13 +351,24 @@ def _made_by_predict_batch_udf() -> bool:
     return False
 
 
-def _session_timezone() -> str | None:
-    """The active Spark session's time zone (its JVM's default where not set), else None."""
+def _default_timezone() -> str | None:
+    """The time zone Spark converts timestamps in where the session sets none: its JVM's default.
+
+    Spark propagates ``spark.sql.session.timeZone`` to the tasks only where it was set; unset,
+    the zone is the driver JVM's default, asked of the JVM here (a Spark Connect client has no
+    JVM: it asks the session, which says that default unless the zone is set now). None where no
+    session is active: a task that names no zone then refuses timestamps.
+    """
     try:
         from pyspark.sql import SparkSession
 
         session = SparkSession.getActiveSession()
-        return None if session is None else session.conf.get("spark.sql.session.timeZone")
+        if session is None:
+            return None
+        jvm = getattr(session, "_jvm", None)
+        if jvm is not None:
+            return str(jvm.java.util.TimeZone.getDefault().getID())
+        return session.conf.get("spark.sql.session.timeZone")
     except Exception:  # noqa: BLE001 - no session to ask: a task then needs the zone set
         return None
 
