@@ -229,3 +229,20 @@ def test_a_cache_opened_by_url_whose_files_are_not_all_there_is_refused_when_ope
     with pytest.raises(cache.IncompleteCacheError, match=rf"1 of the 4 files .* such as '{gone}'"):
         make_spark_converter(converter.cache_dir_url, storage_options=options)
     converter.delete()
+
+
+@pytest.mark.parametrize("named", ["../../private/secret.parquet", "/bucket/private/secret.parquet", "a//b.parquet"])
+def test_a_manifest_naming_a_file_outside_its_cache_is_corrupt(s3_server: S3Server, s3_bucket: str, named: str) -> None:
+    # A manifest planted in a shared prefix (or damaged) named the user's file elsewhere, whose rows were served.
+    fs = s3_server.filesystem()
+    options = s3_server.storage_options
+    pq.write_table(pa.table({"id": [100, 101]}), f"{s3_bucket}/private/secret.parquet", filesystem=fs)
+    location, _ = cache.create_cache_dir(Location.parse(f"s3://{s3_bucket}/c", options=options))
+    manifest = cache.Manifest(
+        files=(cache.FileEntry(named, (2,)),), schema=pa.schema([("id", pa.int64())]), shapes={}, options={}
+    )
+    with fs.open_output_stream(f"{location.path}/{cache.MANIFEST_NAME}") as stream:
+        stream.write(manifest.to_json().encode())
+    with pytest.raises(cache.CorruptManifestError, match="not a path inside the cache"):
+        make_spark_converter(location.url, storage_options=options)
+    assert [entry.state for entry in cache.scan(Location.parse(f"s3://{s3_bucket}/c", options=options))] == ["corrupt"]

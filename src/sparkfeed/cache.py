@@ -227,6 +227,11 @@ class Manifest:
             data["num_rows"]
         ):
             raise ValueError("the files' row counts do not add up to the manifest's num_rows")
+        outside = next((entry.path for entry in files if not _inside(entry.path)), None)
+        if outside is not None:
+            # sparkfeed writes the names of files in the cache; a manifest naming another place
+            # (planted in a shared prefix, or damaged) would have its rows served as the cache's.
+            raise ValueError(f"it names the file {outside!r}, which is not a path inside the cache")
         return cls(
             files=files,
             schema=schema,
@@ -236,6 +241,11 @@ class Manifest:
             created_at=data["created_at"],
             created_by=data["created_by"],
         )
+
+
+def _inside(path: str) -> bool:
+    """Whether a manifest's file path is relative and stays in the cache: no ``..``, ``.`` or empty component."""
+    return bool(path) and not path.startswith("/") and all(part not in ("", ".", "..") for part in path.split("/"))
 
 
 class CorruptManifestError(ValueError):
