@@ -246,3 +246,21 @@ def test_a_manifest_naming_a_file_outside_its_cache_is_corrupt(s3_server: S3Serv
     with pytest.raises(cache.CorruptManifestError, match="not a path inside the cache"):
         make_spark_converter(location.url, storage_options=options)
     assert [entry.state for entry in cache.scan(Location.parse(f"s3://{s3_bucket}/c", options=options))] == ["corrupt"]
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_a_cache_dir_holding_a_dataset_is_refused_since_the_dataset_would_read_the_cache_as_its_rows(
+    spark, s3_server: S3Server, s3_bucket: str, tmp_path, where: str
+) -> None:
+    # cache_dir set to the DataFrame's own source: opening that dataset by path read 20 rows, not 10.
+    options = s3_server.storage_options if where == "s3" else None
+    data = f"s3a://{s3_bucket}/data" if where == "s3" else str(tmp_path / "data")
+    location = Location.parse(data, options=options)
+    location.filesystem.create_dir(location.path, recursive=True)
+    pq.write_table(pa.table({"id": list(range(10))}), f"{location.path}/part-0.parquet", filesystem=location.filesystem)
+    with pytest.raises(ValueError, match=r"holds a dataset's files \(such as 'part-0.parquet'\)"):
+        make_spark_converter(spark.range(10), cache_dir=data, storage_options=options)
+    assert make_spark_converter(data, storage_options=options).manifest.num_rows == 10
+    beside = make_spark_converter(spark.range(10), cache_dir=location.parent.url, storage_options=options)
+    assert make_spark_converter(data, storage_options=options).manifest.num_rows == 10
+    beside.delete()

@@ -469,6 +469,13 @@ def create_cache_dir(parent: Location, *, key: str | None = None, keep: bool = F
             f"`clean` of it, or its creator at exit), while this process reads it; pass the directory the caches "
             f"go in, such as {inside.parent}"
         )
+    data = _dataset_file(parent)
+    if data is not None:
+        raise ValueError(
+            f"cache_dir {parent} holds a dataset's files (such as {data!r}): a cache made there would be read as part "
+            "of that dataset by whoever opens it by path (sparkfeed's reader lists its subdirectories too, and the "
+            "cache's rows would come twice, or in place of others); pass a directory for caches, beside the dataset"
+        )
     now = datetime.datetime.now(datetime.UTC)
     location = parent.child(f"sparkfeed-{now:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:12]}")
     token = uuid.uuid4().hex
@@ -524,6 +531,30 @@ def _cache_holding(parent: Location) -> Location | None:
         if any(info.type != pafs.FileType.NotFound for info in infos):
             return candidate
     return None
+
+
+DATASET_FILES = (".parquet", ".parq", "_SUCCESS", "_metadata", "_common_metadata")
+"""Ends of the names of files that make a directory a Parquet dataset (Spark's and pyarrow's)."""
+
+
+def _dataset_file(parent: Location) -> str | None:
+    """The name of a Parquet dataset's file directly in ``parent``; None when it holds none (or is not there).
+
+    ``cache_dir`` set to a dataset's own directory (the DataFrame's source, say) put the cache
+    among its files, and opening that dataset by path then read the cache's files as its rows too.
+    """
+    try:
+        children = parent.filesystem.get_file_info(pafs.FileSelector(parent.path, allow_not_found=True))
+    except (OSError, pa.ArrowException):  # not a directory, or unreachable: creating the cache says why
+        return None
+    return next(
+        (
+            info.base_name
+            for info in children
+            if info.type == pafs.FileType.File and info.base_name.endswith(DATASET_FILES)
+        ),
+        None,
+    )
 
 
 class NotOursError(ValueError):
