@@ -264,3 +264,30 @@ def test_a_cache_dir_holding_a_dataset_is_refused_since_the_dataset_would_read_t
     beside = make_spark_converter(spark.range(10), cache_dir=location.parent.url, storage_options=options)
     assert make_spark_converter(data, storage_options=options).manifest.num_rows == 10
     beside.delete()
+
+
+def test_a_cache_holding_a_running_processs_cache_is_neither_removed_nor_cleaned(
+    s3_server: S3Server, s3_bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # What sparkfeed made before it refused a cache_dir inside a cache: removing the outer cache
+    # (an orphan, so no --force was needed) removed the inner one, while its process read it.
+    options = s3_server.storage_options
+    parent = Location.parse(f"s3://{s3_bucket}/nested", options=options)
+    outer, _ = cache.create_cache_dir(parent)
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    marker = cache._read_marker(outer)
+    marker["owner"]["pid"] = int(gone.stdout)
+    with s3_server.filesystem().open_output_stream(f"{outer.path}/{cache.MARKER_NAME}") as stream:
+        stream.write(json.dumps(marker).encode())
+    monkeypatch.setattr(cache, "_cache_holding", lambda parent: None)  # as the older sparkfeed did
+    inner, inner_token = cache.create_cache_dir(outer)  # this process's, running
+    monkeypatch.undo()
+    assert [entry.location for entry in cache.scan(parent) if entry.orphaned] == [outer]
+
+    with pytest.raises(PermissionError, match=r"holds the sparkfeed cache .*which a process that may still run"):
+        cache.remove(outer)
+    assert cache.collect(parent) == []
+    assert cache._read_marker(inner) is not None
+    cache.delete_cache(inner, inner_token)
+    assert cache.remove(outer).location == outer  # once the inner cache is gone
+    assert _files(s3_server, f"{s3_bucket}/nested") == []

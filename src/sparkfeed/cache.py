@@ -1149,6 +1149,10 @@ def _remove_orphan(entry: CacheEntry) -> bool:
         if not idle or now.in_use or now.last_used != entry.last_used:
             log.info("not removing the cache %s: it was reused, or changed, since it was chosen", entry.location)
             return False
+    nested = _live_nested(entry.location)
+    if nested is not None:
+        log.warning("not removing the cache %s: %s", entry.location, nested)
+        return False
     try:
         delete_cache(entry.location, entry.token)
     except (NotOursError, OSError) as error:
@@ -1194,8 +1198,26 @@ def remove(location: Location, *, force: bool = False) -> CacheEntry:
             f"not deleting {location}: it is in use, reused by a process that still runs ({readers}) and may be "
             "reading it; pass force (--force) to delete it anyway"
         )
+    nested = None if force else _live_nested(location)
+    if nested is not None:
+        raise PermissionError(f"not deleting {location}: {nested}; pass force (--force) to delete it anyway")
     delete_cache(location, entry.token)
     return entry
+
+
+def _live_nested(location: Location) -> str | None:
+    """Why a cache holds another that must not go with it (its creator or a reuser may run); None when none.
+
+    sparkfeed before the check of :func:`create_cache_dir` made a cache inside another when
+    given its URL as ``cache_dir``: removing the outer one removed the inner one too.
+    """
+    for inner in scan(location):
+        if inner.liveness is not Liveness.GONE or inner.in_use:
+            return (
+                f"it holds the sparkfeed cache {inner.location}, which a process that may still run made (its creator "
+                f"is {inner.owner}) or reused, and may be reading"
+            )
+    return None
 
 
 class _Owned:
