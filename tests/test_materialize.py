@@ -83,6 +83,36 @@ def test_hive_partitions_become_columns(tmp_path) -> None:
         assert (id_ % 100 - len(region)) == (year * 10) % 100 and region in ("eu", "us west")
 
 
+def test_files_at_more_than_one_depth_are_refused_a_cache_among_them_named(spark, tmp_path) -> None:
+    # Spark reads 10 rows of this directory (its own files, not the subdirectory's); sparkfeed
+    # read 15, the rows of a cache an older version wrote inside the dataset's directory included.
+    dataset = tmp_path / "data"
+    spark.range(10).write.parquet(str(dataset))
+    assert spark.read.parquet(str(dataset)).count() == 10
+    cache = dataset / "sparkfeed-20260101T000000-0123456789ab"
+    cache.mkdir()
+    pq.write_table(pa.table({"id": np.arange(5)}), cache / "part-0.parquet")
+    (cache / "_sparkfeed_cache.json").write_text("{}")
+    with pytest.raises(
+        ValueError, match=r"lie at different depths \(part-.*\.parquet and sparkfeed-.*/part-0\.parquet\)"
+    ) as refused:
+        make_spark_converter(str(dataset))
+    assert str(refused.value).endswith(
+        f"; sparkfeed-20260101T000000-0123456789ab is a sparkfeed cache, not part of the dataset: remove it (sparkfeed "
+        f"cache rm {Location.parse(str(cache)).url}) or move it out"
+    )
+    assert sorted(p.name for p in cache.iterdir()) == ["_sparkfeed_cache.json", "part-0.parquet"]  # nothing removed
+    other = tmp_path / "other"  # files beside a directory that is no partition: Spark reads the top level only
+    other.mkdir()
+    pq.write_table(pa.table({"id": [1]}), other / "a.parquet")
+    (other / "more").mkdir()
+    pq.write_table(pa.table({"id": [2]}), other / "more" / "b.parquet")
+    with pytest.raises(
+        ValueError, match=r"lie at different depths \(a\.parquet and more/b\.parquet\).*move the others out$"
+    ):
+        make_spark_converter(str(other))
+
+
 def test_pandas_index_is_not_a_feature_and_non_parquet_files_are_named(tmp_path) -> None:
     frame = pd.DataFrame({"x": [1.0, 2.0, 3.0]}, index=pd.Index([10, 20, 30]))
     pq.write_table(pa.Table.from_pandas(frame, preserve_index=True), tmp_path / "a.parquet")

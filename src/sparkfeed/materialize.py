@@ -764,6 +764,7 @@ def describe(
         selector = pafs.FileSelector(root, recursive=True)
         listed = [_relative(i.path, root) for i in fs.get_file_info(selector) if i.type == pafs.FileType.File]
         names = sorted(n for n in listed if not any(part.startswith(("_", ".")) for part in n.split("/")))
+        _refuse_mixed_depths(names, listed, location)
     if not names:
         raise ValueError(f"no Parquet files under {location}")
 
@@ -929,6 +930,37 @@ def _unified_schema(names: list[str], schemas: list[pa.Schema], location: Locati
 
 
 _HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"
+
+
+def _refuse_mixed_depths(names: list[str], listed: list[str], location: Location) -> None:
+    """Refuses files at more than one depth: which of them make the dataset is a guess.
+
+    Spark reads one level (the files beside others only, or only the partition directories'),
+    pyarrow every file; a sparkfeed cache written inside the dataset's directory (as an older
+    version allowed) would add its rows to the dataset's. Hive partitions of one set of keys
+    put every file at one depth.
+    """
+    depths = {name.count("/") for name in names}
+    if len(depths) < 2:
+        return
+    shallow = next(name for name in names if name.count("/") == min(depths))
+    deep = next(name for name in names if name.count("/") == max(depths))
+    caches = sorted(
+        directory
+        for directory in {posixpath.dirname(name) for name in listed if posixpath.basename(name) == MARKER_NAME}
+        if directory and any(name.startswith(f"{directory}/") for name in names)
+    )
+    ours = (
+        f"; {caches[0]} is a sparkfeed cache, not part of the dataset: remove it (sparkfeed cache rm "
+        f"{location.child(*caches[0].split('/'))}) or move it out"
+        if caches
+        else ""
+    )
+    raise ValueError(
+        f"the Parquet files of {location} lie at different depths ({shallow} and {deep}), so which of them make the "
+        "dataset is a guess (Spark reads one level of them, pyarrow every file): point at the directory that holds "
+        f"the dataset's files, or move the others out{ours}"
+    )
 
 
 def _hive_partitions(names: list[str], location: Location) -> tuple[list[pa.Field], list[dict[str, Any]]] | None:
