@@ -467,6 +467,16 @@ def _bad_transform(spark, tmp_path, monkeypatch) -> str:
     return _raised(lambda: _iterate(_small(spark).make_numpy_iterator(num_epochs=1, transform_fn=lambda frame: None)))
 
 
+def _array_in_place(spark, tmp_path, monkeypatch) -> str:
+    def scale(frame: Any) -> Any:
+        for cell in frame["v"]:
+            cell[:] = cell * 2
+        return frame
+
+    converter = make_spark_converter(spark.range(2).selectExpr("array(id, id) AS v"))
+    return _raised(lambda: _iterate(converter.make_numpy_iterator(num_epochs=1, transform_fn=scale)))
+
+
 class LabelError(Exception):
     """An exception as user code often writes one: its ``__init__`` does not pass its arguments on."""
 
@@ -524,6 +534,7 @@ TRIGGERS: dict[str, Callable[[Any, Path, pytest.MonkeyPatch], str]] = {
     "reuseauto-converts-again": _not_reused,
     "a-framework-is-not-installed": _no_torch,
     "a-transform-that-returns-something-else": _bad_transform,
+    "a-transform-that-changes-an-array-in-place": _array_in_place,
     "an-exception-from-a-worker-process-that-cannot-travel": _unsendable,
     "schema_fields-naming-no-column": _no_such_column,
     "java-is-missing": _no_java,
