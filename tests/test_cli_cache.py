@@ -191,3 +191,11 @@ def test_a_kept_cache_reused_between_the_choice_and_the_removal_is_not_removed(t
         reader.wait()
     assert remove_orphans([chosen]) == [] and cache.is_dir()  # reused since the choice: a new look decides
     assert [e.location for e in collect(parent, older_than=datetime.timedelta(0))] == [chosen.location]
+
+
+@pytest.mark.parametrize("age", ["99999999999d", "999999999d", "36526d"])
+def test_an_age_beyond_any_cache_is_a_usage_error_not_a_traceback(tmp_path, age: str) -> None:
+    # 99999999999d raised OverflowError from timedelta, 999999999d from the date it is taken from.
+    done = _run("cache", "clean", "--older-than", age, str(tmp_path))
+    assert done.exit_code == 2 and f"'{age}' is longer than any cache has been around" in done.output
+    assert _run("cache", "clean", "--older-than", "36525d", str(tmp_path)).exit_code == 0

@@ -132,7 +132,13 @@ def _duration(text: str) -> datetime.timedelta:
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*", text)
     if match is None:
         raise click.BadParameter(f"{text!r} is not an age: give a number and a unit, such as 90m, 12h, 7d or 2w")
-    return datetime.timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2) or "s"])
+    seconds = float(match.group(1)) * _UNITS[match.group(2) or "s"]
+    if seconds > _LONGEST.total_seconds():  # timedelta and the date it is taken from have bounds
+        raise click.BadParameter(f"{text!r} is longer than any cache has been around: give at most 36525d (100 years)")
+    return datetime.timedelta(seconds=seconds)
+
+
+_LONGEST = datetime.timedelta(days=36525)
 
 
 @cache_command.command("rm")
