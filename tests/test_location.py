@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sparkfeed.location import Location
+from sparkfeed.location import Location, shown
 
 AWKWARD = ["#cache", "q?cache", "sp ace", "é-ü", "50%off", "50%25off", "a&b=c;d", "[x]", "tab\tname"]
 
@@ -126,3 +126,35 @@ def test_object_store_urls_with_dot_or_empty_segments_are_refused(spark, path: s
     with pytest.raises(ValueError, match=r"s3a://bucket/a/.*'\.', '\.\.' or empty"):
         Location.parse(f"s3a://bucket/{path}")
     assert Location.parse("s3a://bucket/a/b/").url == "s3a://bucket/a/b"  # a trailing slash is no segment
+
+
+def test_credentials_in_a_query_are_hidden_where_the_url_is_shown() -> None:
+    url = (
+        "s3://bkt/caches?endpoint_override=127.0.0.1:9000&scheme=http&access_key=AKIA1&secret_key=s%2F3&session_token=t"
+    )
+    location = Location.parse(url)
+    assert location.url == url  # still reaches the data
+    assert str(location) == (
+        "s3://bkt/caches?endpoint_override=127.0.0.1:9000&scheme=http&access_key=***&secret_key=***&session_token=***"
+    )
+    child = location.child("sparkfeed-x")
+    assert "s%2F3" not in str(child) and child.name == "sparkfeed-x" and "s%2F3" in child.url
+    assert (
+        shown("s3://b/c") == "s3://b/c" and shown("s3://b/c?region=us&scheme=http") == "s3://b/c?region=us&scheme=http"
+    )
+
+
+def test_cache_commands_do_not_print_a_query_s_credentials(s3_server, s3_bucket) -> None:
+    from click.testing import CliRunner
+
+    from sparkfeed.cli import main
+
+    options = s3_server.storage_options
+    url = f"s3://{s3_bucket}/caches?" + "&".join(f"{k}={v}" for k, v in options.items())
+    for args in (
+        ["cache", "ls", url],
+        ["cache", "ls", "--json", url],
+        ["cache", "rm", f"{url[: url.index('?')]}/x?{url.split('?')[1]}"],
+    ):
+        output = CliRunner().invoke(main, args).output
+        assert options["secret_key"] not in output and "secret_key=***" in output, output

@@ -415,7 +415,7 @@ def read_cache(location: Location) -> tuple[Manifest, dict[str, Any] | None] | N
     liveness = Liveness.UNKNOWN if owner is None else owner.liveness()
     who = "its creator" if owner is None else f"its creator ({owner})"
     if liveness is Liveness.GONE:
-        state = f"{who} is gone, so it will never be complete; `sparkfeed cache rm {location.url}` removes it"
+        state = f"{who} is gone, so it will never be complete; `sparkfeed cache rm {location}` removes it"
     elif liveness is Liveness.RUNNING:
         state = f"{who} still runs: wait for its conversion to finish"
     else:
@@ -1024,7 +1024,7 @@ def find_kept(parent: Location, key: str) -> tuple[CacheEntry, Manifest] | None:
                 location,
                 len(missing),
                 missing[0],
-                location.url,
+                location,
             )
             continue
         entry = _entry(location)

@@ -226,10 +226,33 @@ class Location:
         return hash(self.url)
 
     def __str__(self) -> str:
-        return self.url
+        """The URL as logs and messages show it: credentials given in its query are hidden (see :func:`shown`)."""
+        return shown(self.url)
 
     def __repr__(self) -> str:
         return f"Location({self.url!r})"
+
+
+_SECRET_WORDS = ("secret", "token", "password", "passwd", "credential", "sas", "key")
+"""Parts of a query option's name that say its value is a credential (``secret_key``, ``session_token``)."""
+
+
+def shown(url: str) -> str:
+    """``url`` with the values of its query's credentials replaced by ``***``, for logs and messages.
+
+    A URL's query may carry its filesystem's options (``s3://b/c?access_key=…&secret_key=…``,
+    see :func:`~sparkfeed.filesystems.make_filesystem`); the URL itself still holds them, where
+    it is used to reach the data.
+    """
+    head, mark, query = url.partition("?")
+    if not mark:
+        return url
+    parts = []
+    for item in query.split("&"):
+        name, equals, value = item.partition("=")
+        secret = equals and value and any(word in name.lower() for word in _SECRET_WORDS)
+        parts.append(f"{name}=***" if secret else item)
+    return f"{head}?{'&'.join(parts)}"
 
 
 def _join(scheme: str, netloc: str, path: str, query: str) -> str:

@@ -58,15 +58,15 @@ def ls_command(directory: str | None, as_json: bool) -> None:
     parent = _parent(directory)
     entries = scan(parent)
     if as_json:
-        click.echo(json.dumps({"parent": parent.url, "caches": [_as_dict(e) for e in entries]}, indent=1))
+        click.echo(json.dumps({"parent": str(parent), "caches": [_as_dict(e) for e in entries]}, indent=1))
         return
     if not entries:
-        click.echo(f"no sparkfeed caches under {parent.url}")
+        click.echo(f"no sparkfeed caches under {parent}")
         return
     rows = [("NAME", "STATE", "ROWS", "SIZE", "AGE", "CREATOR", "")]
     rows += [
         (
-            entry.location.url.rsplit("/", 1)[-1],
+            entry.location.name,
             entry.state,
             "-" if entry.num_rows is None else f"{entry.num_rows:,}",
             _size(entry.size_bytes),
@@ -77,7 +77,7 @@ def ls_command(directory: str | None, as_json: bool) -> None:
         for entry in entries
     ]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    click.echo(f"{len(entries)} caches under {parent.url}, {_size(sum(e.size_bytes for e in entries))} in all")
+    click.echo(f"{len(entries)} caches under {parent}, {_size(sum(e.size_bytes for e in entries))} in all")
     for row in rows:
         click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
 
@@ -106,7 +106,7 @@ def clean_command(directory: str | None, dry_run: bool, older_than: str | None) 
     entries = collect(parent, dry_run=dry_run, older_than=None if older_than is None else _duration(older_than))
     verb = "would remove" if dry_run else "removed"
     for entry in entries:
-        click.echo(f"{verb} {entry.location.url} ({entry.state}, {_size(entry.size_bytes)}, {entry.owner})")
+        click.echo(f"{verb} {entry.location} ({entry.state}, {_size(entry.size_bytes)}, {entry.owner})")
     exchanges = sweep(dry_run=dry_run)
     for path in exchanges:
         click.echo(f"{verb} {path} (shared memory of a reader process that is gone)")
@@ -159,12 +159,12 @@ def rm_command(url: str, force: bool) -> None:
         entry = remove(Location.parse(url), force=force)
     except (NotOursError, FileNotFoundError, PermissionError, ValueError) as error:
         raise click.ClickException(str(error)) from error
-    click.echo(f"removed {entry.location.url} ({entry.state}, {_size(entry.size_bytes)})")
+    click.echo(f"removed {entry.location} ({entry.state}, {_size(entry.size_bytes)})")
 
 
 def _as_dict(entry: CacheEntry) -> dict[str, Any]:
     return {
-        "url": entry.location.url,
+        "url": str(entry.location),
         "state": entry.state,
         "rows": entry.num_rows,
         "bytes": entry.size_bytes,
