@@ -184,11 +184,11 @@ def series_to_numpy(series: pd.Series, name: str | None = None, *, stack: bool =
 
     A column whose cells are equally shaped arrays (decoded images, say) is stacked into one
     ``(rows, *shape)`` array, unless ``stack`` is False; cells of different shapes stay an
-    object array. A column of
-    zoned timestamps (pandas' form of Spark's) becomes naive ``datetime64`` in UTC, as
-    timestamps are without a transform: ``to_numpy`` would give an object array of
-    ``pd.Timestamp``, which no framework takes. pandas' nullable numbers and bools (which a
-    column holding nulls arrives as) become their NumPy dtype.
+    object array, whose nulls are all ``None``. A column of zoned timestamps (pandas' form of
+    Spark's) becomes naive ``datetime64`` in UTC, as timestamps are without a transform:
+    ``to_numpy`` would give an object array of ``pd.Timestamp``, which no framework takes.
+    pandas' nullable numbers and bools (which a column holding nulls arrives as) become their
+    NumPy dtype, and a categorical its categories' dtype.
 
     Raises:
         NullValueError: A number, bool, date or timestamp column holds a missing value (NA,
