@@ -18,6 +18,7 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import inspect
 import keyword
 import math
@@ -105,10 +106,11 @@ class ModelInput:
             return array
         import pandas
 
+        errors: tuple[type[Exception], ...] = (ValueError, LookupError, *_pytz_time_errors())
         try:
             wall = pandas.DatetimeIndex(array.reshape(-1))
             utc = wall.tz_localize(zone, ambiguous="raise", nonexistent="raise").tz_convert("UTC").tz_localize(None)
-        except (ValueError, LookupError) as error:
+        except errors as error:
             raise ValueError(
                 f"input {self.name!r}: Spark passes timestamps as wall times of the session time zone {zone!r}, and "
                 f"they cannot be turned back into instants ({error}): set spark.sql.session.timeZone to 'UTC' for "
@@ -333,6 +335,18 @@ def make_predict_fn(
         timezone = _default_timezone() if instant else None
         model_inputs.append(ModelInput(name, shape, dtype, explicit, instant, timezone))
     return BatchPredictor(model, tuple(model_inputs), postprocess)
+
+
+def _pytz_time_errors() -> tuple[type[Exception], ...]:
+    """The error of pytz for a wall time that is ambiguous or does not exist, which pandas 2 raises.
+
+    It is no ``ValueError`` (pandas 3 raises its own, which is), and pandas 3 needs no pytz.
+    """
+    try:
+        exceptions = importlib.import_module("pytz.exceptions")
+    except ImportError:
+        return ()
+    return (exceptions.InvalidTimeError,)
 
 
 def _made_by_predict_batch_udf() -> bool:
