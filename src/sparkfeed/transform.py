@@ -115,7 +115,7 @@ class TransformSpec:
                 )
             _check_edit(f"TransformSpec edit_fields entry {field[0]!r}", field[1], field[2])
 
-    def apply(self, frame: pd.DataFrame, held: Mapping[str, HeldNulls] | None = None) -> dict[str, np.ndarray]:
+    def apply(self, frame: pd.DataFrame, held: Mapping[str, GivenArrays] | None = None) -> dict[str, np.ndarray]:
         """Runs the function and turns its output into one NumPy array per column.
 
         Args:
@@ -261,18 +261,19 @@ EXACT_FLOAT = 2**53
 
 
 @dataclasses.dataclass(frozen=True)
-class HeldNulls:
-    """The cells of an array column that held nulls when the transform received them.
+class GivenArrays:
+    """An array column's cells as the transform received them, checked against what it returns.
 
-    pandas has no nullable form of an array cell, so the transform gets what pyarrow makes:
-    NaN (NaT, None) where an element is null, in floats for integer arrays, and None for a
-    null array. A transform that leaves those cells in place would hand the nulls on as made-up
-    numbers; it must replace them (new cells, or these cells filled in place).
+    Two checks need the given cells. First, nulls: pandas has no nullable form of an array
+    cell, so the transform gets what pyarrow makes: NaN (NaT, None) where an element is null,
+    in floats for integer arrays, and None for a null array. A transform that leaves those
+    cells in place would hand the nulls on as made-up numbers; it must replace them (new cells,
+    or these cells filled in place).
 
-    A column of arrays whose length varies is held here with or without nulls, with its cells
-    as given: one the transform leaves as it was stays rows of varying length, even in a chunk
-    whose rows happen to share one length (a chunk of one row, always), which would otherwise
-    be stacked into an array and differ from the other chunks.
+    Second, varying lengths: a column of arrays whose length varies is held here with or
+    without nulls, with its cells as given. One the transform leaves as it was stays rows of
+    varying length, even in a chunk whose rows happen to share one length (a chunk of one row,
+    always), which would otherwise be stacked into an array and differ from the other chunks.
 
     Attributes:
         name: The column.
@@ -317,7 +318,7 @@ class HeldNulls:
 
 
 def transform_frame(
-    table: pa.Table, specs: Mapping[str, ColumnSpec], held: dict[str, HeldNulls] | None = None
+    table: pa.Table, specs: Mapping[str, ColumnSpec], held: dict[str, GivenArrays] | None = None
 ) -> pd.DataFrame:
     """A piece as the transform's pandas DataFrame, every value exact, every null visible.
 
@@ -332,8 +333,9 @@ def transform_frame(
     Args:
         table: The piece.
         specs: The specs of its columns.
-        held: Filled with the array columns that hold nulls (see :class:`HeldNulls`), for
-            :meth:`TransformSpec.apply` to check; None (a predicate's frame) skips that.
+        held: Filled with the array columns that hold nulls or vary in length (see
+            :class:`GivenArrays`), for :meth:`TransformSpec.apply` to check; None (a
+            predicate's frame) skips that.
 
     Raises:
         NullValueError: An array column holds nulls that no cell can show exactly: nested
@@ -366,7 +368,7 @@ def transform_frame(
         cells = frame[name].to_numpy()
         holding = _held(specs[name], table.column(name), cells)
         if specs[name].kind == "ragged":
-            holding = HeldNulls(name, {} if holding is None else holding.cells, False, cells)
+            holding = GivenArrays(name, {} if holding is None else holding.cells, False, cells)
         if holding is not None:
             held[name] = holding  # type: ignore[index]
     return frame
@@ -401,12 +403,12 @@ def _nested_nulls(spec: ColumnSpec) -> NullValueError:
     )
 
 
-def _held(spec: ColumnSpec, column: pa.ChunkedArray, cells: np.ndarray) -> HeldNulls | None:
+def _held(spec: ColumnSpec, column: pa.ChunkedArray, cells: np.ndarray) -> GivenArrays | None:
     """The cells of a list column that hold nulls, as the transform received them; None if it has none."""
     array = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
     fixed = spec.kind == "tensor"
     if not _nulls_below(column):
-        return HeldNulls(spec.name, {}, fixed) if fixed and array.null_count else None
+        return GivenArrays(spec.name, {}, fixed) if fixed and array.null_count else None
     values = pc.list_flatten(array)
     if is_list_type(values.type):
         raise _nested_nulls(spec)
@@ -431,7 +433,7 @@ def _held(spec: ColumnSpec, column: pa.ChunkedArray, cells: np.ndarray) -> HeldN
     for row in np.unique(rows):
         cell = cells[row]
         held[id(cell)] = (cell, within[rows == row])
-    return HeldNulls(spec.name, held, fixed)
+    return GivenArrays(spec.name, held, fixed)
 
 
 def _apply_edit(name: str, array: np.ndarray, dtype: Any, shape: tuple[int | None, ...]) -> np.ndarray:

@@ -33,7 +33,7 @@ from sparkfeed.reader.ragged import Ragged, Views
 from sparkfeed.reader.readahead import DEFAULT_READ_AHEAD_BYTES, ReadAhead, SpanFile, column_ranges
 from sparkfeed.reader.selection import RowFilter, kept_positions
 from sparkfeed.reader.sequence import SequencePlan
-from sparkfeed.transform import HeldNulls, TransformSpec, transform_frame
+from sparkfeed.transform import GivenArrays, TransformSpec, transform_frame
 from sparkfeed.types import INT96_UNIT, ColumnSpec, cast_column, to_numpy
 from sparkfeed.writer import RAGGED, take_views, unpack, unpack_ragged
 
@@ -371,7 +371,7 @@ class SegmentReader:
     def _transformed(self, table: pa.Table) -> Columns:
         """A piece through the user's transform, its sequence columns as :class:`Ragged`."""
         assert self._transform is not None
-        held: dict[str, HeldNulls] = {}
+        held: dict[str, GivenArrays] = {}
         frame = transform_frame(table, self._specs, held)
         columns = self._dates_as_days(self._transform.apply(frame, held))
         if self._rows_changed_warning is not None and NUMPY.rows(columns) != table.num_rows:
