@@ -196,14 +196,22 @@ class FlakyProxy:
                 client, _ = self._listener.accept()
             except TimeoutError:
                 continue
-            if self._left > 0:
-                self._left -= 1
+            head = self._admit(client)
+            if head is None:
                 self.dropped += 1
                 client.close()  # a transient fault: the connection ends before any answer
                 continue
             upstream = socket.create_connection(self._target, timeout=10)
+            upstream.sendall(head)
             for source, sink in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pipe, args=(source, sink), daemon=True).start()
+
+    def _admit(self, client: socket.socket) -> bytes | None:
+        """What of a new connection was read before forwarding it (nothing here); None drops it."""
+        if self._left > 0:
+            self._left -= 1
+            return None
+        return b""
 
     @staticmethod
     def _pipe(source: socket.socket, sink: socket.socket) -> None:

@@ -11,7 +11,6 @@ import json
 import socket
 import subprocess
 import sys
-import threading
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -43,24 +42,14 @@ class CutProxy(FlakyProxy):
         self._deletes = deletes
         super().__init__(target, 0)
 
-    def _serve(self) -> None:
-        while self._running:
-            try:
-                client, _ = self._listener.accept()
-            except TimeoutError:
-                continue
-            head = client.recv(65536)
-            line = head.split(b"\r\n", 1)[0]
-            if self._deletes <= 0:
-                self.dropped += 1
-                client.close()
-                continue
-            if line.startswith(b"DELETE ") or (line.startswith(b"POST ") and b"?delete" in line):
-                self._deletes -= 1
-            upstream = socket.create_connection(self._target, timeout=10)
-            upstream.sendall(head)
-            for source, sink in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(source, sink), daemon=True).start()
+    def _admit(self, client: socket.socket) -> bytes | None:
+        head = client.recv(65536)
+        if self._deletes <= 0:
+            return None
+        line = head.split(b"\r\n", 1)[0]
+        if line.startswith(b"DELETE ") or (line.startswith(b"POST ") and b"?delete" in line):
+            self._deletes -= 1
+        return head
 
 
 def test_a_delete_cut_short_on_s3_leaves_a_marked_incomplete_cache_never_bare_parquet(
