@@ -962,3 +962,42 @@ def test_caches_honour_the_umask(spark, tmp_path, arrays) -> None:
     assert len(modes) > 3
     assert {path: mode for path, mode in modes.items() if mode & 0o077} == {}
     assert all(mode == (0o700 if (root / path).is_dir() else 0o600) for path, mode in modes.items())
+
+
+NESTED_CREATOR = textwrap.dedent(
+    """
+    import sys
+    from sparkfeed.cache import create_cache_dir
+    from sparkfeed.location import Location
+    location, _ = create_cache_dir(Location.parse(sys.argv[1]))
+    print(location.local_path, flush=True)
+    sys.stdin.read()  # runs, its cache with it, until the test closes its input
+    """
+)
+
+
+def test_delete_leaves_a_cache_that_holds_a_running_processs_cache(spark, tmp_path) -> None:
+    # What sparkfeed made before it refused a cache_dir inside a cache: a cache in another. Its
+    # creator's delete() (or its exit) removed the inner cache too, while that process read it.
+    converter = make_spark_converter(spark.range(5), cache_dir=str(tmp_path / "caches"))
+    outer = _local(converter.cache_dir_url)
+    with subprocess.Popen(
+        [sys.executable, "-c", NESTED_CREATOR, str(tmp_path / "elsewhere")],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as creator:
+        assert creator.stdout is not None and creator.stdin is not None
+        made = Path(creator.stdout.readline().strip())
+        inner = outer / made.name
+        made.rename(inner)  # a running process's cache, inside ours
+        with pytest.raises(PermissionError, match=r"holds the sparkfeed cache .*which a process that may still run"):
+            converter.delete()
+        assert (inner / MARKER_NAME).is_file() and (outer / MANIFEST_NAME).is_file()
+        with pytest.raises(PermissionError, match="holds the sparkfeed cache"):
+            delete_cache(converter.location, converter._token or "")  # what this process's exit runs
+        assert (inner / MARKER_NAME).is_file()
+        creator.stdin.close()
+        assert creator.wait(60) == 0
+    converter.delete()  # its creator gone, the inner cache goes with the outer one
+    assert not outer.exists()

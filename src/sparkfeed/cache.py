@@ -593,19 +593,30 @@ def register_delete_dir_handler(handler: DeleteDirHandler | None) -> None:
     _delete_dir_handler = handler
 
 
-def delete_cache(location: Location, token: str) -> None:
+def delete_cache(location: Location, token: str, *, force: bool = False) -> None:
     """Removes a cache directory that this process created; a missing one is not an error.
 
     It must hold the marker written by :func:`create_cache_dir` with this token, and locally
     it must be a real directory, not a symbolic link: the removal never follows a link out of
-    the cache (``shutil.rmtree`` unlinks links inside it and does not descend into them). A
-    handler given to :func:`register_delete_dir_handler` then removes it instead, if there is one.
-    Otherwise the manifest goes first and, locally, the marker last: a delete cut short leaves
-    an incomplete cache of sparkfeed's, which nothing reads and :func:`collect` removes.
+    the cache (``shutil.rmtree`` unlinks links inside it and does not descend into them). Nor
+    may it hold another process's cache that may still be read (:func:`_live_nested`: what
+    sparkfeed made before it refused a cache's URL as ``cache_dir``), which its removal would
+    take along: ``converter.delete()`` and the cleanup at exit leave it, as ``cache rm`` and
+    ``clean`` do. A handler given to :func:`register_delete_dir_handler` then removes it
+    instead, if there is one. Otherwise the manifest goes first and, locally, the marker last:
+    a delete cut short leaves an incomplete cache of sparkfeed's, which nothing reads and
+    :func:`collect` removes.
+
+    Args:
+        location: The cache directory.
+        token: The token :func:`create_cache_dir` wrote into its marker.
+        force: Also when it holds a cache that a process that may still run made or reused
+            (``cache rm --force``).
 
     Raises:
         NotOursError: The directory is not a sparkfeed cache made with this token; nothing
             was deleted.
+        PermissionError: It holds such a cache, and ``force`` is not set; nothing was deleted.
     """
     fs, path = location.filesystem, location.path
     if location.is_local:
@@ -624,6 +635,9 @@ def delete_cache(location: Location, token: str) -> None:
             f"not deleting {location}: it does not hold the marker sparkfeed wrote when it created this cache, "
             "so it is not (or no longer) sparkfeed's"
         )
+    nested = None if force else _live_nested(location)
+    if nested is not None:
+        raise PermissionError(f"not deleting {location}: {nested}; it is left until that process has ended")
     handler = _delete_dir_handler
     if handler is not None:
         handler(location.url)
@@ -1201,7 +1215,7 @@ def remove(location: Location, *, force: bool = False) -> CacheEntry:
     nested = None if force else _live_nested(location)
     if nested is not None:
         raise PermissionError(f"not deleting {location}: {nested}; pass force (--force) to delete it anyway")
-    delete_cache(location, entry.token)
+    delete_cache(location, entry.token, force=force)
     return entry
 
 

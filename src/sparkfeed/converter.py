@@ -115,6 +115,9 @@ class SparkDatasetConverter:
 
         Raises:
             NotOursError: The directory is not the cache this converter made; nothing was deleted.
+            PermissionError: It holds another process's cache (one an older sparkfeed nested in
+                it) whose process may still read it; nothing was deleted, and the cleanup at exit
+                tries again.
         """
         if self._token is None:
             warnings.warn(
