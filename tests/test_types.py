@@ -16,6 +16,7 @@ from pyspark.ml.linalg import Vectors as MLVectors
 from pyspark.ml.linalg import VectorUDT as MLVectorUDT
 from pyspark.mllib.linalg import Vectors as MLlibVectors
 from pyspark.mllib.linalg import VectorUDT as MLlibVectorUDT
+from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
@@ -309,6 +310,22 @@ def test_a_finite_double_beyond_float32_fails_the_conversion_naming_the_column(s
     assert np.ravel(rest[0])[-1] == np.inf and np.isnan(np.ravel(rest[1])[-1])
     if column != "x":
         assert rest.dtype == np.float32 and rest[0][0] == np.float32(3.4e38)
+
+
+@pytest.mark.parametrize("array", [False, True], ids=["decimal", "array"])
+def test_a_decimal_of_negative_scale_beyond_a_floats_range_fails_the_conversion(spark, array: bool) -> None:
+    # DecimalType(1, -45) holds 1e45 (and (1, -400) 1e400): Spark's cast made them inf without a word
+    def frame(literal: str) -> DataFrame:
+        value = F.lit(decimal.Decimal(literal))
+        return spark.range(2).select("id", F.array(value).alias("d") if array else value.alias("d"))
+
+    with _session_conf(spark, {"spark.sql.legacy.allowNegativeScaleOfDecimal": "true"}):
+        with pytest.raises(SparkRuntimeException, match=r"column 'd' holds a finite value beyond float32.*'float64'"):
+            make_spark_converter(frame("1E+45"))
+        assert np.ravel(_read(make_spark_converter(frame("1E+45"), dtype="float64"))["d"])[0] == 1e45
+        with pytest.raises(SparkRuntimeException, match=r"column 'd' holds a decimal beyond float64's range"):
+            make_spark_converter(frame("1E+400"), dtype="float64")
+        assert np.ravel(_read(make_spark_converter(frame("1E+38")))["d"])[0] == np.float32(1e38)  # 38 digits: in range
 
 
 def test_a_path_read_double_beyond_float32_is_refused_naming_the_column(tmp_path) -> None:

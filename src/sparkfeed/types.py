@@ -79,7 +79,7 @@ def normalize_dataframe(df: DataFrame, dtype: str | None) -> DataFrame:
         column = F.col(quote_name(one.name))
         if one.name in kept and one.overflow is not None:
             overflow = one.overflow(column, F.col(quote_name(kept[one.name])))
-            column = F.when(overflow, F.raise_error(F.lit(_overflow_advice(one.name)))).otherwise(column)
+            column = F.when(overflow, F.raise_error(F.lit(one.advice))).otherwise(column)
         out.append(column.alias(one.name))
     return cast.select(*out)
 
@@ -91,15 +91,17 @@ class _Normalized:
     Attributes:
         name: The column.
         values: Its values in the cache's type.
-        source: The column before a float32 cast that may overflow, kept for the check; None
+        source: The column before a cast that may overflow, kept for the check; None
             when no value can.
         overflow: ``(cast values, source) ->`` whether a finite value became infinite.
+        advice: The error the job fails with where one did.
     """
 
     name: str
     values: Column
     source: Column | None = None
     overflow: Callable[[Column, Column], Column] | None = None
+    advice: str = ""
 
 
 def _fresh_name(name: str, taken: set[str]) -> str:
@@ -129,7 +131,7 @@ def _normalize_column(name: str, data_type: DataType, dtype: str | None) -> _Nor
             assert overflow is not None  # doubles to floats may overflow
             return overflow
 
-        return _Normalized(name, values, column, vector_overflows)
+        return _Normalized(name, values, column, vector_overflows, _overflow_advice(name))
     target = _normalized_type(name, data_type, dtype)
     if target == data_type:
         return _Normalized(name, column)
@@ -141,7 +143,11 @@ def _normalize_column(name: str, data_type: DataType, dtype: str | None) -> _Nor
         assert overflow is not None
         return overflow
 
-    return _Normalized(name, column.cast(target), column, overflows)
+    leaf = target
+    while isinstance(leaf, T.ArrayType):
+        leaf = leaf.elementType
+    advice = _overflow_advice(name) if isinstance(leaf, T.FloatType) else _double_overflow_advice(name)
+    return _Normalized(name, column.cast(target), column, overflows, advice)
 
 
 FLOAT32_OVERFLOW = "column {name!r} holds a finite value beyond float32's range (about 3.4e38), which dtype='float32' "
@@ -155,8 +161,27 @@ def _overflow_advice(name: str) -> str:
     )
 
 
+def _double_overflow_advice(name: str) -> str:
+    return (
+        f"column {name!r} holds a decimal beyond float64's range (about 1.8e308), which would become infinite: "
+        f"scale it down in Spark's decimal arithmetic first, convert it to a string (F.col('{name}').cast('string')), "
+        f"or leave it out with df.drop('{name}')"
+    )
+
+
+_FLOAT_DIGITS = {"float": 38, "double": 308}
+"""The most integer digits (precision - scale) of a decimal whose every value is finite as each float type.
+
+A decimal's values are below ``10**(precision - scale)``, and 10**38 < 3.4e38, 10**308 < 1.8e308."""
+
+
 def _overflows(cast: Column, column: Column, source: DataType, target: DataType) -> Column | None:
-    """Whether a value of ``cast`` (``column`` as ``target``) is infinite where ``column``'s is not (None: never)."""
+    """Whether a value of ``cast`` (``column`` as ``target``) is infinite where ``column``'s is not (None: never).
+
+    A decimal of a negative scale (Spark's ``spark.sql.legacy.allowNegativeScaleOfDecimal``)
+    reaches beyond 10**38: ``DecimalType(1, -45)`` holds 1e45, which Spark's cast to float makes
+    ``inf`` without a word (and to double beyond 10**308).
+    """
     from pyspark.sql import functions as F
     from pyspark.sql import types as T
 
@@ -181,7 +206,10 @@ def _overflows(cast: Column, column: Column, source: DataType, target: DataType)
     if isinstance(target, T.FloatType) and isinstance(source, T.DoubleType):
         infinity = F.lit(float("inf"))
         return (F.abs(cast) == infinity) & (F.abs(column) != infinity)
-    return None  # decimals (precision <= 38) and narrower floats never reach 3.4e38
+    digits = _FLOAT_DIGITS.get(target.typeName())  # of float and double only
+    if isinstance(source, T.DecimalType) and digits is not None and source.precision - source.scale > digits:
+        return F.abs(cast) == F.lit(float("inf"))  # a decimal is always finite
+    return None  # decimals of up to 38 integer digits and narrower floats never reach 3.4e38
 
 
 def quote_name(name: str) -> str:
