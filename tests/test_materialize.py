@@ -146,6 +146,15 @@ def test_a_column_name_with_a_backtick_converts(spark) -> None:
     assert got["a`b"].shape == (5, 2)
 
 
+def test_a_column_named_as_pandas_names_its_index_is_kept_where_pandas_did_not_write_it(spark, tmp_path) -> None:
+    # Spark's writer (a DataFrame without arrays) wrote it, and the cache's manifest left it out in silence
+    df = spark.range(4).select("id", (F.col("id") * 10).alias("__index_level_0__"))
+    got = _read(make_spark_converter(df))
+    np.testing.assert_array_equal(got["__index_level_0__"], np.arange(4) * 10)
+    df.write.parquet(str(tmp_path / "spark"))
+    assert make_spark_converter(str(tmp_path / "spark")).manifest.schema.names == ["id", "__index_level_0__"]
+
+
 def test_a_null_mllib_vector_is_named_when_read(spark) -> None:
     schema = StructType([StructField("id", LongType()), StructField("features", VectorUDT())])
     df = spark.createDataFrame([(1, Vectors.dense([1.0, 2.0])), (2, None), (3, Vectors.sparse(2, [1], [3.0]))], schema)

@@ -884,8 +884,18 @@ _PANDAS_INDEX = re.compile(r"^__index_level_\d+__$")
 
 
 def _feature_schema(schema: pa.Schema) -> pa.Schema:
-    """A file's columns less pandas' stored index, without metadata."""
-    return pa.schema([f for f in schema.remove_metadata() if not _PANDAS_INDEX.match(f.name)])
+    """A file's columns less pandas' stored index, without metadata.
+
+    The index is what the file's pandas metadata names as one (``index_columns``), by pandas'
+    name for an unnamed index: a column of that name in a file pandas did not write, as
+    Spark's, is the user's, and was dropped in silence.
+    """
+    try:
+        index = schema.pandas_metadata.get("index_columns", []) if schema.pandas_metadata else []
+    except (ValueError, AttributeError):  # metadata that is not pandas' JSON: nothing is an index
+        index = []
+    stored = {name for name in index if isinstance(name, str) and _PANDAS_INDEX.match(name)}
+    return pa.schema([f for f in schema.remove_metadata() if f.name not in stored])
 
 
 def _widened(left: pa.DataType, right: pa.DataType) -> pa.DataType | None:
