@@ -9,6 +9,8 @@ Modes (first argument):
   then waits to be signalled. HANDLER: ``default`` (SIGTERM as it comes), ``user`` (a handler
   installed before sparkfeed, that writes a file and exits with 3), ``ignore`` (SIGTERM ignored),
   ``thread`` (a first cache converted in another thread, where no handler can be installed).
+- ``read CACHE``: opens CACHE by its URL, reads one epoch, prints its rows, then waits to be
+  killed (a job still reading it, as far as anyone can tell).
 - ``pool CACHE``: iterates a loader on CACHE with worker processes, prints their pids and its
   shared-memory directory, then waits to be killed.
 
@@ -99,6 +101,16 @@ def converted(parent: str, handler: str) -> None:
     time.sleep(300)
 
 
+def read(cache: str) -> None:
+    from sparkfeed import make_spark_converter
+
+    converter = make_spark_converter(cache)
+    with converter.make_numpy_iterator(batch_size=10, num_epochs=1) as batches:
+        rows = sum(len(batch["id"]) for batch in batches)
+    say(rows=rows, pid=os.getpid())
+    time.sleep(300)
+
+
 def pool(cache: str) -> None:
     from sparkfeed import make_spark_converter
 
@@ -117,4 +129,4 @@ def pool(cache: str) -> None:
 
 
 if __name__ == "__main__":
-    {"convert": convert, "converted": converted, "pool": pool}[sys.argv[1]](*sys.argv[2:])
+    {"convert": convert, "converted": converted, "read": read, "pool": pool}[sys.argv[1]](*sys.argv[2:])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import os
 import signal
 import subprocess
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from sparkfeed import lifecycle
-from sparkfeed.cache import collect, scan
+from sparkfeed.cache import collect, remove, scan
 from sparkfeed.location import Location
 from sparkfeed.owner import Liveness
 
@@ -104,3 +105,23 @@ def test_a_forked_child_does_not_keep_the_sigterm_handler() -> None:
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "0"  # the child dies of SIGTERM at once, even blocked in C
+
+
+def test_clean_leaves_an_orphan_that_a_running_process_opened_by_its_url(tmp_path) -> None:
+    # A killed job's complete cache may be read by its URL (what `cache ls` points at); `cache
+    # clean` removed it under a job reading it, which then failed mid-epoch.
+    with JobProcess("lifecycle_job.py", "converted", str(tmp_path), "default") as creator:
+        url = creator.line()["cache"]
+        creator.kill_group()
+    parent = Location.parse(str(tmp_path))
+    with JobProcess("lifecycle_job.py", "read", url) as reader:
+        assert reader.line()["rows"] == 100
+        (entry,) = scan(parent)
+        assert entry.orphaned and entry.in_use
+        assert collect(parent) == [] and collect(parent, older_than=datetime.timedelta(0)) == []
+        with pytest.raises(PermissionError, match="in use"):
+            remove(entry.location)
+        assert len(_cache_dirs(tmp_path)) == 1
+        reader.kill_group()
+    assert [e.location for e in collect(parent)] == [entry.location]  # once nobody reads it
+    assert _cache_dirs(tmp_path) == []

@@ -823,7 +823,7 @@ class CacheEntry:
 
     @property
     def in_use(self) -> bool:
-        """A process on this host that reused it still runs (perhaps reading it for days).
+        """A process on this host that reused it, or opened it by its URL, still runs (perhaps reading it for days).
 
         A reuser on another host cannot be seen from here: its reuse counts by its time alone.
         """
@@ -953,7 +953,8 @@ def collect(
     when that process is certainly gone: on this host, no process with that pid and start time
     runs. A cache whose creator runs, or runs on another host, or is unknown, is left alone, and
     so is a kept one (``keep=True``), unless ``older_than`` says otherwise, and one of a newer
-    sparkfeed's format (``unsupported``), always.
+    sparkfeed's format (``unsupported``), always. So is one that a running process on this host
+    opened by its URL or reused (:attr:`CacheEntry.in_use`): it may be reading it.
 
     Args:
         parent: The directory holding the caches.
@@ -967,13 +968,13 @@ def collect(
             that reused it a day ago may still read it).
     """
     if older_than is None:
-        chosen = [e for e in scan(parent, orphans_only=True) if not partial_only or is_leftover(e)]
+        chosen = [e for e in scan(parent, orphans_only=True) if (not partial_only or is_leftover(e)) and not e.in_use]
     else:
         limit = datetime.datetime.now(datetime.UTC) - older_than
         chosen = [
             entry
             for entry in scan(parent)
-            if entry.orphaned
+            if (entry.orphaned and not entry.in_use)
             or (
                 entry.kept
                 and entry.state == "complete"
@@ -1093,7 +1094,11 @@ def _planted(location: Location, parent: Location) -> str | None:
 
 
 def mark_used(location: Location) -> None:
-    """Records that this process reused a kept cache now (best effort: a read-only store stays as it is).
+    """Records that this process reads a cache now (best effort: a read-only store stays as it is).
+
+    Called for a kept cache reused by ``reuse="auto"`` and for any cache opened by its URL: an
+    orphan read that way (what ``cache ls`` points at) was removed by ``cache clean`` under the
+    process reading it.
 
     Two records: the cache's last reuse (:data:`USED_NAME`, what ``--older-than`` measures) and
     this process's own (:data:`USER_NAME`), which keeps the cache from being collected while the
@@ -1158,9 +1163,9 @@ def _remove_orphan(entry: CacheEntry) -> bool:
     now = _entry(entry.location)
     if now is None or now.token != entry.token:
         return False  # removed, or no longer this cache, since the listing
-    if not now.orphaned:
+    if now.in_use or not now.orphaned:
         idle = now.kept and now.state == "complete" and now.liveness is Liveness.GONE
-        if not idle or now.in_use or now.last_used != entry.last_used:
+        if now.in_use or not idle or now.last_used != entry.last_used:
             log.info("not removing the cache %s: it was reused, or changed, since it was chosen", entry.location)
             return False
     nested = _live_nested(entry.location)

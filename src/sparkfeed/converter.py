@@ -393,8 +393,9 @@ def make_spark_converter(
                     f"written with dtype={written!r} and is read as it was written; leave dtype out, or convert the "
                     f"DataFrame again with dtype={options.dtype!r}"
                 )
-            if marker is not None and marker.get("keep") is True:
-                mark_used(location)  # `cache clean --older-than` then leaves it while this process runs
+            if marker is not None:
+                # `cache clean` (of an orphan, or with --older-than) and `rm` then leave it while this process runs.
+                mark_used(location)
             log.info("opened the sparkfeed cache %s by path: it is read in place and never deleted", location)
             return SparkDatasetConverter(location, manifest)
         done = describe(location, options={"dtype": options.dtype, "source": "path"})
