@@ -94,6 +94,34 @@ def test_a_double_beyond_float32_is_refused_rather_than_made_infinite_without_x6
     np.testing.assert_array_equal(got[2:], x[3:].astype(np.float32))
 
 
+@pytest.mark.parametrize("sharded", [False, True])
+def test_a_complex128_beyond_complex64_is_refused_rather_than_made_infinite_without_x64(
+    tmp_path, sharded: bool
+) -> None:
+    """A transform's complex128 column narrows as a float64 one does: JAX would make 1e300 inf without a word."""
+    pq.write_table(pa.table({"id": np.arange(600)}), tmp_path / "part-0.parquet")
+    converter = make_spark_converter(str(tmp_path))
+
+    def complex_of(frame: pd.DataFrame) -> pd.DataFrame:
+        frame["z"] = frame["id"].to_numpy() * (1.5 + 0.5j)  # complex128
+        frame.loc[frame["id"] == 7, "z"] = 1 - 1e300j
+        return frame
+
+    target = {"sharding": jax.sharding.SingleDeviceSharding(jax.devices()[0])} if sharded else {}
+    options = {"batch_size": 100, "num_epochs": 1, "shuffle_row_groups": False, **target}
+    with pytest.raises(OverflowError, match=r"^column 'z' holds \(1-1e\+300j\), beyond complex64.*jax_enable_x64"):
+        with converter.make_jax_iterator(transform_fn=complex_of, **options) as batches:
+            list(batches)
+    with converter.make_jax_iterator(transform_fn=complex_of, filters=[("id", "!=", 7)], **options) as batches:
+        got = np.concatenate([np.asarray(b["z"]) for b in batches])
+    want = np.delete(np.arange(600), 7) * (1.5 + 0.5j)
+    assert got.dtype == np.complex64
+    np.testing.assert_array_equal(got, want.astype(np.complex64))
+    with sparkfeed.jax._x64_scope(True), converter.make_jax_iterator(transform_fn=complex_of, **options) as batches:
+        got = np.concatenate([np.asarray(b["z"]) for b in batches])
+    assert got.dtype == np.complex128 and got[7] == 1 - 1e300j
+
+
 @pytest.mark.parametrize("transform", [None, lambda frame: frame], ids=["none", "identity"])
 def test_timestamps_stay_numpy_microseconds_with_or_without_a_transform(tmp_path, transform) -> None:
     moments = np.array(["2024-01-01T12:00:00.123456", "1960-01-01T00:00:00"], "datetime64[us]")

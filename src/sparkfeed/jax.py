@@ -79,9 +79,33 @@ def _host(columns: Columns, x64: bool) -> Columns:
     becomes 0), so the view narrows instead, where it is exact: int64 columns and dates
     (int32 days) whose values all fit become int32, a value that does not fit raises an
     ``OverflowError`` naming the column, and timestamps, whose microseconds never fit, stay
-    NumPy ``datetime64`` arrays on the host, like strings.
+    NumPy ``datetime64`` arrays on the host, like strings. float64 and complex128 round to 32-bit
+    parts, but a finite value beyond float32's range raises an ``OverflowError`` (JAX: ``inf``).
     """
-    return {name: array_view(name, array, "jax", x64).prepare(array) for name, array in columns.items()}
+    host = {}
+    for name, array in columns.items():
+        prepared = array_view(name, array, "jax", x64).prepare(array)
+        host[name] = prepared if x64 or prepared.dtype != np.complex128 else _complex64(name, prepared)
+    return host
+
+
+def _complex64(name: str, array: np.ndarray) -> np.ndarray:
+    """A complex128 column as complex64, as JAX without x64 would make it, or an OverflowError.
+
+    The view narrows float64 but not complex128 (no Spark type makes one; a transform can), and
+    ``device_put`` would make a finite part beyond float32's range ``inf`` without a word: it is
+    refused as a float64 one is. The parts round to float32's precision otherwise.
+    """
+    with np.errstate(over="ignore"):
+        narrowed = array.astype(np.complex64)
+    grew = (np.isinf(narrowed.real) & np.isfinite(array.real)) | (np.isinf(narrowed.imag) & np.isfinite(array.imag))
+    if grew.any():
+        raise OverflowError(
+            f"column {name!r} holds {array[grew].flat[0]}, beyond complex64's range (parts of about 3.4e38), which "
+            "JAX would make inf: JAX keeps complex128 only with jax.config.update('jax_enable_x64', True); turn "
+            "that on, scale the column, or leave it out with schema_fields"
+        )
+    return narrowed
 
 
 def _is_numeric(array: np.ndarray) -> bool:
