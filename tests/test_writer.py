@@ -8,6 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from sparkfeed import make_spark_converter
+from sparkfeed.materialize import _session_conf
 from sparkfeed.writer import VIEWS, list_shape_stats, pack, packed_shape, unpack
 
 from helpers import by_id, concat
@@ -67,6 +68,21 @@ def test_a_partition_with_ragged_rows_makes_the_column_ragged_everywhere(spark) 
         got = by_id(concat(batches))
     assert got["v"].dtype == object
     assert [list(v) for v in got["v"]] == [r[1] for r in rows]
+
+
+def test_a_task_whose_batches_change_encoding_keeps_its_rows_in_order(spark) -> None:
+    # Batches of 2 rows: fixed 3, varying, fixed 3 (into the varying file), a null array, fixed 3 again.
+    # A file per encoding served ids 2, 3, 6, 7, 0, 1, ... with shuffle_row_groups=False.
+    lengths = [3, 3, 1, 2, 3, 3, None, 3, 3, 3]
+    rows = [(i, None if n is None else [float(i)] * n) for i, n in enumerate(lengths)]
+    df = spark.sparkContext.parallelize(rows, 1).toDF("id long, a array<double>")
+    with _session_conf(spark, {"spark.sql.execution.arrow.maxRecordsPerBatch": "2"}):
+        converter = make_spark_converter(df)
+    assert [entry.packed.get("a") for entry in converter.manifest.files] == [(3,), (-1,), None, (3,)]
+    with converter.make_numpy_iterator(batch_size=4, num_epochs=1, shuffle_row_groups=False) as batches:
+        got = concat(batches)
+    assert got["id"].tolist() == list(range(10))
+    assert [None if v is None else v.tolist() for v in got["a"]] == [r[1] for r in rows]
 
 
 def test_rows_of_varying_length_are_stored_as_views_of_raw_bytes(spark) -> None:

@@ -239,10 +239,19 @@ class _File:
     """One Parquet file being written, its row groups cut by size."""
 
     def __init__(
-        self, fs: pafs.FileSystem, root: str, partition: int, schema: pa.Schema, codec: str, group_bytes: int
+        self,
+        fs: pafs.FileSystem,
+        root: str,
+        partition: int,
+        number: int,
+        schema: pa.Schema,
+        codec: str,
+        group_bytes: int,
     ) -> None:
-        # Partition order first, so that the manifest lists files in the DataFrame's order.
-        self.name = f"part-{partition:05d}-{uuid.uuid4().hex}.parquet"
+        # Partition order first, then the task's files in the order it wrote them, so that the
+        # manifest, which sorts them by name, lists them in the DataFrame's order.
+        self.name = f"part-{partition:05d}-{number:06d}-{uuid.uuid4().hex}.parquet"
+        self.schema = schema
         self._stream = fs.open_output_stream(f"{root}/{self.name}")
         # Dictionaries shrink repeated strings; on numbers they cost write time and rarely pay off.
         strings = [f.name for f in schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
@@ -296,8 +305,11 @@ def partition_writer(
     """The ``mapInArrow`` function that writes one partition into the cache directory.
 
     A task's batches usually share one encoding; a batch whose arrays differ in shape or hold
-    nulls goes to a second file with plain lists. Files of a failed task attempt are never in
-    the manifest, which lists exactly the files that the successful tasks return.
+    nulls starts another file, and so does the next batch that packs again, so that the task's
+    rows stay in their order, file after file (a file per encoding held a task's rows out of
+    order). A batch of one length where the file packs lengths that vary is packed as they are,
+    to keep to one file. Files of a failed task attempt are never in the manifest, which lists
+    exactly the files that the successful tasks return.
 
     Args:
         fs: The cache's filesystem; it pickles with its options, so an executor reaches the cache
@@ -319,18 +331,23 @@ def partition_writer(
 
         context = TaskContext.get()
         partition = context.partitionId() if context is not None else 0
-        files: dict[tuple[Any, ...], tuple[_File, dict[str, Any]]] = {}
+        files: list[tuple[_File, dict[str, list[int]]]] = []  # in the order of the rows they hold
         shapes: dict[str, ShapeStats] = {}
         for batch in batches:
             if not batch.num_rows:
                 continue
+            current = files[-1][1] if files else {}
             columns, packed = [], {}
             for name, column in zip(names, batch.columns, strict=True):
                 if is_list_type(column.type):
                     stats = list_shape_stats(column)
                     shapes[name] = merge_shape_stats([shapes.get(name, []), stats])
                     shape = packed_shape(column, stats)
-                    if shape is not None:
+                    ragged = current.get(name)
+                    if shape is not None and ragged and ragged[0] == RAGGED and tuple(ragged[1:]) == shape[1:]:
+                        column = pack_ragged(column, tuple(ragged))  # one length among lengths that vary
+                        packed[name] = ragged
+                    elif shape is not None:
                         column = pack(column, shape)
                         packed[name] = list(shape)
                     elif (shape := ragged_shape(column, stats)) is not None:
@@ -338,12 +355,12 @@ def partition_writer(
                         packed[name] = list(shape)
                 columns.append(column)
             encoded = pa.RecordBatch.from_arrays(columns, names=names)
-            signature = tuple(sorted((k, tuple(v)) for k, v in packed.items()))
-            if signature not in files:
-                files[signature] = (_File(fs, root, partition, encoded.schema, codec, group_bytes), packed)
-            files[signature][0].write(encoded)
+            if not files or packed != current or encoded.schema != files[-1][0].schema:
+                file = _File(fs, root, partition, len(files), encoded.schema, codec, group_bytes)
+                files.append((file, packed))
+            files[-1][0].write(encoded)
         rows = []
-        for file, packed in files.values():
+        for file, packed in files:
             file.close()
             rows.append(
                 {
@@ -354,7 +371,7 @@ def partition_writer(
                 }
             )
         if rows_written is not None:  # each file is closed: its last row group is counted
-            rows_written.add(sum(sum(file.row_groups) for file, _ in files.values()))
+            rows_written.add(sum(sum(file.row_groups) for file, _ in files))
         if files_written is not None:
             files_written.add(len(files))
         yield pa.RecordBatch.from_pylist(
