@@ -257,6 +257,23 @@ def test_struct_and_map_columns_are_refused_with_column_type_and_advice(spark) -
     assert "F.to_json('tags')" in message
 
 
+def test_arrays_of_structs_and_maps_are_refused_with_their_own_type_and_advice_that_works(spark) -> None:
+    # The element's message named struct<a:bigint> and advised df.select('points.*'), which fails on an array
+    df = spark.range(2).select(
+        "id",
+        F.array(F.struct(F.col("id").alias("a"))).alias("points"),
+        F.array(F.array(F.create_map(F.lit("k"), F.col("id")))).alias("tags"),
+    )
+    with pytest.raises(UnsupportedTypeError) as error:
+        make_spark_converter(df)
+    message = str(error.value)
+    assert "column 'points' has Spark type array<struct<a:bigint>>, an array of elements" in message
+    assert "column 'tags' has Spark type array<array<map<string,bigint>>>, an array of elements" in message
+    assert "select('points.*')" not in message and "F.map_keys" not in message
+    fixed = df.select("id", F.to_json("points").alias("points"), F.to_json("tags").alias("tags"))
+    assert _read(make_spark_converter(fixed))["points"].tolist() == ['[{"a":0}]', '[{"a":1}]']
+
+
 def test_null_in_numeric_column_names_the_column(spark) -> None:
     df = spark.createDataFrame([(1, 1.0, "a"), (2, None, None)], "id long, x double, s string")
     converter = make_spark_converter(df)

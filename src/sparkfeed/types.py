@@ -253,7 +253,16 @@ def _normalized_type(name: str, data_type: DataType, dtype: str | None) -> DataT
                 f"sparkfeed cannot convert: explode it with F.explode('{name}') and convert each vector, "
                 "or build one fixed-size array column per row instead"
             )
-        return T.ArrayType(_normalized_type(name, data_type.elementType, dtype), data_type.containsNull)
+        try:
+            element = _normalized_type(name, data_type.elementType, dtype)
+        except UnsupportedTypeError:
+            # The element's own advice (df.select('c.*'), F.map_keys('c')) fails on an array of them.
+            raise UnsupportedTypeError(
+                f"column {name!r} has Spark type {data_type.simpleString()}, an array of elements that sparkfeed "
+                f"cannot turn into a tensor: serialize it with F.to_json('{name}'), or turn each element into a "
+                f"number or string with F.transform('{name}', lambda x: ...), or drop it with df.drop('{name}')"
+            ) from None
+        return T.ArrayType(element, data_type.containsNull)
     hint = {
         "StructType": f"flatten it with df.select('{name}.*') or serialize it with F.to_json('{name}')",
         "MapType": f"serialize it with F.to_json('{name}'), or split keys and values with "
