@@ -345,6 +345,15 @@ def test_a_decimal_of_negative_scale_beyond_a_floats_range_fails_the_conversion(
         assert np.ravel(_read(make_spark_converter(frame("1E+38")))["d"])[0] == np.float32(1e38)  # 38 digits: in range
 
 
+def test_a_column_named_as_the_overflow_checks_own_column_in_another_case_converts(spark) -> None:
+    # The check's __sparkfeed_source_0 and the user's __SPARKFEED_SOURCE_0 were one ambiguous name to Spark
+    x, internal = F.col("id").cast("double").alias("x"), (-F.col("id")).alias("__SPARKFEED_SOURCE_0")
+    df = spark.range(3).select("id", x, internal)
+    got = _read(make_spark_converter(df))
+    np.testing.assert_array_equal(got["x"], np.arange(3, dtype=np.float32))
+    np.testing.assert_array_equal(got["__SPARKFEED_SOURCE_0"], -np.arange(3))
+
+
 def test_a_path_read_double_beyond_float32_is_refused_naming_the_column(tmp_path) -> None:
     table = pa.table({"id": [0, 1], "x": [1.0, 1e300], "a": [[1.0], [-1e300]], "ok": [np.inf, 3.4e38]})
     pq.write_table(table, tmp_path / "part-0.parquet")

@@ -68,7 +68,7 @@ def normalize_dataframe(df: DataFrame, dtype: str | None) -> DataFrame:
     checked = [one for one in normalized if one.source is not None and one.overflow is not None]
     if not checked:
         return df.select(*(one.values.alias(one.name) for one in normalized))
-    taken = set(df.columns)
+    taken = {name.lower() for name in df.columns}  # Spark resolves names regardless of case by default
     kept = {one.name: _fresh_name(f"__sparkfeed_source_{number}", taken) for number, one in enumerate(checked)}
     cast = df.select(
         *(one.values.alias(one.name) for one in normalized),
@@ -105,9 +105,10 @@ class _Normalized:
 
 
 def _fresh_name(name: str, taken: set[str]) -> str:
-    while name in taken:
+    """``name``, lengthened until no name of ``taken`` (lower case) is it in any case: Spark would find both."""
+    while name.lower() in taken:
         name += "_"
-    taken.add(name)
+    taken.add(name.lower())
     return name
 
 
