@@ -1,10 +1,11 @@
 """Run by the lifecycle tests in a process of their own, which they then signal or kill.
 
 Modes (first argument):
-- ``convert PARENT ARRAYS PROBE``: converts a slow DataFrame (each partition touches a file in
-  PROBE, then sleeps before its rows come) into PARENT, so that a signal lands mid-write; ARRAYS
-  ``1`` gives it an array column (sparkfeed's task writer), ``0`` none (Spark's writer). On
-  KeyboardInterrupt it prints what it saw: the exception, Spark's active jobs, what is left.
+- ``convert PARENT ARRAYS PROBE [keep]``: converts a slow DataFrame (each partition touches a
+  file in PROBE, then sleeps before its rows come) into PARENT, so that a signal lands
+  mid-write; ARRAYS ``1`` gives it an array column (sparkfeed's task writer), ``0`` none
+  (Spark's writer); ``keep`` converts with ``keep=True``. On KeyboardInterrupt it prints what
+  it saw: the exception, Spark's active jobs, what is left.
 - ``converted PARENT HANDLER``: converts a small DataFrame into PARENT, prints the cache URL,
   then waits to be signalled. HANDLER: ``default`` (SIGTERM as it comes), ``user`` (a handler
   installed before sparkfeed, that writes a file and exits with 3), ``ignore`` (SIGTERM ignored),
@@ -46,7 +47,7 @@ def session():  # type: ignore[no-untyped-def]
     return spark
 
 
-def convert(parent: str, arrays: str, probe: str) -> None:
+def convert(parent: str, arrays: str, probe: str, keep: str = "") -> None:
     import pandas as pd
     from pyspark.sql import functions as F
 
@@ -65,7 +66,7 @@ def convert(parent: str, arrays: str, probe: str) -> None:
         df = df.withColumn("a", F.array("id", "id"))
     say(started=True)
     try:
-        make_spark_converter(df, cache_dir=parent)
+        make_spark_converter(df, cache_dir=parent, keep=keep == "keep")
     except KeyboardInterrupt:
         say(
             raised="KeyboardInterrupt",

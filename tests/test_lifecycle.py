@@ -8,16 +8,17 @@ import signal
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from sparkfeed import lifecycle
+from sparkfeed import lifecycle, make_spark_converter
 from sparkfeed.cache import collect, remove, scan
 from sparkfeed.location import Location
 from sparkfeed.owner import Liveness
 
-from helpers import JobProcess
+from helpers import JobProcess, wait_until
 
 
 def _cache_dirs(parent: Path) -> list[str]:
@@ -125,3 +126,37 @@ def test_clean_leaves_an_orphan_that_a_running_process_opened_by_its_url(tmp_pat
         reader.kill_group()
     assert [e.location for e in collect(parent)] == [entry.location]  # once nobody reads it
     assert _cache_dirs(tmp_path) == []
+
+
+def _stopped_mid_keep(parent: Path, probe: Path, stop: Callable[[JobProcess], None]) -> None:
+    """A keep=True conversion into ``parent``, stopped by ``stop`` once its first task runs."""
+    with JobProcess("lifecycle_job.py", "convert", str(parent), "0", str(probe), "keep") as job:
+        job.line()
+        wait_until(lambda: any(probe.iterdir()), what="the first task of the write")
+        assert len(_cache_dirs(parent)) == 1
+        stop(job)
+
+
+def test_sigterm_mid_write_of_a_kept_cache_removes_it(tmp_path) -> None:
+    # keep=True caches were never this process's to remove, so SIGTERM mid-write left a partial
+    # one, which no later conversion removed either (only `cache clean` did).
+    parent, probe = tmp_path / "caches", tmp_path / "probe"
+    probe.mkdir()
+
+    def terminate(job: JobProcess) -> None:
+        job.signal(signal.SIGTERM)
+        assert job.wait() == -signal.SIGTERM, job.errors()
+
+    _stopped_mid_keep(parent, probe, terminate)
+    assert _cache_dirs(parent) == []
+
+
+def test_a_kept_cache_whose_writer_was_killed_is_removed_by_the_next_conversion(spark, tmp_path) -> None:
+    parent, probe = tmp_path / "caches", tmp_path / "probe"
+    probe.mkdir()
+    _stopped_mid_keep(parent, probe, JobProcess.kill_group)
+    (entry,) = scan(Location.parse(str(parent)))
+    assert (entry.state, entry.kept, entry.liveness) == ("partial", True, Liveness.GONE)
+    converter = make_spark_converter(spark.range(3), cache_dir=str(parent))  # collects on its way
+    assert _cache_dirs(parent) == [converter.location.name]
+    converter.delete()

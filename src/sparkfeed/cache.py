@@ -503,6 +503,9 @@ def create_cache_dir(parent: Location, *, key: str | None = None, keep: bool = F
             with contextlib.suppress(OSError):
                 os.rmdir(path)  # empty: it cannot hold anything but what we just failed to write
         raise
+    if keep:
+        # Not deleted at exit once complete; but a write that SIGTERM or the exit stops is.
+        owned_caches.add(location, token, kept=True)
     return location, token
 
 
@@ -958,9 +961,9 @@ def collect(
 
     Args:
         parent: The directory holding the caches.
-        partial_only: Remove only the incomplete caches that were not kept (what a new
-            conversion collects on its way: a complete orphan may still be opened by path by a
-            job that knows its URL, a damaged manifest may deserve a look).
+        partial_only: Remove only the incomplete caches (what a new conversion collects on
+            its way: a complete orphan may still be opened by path by a job that knows its URL,
+            a damaged manifest may deserve a look).
         dry_run: Remove nothing; return what would be removed.
         older_than: Also remove the kept caches neither made nor reused for this long, whose
             creator is gone (a kept cache of a running process is its own to delete) and that
@@ -987,13 +990,14 @@ def collect(
 
 
 def is_leftover(entry: CacheEntry) -> bool:
-    """What a conversion removes on its way: an incomplete cache, not kept, whose creator is gone.
+    """What a conversion removes on its way: an incomplete cache whose creator is gone.
 
-    It can never become complete, and nothing reads it. Anything else is left to ``sparkfeed
-    cache clean``: a complete orphan may still be opened by its URL, and a damaged or kept one
+    It can never become complete, and nothing reads it, kept or not: a kept one whose writer
+    was killed holds nothing to keep. Anything else is left to ``sparkfeed cache clean``: a
+    complete orphan may still be opened by its URL, and a damaged or complete kept one
     deserves a person's decision.
     """
-    return entry.state == "partial" and not entry.kept and entry.liveness is Liveness.GONE
+    return entry.state == "partial" and entry.liveness is Liveness.GONE
 
 
 def find_kept(parent: Location, key: str) -> tuple[CacheEntry, Manifest] | None:
@@ -1240,16 +1244,22 @@ def _live_nested(location: Location) -> str | None:
 
 
 class _Owned:
-    """Caches this process created, removed when it ends normally or by SIGTERM (best effort, never raising)."""
+    """Caches this process created, removed when it ends normally or by SIGTERM (best effort, never raising).
+
+    A kept cache (``keep=True``) is here from its creation too, but removed only if its write
+    did not finish (no manifest): a process stopped by SIGTERM while it wrote one left a
+    partial cache, which no later call reads, for ``cache clean`` to find.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.RLock()  # re-entrant: the SIGTERM cleanup may run in the thread holding it
-        self._caches: dict[Location, tuple[str, int]] = {}
+        self._caches: dict[Location, tuple[str, int, bool]] = {}
         self._registered_in: int | None = None  # the pid whose exit deletes them (a forked child registers anew)
 
-    def add(self, location: Location, token: str) -> None:
+    def add(self, location: Location, token: str, *, kept: bool = False) -> None:
+        """Deletes ``location`` when this process ends; with ``kept``, only if it holds no manifest then."""
         with self._lock:
-            self._caches[location] = (token, os.getpid())
+            self._caches[location] = (token, os.getpid(), kept)
             register, self._registered_in = self._registered_in != os.getpid(), os.getpid()
         if register:
             at_exit(self.delete_all)
@@ -1261,19 +1271,31 @@ class _Owned:
             self._caches.pop(location, None)
 
     def __contains__(self, location: object) -> bool:
-        return location in self._caches
+        """Whether this process deletes the cache at ``location`` when it ends (a kept one: no)."""
+        known = self._caches.get(location) if isinstance(location, Location) else None
+        return known is not None and not known[2]
 
     def delete_all(self) -> None:
         with self._lock:
             # A forked child inherits this table but must not delete its parent's caches.
-            caches = [(loc, token) for loc, (token, pid) in self._caches.items() if pid == os.getpid()]
+            caches = [(loc, token, kept) for loc, (token, pid, kept) in self._caches.items() if pid == os.getpid()]
             self._caches.clear()
             self._registered_in = None
-        for location, token in caches:
+        for location, token, kept in caches:
             try:
+                if kept and _written(location):
+                    continue
                 delete_cache(location, token)
             except Exception as error:  # noqa: BLE001 - at exit, a warning is all we may do
                 warnings.warn(f"sparkfeed could not delete cache {location} at exit: {error}", stacklevel=1)
+
+
+def _written(location: Location) -> bool:
+    """Whether a cache's write finished: its manifest is there (a damaged one too: not ours to judge at exit)."""
+    try:
+        return read_manifest(location) is not None
+    except CorruptManifestError:
+        return True
 
 
 owned_caches = _Owned()
