@@ -18,6 +18,8 @@ import tensorflow as tf
 from pyspark.ml.feature import VectorAssembler
 from pyspark.sql import functions as F
 
+import sparkfeed.reader.engine
+import sparkfeed.tf
 from sparkfeed import NullValueError, UnsupportedTypeError, make_spark_converter
 
 from helpers import run_job
@@ -243,6 +245,40 @@ def _failing(frame):
     if frame["id"].max() >= 200:
         raise ZeroDivisionError("the transform failed at row 200")
     return frame
+
+
+def test_a_batch_of_another_dtype_than_the_element_spec_is_refused_not_cast(tmp_path, monkeypatch) -> None:
+    """A transform whose dtype depends on the chunk, unseeded: tf.data would cast its NaN prices to int64's minimum.
+
+    The element spec comes from a first batch of a probe reader, which draws its own seed, so its
+    first row group may not be the dataset's. Where the NumPy loader fails at the first batch of
+    the other dtype, the dataset must too, rather than hand tf.data an array it casts in silence.
+    """
+    pq.write_table(pa.table({"id": np.arange(20)}), tmp_path / "part-0.parquet", row_group_size=10)
+    prices = {i: i * 10 for i in range(10)}  # the second row group's ids have none: NaN, float64
+
+    def priced(frame):
+        frame["price"] = frame["id"].map(prices)
+        return frame
+
+    converter = make_spark_converter(str(tmp_path))
+
+    def first_id(seed: int) -> int:
+        with converter.make_numpy_iterator(batch_size=1, num_epochs=1, seed=seed) as loader:
+            return int(next(iter(loader))["id"][0])
+
+    float_first = next(seed for seed in range(100) if first_id(seed) >= 10)
+    int_first = next(seed for seed in range(100) if first_id(seed) < 10)
+    seeds = iter([float_first, int_first])  # the dataset's reader draws first, then the probe of its element spec
+    monkeypatch.setattr(sparkfeed.reader.engine, "fresh_seed", lambda: next(seeds))
+    monkeypatch.setattr(sparkfeed.tf, "SUPER_BATCH_ROWS", 10)  # as a large dataset's: several super-batches
+    seen = []
+    with converter.make_tf_dataset(batch_size=5, num_epochs=1, transform_fn=priced) as dataset:
+        assert dataset.element_spec.price.dtype == tf.int64
+        with pytest.raises(ValueError, match=r"column 'price' is float64 in this batch, not the int64 of the .*spec"):
+            for row in dataset:
+                seen.append(row.price.numpy().tolist())
+    assert seen == []
 
 
 def test_an_error_of_the_transform_keeps_its_type_when_iterated_eagerly(mixed) -> None:

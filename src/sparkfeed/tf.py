@@ -158,7 +158,31 @@ class TfDatasetContext:
                 stacklevel=4,
             )
         self._names = names
+        # What each column's array must be before tf.data takes it (None: a string); see _check_dtypes.
+        self._dtypes: list[np.dtype[Any] | None] = [
+            None if spec.dtype == self._tf.string else np.dtype(spec.dtype.as_numpy_dtype) for _, spec in specs
+        ]
         return row(*(spec for _, spec in specs))
+
+    def _check_dtypes(self, arrays: list[Any]) -> None:
+        """Raises a ValueError naming a column whose array is not of the element spec's dtype.
+
+        tf.data casts what a generator yields to the spec's dtype without a word (a NaN float to
+        int64's minimum, an int64 beyond 2**31 into int32). A transform's spec comes from a probe's
+        first batch, and a transform whose dtype depends on the chunk (a lookup that misses is NaN,
+        float64) gives others; the probe draws its own seed, so its first row group need not be the
+        dataset's, and the reader's own check of its chunks comes only at the first of another kind.
+        """
+        for name, array, dtype in zip(self._names, arrays, self._dtypes, strict=True):
+            string = array.dtype.kind in "OSU"
+            if (dtype is None and string) or (dtype is not None and not string and array.dtype == dtype):
+                continue
+            raise ValueError(
+                f"column {name!r} is {array.dtype} in this batch, not the {dtype or 'string'} of the dataset's element "
+                "spec (from the cache's schema, or from the first batch a transform returned), which tf.data would "
+                "cast it to without a word: make the transform return the same dtype for every chunk, for example "
+                "by casting, or give the column in TransformSpec edit_fields"
+            )
 
     def _generate(self) -> Iterator[Any]:
         self._failure = None
@@ -175,12 +199,13 @@ class TfDatasetContext:
                         f"the batch's columns {list(batch)} are not the dataset's element spec's {names}: "
                         "the transform must return the same columns for every chunk"
                     )
+                arrays = [array_view(name, batch[name], "tf").prepare(batch[name]) for name in names]
+                self._check_dtypes(arrays)
                 if not ragged:
-                    yield row(*(array_view(name, batch[name], "tf").prepare(batch[name]) for name in names))
+                    yield row(*arrays)
                     continue
                 values = []
-                for name in names:
-                    array = array_view(name, batch[name], "tf").prepare(batch[name])
+                for name, array in zip(names, arrays, strict=True):
                     if name in ragged:  # the values end to end and their row lengths: one RaggedTensor
                         lengths = batch[name + LENGTHS].astype(np.int64)
                         array = tf.RaggedTensor.from_row_lengths(array, lengths, validate=False)
