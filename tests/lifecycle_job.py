@@ -9,7 +9,8 @@ Modes (first argument):
 - ``converted PARENT HANDLER``: converts a small DataFrame into PARENT, prints the cache URL,
   then waits to be signalled. HANDLER: ``default`` (SIGTERM as it comes), ``user`` (a handler
   installed before sparkfeed, that writes a file and exits with 3), ``ignore`` (SIGTERM ignored),
-  ``thread`` (a first cache converted in another thread, where no handler can be installed).
+  ``thread`` (a first cache converted in another thread, where no handler can be installed),
+  ``thread-only`` (the only cache converted in another thread, and read from the main one).
 - ``read CACHE``: opens CACHE by its URL, reads one epoch, prints its rows, then waits to be
   killed (a job still reading it, as far as anyone can tell).
 - ``pool CACHE``: iterates a loader on CACHE with worker processes, prints their pids and its
@@ -97,7 +98,18 @@ def converted(parent: str, handler: str) -> None:
         first = threading.Thread(target=lambda: make_spark_converter(spark.range(50), cache_dir=parent))
         first.start()
         first.join()
-    converter = make_spark_converter(spark.range(100), cache_dir=parent)
+    if handler == "thread-only":
+        import threading
+
+        made = []
+        only = threading.Thread(target=lambda: made.append(make_spark_converter(spark.range(100), cache_dir=parent)))
+        only.start()
+        only.join()
+        converter = made[0]
+        with converter.make_numpy_iterator(batch_size=10, num_epochs=1) as batches:
+            next(iter(batches))  # the training loop, in the main thread
+    else:
+        converter = make_spark_converter(spark.range(100), cache_dir=parent)
     say(cache=converter.cache_dir_url, pid=os.getpid())
     time.sleep(300)
 

@@ -55,7 +55,11 @@ def test_a_forked_child_does_not_run_its_parents_cleanups(own_cleanups, tmp_path
     assert flag.exists()
 
 
-@pytest.mark.parametrize("first", ["default", "thread"], ids=["main-thread", "first-cache-from-a-thread"])
+@pytest.mark.parametrize(
+    "first",
+    ["default", "thread", "thread-only"],
+    ids=["main-thread", "first-cache-from-a-thread", "only-cache-from-a-thread-read-in-the-main-one"],
+)
 def test_sigterm_removes_the_caches_and_still_ends_the_process_by_sigterm(tmp_path, first) -> None:
     with JobProcess("lifecycle_job.py", "converted", str(tmp_path), first) as job:
         job.line()

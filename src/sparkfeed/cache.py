@@ -1270,6 +1270,17 @@ class _Owned:
         with self._lock:
             self._caches.pop(location, None)
 
+    def cover_sigterm(self) -> None:
+        """Has SIGTERM delete these caches, once this is called from the main thread (cheap; see below).
+
+        A conversion made in another thread cannot install the SIGTERM handler (only the main
+        thread may); where every conversion ran in threads, a SIGTERM left every cache behind.
+        So using a converter (making a loader) calls this too, from wherever the training loop
+        runs. A process without caches of its own keeps SIGTERM's default action.
+        """
+        if self._registered_in == os.getpid():
+            cover_sigterm()
+
     def __contains__(self, location: object) -> bool:
         """Whether this process deletes the cache at ``location`` when it ends (a kept one: no)."""
         known = self._caches.get(location) if isinstance(location, Location) else None

@@ -147,6 +147,7 @@ class SparkDatasetConverter:
     ) -> Reader[Any]:
         """The loaders' batch source (see :class:`~sparkfeed.loader.BatchesFactory`)."""
         self._check_alive()
+        owned_caches.cover_sigterm()  # the conversions may all have run in threads, where it could not
         if chunk_batches > 1:  # an epoch's short last batch stays in its chunk: see BatchesFactory
             kwargs["drop_last"] = False
             batch_size *= chunk_batches  # the TF dataset's, checked as the user gave it (see tf_dataset)
