@@ -239,7 +239,7 @@ def reader_options(draw: st.DrawFn, columns: list[str]) -> dict[str, Any]:
         options["shard_policy"] = draw(st.sampled_from(["pad", "drop", "exact"]))
         if draw(st.booleans()):
             options["shard_seed"] = draw(st.integers(0, 99))
-    picked = draw(st.lists(st.sampled_from(columns), unique=True, min_size=1, max_size=6))
+    picked = draw(st.lists(st.sampled_from(columns), unique=True, min_size=1, max_size=min(6, len(columns))))
     options["schema_fields"] = sorted(picked, key=columns.index)
     return options
 
@@ -252,7 +252,10 @@ def sequence_options(draw: st.DrawFn) -> dict[str, Any]:
     mode = draw(st.sampled_from(["pad", "bucket", "pack", "ragged"]))
     if mode == "pack":
         options["schema_fields"] = ["tok"]
-        options["sequence"] = {"tok": Sequence("pack", seq_len=draw(st.sampled_from([8, 20, 64])))}
+        seq_len = draw(st.sampled_from([8, 20, 64]))
+        # a row must fit in one batch's packed rows (the longest is 40 values): else truncated to fit
+        longest = draw(st.integers(1, seq_len)) if options["batch_size"] * seq_len < 40 else None
+        options["sequence"] = {"tok": Sequence("pack", max_length=longest, seq_len=seq_len)}
         return options
     max_length = draw(st.none() | st.integers(1, 12))
     if mode == "pad":
