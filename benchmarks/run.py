@@ -231,6 +231,10 @@ def build_cases() -> list[Case]:
             add(f"materialize.{side}.{dataset}", dataset, f"materialize --dataset {dataset}", None)
     add("reuse.sparkfeed.tabular", "tabular", "reuse --dataset tabular", None)
     add("memory.sparkfeed", "sparkfeed make_numpy_iterator, big dataset read in place", "memory", None)
+    add("memory.sparkfeed.shuffled", "the same, shuffled: shuffling_queue_capacity=1,000,000 (3 row groups a "
+        "window, 0.10 GiB)", "memory --shuffle 1000000", None)
+    add("memory.sparkfeed.shuffled_step", "the same shuffle, batches of 65,536 rows, each after a 200 ms training "
+        "step, first 8M rows", "memory --shuffle 1000000 --batch-size 65536 --step-ms 200 --max-rows 8000000", None)
 
     # The same caches uploaded to a local S3 server (moto on 127.0.0.1, started by this harness):
     # the anchor is a plain sequential download of the same files, measured in the same run.

@@ -30,7 +30,7 @@ import shutil
 import statistics
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -562,8 +562,20 @@ def case(args: argparse.Namespace) -> None:
     emit(result)
 
 
+def _stepping(batches: Iterable[Any], seconds: float) -> Iterator[Any]:
+    """The batches, each after a pause, as a training step would take: the reader then fills its prefetch."""
+    for batch in batches:
+        time.sleep(seconds)
+        yield batch
+
+
 def memory(args: argparse.Namespace) -> None:
     """Streams the big dataset once through the NumPy iterator: does memory stay bounded?
+
+    With ``--shuffle``, rows are also shuffled in windows of that many rows: the windows read
+    ahead (one per worker, or ``prefetch`` row groups) are what memory holds then. ``--step-ms``
+    pauses before each batch, as a training step does: a reader faster than its consumer holds
+    every window it may read ahead, which one that keeps up never does.
 
     The big source is read in place (``make_spark_converter(path)``): it already has the layout the
     converter writes, and converting 4 GiB again would only add minutes. The page cache is warmed
@@ -581,8 +593,9 @@ def memory(args: argparse.Namespace) -> None:
     del buffer
     baseline = rss_bytes()
     started = time.perf_counter()
-    with converter.make_numpy_iterator(batch_size=args.batch_size, num_epochs=1, shuffle_row_groups=False) as it:
-        rows, nbytes = consume(it)
+    shuffled = {"seed": 0, "shuffling_queue_capacity": args.shuffle} if args.shuffle else {"shuffle_row_groups": False}
+    with converter.make_numpy_iterator(batch_size=args.batch_size, num_epochs=1, **shuffled) as it:
+        rows, nbytes = consume(_stepping(it, args.step_ms / 1000) if args.step_ms else it, args.max_rows)
     seconds = time.perf_counter() - started
     emit(
         {
@@ -765,6 +778,9 @@ def main() -> None:
     p.add_argument("--tokens", action="store_true", help="the sequences group: report tokens/s and padding")
     p = commands.add_parser("memory")
     p.add_argument("--batch-size", type=int, default=1024)
+    p.add_argument("--shuffle", type=int, default=0, help="shuffling_queue_capacity (0: in file order)")
+    p.add_argument("--step-ms", type=float, default=0, help="a pause before each batch, as a training step")
+    p.add_argument("--max-rows", type=int, default=None, help="stop after this many rows")
     p = commands.add_parser("batching")
     p.add_argument("--reader", choices=("numpy", "torch"), required=True)
     p.add_argument("--batch-size", type=int, required=True)

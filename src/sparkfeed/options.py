@@ -345,7 +345,10 @@ class ReaderOptions:
 
     @property
     def prefetch_pieces(self) -> int:
-        """Row-group pieces in flight: enough to keep every worker busy, and a bound on memory."""
+        """Row groups in flight: enough to keep every worker busy, and a bound on memory.
+
+        A shuffle window weighs as many as it joins (see :class:`~sparkfeed.reader.pool.OrderedPool`).
+        """
         return self.prefetch or 2 * self.workers
 
     @property
@@ -360,8 +363,10 @@ class ReaderArgs(TypedDict, total=False):
     """The keyword arguments every ``make_*`` loader accepts besides batch size, epochs, workers.
 
     Attributes:
-        prefetch: Row-group pieces read ahead (default: twice the threads); bounds memory. For
-            ``make_tf_dataset``, the tf.data prefetch buffer instead (default AUTOTUNE).
+        prefetch: Row groups read ahead (default: twice the threads); bounds memory. A shuffle
+            window counts as its row groups; one window is always read ahead, and by default
+            one per thread. For ``make_tf_dataset``, the tf.data prefetch buffer instead
+            (default AUTOTUNE).
         cur_shard: This shard's index, with ``shard_count``: shards split the rows. ``"auto"``
             (with ``shard_count="auto"``): this process's rank, read from an initialized
             ``torch.distributed`` group, else the Horovod/Open MPI/PMI variables

@@ -6,6 +6,7 @@ import itertools
 import multiprocessing
 import re
 import threading
+import time
 import traceback
 
 import numpy as np
@@ -14,6 +15,7 @@ import pytest
 from pyspark.sql import functions as F
 
 from sparkfeed import make_spark_converter
+from sparkfeed.transform import TransformSpec
 
 from helpers import concat
 
@@ -177,6 +179,70 @@ def test_shuffle_buffer_mixes_rows_reproducibly(converter) -> None:
     position = np.empty(ROWS)
     position[mixed] = np.arange(ROWS)
     assert abs(np.corrcoef(np.arange(ROWS), position)[0, 1]) < 0.3
+
+
+@pytest.mark.parametrize(("prefetch", "windows"), [(4, 2), (None, 3)])
+def test_prefetch_bounds_the_row_groups_read_ahead_of_a_shuffle_window(converter, prefetch, windows) -> None:
+    """prefetch counts row groups, not windows: counting windows held 2 x workers of them ahead, 8x the memory.
+
+    A window here joins four row groups (256 rows of 73-row groups): with prefetch=4 the reader
+    holds the window it serves and one more; by default (prefetch None, twice the workers'
+    row groups) one window per worker, so that neither waits. Each row group read passes once
+    through the transform, which counts them while the consumer sleeps on its first batch.
+    """
+    assert max(rg for file in converter.manifest.files for rg in file.row_groups) == 73
+    reads, lock = [], threading.Lock()
+
+    def count(frame):
+        with lock:
+            reads.append(len(frame))
+        return frame
+
+    with converter.make_numpy_iterator(
+        batch_size=10,
+        num_epochs=1,
+        seed=1,
+        shuffling_queue_capacity=256,
+        prefetch=prefetch,
+        workers_count=2,
+        transform_spec=TransformSpec(count),
+    ) as batches:
+        iterator = iter(batches)
+        next(iterator)
+        seen, deadline = -1, time.monotonic() + 30
+        while len(reads) != seen and time.monotonic() < deadline:  # until the workers read no more
+            seen = len(reads)
+            time.sleep(0.5)
+        assert len(reads) == 4 * windows
+
+
+@pytest.mark.parametrize("filters", [None, [("id", ">", 100)]], ids=["all", "filtered"])
+def test_shuffled_strings_bytes_and_varying_arrays_keep_their_rows(spark, filters) -> None:
+    """Such columns are converted to Python objects before the window's permutation, not taken in Arrow first."""
+    df = spark.range(600, numPartitions=2).select(
+        "id",
+        F.when(F.col("id") % 7 == 0, None).otherwise(F.concat(F.lit("s"), F.col("id").cast("string"))).alias("text"),
+        F.when(F.col("id") % 5 == 0, None).otherwise(F.col("id").cast("string").cast("binary")).alias("blob"),
+        F.sequence(F.lit(0), F.col("id") % 4).alias("counts"),
+    )
+    converter = make_spark_converter(df, parquet_row_group_size_bytes=1024)
+    try:
+        assert sum(len(f.row_groups) for f in converter.manifest.files) >= 6
+        expected = {row.id: row for row in df.collect()}
+        with converter.make_numpy_iterator(
+            batch_size=64, num_epochs=1, seed=3, shuffling_queue_capacity=200, filters=filters
+        ) as batches:
+            got = concat(batches)
+        ids = got["id"].tolist()
+        assert sorted(ids) == sorted(i for i in expected if filters is None or i > 100)
+        assert np.mean(np.diff(got["id"]) == 1) < 0.1  # shuffled
+        for i, text, blob, counts in zip(ids, got["text"], got["blob"], got["counts"], strict=True):
+            row = expected[i]
+            assert text == row.text
+            assert blob == (None if row.blob is None else bytes(row.blob))
+            assert counts.tolist() == row.counts
+    finally:
+        converter.delete()
 
 
 def test_schema_fields_reads_only_those_columns(converter) -> None:

@@ -106,6 +106,31 @@ def test_at_most_prefetch_items_are_in_flight() -> None:
     assert peak[0] <= 3
 
 
+@pytest.mark.parametrize(("weights", "prefetch", "least"), [([3] * 30, 4, 1), ([3] * 30, 4, 2), ([1, 5, 2] * 10, 6, 1)])
+def test_with_weights_the_pending_items_weigh_at_most_prefetch_or_are_the_least_kept(weights, prefetch, least) -> None:
+    """A reader's shuffle window is one item of many row groups: prefetch must bound their weight, not their count."""
+    submitted: list[int] = []
+
+    def items() -> Iterator[int]:
+        for i in range(len(weights)):
+            submitted.append(i)
+            yield i
+
+    results = OrderedPool(lambda x: x, workers=2, prefetch=prefetch, weigh=weights.__getitem__, least=least).imap(
+        items()
+    )
+    widest = 0
+    for consumed, (item, value) in enumerate(results):
+        assert item == value == consumed
+        pending = submitted[consumed + 1 :]  # submitted, not yet yielded
+        weight = sum(weights[i] for i in pending)
+        widest = max(widest, len(pending))
+        # one more was submitted only while the pending weighed less than prefetch, or were too few
+        assert len(pending) <= least or weight - weights[pending[-1]] < prefetch
+    assert widest >= least
+    assert submitted == list(range(len(weights)))
+
+
 def _explode(x: int) -> int:
     if x == 5:
         raise ValueError("boom at 5")

@@ -467,8 +467,18 @@ class Reader(Generic[C]):
                 started = clock()
                 return work_fn(work), clock() - started
 
+            # prefetch counts row groups, as documented: a shuffle window of many row groups is
+            # one work item, and counting items held (2 x workers) windows, 8x the memory of
+            # the window asked for in a measure of 200 KB rows. One window per worker stays
+            # in flight unless the user's own prefetch says fewer.
             pool: OrderedPool[Work, Any] = OrderedPool(
-                timed, options.workers, options.prefetch_pieces, segments.describe, options.reader_pool_type
+                timed,
+                options.workers,
+                options.prefetch_pieces,
+                segments.describe,
+                options.reader_pool_type,
+                weigh=lambda work: len(work.segment.pieces),
+                least=1 if options.prefetch else options.workers,
             )
             self._pool = pool
             raw = pool.imap(self._scheduled(self._work(start, end)))

@@ -187,6 +187,10 @@ class _Stalls:
         self._count, self._logged_at = 0, now
 
 
+_END: Any = object()
+"""What ``next(items, _END)`` gives once the items are done."""
+
+
 class _Deferring(Generic[T]):
     """An iterator that ends where its source raises, keeping the error for :meth:`raise_failure`."""
 
@@ -221,9 +225,17 @@ class OrderedPool(Generic[T, R]):
     Args:
         fn: The work for one item. With processes it must return picklable results.
         workers: Number of workers.
-        prefetch: Items submitted ahead of the consumer.
+        prefetch: What is submitted ahead of the consumer, in the units of ``weigh``: items
+            are submitted while the pending ones weigh less than this, or are fewer than
+            ``least``.
         describe: Names an item in the note added to a worker's exception.
         pool_type: ``"thread"`` or ``"process"``.
+        weigh: An item's weight (default 1 each, so ``prefetch`` counts items). A reader weighs
+            a shuffle window by its row groups, so that ``prefetch`` bounds the row groups held,
+            however many a window joins.
+        least: Items kept pending whatever they weigh (at least 1): a reader keeps one window
+            per worker, or every worker but one would wait while a window is larger than the
+            prefetch.
     """
 
     def __init__(
@@ -233,10 +245,14 @@ class OrderedPool(Generic[T, R]):
         prefetch: int,
         describe: Callable[[T], str] = repr,
         pool_type: PoolType = "thread",
+        weigh: Callable[[T], int] | None = None,
+        least: int = 1,
     ) -> None:
         self._fn = fn
         self._workers = workers
         self._prefetch = max(prefetch, 1)
+        self._weigh = weigh
+        self._least = max(least, 1)
         self._describe = describe
         self._pool_type = pool_type
         self._executor: Executor | None = None
@@ -297,14 +313,22 @@ class OrderedPool(Generic[T, R]):
         self._executor = executor
         pending: collections.deque[tuple[T, Future[R]]] = collections.deque()
         source = _Deferring(iter(items))
+        weigh = self._weigh
+        weight = 0  # of the pending items
+
+        def full() -> bool:
+            return len(pending) >= self._least and (weight if weigh else len(pending)) >= self._prefetch
+
         try:
             for item in source:
                 pending.append((item, executor.submit(fn, item)))
-                if len(pending) >= self._prefetch:
+                weight += weigh(item) if weigh else 1
+                if full():
                     break
             stalls = _Stalls(self._describe, self._pool_type)
             while pending:
                 item, future = pending.popleft()
+                weight -= weigh(item) if weigh else 1
                 waited = time.perf_counter()
                 try:
                     result = future.result()
@@ -317,14 +341,17 @@ class OrderedPool(Generic[T, R]):
                     where = "thread" if self._pool_type == "thread" else "process"
                     error.add_note(f"sparkfeed: raised in a reader {where} while reading {self._describe(item)}")
                     raise
-                for following in source:
+                while not full():
+                    following: T = next(source, _END)
+                    if following is _END:
+                        break
                     try:
                         pending.append((following, executor.submit(fn, following)))
                     except RuntimeError as error:
                         if self._shut:  # shut down from another thread: the iteration ends here
                             return
                         raise self._broken(following, error) from error
-                    break
+                    weight += weigh(following) if weigh else 1
                 yield item, result
             source.raise_failure()
         finally:
