@@ -112,6 +112,58 @@ def test_a_forked_child_does_not_keep_the_sigterm_handler() -> None:
     assert done.stdout.strip() == "0"  # the child dies of SIGTERM at once, even blocked in C
 
 
+@pytest.mark.parametrize("handler", ["default", "user"])
+def test_a_child_forked_while_another_thread_holds_the_cleanup_locks_exits(handler) -> None:
+    """The child gets locks of its own, also where the user's SIGTERM handler kept sparkfeed's off.
+
+    The hook that gives them was registered only with sparkfeed's handler: under the user's, a
+    child forked while a thread of the parent held the lock (registering a cache's cleanup)
+    waited forever on it at its exit.
+    """
+    script = textwrap.dedent(
+        f"""
+        import os, signal, sys, threading
+        from sparkfeed import lifecycle
+        from sparkfeed.cache import owned_caches
+        if {handler!r} == "user":
+            signal.signal(signal.SIGTERM, lambda *_: sys.exit(3))
+        lifecycle.at_exit(lambda: None)
+        held, release = threading.Event(), threading.Event()
+
+        def hold() -> None:
+            with lifecycle._lock, owned_caches._lock:
+                held.set()
+                release.wait()
+
+        threading.Thread(target=hold, daemon=True).start()
+        held.wait()
+        pid = os.fork()
+        if pid == 0:  # what a child's exit runs
+            lifecycle.run_cleanups()
+            owned_caches.delete_all()
+            os._exit(0)
+        release.set()
+        _, status = os.waitpid(pid, 0)
+        print(os.waitstatus_to_exitcode(status))
+        """
+    )
+    with subprocess.Popen(
+        [sys.executable, "-c", script],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    ) as job:
+        try:
+            out, errors = job.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(job.pid, signal.SIGKILL)  # the parent, and its child stuck on the lock
+            job.communicate()
+            pytest.fail("the forked child never exited: it waited on a lock its parent's thread held")
+    assert job.returncode == 0, errors
+    assert out.strip() == "0"
+
+
 def test_clean_leaves_an_orphan_that_a_running_process_opened_by_its_url(tmp_path) -> None:
     # A killed job's complete cache may be read by its URL (what `cache ls` points at); `cache
     # clean` removed it under a job reading it, which then failed mid-epoch.

@@ -1255,6 +1255,12 @@ class _Owned:
         self._lock = threading.RLock()  # re-entrant: the SIGTERM cleanup may run in the thread holding it
         self._caches: dict[Location, tuple[str, int, bool]] = {}
         self._registered_in: int | None = None  # the pid whose exit deletes them (a forked child registers anew)
+        if hasattr(os, "register_at_fork"):
+            # A child forked while another thread held the lock would wait on it forever at its exit.
+            os.register_at_fork(after_in_child=self._new_lock)
+
+    def _new_lock(self) -> None:
+        self._lock = threading.RLock()
 
     def add(self, location: Location, token: str, *, kept: bool = False) -> None:
         """Deletes ``location`` when this process ends; with ``kept``, only if it holds no manifest then."""

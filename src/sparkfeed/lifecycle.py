@@ -34,7 +34,6 @@ _lock = threading.RLock()  # re-entrant: the signal handler may interrupt the ma
 _cleanups: list[tuple[int, Callable[[], None]]] = []
 _atexit_registered = False
 _sigterm_installed = False
-_fork_hook_registered = False
 
 
 def at_exit(cleanup: Callable[[], None]) -> None:
@@ -86,20 +85,25 @@ def cover_sigterm() -> None:
             # The user's handler, an ignored SIGTERM, or one set outside Python: theirs to keep.
             log.debug("SIGTERM already has a handler (%r): sparkfeed's cleanup runs at exit only", current)
             return
-        global _fork_hook_registered
-        if not _fork_hook_registered and hasattr(os, "register_at_fork"):
-            os.register_at_fork(after_in_child=_forget_in_child)
-            _fork_hook_registered = True
         signal.signal(signal.SIGTERM, _on_sigterm)
 
 
 def _forget_in_child() -> None:
-    """In a forked child: SIGTERM's default action back, and a lock of its own (see the module)."""
+    """In a forked child: SIGTERM's default action back, and a lock of its own (see the module).
+
+    Registered at import, whatever SIGTERM's handler: a child forked while another thread of
+    the parent held the lock (registering a cleanup) waited on it forever at its exit, where
+    the user's SIGTERM handler had kept this hook from being registered.
+    """
     global _lock, _sigterm_installed
     _lock = threading.RLock()  # the parent's may have been held by another thread at the fork
     if signal.getsignal(signal.SIGTERM) is _on_sigterm:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         _sigterm_installed = False
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_in_child)
 
 
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:
