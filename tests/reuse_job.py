@@ -1,8 +1,9 @@
 """Run by test_reuse.py in a process of its own: converts a Parquet source with reuse="auto".
 
 Arguments: the source directory, the caches' parent, ``keep`` or ``no-keep``, and optionally
-``stay`` (then it waits to be killed, as a long training job would still be reading). Prints one
-JSON line: the cache's URL, its rows and their id sum, and the seconds make_spark_converter took.
+``stay`` (then it waits to be killed, as a long training job would still be reading) or
+``delete`` (then it calls ``converter.delete()``). Prints one JSON line: the cache's URL, its
+rows and their id sum, the seconds make_spark_converter took, and what ``delete()`` warned.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import json
 import os
 import sys
 import time
+import warnings
 
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
@@ -28,7 +30,14 @@ def main(source: str, parent: str, keep: str, stay: str = "") -> None:
     seconds = time.perf_counter() - started
     with converter.make_numpy_iterator(batch_size=1000, num_epochs=1) as batches:
         ids = [int(i) for batch in batches for i in batch["id"]]
-    print(json.dumps({"url": converter.cache_dir_url, "rows": len(ids), "id_sum": sum(ids), "seconds": seconds}))
+    warned = []
+    if stay == "delete":
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            converter.delete()
+        warned = [str(w.message) for w in caught]
+    seen = {"url": converter.cache_dir_url, "rows": len(ids), "id_sum": sum(ids), "seconds": seconds, "warned": warned}
+    print(json.dumps(seen))
     sys.stdout.flush()
     while stay == "stay":
         time.sleep(1)

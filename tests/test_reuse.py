@@ -59,9 +59,12 @@ def test_a_kept_cache_outlives_its_process_and_a_later_process_reuses_it(kept, t
     (cache,) = [p for p in parent.iterdir() if p.name.startswith("sparkfeed-")]  # still there after its exit
     marker = json.loads((cache / MARKER_NAME).read_text())
     assert marker["keep"] is True and isinstance(marker["key"], str)
-    again = run_job("reuse_job.py", str(source), str(parent), "no-keep", cwd=tmp_path)
+    again = run_job("reuse_job.py", str(source), str(parent), "no-keep", "delete", cwd=tmp_path)
     assert again["url"] == first["url"] and (again["rows"], again["id_sum"]) == (first["rows"], first["id_sum"])
     assert cache.exists() and json.loads((cache / USED_NAME).read_text())["at"]  # its reuse is recorded
+    # delete() leaves it, and says why: another process made it (it was not opened by path)
+    (warned,) = again["warned"]
+    assert "reused" in warned and "kept" in warned and "by path" not in warned and "cache rm" in warned
 
 
 @pytest.mark.slow

@@ -69,10 +69,13 @@ class SparkDatasetConverter:
     PETASTORM_PARENT_CACHE_DIR_URL_CONF = PETASTORM_CACHE_DIR_CONF
     """The same as :attr:`PARENT_CACHE_DIR_URL_CONF`, kept for code written against sparkfeed 0.1."""
 
-    def __init__(self, location: Location | str, manifest: Manifest, token: str | None = None) -> None:
+    def __init__(
+        self, location: Location | str, manifest: Manifest, token: str | None = None, *, reused: bool = False
+    ) -> None:
         self._location = Location.parse(location)
         self._manifest = manifest
         self._token = token
+        self._reused = reused  # a kept cache an earlier process made, found by reuse="auto"
         self._deleted = False
 
     @property
@@ -120,10 +123,13 @@ class SparkDatasetConverter:
                 tries again.
         """
         if self._token is None:
-            warnings.warn(
-                f"not deleting {self.cache_dir_url}: this converter did not create it (it was opened by path)",
-                stacklevel=2,
+            how = (
+                "it is a kept cache that another process made, reused here (reuse='auto'); `sparkfeed cache rm "
+                f"{self.cache_dir_url}` removes it, or `sparkfeed cache clean --older-than` once it is idle"
+                if getattr(self, "_reused", False)  # a converter pickled by an older version has no such field
+                else "it was opened by path"
             )
+            warnings.warn(f"not deleting {self.cache_dir_url}: this converter did not create it ({how})", stacklevel=2)
             return
         delete_cache(self._location, self._token)
         owned_caches.discard(self._location)
@@ -422,7 +428,8 @@ def _convert(df: DataFrame, options: MaterializeOptions, parent: Location, run: 
         replaced, known = known, None
     if known is not None and _still_complete(known):
         log.info("reusing cache %s, written earlier in this process for the same DataFrame", known.location)
-        return SparkDatasetConverter(known.location, known.manifest, known.token)
+        # no token: a kept cache of an earlier process, which reuse="auto" found for this DataFrame
+        return SparkDatasetConverter(known.location, known.manifest, known.token, reused=known.token is None)
     if known is not None:
         log.info("cache %s of this DataFrame is gone or damaged: writing it again", known.location)
         registry.forget(known.location)  # Deleted or damaged behind our back: write it again.
@@ -432,7 +439,7 @@ def _convert(df: DataFrame, options: MaterializeOptions, parent: Location, run: 
             if replaced is not None:
                 registry.forget(replaced.location)
             registry.add(identity, options, parent, kept)
-            return SparkDatasetConverter(kept.location, kept.manifest)
+            return SparkDatasetConverter(kept.location, kept.manifest, reused=True)
     elif run.keep and identity.stable is None:
         log.warning("keep=True: the cache is kept, but no later process will reuse it: %s", identity.unstable)
     done = materialize(df, parent, options, identity, run)
