@@ -274,6 +274,26 @@ def test_arrays_of_structs_and_maps_are_refused_with_their_own_type_and_advice_t
     assert _read(make_spark_converter(fixed))["points"].tolist() == ['[{"a":0}]', '[{"a":1}]']
 
 
+def test_columns_of_one_name_are_refused_naming_them_and_how_to_rename(spark) -> None:
+    joined = spark.range(3).withColumn("x", F.col("id") * 2).join(spark.range(3).withColumn("x", F.col("id")), "id")
+    with pytest.raises(ValueError, match=r"more than one column of the same name \('x' and 'x'.*df.toDF"):
+        make_spark_converter(joined)
+    cased = spark.range(3).select("id", F.col("id").alias("ID"))
+    with pytest.raises(ValueError, match="'id' and 'ID', which Spark compares ignoring case"):
+        make_spark_converter(cased)
+    renamed = make_spark_converter(joined.toDF("id", "x2", "x3"))  # what the message says to do
+    try:
+        with renamed.make_numpy_iterator(batch_size=3, num_epochs=1, shuffle_row_groups=False) as batches:
+            (batch,) = list(batches)
+        assert sorted(zip(batch["id"].tolist(), batch["x2"].tolist(), batch["x3"].tolist(), strict=True)) == [
+            (0, 0, 0),
+            (1, 2, 1),
+            (2, 4, 2),
+        ]
+    finally:
+        renamed.delete()
+
+
 def test_null_in_numeric_column_names_the_column(spark) -> None:
     df = spark.createDataFrame([(1, 1.0, "a"), (2, None, None)], "id long, x double, s string")
     converter = make_spark_converter(df)

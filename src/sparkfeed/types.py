@@ -42,6 +42,27 @@ class UnsupportedTypeError(TypeError):
 # --------------------------------------------------------------------------- Spark side
 
 
+def _refuse_repeated_names(df: DataFrame) -> None:
+    """Refuses columns of one name (a join keeps both sides' ``x``): a batch is a dict by name.
+
+    Spark itself failed on them with a page of ``AMBIGUOUS_REFERENCE`` that did not say what to
+    do. Names that differ in case only are one name too, unless ``spark.sql.caseSensitive``.
+    """
+    sensitive = str(df.sparkSession.conf.get("spark.sql.caseSensitive", "false")).lower() == "true"
+    seen: dict[str, list[str]] = {}
+    for name in df.columns:
+        seen.setdefault(name if sensitive else name.lower(), []).append(name)
+    repeated = [names for names in seen.values() if len(names) > 1]
+    if repeated:
+        shown = "; ".join(" and ".join(repr(n) for n in names) for names in repeated)
+        raise ValueError(
+            f"the DataFrame has more than one column of the same name ({shown}"
+            f"{'' if sensitive else ', which Spark compares ignoring case'}), as a join keeps both sides' columns; "
+            "a batch is a dict of columns by name: rename or drop them before converting "
+            "(df.toDF(*new_names), or select with .alias)"
+        )
+
+
 def normalize_dataframe(df: DataFrame, dtype: str | None) -> DataFrame:
     """Rewrites columns into types that Parquet, Arrow and tensors share.
 
@@ -56,6 +77,7 @@ def normalize_dataframe(df: DataFrame, dtype: str | None) -> DataFrame:
     """
     from pyspark.sql import functions as F
 
+    _refuse_repeated_names(df)
     normalized: list[_Normalized] = []
     errors: list[str] = []
     for field in df.schema.fields:
