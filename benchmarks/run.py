@@ -235,6 +235,8 @@ def build_cases() -> list[Case]:
         "window, 0.10 GiB)", "memory --shuffle 1000000", None)
     add("memory.sparkfeed.shuffled_step", "the same shuffle, batches of 65,536 rows, each after a 200 ms training "
         "step, first 8M rows", "memory --shuffle 1000000 --batch-size 65536 --step-ms 200 --max-rows 8000000", None)
+    add("memory.sparkfeed.shuffled_prefetch", "the same with prefetch=3: one window read ahead, not four",
+        "memory --shuffle 1000000 --batch-size 65536 --step-ms 200 --max-rows 8000000 --prefetch 3", None)
 
     # The same caches uploaded to a local S3 server (moto on 127.0.0.1, started by this harness):
     # the anchor is a plain sequential download of the same files, measured in the same run.

@@ -594,6 +594,8 @@ def memory(args: argparse.Namespace) -> None:
     baseline = rss_bytes()
     started = time.perf_counter()
     shuffled = {"seed": 0, "shuffling_queue_capacity": args.shuffle} if args.shuffle else {"shuffle_row_groups": False}
+    if args.prefetch:
+        shuffled["prefetch"] = args.prefetch
     with converter.make_numpy_iterator(batch_size=args.batch_size, num_epochs=1, **shuffled) as it:
         rows, nbytes = consume(_stepping(it, args.step_ms / 1000) if args.step_ms else it, args.max_rows)
     seconds = time.perf_counter() - started
@@ -781,6 +783,7 @@ def main() -> None:
     p.add_argument("--shuffle", type=int, default=0, help="shuffling_queue_capacity (0: in file order)")
     p.add_argument("--step-ms", type=float, default=0, help="a pause before each batch, as a training step")
     p.add_argument("--max-rows", type=int, default=None, help="stop after this many rows")
+    p.add_argument("--prefetch", type=int, default=None, help="the reader's prefetch, in row groups")
     p = commands.add_parser("batching")
     p.add_argument("--reader", choices=("numpy", "torch"), required=True)
     p.add_argument("--batch-size", type=int, required=True)

@@ -363,10 +363,10 @@ class ReaderArgs(TypedDict, total=False):
     """The keyword arguments every ``make_*`` loader accepts besides batch size, epochs, workers.
 
     Attributes:
-        prefetch: Row groups read ahead (default: twice the threads); bounds memory. A shuffle
-            window counts as its row groups; one window is always read ahead, and by default
-            one per thread. For ``make_tf_dataset``, the tf.data prefetch buffer instead
-            (default AUTOTUNE).
+        prefetch: Row groups read ahead; bounds memory. A shuffle window counts as its row
+            groups, and one window is always read ahead. None: twice the threads, row groups
+            or, with ``shuffling_queue_capacity``, windows. For ``make_tf_dataset``, the tf.data
+            prefetch buffer instead (default AUTOTUNE).
         cur_shard: This shard's index, with ``shard_count``: shards split the rows. ``"auto"``
             (with ``shard_count="auto"``): this process's rank, read from an initialized
             ``torch.distributed`` group, else the Horovod/Open MPI/PMI variables

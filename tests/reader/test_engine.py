@@ -181,14 +181,15 @@ def test_shuffle_buffer_mixes_rows_reproducibly(converter) -> None:
     assert abs(np.corrcoef(np.arange(ROWS), position)[0, 1]) < 0.3
 
 
-@pytest.mark.parametrize(("prefetch", "windows"), [(4, 2), (None, 3)])
+@pytest.mark.parametrize(("prefetch", "windows"), [(4, 2), (8, 3), (1, 2), (None, 5)])
 def test_prefetch_bounds_the_row_groups_read_ahead_of_a_shuffle_window(converter, prefetch, windows) -> None:
-    """prefetch counts row groups, not windows: counting windows held 2 x workers of them ahead, 8x the memory.
+    """prefetch counts row groups, not windows: prefetch=4 held four whole windows ahead.
 
     A window here joins four row groups (256 rows of 73-row groups): with prefetch=4 the reader
-    holds the window it serves and one more; by default (prefetch None, twice the workers'
-    row groups) one window per worker, so that neither waits. Each row group read passes once
-    through the transform, which counts them while the consumer sleeps on its first batch.
+    holds the window it serves and one more, with 8 two more, and with 1 still one (a window is
+    read whole). By default (None) it reads twice the workers' windows ahead, as its shuffled
+    loaders need to keep pace. Each row group read passes once through the transform, which
+    counts them while the consumer sleeps on its first batch.
     """
     assert max(rg for file in converter.manifest.files for rg in file.row_groups) == 73
     reads, lock = [], threading.Lock()

@@ -233,9 +233,8 @@ class OrderedPool(Generic[T, R]):
         weigh: An item's weight (default 1 each, so ``prefetch`` counts items). A reader weighs
             a shuffle window by its row groups, so that ``prefetch`` bounds the row groups held,
             however many a window joins.
-        least: Items kept pending whatever they weigh (at least 1): a reader keeps one window
-            per worker, or every worker but one would wait while a window is larger than the
-            prefetch.
+        least: Items kept pending whatever they weigh (at least 1): by default a reader keeps
+            two per worker, windows or row groups, which its shuffled loaders need to keep pace.
     """
 
     def __init__(
