@@ -247,6 +247,16 @@ def test_bench_on_a_cache_url_with_torch(cache) -> None:
     assert "left out: ragged, name" in text
 
 
+def test_bench_on_a_dataset_with_a_column_no_tensor_holds_says_so_and_column_leaves_it_out(tmp_path) -> None:
+    pq.write_table(pa.table({"id": np.arange(100), "point": [{"a": i} for i in range(100)]}), tmp_path / "p.parquet")
+    refused = _run("bench", str(tmp_path), "--epochs", "1", "--repeats", "1")
+    assert refused.exit_code == 1 and "Traceback" not in refused.output, refused.output
+    assert "'point'" in refused.output and "--column" in refused.output
+    chosen = _run("bench", str(tmp_path), "--epochs", "1", "--repeats", "1", "--column", "id", "--json")
+    assert chosen.exit_code == 0, chosen.output
+    assert [one["rows"] for one in json.loads(chosen.output)["passes"]] == [100]
+
+
 def test_bench_refuses_bad_arguments_and_names_a_missing_frameworks_extra(monkeypatch) -> None:
     both = _run("bench", "--epochs", "1", "--seconds", "1")
     assert both.exit_code == 2 and "give --epochs or --seconds, not both" in both.output

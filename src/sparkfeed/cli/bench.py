@@ -28,6 +28,7 @@ from typing import Any
 import click
 
 from sparkfeed.cli.inspect import human_bytes, open_converter
+from sparkfeed.types import UnsupportedTypeError
 
 FRAMEWORKS = {"numpy": None, "torch": "torch", "tf": "tensorflow", "jax": "jax"}
 """Each ``--framework`` and the module it needs (NumPy is always there)."""
@@ -113,6 +114,13 @@ class Pass:
     default=None,
     help="The same as a training step's seconds per batch.",
 )
+@click.option(
+    "--column",
+    "columns",
+    multiple=True,
+    help="Read only this column (repeat for more; a regular expression, as schema_fields takes): leaves out "
+    "what no tensor holds, as a training job would.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of text (for scripts).")
 def bench_command(
     url: str | None,
@@ -127,6 +135,7 @@ def bench_command(
     rows: int,
     step_rate: float | None,
     step_time: float | None,
+    columns: tuple[str, ...],
     as_json: bool,
 ) -> None:
     """Measure the reader's rows/s and MB/s on a cache (URL) or a synthetic table, and whether a step is input-bound.
@@ -158,9 +167,13 @@ def bench_command(
             "shuffle_rows": shuffle,
             "seed": 0,
         }
+        if columns:
+            loader_args["schema_fields"] = list(columns)
         counter = _Counter()
         try:
             passes = _measure(converter, framework, loader_args, epochs, seconds, repeats, counter)
+        except UnsupportedTypeError as error:  # a column no tensor holds: it says which, and --column leaves it out
+            raise click.ClickException(f"{error}\n(sparkfeed bench: --column reads only the columns named)") from error
         except (OSError, ValueError) as error:  # an empty dataset, a file gone or damaged since: the reader says which
             raise click.ClickException(f"cannot read {location}: {error}") from error
         report = _report(converter, synthetic, framework, loader_args, epochs, seconds, passes, step_rate)
