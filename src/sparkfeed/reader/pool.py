@@ -250,7 +250,7 @@ class OrderedPool(Generic[T, R]):
         self._fn = fn
         self._workers = workers
         self._prefetch = max(prefetch, 1)
-        self._weigh = weigh
+        self._weigh: Callable[[T], int] = weigh or (lambda _: 1)
         self._least = max(least, 1)
         self._describe = describe
         self._pool_type = pool_type
@@ -316,18 +316,18 @@ class OrderedPool(Generic[T, R]):
         weight = 0  # of the pending items
 
         def full() -> bool:
-            return len(pending) >= self._least and (weight if weigh else len(pending)) >= self._prefetch
+            return len(pending) >= self._least and weight >= self._prefetch
 
         try:
             for item in source:
                 pending.append((item, executor.submit(fn, item)))
-                weight += weigh(item) if weigh else 1
+                weight += weigh(item)
                 if full():
                     break
             stalls = _Stalls(self._describe, self._pool_type)
             while pending:
                 item, future = pending.popleft()
-                weight -= weigh(item) if weigh else 1
+                weight -= weigh(item)
                 waited = time.perf_counter()
                 try:
                     result = future.result()
@@ -350,7 +350,7 @@ class OrderedPool(Generic[T, R]):
                         if self._shut:  # shut down from another thread: the iteration ends here
                             return
                         raise self._broken(following, error) from error
-                    weight += weigh(following) if weigh else 1
+                    weight += weigh(following)
                 yield item, result
             source.raise_failure()
         finally:

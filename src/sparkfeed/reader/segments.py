@@ -377,7 +377,7 @@ class SegmentReader:
         taken first still: their conversion refuses nulls, which must be looked for in the
         chosen rows only (a filter may have left out the row that holds one).
         """
-        objects = [name for name in names if self._is_objects(name)]
+        objects = [name for name in names if self._specs[name].kind == "object"]  # see to_numpy
         taken = take_rows(table.drop_columns(objects), rows) if len(objects) < table.num_columns else table
         columns = {}
         for name in names:
@@ -391,10 +391,6 @@ class SegmentReader:
             else:
                 columns[name] = self._convert(name, taken.column(name))
         return columns
-
-    def _is_objects(self, name: str) -> bool:
-        """Whether a column becomes a NumPy array of strings or bytes (see :func:`to_numpy`)."""
-        return self._specs[name].kind == "object"
 
     def _transformed(self, table: pa.Table) -> Columns:
         """A piece through the user's transform, its sequence columns as :class:`Ragged`."""
