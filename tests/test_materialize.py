@@ -249,3 +249,23 @@ def test_wide_dataframes_that_differ_past_the_25th_field_have_other_stable_keys(
         # The settings that cut the text short are lifted while it is written, and are not in the key.
         with _session_conf(spark, {"spark.sql.maxPlanStringLength": "100", "spark.sql.debug.maxToStringFields": "5"}):
             assert identify(make(1), stable=True).stable == keys[0]
+
+
+def test_dataframes_that_differ_only_in_column_names_get_their_own_caches(spark) -> None:
+    # Spark's sameResult compares canonicalized plans, which drop names: columns renamed, or two
+    # swapped, were served from the first cache, one column's values under the other's name.
+    def frame(one: str, two: str):
+        return spark.range(5).select("id", (F.col("id") + 1).alias(one), (F.col("id") * 2).alias(two))
+
+    first = make_spark_converter(frame("a", "b"))
+    swapped = make_spark_converter(frame("b", "a"))
+    assert swapped.cache_dir_url != first.cache_dir_url
+    values = _read(swapped)
+    assert values["b"].tolist() == [1, 2, 3, 4, 5] and values["a"].tolist() == [0, 2, 4, 6, 8]
+    spark.conf.set("spark.sql.caseSensitive", "true")
+    try:
+        upper = make_spark_converter(frame("A", "b"))
+    finally:
+        spark.conf.unset("spark.sql.caseSensitive")
+    assert upper.cache_dir_url != first.cache_dir_url and list(_read(upper)) == ["id", "A", "b"]
+    assert make_spark_converter(frame("a", "b")).cache_dir_url == first.cache_dir_url  # the same DataFrame: reused

@@ -97,10 +97,18 @@ class DataFrameIdentity:
     the DataFrame must never be reused by another process, for the reason in :attr:`unstable`."""
     unstable: str = ""
     """Why there is no :attr:`stable` digest."""
+    schema: str = ""
+    """The DataFrame's schema as JSON: column names (with their case), order and types."""
 
     def same_as(self, other: DataFrameIdentity) -> bool:
-        """Plans compared with Spark's own ``sameResult``, which also compares local data."""
-        if self.sources != other.sources:
+        """Plans compared with Spark's own ``sameResult``, which also compares local data.
+
+        ``sameResult`` compares canonicalized plans, which drop the names of columns: a
+        ``select(col('id').alias('a'))`` is the same result as ``alias('b')``, and two columns
+        whose names are swapped are too. The schemas must match as well, or the cache would
+        serve one column's values under the other's name.
+        """
+        if self.sources != other.sources or self.schema != other.schema:
             return False
         if isinstance(self.plan, str) or isinstance(other.plan, str):
             return bool(self.plan == other.plan)
@@ -133,12 +141,13 @@ def identify(df: DataFrame, *, stable: bool = False) -> DataFrameIdentity:
     if jdf is None:  # Spark Connect: no JVM handle in this process.
         plan = f"{df.semanticHash()}:{df.schema.json()}"
         unstable = "under Spark Connect the plan cannot be inspected from the client" if stable else ""
-        return DataFrameIdentity(plan=plan, sources=sources, unstable=unstable)
+        return DataFrameIdentity(plan=plan, sources=sources, unstable=unstable, schema=df.schema.json())
     analyzed = jdf.queryExecution().analyzed()
+    schema = analyzed.schema().json()
     if not stable:
-        return DataFrameIdentity(plan=analyzed, sources=sources)
+        return DataFrameIdentity(plan=analyzed, sources=sources, schema=schema)
     key, unstable = _stable_digest(analyzed, df, sources)
-    return DataFrameIdentity(plan=analyzed, sources=sources, stable=key, unstable=unstable)
+    return DataFrameIdentity(plan=analyzed, sources=sources, stable=key, unstable=unstable, schema=schema)
 
 
 _NOT_IN_THE_PLAN = ("LocalRelation", "RDD", "UDF", "UDTF", "Python", "InPandas", "InArrow", "Streaming")
