@@ -274,6 +274,14 @@ def test_arrays_of_structs_and_maps_are_refused_with_their_own_type_and_advice_t
     assert _read(make_spark_converter(fixed))["points"].tolist() == ['[{"a":0}]', '[{"a":1}]']
 
 
+def test_a_dataframe_without_columns_is_refused_saying_so(spark, cache_root) -> None:
+    before = set(cache_root.iterdir())
+    for df in (spark.range(5).select(), spark.range(0).select()):
+        with pytest.raises(ValueError, match="the DataFrame has no columns .*select at least one column"):
+            make_spark_converter(df)
+    assert set(cache_root.iterdir()) == before  # refused before a cache was made
+
+
 def test_columns_of_one_name_are_refused_naming_them_and_how_to_rename(spark) -> None:
     joined = spark.range(3).withColumn("x", F.col("id") * 2).join(spark.range(3).withColumn("x", F.col("id")), "id")
     with pytest.raises(ValueError, match=r"more than one column of the same name \('x' and 'x'.*df.toDF"):

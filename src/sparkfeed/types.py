@@ -77,6 +77,11 @@ def normalize_dataframe(df: DataFrame, dtype: str | None) -> DataFrame:
     """
     from pyspark.sql import functions as F
 
+    if not df.schema.fields:  # Spark's own writer refused it with a page of EMPTY_SCHEMA_NOT_SUPPORTED_FOR_DATASOURCE
+        raise ValueError(
+            "the DataFrame has no columns (df.select() with no column, say), and a batch is a dict of columns: "
+            "select at least one column before converting"
+        )
     _refuse_repeated_names(df)
     normalized: list[_Normalized] = []
     errors: list[str] = []
