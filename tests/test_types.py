@@ -277,7 +277,7 @@ def test_arrays_of_structs_and_maps_are_refused_with_their_own_type_and_advice_t
 def test_a_dataframe_without_columns_is_refused_saying_so(spark, cache_root) -> None:
     before = set(cache_root.iterdir())
     for df in (spark.range(5).select(), spark.range(0).select()):
-        with pytest.raises(ValueError, match="the DataFrame has no columns .*select at least one column"):
+        with pytest.raises(ValueError, match=r"the DataFrame has no columns .*select at least one column"):
             make_spark_converter(df)
     assert set(cache_root.iterdir()) == before  # refused before a cache was made
 
