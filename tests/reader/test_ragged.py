@@ -237,7 +237,8 @@ def test_from_objects_takes_a_transforms_output() -> None:
 
 def _objects(rows: list) -> np.ndarray:
     objects = np.empty(len(rows), dtype=object)
-    objects[:] = rows
+    for index, row in enumerate(rows):  # one by one: NumPy would make equal arrays one 2-D block
+        objects[index] = row
     return objects
 
 
@@ -247,6 +248,24 @@ def test_empty_python_lists_take_the_other_rows_dtype_and_inner_shape() -> None:
     assert ids.values.dtype == np.int64 and _rows(ids) == [[1, 2], [], [3]]
     pairs = Ragged.from_objects("t", _objects([np.ones((2, 2), np.int32), [], np.zeros((1, 2), np.int32)]))
     assert pairs.values.dtype == np.int32 and pairs.values.shape == (3, 2) and pairs.lengths.tolist() == [2, 0, 1]
+
+
+def test_rows_of_inner_arrays_are_stacked_and_inner_arrays_of_two_shapes_refused() -> None:
+    """pandas' cell of an array<array<float>>: an object array of its inner arrays, not an array of numbers."""
+    pair = np.ones(2, np.float32)
+    rows = _objects([_objects([pair, 2 * pair]), _objects([]), [pair]])
+    pairs = Ragged.from_objects("t", rows)
+    assert pairs.values.dtype == np.float32 and pairs.inner == (2,) and pairs.lengths.tolist() == [2, 0, 1]
+    assert _rows(pairs) == [[[1, 1], [2, 2]], [], [[1, 1]]]
+    with pytest.raises(ValueError, match="column 't' holds a row whose values differ in shape"):
+        Ragged.from_objects("t", _objects([_objects([pair, pair[:1]])]))
+
+
+def test_a_chunk_of_empty_object_rows_takes_the_given_columns_dtype_and_inner_shape() -> None:
+    empty = _objects([_objects([]), _objects([])])
+    given = Ragged.from_objects("t", empty, ((2,), np.dtype(np.float32)))
+    assert given.values.shape == (0, 2) and given.dtype == np.float32 and given.lengths.tolist() == [0, 0]
+    assert Ragged.from_objects("t", empty).dtype == np.float64  # nothing to go by: NumPy's guess for []
 
 
 def test_a_chunk_the_transform_left_without_rows_is_an_empty_sequence_not_an_error() -> None:

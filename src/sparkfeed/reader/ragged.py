@@ -157,10 +157,25 @@ class Ragged:
         return sizes // width
 
     @classmethod
-    def from_objects(cls, name: str, objects: np.ndarray) -> Ragged:
+    def from_objects(
+        cls, name: str, objects: np.ndarray, given: tuple[tuple[int, ...], np.dtype] | None = None
+    ) -> Ragged:
         """A transform's output column: an object array of arrays (or an N-d array of equal rows).
 
+        A row may itself be a row of arrays: pandas holds an ``array<array<float>>`` cell as an
+        object array of its inner arrays, and a transform that leaves the column alone (or
+        scales it cell by cell) hands those back. Such a row is stacked into one
+        ``(length, *inner)`` array; one whose inner arrays differ in shape is refused, naming
+        the column, as is a chunk whose rows' inner shapes differ.
+
         This one costs a Python step per row, as the transform that made the objects did.
+
+        Args:
+            name: The column, for messages.
+            objects: The column as the transform returned it (see :func:`sparkfeed.transform.series_to_numpy`).
+            given: The inner shape and dtype of the column the transform was given: what a chunk
+                whose rows are all empty object arrays (which say nothing of either) takes, so
+                that it matches the other chunks.
 
         Raises:
             NullValueError: A row is None.
@@ -174,7 +189,7 @@ class Ragged:
             if objects.ndim < 2:
                 raise ValueError(f"column {name!r} holds one {objects.dtype} value per row, not an array")
             return cls.from_fixed(objects)
-        rows = [np.asarray(value) if value is not None else None for value in objects]
+        rows = [_row(name, value) if value is not None else None for value in objects]
         if any(row is None for row in rows):
             raise NullValueError(
                 f"column {name!r} holds a null where a sequence was expected: fill or drop it, or replace it in the "
@@ -186,7 +201,7 @@ class Ragged:
                 f"column {name!r} holds rows of shapes {sorted({a.shape for a in arrays})[:4]}: a sequence's rows must "
                 "be arrays whose values share one shape"
             )
-        arrays = _typed_empty_rows(arrays)
+        arrays = _typed_empty_rows(arrays, given)
         inner = {a.shape[1:] for a in arrays}
         if len(inner) > 1:
             raise ValueError(
@@ -551,16 +566,51 @@ def zero_pad(pad_value: Any, dtype: np.dtype) -> bool:
     return _pad_byte(pad_value, dtype) == "\x00"
 
 
-def _typed_empty_rows(arrays: list[np.ndarray]) -> list[np.ndarray]:
+def _row(name: str, value: Any) -> np.ndarray:
+    """One row of a transform's output as an array, a row of equally shaped arrays stacked into one.
+
+    ``np.asarray`` keeps an object array of arrays (pandas' cell of a nested array) as it is,
+    and would make the column's values objects; ``tolist`` leaves its arrays whole and
+    ``np.array`` stacks them, a level at a time. Objects that are not arrays (None, strings)
+    stay objects, for the caller to refuse.
+
+    Raises:
+        ValueError: The row's inner arrays differ in shape.
+    """
+    try:
+        row = np.asarray(value)
+        while row.dtype == object and row.size:
+            stacked = np.array(row.tolist())
+            if stacked.dtype == object and stacked.ndim == row.ndim:
+                break
+            row = stacked
+    except ValueError as error:  # NumPy's "inhomogeneous shape"
+        raise ValueError(
+            f"column {name!r} holds a row whose values differ in shape ({error}): a sequence's values must all share "
+            "one shape (an array<array<float>>'s inner arrays one length); keep it so in the transform_fn"
+        ) from None
+    return row
+
+
+def _typed_empty_rows(
+    arrays: list[np.ndarray], given: tuple[tuple[int, ...], np.dtype] | None = None
+) -> list[np.ndarray]:
     """Rows with empty ones given the others' dtype and inner shape.
 
     An empty Python list is a ``float64`` array of shape ``(0,)`` to NumPy, which would make a
     chunk of token ids float64 (``np.concatenate`` promotes) or refuse nested rows as of
     another shape; it says nothing of either, so it takes the rows' that do. Rows all empty
-    keep NumPy's guess.
+    keep NumPy's guess, but for empty object arrays (pandas' empty cell of a nested array),
+    which take ``given``, the column's as the transform received it, or else NumPy's guess
+    for ``[]``: objects would be no numbers at all.
     """
     filled = [a for a in arrays if len(a)]
-    if len(filled) == len(arrays) or not filled:
+    if not filled:
+        if given is not None:
+            inner, dtype = given
+            return [np.zeros((0, *inner), dtype) if a.dtype == object else a for a in arrays]
+        return [np.zeros(a.shape, np.float64) if a.dtype == object else a for a in arrays]
+    if len(filled) == len(arrays):
         return arrays
     dtype, inner = np.result_type(*filled), filled[0].shape[1:]
     return [a if len(a) else np.zeros((0, *inner), dtype=dtype) for a in arrays]

@@ -71,6 +71,9 @@ class ColumnPlan:
             makes the column.
         bounds: ``bucket``: the padded length of each bucket, increasing.
         dtype: The values' dtype; None when a transform makes the column.
+        given: When a transform makes the column, the inner shape and dtype of the cache's
+            column of that name (None if it has none, or not one of numbers): what a chunk of
+            rows that say nothing of theirs takes (see :meth:`Ragged.from_objects`).
     """
 
     name: str
@@ -78,6 +81,7 @@ class ColumnPlan:
     inner: tuple[int, ...] | None = ()
     bounds: tuple[int, ...] = ()
     dtype: np.dtype | None = None
+    given: tuple[tuple[int, ...], np.dtype] | None = None
 
     @property
     def mode(self) -> str:
@@ -143,12 +147,14 @@ class SequencePlan:
         """
         plans = []
         for name, spec in sequence.items():
-            longest, inner, dtype = None, None, None
+            longest, inner, dtype, given = None, None, None, None
             if not transform:
                 longest = _longest(name, spec, specs, shapes)
                 inner = _inner(specs[name], shapes)
                 dtype = _leaf_dtype(specs[name].arrow_type)
                 _check_pad_value(name, spec.pad_value, dtype)
+            else:
+                given = _given(name, spec, specs, shapes)
             bounds: tuple[int, ...] = ()
             if spec.mode == "bucket":
                 bounds = _bucket_bounds(name, spec, longest, transform)
@@ -161,7 +167,7 @@ class SequencePlan:
                         f"(batch_size {batch_size} x seq_len {spec.seq_len} = {grid}); a row is never split between "
                         "two batches: raise seq_len or batch_size, or truncate rows with max_length"
                     )
-            plans.append(ColumnPlan(name, spec, inner, bounds, dtype))
+            plans.append(ColumnPlan(name, spec, inner, bounds, dtype, given))
         plan = cls(tuple(plans), batch_size, drop_last, checked=not transform)
         if not transform:
             plan.check_columns(list(specs))
@@ -342,7 +348,7 @@ class SequencePlan:
                 )
             value = out[plan.name]
             if not isinstance(value, Ragged):
-                out[plan.name] = Ragged.from_objects(plan.name, value)
+                out[plan.name] = Ragged.from_objects(plan.name, value, plan.given)
             _check_numbers(plan.name, out[plan.name].dtype)
             _check_pad_value(plan.name, plan.spec.pad_value, out[plan.name].dtype)
         if not self.checked:
@@ -745,6 +751,19 @@ def _longest(name: str, spec: Sequence, specs: Mapping[str, ColumnSpec], shapes:
             f"{varying}); only the outer length of a sequence may vary"
         )
     return int(stats[0][1] or 0) if stats else 0
+
+
+def _given(
+    name: str, spec: Sequence, specs: Mapping[str, ColumnSpec], shapes: Mapping[str, ShapeStats]
+) -> tuple[tuple[int, ...], np.dtype] | None:
+    """The inner shape and dtype of the cache's column ``name`` as a transform receives it; None if not a sequence."""
+    if name not in specs:
+        return None
+    try:
+        _longest(name, spec, specs, shapes)
+    except ValueError:  # not a sequence of numbers in the cache: the transform makes it one, or it is refused later
+        return None
+    return _inner(specs[name], shapes), _leaf_dtype(specs[name].arrow_type)
 
 
 def _leaf_dtype(data_type: pa.DataType) -> np.dtype:
