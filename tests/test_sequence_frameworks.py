@@ -13,6 +13,7 @@ import torch
 
 from sparkfeed import Sequence, TransformSpec, UnsupportedTypeError, make_spark_converter
 from sparkfeed.cache import RAGGED_MANIFEST_FORMAT, read_manifest
+from sparkfeed.transform import edit_field
 
 
 def _length(i: int) -> int:
@@ -174,14 +175,14 @@ def _doubled(frame):
     return frame.assign(pairs=frame["pairs"] * 2)
 
 
-def _padded_rows(batches, framework: str) -> dict[int, list[list[float]]]:
+def _padded_rows(batches, framework: str, dtype: type = np.float32) -> dict[int, list[list[float]]]:
     """Each row's pairs, cut to its length, from padded batches of any framework."""
     seen = {}
     for batch in batches:
         if framework == "tf":
             batch = batch._asdict()
         ids, pairs, lengths = (np.asarray(batch[key]) for key in ("id", "pairs", "pairs_lengths"))
-        assert pairs.dtype == np.float32 and pairs.ndim == 3 and pairs.shape[2] == 2
+        assert pairs.dtype == dtype and pairs.ndim == 3 and pairs.shape[2] == 2
         for i, row, n in zip(ids.tolist(), pairs, lengths.tolist(), strict=True):
             seen[i] = row[:n].tolist()
     return seen
@@ -255,3 +256,19 @@ def test_a_transform_that_breaks_a_nested_sequences_inner_shape_is_refused(neste
     with nested.make_numpy_iterator(sequence={"pairs": "pad"}, **options) as batches:
         with pytest.raises(ValueError, match=message):
             list(batches)
+
+
+@pytest.mark.parametrize("sequence", [None, "pad"], ids=["rows", "pad"])
+def test_edit_fields_cast_a_nested_column_a_transform_hands_back(nested, sequence) -> None:
+    # Its rows, object arrays of inner arrays, were no numbers to cast: left float32 in silence.
+    spec = TransformSpec(lambda frame: frame, edit_fields=[edit_field("pairs", np.float64, (None, 2))])
+    options = {"batch_size": 48, "num_epochs": 1, "shuffle_row_groups": False, "transform_spec": spec}
+    seen = {}
+    with nested.make_numpy_iterator(sequence=None if sequence is None else {"pairs": sequence}, **options) as batches:
+        for batch in batches:
+            if sequence is None:
+                assert {(row.dtype, row.shape[1:]) for row in batch["pairs"]} == {(np.dtype(np.float64), (2,))}
+                seen.update(zip(batch["id"].tolist(), (row.tolist() for row in batch["pairs"]), strict=True))
+            else:
+                seen.update(_padded_rows([batch], "numpy", np.float64))
+    assert seen == {i: _nested_row(i) for i in range(400)}

@@ -230,6 +230,33 @@ def series_to_numpy(series: pd.Series, name: str | None = None, *, stack: bool =
     return values
 
 
+def row_array(name: str, value: Any) -> np.ndarray:
+    """One row of an array column of the transform's output as one array, a row of equal arrays stacked.
+
+    pandas holds an ``array<array<float>>`` cell as an object array of its inner arrays, and a
+    transform that leaves the column alone (or scales it cell by cell) hands those back:
+    ``np.asarray`` would keep them objects, no numbers at all. ``tolist`` leaves the inner
+    arrays whole and ``np.array`` stacks them, a level at a time, into one ``(length, *inner)``
+    array. Objects that are not arrays (None, strings) stay objects, for the caller to refuse.
+
+    Raises:
+        ValueError: The row's inner arrays differ in shape, naming the column.
+    """
+    try:
+        row = np.asarray(value)
+        while row.dtype == object and row.size:
+            stacked = np.array(row.tolist())
+            if stacked.dtype == object and stacked.ndim == row.ndim:
+                break
+            row = stacked
+    except ValueError as error:  # NumPy's "inhomogeneous shape"
+        raise ValueError(
+            f"column {name!r} holds a row whose values differ in shape ({error}): a sequence's values must all share "
+            "one shape (an array<array<float>>'s inner arrays one length); keep it so in the transform_fn"
+        ) from None
+    return row
+
+
 def _refuse_missing(series: pd.Series, name: str, given: Any) -> None:
     """Raises a NullValueError if a column that becomes numbers, bools or times holds a missing value."""
     missing = int(series.isna().sum())
@@ -439,7 +466,9 @@ def _held(spec: ColumnSpec, column: pa.ChunkedArray, cells: np.ndarray) -> Given
 def _apply_edit(name: str, array: np.ndarray, dtype: Any, shape: tuple[int | None, ...]) -> np.ndarray:
     if dtype is not None and np.dtype(dtype).kind in "biufc":
         array = (
-            _cast(name, array, np.dtype(dtype)) if array.dtype != object else _cast_rows(name, array, np.dtype(dtype))
+            _cast(name, array, np.dtype(dtype))
+            if array.dtype != object
+            else _cast_rows(name, array, np.dtype(dtype), shape[1:])
         )
     if shape and None not in shape:
         try:
@@ -452,16 +481,21 @@ def _apply_edit(name: str, array: np.ndarray, dtype: Any, shape: tuple[int | Non
     return array
 
 
-def _cast_rows(name: str, objects: np.ndarray, target: np.dtype) -> np.ndarray:
+def _cast_rows(name: str, objects: np.ndarray, target: np.dtype, inner: tuple[int | None, ...] = ()) -> np.ndarray:
     """An object column of number arrays or lists (rows of varying length) with each row cast to ``target``.
 
     Rows come from the transform as Python lists (a tokenizer's ids) or arrays whose dtype NumPy
-    infers: ``int64`` for a list of ints, ``float64`` for an empty one. Cast, every chunk has the
-    declared dtype, including one whose rows are all empty. The values are checked as
-    :func:`_cast` checks them, all rows at once. Rows of anything but numbers, and nulls (which
-    later steps refuse, naming them), are left as they are.
+    infers: ``int64`` for a list of ints, ``float64`` for an empty one; a nested array's rows as
+    pandas holds them, object arrays of inner arrays, are stacked first (:func:`row_array`).
+    Cast, every chunk has the declared dtype, including one whose rows are all empty, which
+    also take the declared ``inner`` shape where it has no ``None``. The values are checked as
+    :func:`_cast` checks them, all rows at once. Rows of anything but numbers, rows whose inner
+    arrays differ in shape, and nulls (which later steps refuse, naming them), are left as they are.
     """
-    rows = [None if row is None else np.asarray(row) for row in objects]
+    try:
+        rows = [None if row is None else row_array(name, row) for row in objects]
+    except ValueError:  # inner arrays of two shapes: no one dtype to cast to (a sequence refuses them, naming them)
+        return objects
     numbers = [row for row in rows if row is not None and row.size and row.dtype.kind in "biuf"]
     if any(row is not None and row.size and row.dtype.kind not in "biuf" for row in rows):
         return objects
@@ -472,7 +506,8 @@ def _cast_rows(name: str, objects: np.ndarray, target: np.dtype) -> np.ndarray:
         if row is None:
             out[index] = None
         elif not row.size:
-            out[index] = row.astype(target)
+            empty = (0, *[size or 0 for size in inner])  # no None here: the declared inner shape
+            out[index] = row.astype(target) if len(row) or None in inner else np.zeros(empty, target)
         else:
             out[index] = flat[start : start + row.size].reshape(row.shape)  # type: ignore[index]
             start += row.size

@@ -28,6 +28,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from sparkfeed.transform import row_array
 from sparkfeed.types import NullValueError, _values
 from sparkfeed.writer import binary_buffers, is_list_type, view_lengths
 
@@ -189,7 +190,7 @@ class Ragged:
             if objects.ndim < 2:
                 raise ValueError(f"column {name!r} holds one {objects.dtype} value per row, not an array")
             return cls.from_fixed(objects)
-        rows = [_row(name, value) if value is not None else None for value in objects]
+        rows = [row_array(name, value) if value is not None else None for value in objects]
         if any(row is None for row in rows):
             raise NullValueError(
                 f"column {name!r} holds a null where a sequence was expected: fill or drop it, or replace it in the "
@@ -564,32 +565,6 @@ def length_mask(lengths: np.ndarray, length: int) -> np.ndarray:
 def zero_pad(pad_value: Any, dtype: np.dtype) -> bool:
     """Whether ``pad_value`` as ``dtype`` is all zero bytes (what :meth:`Views.joined` pads with)."""
     return _pad_byte(pad_value, dtype) == "\x00"
-
-
-def _row(name: str, value: Any) -> np.ndarray:
-    """One row of a transform's output as an array, a row of equally shaped arrays stacked into one.
-
-    ``np.asarray`` keeps an object array of arrays (pandas' cell of a nested array) as it is,
-    and would make the column's values objects; ``tolist`` leaves its arrays whole and
-    ``np.array`` stacks them, a level at a time. Objects that are not arrays (None, strings)
-    stay objects, for the caller to refuse.
-
-    Raises:
-        ValueError: The row's inner arrays differ in shape.
-    """
-    try:
-        row = np.asarray(value)
-        while row.dtype == object and row.size:
-            stacked = np.array(row.tolist())
-            if stacked.dtype == object and stacked.ndim == row.ndim:
-                break
-            row = stacked
-    except ValueError as error:  # NumPy's "inhomogeneous shape"
-        raise ValueError(
-            f"column {name!r} holds a row whose values differ in shape ({error}): a sequence's values must all share "
-            "one shape (an array<array<float>>'s inner arrays one length); keep it so in the transform_fn"
-        ) from None
-    return row
 
 
 def _typed_empty_rows(
