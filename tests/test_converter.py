@@ -171,3 +171,13 @@ def test_a_dataset_read_in_place_says_which_float64_columns_it_narrows(tmp_path,
     assert notes == [
         "reading the float64 columns ['x', 'v'] as float32 (dtype='float32'); pass dtype=None to keep them"
     ]
+
+
+def test_a_stream_and_a_stopped_sessions_dataframe_are_refused_saying_what_to_do(spark, monkeypatch) -> None:
+    stream = spark.readStream.format("rate").load()
+    with pytest.raises(ValueError, match=r"a streaming DataFrame .* cannot be converted: write it out"):
+        make_spark_converter(stream)
+    df = spark.range(3)
+    monkeypatch.setattr(spark.sparkContext, "_jsc", None)  # what spark.stop() leaves; pyspark raised a bare assert
+    with pytest.raises(RuntimeError, match=r"the DataFrame's Spark session was stopped \(spark.stop\(\)\)"):
+        make_spark_converter(df)

@@ -15,10 +15,11 @@ from sparkfeed.cache import (
     CACHE_DIR_CONF,
     PETASTORM_CACHE_DIR_CONF,
     CorruptManifestError,
+    IncompleteCacheError,
     Manifest,
+    claim,
     delete_cache,
     find_kept,
-    mark_used,
     owned_caches,
     read_cache,
     read_manifest,
@@ -400,21 +401,52 @@ def make_spark_converter(
                     f"written with dtype={written!r} and is read as it was written; leave dtype out, or convert the "
                     f"DataFrame again with dtype={options.dtype!r}"
                 )
-            if marker is not None:
-                # `cache clean` (of an orphan, or with --older-than) and `rm` then leave it while this process runs.
-                mark_used(location)
+            if marker is not None and not claim(location, manifest):
+                # Recorded as read, `cache clean` and `rm` leave it while this process runs (unless being removed).
+                raise IncompleteCacheError(
+                    f"sparkfeed cache {location} is being removed (`sparkfeed cache clean` or `rm`, in another "
+                    "process): open a complete cache, or convert the DataFrame again"
+                )
             log.info("opened the sparkfeed cache %s by path: it is read in place and never deleted", location)
             return SparkDatasetConverter(location, manifest)
         done = describe(location, options={"dtype": options.dtype, "source": "path"})
         _note_narrowed_floats(done.manifest, options.dtype)
         return SparkDatasetConverter(done.location, done.manifest)
-    if not (hasattr(df, "sparkSession") and hasattr(df, "write")):
+    # the class's: a stream's `write` property raises Spark's error about calling write on a stream
+    if not (hasattr(df, "sparkSession") and hasattr(type(df), "write")):
         raise TypeError(f"make_spark_converter takes a Spark DataFrame or a Parquet path, not {type(df).__name__}")
+    _refuse_unconvertible(df)
     spark = df.sparkSession
     parent = resolve_cache_dir(cache_dir, lambda key: spark.conf.get(key, None))
     if storage_options is not None or filesystem is not None:
         parent = Location.parse(parent, options=storage_options, filesystem=filesystem)
     return _convert(df, options, parent, run)
+
+
+def _refuse_unconvertible(df: DataFrame) -> None:
+    """Refuses, saying what to do, a DataFrame no conversion can write.
+
+    Spark's own errors came late and named no way out: a stream failed with
+    ``CALL_ON_STREAMING_DATASET_UNSUPPORTED`` about ``write``, a DataFrame of a stopped session
+    with a bare ``AssertionError`` from deep in pyspark.
+
+    Raises:
+        ValueError: ``df`` is a streaming DataFrame, which has no end to write.
+        RuntimeError: ``df``'s Spark session was stopped.
+    """
+    session = df.sparkSession
+    stopped = getattr(session, "is_stopped", None)  # Spark Connect's; classic sessions lose their JVM handle
+    if stopped is True or (stopped is None and getattr(getattr(session, "_sc", None), "_jsc", True) is None):
+        raise RuntimeError(
+            "the DataFrame's Spark session was stopped (spark.stop()), so nothing can compute its rows: "
+            "make the DataFrame again in an active session, or convert it before stopping the session"
+        )
+    if df.isStreaming:
+        raise ValueError(
+            "a streaming DataFrame (spark.readStream) has no end, so it cannot be converted: write it out with "
+            "writeStream (a trigger(availableNow=True) query to Parquet, say) and convert what it wrote, "
+            "make_spark_converter(spark.read.parquet(path)), or convert each micro-batch in foreachBatch"
+        )
 
 
 def _convert(df: DataFrame, options: MaterializeOptions, parent: Location, run: ConversionRun) -> SparkDatasetConverter:
@@ -455,12 +487,11 @@ def _find_kept(identity: DataFrameIdentity, options: MaterializeOptions, parent:
     if key is None:
         log.info("reuse='auto': not looking for a kept cache, since %s; converting in this process", identity.unstable)
         return None
-    found = find_kept(parent, key)
+    found = find_kept(parent, key)  # which records this process as its reader
     if found is None:
         log.info("reuse='auto': no kept cache of this DataFrame under %s; converting", parent)
         return None
     entry, manifest = found
-    mark_used(entry.location)
     log.info(
         "reuse='auto': reusing the cache %s kept by %s (made %s); it is not this process's to delete",
         entry.location,
