@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from sparkfeed import make_spark_converter
-from sparkfeed.cache import MARKER_NAME, USED_NAME, collect, remove_orphans, scan
+from sparkfeed.cache import MARKER_NAME, USED_NAME, IncompleteCacheError, collect, find_kept, remove_orphans, scan
 from sparkfeed.cli import main
 from sparkfeed.location import Location
 from sparkfeed.owner import Liveness
@@ -199,3 +199,72 @@ def test_an_age_beyond_any_cache_is_a_usage_error_not_a_traceback(tmp_path, age:
     done = _run("cache", "clean", "--older-than", age, str(tmp_path))
     assert done.exit_code == 2 and f"'{age}' is longer than any cache has been around" in done.output
     assert _run("cache", "clean", "--older-than", "36525d", str(tmp_path)).exit_code == 0
+
+
+def _kept_by_a_process_gone(parent: Path) -> Path:
+    """A complete kept cache of 10 rows under ``parent``, for the key ``k``, made by a process that has ended."""
+    script = (
+        "import sys\n"
+        "import pyarrow as pa, pyarrow.parquet as pq\n"
+        "from sparkfeed import cache\n"
+        "from sparkfeed.location import Location\n"
+        "location, token = cache.create_cache_dir(Location.parse(sys.argv[1]), key='k', keep=True)\n"
+        "table = pa.table({'id': list(range(10))})\n"
+        "pq.write_table(table, f'{location.path}/part-0.parquet')\n"
+        "files = (cache.FileEntry('part-0.parquet', (10,)),)\n"
+        "cache.write_manifest(location, cache.Manifest(files, table.schema, {}, {}))\n"
+        "print(location.local_path)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script, str(parent)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return Path(done.stdout.strip())
+
+
+@pytest.mark.slow
+def test_a_cache_another_clean_is_removing_is_left_to_it_by_conversions_rm_and_reuse(tmp_path) -> None:
+    # Its manifest set aside for the clean's last look at its reusers, the cache is partial and its
+    # creator gone: what a conversion's collection of leftovers removes. It is the clean's to
+    # remove or put back, and a reuse must find nothing there meanwhile.
+    from test_reuse import PausedClean
+
+    root = tmp_path / "caches"
+    made = _kept_by_a_process_gone(root)
+    parent = Location.parse(str(root))
+    clean = PausedClean("_still_unused", tmp_path / "flags", "--older-than", "0s", str(root))
+    with clean:
+        (entry,) = scan(parent)
+        assert entry.state == "partial" and entry.withdrawn_by is not None and not entry.orphaned
+        assert collect(parent, partial_only=True) == [] and collect(parent) == []
+        assert find_kept(parent, "k") is None
+        removing = _run("cache", "rm", str(made))
+        assert removing.exit_code == 1 and "is removing it" in removing.output
+        assert "being removed" in _run("cache", "ls", str(root)).output
+        assert (made / "part-0.parquet").exists()
+    assert "removed 1 caches" in clean.output and not made.exists()
+
+
+@pytest.mark.slow
+def test_a_cache_clean_has_begun_to_remove_is_refused_when_opened_by_its_url(tmp_path) -> None:
+    # Opened by its URL after the clean's last look at its reusers: the converter was handed a
+    # cache whose files went right after, and its job failed on the first of them.
+    from test_reuse import PausedClean
+
+    root = tmp_path / "caches"
+    made = _kept_by_a_process_gone(root)
+    clean = PausedClean("delete_cache", tmp_path / "flags", "--older-than", "0s", str(root))
+    with clean, pytest.raises(IncompleteCacheError, match="is removing it"):
+        make_spark_converter(str(made))
+    assert "removed 1 caches" in clean.output and not made.exists()
+
+
+def test_a_cache_opened_by_its_url_while_a_clean_decides_is_read_whole_and_kept(tmp_path) -> None:
+    from test_reuse import PausedClean
+
+    root = tmp_path / "caches"
+    made = _kept_by_a_process_gone(root)
+    clean = PausedClean("_withdraw", tmp_path / "flags", "--older-than", "0s", str(root))
+    with clean:
+        converter = make_spark_converter(str(made))
+    assert "removed 0 caches" in clean.output
+    with converter.make_numpy_iterator(batch_size=4, num_epochs=1) as batches:
+        assert sorted(int(i) for batch in batches for i in batch["id"]) == list(range(10))

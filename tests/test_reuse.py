@@ -8,6 +8,10 @@ import logging
 import os
 import re
 import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -18,6 +22,8 @@ import pytest
 from click.testing import CliRunner
 from pyspark.sql import functions as F
 
+import sparkfeed.cache
+import sparkfeed.converter
 from sparkfeed import make_spark_converter
 from sparkfeed.cache import MARKER_NAME, USED_NAME, USER_NAME, collect, mark_used, owned_caches, scan
 from sparkfeed.cli import main
@@ -376,3 +382,133 @@ def test_reuse_and_keep_are_validated(spark) -> None:
         make_spark_converter(spark.range(3), reuse="always")
     with pytest.raises(ValueError, match=r"keep='yes' is not allowed: it must be a bool"):
         make_spark_converter(spark.range(3), keep="yes")
+
+
+def _clean_in_another_process(parent: Path, *args: str) -> str:
+    """``sparkfeed cache clean`` run as a user would, in a process of its own; its output."""
+    done = subprocess.run(
+        [sys.executable, "-m", "sparkfeed", "cache", "clean", *args, str(parent)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+def _before_the_reuse_is_recorded(monkeypatch: pytest.MonkeyPatch, action: Callable[[], object]) -> None:
+    """Runs ``action`` once, when this process has found a kept cache and is about to record its reuse.
+
+    Only a pause: the real :func:`~sparkfeed.cache.mark_used` runs right after, so the real code
+    of both processes meets at the window a real interleaving would open.
+    """
+    real = sparkfeed.cache.mark_used
+    done: list[Location] = []
+
+    def paused(location: Location) -> None:
+        if not done:
+            done.append(location)
+            action()
+        real(location)
+
+    monkeypatch.setattr(sparkfeed.cache, "mark_used", paused)
+    monkeypatch.setattr(sparkfeed.converter, "mark_used", paused, raising=False)
+
+
+@pytest.mark.slow
+def test_a_kept_cache_clean_removes_between_its_finding_and_its_reuse_is_converted_anew(
+    kept, spark, tmp_path, monkeypatch
+) -> None:
+    # reuse="auto" found the cache, then `cache clean --older-than` (another process) judged it
+    # idle and removed it before the reuse was recorded: the converter read a cache that was gone.
+    _, parent, first = _copy(kept, tmp_path)  # the kept cache, for the original source
+    cleaned: list[str] = []
+    _before_the_reuse_is_recorded(
+        monkeypatch, lambda: cleaned.append(_clean_in_another_process(parent, "--older-than", "0s"))
+    )
+    df = spark.read.parquet(str(kept[0])).filter("id % 2 = 0").withColumn("twice", F.col("id") * 2)
+    converter = make_spark_converter(df, cache_dir=str(parent), reuse="auto")
+    try:
+        assert "removed 1 caches" in cleaned[0]
+        with converter.make_numpy_iterator(batch_size=1000, num_epochs=1) as batches:
+            ids = [int(i) for batch in batches for i in batch["id"]]
+        assert (len(ids), sum(ids)) == (first["rows"], first["id_sum"])
+        assert converter.cache_dir_url != first["url"]  # converted anew
+    finally:
+        converter.delete()
+    assert not any(parent.iterdir())  # nothing left of the removed one, not even a record of the reuse
+
+
+class PausedClean:
+    """``sparkfeed cache clean ARGS`` in a process of its own, paused where it calls ``sparkfeed.cache.<hook>``.
+
+    Entering waits for the pause (the real function runs when the block leaves it); ``output``
+    is what the clean printed once it ended.
+    """
+
+    def __init__(self, hook: str, flags: Path, *args: str, env: dict[str, str] | None = None) -> None:
+        flags.mkdir()
+        self.flags, self.output = flags, ""
+        self.process = subprocess.Popen(
+            [sys.executable, str(Path(__file__).with_name("reuse_job.py")), "clean", hook, str(flags), *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, **(env or {})},
+        )
+
+    def __enter__(self) -> PausedClean:
+        deadline = time.monotonic() + 120
+        while not (self.flags / "paused").exists():
+            assert self.process.poll() is None, f"the clean ended before its pause:\n{self.process.communicate()}"
+            assert time.monotonic() < deadline, "the clean did not reach its pause"
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        (self.flags / "go").touch()
+        out, err = self.process.communicate(timeout=120)
+        assert self.process.returncode == 0, err[-3000:]
+        self.output = out
+
+
+def _ids(converter: Any) -> list[int]:
+    with converter.make_numpy_iterator(batch_size=1000, num_epochs=1) as batches:
+        return [int(i) for batch in batches for i in batch["id"]]
+
+
+@pytest.mark.slow
+def test_a_kept_cache_clean_has_begun_to_remove_is_never_handed_to_a_reuse(kept, spark, tmp_path) -> None:
+    # `cache clean --older-than` had looked at the cache's reusers a last time (none) and was
+    # about to delete it when reuse="auto" found it complete: the job then read a cache deleted under it.
+    _, parent, first = _copy(kept, tmp_path)
+    df = spark.read.parquet(str(kept[0])).filter("id % 2 = 0").withColumn("twice", F.col("id") * 2)
+    clean = PausedClean("delete_cache", tmp_path / "flags", "--older-than", "0s", str(parent))
+    with clean:
+        converter = make_spark_converter(df, cache_dir=str(parent), reuse="auto")
+    try:
+        assert "removed 1 caches" in clean.output and converter.cache_dir_url != first["url"]  # converted anew
+        ids = _ids(converter)
+        assert (len(ids), sum(ids)) == (first["rows"], first["id_sum"])
+    finally:
+        converter.delete()
+    assert not any(parent.iterdir())
+
+
+@pytest.mark.slow
+def test_a_kept_cache_reused_while_clean_decides_is_put_back_whole(kept, spark, tmp_path) -> None:
+    # The reuse is recorded after the clean chose the cache, before it took the manifest away:
+    # the clean sees the new reader at its last look and leaves the cache as it was.
+    _, parent, first = _copy(kept, tmp_path)
+    df = spark.read.parquet(str(kept[0])).filter("id % 2 = 0").withColumn("twice", F.col("id") * 2)
+    clean = PausedClean("_withdraw", tmp_path / "flags", "--older-than", "0s", str(parent))
+    with clean:
+        converter = make_spark_converter(df, cache_dir=str(parent), reuse="auto")
+        assert converter.cache_dir_url == first["url"]  # reused
+    assert "removed 0 caches" in clean.output
+    ids = _ids(converter)
+    assert (len(ids), sum(ids)) == (first["rows"], first["id_sum"])
+    (entry,) = scan(Location.parse(str(parent)))
+    assert entry.state == "complete" and entry.in_use and entry.withdrawn_by is None
+    name = first["url"].rsplit("/", 1)[1]
+    assert not (parent / name / "_sparkfeed_withdrawn.json").exists()

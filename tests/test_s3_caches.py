@@ -8,6 +8,7 @@ from __future__ import annotations
 import concurrent.futures
 import io
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -19,6 +20,7 @@ import pytest
 
 from sparkfeed import cache, make_spark_converter
 from sparkfeed.location import Location
+from test_reuse import PausedClean
 from test_s3 import FlakyProxy
 
 from s3server import S3Server
@@ -280,3 +282,90 @@ def test_a_cache_holding_a_running_processs_cache_is_neither_removed_nor_cleaned
     cache.delete_cache(inner, inner_token)
     assert cache.remove(outer).location == outer  # once the inner cache is gone
     assert _files(s3_server, f"{s3_bucket}/nested") == []
+
+
+def _kept_by_a_process_gone(s3_server: S3Server, parent: str) -> Location:
+    """A complete kept cache of 10 rows under ``parent``, for the key ``k``, made by a process that has ended."""
+    script = (
+        "import json, sys\n"
+        "import pyarrow as pa, pyarrow.parquet as pq\n"
+        "from sparkfeed import cache\n"
+        "from sparkfeed.location import Location\n"
+        "parent = Location.parse(sys.argv[1], options=json.loads(sys.argv[2]))\n"
+        "location, token = cache.create_cache_dir(parent, key='k', keep=True)\n"
+        "table = pa.table({'id': list(range(10))})\n"
+        "pq.write_table(table, f'{location.path}/part-0.parquet', filesystem=location.filesystem)\n"
+        "files = (cache.FileEntry('part-0.parquet', (10,)),)\n"
+        "cache.write_manifest(location, cache.Manifest(files, table.schema, {}, {}, key='k'))\n"
+        "print(location.url)\n"
+    )
+    options = s3_server.storage_options
+    done = subprocess.run(
+        [sys.executable, "-c", script, parent, json.dumps(options)], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    return Location.parse(done.stdout.strip(), options=options)
+
+
+def _clean(s3_server: S3Server, parent: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", "sparkfeed", "cache", "clean", "--older-than", "0s", parent],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **s3_server.env},
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_a_kept_s3_cache_clean_removes_before_its_reuse_is_recorded_is_not_handed_out(
+    s3_server: S3Server, s3_bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Found complete, then removed by `cache clean --older-than` before the reuse was recorded:
+    # the reuse was handed a cache that was gone, and its records stayed alone in the prefix.
+    url = f"s3://{s3_bucket}/found"
+    _kept_by_a_process_gone(s3_server, url)
+    real, cleaned = cache.mark_used, []
+
+    def paused(location: Location) -> None:  # a pause: the real record is written after the clean
+        if not cleaned:
+            cleaned.append(_clean(s3_server, url))
+        real(location)
+
+    monkeypatch.setattr(cache, "mark_used", paused)
+    assert cache.find_kept(Location.parse(url, options=s3_server.storage_options), "k") is None
+    assert "removed 1 caches" in cleaned[0]
+    assert _files(s3_server, f"{s3_bucket}/found") == []
+
+
+def test_a_kept_s3_cache_clean_has_begun_to_remove_is_not_handed_out(
+    s3_server: S3Server, s3_bucket: str, tmp_path
+) -> None:
+    # The clean's last look at the reusers was done, its delete about to start, when the reuse found it.
+    url = f"s3://{s3_bucket}/begun"
+    _kept_by_a_process_gone(s3_server, url)
+    parent = Location.parse(url, options=s3_server.storage_options)
+    clean = PausedClean("delete_cache", tmp_path / "flags", "--older-than", "0s", url, env=s3_server.env)
+    with clean:
+        found = cache.find_kept(parent, "k")
+    assert "removed 1 caches" in clean.output
+    assert found is None  # before the fix: found, and its files deleted right after
+    assert _files(s3_server, f"{s3_bucket}/begun") == []
+
+
+def test_a_kept_s3_cache_reused_while_clean_decides_keeps_its_manifest(
+    s3_server: S3Server, s3_bucket: str, tmp_path
+) -> None:
+    url = f"s3://{s3_bucket}/decides"
+    location = _kept_by_a_process_gone(s3_server, url)
+    parent = Location.parse(url, options=s3_server.storage_options)
+    clean = PausedClean("_withdraw", tmp_path / "flags", "--older-than", "0s", url, env=s3_server.env)
+    with clean:
+        found = cache.find_kept(parent, "k")
+        assert found is not None and found[0].location == location
+    assert "removed 0 caches" in clean.output
+    (entry,) = cache.scan(parent)
+    assert entry.state == "complete" and entry.in_use and entry.withdrawn_by is None
+    assert cache.read_manifest(location) == found[1]
+    assert f"{location.path}/{cache.WITHDRAWN_NAME}" not in _files(s3_server, location.path)

@@ -414,7 +414,10 @@ def read_cache(location: Location) -> tuple[Manifest, dict[str, Any] | None] | N
     owner = Owner.from_dict(marker.get("owner"))
     liveness = Liveness.UNKNOWN if owner is None else owner.liveness()
     who = "its creator" if owner is None else f"its creator ({owner})"
-    if liveness is Liveness.GONE:
+    remover = _withdrawer(location)
+    if remover is not None and remover.liveness() is not Liveness.GONE:
+        state = f"{remover} is removing it (`sparkfeed cache clean` or `rm`), and may put its manifest back"
+    elif liveness is Liveness.GONE:
         state = f"{who} is gone, so it will never be complete; `sparkfeed cache rm {location}` removes it"
     elif liveness is Liveness.RUNNING:
         state = f"{who} still runs: wait for its conversion to finish"
@@ -439,6 +442,14 @@ USER_NAME = re.compile(rf"^{USER_PREFIX}[0-9a-f]{{16}}\.json$")
 """One per process that reused a kept cache (its owner record): while one on this host runs, the
 cache is in use, and ``cache clean --older-than`` leaves it however long ago that was."""
 
+
+WITHDRAWN_NAME = "_sparkfeed_withdrawn.json"
+"""The manifest of a cache that ``cache clean`` or ``rm`` is removing, set aside with who does it and when.
+
+A remover takes the manifest away before it looks at the cache's reusers a last time, so that
+no process can find the cache complete after that look (see :func:`_remove_orphan`); it puts
+the manifest back if a reuser appeared. Until then the cache is incomplete to every reader, and
+no other process collects it while the remover runs: it may yet put it back."""
 
 CACHE_NAME = re.compile(r"^sparkfeed-\d{8}T\d{6}-[0-9a-f]{12}$")
 """The name of every cache directory sparkfeed creates: listings look at these and nothing else."""
@@ -751,7 +762,14 @@ def _delete_local(path: str) -> None:
         else:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(entry.path)
-    shutil.rmtree(path, onerror=_gone_is_fine)  # the marker, and the directory
+    for attempt in range(3):
+        try:
+            shutil.rmtree(path, onerror=_gone_is_fine)  # the marker, and the directory
+            return
+        except OSError as error:
+            # A reuser's record written meanwhile (it then finds the manifest gone and takes it back).
+            if error.errno != errno.ENOTEMPTY or attempt == 2:
+                raise
 
 
 def _gone_is_fine(function: Any, path: str, exc_info: Any) -> None:
@@ -810,6 +828,8 @@ class CacheEntry:
         kept: Made with ``keep=True``: it outlives its creator on purpose.
         last_used: ISO time it was last reused by a later process (None: never), UTC.
         users: The processes that reused it (a kept cache), as far as they were recorded.
+        withdrawn_by: The process removing it, which set its manifest aside (:data:`WITHDRAWN_NAME`)
+            and may yet put it back; None when none.
     """
 
     location: Location
@@ -823,6 +843,7 @@ class CacheEntry:
     kept: bool = False
     last_used: str | None = None
     users: tuple[Owner, ...] = ()
+    withdrawn_by: Owner | None = None
 
     @property
     def in_use(self) -> bool:
@@ -840,6 +861,8 @@ class CacheEntry:
         """
         if self.liveness is not Liveness.GONE or self.state == "unsupported":
             return False
+        if self.withdrawn_by is not None and self.withdrawn_by.liveness() is not Liveness.GONE:
+            return False  # another process is removing it, and may put its manifest back
         return not (self.kept and self.state == "complete")
 
     def idle_since(self) -> datetime.datetime | None:
@@ -938,6 +961,7 @@ def _entry(location: Location, orphan_only: bool = False) -> CacheEntry | None:
         kept=marker.get("keep") is True,
         last_used=used.get("at") if isinstance(used, dict) and isinstance(used.get("at"), str) else None,
         users=tuple(user for user in users if user is not None),
+        withdrawn_by=_withdrawer(location) if state == "partial" else None,
     )
 
 
@@ -1046,10 +1070,53 @@ def find_kept(parent: Location, key: str) -> tuple[CacheEntry, Manifest] | None:
                 location,
             )
             continue
+        if manifest is None:
+            continue
         entry = _entry(location)
-        if manifest is not None and entry is not None:
+        if entry is not None and claim(location, manifest):
             return entry, manifest
     return None
+
+
+def claim(location: Location, manifest: Manifest) -> bool:
+    """Records this process as a reader of a complete cache, then looks again that it is whole; False when not.
+
+    Finding a kept cache complete and recording its reuse were two steps, and ``cache clean
+    --older-than`` in another process could judge the cache unused between them and remove it:
+    the job that found it then failed on its first file. Recorded first, the reuse is seen by a
+    remover that has not yet taken the manifest away, which then leaves the cache (see
+    :func:`_remove_orphan`); and a remover that has taken it away is seen here, by the manifest
+    or a file gone. Either way no reader is handed a cache that is being removed. On False the
+    record is taken back, and the caller converts anew (or refuses a cache opened by path).
+
+    Args:
+        location: The cache directory.
+        manifest: Its manifest as it was found (an equal one must still be there).
+    """
+    mark_used(location)
+    try:
+        now = read_manifest(location)
+    except CorruptManifestError:
+        now = None
+    if now == manifest and not _missing_files(location, manifest):
+        return True
+    log.warning("not reading the cache %s: another process is removing it (`sparkfeed cache clean` or `rm`)", location)
+    _unmark(location)
+    return False
+
+
+def _unmark(location: Location) -> None:
+    """Takes back this process's reuse record of a cache it does not read (best effort).
+
+    Where the cache's marker is gone (removed meanwhile), the last reuse's record goes too:
+    written into an object store's prefix after the removal, the two would stay there alone.
+    """
+    names = [_user_record(Owner.current())]
+    if _read_marker(location) is None:
+        names.append(USED_NAME)
+    for name in names:
+        with contextlib.suppress(OSError, pa.ArrowException):
+            location.filesystem.delete_file(f"{location.path}/{name}")
 
 
 def _missing_files(location: Location, manifest: Manifest) -> list[str]:
@@ -1111,7 +1178,7 @@ def mark_used(location: Location) -> None:
     now = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
     me = Owner.current().to_dict()
     record = json.dumps({"at": now, "by": me}).encode()
-    mine = f"{USER_PREFIX}{hashlib.sha256(json.dumps(me, sort_keys=True).encode()).hexdigest()[:16]}.json"
+    mine = _user_record(Owner.current())
     fs = location.filesystem
     try:
         for name in (USED_NAME, mine):
@@ -1123,6 +1190,11 @@ def mark_used(location: Location) -> None:
                     fs.delete_file(info.path)
     except (OSError, pa.ArrowException) as error:
         log.debug("could not record the reuse of %s: %s", location, error)
+
+
+def _user_record(owner: Owner) -> str:
+    """The name of a process's reuser record (:data:`USER_NAME`): one per process, whatever its pid's reuse."""
+    return f"{USER_PREFIX}{hashlib.sha256(json.dumps(owner.to_dict(), sort_keys=True).encode()).hexdigest()[:16]}.json"
 
 
 def _write_record(location: Location, name: str, data: bytes) -> None:
@@ -1164,12 +1236,20 @@ def remove_orphans(entries: list[CacheEntry]) -> list[CacheEntry]:
 
 
 def _remove_orphan(entry: CacheEntry) -> bool:
+    """Removes one cache :func:`collect` chose, unless a process reused it meanwhile, or is removing it.
+
+    A reuser records itself, then looks again that the manifest is there (:func:`claim`); so
+    this takes the manifest away (set aside, :data:`WITHDRAWN_NAME`), then looks at the reusers
+    a last time, and only then deletes. A reuse recorded before that look is seen, and the
+    manifest is put back; one recorded after it finds no manifest, and converts anew. Looking
+    first and deleting next, as before, let a reuse in between read a cache being removed.
+    """
     now = _entry(entry.location)
-    if now is None or now.token != entry.token:
-        return False  # removed, or no longer this cache, since the listing
+    if now is None or now.token != entry.token or now.state != entry.state:
+        return False  # removed, or no longer this cache (completed, withdrawn by another remover), since the listing
     if now.in_use or not now.orphaned:
         idle = now.kept and now.state == "complete" and now.liveness is Liveness.GONE
-        if now.in_use or not idle or now.last_used != entry.last_used:
+        if now.in_use or not idle or _reused_since(entry, now):
             log.info("not removing the cache %s: it was reused, or changed, since it was chosen", entry.location)
             return False
     nested = _live_nested(entry.location)
@@ -1177,12 +1257,120 @@ def _remove_orphan(entry: CacheEntry) -> bool:
         log.warning("not removing the cache %s: %s", entry.location, nested)
         return False
     try:
+        taken = _withdraw(entry.location)
+        if not _still_unused(entry, taken):
+            return False
         delete_cache(entry.location, entry.token)
-    except (NotOursError, OSError) as error:
+    except (NotOursError, OSError, pa.ArrowException) as error:
         log.warning("could not remove the orphaned cache %s: %s", entry.location, error)
         return False
     log.info("removed the %s cache %s of %s, which is gone", entry.state, entry.location, entry.owner)
     return True
+
+
+def _reused_since(before: CacheEntry, after: CacheEntry) -> bool:
+    """Whether a process recorded a reuse of the cache between two looks (on any host: by the records alone)."""
+    return after.in_use or after.last_used != before.last_used or set(after.users) != set(before.users)
+
+
+def _withdraw(location: Location) -> bytes | None:
+    """Sets a cache's manifest aside and removes it, so that nothing finds the cache complete; its bytes (None: none).
+
+    The copy goes first (:data:`WITHDRAWN_NAME`, with this process and the time), the manifest
+    next: an object store renames by copying, so an interruption between the two leaves both,
+    a complete cache, never a cache without either. Locally the copy is created exclusively, so
+    of two removers at once one goes on and the other leaves the cache to it; an object store
+    has no such write through pyarrow, and there the last to set it aside goes on (see
+    :func:`_still_unused`).
+
+    Raises:
+        PermissionError: Another process that may still run withdrew it first: it is that one's to remove.
+    """
+    fs, path = location.filesystem, f"{location.path}/{MANIFEST_NAME}"
+    try:
+        if location.is_local and not stat.S_ISREG(os.lstat(path).st_mode):
+            return None  # a link or a directory: not a manifest to put back (delete_cache unlinks it)
+        with fs.open_input_stream(path) as stream:
+            data = bytes(stream.read())
+    except (FileNotFoundError, NotADirectoryError):
+        other = _withdrawer(location)
+        if other is not None and other != Owner.current() and other.liveness() is not Liveness.GONE:
+            raise PermissionError(f"{other} is removing it") from None
+        return None
+    now = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+    aside = {"by": Owner.current().to_dict(), "at": now, "manifest": base64.b64encode(data).decode("ascii")}
+    if location.is_local:
+        _create_local(location, WITHDRAWN_NAME, json.dumps(aside).encode())
+    else:
+        _write_record(location, WITHDRAWN_NAME, json.dumps(aside).encode())
+    with contextlib.suppress(FileNotFoundError):  # another remover was first: the copy set aside holds it
+        fs.delete_file(path)
+    return data
+
+
+def _create_local(location: Location, name: str, data: bytes) -> None:
+    """Writes a new small file of a local cache directory whole, or raises PermissionError where one is there.
+
+    A copy of a remover that is gone (it died between setting the manifest aside and removing
+    the cache) is replaced: it holds a manifest that is still there, or the cache is partial.
+    """
+    staging = os.path.join(location.path, f".{name}.{uuid.uuid4().hex}")
+    target = os.path.join(location.path, name)
+    with open(staging, "xb") as handle:
+        handle.write(data)
+    try:
+        for _ in range(2):
+            try:
+                os.link(staging, target)  # refused where the name is taken: one remover wins
+                return
+            except FileExistsError:
+                other = _withdrawer(location)
+                if other is not None and other != Owner.current() and other.liveness() is not Liveness.GONE:
+                    raise PermissionError(f"{other} is removing it") from None
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(target)
+        raise PermissionError("another process is removing it")
+    finally:
+        os.unlink(staging)
+
+
+def _withdrawer(location: Location) -> Owner | None:
+    """The process that set a cache's manifest aside (:func:`_withdraw`); None when none did."""
+    record = _read_json(location, WITHDRAWN_NAME)
+    return Owner.from_dict(record.get("by")) if isinstance(record, dict) else None
+
+
+def _restore(location: Location, data: bytes | None) -> None:
+    """Puts back a manifest :func:`_withdraw` took, then drops the copy set aside.
+
+    Locally it is flushed to the disk, as :func:`write_manifest` does: a manifest lost to a
+    power cut would leave a kept cache incomplete, collected as a leftover.
+    """
+    if data is None:
+        return
+    _write_record(location, MANIFEST_NAME, data)
+    if location.is_local:
+        _fsync(os.path.join(location.path, MANIFEST_NAME))
+        _fsync(location.path)
+    with contextlib.suppress(FileNotFoundError):
+        location.filesystem.delete_file(f"{location.path}/{WITHDRAWN_NAME}")
+
+
+def _still_unused(entry: CacheEntry, taken: bytes | None) -> bool:
+    """The last look, with the manifest withdrawn: True when no process reused the cache since ``entry``.
+
+    Otherwise the manifest is put back, and the cache stays as it was.
+    """
+    again = _entry(entry.location)
+    if taken is not None and _withdrawer(entry.location) != Owner.current():
+        # Another remover set it aside after this one (on an object store): it decides, and puts it back.
+        log.info("not removing the cache %s: another process is removing it", entry.location)
+        return False
+    if again is not None and again.token == entry.token and not _reused_since(entry, again):
+        return True
+    _restore(entry.location, taken)
+    log.info("not removing the cache %s: a process reused it while it was being removed", entry.location)
+    return False
 
 
 def remove(location: Location, *, force: bool = False) -> CacheEntry:
@@ -1224,6 +1412,18 @@ def remove(location: Location, *, force: bool = False) -> CacheEntry:
     nested = None if force else _live_nested(location)
     if nested is not None:
         raise PermissionError(f"not deleting {location}: {nested}; pass force (--force) to delete it anyway")
+    if not force:
+        try:
+            taken = _withdraw(location)
+        except PermissionError as error:
+            raise PermissionError(
+                f"not deleting {location}: {error}; pass force (--force) to delete it anyway"
+            ) from None
+        if not _still_unused(entry, taken):
+            raise PermissionError(
+                f"not deleting {location}: a process reused it just now, and may be reading it; pass force (--force) "
+                "to delete it anyway"
+            )
     delete_cache(location, entry.token, force=force)
     return entry
 

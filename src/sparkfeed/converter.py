@@ -15,10 +15,11 @@ from sparkfeed.cache import (
     CACHE_DIR_CONF,
     PETASTORM_CACHE_DIR_CONF,
     CorruptManifestError,
+    IncompleteCacheError,
     Manifest,
+    claim,
     delete_cache,
     find_kept,
-    mark_used,
     owned_caches,
     read_cache,
     read_manifest,
@@ -400,9 +401,12 @@ def make_spark_converter(
                     f"written with dtype={written!r} and is read as it was written; leave dtype out, or convert the "
                     f"DataFrame again with dtype={options.dtype!r}"
                 )
-            if marker is not None:
-                # `cache clean` (of an orphan, or with --older-than) and `rm` then leave it while this process runs.
-                mark_used(location)
+            if marker is not None and not claim(location, manifest):
+                # Recorded as read, `cache clean` and `rm` leave it while this process runs (unless being removed).
+                raise IncompleteCacheError(
+                    f"sparkfeed cache {location} is being removed (`sparkfeed cache clean` or `rm`, in another "
+                    "process): open a complete cache, or convert the DataFrame again"
+                )
             log.info("opened the sparkfeed cache %s by path: it is read in place and never deleted", location)
             return SparkDatasetConverter(location, manifest)
         done = describe(location, options={"dtype": options.dtype, "source": "path"})
@@ -483,12 +487,11 @@ def _find_kept(identity: DataFrameIdentity, options: MaterializeOptions, parent:
     if key is None:
         log.info("reuse='auto': not looking for a kept cache, since %s; converting in this process", identity.unstable)
         return None
-    found = find_kept(parent, key)
+    found = find_kept(parent, key)  # which records this process as its reader
     if found is None:
         log.info("reuse='auto': no kept cache of this DataFrame under %s; converting", parent)
         return None
     entry, manifest = found
-    mark_used(entry.location)
     log.info(
         "reuse='auto': reusing the cache %s kept by %s (made %s); it is not this process's to delete",
         entry.location,

@@ -53,7 +53,8 @@ def ls_command(directory: str | None, as_json: bool) -> None:
     STATE     complete, partial (being written, or left by an interrupted write), corrupt,
               unsupported (a newer sparkfeed's format: never cleaned, `cache rm URL` removes it)
     CREATOR   running; orphaned (gone: `sparkfeed cache clean` removes it); unknown (another host);
-              kept (made with keep=True, for later processes: `cache clean --older-than` removes it)
+              kept (made with keep=True, for later processes: `cache clean --older-than` removes it);
+              being removed (by `cache clean` or `rm` in another process)
     """  # noqa: D301 - \b keeps click from rewrapping the legend
     parent = _parent(directory)
     entries = scan(parent)
@@ -174,10 +175,13 @@ def _as_dict(entry: CacheEntry) -> dict[str, Any]:
         "orphaned": entry.orphaned,
         "kept": entry.kept,
         "last_used": entry.last_used,
+        "being_removed_by": None if entry.withdrawn_by is None else entry.withdrawn_by.to_dict(),
     }
 
 
 def _liveness(entry: CacheEntry) -> str:
+    if entry.withdrawn_by is not None and not entry.orphaned and entry.liveness is Liveness.GONE:
+        return "being removed"  # by `clean` or `rm` in another process, which may yet put it back
     if entry.kept and entry.state == "complete":
         return "running, kept" if entry.liveness is Liveness.RUNNING else "kept"
     if entry.liveness is Liveness.GONE and not entry.orphaned:
