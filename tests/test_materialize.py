@@ -269,3 +269,19 @@ def test_dataframes_that_differ_only_in_column_names_get_their_own_caches(spark)
         spark.conf.unset("spark.sql.caseSensitive")
     assert upper.cache_dir_url != first.cache_dir_url and list(_read(upper)) == ["id", "A", "b"]
     assert make_spark_converter(frame("a", "b")).cache_dir_url == first.cache_dir_url  # the same DataFrame: reused
+
+
+def test_a_seeded_sample_is_never_reused_across_processes_since_its_rows_follow_the_split(spark, tmp_path) -> None:
+    # The same files and seed keep other rows where Spark splits the files otherwise (a cluster of
+    # other cores, another maxPartitionBytes: execution settings the stable key leaves out).
+    spark.range(20000).coalesce(1).write.parquet(str(tmp_path / "src"))
+
+    def sample():
+        return spark.read.parquet(str(tmp_path / "src")).sample(fraction=0.1, seed=3)
+
+    whole = sorted(row.id for row in sample().collect())
+    with _session_conf(spark, {"spark.sql.files.maxPartitionBytes": "20000"}):
+        assert sample().rdd.getNumPartitions() > 1
+        assert sorted(row.id for row in sample().collect()) != whole
+    identity = identify(sample(), stable=True)
+    assert identity.stable is None and "Sample (df.sample, randomSplit, TABLESAMPLE)" in identity.unstable

@@ -132,7 +132,8 @@ def identify(df: DataFrame, *, stable: bool = False) -> DataFrameIdentity:
             the source files by name, size and modification time. DataFrames whose rows the plan
             does not determine get none: local data and RDDs (their rows are not in the plan),
             user functions (their code is not in the plan), non-deterministic expressions
-            (``rand``, ``uuid``, ...: other rows every time), streams, sources whose size or
+            (``rand``, ``uuid``, ...: other rows every time), samples (seeded too: their rows
+            depend on how Spark splits the input), streams, sources whose size or
             modification time cannot be read, and any DataFrame under Spark Connect, whose plan
             cannot be inspected from the client.
     """
@@ -157,6 +158,12 @@ _CLOCK_OR_SESSION = ("Now", "LocalTimestamp", "SparkVersion")
 """Deterministic expressions whose value is the time, the session or the Spark build, not the plan
 (with every class named ``Current...``: ``current_timestamp``, ``current_date``, ``current_user``,
 ``current_database``, ...): the same plan gives other rows tomorrow, or in another session."""
+
+_SPLIT_DEPENDENT = ("Sample",)
+"""Plan nodes whose rows depend on how the input is split into partitions: a sample draws each
+partition's rows from its seed and the partition's index, so a seeded ``df.sample`` of the same
+files keeps other rows where Spark splits them otherwise (a cluster of other cores, another
+``maxPartitionBytes``), which the key leaves out as execution settings."""
 
 _FILE_RELATIONS = ("org.apache.spark.sql.execution.datasources.HadoopFsRelation",)
 """The relations of ``LogicalRelation`` leaves whose rows are their files, which the key fingerprints."""
@@ -238,6 +245,14 @@ def _stable_digest(analyzed: Any, df: DataFrame, sources: tuple[Any, ...]) -> tu
         return (
             None,
             f"its plan holds {', '.join(clock)}: the time, the session or Spark's version, not rows of the plan",
+        )
+    sampled = sorted(c for c in classes if c in _SPLIT_DEPENDENT)
+    if sampled:
+        return (
+            None,
+            f"its plan holds {', '.join(sampled)} (df.sample, randomSplit, TABLESAMPLE), whose rows depend on how "
+            "Spark splits the input into partitions (by cores and spark.sql.files.maxPartitionBytes), not only on "
+            "its seed",
         )
     unknown = [url for url, size, mtime in sources if size is None or mtime is None]
     if unknown:
