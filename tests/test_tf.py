@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import datetime
+import gc
 import itertools
 import pickle
 import sys
 import threading
 import traceback
 import warnings
+import weakref
 
 import numpy as np
 import pyarrow as pa
@@ -126,6 +128,28 @@ def test_leaving_the_context_stops_the_threads_of_a_partly_read_dataset(regressi
             break
         threading.Event().wait(0.1)
     assert not _reader_threads()
+
+
+def test_a_dataset_made_and_dropped_leaves_neither_its_context_nor_its_reader_behind(regression) -> None:
+    """TensorFlow keeps from_generator's callable for good: it must not hold the reader or the transform's closure."""
+    made = []
+    for stop in (None, 3, 0):  # exhausted, left mid-epoch, never iterated
+        context = regression.make_tf_dataset(batch_size=500, num_epochs=1)
+        made.append((weakref.ref(context), weakref.ref(context._reader)))
+        with context as dataset:
+            for step, _ in enumerate(dataset):
+                if step == stop:
+                    break
+        del context, dataset
+    gc.collect()
+    assert [(ctx(), reader()) for ctx, reader in made] == [(None, None)] * 3
+
+
+def test_a_dataset_outlives_its_context_object_while_it_is_used(regression) -> None:
+    """The dataset itself holds what its generator reads, however the context was dropped."""
+    dataset = regression.make_tf_dataset(batch_size=500, num_epochs=1).__enter__()
+    gc.collect()
+    assert sum(len(row.y) for row in dataset) == 3000
 
 
 def test_ragged_columns_are_refused_with_advice(spark) -> None:

@@ -394,3 +394,54 @@ def test_a_cancelled_error_raised_by_the_work_reaches_the_consumer_instead_of_en
     assert seen == [0, 1, 2, 3, 4]
     assert error.value.__notes__ == [f"sparkfeed: raised in {NOTE_WHERE[pool_type]} while reading item #5"]
     assert _no_workers_left()
+
+
+def _waits_for(thread: threading.Thread, function: str) -> bool:
+    """Whether ``thread`` is inside ``function`` now (a frame of it is on the thread's stack)."""
+    frame = sys._current_frames().get(thread.ident or 0)
+    while frame is not None:
+        if frame.f_code.co_name == function:
+            return True
+        frame = frame.f_back
+    return False
+
+
+@pytest.mark.parametrize("pool_type", ["thread", "process"])
+def test_ctrl_c_while_waiting_for_a_worker_is_not_labelled_a_worker_error_and_stops_the_workers(pool_type) -> None:
+    """The KeyboardInterrupt is the consumer's own: no note sends the user to a row group, and the workers stop."""
+    slow = threading.Event()  # not a process's: terminating a worker that waits on one would break it
+
+    def work(x: int) -> int:
+        if x == 0:  # item 0 keeps the consumer waiting until Ctrl-C has arrived
+            if pool_type == "process":
+                time.sleep(30)  # the worker process is terminated in the middle of it
+            slow.wait(10)
+        return x
+
+    main, seen = threading.current_thread(), []
+
+    def press_ctrl_c() -> None:
+        deadline = time.monotonic() + 10
+        while not _waits_for(main, "result") and time.monotonic() < deadline:
+            time.sleep(0.01)
+        seen.append(_waits_for(main, "result"))
+        os.kill(os.getpid(), signal.SIGINT)
+        while _waits_for(main, "result") and time.monotonic() < deadline:
+            time.sleep(0.01)  # item 0 ends only once the interrupt has left the wait
+        slow.set()
+
+    pool = OrderedPool(work, workers=2, prefetch=4, describe=lambda x: f"item #{x}", pool_type=pool_type)
+    presser = threading.Thread(target=press_ctrl_c)
+    presser.start()
+    try:
+        with pytest.raises(KeyboardInterrupt) as error:
+            next(pool.imap(range(100)))
+    finally:
+        slow.set()
+        presser.join(20)
+    assert seen == [True]  # the interrupt arrived while the consumer waited in Future.result()
+    assert not getattr(error.value, "__notes__", [])
+    deadline = time.monotonic() + 10
+    while not _no_workers_left() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert _no_workers_left()

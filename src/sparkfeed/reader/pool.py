@@ -187,6 +187,16 @@ class _Stalls:
         self._count, self._logged_at = 0, now
 
 
+def _raised_by(future: Future[Any], error: BaseException) -> bool:
+    """Whether ``future.result()`` raised ``error`` because the work raised it (not because the wait was interrupted).
+
+    A KeyboardInterrupt reaches the consumer while it waits for a worker's result: labelled
+    "raised in a reader thread while reading <row group>" it would send the user looking for a
+    fault in their data or transform, when they pressed Ctrl-C.
+    """
+    return future.done() and not future.cancelled() and future.exception() is error
+
+
 _END: Any = object()
 """What ``next(items, _END)`` gives once the items are done."""
 
@@ -337,6 +347,10 @@ class OrderedPool(Generic[T, R]):
                         # Shut down from another thread, which cancelled the futures and, with
                         # processes, terminated the workers: the pool then breaks on purpose.
                         return
+                    if not _raised_by(future, error):
+                        # The wait itself was interrupted (Ctrl-C's KeyboardInterrupt, a signal
+                        # handler's exception) in the consumer's thread: no worker raised it.
+                        raise
                     where = "thread" if self._pool_type == "thread" else "process"
                     error.add_note(f"sparkfeed: raised in a reader {where} while reading {self._describe(item)}")
                     raise
