@@ -242,6 +242,57 @@ def test_jax_types(all_types, expected, x64: bool) -> None:
             np.testing.assert_array_equal(np.asarray(column)[order], _expected_numbers(expected, name), err_msg=name)
 
 
+def test_values_at_the_edges_of_their_types_reach_every_loader_as_collect_gives_them(spark) -> None:
+    # Day 1 and 9999-12-31 (beyond pandas' nanosecond range), -0.0 and NaN (equal to 0.0 and to
+    # nothing), int64's ends, a 38-digit decimal: what a cast or a view could lose in silence.
+    import sparkfeed.jax
+
+    df = spark.sql(
+        "SELECT id, IF(id = 0, DATE'0001-01-01', DATE'9999-12-31') AS day,"
+        " IF(id = 0, TIMESTAMP'0001-01-01 00:00:00', TIMESTAMP'9999-12-31 23:59:59.999999') AS ts,"
+        " IF(id = 0, TIMESTAMP_NTZ'0001-01-01 00:00:00', TIMESTAMP_NTZ'9999-12-31 23:59:59.999999') AS ntz,"
+        " IF(id = 0, -0.0D, double('NaN')) AS d, IF(id = 0, float('-0.0'), float('NaN')) AS f,"
+        " IF(id = 0, -9223372036854775808L, 9223372036854775807L) AS lo, CAST(IF(id = 0, -128, 127) AS TINYINT) AS i8,"
+        " IF(id = 0, CAST('-99999999999999999999999999999999999999' AS DECIMAL(38, 0)), 0.5BD) AS dec, id = 0 AS flag"
+        " FROM range(2)"
+    )
+    rows = df.drop("ts", "ntz").orderBy("id").collect()  # pyspark cannot collect year 1 as a local time
+    micros = df.orderBy("id").selectExpr("unix_micros(ts)", "unix_micros(CAST(ntz AS TIMESTAMP))").collect()
+    want = {
+        "day": np.array([(row.day - datetime.date(1970, 1, 1)).days for row in rows]),
+        "ts": np.array([m[0] for m in micros]),
+        "ntz": np.array([m[1] for m in micros]),  # the session is in UTC
+        "d": np.array([row.d for row in rows], np.float32),
+        "f": np.array([row.f for row in rows], np.float32),
+        "lo": np.array([row.lo for row in rows]),
+        "i8": np.array([row.i8 for row in rows], np.int8),
+        "dec": np.array([float(row.dec) for row in rows], np.float32),
+        "flag": np.array([row.flag for row in rows]),
+    }
+    assert want["day"].tolist() == [-719162, 2932896] and want["lo"].tolist() == [-(2**63), 2**63 - 1]
+    converter = make_spark_converter(df)
+
+    def numbers(column) -> np.ndarray:  # NumPy's and JAX's dates (days) and times (microseconds) as torch's and TF's
+        values = np.asarray(column)
+        return values.astype(np.int64) if values.dtype.kind == "M" else values
+
+    batches = {}
+    with converter.make_numpy_iterator(batch_size=2, num_epochs=1, shuffle_row_groups=False) as loader:
+        batches["numpy"] = by_id(concat(loader))
+    with converter.make_torch_dataloader(batch_size=2, num_epochs=1, shuffle_row_groups=False) as loader:
+        batches["torch"] = by_id({name: tensor.numpy() for name, tensor in next(iter(loader)).items()})
+    with converter.make_tf_dataset(batch_size=2, num_epochs=1, shuffle_row_groups=False) as dataset:
+        batches["tf"] = by_id({name: tensor.numpy() for name, tensor in next(iter(dataset))._asdict().items()})
+    with sparkfeed.jax._x64_scope(True):
+        with converter.make_jax_iterator(batch_size=2, num_epochs=1, shuffle_row_groups=False) as loader:
+            batches["jax"] = by_id({name: np.asarray(v) for name, v in next(iter(loader)).items()})
+    for framework, batch in batches.items():
+        for name, values in want.items():
+            have = numbers(batch[name])
+            np.testing.assert_array_equal(have, values, err_msg=f"{framework} {name}")
+            assert np.signbit(have[0]) == np.signbit(values[0]), (framework, name)  # -0.0 stays negative
+
+
 def test_struct_and_map_columns_are_refused_with_column_type_and_advice(spark) -> None:
     df = spark.range(2).select(
         F.struct(F.col("id").alias("a")).alias("point"),
