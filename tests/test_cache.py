@@ -8,6 +8,7 @@ import logging
 import os
 import re
 import shutil
+import socket
 import stat
 import subprocess
 import sys
@@ -50,7 +51,7 @@ from sparkfeed.cache import (
     write_manifest,
 )
 from sparkfeed.location import Location
-from sparkfeed.owner import Liveness, Owner
+from sparkfeed.owner import Liveness, Owner, _boot_id, _pid_namespace, start_time
 
 from helpers import by_id, concat
 
@@ -1001,3 +1002,27 @@ def test_delete_leaves_a_cache_that_holds_a_running_processs_cache(spark, tmp_pa
         assert creator.wait(60) == 0
     converter.delete()  # its creator gone, the inner cache goes with the outer one
     assert not outer.exists()
+
+
+def test_one_remover_at_a_time_sets_a_local_cache_aside_and_one_that_died_is_taken_over(tmp_path) -> None:
+    # Two `clean`s (or a clean and an rm) at once must not both decide: the second one would put
+    # back a manifest the first is deleting the files of. A remover that died is not waited for.
+    from sparkfeed.cache import WITHDRAWN_NAME, _withdraw, _withdrawer, _write_record
+
+    made = _made_by_a_process_that_ended(tmp_path, keep=True)
+    location = Location.parse(str(made))
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        owner = Owner(socket.gethostname(), other.pid, start_time(other.pid), None, _boot_id(), _pid_namespace())
+        assert owner.liveness() is Liveness.RUNNING
+        aside = {"by": owner.to_dict(), "at": "2026-01-01T00:00:00+00:00", "manifest": ""}
+        _write_record(location, WITHDRAWN_NAME, json.dumps(aside).encode())  # set aside, manifest not yet removed
+        with pytest.raises(PermissionError, match=f"pid {other.pid} is removing it"):
+            _withdraw(location)
+        assert (made / MANIFEST_NAME).exists() and _withdrawer(location) == owner
+    finally:
+        other.kill()
+        other.wait()
+    manifest = (made / MANIFEST_NAME).read_bytes()
+    assert _withdraw(location) == manifest  # its remover is gone: this one takes it over
+    assert not (made / MANIFEST_NAME).exists() and _withdrawer(location) == Owner.current()

@@ -1029,7 +1029,9 @@ def find_kept(parent: Location, key: str) -> tuple[CacheEntry, Manifest] | None:
 
     ``key`` is :func:`sparkfeed.materialize.reuse_key`: the same DataFrame plan, source files and
     options. Only the markers are read, and the manifest of a match. A kept cache that is not
-    complete (its creator died while writing it) is not one.
+    complete (its creator died while writing it) is not one. The one returned has this process
+    recorded as its reader (:func:`claim`), so ``cache clean`` and ``rm`` leave it while this
+    process runs; one that another process is removing is passed over.
     """
     try:
         children = parent.filesystem.get_file_info(pafs.FileSelector(parent.path, allow_not_found=True))
@@ -1359,13 +1361,21 @@ def _restore(location: Location, data: bytes | None) -> None:
 def _still_unused(entry: CacheEntry, taken: bytes | None) -> bool:
     """The last look, with the manifest withdrawn: True when no process reused the cache since ``entry``.
 
-    Otherwise the manifest is put back, and the cache stays as it was.
+    Otherwise the manifest is put back, and the cache stays as it was; also when the look fails
+    (a store's error, Ctrl-C), since nothing was deleted yet: left without its manifest, a kept
+    cache would be collected as a leftover once this process is gone, under any job reading it.
     """
-    again = _entry(entry.location)
-    if taken is not None and _withdrawer(entry.location) != Owner.current():
-        # Another remover set it aside after this one (on an object store): it decides, and puts it back.
-        log.info("not removing the cache %s: another process is removing it", entry.location)
-        return False
+    try:
+        again = _entry(entry.location)
+        if taken is not None and _withdrawer(entry.location) != Owner.current():
+            # Another remover set it aside after this one (on an object store): it decides, and puts it back.
+            log.info("not removing the cache %s: another process is removing it", entry.location)
+            return False
+    except BaseException:
+        if taken is not None:
+            with contextlib.suppress(Exception):
+                _restore(entry.location, taken)
+        raise
     if again is not None and again.token == entry.token and not _reused_since(entry, again):
         return True
     _restore(entry.location, taken)
