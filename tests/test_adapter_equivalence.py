@@ -31,7 +31,8 @@ from pyspark.sql import SparkSession
 
 import sparkfeed.jax
 import sparkfeed.tf
-from sparkfeed import Sequence, SparkDatasetConverter, make_spark_converter
+from sparkfeed import Sequence, SparkDatasetConverter, TransformSpec, make_spark_converter
+from sparkfeed.transform import edit_field
 
 pytestmark = [
     pytest.mark.slow,
@@ -135,8 +136,17 @@ def _all_batches(converter: SparkDatasetConverter, framework: str, options: dict
     if framework == "tf":
         return _tf_batches(converter, options)
     with _make(converter, framework, options) as loader:
-        count = len(loader)
+        count = _len(loader)
         return list(loader), count
+
+
+def _len(loader: Any) -> int | None:
+    """``len(loader)``; None where it has none (a transform under bucketed or packed sequences: asserted by callers)."""
+    try:
+        return len(loader)
+    except TypeError as error:
+        assert "has no len()" in str(error), error
+        return None
 
 
 # ------------------------------------------------------------------------------------------- the oracle
@@ -262,33 +272,64 @@ def reader_options(draw: st.DrawFn, columns: list[str]) -> dict[str, Any]:
     return options
 
 
+def _scaled(frame: pd.DataFrame) -> pd.DataFrame:
+    """A transform that edits the sequences' values, cell by cell as pandas does arithmetic on object cells.
+
+    ``tok`` (int32) times -3 stays int32; ``pairs`` (array<array<float>>: each cell an object array
+    of float32 inner arrays) times 0.5 stays rows of float32 pairs, stacked per row by ``sequence=``.
+    """
+    edited = {name: frame[name] * factor for name, factor in (("tok", -3), ("pairs", 0.5)) if name in frame}
+    return frame.assign(**edited)
+
+
+def _shortened(frame: pd.DataFrame) -> pd.DataFrame:
+    """A transform that drops each sequence row's last value: lengths differ from the cache's statistics."""
+    return frame.assign(**{name: [cell[:-1] for cell in frame[name]] for name in ("tok", "pairs") if name in frame})
+
+
+SEQUENCE_CASTS = {"tok": edit_field("tok", np.int64, (None,)), "pairs": edit_field("pairs", np.float64, (None, 2))}
+"""``edit_fields`` that widen the sequence columns a transform hands back (JAX without x64 narrows them back)."""
+
+
 @st.composite
 def sequence_options(draw: st.DrawFn) -> dict[str, Any]:
-    """Random ``sequence=`` of the tokens dataset: pad, bucket, pack or ragged, with their settings."""
+    """Random ``sequence=`` of the tokens dataset: pad, bucket, pack or ragged, with their settings and transforms.
+
+    A transform may change any row's length, so the cache's longest row says nothing certain:
+    bucketing then needs its bounds given (``buckets`` or ``max_length``; without either, every
+    loader refuses alike).
+    """
     options = draw(reader_options(["id", "label"]))
-    options.pop("transform_fn", None)  # a transform's nested arrays reach sequence= as objects: refused alike
+    options.pop("transform_fn", None)  # drawn below, with transforms of the sequences' own
+    transform = draw(st.sampled_from([None, _reversed, _thinned, _scaled, _shortened]))
     options["batch_size"] = draw(st.integers(1, 24))
     mode = draw(st.sampled_from(["pad", "bucket", "pack", "ragged"]))
+    key = draw(st.sampled_from(["tok", "pairs"]), "key")  # int32 tokens or array<array<float>> pairs: (L, 2) per row
     if mode == "pack":
-        options["schema_fields"] = ["tok"]
+        options["schema_fields"] = [key]
         seq_len = draw(st.sampled_from([8, 20, 64]))
-        # a row must fit in one batch's packed rows (the longest is 40 values): else truncated to fit
+        # a row must fit in one batch's packed rows (tok's longest is 40 values, pairs' 5): else truncated to fit
         longest = draw(st.integers(1, seq_len)) if options["batch_size"] * seq_len < 40 else None
-        options["sequence"] = {"tok": Sequence("pack", max_length=longest, seq_len=seq_len)}
-        return options
-    max_length = draw(st.none() | st.integers(1, 12))
-    if mode == "pad":
-        multiple = draw(st.none() | st.integers(1, 8))
-        tok = Sequence("pad", max_length, multiple, draw(st.integers(-2, 2)), draw(st.booleans()))
-    elif mode == "bucket":
-        buckets = draw(st.none() | st.sampled_from([(2, 4, 64), (1, 8, 16, 32, 64)]))
-        tok = Sequence("bucket", mask=draw(st.booleans()), buckets=buckets)
+        options["sequence"] = {key: Sequence("pack", max_length=longest, seq_len=seq_len)}
     else:
-        tok = Sequence("ragged")
-    options["sequence"] = {"tok": tok}
-    if mode != "bucket" and draw(st.booleans()):  # a second column of its own mode
-        options["sequence"]["pairs"] = Sequence("pad", mask=draw(st.booleans()))
-    options["schema_fields"] = ["id", *options["sequence"], "label"]
+        max_length = draw(st.none() | st.integers(1, 12))
+        if mode == "pad":
+            multiple = draw(st.none() | st.integers(1, 8))
+            first = Sequence("pad", max_length, multiple, draw(st.integers(-2, 2)), draw(st.booleans()))
+        elif mode == "bucket":
+            buckets = draw(st.none() | st.sampled_from([(2, 4, 64), (1, 8, 16, 32, 64), (40,)]))
+            limit = draw(st.none() | st.integers(1, 40)) if transform is None or buckets is not None else max_length
+            first = Sequence("bucket", max_length=limit, mask=draw(st.booleans()), buckets=buckets)
+        else:
+            first = Sequence("ragged")
+        options["sequence"] = {key: first}
+        if draw(st.booleans()):  # the other column, padded or ragged
+            other = Sequence("pad", mask=draw(st.booleans())) if draw(st.booleans()) else Sequence("ragged")
+            options["sequence"][next(c for c in ("tok", "pairs") if c != key)] = other
+        options["schema_fields"] = ["id", *options["sequence"], "label"]
+    if transform is not None:
+        casts = [SEQUENCE_CASTS[name] for name in options["sequence"] if draw(st.booleans())]
+        options["transform_spec"] = TransformSpec(transform, edit_fields=casts)
     return options
 
 
@@ -395,26 +436,52 @@ def _assert_same_sequences(want: list[Batch], got: list[Batch], framework: str, 
         _assert_batch(w, g, framework, False, f"tf batch {index}")
 
 
+def _assert_sequence_count(count: int | None, batches: int, options: dict[str, Any]) -> None:
+    """``len()`` counts the batches; under a transform bucketed or packed ones have none, thinned rows a bound."""
+    transform = options.get("transform_spec")
+    if transform is not None and {seq.mode for seq in options["sequence"].values()} & {"bucket", "pack"}:
+        assert count is None, f"len {count} under a transform with bucket or pack"
+    elif transform is not None and transform.func is _thinned:
+        assert count is not None and count >= batches, f"len {count} < {batches} batches"
+    else:
+        assert count == batches, f"len {count} != {batches} batches"
+
+
+def _bounds_unknown(options: dict[str, Any]) -> bool:
+    """Whether a transform leaves a bucketed column without bounds: neither ``buckets`` nor ``max_length``."""
+    return "transform_spec" in options and any(
+        seq.mode == "bucket" and seq.buckets is None and seq.max_length is None for seq in options["sequence"].values()
+    )
+
+
 @settings(max_examples=EXAMPLES)
 @given(data=st.data())
 def test_sequences_reach_every_framework_as_numpy_batches_them(tokens, data) -> None:
     """Padded, bucketed, packed and ragged batches: the same values, lengths, masks and ids in every framework."""
     options = data.draw(sequence_options(), "options")
+    if _bounds_unknown(options):
+        for framework in ("np", *FRAMEWORKS):  # the cache's lengths bound no transform's rows: bounds needed
+            with pytest.raises(ValueError, match=r"column '(tok|pairs)' .*longest row is unknown: give the bucket"):
+                _all_batches(tokens, framework, options) if framework == "tf" else _make(tokens, framework, options)
+        return
     with tokens.make_numpy_iterator(**options) as loader:
-        count = len(loader)
+        count = _len(loader)
         want = list(loader)
-    assert count == len(want)
+    _assert_sequence_count(count, len(want), options)
     with _adapter_paths(data, options["batch_size"]):
         for framework in FRAMEWORKS:
             got, got_count = _all_batches(tokens, framework, options)
             _assert_same_sequences(want, got, framework, options)
-            assert got_count == count, f"{framework}: len {got_count}, NumPy's {count}"
+            if framework == "tf" and "transform_spec" in options:  # a transform may change the count: TF says unknown
+                assert got_count == tf.data.UNKNOWN_CARDINALITY
+            else:
+                assert got_count == count, f"{framework}: len {got_count}, NumPy's {count}"
 
 
 @settings(max_examples=max(3, EXAMPLES // 2))
 @given(data=st.data())
 def test_a_state_saved_mid_sequence_epoch_resumes_in_another_framework(tokens, data) -> None:
-    options = data.draw(sequence_options(), "options")
+    options = data.draw(sequence_options().filter(lambda o: not _bounds_unknown(o)), "options")
     with tokens.make_numpy_iterator(**options) as loader:
         want = list(loader)
     stop = data.draw(st.integers(0, len(want)), "stop after")
@@ -424,8 +491,9 @@ def test_a_state_saved_mid_sequence_epoch_resumes_in_another_framework(tokens, d
         state = json.loads(json.dumps(loader.state_dict()))
     with _make(tokens, then, options) as loader:
         loader.load_state_dict(state)
-        assert len(loader) == len(want) - stop
+        count = _len(loader)
         rest = list(loader)
+    _assert_sequence_count(count, len(want) - stop, options)
     _assert_same_batches(want[:stop], got, first)
     _assert_same_batches(want[stop:], rest, then)
 
