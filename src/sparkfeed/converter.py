@@ -352,7 +352,7 @@ def make_spark_converter(
             its cache back. ``"auto"``: also a cache kept by an earlier process (``keep=True``)
             under the same parent, for the same plan, source files (by name, size and
             modification time) and options; DataFrames whose rows the plan does not determine
-            (local data, RDDs, user functions, non-deterministic expressions, streams, Spark
+            (local data, RDDs, user functions, non-deterministic expressions, samples, Spark
             Connect) are never reused across processes (the log says why).
         keep: Keep the cache when this process ends, for later processes' ``reuse="auto"`` (or
             to open by its URL). ``delete()`` still removes it, and ``sparkfeed cache clean
@@ -364,7 +364,9 @@ def make_spark_converter(
     Raises:
         UnsupportedTypeError: A column has no tensor representation; the message names it,
             its type and what to do.
-        ValueError: A parameter is out of range, or cannot apply to a dataset opened by path.
+        ValueError: A parameter is out of range, or cannot apply to a dataset opened by path;
+            the DataFrame has no columns, two of one name, or is a stream.
+        RuntimeError: The DataFrame's Spark session was stopped.
         IncompleteCacheError: ``df`` is the path of a sparkfeed cache still being written, or
             whose write was cut short.
     """
