@@ -6,6 +6,7 @@ import datetime
 import decimal
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -22,7 +23,7 @@ from pyspark.sql import types as T
 
 from sparkfeed import NullValueError, UnsupportedTypeError, make_spark_converter
 from sparkfeed.materialize import _session_conf
-from sparkfeed.types import array_view, cast_column, column_specs, framework_view
+from sparkfeed.types import ColumnSpec, array_view, cast_column, column_specs, framework_view, to_numpy
 
 from helpers import by_id, concat
 
@@ -142,6 +143,43 @@ def test_variable_length_arrays_are_object_arrays_of_arrays(all_types, expected)
     assert got["ragged"].dtype == object
     assert [list(v) for v in got["ragged"]] == expected["ragged"]
     assert [list(v) for v in got["words"]] == expected["words"]
+
+
+def test_varying_arrays_of_fixed_arrays_are_one_array_a_row(spark) -> None:
+    """Points of 3 floats, a varying count a row: one (count, 3) array a row, in NumPy, torch and a transform."""
+    import torch
+
+    rows = [(i, None if i == 4 else [[float(i), float(j), -1.0] for j in range(i % 4)]) for i in range(24)]
+    df = spark.createDataFrame(rows, "id long, pts array<array<float>>")
+    expected = {i: pts for i, pts in rows}
+    converter = make_spark_converter(df)
+    given = []
+
+    def look(frame: pd.DataFrame) -> pd.DataFrame:
+        given.extend(frame["pts"])
+        return frame
+
+    for transform in (None, look):
+        got = _read(converter, transform_fn=transform)
+        for i, cell in zip(got["id"].tolist(), got["pts"], strict=True):
+            if expected[i] is None:
+                assert cell is None
+                continue
+            assert cell.dtype == np.float32 and cell.shape == (i % 4, 3), (i, cell)
+            np.testing.assert_array_equal(cell, np.array(expected[i], dtype=np.float32).reshape(-1, 3))
+    assert len(given) == 24 and all(c is None or (c.dtype == np.float32 and c.shape[1:] == (3,)) for c in given)
+    with converter.make_torch_dataloader(batch_size=24, num_epochs=1) as loader:
+        (batch,) = list(loader)
+    for i, cell in zip(batch["id"].tolist(), batch["pts"], strict=True):
+        assert cell is None if expected[i] is None else torch.equal(cell, torch.tensor(expected[i]).reshape(-1, 3))
+
+
+def test_arrays_of_fixed_arrays_that_disagree_with_the_manifest_are_refused() -> None:
+    spec = ColumnSpec("pts", pa.list_(pa.list_(pa.float32())), "ragged", inner=(3,))
+    good = pa.array([[[1.0, 2.0, 3.0]], [], None], spec.arrow_type)
+    assert [None if c is None else c.shape for c in to_numpy(spec, good)] == [(1, 3), (0, 3), None]
+    with pytest.raises(ValueError, match=r"'pts' holds inner arrays of 2 to 3 values where the cache's manifest"):
+        to_numpy(spec, pa.array([[[1.0, 2.0, 3.0], [4.0, 5.0]]], spec.arrow_type))
 
 
 def test_dtype_float64_and_none(all_types, expected) -> None:

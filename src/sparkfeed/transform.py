@@ -355,7 +355,9 @@ def transform_frame(
     a null stays NA, apart from a float's NaN value; dates and timestamps show a null as NaT.
     A fixed-shape array of two or more dimensions arrives as one N-d array per cell, as it
     would batch: ``to_pandas`` would make each cell an object array of row arrays, which
-    the transform's output could no longer stack into a tensor.
+    the transform's output could no longer stack into a tensor. So does a row of an array of
+    fixed-shape arrays whose count varies (:attr:`ColumnSpec.inner`), ``(length, *inner)``,
+    unless nulls inside it need ``to_pandas``'s NaN and None to show.
 
     Args:
         table: The piece.
@@ -386,6 +388,8 @@ def transform_frame(
                 apart[name] = nullable
         elif held is not None and spec.kind in ("tensor", "ragged") and is_list_type(column.type):
             arrays.append(name)
+        if spec.inner and not _nulls_below(column):  # a row as the loader gives it: one (length, *inner) array
+            apart[name] = to_numpy(spec, column)
     frame: pd.DataFrame = table.drop_columns(list(apart)).to_pandas(
         date_as_object=False, coerce_temporal_nanoseconds=False
     )
