@@ -3,6 +3,7 @@ and what a killed reader leaves is swept."""
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import socket
@@ -43,6 +44,28 @@ def test_every_kind_of_column_round_trips_in_order_and_writable() -> None:
     finally:
         exchange.close()
     assert not os.path.exists(exchange.directory)
+
+
+def test_loaded_chunks_hold_no_file_descriptor_and_are_unmapped_once_dropped() -> None:
+    """A loop that keeps its batches keeps their chunks mapped: not a descriptor each (1024 is the usual limit)."""
+    exchange = Exchange()
+
+    def mapped() -> int:
+        with open("/proc/self/maps") as maps:
+            return sum(exchange.directory in line for line in maps)
+
+    try:
+        before = len(os.listdir("/proc/self/fd"))
+        kept = [exchange.load(exchange.export({"x": np.full(1000, n, dtype=np.int64)})) for n in range(64)]
+        assert len(os.listdir("/proc/self/fd")) <= before + 2
+        assert mapped() == 64
+        kept[5]["x"][0] = -1  # copy-on-write, as ever
+        assert [int(chunk["x"][1]) for chunk in kept] == list(range(64)) and kept[5]["x"][0] == -1
+        del kept
+        gc.collect()
+        assert mapped() == 0  # each mapping goes with the last array cut from it
+    finally:
+        exchange.close()
 
 
 def test_close_removes_chunks_never_loaded() -> None:

@@ -19,7 +19,9 @@ directory is left alone. RAM given to files in ``/dev/shm`` is not freed until t
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
+import functools
 import logging
 import mmap
 import os
@@ -27,6 +29,7 @@ import re
 import shutil
 import socket
 import stat
+import sys
 import tempfile
 import threading
 import weakref
@@ -109,6 +112,51 @@ def sweep(root: str | None = None, *, dry_run: bool = False) -> list[str]:
     return removed
 
 
+def map_copy(fd: int) -> Any:
+    """The whole of an open file mapped copy-on-write, without holding a file descriptor.
+
+    ``mmap.mmap`` keeps a duplicate of the file's descriptor for as long as the mapping lives,
+    and a chunk's mapping lives as long as any batch cut from it: a loop that keeps its batches
+    (an evaluation's outputs, a list of an epoch) held one descriptor per chunk, and a few
+    thousand chunks hit the usual limit of 1024 ("Too many open files") though nothing leaked.
+    Python 3.13 maps without one (``trackfd=False``); before it, POSIX's ``mmap`` is called
+    through ctypes, the mapping unmapped once nothing refers to its buffer any more. Elsewhere
+    (Windows) the mapping keeps its descriptor, as before.
+
+    Returns:
+        A writable buffer: writes stay in this process, never reaching the file.
+    """
+    size = os.fstat(fd).st_size
+    if sys.version_info >= (3, 13):
+        return mmap.mmap(fd, size, access=mmap.ACCESS_COPY, trackfd=False)
+    libc = _libc()
+    if libc is None:
+        return mmap.mmap(fd, size, access=mmap.ACCESS_COPY)
+    address = libc.mmap(None, size, mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_PRIVATE, fd, 0)
+    if address is None or address == ctypes.c_void_p(-1).value:
+        error = ctypes.get_errno()
+        raise OSError(error, f"mmap of {size} bytes failed: {os.strerror(error)}")
+    buffer = (ctypes.c_char * size).from_address(address)
+    weakref.finalize(buffer, libc.munmap, address, size)
+    return buffer
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL | None:
+    """The C library's ``mmap`` and ``munmap``, typed; None where there are none (not POSIX)."""
+    if os.name != "posix" or not hasattr(mmap, "MAP_PRIVATE"):
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.mmap.restype = ctypes.c_void_p
+        libc.mmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long)
+        libc.munmap.restype = ctypes.c_int
+        libc.munmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t)
+    except (OSError, AttributeError):
+        return None
+    return libc
+
+
 _open: weakref.WeakSet[Exchange] = weakref.WeakSet()
 _open_lock = threading.Lock()
 _cleanup_in: int | None = None  # the pid whose exit removes the open exchanges
@@ -174,7 +222,7 @@ class Exchange:
         arrays: dict[str, Any] = dict(shared.inline)
         if shared.path is not None:
             with open(shared.path, "rb") as handle:
-                buffer = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_COPY)
+                buffer = map_copy(handle.fileno())
             os.unlink(shared.path)
             parts: dict[str, np.ndarray] = {}
             for name, part, dtype, shape, offset in shared.layout:
