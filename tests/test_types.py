@@ -462,6 +462,22 @@ def test_a_decimal_of_negative_scale_beyond_a_floats_range_fails_the_conversion(
         assert np.ravel(_read(make_spark_converter(frame("1E+38")))["d"])[0] == np.float32(1e38)  # 38 digits: in range
 
 
+def test_overflow_checks_in_sql_text_keep_odd_names_and_mix_with_vectors(spark) -> None:
+    # Scalar columns' casts and checks are SQL text (one JVM call for them all); names of quotes and
+    # backticks stay literal, and beside a vector (checked as Columns) both kinds run in one projection.
+    from pyspark.ml.functions import array_to_vector
+
+    name = "it's `x`"
+    vector = array_to_vector(F.array(F.col("id").cast("double"))).alias("v")
+    df = spark.range(3).select("id", F.col("id").cast("double").alias(name), vector, F.lit(1.5).alias("d"))
+    got = _read(make_spark_converter(df))
+    np.testing.assert_array_equal(got[name], np.arange(3, dtype=np.float32))
+    assert got[name].dtype == np.float32 and got["d"].dtype == np.float32 and got["v"].dtype == np.float32
+    huge = df.select("id", F.when(F.col("id") == 2, F.lit(-1e300)).otherwise(F.lit(1.0)).alias(name), "v")
+    with pytest.raises(SparkRuntimeException, match=r"column \"it's `x`\" holds a finite value beyond float32"):
+        make_spark_converter(huge)
+
+
 def test_a_column_named_as_the_overflow_checks_own_column_in_another_case_converts(spark) -> None:
     # The check's __sparkfeed_source_0 and the user's __SPARKFEED_SOURCE_0 were one ambiguous name to Spark
     x, internal = F.col("id").cast("double").alias("x"), (-F.col("id")).alias("__SPARKFEED_SOURCE_0")

@@ -74,6 +74,10 @@ def normalize_dataframe(df: DataFrame, dtype: str | None) -> DataFrame:
     projection of its own over the cast columns: in the same projection Spark would cast
     (or run ``vector_to_array``) once per reference, which made converting vectors 1.7x slower.
     Spark does not merge the two projections, since that would repeat the casts.
+
+    Scalar columns are written as SQL text, parsed in one call: pyspark 4 makes some 14 calls
+    into the JVM for every Column function (it records the Python call site), so building
+    1,000 double columns' casts and checks as Columns took 19 s, several times Spark's own write.
     """
     from pyspark.sql import functions as F
 
@@ -94,21 +98,44 @@ def normalize_dataframe(df: DataFrame, dtype: str | None) -> DataFrame:
         raise UnsupportedTypeError("\n".join(errors))
     checked = [one for one in normalized if one.source is not None and one.overflow is not None]
     if not checked:
-        return df.select(*(one.values.alias(one.name) for one in normalized))
+        return _select(df, [one.selected() for one in normalized])
     taken = {name.lower() for name in df.columns}  # Spark resolves names regardless of case by default
     kept = {one.name: _fresh_name(f"__sparkfeed_source_{number}", taken) for number, one in enumerate(checked)}
-    cast = df.select(
-        *(one.values.alias(one.name) for one in normalized),
-        *(one.source.alias(kept[one.name]) for one in checked if one.source is not None),
+    cast = _select(
+        df,
+        [
+            *(one.selected() for one in normalized),
+            *(one.kept_source(kept[one.name]) for one in checked),
+        ],
     )
-    out = []
+    out: list[str | Column] = []
     for one in normalized:
-        column = F.col(quote_name(one.name))
-        if one.name in kept and one.overflow is not None:
-            overflow = one.overflow(column, F.col(quote_name(kept[one.name])))
-            column = F.when(overflow, F.raise_error(F.lit(one.advice))).otherwise(column)
-        out.append(column.alias(one.name))
-    return cast.select(*out)
+        name, source = quote_name(one.name), kept.get(one.name)
+        if source is None:
+            out.append(name)
+        elif one.overflow_sql is not None:
+            overflow = one.overflow_sql(name, quote_name(source))
+            out.append(f"CASE WHEN {overflow} THEN raise_error({_sql_string(one.advice)}) ELSE {name} END AS {name}")
+        else:
+            assert one.overflow is not None
+            column = F.col(name)
+            overflow_column = one.overflow(column, F.col(quote_name(source)))
+            out.append(F.when(overflow_column, F.raise_error(F.lit(one.advice))).otherwise(column).alias(one.name))
+    return _select(cast, out)
+
+
+def _select(df: DataFrame, columns: Sequence[str | Column]) -> DataFrame:
+    """``df.select`` of Columns and SQL text (``"expr AS name"``): all text is one ``selectExpr``."""
+    from pyspark.sql import functions as F
+
+    if all(isinstance(column, str) for column in columns):
+        return df.selectExpr(*columns)  # type: ignore[arg-type]
+    return df.select(*(F.expr(column) if isinstance(column, str) else column for column in columns))
+
+
+def _sql_string(text: str) -> str:
+    """``text`` as a SQL string expression, whatever Spark's escaping settings: a hex literal cast."""
+    return f"CAST(X'{text.encode().hex()}' AS STRING)"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,10 +152,25 @@ class _Normalized:
     """
 
     name: str
-    values: Column
+    values: Column | str
     source: Column | None = None
     overflow: Callable[[Column, Column], Column] | None = None
     advice: str = ""
+    overflow_sql: Callable[[str, str], str] | None = None
+    """As ``overflow``, in SQL text of the cast's and the source's quoted names; None: only as Columns."""
+
+    def selected(self) -> str | Column:
+        """The values under the column's name, for :func:`_select`."""
+        if isinstance(self.values, str):
+            return f"{self.values} AS {quote_name(self.name)}"
+        return self.values.alias(self.name)
+
+    def kept_source(self, kept: str) -> str | Column:
+        """The source column under the name ``kept``, for the overflow check after the cast."""
+        if self.overflow_sql is not None:
+            return f"{quote_name(self.name)} AS {quote_name(kept)}"
+        assert self.source is not None
+        return self.source.alias(kept)
 
 
 def _fresh_name(name: str, taken: set[str]) -> str:
@@ -161,10 +203,13 @@ def _normalize_column(name: str, data_type: DataType, dtype: str | None) -> _Nor
 
         return _Normalized(name, values, column, vector_overflows, _overflow_advice(name))
     target = _normalized_type(name, data_type, dtype)
+    quoted = quote_name(name)
     if target == data_type:
-        return _Normalized(name, column)
+        return _Normalized(name, quoted)
+    scalar = not isinstance(target, T.ArrayType)  # an array's check needs a lambda; SQL text would lose containsNull
+    cast_sql = f"CAST({quoted} AS {target.simpleString()})"
     if not _can_overflow(data_type, target):
-        return _Normalized(name, column.cast(target))
+        return _Normalized(name, cast_sql if scalar else column.cast(target))
 
     def overflows(cast: Column, source: Column) -> Column:
         overflow = _overflows(cast, source, data_type, target)
@@ -175,7 +220,19 @@ def _normalize_column(name: str, data_type: DataType, dtype: str | None) -> _Nor
     while isinstance(leaf, T.ArrayType):
         leaf = leaf.elementType
     advice = _overflow_advice(name) if isinstance(leaf, T.FloatType) else _double_overflow_advice(name)
+    if scalar:
+        return _Normalized(name, cast_sql, column, overflows, advice, _scalar_overflow_sql(data_type))
     return _Normalized(name, column.cast(target), column, overflows, advice)
+
+
+def _scalar_overflow_sql(source: DataType) -> Callable[[str, str], str]:
+    """:func:`_overflows` of a scalar column in SQL text: ``(cast, source) ->`` the condition."""
+    from pyspark.sql import types as T
+
+    infinity = "CAST('Infinity' AS DOUBLE)"
+    if isinstance(source, T.DoubleType):
+        return lambda cast, value: f"(abs({cast}) = {infinity} AND abs({value}) != {infinity})"
+    return lambda cast, value: f"(abs({cast}) = {infinity})"  # a decimal is always finite
 
 
 FLOAT32_OVERFLOW = "column {name!r} holds a finite value beyond float32's range (about 3.4e38), which dtype='float32' "
