@@ -104,7 +104,9 @@ class Ragged:
             width = cell_width(dtype, inner)
             if width > 1 and (positions % width).any():  # one step per row: a wrong shape is never misread
                 raise ValueError(_NOT_WHOLE.format(name=name, dtype=dtype, inner=inner))
-            values = np.frombuffer(data, dtype=dtype, count=data.size // dtype.itemsize)
+            # up to the last row's end, not the buffer's: Arrow leaves an empty chunk's data buffer a
+            # few bytes long (4), which as float32 pairs was one value that no reshape took
+            values = np.frombuffer(data, dtype=dtype, count=int(positions[-1]) // dtype.itemsize)
             return cls(values.reshape((-1, *inner)), positions // width)
         if not is_list_type(array.type):
             raise TypeError(f"column {name!r} is {array.type}, not a list column")

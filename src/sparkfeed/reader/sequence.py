@@ -157,7 +157,7 @@ class SequencePlan:
                 given = _given(name, spec, specs, shapes)
             bounds: tuple[int, ...] = ()
             if spec.mode == "bucket":
-                bounds = _bucket_bounds(name, spec, longest, transform)
+                bounds = _bucket_bounds(name, spec, longest, cached=name in specs)
             if spec.mode == "pack" and longest is not None:
                 limit = min(longest, spec.max_length or longest)
                 grid = batch_size * (spec.seq_len or 0)
@@ -780,10 +780,12 @@ def _inner(column: ColumnSpec, shapes: Mapping[str, ShapeStats]) -> tuple[int, .
     return tuple(int(low or 0) for low, _ in (shapes.get(column.name) or [])[1:])
 
 
-def _bucket_bounds(name: str, spec: Sequence, longest: int | None, transform: bool) -> tuple[int, ...]:
+def _bucket_bounds(name: str, spec: Sequence, longest: int | None, cached: bool) -> tuple[int, ...]:
     """The bucket bounds: given, or powers of two from 8 up to the longest row (or ``max_length``).
 
     Each is rounded up to ``pad_to_multiple_of``, and one within ``max_length`` stays within it.
+    ``longest`` is None under a transform; ``cached`` says whether the cache has the column (the
+    transform changes it) or not (the transform makes it).
 
     Raises:
         ValueError: Given bounds that cannot hold the longest row, or none to go by.
@@ -800,9 +802,14 @@ def _bucket_bounds(name: str, spec: Sequence, longest: int | None, transform: bo
             )
     else:
         if limit is None:
+            how = (
+                "goes through the transform, which may change its rows' lengths"
+                if cached
+                else "is made by the transform"
+            )
             raise ValueError(
-                f"sequence: column {name!r} is made by the transform, so its longest row is unknown: give the "
-                "bucket bounds (Sequence('bucket', buckets=(64, 128, 256))) or max_length"
+                f"sequence: column {name!r} {how}, so its longest row is unknown: give the bucket bounds "
+                "(Sequence('bucket', buckets=(64, 128, 256))) or max_length"
             )
         bounds = []
         bound = SMALLEST_BUCKET
