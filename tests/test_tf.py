@@ -328,6 +328,18 @@ def test_columns_that_are_not_identifiers_are_renamed_with_a_warning(spark) -> N
     assert batch._fields == ("_0", "ok") and batch._0.numpy().tolist() == batch.ok.numpy().tolist()
 
 
+def test_a_renamed_field_that_is_another_columns_name_is_refused(spark) -> None:
+    # namedtuple's rename makes 'a b' (index 0) the field _0, and the column _0 (index 1) the field _1:
+    # batch._0 was then 'a b', named as another column, with a warning only.
+    df = spark.range(4).select(F.col("id").alias("a b"), (-F.col("id")).alias("_0"))
+    with pytest.raises(ValueError, match=r"\{'_0': 'a b'\}.* other columns' names: rename them in Spark"):
+        make_spark_converter(df).make_tf_dataset(batch_size=4, num_epochs=1)
+    ok = make_spark_converter(df.select((-F.col("a b")).alias("_0"), "a b"))  # _0 at index 0 is its own field
+    with pytest.warns(UserWarning, match=r"\{'a b': '_1'\}"), ok.make_tf_dataset(batch_size=4, num_epochs=1) as dataset:
+        (batch,) = list(dataset)
+    assert sorted(batch._0.numpy().tolist()) == [-3, -2, -1, 0]
+
+
 def test_drop_last_leaves_out_each_epochs_short_batch(mixed) -> None:
     with mixed.make_tf_dataset(batch_size=64, num_epochs=2, drop_last=True, seed=1) as dataset:
         assert int(dataset.cardinality()) == 8

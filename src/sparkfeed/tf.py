@@ -152,6 +152,13 @@ class TfDatasetContext:
         row = collections.namedtuple("Row", names, rename=True)  # type: ignore[misc]
         fields: tuple[str, ...] = row._fields
         renamed = {name: field for name, field in zip(names, fields, strict=True) if name != field}
+        taken = {field: name for name, field in renamed.items() if field in names}
+        if taken:  # batch._0 would be another column than the one named _0, without a word but the warning
+            raise ValueError(
+                f"columns that are not Python identifiers become fields {taken} of the dataset's namedtuples, which "
+                "are other columns' names: rename them in Spark (df.withColumnRenamed), so that each field holds "
+                "the column of its name"
+            )
         if renamed:
             warnings.warn(
                 f"columns that are not Python identifiers are these fields of the dataset's namedtuples: {renamed}; "
