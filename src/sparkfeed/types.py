@@ -96,7 +96,7 @@ def normalize_dataframe(df: DataFrame, dtype: str | None) -> DataFrame:
             errors.append(str(error))
     if errors:
         raise UnsupportedTypeError("\n".join(errors))
-    checked = [one for one in normalized if one.source is not None and one.overflow is not None]
+    checked = [one for one in normalized if one.overflow is not None or one.overflow_sql is not None]
     if not checked:
         return _select(df, [one.selected() for one in normalized])
     taken = {name.lower() for name in df.columns}  # Spark resolves names regardless of case by default
@@ -144,11 +144,12 @@ class _Normalized:
 
     Attributes:
         name: The column.
-        values: Its values in the cache's type.
-        source: The column before a cast that may overflow, kept for the check; None
-            when no value can.
-        overflow: ``(cast values, source) ->`` whether a finite value became infinite.
+        values: Its values in the cache's type: SQL text, or a Column where SQL cannot say it.
+        source: The column before a cast that may overflow, kept for ``overflow``.
+        overflow: ``(cast values, source) ->`` whether a finite value became infinite; None
+            when no value can, or where ``overflow_sql`` checks.
         advice: The error the job fails with where one did.
+        overflow_sql: ``overflow`` as SQL text, of the cast's and the source's quoted names.
     """
 
     name: str
@@ -157,7 +158,6 @@ class _Normalized:
     overflow: Callable[[Column, Column], Column] | None = None
     advice: str = ""
     overflow_sql: Callable[[str, str], str] | None = None
-    """As ``overflow``, in SQL text of the cast's and the source's quoted names; None: only as Columns."""
 
     def selected(self) -> str | Column:
         """The values under the column's name, for :func:`_select`."""
@@ -186,8 +186,9 @@ def _normalize_column(name: str, data_type: DataType, dtype: str | None) -> _Nor
     from pyspark.sql import functions as F
     from pyspark.sql import types as T
 
-    column = F.col(quote_name(name))
+    quoted = quote_name(name)
     if _is_vector(data_type):
+        column = F.col(quoted)
         # vector_to_array fails on a null deep inside Spark, naming nothing; a null array instead
         # reaches the reader, whose error names the column (or a transform may fill it).
         values = F.when(column.isNull(), F.lit(None)).otherwise(vector_to_array(column, dtype=dtype or "float64"))
@@ -203,25 +204,26 @@ def _normalize_column(name: str, data_type: DataType, dtype: str | None) -> _Nor
 
         return _Normalized(name, values, column, vector_overflows, _overflow_advice(name))
     target = _normalized_type(name, data_type, dtype)
-    quoted = quote_name(name)
     if target == data_type:
         return _Normalized(name, quoted)
-    scalar = not isinstance(target, T.ArrayType)  # an array's check needs a lambda; SQL text would lose containsNull
-    cast_sql = f"CAST({quoted} AS {target.simpleString()})"
+    leaf = target
+    while isinstance(leaf, T.ArrayType):
+        leaf = leaf.elementType
+    advice = _overflow_advice(name) if isinstance(leaf, T.FloatType) else _double_overflow_advice(name)
+    if not isinstance(target, T.ArrayType):  # an array's check needs a lambda, and its SQL cast loses containsNull
+        cast_sql = f"CAST({quoted} AS {target.simpleString()})"
+        if not _can_overflow(data_type, target):
+            return _Normalized(name, cast_sql)
+        return _Normalized(name, cast_sql, advice=advice, overflow_sql=_scalar_overflow_sql(data_type))
+    column = F.col(quoted)
     if not _can_overflow(data_type, target):
-        return _Normalized(name, cast_sql if scalar else column.cast(target))
+        return _Normalized(name, column.cast(target))
 
     def overflows(cast: Column, source: Column) -> Column:
         overflow = _overflows(cast, source, data_type, target)
         assert overflow is not None
         return overflow
 
-    leaf = target
-    while isinstance(leaf, T.ArrayType):
-        leaf = leaf.elementType
-    advice = _overflow_advice(name) if isinstance(leaf, T.FloatType) else _double_overflow_advice(name)
-    if scalar:
-        return _Normalized(name, cast_sql, column, overflows, advice, _scalar_overflow_sql(data_type))
     return _Normalized(name, column.cast(target), column, overflows, advice)
 
 
