@@ -9,7 +9,7 @@ import pytest
 
 from sparkfeed import make_spark_converter
 from sparkfeed.materialize import _session_conf
-from sparkfeed.writer import VIEWS, list_shape_stats, pack, packed_shape, unpack
+from sparkfeed.writer import VIEWS, list_shape_stats, pack, pack_ragged, packed_shape, unpack, unpack_ragged
 
 from helpers import by_id, concat
 
@@ -106,3 +106,14 @@ def test_empty_dataframe(spark) -> None:
     assert len(converter) == 0
     with converter.make_numpy_iterator(num_epochs=1) as batches:
         assert list(batches) == []
+
+
+def test_unpack_ragged_reads_values_up_to_the_last_rows_end() -> None:
+    # An empty chunk's data buffer can be a few bytes long (Arrow leaves 4): read as values, one
+    # float32 that no pair of the inner shape took, and FixedSizeListArray refused the chunk.
+    logical = pa.list_(pa.list_(pa.float32()))
+    rows = [[[1.0, 2.0]], [], [[3.0, 4.0], [5.0, 6.0]]]
+    assert unpack_ragged(pack_ragged(pa.array(rows, logical), (-1, 2)), logical, (-1, 2)).to_pylist() == rows
+    offsets = pa.py_buffer(np.zeros(1, np.int32))
+    empty = pa.Array.from_buffers(pa.binary(), 0, [None, offsets, pa.py_buffer(b"\0\0\0\0")])
+    assert unpack_ragged(empty, logical, (-1, 2)).to_pylist() == []

@@ -142,7 +142,8 @@ def unpack_ragged(array: pa.Array, logical: pa.DataType, shape: tuple[int, ...])
     itemsize = leaf_type.bit_width // 8
     width = int(np.prod(shape[1:], dtype=np.int64)) * itemsize
     offsets, data = binary_buffers(array)
-    values: pa.Array = pa.Array.from_buffers(leaf_type, data.size // itemsize, [None, data])
+    # up to the last row's end, not the buffer's: an empty chunk's data buffer may be a few bytes long
+    values: pa.Array = pa.Array.from_buffers(leaf_type, int(offsets[-1]) // itemsize, [None, data])
     for size in reversed(shape[1:]):
         values = pa.FixedSizeListArray.from_arrays(values, size)
     unpacked = pa.ListArray.from_arrays(pa.array(offsets // width, pa.int32()), values)
