@@ -58,6 +58,16 @@ def _copy(kept, tmp_path) -> tuple[Path, Path, dict]:
     return tmp_path / "source", tmp_path / "caches", {**seen, "url": (tmp_path / "caches" / name).as_uri()}
 
 
+def _kept_frame(spark: Any, kept: Any) -> Any:
+    """The DataFrame reuse_job.py kept, made again here: reuse='auto' finds its cache."""
+    return spark.read.parquet(str(kept[0])).filter("id % 2 = 0").withColumn("twice", F.col("id") * 2)
+
+
+def _ids(converter: Any) -> list[int]:
+    with converter.make_numpy_iterator(batch_size=1000, num_epochs=1) as batches:
+        return [int(i) for batch in batches for i in batch["id"]]
+
+
 @pytest.mark.slow
 def test_a_kept_cache_outlives_its_process_and_a_later_process_reuses_it(kept, tmp_path) -> None:
     source, parent, first = kept
@@ -426,12 +436,11 @@ def test_a_kept_cache_clean_removes_between_its_finding_and_its_reuse_is_convert
     _before_the_reuse_is_recorded(
         monkeypatch, lambda: cleaned.append(_clean_in_another_process(parent, "--older-than", "0s"))
     )
-    df = spark.read.parquet(str(kept[0])).filter("id % 2 = 0").withColumn("twice", F.col("id") * 2)
+    df = _kept_frame(spark, kept)
     converter = make_spark_converter(df, cache_dir=str(parent), reuse="auto")
     try:
         assert "removed 1 caches" in cleaned[0]
-        with converter.make_numpy_iterator(batch_size=1000, num_epochs=1) as batches:
-            ids = [int(i) for batch in batches for i in batch["id"]]
+        ids = _ids(converter)
         assert (len(ids), sum(ids)) == (first["rows"], first["id_sum"])
         assert converter.cache_dir_url != first["url"]  # converted anew
     finally:
@@ -472,17 +481,12 @@ class PausedClean:
         self.output = out
 
 
-def _ids(converter: Any) -> list[int]:
-    with converter.make_numpy_iterator(batch_size=1000, num_epochs=1) as batches:
-        return [int(i) for batch in batches for i in batch["id"]]
-
-
 @pytest.mark.slow
 def test_a_kept_cache_clean_has_begun_to_remove_is_never_handed_to_a_reuse(kept, spark, tmp_path) -> None:
     # `cache clean --older-than` had looked at the cache's reusers a last time (none) and was
     # about to delete it when reuse="auto" found it complete: the job then read a cache deleted under it.
     _, parent, first = _copy(kept, tmp_path)
-    df = spark.read.parquet(str(kept[0])).filter("id % 2 = 0").withColumn("twice", F.col("id") * 2)
+    df = _kept_frame(spark, kept)
     clean = PausedClean("delete_cache", tmp_path / "flags", "--older-than", "0s", str(parent))
     with clean:
         converter = make_spark_converter(df, cache_dir=str(parent), reuse="auto")
@@ -500,7 +504,7 @@ def test_a_kept_cache_reused_while_clean_decides_is_put_back_whole(kept, spark, 
     # The reuse is recorded after the clean chose the cache, before it took the manifest away:
     # the clean sees the new reader at its last look and leaves the cache as it was.
     _, parent, first = _copy(kept, tmp_path)
-    df = spark.read.parquet(str(kept[0])).filter("id % 2 = 0").withColumn("twice", F.col("id") * 2)
+    df = _kept_frame(spark, kept)
     clean = PausedClean("_withdraw", tmp_path / "flags", "--older-than", "0s", str(parent))
     with clean:
         converter = make_spark_converter(df, cache_dir=str(parent), reuse="auto")
