@@ -206,18 +206,16 @@ def _normalize_column(name: str, data_type: DataType, dtype: str | None) -> _Nor
     target = _normalized_type(name, data_type, dtype)
     if target == data_type:
         return _Normalized(name, quoted)
-    leaf = target
-    while isinstance(leaf, T.ArrayType):
-        leaf = leaf.elementType
-    advice = _overflow_advice(name) if isinstance(leaf, T.FloatType) else _double_overflow_advice(name)
     if not isinstance(target, T.ArrayType):  # an array's check needs a lambda, and its SQL cast loses containsNull
         cast_sql = f"CAST({quoted} AS {target.simpleString()})"
         if not _can_overflow(data_type, target):
             return _Normalized(name, cast_sql)
+        advice = _advice(name, target)
         return _Normalized(name, cast_sql, advice=advice, overflow_sql=_scalar_overflow_sql(data_type))
     column = F.col(quoted)
     if not _can_overflow(data_type, target):
         return _Normalized(name, column.cast(target))
+    advice = _advice(name, target)
 
     def overflows(cast: Column, source: Column) -> Column:
         overflow = _overflows(cast, source, data_type, target)
@@ -225,6 +223,16 @@ def _normalize_column(name: str, data_type: DataType, dtype: str | None) -> _Nor
         return overflow
 
     return _Normalized(name, column.cast(target), column, overflows, advice)
+
+
+def _advice(name: str, target: DataType) -> str:
+    """What to do about an overflow of ``name``: formatted only for a cast that can overflow."""
+    from pyspark.sql import types as T
+
+    leaf = target
+    while isinstance(leaf, T.ArrayType):
+        leaf = leaf.elementType
+    return _overflow_advice(name) if isinstance(leaf, T.FloatType) else _double_overflow_advice(name)
 
 
 def _scalar_overflow_sql(source: DataType) -> Callable[[str, str], str]:

@@ -150,7 +150,7 @@ class SequencePlan:
             longest, inner, dtype, given = None, None, None, None
             if not transform:
                 longest = _longest(name, spec, specs, shapes)
-                inner = _inner(specs[name], shapes)
+                inner = _inner(specs[name])
                 dtype = _leaf_dtype(specs[name].arrow_type)
                 _check_pad_value(name, spec.pad_value, dtype)
             else:
@@ -763,7 +763,7 @@ def _given(
         _longest(name, spec, specs, shapes)
     except ValueError:  # not a sequence of numbers in the cache: the transform makes it one, or it is refused later
         return None
-    return _inner(specs[name], shapes), _leaf_dtype(specs[name].arrow_type)
+    return _inner(specs[name]), _leaf_dtype(specs[name].arrow_type)
 
 
 def _leaf_dtype(data_type: pa.DataType) -> np.dtype:
@@ -773,11 +773,21 @@ def _leaf_dtype(data_type: pa.DataType) -> np.dtype:
     return dtype
 
 
-def _inner(column: ColumnSpec, shapes: Mapping[str, ShapeStats]) -> tuple[int, ...]:
-    """The shape of each value of a sequence column (``()`` for ``array<number>``)."""
+def _inner(column: ColumnSpec) -> tuple[int, ...]:
+    """The shape of each value of a sequence column (``()`` for ``array<number>``).
+
+    :meth:`ColumnSpec.build` knows it for a ragged column with inner arrays; one whose rows are
+    all empty has none to measure, and its values are taken as zero-size at each level below the
+    first, so that padding makes arrays of the column's rank.
+    """
     if column.kind == "tensor":
         return tuple(column.shape[1:])
-    return tuple(int(low or 0) for low, _ in (shapes.get(column.name) or [])[1:])
+    if column.inner:
+        return column.inner
+    levels, data_type = 0, column.arrow_type.value_type
+    while is_list_type(data_type):
+        levels, data_type = levels + 1, data_type.value_type
+    return (0,) * levels
 
 
 def _bucket_bounds(name: str, spec: Sequence, longest: int | None, cached: bool) -> tuple[int, ...]:
