@@ -521,6 +521,25 @@ def test_nested_values_of_one_shape_pad_to_three_dimensions(tmp_path: Path, stor
         assert (row[n:] == 0).all()
 
 
+@pytest.mark.parametrize("mode", ["pad", "bucket", "ragged"])
+def test_a_nested_column_with_no_inner_array_keeps_its_rank(tmp_path: Path, mode: str) -> None:
+    # Every row empty: the manifest knows no inner length, and the values are taken as zero-size,
+    # so a padded batch is (rows, length, 0) as an array<array<int>> batch always has three axes.
+    tok = pa.array([[] for _ in range(30)], pa.list_(pa.list_(pa.int64())))
+    pq.write_table(pa.table({"id": pa.array(np.arange(30)), "tok": tok}), tmp_path / "p.parquet", row_group_size=7)
+    groups = tuple(g.num_rows for g in map(pq.ParquetFile(tmp_path / "p.parquet").metadata.row_group, range(5)))
+    schema = pa.schema([("id", pa.int64()), ("tok", tok.type)])
+    manifest = Manifest((FileEntry("p.parquet", groups, {}),), schema, {"tok": list_shape_stats(tok)}, {}, key="empty")
+    with _reader(
+        tmp_path, manifest, batch_size=10, num_epochs=1, shuffle_row_groups=False, sequence={"tok": mode}
+    ) as r:
+        batches = list(r)
+    assert sorted(int(i) for batch in batches for i in batch["id"]) == list(range(30))
+    for batch in batches:
+        assert batch["tok"].ndim == (2 if mode == "ragged" else 3) and batch["tok"].size == 0
+        assert batch["tok"].shape[-1] == 0 and (batch["tok_lengths"] == 0).all()
+
+
 @pytest.mark.parametrize("storage", ["binary", "views"])
 @pytest.mark.parametrize("mode", ["pad", "ragged", None])
 def test_nested_values_resume_at_the_end_of_a_row_group(tmp_path: Path, storage: str, mode: str | None) -> None:
