@@ -207,10 +207,47 @@ def _query_options(query: str) -> dict[str, Any]:
     return options
 
 
+ENDPOINT_VARIABLES = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
+"""The AWS SDKs' endpoint variables, the first one set wins."""
+
+
+def s3_env_endpoint() -> str | None:
+    """The S3 endpoint URL this process's environment names (``AWS_ENDPOINT_URL_S3``, ``AWS_ENDPOINT_URL``)."""
+    return next((os.environ[name] for name in ENDPOINT_VARIABLES if os.environ.get(name)), None)
+
+
+def takes_env_endpoint(url: str, options: Mapping[str, Any] | None = None, filesystem: Any = None) -> bool:
+    """Whether :func:`make_filesystem` reaches ``url`` at the endpoint the environment names, if any.
+
+    True for S3 URLs whose options and query name no ``endpoint_override`` and with no
+    ``filesystem`` given: there the environment decides which server holds the data.
+    """
+    parts = urlsplit(url)
+    if parts.scheme not in S3_SCHEMES or filesystem is not None:
+        return False
+    return "endpoint_override" not in {**_query_options(parts.query), **(options or {})}
+
+
+def endpoint_from_env(url: str, options: Mapping[str, Any] | None = None, filesystem: Any = None) -> str | None:
+    """The endpoint :func:`make_filesystem` takes from the environment for ``url``, shown without user info.
+
+    None when the URL is not S3's, a filesystem is given, or the options or the URL's query
+    name the endpoint: then the environment plays no part in where the data is. A process
+    that pickles a converter records this (it is no secret), so that a process whose
+    environment lacks it can say so instead of asking AWS's endpoint for the cache.
+    """
+    endpoint = s3_env_endpoint() if takes_env_endpoint(url, options, filesystem) else None
+    if endpoint is None:
+        return None
+    parsed = urlsplit(endpoint)
+    host = parsed.netloc.rpartition("@")[2] or parsed.path  # user:password@ never leaves the process
+    return f"{parsed.scheme}://{host}" if parsed.scheme else host
+
+
 def _s3(options: dict[str, Any]) -> pafs.FileSystem:
     settings = {**DEFAULT_S3_TIMEOUTS, **options}
     settings.setdefault("retry_strategy", pafs.AwsStandardS3RetryStrategy(max_attempts=S3_RETRIES))
-    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    endpoint = s3_env_endpoint()
     if endpoint and "endpoint_override" not in settings:
         # The AWS SDKs' variable, which from_uri honours and S3FileSystem() does not: with it,
         # executors configured by their environment alone reach the same server as the driver.

@@ -26,7 +26,7 @@ from urllib.parse import quote, unquote, urlsplit
 
 import pyarrow.fs as pafs
 
-from sparkfeed.filesystems import make_filesystem
+from sparkfeed.filesystems import ENDPOINT_VARIABLES, endpoint_from_env, make_filesystem, takes_env_endpoint
 
 DATABRICKS_ENV = "DATABRICKS_RUNTIME_VERSION"
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+):")
@@ -54,6 +54,8 @@ class Location:
         self.url = url
         self.options = dict(options or {})
         self.given_filesystem = filesystem
+        self._sender_endpoint: str | None = None  # set by unpickling: see __getstate__
+        self._env_endpoint: str | None = None  # the environment's endpoint this process reached the data at
 
     # ------------------------------------------------------------------ making
 
@@ -156,7 +158,9 @@ class Location:
         return self._moved(_join(parts.scheme, parts.netloc, path, parts.query))
 
     def _moved(self, url: str) -> Location:
-        return Location(url, self.options, self.given_filesystem)
+        moved = Location(url, self.options, self.given_filesystem)
+        moved._sender_endpoint = self._sender_endpoint
+        return moved
 
     @property
     def parent(self) -> Location:
@@ -199,7 +203,36 @@ class Location:
     def _resolved(self) -> tuple[pafs.FileSystem, str]:
         if self.is_local:
             return pafs.LocalFileSystem(), self.local_path
+        self._env_endpoint = endpoint_from_env(self.url, self.options, self.given_filesystem)
+        if self._sender_endpoint is not None and self._env_endpoint is None and self._takes_env_endpoint:
+            self._refuse_missing_endpoint(self._sender_endpoint)
         return make_filesystem(self.url, self.options, self.given_filesystem)
+
+    @property
+    def _takes_env_endpoint(self) -> bool:
+        """Whether the environment says where this location's data is (S3 with no endpoint in the options)."""
+        return takes_env_endpoint(self.url, self.options, self.given_filesystem)
+
+    def _refuse_missing_endpoint(self, endpoint: str) -> None:
+        """The process that pickled this location reached it at ``endpoint`` by its environment, this one cannot.
+
+        Without the variable, pyarrow asks AWS's public endpoint for the bucket: a read on a
+        Spark executor whose environment lacked the driver's ``AWS_ENDPOINT_URL`` failed
+        after ~10 s with "Could not resolve host <bucket>.s3.us-east-1.amazonaws.com" (or
+        AWS's NoSuchBucket/AccessDenied), which named neither the cause nor the fix.
+
+        Raises:
+            ValueError: always, naming the endpoint and the ways to give it to this process.
+        """
+        raise ValueError(
+            f"{self}: the process that made this converter reached it at {endpoint}, named by "
+            f"{' or '.join(ENDPOINT_VARIABLES)} in its environment, but this process's environment names no endpoint, "
+            "so it would ask AWS's own endpoint instead. A Spark executor's environment is fixed when the session "
+            "starts (os.environ set on the driver later does not reach it): set spark.executorEnv.AWS_ENDPOINT_URL_S3 "
+            "(and the credentials' variables) when creating the session, or pass "
+            f"storage_options={{'endpoint_override': ..., 'scheme': ...}} to make_spark_converter (which travel with "
+            "the converter; credentials may stay in each process's environment)"
+        )
 
     @property
     def filesystem(self) -> pafs.FileSystem:
@@ -214,10 +247,26 @@ class Location:
     # ------------------------------------------------------------------ value semantics
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"url": self.url, "options": self.options, "filesystem": self.given_filesystem}
+        """The URL, options and filesystem, and the endpoint this process's environment gave it, if any.
+
+        The endpoint (never a credential) lets a process without it refuse with a clear error
+        (see :meth:`_refuse_missing_endpoint`); it is not used to reach the data: a process's
+        own environment or the options still decide where it reads.
+        """
+        state = {"url": self.url, "options": self.options, "filesystem": self.given_filesystem}
+        if "_resolved" in self.__dict__:
+            endpoint = self._env_endpoint
+        else:
+            endpoint = endpoint_from_env(self.url, self.options, self.given_filesystem)
+            if endpoint is None and self._takes_env_endpoint:
+                endpoint = self._sender_endpoint  # passed on, e.g. by an executor that pickles it again
+        if endpoint is not None:
+            state["env_endpoint"] = endpoint
+        return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(state["url"], state.get("options"), state.get("filesystem"))  # type: ignore[misc]
+        self._sender_endpoint = state.get("env_endpoint")
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Location) and other.url == self.url
@@ -230,7 +279,8 @@ class Location:
         return shown(self.url)
 
     def __repr__(self) -> str:
-        return f"Location({self.url!r})"
+        """As :meth:`__str__`, credentials in the URL's query hidden: a repr lands in tracebacks and logs."""
+        return f"Location({shown(self.url)!r})"
 
 
 _SECRET_WORDS = ("secret", "token", "password", "passwd", "credential", "sas", "key")
