@@ -79,3 +79,46 @@ def test_a_location_repr_hides_the_credentials_of_its_query() -> None:
     assert "s3cr3t" not in repr(location) and "AK" not in repr(location)
     assert "secret_key=***" in repr(location) and "endpoint_override=127.0.0.1:9000" in repr(location)
     assert "s3cr3t" in location.url  # still there, where it reaches the data
+
+
+def _replace(server: S3Server, converter: Any, file: int, first_id: int, rows: int) -> None:
+    """Overwrites one of the cache's files with ``rows`` rows of ids from ``first_id``, in one row group."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = f"{Location.parse(converter.cache_dir_url).path}/{converter.manifest.files[file].path}"
+    ids = pa.array(range(first_id, first_id + rows), pa.int64())
+    pq.write_table(pa.table({"id": ids}), path, filesystem=server.filesystem())
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="needs the row-group check in reader/segments.py proposed in helper-33's report (not this helper's file)",
+)
+def test_a_cache_file_changed_on_s3_after_pickling_is_refused_not_read_by_the_manifests_counts(
+    spark, s3_server: S3Server, s3_bucket: str
+) -> None:
+    # A file replaced since the manifest was written was read by the manifest's row counts: a
+    # row group of 70 rows instead of 100 gave an epoch of 270 rows, one of 130 was cut to 100,
+    # in silence, and the shards' batch counts no longer agreed.
+    options = s3_server.storage_options
+    converter = make_spark_converter(
+        spark.range(300, numPartitions=3), cache_dir=f"s3://{s3_bucket}/changed", storage_options=options
+    )
+    assert [entry.row_groups for entry in converter.manifest.files] == [(100,), (100,), (100,)]
+    try:
+        blob = pickle.dumps(converter)  # pickled before the change, as a job's tasks would hold it
+        _replace(s3_server, converter, 1, 10_000, 70)
+        _replace(s3_server, converter, 2, 20_000, 130)
+
+        outcomes = _in_tasks(spark, pickle.loads(blob), 3, batch_size=50, num_epochs=1, shard_policy="exact")
+        assert [batches for _, batches, _ in outcomes] == [[list(range(0, 50)), list(range(50, 100))], None, None]
+        for _, _, error in outcomes[1:]:
+            assert error is not None and error.startswith("ValueError: s3://") and "was changed since" in error
+        with pytest.raises(ValueError, match=r"row groups hold \[70\] rows, but the manifest counts \[100\]"):
+            with make_spark_converter(converter.cache_dir_url, storage_options=options).make_numpy_iterator(
+                num_epochs=1, cur_shard=1, shard_count=3, shard_policy="exact"
+            ) as batches:
+                list(batches)
+    finally:
+        converter.delete()
