@@ -74,6 +74,64 @@ def test_an_executor_without_the_drivers_endpoint_variable_is_told_so_at_once(
     converter.delete()
 
 
+def test_shards_read_in_tasks_from_s3_agree_on_batches_and_cover_every_row_once_per_epoch(
+    spark, s3_server: S3Server, s3_bucket: str
+) -> None:
+    options = s3_server.storage_options
+    df = spark.range(1_003, numPartitions=5)
+    converter = make_spark_converter(
+        df, cache_dir=f"s3://{s3_bucket}/shards", storage_options=options, parquet_row_group_size_bytes=2_000
+    )
+    assert sum(len(entry.row_groups) for entry in converter.manifest.files) >= 5  # shards cut across row groups
+    shuffled = {"batch_size": 16, "num_epochs": 2, "shuffle_row_groups": True, "seed": 7}
+    for policy in ("exact", "pad"):
+        outcomes = _in_tasks(spark, converter, 3, shard_policy=policy, **shuffled)
+        assert [error for _, _, error in outcomes] == [None] * 3, policy
+        counts = {len(batches or []) for _, batches, _ in outcomes}
+        assert len(counts) == 1, (policy, counts)  # the same number of batches on every rank
+        ids = sorted(i for _, batches, _ in outcomes for batch in batches or [] for i in batch)
+        if policy == "exact":
+            assert ids == sorted(list(range(1_003)) * 2)  # every row once per epoch
+        else:
+            assert set(ids) == set(range(1_003)) and len(ids) == 3 * 2 * 335  # pad repeats rows to equal shards
+    again = _in_tasks(spark, converter, 3, shard_policy="exact", **shuffled)
+    assert again == _in_tasks(spark, converter, 3, shard_policy="exact", **shuffled)  # the seed's order, each time
+    converter.delete()
+
+
+def test_a_converter_pickled_before_its_cache_was_deleted_fails_in_tasks_naming_the_file(
+    spark, s3_server: S3Server, s3_bucket: str
+) -> None:
+    options = s3_server.storage_options
+    converter = make_spark_converter(
+        spark.range(500, numPartitions=3), cache_dir=f"s3://{s3_bucket}/deleted", storage_options=options
+    )
+    blob = pickle.dumps(converter)
+    converter.delete()  # as the driver's exit does (owned caches are deleted at exit)
+    outcomes = _in_tasks(spark, pickle.loads(blob), 2, batch_size=50, num_epochs=1)
+    for _, batches, error in outcomes:
+        assert batches is None and error is not None
+        assert error.startswith("FileNotFoundError:") and converter.cache_dir_url.removeprefix("s3://") in error
+    with pytest.raises(RuntimeError, match="was deleted"):  # the driver's own converter says so at once
+        converter.make_numpy_iterator()
+
+
+def test_a_kept_s3_cache_reused_by_another_conversion_reads_in_tasks(
+    spark, s3_server: S3Server, s3_bucket: str
+) -> None:
+    options = s3_server.storage_options
+    df = spark.range(400, numPartitions=4)
+    first = make_spark_converter(df, cache_dir=f"s3://{s3_bucket}/kept", storage_options=options, keep=True)
+    reused = make_spark_converter(
+        df, cache_dir=f"s3://{s3_bucket}/kept", storage_options=options, keep=True, reuse="auto"
+    )
+    assert reused.cache_dir_url == first.cache_dir_url
+    outcomes = _in_tasks(spark, reused, 2, batch_size=32, num_epochs=1, shard_policy="exact")
+    assert [error for _, _, error in outcomes] == [None, None]
+    assert sorted(i for _, batches, _ in outcomes for batch in batches or [] for i in batch) == list(range(400))
+    first.delete()
+
+
 def test_a_location_repr_hides_the_credentials_of_its_query() -> None:
     location = Location.parse("s3://bucket/cache?endpoint_override=127.0.0.1:9000&secret_key=s3cr3t&access_key=AK")
     assert "s3cr3t" not in repr(location) and "AK" not in repr(location)
