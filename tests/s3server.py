@@ -23,6 +23,12 @@ How a client finds the server (measured with pyarrow 26.0.1, moto 5.2.5):
   NOT reach tasks; entries added to ``spark.sparkContext.environment`` do (new workers are launched
   for the new environment). ``S3Server.use_env(spark)`` does both and undoes both. A Spark Connect
   server's executors see only the environment its server process was started with.
+- A client without credentials (no options, no variables in its environment) is not refused: it
+  sends unsigned, ``aws-chunked`` uploads, which moto stores with their chunk framing (``357\r\n``
+  before the data), so an object written that way is not what was written (a Parquet file's
+  magic bytes are missing) and reads fail later. Real S3 refuses such a write. This is what a
+  conversion whose Spark tasks lack the credentials makes here: give the tasks the credentials
+  (``use_env(spark)`` or ``storage_options``) whenever they write.
 - ``request_timeout`` of ``S3FileSystem`` is ignored on Linux (pyarrow's docstring says so). A
   stopped server refuses connections at once, so how long a read takes to fail is set by the retry
   strategy's backoff: measured here ~1 ms with ``AwsStandardS3RetryStrategy(max_attempts=1)``,
