@@ -180,3 +180,34 @@ def test_a_cache_file_changed_on_s3_after_pickling_is_refused_not_read_by_the_ma
                 list(batches)
     finally:
         converter.delete()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="needs converter.py, reader/engine.py and mixing.py to show str(location) (helper-33's report)",
+)
+def test_credentials_in_a_urls_query_stay_out_of_the_converters_repr_warnings_and_errors(
+    s3_server: S3Server, s3_bucket: str
+) -> None:
+    # A URL may carry its filesystem's options (?secret_key=...), and a converter's repr, its
+    # delete() warning and the loader's storage_options error printed them into logs.
+    import warnings
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"id": [1, 2, 3]}), f"{s3_bucket}/data/part-0.parquet", filesystem=s3_server.filesystem())
+    options = s3_server.storage_options
+    query = "&".join(f"{name}={options[name]}" for name in ("endpoint_override", "scheme", "access_key", "secret_key"))
+    converter = make_spark_converter(f"s3://{s3_bucket}/data?{query}")
+    assert s3_server.secret_key in converter.cache_dir_url  # where it reaches the data
+    shown = [repr(converter)]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        converter.delete()
+    shown += [str(warning.message) for warning in caught]
+    with pytest.raises(ValueError) as error:
+        converter.make_numpy_iterator(storage_options={"region": "elsewhere"})
+    shown.append(str(error.value))
+    assert len(shown) == 3 and all("secret_key=***" in text for text in shown)
+    assert not any(s3_server.secret_key in text for text in shown)
