@@ -613,6 +613,67 @@ def test_tf_dataset_with_every_keyword_positionally(features) -> None:
     assert sorted(i for shard in shards for i in shard) == list(range(400)) and {len(s) for s in shards} == {100}
 
 
+def _reversed_columns(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame[list(reversed(frame.columns))]
+
+
+def _with_id_twice(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame.assign(twice=frame["id"] * 2)[["twice", "label", "id", "feature_a", "feature_b"]]
+
+
+# (TransformSpec, the batch's columns in Petastorm 0.13.1's order), as Petastorm's transform_schema orders them:
+# the columns given, less the edited and removed ones, then edit_fields in their order; run against Petastorm.
+PETASTORM_TRANSFORM_ORDERS = [
+    (TransformSpec(_reversed_columns), ["id", "feature_a", "feature_b", "label"]),
+    (TransformSpec(edit_fields=[edit_field("id", np.int64, ())]), ["feature_a", "feature_b", "label", "id"]),
+    (
+        TransformSpec(
+            _with_id_twice,
+            edit_fields=[edit_field("twice", np.int64, ()), edit_field("feature_a", np.int64, ())],
+            removed_fields=["feature_b"],
+        ),
+        ["id", "label", "twice", "feature_a"],
+    ),
+]
+
+
+@pytest.mark.parametrize(("spec", "columns"), PETASTORM_TRANSFORM_ORDERS, ids=["reordered", "edited", "added"])
+def test_a_transforms_columns_come_in_petastorms_order_not_the_functions(features, spec, columns) -> None:
+    """The batch's columns after a TransformSpec are in the order Petastorm's transformed schema gives them.
+
+    Petastorm built every batch from its transformed schema, so the function's own column order
+    never showed, and an edited column moved after the others. The order is what positional code
+    reads: a TF element is a namedtuple that ``a, b, *rest = element`` and Keras (a 2-tuple as
+    ``(x, y)``) unpack by position, and ``list(batch.values())`` of a torch batch. sparkfeed
+    followed the function's order, so the same code silently took other columns.
+    """
+    options = {"batch_size": 400, "num_epochs": 1, "shuffle_row_groups": False, "transform_spec": spec}
+    with features.make_torch_dataloader(**options) as loader:
+        (batch,) = list(loader)
+    assert list(batch) == columns
+    with features.make_tf_dataset(**options) as dataset:
+        assert list(dataset.element_spec._fields) == columns
+        (element,) = list(dataset)
+    first, *_ = element  # positional, as Petastorm's namedtuple unpacked
+    np.testing.assert_array_equal(first.numpy(), batch[columns[0]].numpy())
+    with features.make_numpy_iterator(**options) as batches:
+        assert list(next(iter(batches))) == columns  # every loader alike
+
+
+def test_petastorms_converter_constructor_is_refused_saying_what_to_call(spark, tmp_path) -> None:
+    """``SparkDatasetConverter(cache_dir_url, file_urls, dataset_size)``, Petastorm's constructor, is refused.
+
+    Code (test doubles, mostly) that built Petastorm's converter by hand got an object whose
+    first attribute read failed with ``AttributeError: 'list' object has no attribute
+    'num_rows'``; now the call itself says to open the directory with ``make_spark_converter``.
+    """
+    spark.range(5).write.parquet(str(tmp_path / "saved"))
+    opened = make_spark_converter(str(tmp_path / "saved"))
+    with pytest.raises(TypeError, match=r"got a list where it takes a cache's Manifest: .* make_spark_converter\("):
+        SparkDatasetConverter(opened.cache_dir_url, opened.file_urls, len(opened))
+    assert len(SparkDatasetConverter(opened.cache_dir_url, opened.manifest)) == 5  # sparkfeed's own form
+
+
 # --------------------------------------------------------------------------- converters pickled into Spark tasks
 
 

@@ -73,6 +73,16 @@ class SparkDatasetConverter:
     def __init__(
         self, location: Location | str, manifest: Manifest, token: str | None = None, *, reused: bool = False
     ) -> None:
+        if not isinstance(manifest, Manifest):
+            # Petastorm's constructor was SparkDatasetConverter(cache_dir_url, file_urls, dataset_size): its file
+            # list here failed later, at the first attribute read, with an AttributeError that named nothing.
+            raise TypeError(
+                f"SparkDatasetConverter got a {type(manifest).__name__} where it takes a cache's Manifest: sparkfeed's "
+                "converter is made from a cache's manifest, not from Petastorm's (cache_dir_url, file_urls, "
+                "dataset_size); open "
+                "a Parquet directory or a cache with make_spark_converter(cache_dir_url), which reads its files and "
+                "row count itself"
+            )
         self._location = Location.parse(location)
         self._manifest = manifest
         self._token = token

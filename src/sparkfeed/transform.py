@@ -127,6 +127,7 @@ class TransformSpec:
             NullValueError: A number, bool, date or timestamp column of the output holds a
                 missing value, or an array column a null it was given.
         """
+        given = [str(name) for name in frame.columns]
         if self.func is not None:
             frame = self.func(frame)
             if not isinstance(frame, pd.DataFrame):
@@ -155,6 +156,8 @@ class TransformSpec:
                     f"TransformSpec selected_fields {missing} are not in the transformed columns {list(frame.columns)}"
                 )
             frame = frame[list(self.selected_fields)]
+        else:
+            frame = self._petastorm_order(frame, given)
         names = [str(name) for name in frame.columns]
         repeated = sorted({name for name in names if names.count(name) > 1})
         if repeated:  # a batch is a dict: one of them would be lost
@@ -177,6 +180,30 @@ class TransformSpec:
                 array = series_to_numpy(frame[name], str(name), stack=not kept)
             columns[str(name)] = array
         return columns
+
+    def _petastorm_order(self, frame: pd.DataFrame, given: Sequence[str]) -> pd.DataFrame:
+        """The output's columns in the order of Petastorm's transformed schema, whatever the function's order.
+
+        Petastorm built each batch from its ``transform_schema``: the columns the transform was
+        given, in their order, less those in ``edit_fields`` and ``removed_fields``, then the
+        ``edit_fields`` in their order (a column it edits moves to the end); the function's own
+        column order counted for nothing. That order is the TF namedtuple's field order, which
+        code unpacks by position (``features, label = element``, Keras taking a 2-tuple as
+        ``(x, y)``), and the torch dict's key order (``torch.stack(list(batch.values()))``), so a
+        function returning another order must not reorder the batch. Columns the function adds
+        without declaring them (Petastorm refused those) follow, in the function's order.
+        ``selected_fields`` sets the order itself and is applied by the caller instead.
+        """
+        labels = {str(label): label for label in frame.columns}
+        if len(labels) != len(frame.columns):
+            return frame  # repeated names: refused by the caller, naming them
+        edits = [field[0] for field in self.edit_fields or ()]
+        order = [name for name in given if name in labels and name not in edits]
+        order += [name for name in edits if name in labels and name not in order]
+        order += [name for name in labels if name not in order]
+        if order == list(labels):
+            return frame
+        return frame[[labels[name] for name in order]]
 
 
 def series_to_numpy(series: pd.Series, name: str | None = None, *, stack: bool = True) -> np.ndarray:
