@@ -7,10 +7,16 @@ reach them, as on a real cluster.
 
 from __future__ import annotations
 
+import json
+import os
 import pickle
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
+import pyarrow.fs as pafs
 import pytest
 
 from sparkfeed import make_spark_converter
@@ -22,6 +28,11 @@ pytestmark = pytest.mark.slow
 
 Outcome = tuple[int, list[list[int]] | None, str | None]
 """What a task saw: its shard, the ids of each batch it read (None if it failed), and the error."""
+
+
+def _keys(server: S3Server, prefix: str) -> list[str]:
+    selector = pafs.FileSelector(prefix, recursive=True, allow_not_found=True)
+    return sorted(i.path for i in server.filesystem().get_file_info(selector) if i.type == pafs.FileType.File)
 
 
 def _read_in_task(blob: bytes, shards: int, kwargs: dict[str, Any]) -> Callable[[int, Any], Iterator[Outcome]]:
@@ -211,3 +222,35 @@ def test_credentials_in_a_urls_query_stay_out_of_the_converters_repr_warnings_an
     shown.append(str(error.value))
     assert len(shown) == 3 and all("secret_key=***" in text for text in shown)
     assert not any(s3_server.secret_key in text for text in shown)
+
+
+def test_executors_of_a_standalone_cluster_without_the_drivers_endpoint_are_told_then_read_exact_shards(
+    standalone_master: str, s3_server: S3Server, s3_bucket: str, tmp_path: Path
+) -> None:
+    # On a cluster the executors never see the driver's environment: only the worker's and
+    # spark.executorEnv.* (the credentials here). Their reads asked AWS's endpoint and failed
+    # ~10 s later with "Could not resolve host"; told now, and read once they have the variable.
+    env = {**os.environ, **s3_server.env}
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(Path(__file__).with_name("remote_s3_standalone_job.py")),
+            standalone_master,
+            f"s3://{s3_bucket}/standalone",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    for task in seen["without"]:
+        assert task["ids"] == [] and task["endpoint"] == ""
+        assert task["error"].startswith("ValueError: s3://") and f"reached it at {s3_server.url}" in task["error"]
+    assert [task["error"] for task in seen["given"]] == [""] * 4
+    assert {task["endpoint"] for task in seen["given"]} == {s3_server.url}
+    assert sorted(i for task in seen["given"] for i in task["ids"]) == list(range(2_000))
+    assert [len(task["ids"]) for task in seen["given"]] == [500] * 4
+    assert _keys(s3_server, f"{s3_bucket}/standalone") == []  # delete() removed every object
