@@ -99,6 +99,9 @@ class DataFrameIdentity:
     """Why there is no :attr:`stable` digest."""
     schema: str = ""
     """The DataFrame's schema as JSON: column names (with their case), order and types."""
+    frame: Any = dataclasses.field(default=None, compare=False, repr=False)
+    """Under Spark Connect, the DataFrame itself: the server compares two plans (``sameSemantics``)
+    where their hashes agree, since a hash alone is no proof that two plans are the same."""
 
     def same_as(self, other: DataFrameIdentity) -> bool:
         """Plans compared with Spark's own ``sameResult``, which also compares local data.
@@ -107,18 +110,46 @@ class DataFrameIdentity:
         ``select(col('id').alias('a'))`` is the same result as ``alias('b')``, and two columns
         whose names are swapped are too. The schemas must match as well, or the cache would
         serve one column's values under the other's name.
+
+        Under Spark Connect the plans' ``semanticHash`` (taken when each was converted) must
+        match, and then the server's ``sameSemantics``: the hash is 32 bits of the canonicalized
+        plan, and equal for plans that differ (``id + 4294967297`` and ``id + 8589934594``, whose
+        literals Java hashes alike), which served one DataFrame's cache for the other. A source
+        file whose size or modification time is unknown is never taken as unchanged: a file
+        rewritten in place under its name would serve the old rows.
         """
-        if self.sources != other.sources or self.schema != other.schema:
+        if self.sources != other.sources or self.schema != other.schema or not self.sources_known:
             return False
         if isinstance(self.plan, str) or isinstance(other.plan, str):
-            return bool(self.plan == other.plan)
+            return self.plan == other.plan and _same_semantics(self.frame, other.frame)
         return bool(self.plan.sameResult(other.plan))
+
+    @property
+    def sources_known(self) -> bool:
+        """Whether every source file's size and modification time are known, so that a change shows."""
+        return all(size is not None and mtime is not None for _, size, mtime in self.sources)
 
     @property
     def digest(self) -> str:
         """A short stable digest for the manifest (informative: reuse uses :meth:`same_as`)."""
         text = (self.plan if isinstance(self.plan, str) else self.plan.toString()) + repr(self.sources)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _same_semantics(left: DataFrame | None, right: DataFrame | None) -> bool:
+    """Spark Connect's ``sameSemantics`` of two DataFrames: the server's ``sameResult`` of their plans.
+
+    Both plans are analyzed again now (the hashes :meth:`DataFrameIdentity.same_as` compared
+    first were taken when each was converted). Any failure (a session since stopped, DataFrames
+    of two servers) counts as not the same: the DataFrame is converted again.
+    """
+    if left is None or right is None:
+        return False
+    try:
+        return bool(left.sameSemantics(right))
+    except Exception as error:  # noqa: BLE001 - a comparison that fails never reuses a cache
+        log.info("could not compare two DataFrames' plans (%s): converting again", error)
+        return False
 
 
 def identify(df: DataFrame, *, stable: bool = False) -> DataFrameIdentity:
@@ -138,11 +169,19 @@ def identify(df: DataFrame, *, stable: bool = False) -> DataFrameIdentity:
             cannot be inspected from the client.
     """
     jdf = getattr(df, "_jdf", None)
-    sources = _fingerprint(df.inputFiles(), df if jdf is not None else None)
+    urls = df.inputFiles()
+    sources = _fingerprint(urls, df) if jdf is not None else _fingerprint_on_server(urls, df)
+    unknown = [url for url, size, mtime in sources if size is None or mtime is None]
+    if unknown:
+        log.info(
+            "the size or modification time of the source %s cannot be read, so a change to it would not show: "
+            "this DataFrame is converted again each time, never reused",
+            unknown[0],
+        )
     if jdf is None:  # Spark Connect: no JVM handle in this process.
         plan = f"{df.semanticHash()}:{df.schema.json()}"
         unstable = "under Spark Connect the plan cannot be inspected from the client" if stable else ""
-        return DataFrameIdentity(plan=plan, sources=sources, unstable=unstable, schema=df.schema.json())
+        return DataFrameIdentity(plan=plan, sources=sources, unstable=unstable, schema=df.schema.json(), frame=df)
     analyzed = jdf.queryExecution().analyzed()
     schema = analyzed.schema().json()
     if not stable:
@@ -400,8 +439,7 @@ def _fingerprint(urls: list[str], df: DataFrame | None) -> tuple[tuple[str, int 
     with Spark's own credentials and endpoints: asking the store again from here would cost a
     request per file, and pyarrow would guess the endpoint (AWS's, for ``s3://``, which timed
     out after 6 s a file where AWS is not reachable) and knows no ``s3a://``. Under Spark
-    Connect, which has no such listing in this process, they stay unknown (and the DataFrame
-    is never reused across processes).
+    Connect, see :func:`_fingerprint_on_server`.
     """
     local = {"", "file"}
     remote = [url for url in urls if urlparse(url).scheme not in local]
@@ -416,6 +454,52 @@ def _fingerprint(urls: list[str], df: DataFrame | None) -> tuple[tuple[str, int 
                 size, mtime = stat.st_size, stat.st_mtime_ns
         else:
             size, mtime = listed.get(url, (None, None))
+        rows.append((url, size, mtime))
+    return tuple(rows)
+
+
+_GLOB = re.compile(r"([\\\[\]{}*?])")
+"""The characters Hadoop's paths read as a glob, each escaped with a backslash to name a file literally."""
+
+
+def _fingerprint_on_server(urls: list[str], df: DataFrame) -> tuple[tuple[str, int | None, int | None], ...]:
+    """Under Spark Connect: each source file's URL, size and modification time (ns), as the server sees them.
+
+    The files are the server's, not this client's: a Connect client elsewhere cannot look at
+    them (an object store's, or a path of the server's machine), and one it can look at may be
+    another file of the same name. Left unknown, a file rewritten in place under its name
+    served the old cache, in silence. So the server lists them, in one Spark job that reads no
+    file's contents (a ``binaryFile`` read of their metadata only). Where it cannot (a file
+    gone since), they stay unknown, and the DataFrame is converted again each time.
+    """
+    if not urls:
+        return ()
+    from pyspark.sql import functions as F
+
+    def key(url: str) -> tuple[str, str, str]:  # Spark writes file:/x here and file:///x there
+        parsed = urlparse(url)
+        return parsed.scheme, parsed.netloc, parsed.path
+
+    listed: dict[tuple[str, str, str], tuple[int, int]] = {}
+    try:
+        # load() takes Hadoop paths (not percent-encoded), and expands globs: escaped, a [ is a [.
+        paths = [_GLOB.sub(r"\\\1", unquote(url)) for url in urls]
+        metadata = (
+            df.sparkSession.read.format("binaryFile")
+            .load(paths)
+            .select(
+                F.col("_metadata.file_path"),
+                F.col("_metadata.file_size"),
+                F.unix_micros(F.col("_metadata.file_modification_time")),
+            )
+        )
+        for path, size, micros in metadata.collect():
+            listed[key(path)] = (int(size), int(micros) * 1000)
+    except Exception as error:  # noqa: BLE001 - unknown files are never reused: a failure costs a conversion only
+        log.info("the Spark Connect server could not list the source files: %s", error)
+    rows: list[tuple[str, int | None, int | None]] = []
+    for url in sorted(urls):
+        size, mtime = listed.get(key(url), (None, None))
         rows.append((url, size, mtime))
     return tuple(rows)
 
@@ -502,6 +586,7 @@ def materialize(
     log.info("writing the DataFrame into a new cache %s%s", location, " (kept after this process)" if run.keep else "")
     started = time.perf_counter()
     try:
+        _refuse_a_directory_the_server_does_not_see(spark, location)
         # Spark's own writer measured faster for plain columns on local disk, but reaches object
         # stores only through Hadoop connectors a cluster may lack: elsewhere the tasks write with
         # pyarrow, which reaches whatever the reader reaches.
@@ -525,6 +610,35 @@ def materialize(
         time.perf_counter() - started,
     )
     return Materialized(location, manifest, token)
+
+
+def _refuse_a_directory_the_server_does_not_see(spark: SparkSession, location: Location) -> None:
+    """Under Spark Connect, refuses a local cache directory that the server does not see.
+
+    The server's tasks write the cache and this process reads it: on another machine (a remote
+    Connect server, the default cache directory being this client's temp dir), the write either
+    failed in every task with a pyarrow ``FileNotFoundError``, or Spark's writer wrote the whole
+    cache into a directory of that name on the server's machine, where nobody removes it, and
+    then this client found "no Parquet files" in its own. The directory was just made here
+    under a name of its own (a time and a random part), so the server finding it is the server
+    seeing this process's files: Spark's analysis of a read of it, which runs no job, says so.
+
+    Raises:
+        ValueError: The server finds no such directory.
+    """
+    if sparkjob.is_classic(spark) or not location.is_local:
+        return
+    try:
+        spark.read.format("binaryFile").load(_GLOB.sub(r"\\\1", location.hadoop_path)).schema  # noqa: B018
+    except Exception as error:  # noqa: BLE001 - whatever the server says (PATH_NOT_FOUND, mostly) is the cause shown
+        cause = str(error).strip().splitlines()[0][:300] if str(error).strip() else type(error).__name__
+        raise ValueError(
+            f"the Spark Connect server does not see the cache directory {location} that this process made ({cause}): "
+            "the server and this process are on different machines, or see different filesystems. Under Spark "
+            "Connect the server's tasks write the cache and this process reads it: pass a cache_dir both reach (an "
+            "object store or HDFS URL such as cache_dir='s3://bucket/sparkfeed', or the Spark conf "
+            "sparkfeed.cacheDir), or a directory of a filesystem both mount under the same path"
+        ) from None
 
 
 def _collect_leftovers(parent: Location) -> None:
