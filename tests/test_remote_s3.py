@@ -2,7 +2,9 @@
 
 The tasks run in the Python workers of the tests' ``local[2]`` session, whose environment is
 fixed when they start (see :mod:`s3server`): what a driver puts in ``os.environ`` later does not
-reach them, as on a real cluster.
+reach them, as on a real cluster; one test runs a driver on a standalone cluster (real JVMs on
+127.0.0.1), whose executors never see the driver's environment. The strict xfails name bugs whose
+fix lies in files outside this test's reach (see their reasons).
 """
 
 from __future__ import annotations
@@ -141,6 +143,28 @@ def test_a_kept_s3_cache_reused_by_another_conversion_reads_in_tasks(
     assert [error for _, _, error in outcomes] == [None, None]
     assert sorted(i for _, batches, _ in outcomes for batch in batches or [] for i in batch) == list(range(400))
     first.delete()
+
+
+def test_the_endpoint_hint_is_the_environments_never_a_credential_and_passes_through_processes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    url = "s3://bucket/cache"
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "https://user:pa55@minio.example:9000")
+    monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
+    location = Location.parse(url, options={"region": "us-east-1"})
+    blob = pickle.dumps(location)
+    assert b"pa55" not in blob and pickle.loads(blob)._sender_endpoint == "https://minio.example:9000"
+    named = Location.parse(url, options={"endpoint_override": "minio.example:9000", "scheme": "https"})
+    assert named.filesystem is not None and pickle.loads(pickle.dumps(named))._sender_endpoint is None
+    assert pickle.loads(pickle.dumps(Location.parse("/tmp/cache")))._sender_endpoint is None
+
+    monkeypatch.delenv("AWS_ENDPOINT_URL")  # an executor without it, that pickles the location on
+    passed_on = pickle.loads(pickle.dumps(pickle.loads(blob)))
+    assert passed_on._sender_endpoint == "https://minio.example:9000"
+    with pytest.raises(ValueError, match=r"reached it at https://minio.example:9000, named by AWS_ENDPOINT_URL_S3"):
+        passed_on.child("part-0.parquet").filesystem  # noqa: B018 - making it is what refuses
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://127.0.0.1:9000")  # its own endpoint: used, no refusal
+    assert pickle.loads(blob).filesystem.__reduce__()[1][0]["endpoint_override"] == "127.0.0.1:9000"
 
 
 def test_a_location_repr_hides_the_credentials_of_its_query() -> None:
