@@ -674,6 +674,69 @@ def test_petastorms_converter_constructor_is_refused_saying_what_to_call(spark, 
     assert len(SparkDatasetConverter(opened.cache_dir_url, opened.manifest)) == 5  # sparkfeed's own form
 
 
+class PetastormTransformSpec:
+    """``petastorm.transform.TransformSpec`` of Petastorm 0.13.1, its constructor as written there.
+
+    Petastorm cannot be installed beside sparkfeed (numpy 2, pyarrow 26), so its class is
+    reproduced under its own module and name, by which sparkfeed recognises it.
+    """
+
+    __module__ = "petastorm.transform"
+
+    def __init__(
+        self,
+        func: Callable[[pd.DataFrame], pd.DataFrame] | None = None,
+        edit_fields: list[Any] | None = None,
+        removed_fields: list[str] | None = None,
+        selected_fields: list[str] | None = None,
+    ) -> None:
+        self.func = func
+        self.edit_fields = edit_fields or []
+        if removed_fields is not None and selected_fields is not None:
+            raise ValueError("User can only specify one of removed_fields and selected_fields in TransformSpec.")
+        self.removed_fields = removed_fields or []
+        self.selected_fields = selected_fields
+
+
+PetastormTransformSpec.__name__ = PetastormTransformSpec.__qualname__ = "TransformSpec"
+
+
+def test_petastorms_own_transform_spec_works_when_only_the_converter_import_changed(features) -> None:
+    """``from petastorm import TransformSpec`` kept: its spec does what sparkfeed's does, in every loader.
+
+    Changing ``from petastorm.spark import ...`` is the one change a migration promises, so a
+    program's transforms are still Petastorm's objects; they were refused ("it must be a
+    sparkfeed.TransformSpec"). The Databricks notebook's form (func, edit_fields, selected_fields:
+    Petastorm's ``removed_fields`` is then ``[]``, not None) and removed_fields with an edit given
+    as Petastorm's five-field ``UnischemaField`` both read as sparkfeed's spec reads.
+    """
+    selected = PetastormTransformSpec(
+        _scale, edit_fields=[("scaled", np.float32, (), False)], selected_fields=["scaled", "label"]
+    )
+    unischema_field = (
+        "scaled",
+        np.float32,
+        (),
+        None,
+        False,
+    )  # UnischemaField(name, numpy_dtype, shape, codec, nullable)
+    removed = PetastormTransformSpec(_scale, edit_fields=[unischema_field], removed_fields=["feature_a", "feature_b"])
+    options = {"batch_size": 400, "num_epochs": 1, "shuffle_row_groups": False}
+    for spec, columns in ((selected, ["scaled", "label"]), (removed, ["id", "label", "scaled"])):
+        with features.make_torch_dataloader(transform_spec=spec, **options) as loader:
+            (batch,) = list(loader)
+        assert list(batch) == columns and batch["scaled"].dtype == torch.float32
+        ids = torch.arange(400) if "id" not in batch else batch["id"]
+        assert batch["scaled"].tolist() == ids.float().tolist()
+        with features.make_tf_dataset(transform_spec=spec, **options) as dataset:
+            assert list(dataset.element_spec._fields) == columns
+            assert dataset.element_spec.scaled.dtype == tf.float32
+    with pytest.raises(
+        ValueError, match=r"it must be a sparkfeed.TransformSpec \(from sparkfeed import TransformSpec\)"
+    ):
+        features.make_numpy_iterator(transform_spec=_scale)  # a bare function: transform_fn= takes it
+
+
 # --------------------------------------------------------------------------- converters pickled into Spark tasks
 
 

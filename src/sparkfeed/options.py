@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 from sparkfeed.distributed import AUTO, check_rank_variables, resolve_shards
 from sparkfeed.sequence import Sequence as SequenceSpec
 from sparkfeed.sequence import check_sequence
-from sparkfeed.transform import TransformSpec
+from sparkfeed.transform import TransformSpec, from_petastorm
 
 ShardPolicy = Literal["pad", "drop", "exact"]
 SHARD_POLICIES: tuple[ShardPolicy, ...] = ("pad", "drop", "exact")
@@ -312,9 +312,11 @@ class ReaderOptions:
                 # A set of strings iterates in the order of the process's string hashes: sorted, the
                 # columns (which a saved state records) are the same in the process that resumes it.
                 _store(self, "schema_fields", tuple(sorted(self.schema_fields)))
+        _store(self, "transform_spec", from_petastorm(self.transform_spec))  # Petastorm's own class: the same spec
         if self.transform_spec is not None and not isinstance(self.transform_spec, TransformSpec):
             raise ValueError(
-                f"transform_spec={self.transform_spec!r} is not allowed: it must be a sparkfeed.TransformSpec"
+                f"transform_spec={self.transform_spec!r} is not allowed: it must be a sparkfeed.TransformSpec "
+                "(from sparkfeed import TransformSpec), or Petastorm's petastorm.TransformSpec"
             )
 
     @property

@@ -206,6 +206,43 @@ class TransformSpec:
         return frame[[labels[name] for name in order]]
 
 
+PETASTORM_TRANSFORM_SPEC = ("petastorm.transform", "TransformSpec")
+"""Module and name of Petastorm's ``TransformSpec``, recognised without importing Petastorm."""
+
+
+def from_petastorm(spec: object) -> object:
+    """Petastorm's own ``TransformSpec`` as sparkfeed's, anything else as it is.
+
+    A Petastorm program that changes only its converter import still builds its transforms with
+    ``from petastorm import TransformSpec``. That class holds the same four things sparkfeed's
+    does, with the same meaning (a function of a pandas DataFrame, ``(name, numpy_dtype, shape,
+    is_nullable)`` edits, removed or selected names), so it is taken as it is rather than
+    refused. It is recognised by module and name, as ``data_loader_fn`` is, so Petastorm need
+    not be importable. Two of Petastorm's spellings are normalised: its ``removed_fields``
+    default ``[]`` means none (beside ``selected_fields`` it is not a second choice), and an
+    edit given as a ``UnischemaField`` (``name, numpy_dtype, shape, codec, nullable``) keeps its
+    name, dtype, shape and nullable flag.
+
+    Raises:
+        ValueError: The spec's fields are malformed, as :class:`TransformSpec` says.
+    """
+    kind = type(spec)
+    if (getattr(kind, "__module__", None), getattr(kind, "__name__", None)) != PETASTORM_TRANSFORM_SPEC:
+        return spec
+    edits = []
+    for field in getattr(spec, "edit_fields", None) or ():
+        if isinstance(field, tuple) and len(field) == 5:  # a UnischemaField: its codec has no meaning here
+            name, numpy_dtype, shape, _codec, nullable = field
+            field = (name, numpy_dtype, shape, nullable)
+        edits.append(tuple(field) if isinstance(field, list) else field)
+    return TransformSpec(
+        func=getattr(spec, "func", None),
+        edit_fields=edits or None,
+        removed_fields=getattr(spec, "removed_fields", None) or None,
+        selected_fields=getattr(spec, "selected_fields", None),
+    )
+
+
 def series_to_numpy(series: pd.Series, name: str | None = None, *, stack: bool = True) -> np.ndarray:
     """One column of the transform's output as an array with a leading row dimension.
 
