@@ -128,3 +128,14 @@ def test_connect_server_that_does_not_see_the_cache_dir_is_refused_before_writin
     # Spark's writer had written a whole cache on the server's side, under the same name, which
     # nobody removed; now nothing runs there.
     assert list(shared.iterdir()) == []
+
+
+def test_connect_callers_tag_cancels_the_conversion(connect_url: str, tmp_path: Path) -> None:
+    # The conversion's job ran in a thread without the caller's tags: interruptTag found nothing
+    # of it to cancel, and the conversion ran to its end.
+    cache = tmp_path / "caches"
+    seen = run_job("spark_connect_tags_job.py", connect_url, str(cache), cwd=tmp_path)
+    assert seen["interrupted"] == 1
+    assert "OPERATION_CANCELED" in seen["outcome"]
+    assert seen["tags_after"] == ["the-callers-own-work"]  # sparkfeed's own tag is gone, the caller's stays
+    assert seen["left"] == []  # the cancelled cache was removed

@@ -125,12 +125,27 @@ def run(
 
 
 def _thread(spark: SparkSession, target: Callable[[], None]) -> threading.Thread:
-    """A thread that carries the caller's Spark local properties (job group, scheduler pool) along."""
+    """A thread that carries the caller's Spark local properties (job group, scheduler pool) along, or Connect tags.
+
+    Under Spark Connect a tag (``spark.addTag``) is the calling thread's own: left behind, the
+    conversion's operation was not the caller's, and ``spark.interruptTag(tag)``, which cancels
+    the caller's other actions, left the conversion running to its end. The tags are copied
+    here rather than by pyspark's ``InheritableThread(session=...)``, which copies them only
+    where Connect mode is switched on for the whole process (``is_remote``).
+    """
     if is_classic(spark):
         from pyspark import InheritableThread
 
         return InheritableThread(target, name="sparkfeed-spark-job", daemon=True)
-    return threading.Thread(target=target, name="sparkfeed-spark-job", daemon=True)
+    tags = set(spark.getTags())
+
+    def tagged() -> None:
+        for tag in tags:
+            with contextlib.suppress(Exception):  # a tag not carried costs the caller's cancel only
+                spark.addTag(tag)
+        target()
+
+    return threading.Thread(target=tagged, name="sparkfeed-spark-job", daemon=True)
 
 
 def _bar(description: str) -> Any:
