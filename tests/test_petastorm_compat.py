@@ -22,7 +22,7 @@ import os
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import unquote, urlparse
 
 import numpy as np
@@ -735,6 +735,38 @@ def test_petastorms_own_transform_spec_works_when_only_the_converter_import_chan
         ValueError, match=r"it must be a sparkfeed.TransformSpec \(from sparkfeed import TransformSpec\)"
     ):
         features.make_numpy_iterator(transform_spec=_scale)  # a bare function: transform_fn= takes it
+
+
+class UnischemaField(NamedTuple):
+    """``petastorm.unischema.UnischemaField`` of Petastorm 0.13.1, its fields as declared there."""
+
+    name: str
+    numpy_dtype: Any
+    shape: tuple[int | None, ...]
+    codec: Any = None
+    nullable: bool | None = False
+
+
+UnischemaField.__module__ = "petastorm.unischema"
+
+
+def test_unischema_fields_in_schema_fields_select_their_columns(features) -> None:
+    """``schema_fields=[UnischemaField(...), "feature_.*"]``: Petastorm's fields select by name beside patterns.
+
+    ``make_batch_reader`` took its fields and regular expressions together; the fields were
+    refused (``it must be a list of column names``). A set of them is read in sorted order, as a
+    set of names is; a plain tuple, which names nothing, is still refused.
+    """
+    label = UnischemaField("label", np.int64, (), None, False)
+    options = {"batch_size": 400, "num_epochs": 1, "shuffle_row_groups": False}
+    with features.make_torch_dataloader(schema_fields=[label, "feature_.*"], **options) as loader:
+        (batch,) = list(loader)
+    assert list(batch) == ["label", "feature_a", "feature_b"]
+    assert batch["label"].tolist() == [i % 3 for i in range(400)]
+    with features.make_tf_dataset(schema_fields={label, UnischemaField("id", np.int64, ())}, **options) as dataset:
+        assert dataset.element_spec._fields == ("id", "label")
+    with pytest.raises(ValueError, match="it must be a list of column names"):
+        features.make_numpy_iterator(schema_fields=[tuple(label)])
 
 
 # --------------------------------------------------------------------------- converters pickled into Spark tasks

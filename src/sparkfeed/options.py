@@ -496,9 +496,10 @@ def reader_options(
         if not callable(transform_fn):
             raise ValueError(f"transform_fn={transform_fn!r} is not allowed: it must be callable")
         transform_spec = TransformSpec(transform_fn)
-    fields = schema_fields
-    if schema_fields is not None and not isinstance(schema_fields, str | set | frozenset):
-        fields = tuple(schema_fields)  # a set is sorted by ReaderOptions
+    fields: object = schema_fields
+    if schema_fields is not None and not isinstance(schema_fields, str):
+        named = [_unischema_field_name(entry) for entry in schema_fields]
+        fields = set(named) if isinstance(schema_fields, set | frozenset) else tuple(named)  # a set: sorted later
     shard, count = resolve_shards(cur_shard, shard_count)
     options = ReaderOptions(
         transform_spec=transform_spec,
@@ -509,6 +510,24 @@ def reader_options(
     )
     check_rank_variables(options.cur_shard, options.shard_count)
     return options
+
+
+UNISCHEMA_FIELD = ("petastorm.unischema", "UnischemaField")
+"""Module and name of Petastorm's ``UnischemaField``, recognised without importing Petastorm."""
+
+
+def _unischema_field_name(entry: object) -> object:
+    """A Petastorm ``UnischemaField`` in ``schema_fields`` as its name; any other entry as it is.
+
+    ``make_batch_reader`` took fields beside regular expressions and selected each by its exact
+    name, as a name selects here (see :func:`sparkfeed.reader.selection.select_columns`). The
+    field is recognised by its class's module and name, so Petastorm need not be importable;
+    a plain tuple stays refused, since nothing says which of its items is a name.
+    """
+    kind = type(entry)
+    if (getattr(kind, "__module__", None), getattr(kind, "__name__", None)) == UNISCHEMA_FIELD:
+        return getattr(entry, "name", entry)
+    return entry
 
 
 PETASTORM_ONLY = {
