@@ -47,15 +47,17 @@ def main(url: str, scratch: str) -> None:
     out["rebuilt_reused"] = again.cache_dir_url == colliding[0].cache_dir_url
 
     # A source the client cannot look at itself: Hadoop's viewfs, mounted on a directory here, as
-    # an object store's or a remote server's files are. Rewritten in place under its name.
+    # an object store's or a remote server's files are. Rewritten in place under its name, which
+    # holds what Hadoop reads as a glob and what a URL percent-encodes.
     source = Path(scratch, "source")
     source.mkdir()
     spark.conf.set("fs.viewfs.mounttable.sparkfeed.link./data", source.as_uri())
-    pq.write_table(pa.table({"x": [1, 2, 3]}), source / "part-0.parquet")
+    name = "part [0] {a}*.parquet"
+    pq.write_table(pa.table({"x": [1, 2, 3]}), source / name)
     first = make_spark_converter(spark.read.parquet("viewfs://sparkfeed/data"))
     unchanged = make_spark_converter(spark.read.parquet("viewfs://sparkfeed/data"))
     time.sleep(0.01)  # a later modification time too, as any rewrite
-    pq.write_table(pa.table({"x": [7, 8, 9, 10]}), source / "part-0.parquet")
+    pq.write_table(pa.table({"x": [7, 8, 9, 10]}), source / name)
     rewritten = make_spark_converter(spark.read.parquet("viewfs://sparkfeed/data"))
     out["viewfs_unchanged_reused"] = unchanged.cache_dir_url == first.cache_dir_url
     out["viewfs_rows"] = [values(first, "x"), values(rewritten, "x")]
