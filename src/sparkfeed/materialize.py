@@ -624,7 +624,7 @@ def _refuse_a_directory_the_server_does_not_see(spark: SparkSession, location: L
     seeing this process's files: Spark's analysis of a read of it, which runs no job, says so.
 
     Raises:
-        ValueError: The server finds no such directory.
+        ValueError: The server finds no such directory, or may not list it.
     """
     if sparkjob.is_classic(spark) or not location.is_local:
         return
@@ -634,7 +634,8 @@ def _refuse_a_directory_the_server_does_not_see(spark: SparkSession, location: L
         cause = str(error).strip().splitlines()[0][:300] if str(error).strip() else type(error).__name__
         raise ValueError(
             f"the Spark Connect server does not see the cache directory {location} that this process made ({cause}): "
-            "the server and this process are on different machines, or see different filesystems. Under Spark "
+            "the server and this process are on different machines or see different filesystems, or the server "
+            "(another user) may not read it. Under Spark "
             "Connect the server's tasks write the cache and this process reads it: pass a cache_dir both reach (an "
             "object store or HDFS URL such as cache_dir='s3://bucket/sparkfeed', or the Spark conf "
             "sparkfeed.cacheDir), or a directory of a filesystem both mount under the same path"
