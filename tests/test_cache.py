@@ -486,6 +486,25 @@ def test_a_sparkfeed_cache_reopened_by_path_reads_as_its_converter(spark) -> Non
     assert _ids(original) == list(range(40))
 
 
+def test_a_manifest_from_before_file_sizes_still_reads_and_a_dataset_in_place_records_them(spark, tmp_path) -> None:
+    # Sizes are the manifest's fingerprint of each file (the reader refuses a file of another
+    # length); a cache made before they were recorded has none to check, and reads as it did.
+    original = make_spark_converter(spark.range(30, numPartitions=2), cache_dir=(tmp_path / "c").as_uri())
+    manifest = _local(original.cache_dir_url) / "_sparkfeed_manifest.json"
+    data = json.loads(manifest.read_text())
+    assert [f["size"] for f in data["files"]] == [(manifest.parent / f["path"]).stat().st_size for f in data["files"]]
+    for entry in data["files"]:
+        del entry["size"]
+    manifest.write_text(json.dumps(data))
+    older = make_spark_converter(original.cache_dir_url)
+    assert [entry.size for entry in older.manifest.files] == [None, None]
+    assert _ids(older) == list(range(30))
+    pq.write_table(pa.table({"id": pa.array(range(9), pa.int64())}), tmp_path / "d.parquet")
+    in_place = make_spark_converter(str(tmp_path / "d.parquet"))
+    assert [entry.size for entry in in_place.manifest.files] == [(tmp_path / "d.parquet").stat().st_size]
+    original.delete()
+
+
 # --------------------------------------------------------------------------- register_delete_dir_handler
 
 

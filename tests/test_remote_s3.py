@@ -3,8 +3,7 @@
 The tasks run in the Python workers of the tests' ``local[2]`` session, whose environment is
 fixed when they start (see :mod:`s3server`): what a driver puts in ``os.environ`` later does not
 reach them, as on a real cluster; one test runs a driver on a standalone cluster (real JVMs on
-127.0.0.1), whose executors never see the driver's environment. The strict xfails name bugs whose
-fix lies in files outside this test's reach (see their reasons).
+127.0.0.1), whose executors never see the driver's environment.
 """
 
 from __future__ import annotations
@@ -184,10 +183,6 @@ def _replace(server: S3Server, converter: Any, file: int, first_id: int, rows: i
     pq.write_table(pa.table({"id": ids}), path, filesystem=server.filesystem())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs the row-group check in reader/segments.py proposed in helper-33's report (not this helper's file)",
-)
 def test_a_cache_file_changed_on_s3_after_pickling_is_refused_not_read_by_the_manifests_counts(
     spark, s3_server: S3Server, s3_bucket: str
 ) -> None:
@@ -217,11 +212,6 @@ def test_a_cache_file_changed_on_s3_after_pickling_is_refused_not_read_by_the_ma
         converter.delete()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs a fingerprint of each file in the manifest (its size, written by writer.py, checked by "
-    "reader/segments.py), proposed in helper-33's report: the row-group check alone cannot see this",
-)
 def test_a_cache_file_rewritten_on_s3_with_the_same_row_groups_is_refused_not_served(
     spark, s3_server: S3Server, s3_bucket: str
 ) -> None:
@@ -240,10 +230,6 @@ def test_a_cache_file_rewritten_on_s3_with_the_same_row_groups_is_refused_not_se
         converter.delete()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs converter.py, reader/engine.py and mixing.py to show str(location) (helper-33's report)",
-)
 def test_credentials_in_a_urls_query_stay_out_of_the_converters_repr_warnings_and_errors(
     s3_server: S3Server, s3_bucket: str
 ) -> None:

@@ -125,12 +125,17 @@ class FileEntry:
     per-row shape, or as ``binary`` (arrays of varying length), whose shape starts with ``-1``
     (see :mod:`sparkfeed.writer`). ``partition`` holds the values of a
     hive-partitioned dataset's partition columns (``year=2024/``), which the file itself lacks.
+    ``size`` is the file's length in bytes when the manifest was made (None in manifests made
+    before it was recorded): with the row groups, what a reader checks the file against, so that
+    a file replaced since (on a store, by a person or a lifecycle rule) is refused, not read by
+    the manifest's counts as the cache's rows.
     """
 
     path: str
     row_groups: tuple[int, ...]
     packed: dict[str, tuple[int, ...]] = dataclasses.field(default_factory=dict)
     partition: dict[str, Any] = dataclasses.field(default_factory=dict)
+    size: int | None = None
 
     @property
     def num_rows(self) -> int:
@@ -189,6 +194,7 @@ class Manifest:
                         "row_groups": list(f.row_groups),
                         "packed": {k: list(v) for k, v in f.packed.items()},
                         **({"partition": f.partition} if f.partition else {}),
+                        **({"size": f.size} if f.size is not None else {}),
                     }
                     for f in self.files
                 ],
@@ -220,6 +226,7 @@ class Manifest:
                 tuple(int(rows) for rows in f["row_groups"]),
                 {k: tuple(int(n) for n in v) for k, v in f["packed"].items()},
                 dict(f.get("partition", {})),
+                None if f.get("size") is None else int(f["size"]),
             )
             for f in data["files"]
         )

@@ -118,7 +118,7 @@ class SparkDatasetConverter:
         return self.dataset_size
 
     def __repr__(self) -> str:
-        return f"SparkDatasetConverter({self.cache_dir_url!r}, rows={self.dataset_size})"
+        return f"SparkDatasetConverter({str(self._location)!r}, rows={self.dataset_size})"  # credentials hidden
 
     def delete(self) -> None:
         """Deletes the cache now, if this process's sparkfeed created it.
@@ -136,11 +136,11 @@ class SparkDatasetConverter:
         if self._token is None:
             how = (
                 "it is a kept cache that another process made, reused here (reuse='auto'); `sparkfeed cache rm "
-                f"{self.cache_dir_url}` removes it, or `sparkfeed cache clean --older-than` once it is idle"
+                f"{self._location}` removes it, or `sparkfeed cache clean --older-than` once it is idle"
                 if getattr(self, "_reused", False)  # a converter pickled by an older version has no such field
                 else "it was opened by path"
             )
-            warnings.warn(f"not deleting {self.cache_dir_url}: this converter did not create it ({how})", stacklevel=2)
+            warnings.warn(f"not deleting {self._location}: this converter did not create it ({how})", stacklevel=2)
             return
         delete_cache(self._location, self._token)
         owned_caches.discard(self._location)
@@ -150,7 +150,7 @@ class SparkDatasetConverter:
     def _check_alive(self) -> None:
         """Raises a ``RuntimeError`` if :meth:`delete` removed the cache: no loader can read it any more."""
         if self._deleted:
-            raise RuntimeError(f"this converter's cache {self.cache_dir_url} was deleted; convert the DataFrame again")
+            raise RuntimeError(f"this converter's cache {self._location} was deleted; convert the DataFrame again")
 
     def _reader(
         self,

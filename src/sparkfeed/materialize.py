@@ -800,6 +800,7 @@ def _manifest(
                 row["path"],
                 tuple(json.loads(row["row_groups"])),
                 {name: tuple(shape) for name, shape in json.loads(row["packed"]).items()},
+                size=int(row["size"]),
             )
             for row in results
         ),
@@ -907,11 +908,11 @@ def describe(
     if not names:
         raise ValueError(f"no Parquet files under {location}")
 
-    def footer(relative: str) -> tuple[pq.FileMetaData, pa.Schema]:
+    def footer(relative: str) -> tuple[pq.FileMetaData, pa.Schema, int]:
         try:
             with fs.open_input_file(f"{root}/{relative}") as handle:
                 parquet = pq.ParquetFile(handle, coerce_int96_timestamp_unit=INT96_UNIT)
-                return parquet.metadata, parquet.schema_arrow
+                return parquet.metadata, parquet.schema_arrow, handle.size()
         except (OSError, pa.ArrowException) as error:
             raise ValueError(
                 f"{relative} under {location} is not a Parquet file ({error}); remove it, or point at a "
@@ -920,8 +921,8 @@ def describe(
 
     with ThreadPoolExecutor(max_workers=8) as pool:
         described = list(pool.map(footer, names))
-    footers = [md for md, _ in described]
-    schemas = [_feature_schema(schema) for _, schema in described]
+    footers = [md for md, _, _ in described]
+    schemas = [_feature_schema(schema) for _, schema, _ in described]
     schema = _unified_schema(names, schemas, location)
     partitions = _hive_partitions(names, location)
     if partitions is not None:
@@ -935,8 +936,9 @@ def describe(
             name,
             tuple(md.row_group(i).num_rows for i in range(md.num_row_groups)),
             partition={} if partitions is None else partitions[1][index],
+            size=size,
         )
-        for index, (name, md) in enumerate(zip(names, footers, strict=True))
+        for index, (name, (md, _, size)) in enumerate(zip(names, described, strict=True))
     )
     _refuse_julian_dates(fs, root, names, footers, location)
     depths = {f.name: list_depth(f.type) for f in schema if is_list_type(f.type)}

@@ -213,7 +213,7 @@ class Mixture:
                     whole_chunks=isinstance(formats[name], SourceFormat) and not sequence,
                 )
             except ValueError as error:
-                error.add_note(f"(in the mix's source {name!r}, {converter.cache_dir_url})")
+                error.add_note(f"(in the mix's source {name!r}, {converter.location})")
                 raise
         rows_per_epoch = mixing.rows_per_epoch
         if never and rows_per_epoch is None:

@@ -30,7 +30,7 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-RESULT_SCHEMA = "path string, row_groups string, shapes string, packed string"
+RESULT_SCHEMA = "path string, row_groups string, shapes string, packed string, size bigint"
 """One row per written file: its name, row-group sizes, list shapes, packed columns (JSON)."""
 
 ShapeStats = list[tuple[int | None, int | None]]
@@ -265,6 +265,7 @@ class _File:
         self._pending_rows = 0
         self._pending_bytes = 0
         self.row_groups: list[int] = []
+        self.size = 0
 
     def write(self, batch: pa.RecordBatch) -> None:
         """Buffers a batch; writes every full row group (by in-memory Arrow size) it completes."""
@@ -292,6 +293,7 @@ class _File:
     def close(self) -> None:
         self._flush()
         self._writer.close()
+        self.size = self._stream.tell()  # the footer written: the manifest's fingerprint of the file
         self._stream.close()
 
 
@@ -369,15 +371,15 @@ def partition_writer(
                     "row_groups": json.dumps(file.row_groups),
                     "shapes": json.dumps(shapes),
                     "packed": json.dumps(packed),
+                    "size": file.size,
                 }
             )
         if rows_written is not None:  # each file is closed: its last row group is counted
             rows_written.add(sum(sum(file.row_groups) for file, _ in files))
         if files_written is not None:
             files_written.add(len(files))
-        yield pa.RecordBatch.from_pylist(
-            rows, schema=pa.schema([(n, pa.string()) for n in ("path", "row_groups", "shapes", "packed")])
-        )
+        strings = [(name, pa.string()) for name in ("path", "row_groups", "shapes", "packed")]
+        yield pa.RecordBatch.from_pylist(rows, schema=pa.schema([*strings, ("size", pa.int64())]))
 
     return write
 

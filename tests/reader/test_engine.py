@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import multiprocessing
+import os
 import re
 import threading
 import time
@@ -485,3 +486,26 @@ def test_a_reader_of_whole_chunks_yields_every_row_once_as_read_and_refuses_sequ
             reader_options(batch_size=7, sequence={"pair": "pad"}),
             whole_chunks=True,
         )
+
+
+@pytest.mark.parametrize("rows", [100, 70])
+def test_a_cache_file_changed_since_its_manifest_is_refused_not_served(spark, tmp_path, rows: int) -> None:
+    # The manifest's row counts cut every read plan: a file rewritten since (other rows in the
+    # same counts, or other counts) was read by them, its rows served as the cache's in silence.
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    converter = make_spark_converter(spark.range(200, numPartitions=2), cache_dir=tmp_path.as_uri())
+    try:
+        root = converter.cache_dir_url.removeprefix("file://")
+        entry = converter.manifest.files[0]
+        assert entry.row_groups == (100,) and entry.size == os.path.getsize(f"{root}/{entry.path}")
+        assert sorted(_ids(converter, batch_size=50, num_epochs=1).tolist()) == list(range(200))
+        pq.write_table(pa.table({"id": pa.array(range(10_000, 10_000 + rows))}), f"{root}/{entry.path}")
+        differs = (
+            r"it is \d+ bytes long, but the manifest records \d+" if rows == 100 else r"its row groups hold \[70\] rows"
+        )
+        with pytest.raises(ValueError, match=rf"{entry.path}: {differs}.*: the file was changed since"):
+            _ids(converter, batch_size=50, num_epochs=1)
+    finally:
+        converter.delete()

@@ -954,7 +954,7 @@ def _check_reach(location: Location, options: ReaderOptions) -> None:
     given = options.storage_options
     if given is not None and dict(given) != location.options:
         raise ValueError(
-            f"storage_options with keys {sorted(given)} differ from those of this converter's cache {location.url} "
+            f"storage_options with keys {sorted(given)} differ from those of this converter's cache {location} "
             f"(keys {sorted(location.options)}): a converter reaches its cache with what make_spark_converter "
             "was given; pass storage_options to make_spark_converter, and leave them out here"
         )
@@ -968,6 +968,6 @@ def _check_reach(location: Location, options: ReaderOptions) -> None:
         same = isinstance(fs, pafs.FileSystem) and fs.equals(location.filesystem)
     if not same:
         raise ValueError(
-            f"filesystem={fs!r} is not the filesystem this converter reaches its cache {location.url} with: pass "
+            f"filesystem={fs!r} is not the filesystem this converter reaches its cache {location} with: pass "
             "filesystem to make_spark_converter, and leave it out here"
         )

@@ -510,11 +510,38 @@ class SegmentReader:
         else:
             with self._open(file) as handle:
                 footer = pq.read_metadata(handle)
+                self._check_unchanged(file, footer, handle.size())  # before it is shared: a changed file is nobody's
                 if share:
                     _shared_remote.put(key, handle, footer)
         with self._lock:
             self._footers[file] = footer
         return footer
+
+    def _check_unchanged(self, file: int, footer: pq.FileMetaData, size: int) -> None:
+        """The file must be the one its manifest entry describes: its row groups and its size.
+
+        A file replaced or rewritten since the manifest was written (a cache's, on S3 by a
+        lifecycle rule or a person; a dataset's, read in place) was read by the manifest's
+        counts: a row group of more rows was cut to them, one of fewer served as it was, and
+        one of other rows served as the cache's, in silence. The size (recorded since manifests
+        had it) tells a rewrite of the same counts; one of the very same length gets through.
+
+        Raises:
+            ValueError: The counts or the size differ; the file and both values are named.
+        """
+        entry = self._files[file]
+        found = tuple(footer.row_group(index).num_rows for index in range(footer.num_row_groups))
+        if found != tuple(entry.row_groups):
+            differs = f"its row groups hold {list(found)} rows, but the manifest counts {list(entry.row_groups)}"
+        elif entry.size is not None and size != entry.size:
+            differs = f"it is {size} bytes long, but the manifest records {entry.size}"
+        else:
+            return
+        raise ValueError(
+            f"{self._location.child(*entry.path.split('/'))}: {differs}: the file was changed since the manifest "
+            "was written, so its rows are not the ones the plan was cut from; not reading it (convert the "
+            "DataFrame again, or reopen the dataset)"
+        )
 
     def _read_table(self, file: int, row_group: int, start: int, stop: int, ahead: int = 0) -> pa.Table:
         """One piece as an Arrow table of the logical column types.
