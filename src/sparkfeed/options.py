@@ -229,6 +229,8 @@ class ReaderOptions:
     shuffle_row_groups: bool = True
     shuffling_queue_capacity: int | None = None
     shard_policy: ShardPolicy = "pad"
+    explicit_shard_policy: bool = dataclasses.field(default=True, repr=False)
+    """Whether the caller chose ``shard_policy``: the default's repeated rows warn (see :func:`reader_options`)."""
     schema_fields: tuple[str, ...] | None = None
     transform_spec: TransformSpec | None = None
     reader_pool_type: PoolType = "thread"
@@ -489,6 +491,9 @@ def reader_options(
 
     This is where a loader learns its shard, so it is also where, as in Petastorm, a shard that
     disagrees with the Horovod/MPI/PMI rank variables warns (see :mod:`sparkfeed.distributed`).
+    It also records whether ``shard_policy`` was given: Petastorm's shards of one epoch held
+    every row once, so its inference idiom (``cur_shard=i, shard_count=n, num_epochs=1``) would
+    count the rows that the default ``pad`` repeats; the reader warns where one is repeated.
     """
     if transform_fn is not None:
         if transform_spec is not None:
@@ -506,6 +511,7 @@ def reader_options(
         schema_fields=fields,  # type: ignore[arg-type]
         cur_shard=shard,  # type: ignore[arg-type]
         shard_count=count,  # type: ignore[arg-type]
+        explicit_shard_policy="shard_policy" in kwargs,
         **kwargs,
     )
     check_rank_variables(options.cur_shard, options.shard_count)

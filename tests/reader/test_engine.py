@@ -9,6 +9,7 @@ import re
 import threading
 import time
 import traceback
+import warnings
 
 import numpy as np
 import pyarrow.fs as pafs
@@ -509,3 +510,26 @@ def test_a_cache_file_changed_since_its_manifest_is_refused_not_served(spark, tm
             _ids(converter, batch_size=50, num_epochs=1)
     finally:
         converter.delete()
+
+
+def test_the_default_pad_warns_where_it_repeats_a_row_and_a_chosen_policy_does_not(converter) -> None:
+    # Petastorm's inference idiom (cur_shard=i, shard_count=n, num_epochs=1) with no shard_policy
+    # got pad's repeated rows and counted them: the shards that repeat one say so, by how many.
+    def run(shard: int, **kwargs) -> tuple[int, list[str]]:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            rows = len(_ids(converter, batch_size=500, num_epochs=1, cur_shard=shard, shard_count=7, **kwargs))
+        return rows, [str(w.message) for w in caught if "shard_policy" in str(w.message)]
+
+    assert ROWS % 7 == 4  # shards of 429 rows and of 428, which pad makes 429 with a repeated row
+    short = []
+    for shard in range(7):
+        rows, said = run(shard)
+        assert rows == 429 and len(said) <= 1
+        if said:
+            short.append(shard)
+            assert said[0].startswith(f"shard {shard} of 7 holds 428 of the {ROWS} rows and repeats 1 of them")
+            assert "pass shard_policy='exact'" in said[0]
+        assert run(shard, shard_policy="pad") == (429, [])
+        assert run(shard, shard_policy="exact") == (428 if said else 429, [])
+    assert len(short) == 3

@@ -168,6 +168,8 @@ class Reader(Generic[C]):
                 f"shard_policy={options.shard_policy!r}), so num_epochs=None would wait forever: "
                 "use fewer shards or a finite num_epochs"
             )
+        if shard_count > 1 and options.shard_policy == "pad" and not options.explicit_shard_policy:
+            self._warn_of_repeats(manifest.num_rows)
         if self._row_filter is not None and shard_count > 1 and options.shard_policy != "exact":
             warnings.warn(
                 f"filters or a predicate with shard_count={shard_count}: shards keep different numbers of rows, so "
@@ -227,6 +229,21 @@ class Reader(Generic[C]):
         # The user's batches (rows, drop_last), which the bar and stats() count: see show_progress_in.
         self._unit = (options.batch_size, options.drop_last)
         self._progress = options.progress
+
+    def _warn_of_repeats(self, total: int) -> None:
+        """Warns where the default ``pad`` repeats rows of this shard: a count of them would be off."""
+        exact = dataclasses.replace(self._plan, shard_policy="exact")
+        held = sum(segment.rows for segment in epoch_segments(self._groups, exact, 0))
+        if self._rows > held:
+            warnings.warn(
+                f"shard {self._plan.cur_shard} of {self._plan.shard_count} holds {held} of the {total} rows and "
+                f"repeats {self._rows - held} of them in every epoch: shard_policy='pad', the default, gives every "
+                "shard the same number of rows, so that DDP/Horovod ranks get the same number of batches; for "
+                "inference, where each row must count once, pass shard_policy='exact' (or pass 'pad' to keep this "
+                "without a warning)",
+                UserWarning,
+                stacklevel=user_stacklevel(),
+            )
 
     # ------------------------------------------------------------------ iteration
 
