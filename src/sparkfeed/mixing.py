@@ -200,6 +200,8 @@ class Mixture:
                 prefetch=options.prefetch or _source_prefetch(options.prefetch_pieces, share, len(self._converters)),
                 # mix(seed=...) alone makes the whole stream reproducible, the sources' shuffles included.
                 seed=options.seed if options.seed is not None else mixing.seed,
+                # A mixture is for training ('exact' is refused above): pad's repeated row warns no one.
+                explicit_shard_policy=True,
             )
             try:
                 formats[name] = source_format(
